@@ -1,0 +1,59 @@
+//! Tributary batch layer.
+//!
+//! Owns the system of record and the recomputed half of every view: the [`archiver`]
+//! copies every event of the log into a Delta master table per stream, exactly once
+//! (log positions commit with the data); [`recompute`] runs each view's compiled
+//! partial plan over the master table below a provably complete cutoff T and
+//! [`views`] stores the states, with T, in a Delta table per view.
+
+pub mod archiver;
+pub mod error;
+pub mod recompute;
+pub mod views;
+
+use std::sync::Arc;
+
+use tributary_core::config::BatchConfig;
+use tributary_core::log::EventLog;
+use tributary_core::pipeline::Pipeline;
+use tributary_core::shutdown::{Shutdown, Tasks};
+use tributary_core::storage::Storage;
+use tributary_ingest::dead_letter::DeadLetterSink;
+
+pub use error::BatchError;
+pub use recompute::{Batch, Progress, RunRecord, RunStatus};
+
+/// Run the archiver of every stream until shutdown.
+pub async fn run(
+    config: BatchConfig,
+    pipeline: Pipeline,
+    storage: Storage,
+    log: Arc<dyn EventLog>,
+    dead_letters: DeadLetterSink,
+    shutdown: Shutdown,
+) -> Result<(), BatchError> {
+    let mut tasks = Tasks::new();
+    for stream in pipeline.streams {
+        tasks.spawn(
+            format!("archiver:{}", stream.name),
+            archiver::run_stream(
+                config.clone(),
+                stream,
+                storage.clone(),
+                log.clone(),
+                dead_letters.clone(),
+                shutdown.clone(),
+            ),
+        );
+    }
+    if let Some((name, Err(e))) = tasks.first_exit(&shutdown).await {
+        shutdown.cancel();
+        return Err(BatchError::Task(name, e));
+    }
+    let problems = tasks.join(std::time::Duration::from_secs(10)).await;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(BatchError::Task("archiver".into(), problems.join("; ")))
+    }
+}

@@ -1,0 +1,298 @@
+//! Batch runs: pick a provably complete cutoff T, run every view's partial plan over
+//! the master table's events with `_ingest_ts < T`, and commit the states with T.
+//!
+//! Choosing T (DESIGN.md): `_ingest_ts` never decreases within a partition, so for a
+//! partition whose archived position is `a` (from the master table's `txn` actions),
+//! every event below `ts(a)` is archived; if the partition is fully archived, every
+//! event below the log's ingest-time floor is. T is the minimum over partitions,
+//! rounded down to the speed layer's segment width so that serving can take whole
+//! speed segments at or above T.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::Utc;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::prelude::{col, lit};
+use datafusion::scalar::ScalarValue;
+use serde::Serialize;
+use tokio::sync::{Mutex, watch};
+use tributary_core::log::EventLog;
+use tributary_core::pipeline::Pipeline;
+use tributary_core::schema::{INGEST_TS, StreamSchema, UTC};
+use tributary_core::storage::Storage;
+use tributary_core::time::{now_micros, rfc3339};
+use tributary_core::view::{CompiledView, SOURCE_BATCH, SOURCE_COLUMN, session};
+
+use crate::archiver::{archived_positions, open_master};
+use crate::error::BatchError;
+use crate::views;
+
+/// Progress of a run, reported as it goes (for progress bars and the API).
+pub trait Progress: Send + Sync {
+    fn stage(&self, message: &str, done: u64, total: u64);
+}
+
+impl<F: Fn(&str, u64, u64) + Send + Sync> Progress for F {
+    fn stage(&self, message: &str, done: u64, total: u64) {
+        self(message, done, total)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// One batch run, as the run history shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub kind: &'static str,
+    pub views: Vec<String>,
+    pub status: RunStatus,
+    pub cutoff: Option<String>,
+    pub cutoff_micros: Option<i64>,
+    pub rows_in: u64,
+    pub rows_out: u64,
+    pub started_at: String,
+    pub duration_ms: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// The batch layer's run coordinator: one run at a time, a history of runs, and a
+/// signal for readers when a run commits.
+pub struct Batch {
+    pipeline: Pipeline,
+    storage: Storage,
+    log: Arc<dyn EventLog>,
+    segment_width: i64,
+    running: Arc<Mutex<()>>,
+    history: std::sync::Mutex<Vec<RunRecord>>,
+    next_id: AtomicU64,
+    committed: watch::Sender<u64>,
+}
+
+impl Batch {
+    pub fn new(
+        pipeline: Pipeline,
+        storage: Storage,
+        log: Arc<dyn EventLog>,
+        segment_width_ms: u64,
+    ) -> Self {
+        let (committed, _) = watch::channel(0);
+        Batch {
+            pipeline,
+            storage,
+            log,
+            segment_width: segment_width_ms.max(1) as i64 * 1000,
+            running: Arc::new(Mutex::new(())),
+            history: std::sync::Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(1),
+            committed,
+        }
+    }
+
+    /// Changes each time a run commits new batch views.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.committed.subscribe()
+    }
+
+    pub fn history(&self) -> Vec<RunRecord> {
+        let mut h = self.history.lock().expect("history lock").clone();
+        h.reverse();
+        h
+    }
+
+    pub fn run_record(&self, id: &str) -> Option<RunRecord> {
+        self.history
+            .lock()
+            .expect("history lock")
+            .iter()
+            .find(|r| r.id == id)
+            .cloned()
+    }
+
+    /// Start a run now, or refuse if one is running. The returned id names it in the
+    /// history; the future completes when the run ends.
+    pub fn try_start(
+        self: &Arc<Self>,
+        progress: Arc<dyn Progress>,
+    ) -> Result<
+        (
+            String,
+            impl Future<Output = Result<RunRecord, BatchError>> + use<>,
+        ),
+        BatchError,
+    > {
+        let guard = self
+            .running
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| BatchError::RunInProgress)?;
+        let id = format!(
+            "run-{}-{}",
+            Utc::now().format("%Y%m%dT%H%M%S"),
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        );
+        let record = RunRecord {
+            id: id.clone(),
+            kind: "full",
+            views: self.pipeline.views.iter().map(|v| v.name.clone()).collect(),
+            status: RunStatus::Running,
+            cutoff: None,
+            cutoff_micros: None,
+            rows_in: 0,
+            rows_out: 0,
+            started_at: rfc3339(now_micros()),
+            duration_ms: None,
+            error: None,
+        };
+        self.history.lock().expect("history lock").push(record);
+        let this = self.clone();
+        let run_id = id.clone();
+        let fut = async move {
+            let _guard = guard;
+            let started = std::time::Instant::now();
+            let result = this.run(&run_id, progress.as_ref()).await;
+            let mut history = this.history.lock().expect("history lock");
+            let rec = history
+                .iter_mut()
+                .find(|r| r.id == run_id)
+                .expect("run recorded at start");
+            rec.duration_ms = Some(started.elapsed().as_millis() as u64);
+            match &result {
+                Ok((cutoff, rows_in, rows_out)) => {
+                    rec.status = RunStatus::Succeeded;
+                    rec.cutoff = Some(rfc3339(*cutoff));
+                    rec.cutoff_micros = Some(*cutoff);
+                    rec.rows_in = *rows_in;
+                    rec.rows_out = *rows_out;
+                }
+                Err(e) => {
+                    rec.status = RunStatus::Failed;
+                    rec.error = Some(e.to_string());
+                }
+            }
+            let rec = rec.clone();
+            drop(history);
+            if result.is_ok() {
+                this.committed.send_modify(|n| *n += 1);
+            }
+            result.map(|_| rec)
+        };
+        Ok((id, fut))
+    }
+
+    async fn run(
+        &self,
+        run_id: &str,
+        progress: &dyn Progress,
+    ) -> Result<(i64, u64, u64), BatchError> {
+        let total = self.pipeline.views.len() as u64 + 1;
+        progress.stage("choosing the cutoff", 0, total);
+        let mut cutoffs = std::collections::HashMap::new();
+        for s in &self.pipeline.streams {
+            cutoffs.insert(s.name.clone(), self.stream_cutoff(s).await?);
+        }
+        let mut rows_in = 0;
+        let mut rows_out = 0;
+        let mut min_cutoff = i64::MAX;
+        for (i, view) in self.pipeline.views.iter().enumerate() {
+            let mut cutoff = cutoffs[&view.stream];
+            // Never move a view's cutoff backwards (a clock step back could).
+            if let Some(prev) = views::load_cutoff(&self.storage, view).await? {
+                cutoff = cutoff.max(prev);
+            }
+            min_cutoff = min_cutoff.min(cutoff);
+            progress.stage(&format!("view {}", view.name), i as u64 + 1, total);
+            let (states, n) = self.partial_over_master(view, cutoff).await?;
+            rows_in += n;
+            rows_out += states.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+            views::write(&self.storage, view, cutoff, run_id, states).await?;
+        }
+        progress.stage("done", total, total);
+        Ok((min_cutoff, rows_in, rows_out))
+    }
+
+    /// The largest T (aligned to segment width) such that every event of `stream`
+    /// with `_ingest_ts < T` is in the master table.
+    pub async fn stream_cutoff(&self, stream: &StreamSchema) -> Result<i64, BatchError> {
+        let floor = self
+            .log
+            .ingest_ts_floor()
+            .await
+            .map_err(|e| BatchError::Log(stream.name.clone(), e))?;
+        let master = open_master(&self.storage, &stream.name).await?;
+        let archived = archived_positions(master.as_ref(), stream).await?;
+        let mut bound = floor;
+        for (p, a) in archived.iter().enumerate() {
+            let p = p as u32;
+            let end = self
+                .log
+                .end_offset(&stream.name, p)
+                .await
+                .map_err(|e| BatchError::Log(stream.name.clone(), e))?;
+            if *a < end {
+                let first = self
+                    .log
+                    .read(&stream.name, p, *a, 1)
+                    .await
+                    .map_err(|e| BatchError::Log(stream.name.clone(), e))?;
+                if let Some(r) = first.first() {
+                    bound = bound.min(r.ingest_ts);
+                }
+            }
+        }
+        Ok(bound - bound.rem_euclid(self.segment_width))
+    }
+
+    async fn partial_over_master(
+        &self,
+        view: &CompiledView,
+        cutoff: i64,
+    ) -> Result<(Vec<RecordBatch>, u64), BatchError> {
+        let verr = |e: datafusion::error::DataFusionError| {
+            BatchError::View(view.name.clone(), e.to_string())
+        };
+        let Some(master) = open_master(&self.storage, &view.stream).await? else {
+            return Ok((Vec::new(), 0));
+        };
+        let ctx = session();
+        master
+            .update_datafusion_session(&ctx.state())
+            .map_err(|e| BatchError::delta(format!("master table of `{}`", view.stream), e))?;
+        let provider = master
+            .table_provider()
+            .await
+            .map_err(|e| BatchError::delta(format!("master table of `{}`", view.stream), e))?;
+        let cutoff_lit = lit(ScalarValue::TimestampMicrosecond(
+            Some(cutoff),
+            Some(UTC.into()),
+        ));
+        let columns: Vec<_> = view
+            .input_schema
+            .fields()
+            .iter()
+            .filter(|f| f.name() != SOURCE_COLUMN)
+            .map(|f| col(f.name().as_str()))
+            .chain(std::iter::once(lit(SOURCE_BATCH).alias(SOURCE_COLUMN)))
+            .collect();
+        let df = ctx
+            .read_table(provider)
+            .map_err(verr)?
+            .filter(col(INGEST_TS).lt(cutoff_lit))
+            .map_err(verr)?
+            .select(columns)
+            .map_err(verr)?;
+        let rows = df.clone().count().await.map_err(verr)? as u64;
+        let states = view
+            .run_partial(df.into_view())
+            .await
+            .map_err(|e| BatchError::View(view.name.clone(), e.to_string()))?;
+        Ok((states, rows))
+    }
+}

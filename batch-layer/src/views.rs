@@ -1,0 +1,163 @@
+//! Batch-view tables: a view's partial states over every event below a cutoff, one
+//! Delta table per view.
+//!
+//! State columns are stored positionally (`c0`, `c1`, …) because DataFusion's state
+//! names (`avg(readings.signal)[count]`) contain characters Delta forbids in column
+//! names, and unsigned state types are widened to signed ones, which Delta lacks. The
+//! cutoff T is committed in the same commit as the states, as a `txn` action
+//! (app id [`CUTOFF_APP_ID`], version = T) and in the commit's metadata.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use deltalake::DeltaTable;
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::protocol::SaveMode;
+use serde_json::json;
+use tributary_core::storage::Storage;
+use tributary_core::view::{CompiledView, session};
+
+use crate::error::BatchError;
+
+pub const CUTOFF_APP_ID: &str = "tributary-cutoff";
+
+/// A view's batch states as of one batch run.
+#[derive(Debug, Clone)]
+pub struct BatchView {
+    /// Every event with `_ingest_ts` below this is in `states`, and no other.
+    pub cutoff: i64,
+    pub version: i64,
+    pub states: Vec<RecordBatch>,
+}
+
+fn storage_type(t: &DataType) -> DataType {
+    match t {
+        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => DataType::Int64,
+        DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+        other => other.clone(),
+    }
+}
+
+fn storage_schema(partial: &SchemaRef) -> SchemaRef {
+    Arc::new(Schema::new(
+        partial
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Field::new(format!("c{i}"), storage_type(f.data_type()), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// Replace a view's batch states with `states`, computed over `_ingest_ts < cutoff`.
+pub async fn write(
+    storage: &Storage,
+    view: &CompiledView,
+    cutoff: i64,
+    run_id: &str,
+    states: Vec<RecordBatch>,
+) -> Result<i64, BatchError> {
+    let schema = storage_schema(&view.partial_schema);
+    let mut batches = Vec::with_capacity(states.len().max(1));
+    for b in states {
+        let cols = b
+            .columns()
+            .iter()
+            .zip(schema.fields())
+            .map(|(c, f)| cast(c, f.data_type()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BatchError::View(view.name.clone(), e.to_string()))?;
+        batches.push(
+            RecordBatch::try_new(schema.clone(), cols)
+                .map_err(|e| BatchError::View(view.name.clone(), e.to_string()))?,
+        );
+    }
+    if batches.is_empty() {
+        batches.push(RecordBatch::new_empty(schema.clone()));
+    }
+    let what = || format!("batch view `{}`", view.name);
+    let table = DeltaTable::try_from_url(storage.batch_view_table(&view.name))
+        .await
+        .map_err(|e| BatchError::delta(what(), e))?;
+    let props = CommitProperties::default()
+        .with_application_transaction(Transaction::new(CUTOFF_APP_ID, cutoff))
+        .with_metadata([
+            ("tributary.cutoff".to_string(), json!(cutoff)),
+            ("tributary.run".to_string(), json!(run_id)),
+            ("tributary.sql".to_string(), json!(view.sql)),
+        ]);
+    let table = table
+        .write(batches)
+        .with_save_mode(SaveMode::Overwrite)
+        .with_commit_properties(props)
+        .await
+        .map_err(|e| BatchError::delta(what(), e))?;
+    Ok(table.version().unwrap_or(0) as i64)
+}
+
+/// Load a view's latest batch states, or `None` if no batch run has written any.
+pub async fn load(storage: &Storage, view: &CompiledView) -> Result<Option<BatchView>, BatchError> {
+    let what = || format!("batch view `{}`", view.name);
+    let table = DeltaTable::try_from_url(storage.batch_view_table(&view.name))
+        .await
+        .map_err(|e| BatchError::delta(what(), e))?;
+    let Some(version) = table.version() else {
+        return Ok(None);
+    };
+    let snapshot = table.snapshot().map_err(|e| BatchError::delta(what(), e))?;
+    let Some(cutoff) = snapshot
+        .transaction_version(table.log_store().as_ref(), CUTOFF_APP_ID)
+        .await
+        .map_err(|e| BatchError::delta(what(), e))?
+    else {
+        return Err(BatchError::View(
+            view.name.clone(),
+            "batch view table has no cutoff".into(),
+        ));
+    };
+    let ctx = session();
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| BatchError::delta(what(), e))?;
+    let provider = table
+        .table_provider()
+        .await
+        .map_err(|e| BatchError::delta(what(), e))?;
+    let df = ctx
+        .read_table(provider)
+        .map_err(|e| BatchError::View(view.name.clone(), e.to_string()))?;
+    let batches = df
+        .collect()
+        .await
+        .map_err(|e| BatchError::View(view.name.clone(), e.to_string()))?;
+    let states = view
+        .conform(batches)
+        .map_err(|e| BatchError::View(view.name.clone(), e.to_string()))?;
+    Ok(Some(BatchView {
+        cutoff,
+        version: version as i64,
+        states,
+    }))
+}
+
+/// The cutoff of a view's latest batch states, without loading them.
+pub async fn load_cutoff(
+    storage: &Storage,
+    view: &CompiledView,
+) -> Result<Option<i64>, BatchError> {
+    let what = || format!("batch view `{}`", view.name);
+    let table = DeltaTable::try_from_url(storage.batch_view_table(&view.name))
+        .await
+        .map_err(|e| BatchError::delta(what(), e))?;
+    if table.version().is_none() {
+        return Ok(None);
+    }
+    let snapshot = table.snapshot().map_err(|e| BatchError::delta(what(), e))?;
+    snapshot
+        .transaction_version(table.log_store().as_ref(), CUTOFF_APP_ID)
+        .await
+        .map_err(|e| BatchError::delta(what(), e))
+}

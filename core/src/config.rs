@@ -1,0 +1,347 @@
+//! Layered configuration: a TOML file, overridden by `TRIBUTARY_…` environment variables.
+//!
+//! Keys are kebab-case; nested keys are reached from the environment with a double
+//! underscore (`TRIBUTARY_HTTP__ADDR` overrides `http.addr`, `TRIBUTARY_STORAGE_ROOT`
+//! overrides `storage-root`). Unknown keys are refused, so a typo never silently falls
+//! back to a default.
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CoreError, Result};
+
+/// The example pipeline `tributary up` runs when there is no configuration file.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../examples/iot.toml");
+
+/// Where a configuration came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    File(PathBuf),
+    EmbeddedDefault,
+}
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigSource::File(p) => write!(f, "{}", p.display()),
+            ConfigSource::EmbeddedDefault => write!(f, "<embedded default: examples/iot.toml>"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// Root of every table and of the embedded log: a local directory.
+    #[serde(default = "default_storage_root")]
+    pub storage_root: PathBuf,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub speed: SpeedConfig,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    #[serde(default)]
+    pub generator: GeneratorConfig,
+    #[serde(default)]
+    pub streams: Vec<StreamConfig>,
+    #[serde(default)]
+    pub views: Vec<ViewConfig>,
+}
+
+fn default_storage_root() -> PathBuf {
+    PathBuf::from("./tributary-data")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HttpConfig {
+    #[serde(default = "default_addr")]
+    pub addr: String,
+    /// Largest request body ingest accepts; larger bodies get 413.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Most records one ingest request may carry; more get 413.
+    #[serde(default = "default_max_records")]
+    pub max_records_per_request: usize,
+    /// Directory holding the dashboard's browser build (`pkg/`).
+    #[serde(default = "default_site_dir")]
+    pub site_dir: PathBuf,
+}
+
+fn default_site_dir() -> PathBuf {
+    PathBuf::from("target/site")
+}
+
+fn default_addr() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_max_body() -> usize {
+    16 * 1024 * 1024
+}
+fn default_max_records() -> usize {
+    100_000
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: default_addr(),
+            max_body_bytes: default_max_body(),
+            max_records_per_request: default_max_records(),
+            site_dir: default_site_dir(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogKind {
+    #[default]
+    Embedded,
+    Kafka,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LogConfig {
+    #[serde(default)]
+    pub kind: LogKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SpeedConfig {
+    /// Width of one state segment in `_ingest_ts`; batch cutoffs are aligned to it.
+    #[serde(default = "default_segment_width_ms")]
+    pub segment_width_ms: u64,
+    /// How long the speed layer waits for new records when the log is idle.
+    #[serde(default = "default_poll_ms")]
+    pub poll_interval_ms: u64,
+    /// Most records read from one partition per micro-batch.
+    #[serde(default = "default_micro_batch")]
+    pub max_batch_records: usize,
+}
+
+fn default_segment_width_ms() -> u64 {
+    1_000
+}
+fn default_poll_ms() -> u64 {
+    20
+}
+fn default_micro_batch() -> usize {
+    50_000
+}
+
+impl Default for SpeedConfig {
+    fn default() -> Self {
+        SpeedConfig {
+            segment_width_ms: default_segment_width_ms(),
+            poll_interval_ms: default_poll_ms(),
+            max_batch_records: default_micro_batch(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BatchConfig {
+    /// The archiver commits at least this often while events arrive.
+    #[serde(default = "default_flush_ms")]
+    pub archive_flush_ms: u64,
+    /// ... or as soon as this many records are pending.
+    #[serde(default = "default_flush_records")]
+    pub archive_flush_records: usize,
+}
+
+fn default_flush_ms() -> u64 {
+    500
+}
+fn default_flush_records() -> usize {
+    200_000
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            archive_flush_ms: default_flush_ms(),
+            archive_flush_records: default_flush_records(),
+        }
+    }
+}
+
+/// A built-in source of IoT readings, so a newcomer sees live data at once.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct GeneratorConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_gen_stream")]
+    pub stream: String,
+    #[serde(default = "default_gen_rate")]
+    pub events_per_second: u32,
+    #[serde(default = "default_gen_devices")]
+    pub devices: u32,
+}
+
+fn default_gen_stream() -> String {
+    "readings".into()
+}
+fn default_gen_rate() -> u32 {
+    200
+}
+fn default_gen_devices() -> u32 {
+    50
+}
+
+impl Default for GeneratorConfig {
+    fn default() -> Self {
+        GeneratorConfig {
+            enabled: false,
+            stream: default_gen_stream(),
+            events_per_second: default_gen_rate(),
+            devices: default_gen_devices(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StreamConfig {
+    pub name: String,
+    pub fields: Vec<FieldConfig>,
+    /// The field that holds each event's event time; must be a timestamp.
+    pub event_time: String,
+    /// Records with the same key go to the same partition.
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+}
+
+fn default_partitions() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FieldConfig {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub field_type: String,
+    /// A nullable field may be missing or null; every other field is required.
+    #[serde(default)]
+    pub nullable: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ViewConfig {
+    pub name: String,
+    pub sql: String,
+}
+
+/// Load the configuration from `path` (or the embedded default when `path` is `None`),
+/// then apply `TRIBUTARY_…` environment overrides.
+pub fn load(path: Option<&Path>) -> Result<(Config, ConfigSource)> {
+    let (figment, source) = match path {
+        Some(p) => {
+            if !p.exists() {
+                return Err(CoreError::Config {
+                    source_name: p.display().to_string(),
+                    key: String::new(),
+                    message: "file not found".into(),
+                });
+            }
+            (
+                Figment::from(Toml::file_exact(p)),
+                ConfigSource::File(p.to_path_buf()),
+            )
+        }
+        None => {
+            // The embedded default switches the generator on: a newcomer sees data at once.
+            let generator = Toml::string("[generator]\nenabled = true\n");
+            (
+                Figment::from(Toml::string(EMBEDDED_DEFAULT)).merge(generator),
+                ConfigSource::EmbeddedDefault,
+            )
+        }
+    };
+    let figment = figment.merge(env_provider());
+    let config: Config = figment.extract().map_err(|e| figment_error(&source, e))?;
+    Ok((config, source))
+}
+
+/// Parse a configuration from TOML text (used by tests and by `load`).
+pub fn from_toml_str(text: &str) -> Result<Config> {
+    let source = ConfigSource::EmbeddedDefault;
+    Figment::from(Toml::string(text))
+        .extract()
+        .map_err(|e| figment_error(&source, e))
+}
+
+fn env_provider() -> Env {
+    Env::prefixed("TRIBUTARY_")
+        // TRIBUTARY_CONFIG names the file itself; it is not a key inside it.
+        .filter(|k| k.as_str() != "config")
+        .split("__")
+        .map(|k| k.as_str().replace('_', "-").into())
+}
+
+fn figment_error(source: &ConfigSource, err: figment::Error) -> CoreError {
+    let mut messages = Vec::new();
+    let mut key = String::new();
+    for e in err {
+        if key.is_empty() && !e.path.is_empty() {
+            key = e.path.join(".");
+        }
+        let origin = match &e.metadata {
+            Some(m) if m.name.contains("environment") => " (from the environment)".to_string(),
+            _ => String::new(),
+        };
+        messages.push(format!("{}{}", e.kind, origin));
+    }
+    CoreError::Config {
+        source_name: source.to_string(),
+        key,
+        message: messages.join("; "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses_and_enables_generator() {
+        let (config, source) = load(None).unwrap();
+        assert_eq!(source, ConfigSource::EmbeddedDefault);
+        assert!(config.generator.enabled);
+        assert_eq!(config.streams[0].name, "readings");
+        assert_eq!(config.views[0].name, "signal_by_type");
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_path() {
+        let err = from_toml_str("storage-root = 'x'\n[http]\nadress = '1'\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("http"), "{text}");
+        assert!(text.contains("adress"), "{text}");
+    }
+
+    #[test]
+    fn file_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[log]\nkind = 'carrier-pigeon'\n").unwrap();
+        let err = load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("bad.toml"), "{err}");
+        assert!(err.contains("log.kind"), "{err}");
+        assert!(err.contains("carrier-pigeon"), "{err}");
+    }
+}

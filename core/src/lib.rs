@@ -1,0 +1,17 @@
+//! Shared core of Tributary.
+//!
+//! Owns what every layer agrees on: the configuration and its loading, stream schemas
+//! and record validation, the compilation of a view's SQL into a partial and a final
+//! plan, the event-log trait, the storage layout, and the named-task shutdown helper.
+
+pub mod config;
+pub mod error;
+pub mod log;
+pub mod pipeline;
+pub mod schema;
+pub mod shutdown;
+pub mod storage;
+pub mod time;
+pub mod view;
+
+pub use error::{CoreError, Result};

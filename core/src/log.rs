@@ -1,0 +1,70 @@
+//! The event-log contract every backend (embedded, Kafka) implements.
+//!
+//! A log holds, per stream, a fixed number of partitions; each is an append-only
+//! sequence of records addressed by offset. Every record carries `_ingest_ts`, assigned
+//! in log order so that it never decreases within a partition (DESIGN.md): that is what
+//! makes "every event below T is archived" decidable from the archiver's positions.
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+
+/// One record read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    pub offset: u64,
+    /// Microseconds since the epoch, non-decreasing within a partition.
+    pub ingest_ts: i64,
+    /// The record as JSON bytes.
+    pub payload: Vec<u8>,
+}
+
+/// What an append returns once the records are durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendAck {
+    pub first_offset: u64,
+    pub count: usize,
+    pub ingest_ts: i64,
+}
+
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Append records to one partition; returns only once they are durable.
+    async fn append(
+        &self,
+        stream: &str,
+        partition: u32,
+        payloads: Vec<Vec<u8>>,
+    ) -> Result<AppendAck>;
+
+    /// Read up to `max` records of a partition starting at `from`.
+    async fn read(
+        &self,
+        stream: &str,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<LogRecord>>;
+
+    /// The offset the next append to this partition will get.
+    async fn end_offset(&self, stream: &str, partition: u32) -> Result<u64>;
+
+    /// The first offset whose `_ingest_ts` is `>= ts` (the end offset if none is).
+    async fn offset_for_ingest_ts(&self, stream: &str, partition: u32, ts: i64) -> Result<u64>;
+
+    /// A time every record appended after this call returns will be stamped at or
+    /// after. Read the end offsets *after* calling this to bound a cutoff.
+    async fn ingest_ts_floor(&self) -> Result<i64>;
+
+    /// Remember a consumer's position (the next offset it will read).
+    async fn commit_position(
+        &self,
+        consumer: &str,
+        stream: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<()>;
+
+    /// A consumer's remembered position, if it has one.
+    async fn position(&self, consumer: &str, stream: &str, partition: u32) -> Result<Option<u64>>;
+}

@@ -1,0 +1,141 @@
+//! A checked pipeline: streams and compiled views, ready for every layer.
+
+use std::sync::Arc;
+
+use crate::config::{Config, ConfigSource};
+use crate::error::{CoreError, Result};
+use crate::schema::StreamSchema;
+use crate::view::CompiledView;
+
+/// Streams and views of one configuration, validated and compiled.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub streams: Vec<StreamSchema>,
+    pub views: Vec<Arc<CompiledView>>,
+}
+
+impl Pipeline {
+    /// Check every stream and compile every view; errors name the file and the key.
+    pub async fn from_config(config: &Config, source: &ConfigSource) -> Result<Pipeline> {
+        let fail = |key: String, message: String| CoreError::Config {
+            source_name: source.to_string(),
+            key,
+            message,
+        };
+        let mut streams: Vec<StreamSchema> = Vec::new();
+        for (i, s) in config.streams.iter().enumerate() {
+            let key = format!("streams[{i}]");
+            let schema = StreamSchema::from_config(s, &key).map_err(|m| fail(key.clone(), m))?;
+            if streams.iter().any(|x| x.name == schema.name) {
+                return Err(fail(
+                    format!("{key}.name"),
+                    format!("stream `{}` is declared twice", schema.name),
+                ));
+            }
+            streams.push(schema);
+        }
+        if streams.is_empty() {
+            return Err(fail("streams".into(), "declare at least one stream".into()));
+        }
+        let mut views: Vec<Arc<CompiledView>> = Vec::new();
+        for (i, v) in config.views.iter().enumerate() {
+            let key = format!("views[{i}]");
+            if views.iter().any(|x| x.name == v.name) {
+                return Err(fail(
+                    format!("{key}.name"),
+                    format!("view `{}` is declared twice", v.name),
+                ));
+            }
+            if v.name.is_empty()
+                || !v
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                return Err(fail(
+                    format!("{key}.name"),
+                    format!(
+                        "`{}` is not a valid view name (letters, digits and _ only)",
+                        v.name
+                    ),
+                ));
+            }
+            let compiled = CompiledView::compile(v, &streams).await.map_err(|e| {
+                let message = match e {
+                    CoreError::View { message, .. } => message,
+                    other => other.to_string(),
+                };
+                fail(
+                    format!("{key}.sql"),
+                    format!("view `{}`: {message}", v.name),
+                )
+            })?;
+            views.push(Arc::new(compiled));
+        }
+        if config.generator.enabled && !streams.iter().any(|s| s.name == config.generator.stream) {
+            return Err(fail(
+                "generator.stream".into(),
+                format!("`{}` is not a declared stream", config.generator.stream),
+            ));
+        }
+        Ok(Pipeline { streams, views })
+    }
+
+    pub fn stream(&self, name: &str) -> Option<&StreamSchema> {
+        self.streams.iter().find(|s| s.name == name)
+    }
+
+    pub fn view(&self, name: &str) -> Option<&Arc<CompiledView>> {
+        self.views.iter().find(|v| v.name == name)
+    }
+
+    /// Views that read `stream`.
+    pub fn views_of<'a>(
+        &'a self,
+        stream: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<CompiledView>> + 'a {
+        self.views.iter().filter(move |v| v.stream == stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::from_toml_str;
+
+    async fn check(toml: &str) -> String {
+        let config = from_toml_str(toml).unwrap();
+        Pipeline::from_config(&config, &ConfigSource::File("t.toml".into()))
+            .await
+            .unwrap_err()
+            .to_string()
+    }
+
+    const STREAM: &str = "[[streams]]\nname='r'\nevent-time='ts'\nfields=[{name='k',type='string'},{name='ts',type='timestamp'}]\n";
+
+    #[tokio::test]
+    async fn bad_pipelines_name_file_key_and_problem() {
+        let e = check("[[streams]]\nname='r'\nevent-time='ts'\nfields=[{name='ts',type='timestamp'},{name='x',type='decimal'}]\n").await;
+        assert!(
+            e.contains("t.toml")
+                && e.contains("streams[0].fields[1].type")
+                && e.contains("decimal"),
+            "{e}"
+        );
+        let e = check(&format!(
+            "{STREAM}[[views]]\nname='v'\nsql='SELECT k, count(*) FROM other GROUP BY k'\n"
+        ))
+        .await;
+        assert!(e.contains("views[0].sql") && e.contains("other"), "{e}");
+        let e = check(&format!("{STREAM}[[views]]\nname='v'\nsql=\"SELECT q, date_bin(INTERVAL '1 minute', ts) AS w, count(*) FROM r GROUP BY q, w\"\n")).await;
+        assert!(e.contains("views[0].sql") && e.contains("q"), "{e}");
+        let e = check(
+            "[[streams]]\nname='r'\nevent-time='when'\nfields=[{name='ts',type='timestamp'}]\n",
+        )
+        .await;
+        assert!(
+            e.contains("streams[0].event-time") && e.contains("when"),
+            "{e}"
+        );
+    }
+}

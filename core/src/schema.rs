@@ -1,0 +1,577 @@
+//! Stream schemas: validation of JSON records and their conversion to Arrow.
+//!
+//! One validator serves every entry point (HTTP ingest, records consumed from the log,
+//! later backfill), so a record means the same thing wherever it came from.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use datafusion::arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::config::StreamConfig;
+use crate::error::{CoreError, Result};
+
+/// Column that holds the time the log accepted an event (microseconds, UTC).
+pub const INGEST_TS: &str = "_ingest_ts";
+/// Master-table columns that locate an event in the log, for exactly-once audits.
+pub const PARTITION: &str = "_partition";
+pub const OFFSET: &str = "_offset";
+
+pub const UTC: &str = "UTC";
+
+pub fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    String,
+    Int64,
+    Float64,
+    Bool,
+    Timestamp,
+}
+
+impl FieldType {
+    pub fn parse(name: &str) -> Option<FieldType> {
+        Some(match name {
+            "string" => FieldType::String,
+            "int64" => FieldType::Int64,
+            "float64" => FieldType::Float64,
+            "bool" => FieldType::Bool,
+            "timestamp" => FieldType::Timestamp,
+            _ => return None,
+        })
+    }
+
+    pub fn arrow(self) -> DataType {
+        match self {
+            FieldType::String => DataType::Utf8,
+            FieldType::Int64 => DataType::Int64,
+            FieldType::Float64 => DataType::Float64,
+            FieldType::Bool => DataType::Boolean,
+            FieldType::Timestamp => timestamp_type(),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            FieldType::String => "string",
+            FieldType::Int64 => "int64",
+            FieldType::Float64 => "float64",
+            FieldType::Bool => "bool",
+            FieldType::Timestamp => "timestamp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FieldSpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub field_type: FieldType,
+    pub nullable: bool,
+}
+
+/// Why one record was refused: which field, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// The offending field, or empty when the record as a whole is wrong.
+    pub field: String,
+    pub reason: String,
+}
+
+impl FieldError {
+    fn new(field: &str, reason: impl Into<String>) -> Self {
+        FieldError {
+            field: field.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A validated stream definition.
+#[derive(Debug, Clone)]
+pub struct StreamSchema {
+    pub name: String,
+    pub fields: Vec<FieldSpec>,
+    pub event_time: String,
+    pub key: Option<String>,
+    pub partitions: u32,
+}
+
+/// One parsed field value, before it goes into an Arrow builder.
+#[derive(Debug, Clone, PartialEq)]
+enum Scalar {
+    Null,
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Ts(i64),
+}
+
+impl StreamSchema {
+    /// Check a stream's configuration; `key` is the config path used in messages.
+    pub fn from_config(cfg: &StreamConfig, key: &str) -> std::result::Result<Self, String> {
+        if !is_identifier(&cfg.name) {
+            return Err(format!(
+                "{key}.name: `{}` is not a valid stream name (letters, digits and _ only, not starting with a digit)",
+                cfg.name
+            ));
+        }
+        if cfg.partitions == 0 || cfg.partitions > 1024 {
+            return Err(format!(
+                "{key}.partitions: expected 1..=1024, got {}",
+                cfg.partitions
+            ));
+        }
+        let mut fields = Vec::new();
+        for (i, f) in cfg.fields.iter().enumerate() {
+            let fkey = format!("{key}.fields[{i}]");
+            if !is_identifier(&f.name) || f.name.starts_with('_') {
+                return Err(format!(
+                    "{fkey}.name: `{}` is not a valid field name (letters, digits and _, not starting with _ or a digit)",
+                    f.name
+                ));
+            }
+            if fields.iter().any(|x: &FieldSpec| x.name == f.name) {
+                return Err(format!("{fkey}.name: field `{}` is declared twice", f.name));
+            }
+            let field_type = FieldType::parse(&f.field_type).ok_or_else(|| {
+                format!(
+                    "{fkey}.type: unknown type `{}` (expected one of string, int64, float64, bool, timestamp)",
+                    f.field_type
+                )
+            })?;
+            fields.push(FieldSpec {
+                name: f.name.clone(),
+                field_type,
+                nullable: f.nullable,
+            });
+        }
+        if fields.is_empty() {
+            return Err(format!("{key}.fields: a stream needs at least one field"));
+        }
+        match fields.iter().find(|f| f.name == cfg.event_time) {
+            None => {
+                return Err(format!(
+                    "{key}.event-time: `{}` is not a field of stream `{}`",
+                    cfg.event_time, cfg.name
+                ));
+            }
+            Some(f) if f.field_type != FieldType::Timestamp || f.nullable => {
+                return Err(format!(
+                    "{key}.event-time: field `{}` must be a non-nullable timestamp",
+                    cfg.event_time
+                ));
+            }
+            Some(_) => {}
+        }
+        if let Some(k) = &cfg.key
+            && !fields.iter().any(|f| &f.name == k)
+        {
+            return Err(format!(
+                "{key}.key: `{k}` is not a field of stream `{}`",
+                cfg.name
+            ));
+        }
+        Ok(StreamSchema {
+            name: cfg.name.clone(),
+            fields,
+            event_time: cfg.event_time.clone(),
+            key: cfg.key.clone(),
+            partitions: cfg.partitions,
+        })
+    }
+
+    /// The stream's own fields, as Arrow.
+    pub fn user_fields(&self) -> Vec<Field> {
+        self.fields
+            .iter()
+            .map(|f| Field::new(&f.name, f.field_type.arrow(), f.nullable))
+            .collect()
+    }
+
+    /// What views see: the stream's fields plus `_ingest_ts`.
+    pub fn view_schema(&self) -> SchemaRef {
+        let mut fields = self.user_fields();
+        fields.push(Field::new(INGEST_TS, timestamp_type(), false));
+        Arc::new(Schema::new(fields))
+    }
+
+    /// The master table: the view schema plus the log position of every event.
+    pub fn master_schema(&self) -> SchemaRef {
+        let mut fields = self.user_fields();
+        fields.push(Field::new(INGEST_TS, timestamp_type(), false));
+        fields.push(Field::new(PARTITION, DataType::Int32, false));
+        fields.push(Field::new(OFFSET, DataType::Int64, false));
+        Arc::new(Schema::new(fields))
+    }
+
+    /// Validate one JSON value as a record of this stream.
+    pub fn validate(&self, value: &Value) -> std::result::Result<(), FieldError> {
+        self.parse(value).map(|_| ())
+    }
+
+    /// The partition a record goes to: by key when the stream has one.
+    pub fn partition_for(&self, value: &Value, round_robin: u64) -> u32 {
+        let key = self
+            .key
+            .as_ref()
+            .and_then(|k| value.as_object().and_then(|o| o.get(k)));
+        match key {
+            Some(Value::String(s)) => (fnv1a(s.as_bytes()) % self.partitions as u64) as u32,
+            Some(other) => (fnv1a(other.to_string().as_bytes()) % self.partitions as u64) as u32,
+            None => (round_robin % self.partitions as u64) as u32,
+        }
+    }
+
+    fn parse(&self, value: &Value) -> std::result::Result<Vec<Scalar>, FieldError> {
+        let obj: &Map<String, Value> = value.as_object().ok_or_else(|| {
+            FieldError::new("", format!("expected a JSON object, got {}", kind(value)))
+        })?;
+        for k in obj.keys() {
+            if !self.fields.iter().any(|f| &f.name == k) {
+                return Err(FieldError::new(
+                    k,
+                    format!("unknown field: stream `{}` has no field `{k}`", self.name),
+                ));
+            }
+        }
+        let mut out = Vec::with_capacity(self.fields.len());
+        for f in &self.fields {
+            let v = obj.get(&f.name).unwrap_or(&Value::Null);
+            if v.is_null() {
+                if f.nullable {
+                    out.push(Scalar::Null);
+                    continue;
+                }
+                let what = if obj.contains_key(&f.name) {
+                    "is null"
+                } else {
+                    "is missing"
+                };
+                return Err(FieldError::new(
+                    &f.name,
+                    format!("required field {what}: expected {}", f.field_type.name()),
+                ));
+            }
+            out.push(parse_scalar(f, v)?);
+        }
+        Ok(out)
+    }
+}
+
+fn parse_scalar(f: &FieldSpec, v: &Value) -> std::result::Result<Scalar, FieldError> {
+    let mismatch = || {
+        FieldError::new(
+            &f.name,
+            format!("expected {}, got {}", f.field_type.name(), describe(v)),
+        )
+    };
+    Ok(match f.field_type {
+        FieldType::String => Scalar::Str(v.as_str().ok_or_else(mismatch)?.to_string()),
+        FieldType::Int64 => Scalar::Int(v.as_i64().ok_or_else(mismatch)?),
+        FieldType::Float64 => {
+            let x = v.as_f64().ok_or_else(mismatch)?;
+            Scalar::Float(x)
+        }
+        FieldType::Bool => Scalar::Bool(v.as_bool().ok_or_else(mismatch)?),
+        FieldType::Timestamp => match v {
+            Value::String(s) => {
+                let t = DateTime::parse_from_rfc3339(s).map_err(|e| {
+                    FieldError::new(
+                        &f.name,
+                        format!(
+                            "expected an RFC 3339 timestamp (e.g. 2026-11-21T07:00:00Z) or epoch milliseconds, got \"{}\" ({e})",
+                            truncate(s)
+                        ),
+                    )
+                })?;
+                Scalar::Ts(t.with_timezone(&Utc).timestamp_micros())
+            }
+            Value::Number(n) => {
+                let ms = n.as_i64().ok_or_else(mismatch)?;
+                Scalar::Ts(ms.checked_mul(1000).ok_or_else(|| {
+                    FieldError::new(&f.name, format!("epoch milliseconds {ms} out of range"))
+                })?)
+            }
+            _ => return Err(mismatch()),
+        },
+    })
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Number(n) if n.is_f64() => format!("float {n}"),
+        Value::Number(n) => format!("integer {n}"),
+        Value::String(s) => format!("string \"{}\"", truncate(s)),
+        other => kind(other).to_string(),
+    }
+}
+
+fn truncate(s: &str) -> String {
+    if s.chars().count() > 40 {
+        format!("{}…", s.chars().take(40).collect::<String>())
+    } else {
+        s.to_string()
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// FNV-1a: stable across processes and releases, unlike std's randomised hasher.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// Where a decoded record sits in the log.
+#[derive(Debug, Clone, Copy)]
+pub struct LogPosition {
+    pub partition: u32,
+    pub offset: u64,
+    pub ingest_ts: i64,
+}
+
+/// Builds Arrow batches from JSON records of one stream; invalid records are returned
+/// with their reasons instead of being appended.
+pub struct BatchDecoder {
+    schema: StreamSchema,
+    with_position: bool,
+    columns: Vec<ColumnBuilder>,
+    ingest_ts: TimestampMicrosecondBuilder,
+    partition: Int32Builder,
+    offset: Int64Builder,
+    rows: usize,
+}
+
+enum ColumnBuilder {
+    Str(StringBuilder),
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Bool(BooleanBuilder),
+    Ts(TimestampMicrosecondBuilder),
+}
+
+impl BatchDecoder {
+    /// `with_position` adds `_partition` and `_offset` (the master-table layout).
+    pub fn new(schema: &StreamSchema, with_position: bool) -> Self {
+        let columns = schema
+            .fields
+            .iter()
+            .map(|f| match f.field_type {
+                FieldType::String => ColumnBuilder::Str(StringBuilder::new()),
+                FieldType::Int64 => ColumnBuilder::Int(Int64Builder::new()),
+                FieldType::Float64 => ColumnBuilder::Float(Float64Builder::new()),
+                FieldType::Bool => ColumnBuilder::Bool(BooleanBuilder::new()),
+                FieldType::Timestamp => {
+                    ColumnBuilder::Ts(TimestampMicrosecondBuilder::new().with_timezone(UTC))
+                }
+            })
+            .collect();
+        BatchDecoder {
+            schema: schema.clone(),
+            with_position,
+            columns,
+            ingest_ts: TimestampMicrosecondBuilder::new().with_timezone(UTC),
+            partition: Int32Builder::new(),
+            offset: Int64Builder::new(),
+            rows: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Parse and append one raw record; on error nothing is appended.
+    pub fn push_bytes(
+        &mut self,
+        payload: &[u8],
+        pos: LogPosition,
+    ) -> std::result::Result<(), FieldError> {
+        let value: Value = serde_json::from_slice(payload)
+            .map_err(|e| FieldError::new("", format!("malformed JSON: {e}")))?;
+        self.push(&value, pos)
+    }
+
+    pub fn push(&mut self, value: &Value, pos: LogPosition) -> std::result::Result<(), FieldError> {
+        let scalars = self.schema.parse(value)?;
+        for (b, s) in self.columns.iter_mut().zip(scalars) {
+            match (b, s) {
+                (ColumnBuilder::Str(b), Scalar::Str(v)) => b.append_value(v),
+                (ColumnBuilder::Str(b), Scalar::Null) => b.append_null(),
+                (ColumnBuilder::Int(b), Scalar::Int(v)) => b.append_value(v),
+                (ColumnBuilder::Int(b), Scalar::Null) => b.append_null(),
+                (ColumnBuilder::Float(b), Scalar::Float(v)) => b.append_value(v),
+                (ColumnBuilder::Float(b), Scalar::Null) => b.append_null(),
+                (ColumnBuilder::Bool(b), Scalar::Bool(v)) => b.append_value(v),
+                (ColumnBuilder::Bool(b), Scalar::Null) => b.append_null(),
+                (ColumnBuilder::Ts(b), Scalar::Ts(v)) => b.append_value(v),
+                (ColumnBuilder::Ts(b), Scalar::Null) => b.append_null(),
+                _ => unreachable!("parse() returns scalars matching the schema's types"),
+            }
+        }
+        self.ingest_ts.append_value(pos.ingest_ts);
+        self.partition.append_value(pos.partition as i32);
+        self.offset.append_value(pos.offset as i64);
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Take the rows appended so far as one batch, leaving the decoder empty.
+    pub fn flush(&mut self) -> Result<RecordBatch> {
+        let mut arrays: Vec<ArrayRef> = self
+            .columns
+            .iter_mut()
+            .map(|b| -> ArrayRef {
+                match b {
+                    ColumnBuilder::Str(b) => Arc::new(b.finish()),
+                    ColumnBuilder::Int(b) => Arc::new(b.finish()),
+                    ColumnBuilder::Float(b) => Arc::new(b.finish()),
+                    ColumnBuilder::Bool(b) => Arc::new(b.finish()),
+                    ColumnBuilder::Ts(b) => Arc::new(b.finish()),
+                }
+            })
+            .collect();
+        arrays.push(Arc::new(self.ingest_ts.finish()));
+        let partition = Arc::new(self.partition.finish());
+        let offset = Arc::new(self.offset.finish());
+        let schema = if self.with_position {
+            arrays.push(partition);
+            arrays.push(offset);
+            self.schema.master_schema()
+        } else {
+            self.schema.view_schema()
+        };
+        self.rows = 0;
+        RecordBatch::try_new(schema, arrays).map_err(CoreError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FieldConfig, StreamConfig};
+    use serde_json::json;
+
+    fn readings() -> StreamSchema {
+        let field = |n: &str, t: &str| FieldConfig {
+            name: n.into(),
+            field_type: t.into(),
+            nullable: false,
+        };
+        let cfg = StreamConfig {
+            name: "readings".into(),
+            fields: vec![
+                field("device", "string"),
+                field("signal", "float64"),
+                field("count", "int64"),
+                field("ok", "bool"),
+                field("ts", "timestamp"),
+            ],
+            event_time: "ts".into(),
+            key: Some("device".into()),
+            partitions: 4,
+        };
+        StreamSchema::from_config(&cfg, "streams[0]").unwrap()
+    }
+
+    #[test]
+    fn valid_record_decodes_to_arrow() {
+        let s = readings();
+        let mut d = BatchDecoder::new(&s, true);
+        let rec = json!({"device":"a","signal":1,"count":3,"ok":true,"ts":"2026-01-01T00:00:00Z"});
+        d.push(
+            &rec,
+            LogPosition {
+                partition: 1,
+                offset: 7,
+                ingest_ts: 42,
+            },
+        )
+        .unwrap();
+        let b = d.flush().unwrap();
+        assert_eq!(b.num_rows(), 1);
+        assert_eq!(b.num_columns(), 8);
+        assert_eq!(b.schema().field(4).data_type(), &timestamp_type());
+    }
+
+    #[test]
+    fn errors_name_field_and_expectation() {
+        let s = readings();
+        let base =
+            json!({"device":"a","signal":1.5,"count":3,"ok":true,"ts":"2026-01-01T00:00:00Z"});
+        let with = |k: &str, v: Value| {
+            let mut r = base.clone();
+            r[k] = v;
+            s.validate(&r).unwrap_err()
+        };
+        let e = with("count", json!(1.5));
+        assert_eq!(e.field, "count");
+        assert!(e.reason.contains("expected int64, got float 1.5"), "{e:?}");
+        let e = with("signal", json!("high"));
+        assert!(e.reason.contains("expected float64, got string"), "{e:?}");
+        let e = with("ts", json!("yesterday"));
+        assert_eq!(e.field, "ts");
+        assert!(e.reason.contains("RFC 3339"), "{e:?}");
+        let e = with("extra", json!(1));
+        assert_eq!(e.field, "extra");
+        let mut missing = base.clone();
+        missing.as_object_mut().unwrap().remove("device");
+        let e = s.validate(&missing).unwrap_err();
+        assert_eq!(e.field, "device");
+        assert!(e.reason.contains("missing"), "{e:?}");
+        let e = s.validate(&json!([1, 2])).unwrap_err();
+        assert!(e.reason.contains("expected a JSON object"), "{e:?}");
+    }
+
+    #[test]
+    fn epoch_millis_are_accepted_for_timestamps() {
+        let s = readings();
+        let r = json!({"device":"a","signal":1.5,"count":3,"ok":true,"ts":1_700_000_000_000i64});
+        assert!(s.validate(&r).is_ok());
+    }
+
+    #[test]
+    fn partitioning_by_key_is_stable() {
+        let s = readings();
+        let r = json!({"device":"pump-7"});
+        let p = s.partition_for(&r, 0);
+        assert_eq!(p, s.partition_for(&r, 99));
+        assert!(p < 4);
+    }
+}

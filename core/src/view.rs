@@ -1,0 +1,498 @@
+//! View compilation: one SQL text, split into a partial plan and a final plan.
+//!
+//! DataFusion already plans every grouped query in two phases: an `AggregateExec` in
+//! `Partial` mode that turns rows into aggregate *states*, and one in `Final` mode that
+//! turns states into values. A view is planned once (physical optimizer rules off, so
+//! the two phases are never fused) and cut at that seam:
+//!
+//! - the speed layer and the batch layer run the **partial** side over their own input
+//!   (a micro-batch, the master table) and keep the states;
+//! - `PartialReduce` merges states into fewer states (compaction);
+//! - serving runs the **final** side over the union of batch and speed states.
+//!
+//! To tell which layer a row came from, compilation adds one hidden aggregate,
+//! `bit_or(_src) AS _src`, over a hidden input column `_src` that the batch layer sets
+//! to 1 and the speed layer to 2: after the final plan, 1 means batch, 2 speed, 3 both.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Int32Array, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::TableProvider;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::datasource::MemTable;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::{ExecutionPlan, collect};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr, Statement};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+use crate::config::ViewConfig;
+use crate::error::{CoreError, Result};
+use crate::schema::StreamSchema;
+
+/// Hidden column that tags each input row with the layer that read it.
+pub const SOURCE_COLUMN: &str = "_src";
+pub const SOURCE_BATCH: i32 = 1;
+pub const SOURCE_SPEED: i32 = 2;
+
+/// Aggregates whose states merge exactly (the shape both layers support today).
+const SUPPORTED_AGGREGATES: &[&str] = &["count", "sum", "min", "max", "avg"];
+
+/// A view compiled once, shared by every layer.
+#[derive(Debug, Clone)]
+pub struct CompiledView {
+    pub name: String,
+    /// The SQL as the user wrote it.
+    pub sql: String,
+    /// The SQL every layer plans: the user's, plus the hidden `_src` aggregate.
+    exec_sql: String,
+    pub stream: String,
+    /// Output columns that are group keys (besides the window).
+    pub keys: Vec<String>,
+    /// Output column holding the window start.
+    pub window: String,
+    /// Output columns holding aggregate values.
+    pub values: Vec<String>,
+    /// Schema of the rows `run_partial` produces: group columns, then states.
+    pub partial_schema: SchemaRef,
+    /// Schema of the final rows, `_src` last.
+    pub output_schema: SchemaRef,
+    /// Input the partial plan reads: the stream's view schema plus `_src`.
+    pub input_schema: SchemaRef,
+    final_template: Arc<dyn ExecutionPlan>,
+}
+
+/// A DataFusion session that keeps the partial and final phases apart.
+pub fn session() -> SessionContext {
+    let config = SessionConfig::new()
+        .with_target_partitions(1)
+        .with_information_schema(false);
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .with_physical_optimizer_rules(vec![])
+        .build();
+    SessionContext::new_with_state(state)
+}
+
+/// The stream schema the views plan against: view schema plus `_src`.
+pub fn input_schema(stream: &StreamSchema) -> SchemaRef {
+    let mut fields: Vec<Field> = stream
+        .view_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(SOURCE_COLUMN, DataType::Int32, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// Append the `_src` column to a batch in view-schema layout.
+pub fn tag_source(batch: &RecordBatch, tag: i32, input: &SchemaRef) -> Result<RecordBatch> {
+    let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
+    cols.push(Arc::new(Int32Array::from(vec![tag; batch.num_rows()])));
+    Ok(RecordBatch::try_new(input.clone(), cols)?)
+}
+
+impl CompiledView {
+    /// Compile `cfg` against the declared streams. `key` is the configuration path
+    /// (e.g. `views[0]`) used in error messages.
+    pub async fn compile(cfg: &ViewConfig, streams: &[StreamSchema]) -> Result<CompiledView> {
+        let err = |message: String| CoreError::View {
+            view: cfg.name.clone(),
+            message,
+        };
+        let exec_sql = add_source_aggregate(&cfg.sql).map_err(err)?;
+
+        let ctx = session();
+        for s in streams {
+            let schema = input_schema(s);
+            let table = MemTable::try_new(schema, vec![vec![]])?;
+            ctx.register_table(s.name.as_str(), Arc::new(table))?;
+        }
+        let logical = ctx
+            .state()
+            .create_logical_plan(&exec_sql)
+            .await
+            .map_err(|e| err(format!("SQL does not plan: {}", strip_df(&e))))?;
+        let shape = check_shape(&logical, streams).map_err(err)?;
+        let physical = ctx
+            .state()
+            .create_physical_plan(&logical)
+            .await
+            .map_err(|e| err(format!("SQL does not plan: {}", strip_df(&e))))?;
+        let partial = find_partial(&physical)
+            .ok_or_else(|| err("internal: no partial aggregate in the physical plan".into()))?;
+        let stream = streams
+            .iter()
+            .find(|s| s.name == shape.stream)
+            .expect("check_shape found the stream");
+        Ok(CompiledView {
+            name: cfg.name.clone(),
+            sql: cfg.sql.clone(),
+            exec_sql,
+            stream: shape.stream,
+            keys: shape.keys,
+            window: shape.window,
+            values: shape.values,
+            partial_schema: partial.schema(),
+            output_schema: physical.schema(),
+            input_schema: input_schema(stream),
+            final_template: physical,
+        })
+    }
+
+    /// Run the partial side over `source` (registered as the view's stream; it must
+    /// have [`CompiledView::input_schema`]'s columns). Returns states in
+    /// [`CompiledView::partial_schema`].
+    pub async fn run_partial(&self, source: Arc<dyn TableProvider>) -> Result<Vec<RecordBatch>> {
+        let ctx = session();
+        ctx.register_table(self.stream.as_str(), source)?;
+        let logical = ctx.state().create_logical_plan(&self.exec_sql).await?;
+        let physical = ctx.state().create_physical_plan(&logical).await?;
+        let partial = find_partial(&physical).ok_or_else(|| CoreError::View {
+            view: self.name.clone(),
+            message: "internal: no partial aggregate in the physical plan".into(),
+        })?;
+        let batches = collect(partial, ctx.task_ctx()).await?;
+        self.conform(batches)
+    }
+
+    /// Run the partial side over in-memory batches in input-schema layout.
+    pub async fn run_partial_batches(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        let table = MemTable::try_new(self.input_schema.clone(), vec![batches])?;
+        self.run_partial(Arc::new(table)).await
+    }
+
+    /// Merge states into fewer states (same schema), e.g. to compact a segment.
+    pub async fn reduce(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        let partial = find_partial(&self.final_template).expect("compiled plans have one");
+        let agg = partial
+            .downcast_ref::<AggregateExec>()
+            .expect("find_partial returns an AggregateExec");
+        let source =
+            MemorySourceConfig::try_new_exec(&[states], self.partial_schema.clone(), None)?;
+        let reduce = AggregateExec::try_new(
+            AggregateMode::PartialReduce,
+            agg.group_expr().as_final(),
+            agg.aggr_expr().to_vec(),
+            agg.filter_expr().to_vec(),
+            source,
+            agg.input_schema(),
+        )?;
+        let out = collect(Arc::new(reduce), session().task_ctx()).await?;
+        self.conform(out)
+    }
+
+    /// Turn states into final rows (in [`CompiledView::output_schema`]).
+    pub async fn finalize(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        let states = self.conform(states)?;
+        let source =
+            MemorySourceConfig::try_new_exec(&[states], self.partial_schema.clone(), None)?;
+        let plan = self
+            .final_template
+            .clone()
+            .transform_up(|node| {
+                if is_partial(&node) {
+                    Ok(Transformed::yes(source.clone() as Arc<dyn ExecutionPlan>))
+                } else {
+                    Ok(Transformed::no(node))
+                }
+            })?
+            .data;
+        Ok(collect(plan, session().task_ctx()).await?)
+    }
+
+    /// Cast state batches to the canonical partial schema: storage round trips may
+    /// change physical types (e.g. strings read back as views), never values.
+    pub fn conform(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        conform_to(&self.partial_schema, batches)
+    }
+}
+
+/// Cast batches positionally to `schema` (same column count required).
+pub fn conform_to(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+    batches
+        .into_iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| {
+            if b.schema() == *schema {
+                return Ok(b);
+            }
+            if b.num_columns() != schema.fields().len() {
+                return Err(CoreError::Log(format!(
+                    "state batch has {} columns, expected {}",
+                    b.num_columns(),
+                    schema.fields().len()
+                )));
+            }
+            let cols = b
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(c, f)| {
+                    if c.data_type() == f.data_type() {
+                        Ok(c.clone())
+                    } else {
+                        cast(c, f.data_type())
+                    }
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let relaxed = Arc::new(Schema::new(
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone().with_nullable(true))
+                    .collect::<Vec<_>>(),
+            ));
+            let batch = RecordBatch::try_new(relaxed, cols)?;
+            // Keep the canonical schema when nullability allows it, so that plans
+            // built against it accept the batch.
+            Ok(RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).unwrap_or(batch))
+        })
+        .collect()
+}
+
+fn is_partial(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.downcast_ref::<AggregateExec>()
+        .is_some_and(|a| *a.mode() == AggregateMode::Partial)
+}
+
+fn find_partial(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+    if is_partial(plan) {
+        return Some(plan.clone());
+    }
+    plan.children().into_iter().find_map(find_partial)
+}
+
+fn strip_df(e: &datafusion::error::DataFusionError) -> String {
+    e.to_string()
+        .trim_start_matches("Error during planning: ")
+        .to_string()
+}
+
+/// Parse the view's SQL, check it is one plain SELECT, and add `bit_or(_src) AS _src`.
+fn add_source_aggregate(sql: &str) -> std::result::Result<String, String> {
+    let dialect = GenericDialect {};
+    let mut statements =
+        Parser::parse_sql(&dialect, sql).map_err(|e| format!("SQL does not parse: {e}"))?;
+    if statements.len() != 1 {
+        return Err(format!(
+            "expected exactly one SELECT statement, got {}",
+            statements.len()
+        ));
+    }
+    let mut statement = statements.remove(0);
+    let Statement::Query(query) = &mut statement else {
+        return Err("a view must be a SELECT query".into());
+    };
+    if query.with.is_some() {
+        return Err("WITH (common table expressions) is not supported in a view".into());
+    }
+    if query.order_by.is_some() {
+        return Err(
+            "ORDER BY is not supported in a view: order rows when you query it (`order`)".into(),
+        );
+    }
+    if query.limit_clause.is_some() || query.fetch.is_some() {
+        return Err("LIMIT/FETCH is not supported in a view: limit rows when you query it".into());
+    }
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return Err(
+            "a view must be a single SELECT (no UNION, INTERSECT, EXCEPT or VALUES)".into(),
+        );
+    };
+    if select.distinct.is_some() {
+        return Err("SELECT DISTINCT is not supported in a view".into());
+    }
+    let hidden = Parser::parse_sql(
+        &dialect,
+        &format!("SELECT bit_or({SOURCE_COLUMN}) AS {SOURCE_COLUMN}"),
+    )
+    .expect("constant SQL parses");
+    let Statement::Query(q) = &hidden[0] else {
+        unreachable!()
+    };
+    let SetExpr::Select(s) = q.body.as_ref() else {
+        unreachable!()
+    };
+    let item: SelectItem = s.projection[0].clone();
+    select.projection.push(item);
+    Ok(statement.to_string())
+}
+
+struct Shape {
+    stream: String,
+    keys: Vec<String>,
+    window: String,
+    values: Vec<String>,
+}
+
+/// Check the logical plan is the supported shape: a projection (and HAVING filter)
+/// over one aggregate over filters/projections of one stream.
+fn check_shape(plan: &LogicalPlan, streams: &[StreamSchema]) -> std::result::Result<Shape, String> {
+    let LogicalPlan::Projection(projection) = plan else {
+        return Err(format!("unsupported query shape: {}", plan.display()));
+    };
+    // Walk down to the aggregate through HAVING filters.
+    let mut node = projection.input.as_ref();
+    let aggregate = loop {
+        match node {
+            LogicalPlan::Aggregate(a) => break a,
+            LogicalPlan::Filter(f) => node = f.input.as_ref(),
+            other => return Err(unsupported(other)),
+        }
+    };
+    // Below the aggregate: filters, projections and exactly one stream.
+    let mut node = aggregate.input.as_ref();
+    let stream_name = loop {
+        match node {
+            LogicalPlan::Filter(f) => node = f.input.as_ref(),
+            LogicalPlan::Projection(p) => node = p.input.as_ref(),
+            LogicalPlan::SubqueryAlias(s) => node = s.input.as_ref(),
+            LogicalPlan::TableScan(scan) => break scan.table_name.table().to_string(),
+            other => return Err(unsupported(other)),
+        }
+    };
+    let stream = streams
+        .iter()
+        .find(|s| s.name == stream_name)
+        .ok_or_else(|| format!("view reads `{stream_name}`, which is not a declared stream"))?;
+
+    for e in &aggregate.aggr_expr {
+        check_aggregate(e)?;
+    }
+    if aggregate.group_expr.is_empty() {
+        return Err(
+            "a view needs GROUP BY with an event-time window, e.g. GROUP BY date_bin(INTERVAL '10 minutes', ts)"
+                .into(),
+        );
+    }
+    let mut window_idx = None;
+    for (i, g) in aggregate.group_expr.iter().enumerate() {
+        if matches!(g, Expr::GroupingSet(_)) {
+            return Err("GROUPING SETS, CUBE and ROLLUP are not supported in a view".into());
+        }
+        if let Some(arg) = date_bin_argument(g) {
+            if window_idx.is_some() {
+                return Err("a view may group by only one window (date_bin)".into());
+            }
+            if arg != stream.event_time {
+                return Err(format!(
+                    "the window must bin the event-time field `{}`, not `{arg}`",
+                    stream.event_time
+                ));
+            }
+            window_idx = Some(i);
+        }
+    }
+    let window_idx = window_idx.ok_or_else(|| {
+        format!(
+            "GROUP BY needs one event-time window: date_bin(INTERVAL '…', {})",
+            stream.event_time
+        )
+    })?;
+
+    let n_groups = aggregate.group_expr.len();
+    let agg_fields = aggregate.schema.fields();
+    let mut keys = Vec::new();
+    let mut window = None;
+    let mut values = Vec::new();
+    for (i, e) in projection.expr.iter().enumerate() {
+        let out = projection.schema.field(i).name().clone();
+        if out == SOURCE_COLUMN {
+            continue;
+        }
+        let group = match unalias(e) {
+            Expr::Column(c) => agg_fields[..n_groups]
+                .iter()
+                .position(|f| f.name() == &c.name),
+            _ => None,
+        };
+        match group {
+            Some(g) if g == window_idx => window = Some(out),
+            Some(_) => keys.push(out),
+            None => values.push(out),
+        }
+    }
+    let window = window.ok_or_else(|| {
+        "the window must appear in the SELECT list, e.g. date_bin(INTERVAL '10 minutes', ts) AS window_start"
+            .to_string()
+    })?;
+    Ok(Shape {
+        stream: stream.name.clone(),
+        keys,
+        window,
+        values,
+    })
+}
+
+fn unsupported(plan: &LogicalPlan) -> String {
+    let what = match plan {
+        LogicalPlan::Join(_) => "joins are not supported in a view yet".to_string(),
+        LogicalPlan::Window(_) => "window functions (OVER) are not supported in a view".to_string(),
+        LogicalPlan::Sort(_) => "ORDER BY is not supported in a view".to_string(),
+        LogicalPlan::Limit(_) => "LIMIT is not supported in a view".to_string(),
+        LogicalPlan::Distinct(_) => "DISTINCT is not supported in a view".to_string(),
+        LogicalPlan::Union(_) => "UNION is not supported in a view".to_string(),
+        LogicalPlan::Aggregate(_) => "nested aggregates are not supported in a view".to_string(),
+        LogicalPlan::Subquery(_) | LogicalPlan::SubqueryAlias(_) => {
+            "subqueries are not supported in a view".to_string()
+        }
+        other => format!("`{}` is not supported in a view", other.display()),
+    };
+    format!("unsupported query shape: {what}")
+}
+
+fn unalias(e: &Expr) -> &Expr {
+    match e {
+        Expr::Alias(a) => unalias(&a.expr),
+        other => other,
+    }
+}
+
+fn check_aggregate(e: &Expr) -> std::result::Result<(), String> {
+    match unalias(e) {
+        Expr::AggregateFunction(af) => {
+            let name = af.func.name().to_lowercase();
+            let hidden = name == "bit_or"
+                && af.params.args.len() == 1
+                && matches!(&af.params.args[0], Expr::Column(c) if c.name == SOURCE_COLUMN);
+            if !hidden && !SUPPORTED_AGGREGATES.contains(&name.as_str()) {
+                return Err(format!(
+                    "aggregate `{name}` is not supported in a view (supported: {})",
+                    SUPPORTED_AGGREGATES.join(", ")
+                ));
+            }
+            if af.params.distinct {
+                return Err(format!("{name}(DISTINCT …) is not supported in a view"));
+            }
+            if !af.params.order_by.is_empty() {
+                return Err(format!("{name}(… ORDER BY …) is not supported in a view"));
+            }
+            Ok(())
+        }
+        other => Err(format!("unsupported aggregate expression `{other}`")),
+    }
+}
+
+/// The column a `date_bin(...)` group expression bins, if it is one.
+fn date_bin_argument(e: &Expr) -> Option<String> {
+    match unalias(e) {
+        Expr::ScalarFunction(f) if f.func.name() == "date_bin" => match f.args.get(1) {
+            Some(Expr::Column(c)) => Some(c.name.clone()),
+            Some(other) => Some(other.to_string()),
+            None => None,
+        },
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,367 @@
+//! The embedded event log: redb on local disk, one table per stream partition.
+//!
+//! redb gives crash-safe, checksummed transactions with fsync on commit, so a
+//! `kill -9` never loses a committed append or corrupts the file. Appends go through
+//! one writer thread that gathers every request waiting at that moment into a single
+//! transaction (group commit): one fsync acknowledges many concurrent HTTP requests.
+//!
+//! `_ingest_ts` is stamped by the writer under the clock lock, from a clock that never
+//! goes backwards (the wall clock, raised to the last stamp), so it never decreases
+//! within a partition. [`EventLog::ingest_ts_floor`] takes the same lock, which is what
+//! lets a batch cutoff prove that no unseen record can land below it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use redb::{
+    Database, ReadableDatabase, ReadableTable, TableDefinition, TableError, WriteTransaction,
+};
+use tokio::sync::oneshot;
+use tributary_core::error::{CoreError, Result};
+use tributary_core::log::{AppendAck, EventLog, LogRecord};
+use tributary_core::time::now_micros;
+
+const POSITIONS: TableDefinition<&str, u64> = TableDefinition::new("positions");
+
+fn partition_table(stream: &str, partition: u32) -> String {
+    format!("p/{stream}/{partition}")
+}
+
+fn log_err(e: impl std::fmt::Display) -> CoreError {
+    CoreError::Log(e.to_string())
+}
+
+struct AppendRequest {
+    table: String,
+    payloads: Vec<Vec<u8>>,
+    reply: oneshot::Sender<Result<AppendAck>>,
+}
+
+pub struct EmbeddedLog {
+    db: Arc<Database>,
+    /// `None` only while dropping, so the writer thread sees the channel close.
+    writer: Option<std::sync::mpsc::Sender<AppendRequest>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+    /// Last `_ingest_ts` handed out; held while a group commit is in flight.
+    clock: Arc<Mutex<i64>>,
+    partitions: HashMap<String, u32>,
+}
+
+impl EmbeddedLog {
+    /// Open (or create) the log in `dir` for the given streams and partition counts.
+    pub fn open(dir: &Path, streams: &[(String, u32)]) -> Result<EmbeddedLog> {
+        std::fs::create_dir_all(dir).map_err(log_err)?;
+        let db = Database::create(dir.join("events.redb")).map_err(|e| {
+            CoreError::Log(format!(
+                "cannot open the embedded log at {}: {e} (is another tributary process using this storage root?)",
+                dir.display()
+            ))
+        })?;
+        let db = Arc::new(db);
+        let mut last = 0i64;
+        {
+            let read = db.begin_read().map_err(log_err)?;
+            for (stream, n) in streams {
+                for p in 0..*n {
+                    let name = partition_table(stream, p);
+                    let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
+                    match read.open_table(def) {
+                        Ok(t) => {
+                            if let Some((_, v)) = t.last().map_err(log_err)? {
+                                last = last.max(decode_ts(v.value()));
+                            }
+                        }
+                        Err(TableError::TableDoesNotExist(_)) => {}
+                        Err(e) => return Err(log_err(e)),
+                    }
+                }
+            }
+        }
+        let clock = Arc::new(Mutex::new(last));
+        let (tx, rx) = std::sync::mpsc::channel::<AppendRequest>();
+        let writer_db = db.clone();
+        let writer_clock = clock.clone();
+        let writer_thread = std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || writer_loop(writer_db, writer_clock, rx))
+            .map_err(log_err)?;
+        Ok(EmbeddedLog {
+            db,
+            writer: Some(tx),
+            writer_thread: Some(writer_thread),
+            clock,
+            partitions: streams.iter().cloned().collect(),
+        })
+    }
+
+    fn check(&self, stream: &str, partition: u32) -> Result<()> {
+        match self.partitions.get(stream) {
+            None => Err(CoreError::UnknownStream(stream.to_string())),
+            Some(n) if partition >= *n => Err(CoreError::Log(format!(
+                "stream `{stream}` has {n} partitions, not {}",
+                partition + 1
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn blocking<T, F>(&self, f: F) -> impl Future<Output = Result<T>> + use<T, F>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T> + Send + 'static,
+    {
+        let db = self.db.clone();
+        async move {
+            tokio::task::spawn_blocking(move || f(&db))
+                .await
+                .map_err(log_err)?
+        }
+    }
+}
+
+impl Drop for EmbeddedLog {
+    /// Close the writer and wait for it, so the database file is released when the
+    /// log is dropped (a reopen in the same process would otherwise be refused).
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(t) = self.writer_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn decode_ts(value: &[u8]) -> i64 {
+    i64::from_le_bytes(
+        value[..8]
+            .try_into()
+            .expect("records start with 8 timestamp bytes"),
+    )
+}
+
+fn writer_loop(
+    db: Arc<Database>,
+    clock: Arc<Mutex<i64>>,
+    rx: std::sync::mpsc::Receiver<AppendRequest>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            group.push(more);
+        }
+        let mut guard = clock.lock().expect("clock lock");
+        let ts = now_micros().max(*guard);
+        let result = commit_group(&db, ts, &group);
+        match result {
+            Ok(acks) => {
+                *guard = ts;
+                drop(guard);
+                for (req, ack) in group.into_iter().zip(acks) {
+                    let _ = req.reply.send(Ok(ack));
+                }
+            }
+            Err(e) => {
+                drop(guard);
+                let msg = e.to_string();
+                for req in group {
+                    let _ = req.reply.send(Err(CoreError::LogUnavailable(msg.clone())));
+                }
+            }
+        }
+    }
+}
+
+fn commit_group(db: &Database, ts: i64, group: &[AppendRequest]) -> Result<Vec<AppendAck>> {
+    let txn: WriteTransaction = db.begin_write().map_err(log_err)?;
+    let mut acks = Vec::with_capacity(group.len());
+    {
+        let mut next: HashMap<&str, u64> = HashMap::new();
+        for req in group {
+            let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&req.table);
+            let mut table = txn.open_table(def).map_err(log_err)?;
+            let start = match next.get(req.table.as_str()) {
+                Some(n) => *n,
+                None => table
+                    .last()
+                    .map_err(log_err)?
+                    .map(|(k, _)| k.value() + 1)
+                    .unwrap_or(0),
+            };
+            let mut buf = Vec::new();
+            for (i, p) in req.payloads.iter().enumerate() {
+                buf.clear();
+                buf.extend_from_slice(&ts.to_le_bytes());
+                buf.extend_from_slice(p);
+                table
+                    .insert(start + i as u64, buf.as_slice())
+                    .map_err(log_err)?;
+            }
+            next.insert(&req.table, start + req.payloads.len() as u64);
+            acks.push(AppendAck {
+                first_offset: start,
+                count: req.payloads.len(),
+                ingest_ts: ts,
+            });
+        }
+    }
+    txn.commit().map_err(log_err)?;
+    Ok(acks)
+}
+
+#[async_trait]
+impl EventLog for EmbeddedLog {
+    async fn append(
+        &self,
+        stream: &str,
+        partition: u32,
+        payloads: Vec<Vec<u8>>,
+    ) -> Result<AppendAck> {
+        self.check(stream, partition)?;
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .as_ref()
+            .expect("writer present until drop")
+            .send(AppendRequest {
+                table: partition_table(stream, partition),
+                payloads,
+                reply,
+            })
+            .map_err(|_| CoreError::LogUnavailable("the log writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| CoreError::LogUnavailable("the log writer has stopped".into()))?
+    }
+
+    async fn read(
+        &self,
+        stream: &str,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<LogRecord>> {
+        self.check(stream, partition)?;
+        let name = partition_table(stream, partition);
+        self.blocking(move |db| {
+            let read = db.begin_read().map_err(log_err)?;
+            let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
+            let table = match read.open_table(def) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(log_err(e)),
+            };
+            let mut out = Vec::new();
+            for item in table.range(from..).map_err(log_err)?.take(max) {
+                let (k, v) = item.map_err(log_err)?;
+                let v = v.value();
+                out.push(LogRecord {
+                    offset: k.value(),
+                    ingest_ts: decode_ts(v),
+                    payload: v[8..].to_vec(),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn end_offset(&self, stream: &str, partition: u32) -> Result<u64> {
+        self.check(stream, partition)?;
+        let name = partition_table(stream, partition);
+        self.blocking(move |db| {
+            let read = db.begin_read().map_err(log_err)?;
+            let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
+            match read.open_table(def) {
+                Ok(t) => Ok(t
+                    .last()
+                    .map_err(log_err)?
+                    .map(|(k, _)| k.value() + 1)
+                    .unwrap_or(0)),
+                Err(TableError::TableDoesNotExist(_)) => Ok(0),
+                Err(e) => Err(log_err(e)),
+            }
+        })
+        .await
+    }
+
+    async fn offset_for_ingest_ts(&self, stream: &str, partition: u32, ts: i64) -> Result<u64> {
+        self.check(stream, partition)?;
+        let name = partition_table(stream, partition);
+        self.blocking(move |db| {
+            let read = db.begin_read().map_err(log_err)?;
+            let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
+            let table = match read.open_table(def) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(0),
+                Err(e) => return Err(log_err(e)),
+            };
+            let end = table
+                .last()
+                .map_err(log_err)?
+                .map(|(k, _)| k.value() + 1)
+                .unwrap_or(0);
+            // `_ingest_ts` is non-decreasing in offset order: binary search.
+            let (mut lo, mut hi) = (0u64, end);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                let at = table
+                    .get(mid)
+                    .map_err(log_err)?
+                    .map(|v| decode_ts(v.value()))
+                    .ok_or_else(|| CoreError::Log(format!("offset {mid} missing")))?;
+                if at < ts {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            Ok(lo)
+        })
+        .await
+    }
+
+    async fn ingest_ts_floor(&self) -> Result<i64> {
+        let clock = self.clock.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = clock.lock().expect("clock lock");
+            let floor = now_micros().max(*guard);
+            *guard = floor;
+            floor
+        })
+        .await
+        .map_err(log_err)
+    }
+
+    async fn commit_position(
+        &self,
+        consumer: &str,
+        stream: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<()> {
+        self.check(stream, partition)?;
+        let key = format!("{consumer}/{stream}/{partition}");
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(log_err)?;
+            {
+                let mut t = txn.open_table(POSITIONS).map_err(log_err)?;
+                t.insert(key.as_str(), offset).map_err(log_err)?;
+            }
+            txn.commit().map_err(log_err)
+        })
+        .await
+    }
+
+    async fn position(&self, consumer: &str, stream: &str, partition: u32) -> Result<Option<u64>> {
+        self.check(stream, partition)?;
+        let key = format!("{consumer}/{stream}/{partition}");
+        self.blocking(move |db| {
+            let read = db.begin_read().map_err(log_err)?;
+            match read.open_table(POSITIONS) {
+                Ok(t) => Ok(t.get(key.as_str()).map_err(log_err)?.map(|v| v.value())),
+                Err(TableError::TableDoesNotExist(_)) => Ok(None),
+                Err(e) => Err(log_err(e)),
+            }
+        })
+        .await
+    }
+}

@@ -1,0 +1,166 @@
+//! The ingest service: validate records against their stream, append the valid ones to
+//! the log, keep the rejected ones as dead letters, and say exactly what happened.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::future::try_join_all;
+use serde::Serialize;
+use serde_json::Value;
+use tributary_core::CoreError;
+use tributary_core::log::EventLog;
+use tributary_core::schema::{FieldError, StreamSchema};
+
+use crate::dead_letter::{DeadLetter, DeadLetterSink};
+use crate::error::IngestError;
+
+/// One rejected record in a response.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RecordError {
+    pub index: usize,
+    pub field: Option<String>,
+    pub reason: String,
+}
+
+/// What ingest answers for one request.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct IngestReport {
+    pub accepted: usize,
+    pub rejected: usize,
+    pub errors: Vec<RecordError>,
+}
+
+/// A record as it arrived: parsed, or the text that did not parse.
+pub enum RawRecord {
+    Parsed(Value),
+    Malformed { text: String, error: String },
+}
+
+/// Per-stream counters, for status pages.
+#[derive(Debug, Default)]
+pub struct StreamCounters {
+    pub accepted: AtomicU64,
+    pub rejected: AtomicU64,
+}
+
+pub struct Ingest {
+    streams: HashMap<String, StreamSchema>,
+    log: Arc<dyn EventLog>,
+    dead_letters: DeadLetterSink,
+    max_records: usize,
+    round_robin: AtomicU64,
+    counters: HashMap<String, StreamCounters>,
+}
+
+impl Ingest {
+    pub fn new(
+        streams: Vec<StreamSchema>,
+        log: Arc<dyn EventLog>,
+        dead_letters: DeadLetterSink,
+        max_records: usize,
+    ) -> Self {
+        let counters = streams
+            .iter()
+            .map(|s| (s.name.clone(), StreamCounters::default()))
+            .collect();
+        Ingest {
+            streams: streams.into_iter().map(|s| (s.name.clone(), s)).collect(),
+            log,
+            dead_letters,
+            max_records,
+            round_robin: AtomicU64::new(0),
+            counters,
+        }
+    }
+
+    pub fn counters(&self, stream: &str) -> Option<&StreamCounters> {
+        self.counters.get(stream)
+    }
+
+    pub fn has_stream(&self, stream: &str) -> bool {
+        self.streams.contains_key(stream)
+    }
+
+    /// Validate and append `records`; returns once every accepted record is durable.
+    pub async fn ingest(
+        &self,
+        stream: &str,
+        records: Vec<RawRecord>,
+    ) -> Result<IngestReport, IngestError> {
+        let schema = self
+            .streams
+            .get(stream)
+            .ok_or_else(|| IngestError::UnknownStream(stream.to_string()))?;
+        if records.len() > self.max_records {
+            return Err(IngestError::TooManyRecords {
+                count: records.len(),
+                limit: self.max_records,
+            });
+        }
+        let mut by_partition: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
+        let mut errors = Vec::new();
+        let mut letters = Vec::new();
+        let mut accepted = 0;
+        for (index, record) in records.into_iter().enumerate() {
+            let outcome = match &record {
+                RawRecord::Parsed(v) => schema.validate(v).map(|_| v),
+                RawRecord::Malformed { error, .. } => Err(FieldError {
+                    field: String::new(),
+                    reason: format!("malformed JSON: {error}"),
+                }),
+            };
+            match outcome {
+                Ok(value) => {
+                    let rr = self.round_robin.fetch_add(1, Ordering::Relaxed);
+                    let p = schema.partition_for(value, rr);
+                    let bytes = serde_json::to_vec(value).expect("a Value always serializes");
+                    by_partition.entry(p).or_default().push(bytes);
+                    accepted += 1;
+                }
+                Err(e) => {
+                    let field = (!e.field.is_empty()).then(|| e.field.clone());
+                    let raw = match &record {
+                        RawRecord::Parsed(v) => v.to_string(),
+                        RawRecord::Malformed { text, .. } => text.clone(),
+                    };
+                    letters.push(DeadLetter {
+                        source: "http",
+                        index: Some(index as i64),
+                        field: field.clone(),
+                        reason: e.reason.clone(),
+                        raw,
+                    });
+                    errors.push(RecordError {
+                        index,
+                        field,
+                        reason: e.reason,
+                    });
+                }
+            }
+        }
+        let appends = by_partition
+            .into_iter()
+            .map(|(p, payloads)| self.log.append(stream, p, payloads));
+        try_join_all(appends).await.map_err(|e| match e {
+            CoreError::LogUnavailable(m) | CoreError::Log(m) => IngestError::LogUnavailable(m),
+            other => IngestError::Core(other),
+        })?;
+        let counters = &self.counters[stream];
+        counters
+            .accepted
+            .fetch_add(accepted as u64, Ordering::Relaxed);
+        counters
+            .rejected
+            .fetch_add(errors.len() as u64, Ordering::Relaxed);
+        if let Err(e) = self.dead_letters.write(stream, letters).await {
+            // The client still gets every reason in the response; the table is a copy.
+            tracing::error!(stream, error = %e, "could not store dead letters");
+        }
+        Ok(IngestReport {
+            accepted,
+            rejected: errors.len(),
+            errors,
+        })
+    }
+}

@@ -1,0 +1,214 @@
+//! REST handlers: views, batch runs, health.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+use tributary_batch::{Batch, RunRecord};
+use tributary_core::time::{parse_rfc3339, rfc3339};
+
+use crate::error::ServingError;
+use crate::merge::{Merger, ViewAnswer, ViewQuery};
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub merger: Arc<Merger>,
+    pub batch: Arc<Batch>,
+    /// Each role's name and whether it is up.
+    pub roles: Arc<Vec<(String, Arc<AtomicBool>)>>,
+}
+
+pub async fn list_views(State(state): State<AppState>) -> Json<Value> {
+    let views: Vec<Value> = state
+        .merger
+        .pipeline()
+        .views
+        .iter()
+        .map(|v| {
+            let batch = state.merger.batch_view(&v.name);
+            let schema: Vec<Value> = v
+                .output_schema
+                .fields()
+                .iter()
+                .filter(|f| f.name() != tributary_core::view::SOURCE_COLUMN)
+                .map(|f| {
+                    let role = if v.keys.contains(f.name()) {
+                        "key"
+                    } else if &v.window == f.name() {
+                        "window"
+                    } else {
+                        "value"
+                    };
+                    json!({"name": f.name(), "type": f.data_type().to_string(), "role": role})
+                })
+                .collect();
+            json!({
+                "name": v.name,
+                "stream": v.stream,
+                "sql": v.sql,
+                "keys": v.keys,
+                "window": v.window,
+                "values": v.values,
+                "schema": schema,
+                "cutoff": batch.as_ref().map(|b| rfc3339(b.cutoff)),
+                "batch_version": batch.as_ref().map(|b| b.version),
+            })
+        })
+        .collect();
+    Json(json!({ "views": views }))
+}
+
+/// Parse `from`, `to`, `limit` and key filters; refuse anything else by name.
+pub fn parse_view_query(
+    merger: &Merger,
+    view: &str,
+    params: &HashMap<String, String>,
+) -> Result<ViewQuery, ServingError> {
+    let v = merger
+        .pipeline()
+        .view(view)
+        .ok_or_else(|| ServingError::UnknownView(view.to_string()))?;
+    let mut q = ViewQuery::default();
+    for (k, val) in params {
+        match k.as_str() {
+            "from" | "to" => {
+                let t = parse_rfc3339(val).ok_or_else(|| {
+                    ServingError::bad(k, format!("expected an RFC 3339 timestamp, got `{val}`"))
+                })?;
+                if k == "from" {
+                    q.from = Some(t);
+                } else {
+                    q.to = Some(t);
+                }
+            }
+            "limit" => {
+                let n: usize = val.parse().map_err(|_| {
+                    ServingError::bad(k, format!("expected a non-negative integer, got `{val}`"))
+                })?;
+                q.limit = Some(n);
+            }
+            key if v.keys.iter().any(|x| x == key) => q.keys.push((key.to_string(), val.clone())),
+            other => {
+                return Err(ServingError::bad(
+                    other,
+                    format!(
+                        "unknown parameter; use from, to, limit or a key column of `{view}` ({})",
+                        if v.keys.is_empty() {
+                            "none".to_string()
+                        } else {
+                            v.keys.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(q)
+}
+
+pub async fn get_view(
+    State(state): State<AppState>,
+    Path(view): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<ViewAnswer>, ServingError> {
+    let q = parse_view_query(&state.merger, &view, &params)?;
+    Ok(Json(state.merger.query(&view, &q).await?))
+}
+
+pub async fn list_runs(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "runs": state.batch.history() }))
+}
+
+pub async fn get_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<RunRecord>, ServingError> {
+    state
+        .batch
+        .run_record(&id)
+        .map(Json)
+        .ok_or(ServingError::UnknownRun(id))
+}
+
+/// Start a batch run. With `?wait=true` the answer comes when the run has ended and
+/// serving already answers from its result.
+pub async fn start_run(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<impl IntoResponse, ServingError> {
+    let wait = match params.get("wait").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ServingError::bad(
+                "wait",
+                format!("expected true or false, got `{other}`"),
+            ));
+        }
+    };
+    let progress = Arc::new(|_: &str, _: u64, _: u64| {});
+    let (id, run) = state.batch.try_start(progress)?;
+    let merger = state.merger.clone();
+    let task = tokio::spawn(async move {
+        let record = run.await;
+        if record.is_ok()
+            && let Err(e) = merger.refresh().await
+        {
+            tracing::error!(error = %e, "could not load the new batch views");
+        }
+        record
+    });
+    if wait {
+        let record = task
+            .await
+            .map_err(|e| ServingError::Server(format!("batch run task: {e}")))?;
+        let record = match record {
+            Ok(r) => r,
+            Err(_) => state
+                .batch
+                .run_record(&id)
+                .ok_or(ServingError::UnknownRun(id))?,
+        };
+        return Ok((StatusCode::OK, Json(record)));
+    }
+    let record = state
+        .batch
+        .run_record(&id)
+        .ok_or(ServingError::UnknownRun(id))?;
+    Ok((StatusCode::ACCEPTED, Json(record)))
+}
+
+pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    let roles: serde_json::Map<String, Value> = state
+        .roles
+        .iter()
+        .map(|(name, up)| {
+            let s = if up.load(Ordering::Acquire) {
+                "up"
+            } else {
+                "starting"
+            };
+            (name.clone(), Value::String(s.into()))
+        })
+        .collect();
+    let all_up = state.roles.iter().all(|(_, up)| up.load(Ordering::Acquire));
+    let status = if all_up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "status": if all_up { "ok" } else { "starting" }, "roles": roles })),
+    )
+}
+
+pub async fn speed_stats(State(state): State<AppState>) -> Json<Value> {
+    Json(json!(state.merger.speed().stats()))
+}

@@ -1,0 +1,58 @@
+//! Serving errors and the one place they become HTTP responses.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use thiserror::Error;
+use tributary_batch::BatchError;
+use tributary_core::CoreError;
+
+#[derive(Debug, Error)]
+pub enum ServingError {
+    #[error("unknown view `{0}`")]
+    UnknownView(String),
+    #[error("unknown batch run `{0}`")]
+    UnknownRun(String),
+    #[error("query parameter `{param}`: {reason}")]
+    BadParameter { param: String, reason: String },
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error("view `{view}`: {source}")]
+    Query { view: String, source: CoreError },
+    #[error("cannot bind {addr}: {message}")]
+    Bind { addr: String, message: String },
+    #[error("server: {0}")]
+    Server(String),
+}
+
+impl ServingError {
+    pub fn bad(param: &str, reason: impl Into<String>) -> Self {
+        ServingError::BadParameter {
+            param: param.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ServingError::UnknownView(_) | ServingError::UnknownRun(_) => StatusCode::NOT_FOUND,
+            ServingError::BadParameter { .. } => StatusCode::BAD_REQUEST,
+            ServingError::Batch(BatchError::RunInProgress) => StatusCode::CONFLICT,
+            ServingError::Batch(_)
+            | ServingError::Query { .. }
+            | ServingError::Bind { .. }
+            | ServingError::Server(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ServingError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        (status, Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}

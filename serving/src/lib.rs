@@ -1,0 +1,77 @@
+//! Tributary serving layer.
+//!
+//! Owns the answer users see: the [`merge`] of batch states below the cutoff with
+//! speed states above it through each view's final plan, the REST API ([`api`]), live
+//! push ([`live`]), and the HTTP server that also hosts ingest and the dashboard.
+
+pub mod api;
+pub mod error;
+pub mod json;
+pub mod live;
+pub mod merge;
+pub mod web;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tributary_core::shutdown::Shutdown;
+
+pub use api::AppState;
+pub use error::ServingError;
+pub use merge::{Merger, ViewQuery};
+
+/// The serving API routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(api::health))
+        .route("/api/v1/views", get(api::list_views))
+        .route("/api/v1/views/{view}", get(api::get_view))
+        .route("/api/v1/views/{view}/live", get(live::live_view))
+        .route(
+            "/api/v1/batch/runs",
+            get(api::list_runs).post(api::start_run),
+        )
+        .route("/api/v1/batch/runs/{id}", get(api::get_run))
+        .route("/api/v1/speed/stats", get(api::speed_stats))
+        .with_state(state)
+}
+
+/// Keep serving's batch views current: reload whenever the batch layer commits, and
+/// every `poll` in case another process committed.
+pub async fn refresh_loop(
+    state: AppState,
+    poll: Duration,
+    shutdown: Shutdown,
+) -> Result<(), ServingError> {
+    let mut committed = state.batch.subscribe();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = committed.changed() => {}
+            _ = tokio::time::sleep(poll) => {}
+        }
+        if let Err(e) = state.merger.refresh().await {
+            tracing::warn!(error = %e, "could not refresh batch views");
+        }
+    }
+}
+
+/// Serve `app` on `addr` until shutdown.
+pub async fn run(addr: String, app: Router, shutdown: Shutdown) -> Result<(), ServingError> {
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|e| ServingError::Bind {
+            addr: addr.clone(),
+            message: e.to_string(),
+        })?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| ServingError::Server(e.to_string()))?;
+    tracing::info!(%local, "serving HTTP");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .map_err(|e| ServingError::Server(e.to_string()))
+}

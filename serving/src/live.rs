@@ -1,0 +1,68 @@
+//! Live push: `GET /api/v1/views/{view}/live` streams the view's answer as server-sent
+//! events whenever it changes, checked at most every `interval`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+
+use crate::api::{AppState, parse_view_query};
+use crate::error::ServingError;
+
+const INTERVAL: Duration = Duration::from_millis(250);
+
+pub async fn live_view(
+    State(state): State<AppState>,
+    Path(view): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ServingError> {
+    let q = parse_view_query(&state.merger, &view, &params)?;
+    let merger = state.merger.clone();
+    let stream = async_stream(move |tx| async move {
+        let mut last_rows = None;
+        let mut ticker = tokio::time::interval(INTERVAL);
+        loop {
+            ticker.tick().await;
+            let answer = match merger.query(&view, &q).await {
+                Ok(a) => a,
+                Err(e) => {
+                    let _ = tx
+                        .send(Event::default().event("error").data(e.to_string()))
+                        .await;
+                    continue;
+                }
+            };
+            let rows = serde_json::to_string(&answer.rows).unwrap_or_default();
+            if last_rows.as_ref() == Some(&rows) {
+                continue;
+            }
+            last_rows = Some(rows);
+            let data = serde_json::to_string(&answer).unwrap_or_default();
+            if tx
+                .send(Event::default().event("view").data(data))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// A stream fed by a task; the task ends when the client goes away.
+fn async_stream<F, Fut>(f: F) -> impl Stream<Item = Result<Event, Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Event>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(f(tx));
+    futures::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
+    )
+}

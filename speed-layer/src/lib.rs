@@ -1,0 +1,280 @@
+//! Tributary speed layer.
+//!
+//! Owns the incremental half of every view: it reads the event log in micro-batches,
+//! runs each view's compiled *partial* plan over them, and keeps the resulting
+//! aggregate states in memory, segmented by `_ingest_ts` bucket ([`store`]). It ignores
+//! events below the batch cutoff it was told about and drops the segments a cutoff
+//! covers. It is disposable: on start it rebuilds from the log, starting at the batch
+//! cutoff.
+
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use thiserror::Error;
+use tributary_core::CoreError;
+use tributary_core::config::SpeedConfig;
+use tributary_core::log::EventLog;
+use tributary_core::pipeline::Pipeline;
+use tributary_core::schema::{BatchDecoder, LogPosition};
+use tributary_core::shutdown::Shutdown;
+use tributary_core::view::{SOURCE_SPEED, tag_source};
+
+pub use store::{SpeedSnapshot, StateStore, ViewStats, ViewStore};
+
+#[derive(Debug, Error)]
+pub enum SpeedError {
+    #[error("reading stream `{stream}` partition {partition}: {source}")]
+    Read {
+        stream: String,
+        partition: u32,
+        source: CoreError,
+    },
+    #[error("view `{view}`: {source}")]
+    View { view: String, source: CoreError },
+}
+
+/// Progress of the speed layer over one stream.
+#[derive(Debug, Default)]
+pub struct StreamProgress {
+    /// Newest `_ingest_ts` processed.
+    pub ingest_ts: AtomicI64,
+    pub events: AtomicU64,
+    pub invalid: AtomicU64,
+    pub last_batch_events: AtomicU64,
+    pub last_batch_micros: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SpeedStats {
+    pub streams: BTreeMap<String, StreamStats>,
+    pub views: Vec<ViewStats>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamStats {
+    pub ingest_ts: i64,
+    pub events: u64,
+    pub invalid: u64,
+    pub last_batch_events: u64,
+    pub last_batch_micros: u64,
+}
+
+/// A handle on a running speed layer: its states and progress.
+#[derive(Debug, Clone)]
+pub struct SpeedLayer {
+    pub store: StateStore,
+    progress: Arc<HashMap<String, StreamProgress>>,
+    segment_width: i64,
+}
+
+impl SpeedLayer {
+    /// `cutoffs` are the batch cutoffs per view known at start.
+    pub fn new(pipeline: &Pipeline, config: &SpeedConfig, cutoffs: &HashMap<String, i64>) -> Self {
+        SpeedLayer {
+            store: StateStore::new(&pipeline.views, cutoffs),
+            progress: Arc::new(
+                pipeline
+                    .streams
+                    .iter()
+                    .map(|s| (s.name.clone(), StreamProgress::default()))
+                    .collect(),
+            ),
+            segment_width: config.segment_width_ms.max(1) as i64 * 1000,
+        }
+    }
+
+    /// Newest `_ingest_ts` the layer has processed for `stream`.
+    pub fn ingest_position(&self, stream: &str) -> Option<i64> {
+        self.progress
+            .get(stream)
+            .map(|p| p.ingest_ts.load(Ordering::Acquire))
+            .filter(|t| *t > 0)
+    }
+
+    pub fn stats(&self) -> SpeedStats {
+        SpeedStats {
+            streams: self
+                .progress
+                .iter()
+                .map(|(k, p)| {
+                    (
+                        k.clone(),
+                        StreamStats {
+                            ingest_ts: p.ingest_ts.load(Ordering::Relaxed),
+                            events: p.events.load(Ordering::Relaxed),
+                            invalid: p.invalid.load(Ordering::Relaxed),
+                            last_batch_events: p.last_batch_events.load(Ordering::Relaxed),
+                            last_batch_micros: p.last_batch_micros.load(Ordering::Relaxed),
+                        },
+                    )
+                })
+                .collect(),
+            views: self.store.views().map(|v| v.stats()).collect(),
+        }
+    }
+
+    fn bucket(&self, ingest_ts: i64) -> i64 {
+        ingest_ts - ingest_ts.rem_euclid(self.segment_width)
+    }
+}
+
+/// Consume the log until shutdown, keeping `layer`'s states current.
+pub async fn run(
+    config: SpeedConfig,
+    pipeline: Pipeline,
+    log: Arc<dyn EventLog>,
+    layer: SpeedLayer,
+    shutdown: Shutdown,
+) -> Result<(), SpeedError> {
+    // Start each partition at the oldest cutoff of the stream's views: everything
+    // below it is in every view's batch states already.
+    let mut positions: HashMap<(String, u32), u64> = HashMap::new();
+    for s in &pipeline.streams {
+        let start = pipeline
+            .views_of(&s.name)
+            .filter_map(|v| layer.store.view(&v.name).map(|st| st.cutoff()))
+            .min()
+            .unwrap_or(i64::MIN);
+        for p in 0..s.partitions {
+            let offset = log
+                .offset_for_ingest_ts(&s.name, p, start)
+                .await
+                .map_err(|source| SpeedError::Read {
+                    stream: s.name.clone(),
+                    partition: p,
+                    source,
+                })?;
+            positions.insert((s.name.clone(), p), offset);
+        }
+    }
+    let idle = Duration::from_millis(config.poll_interval_ms.max(1));
+    while !shutdown.is_cancelled() {
+        let mut any = false;
+        for s in &pipeline.streams {
+            let started = std::time::Instant::now();
+            let mut decoders: BTreeMap<i64, (BatchDecoder, Option<i64>)> = BTreeMap::new();
+            let mut read_events = 0u64;
+            let mut newest = 0i64;
+            for p in 0..s.partitions {
+                let pos = positions
+                    .get_mut(&(s.name.clone(), p))
+                    .expect("position per partition");
+                let records = log
+                    .read(&s.name, p, *pos, config.max_batch_records)
+                    .await
+                    .map_err(|source| SpeedError::Read {
+                        stream: s.name.clone(),
+                        partition: p,
+                        source,
+                    })?;
+                let Some(last) = records.last() else { continue };
+                *pos = last.offset + 1;
+                newest = newest.max(last.ingest_ts);
+                for r in records {
+                    let bucket = layer.bucket(r.ingest_ts);
+                    let (dec, _) = decoders
+                        .entry(bucket)
+                        .or_insert_with(|| (BatchDecoder::new(s, false), None));
+                    let at = LogPosition {
+                        partition: p,
+                        offset: r.offset,
+                        ingest_ts: r.ingest_ts,
+                    };
+                    if dec.push_bytes(&r.payload, at).is_err() {
+                        // Invalid records written straight into the log are the
+                        // archiver's to dead-letter; views never see them.
+                        layer.progress[&s.name]
+                            .invalid
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    read_events += 1;
+                }
+            }
+            if read_events == 0 {
+                continue;
+            }
+            any = true;
+            for (bucket, (mut dec, _)) in decoders {
+                let n = dec.len() as u64;
+                if n == 0 {
+                    continue;
+                }
+                let batch = dec.flush().map_err(|source| SpeedError::View {
+                    view: s.name.clone(),
+                    source,
+                })?;
+                let event_col = batch
+                    .column_by_name(&s.event_time)
+                    .expect("event-time column exists");
+                let max_event_ts = datafusion::arrow::compute::max(
+                    event_col
+                        .as_any()
+                        .downcast_ref::<datafusion::arrow::array::TimestampMicrosecondArray>()
+                        .expect("event time is a microsecond timestamp"),
+                );
+                for view in pipeline.views_of(&s.name) {
+                    let store = layer.store.view(&view.name).expect("store per view");
+                    if bucket < store.cutoff() {
+                        store.add(bucket, vec![], n, None);
+                        continue;
+                    }
+                    let input =
+                        tag_source(&batch, SOURCE_SPEED, &view.input_schema).map_err(|source| {
+                            SpeedError::View {
+                                view: view.name.clone(),
+                                source,
+                            }
+                        })?;
+                    let states = view
+                        .run_partial_batches(vec![input])
+                        .await
+                        .map_err(|source| SpeedError::View {
+                            view: view.name.clone(),
+                            source,
+                        })?;
+                    store.add(bucket, states, n, max_event_ts);
+                }
+            }
+            compact(&layer, &s.name, &pipeline).await?;
+            let progress = &layer.progress[&s.name];
+            progress.events.fetch_add(read_events, Ordering::Relaxed);
+            progress
+                .last_batch_events
+                .store(read_events, Ordering::Relaxed);
+            progress
+                .last_batch_micros
+                .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            progress.ingest_ts.fetch_max(newest, Ordering::AcqRel);
+        }
+        if !any {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(idle) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn compact(layer: &SpeedLayer, stream: &str, pipeline: &Pipeline) -> Result<(), SpeedError> {
+    for view in pipeline.views_of(stream) {
+        let store = layer.store.view(&view.name).expect("store per view");
+        for (bucket, states) in store.to_compact() {
+            let n = states.len();
+            let reduced = view
+                .reduce(states)
+                .await
+                .map_err(|source| SpeedError::View {
+                    view: view.name.clone(),
+                    source,
+                })?;
+            store.replace(bucket, n, reduced);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! The speed layer's state store: per view, partial aggregate states in segments keyed
+//! by `_ingest_ts` bucket.
+//!
+//! Batch cutoffs are aligned to bucket boundaries, so "the speed states at or above the
+//! cutoff T" is exactly the set of segments whose bucket starts at or after T: serving
+//! never needs part of a segment.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use datafusion::arrow::record_batch::RecordBatch;
+use serde::Serialize;
+use tributary_core::view::CompiledView;
+
+/// Compact a segment once it holds this many state batches.
+pub const COMPACT_AFTER: usize = 8;
+
+#[derive(Debug, Default, Clone)]
+pub struct Segment {
+    pub states: Vec<RecordBatch>,
+    pub events: u64,
+}
+
+#[derive(Debug)]
+pub struct ViewStore {
+    pub view: Arc<CompiledView>,
+    inner: RwLock<ViewInner>,
+}
+
+#[derive(Debug, Default)]
+struct ViewInner {
+    segments: BTreeMap<i64, Segment>,
+    /// Events below this `_ingest_ts` belong to the batch layer.
+    cutoff: i64,
+    /// Newest event time seen (microseconds).
+    max_event_ts: Option<i64>,
+    events: u64,
+    ignored_below_cutoff: u64,
+}
+
+/// What serving takes from the speed layer for one view.
+#[derive(Debug, Clone)]
+pub struct SpeedSnapshot {
+    pub states: Vec<RecordBatch>,
+    pub max_event_ts: Option<i64>,
+    pub segments: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ViewStats {
+    pub view: String,
+    pub segments: usize,
+    pub state_rows: usize,
+    pub state_bytes: usize,
+    pub events: u64,
+    pub ignored_below_cutoff: u64,
+    pub cutoff: i64,
+    pub max_event_ts: Option<i64>,
+}
+
+impl ViewStore {
+    pub fn new(view: Arc<CompiledView>, cutoff: i64) -> Self {
+        ViewStore {
+            view,
+            inner: RwLock::new(ViewInner {
+                cutoff,
+                ..Default::default()
+            }),
+        }
+    }
+
+    pub fn cutoff(&self) -> i64 {
+        self.inner.read().expect("store lock").cutoff
+    }
+
+    /// Add states computed from `events` events of one bucket.
+    pub fn add(
+        &self,
+        bucket: i64,
+        states: Vec<RecordBatch>,
+        events: u64,
+        max_event_ts: Option<i64>,
+    ) {
+        let mut inner = self.inner.write().expect("store lock");
+        if bucket < inner.cutoff {
+            inner.ignored_below_cutoff += events;
+            return;
+        }
+        inner.events += events;
+        inner.max_event_ts = match (inner.max_event_ts, max_event_ts) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let seg = inner.segments.entry(bucket).or_default();
+        seg.states.extend(states);
+        seg.events += events;
+    }
+
+    /// Buckets whose segments have grown enough to compact, with their states.
+    pub fn to_compact(&self) -> Vec<(i64, Vec<RecordBatch>)> {
+        let inner = self.inner.read().expect("store lock");
+        inner
+            .segments
+            .iter()
+            .filter(|(_, s)| s.states.len() >= COMPACT_AFTER)
+            .map(|(b, s)| (*b, s.states.clone()))
+            .collect()
+    }
+
+    /// Replace the first `replaced` state batches of a segment with `compacted`
+    /// (states added meanwhile are kept).
+    pub fn replace(&self, bucket: i64, replaced: usize, compacted: Vec<RecordBatch>) {
+        let mut inner = self.inner.write().expect("store lock");
+        if let Some(seg) = inner.segments.get_mut(&bucket)
+            && seg.states.len() >= replaced
+        {
+            let rest = seg.states.split_off(replaced);
+            seg.states = compacted;
+            seg.states.extend(rest);
+        }
+    }
+
+    /// States of every segment at or above `cutoff`.
+    pub fn snapshot(&self, cutoff: i64) -> SpeedSnapshot {
+        let inner = self.inner.read().expect("store lock");
+        let mut states = Vec::new();
+        let mut segments = 0;
+        for seg in inner.segments.range(cutoff..).map(|(_, s)| s) {
+            states.extend(seg.states.iter().cloned());
+            segments += 1;
+        }
+        SpeedSnapshot {
+            states,
+            max_event_ts: inner.max_event_ts,
+            segments,
+        }
+    }
+
+    /// The batch layer now covers everything below `cutoff`: drop those segments and
+    /// ignore such events from now on.
+    pub fn release_below(&self, cutoff: i64) {
+        let mut inner = self.inner.write().expect("store lock");
+        if cutoff <= inner.cutoff {
+            return;
+        }
+        inner.cutoff = cutoff;
+        inner.segments = inner.segments.split_off(&cutoff);
+    }
+
+    pub fn stats(&self) -> ViewStats {
+        let inner = self.inner.read().expect("store lock");
+        let mut state_rows = 0;
+        let mut state_bytes = 0;
+        for s in inner.segments.values() {
+            for b in &s.states {
+                state_rows += b.num_rows();
+                state_bytes += b.get_array_memory_size();
+            }
+        }
+        ViewStats {
+            view: self.view.name.clone(),
+            segments: inner.segments.len(),
+            state_rows,
+            state_bytes,
+            events: inner.events,
+            ignored_below_cutoff: inner.ignored_below_cutoff,
+            cutoff: inner.cutoff,
+            max_event_ts: inner.max_event_ts,
+        }
+    }
+}
+
+/// Every view's store, shared between the speed layer's loop and its readers.
+#[derive(Debug, Clone, Default)]
+pub struct StateStore {
+    views: Arc<HashMap<String, Arc<ViewStore>>>,
+}
+
+impl StateStore {
+    pub fn new(views: &[Arc<CompiledView>], cutoffs: &HashMap<String, i64>) -> Self {
+        let map = views
+            .iter()
+            .map(|v| {
+                let cutoff = cutoffs.get(&v.name).copied().unwrap_or(i64::MIN);
+                (v.name.clone(), Arc::new(ViewStore::new(v.clone(), cutoff)))
+            })
+            .collect();
+        StateStore {
+            views: Arc::new(map),
+        }
+    }
+
+    pub fn view(&self, name: &str) -> Option<&Arc<ViewStore>> {
+        self.views.get(name)
+    }
+
+    pub fn views(&self) -> impl Iterator<Item = &Arc<ViewStore>> {
+        self.views.values()
+    }
+}

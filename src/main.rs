@@ -1,0 +1,68 @@
+//! The `tributary` binary: parses arguments and wires the layers together.
+
+mod wiring;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Tributary: lambda-architecture analytics. Events come in once; a speed layer and a
+/// Delta Lake batch layer compute the same SQL views; serving merges both into one
+/// exact answer.
+#[derive(Parser, Debug)]
+#[command(name = "tributary", version, about, long_about = None)]
+struct Cli {
+    /// Configuration file (TOML). Without it, `./tributary.toml` if present, otherwise
+    /// the built-in IoT example with its event generator switched on. Keys can be
+    /// overridden by TRIBUTARY_… environment variables (TRIBUTARY_HTTP__ADDR=…).
+    #[arg(long, short, global = true, env = "TRIBUTARY_CONFIG")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run every role (ingest, speed, batch, serve and the dashboard) in one process.
+    Up,
+    /// Run only HTTP ingest (needs a shared log: log.kind = "kafka").
+    Ingest,
+    /// Run only the speed layer (needs a shared log: log.kind = "kafka").
+    Speed,
+    /// Run only the batch layer's archiver (needs a shared log: log.kind = "kafka").
+    Batch,
+    /// Run only the serving layer (needs a shared log: log.kind = "kafka").
+    Serve,
+    /// Run one batch recompute of every view now, with a progress bar, and exit.
+    Recompute,
+    /// Check the configuration and print each view's compiled shape.
+    Check,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,deltalake=warn,datafusion=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tributary")
+        .build()?;
+    let config = wiring::config_path(cli.config);
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Up => wiring::up(config).await,
+            Command::Ingest => wiring::single_role("ingest", config).await,
+            Command::Speed => wiring::single_role("speed", config).await,
+            Command::Batch => wiring::single_role("batch", config).await,
+            Command::Serve => wiring::single_role("serve", config).await,
+            Command::Recompute => wiring::recompute(config).await,
+            Command::Check => wiring::check(config).await,
+        }
+    })
+}

@@ -1,0 +1,297 @@
+//! How the roles are put together for each subcommand.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use tributary_batch::{Batch, views};
+use tributary_core::config::{self, Config, ConfigSource, LogKind};
+use tributary_core::log::EventLog;
+use tributary_core::pipeline::Pipeline;
+use tributary_core::shutdown::{Shutdown, Tasks, signal};
+use tributary_core::storage::Storage;
+use tributary_ingest::dead_letter::DeadLetterSink;
+use tributary_ingest::log::EmbeddedLog;
+use tributary_ingest::{Ingest, generator};
+use tributary_serving::{AppState, Merger};
+use tributary_speed::SpeedLayer;
+
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// `--config` if given, else `./tributary.toml` if it exists, else the embedded default.
+pub fn config_path(flag: Option<PathBuf>) -> Option<PathBuf> {
+    flag.or_else(|| {
+        let default = PathBuf::from("tributary.toml");
+        default.exists().then_some(default)
+    })
+}
+
+async fn load(path: Option<PathBuf>) -> anyhow::Result<(Config, ConfigSource, Pipeline)> {
+    let (config, source) = config::load(path.as_deref())?;
+    let pipeline = Pipeline::from_config(&config, &source).await?;
+    Ok((config, source, pipeline))
+}
+
+fn open_log(
+    config: &Config,
+    storage: &Storage,
+    pipeline: &Pipeline,
+) -> anyhow::Result<Arc<dyn EventLog>> {
+    match config.log.kind {
+        LogKind::Embedded => {
+            let streams: Vec<(String, u32)> = pipeline
+                .streams
+                .iter()
+                .map(|s| (s.name.clone(), s.partitions))
+                .collect();
+            Ok(Arc::new(EmbeddedLog::open(&storage.log_dir(), &streams)?))
+        }
+        LogKind::Kafka => bail!(
+            "log.kind = \"kafka\" is not available in this build yet; use log.kind = \"embedded\""
+        ),
+    }
+}
+
+pub async fn check(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let (_, source, pipeline) = load(path).await?;
+    println!("configuration {source}: OK");
+    for s in &pipeline.streams {
+        println!(
+            "stream {}: {} fields, {} partitions",
+            s.name,
+            s.fields.len(),
+            s.partitions
+        );
+    }
+    for v in &pipeline.views {
+        println!(
+            "view {} over {}: keys [{}], window {}, values [{}]",
+            v.name,
+            v.stream,
+            v.keys.join(", "),
+            v.window,
+            v.values.join(", ")
+        );
+    }
+    Ok(())
+}
+
+pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()> {
+    let (config, source, _) = load(path).await?;
+    match config.log.kind {
+        LogKind::Embedded => bail!(
+            "`tributary {role}` runs one role against a shared event log, but {source} uses the \
+             embedded log, which lives inside one process: run `tributary up`, or set \
+             log.kind = \"kafka\""
+        ),
+        LogKind::Kafka => bail!(
+            "`tributary {role}` needs log.kind = \"kafka\", which is not available in this build yet"
+        ),
+    }
+}
+
+/// Run every role in this process until SIGINT/SIGTERM.
+pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let (config, source, pipeline) = load(path).await?;
+    let storage = Storage::open(&config.storage_root)?;
+    let log = open_log(&config, &storage, &pipeline)?;
+    let dead_letters = DeadLetterSink::new(
+        storage.clone(),
+        pipeline.streams.iter().map(|s| s.name.clone()),
+    );
+    let ingest = Arc::new(Ingest::new(
+        pipeline.streams.clone(),
+        log.clone(),
+        dead_letters.clone(),
+        config.http.max_records_per_request,
+    ));
+
+    // Serving and the speed layer start from the batch views already committed.
+    let mut loaded = HashMap::new();
+    let mut cutoffs = HashMap::new();
+    for v in &pipeline.views {
+        if let Some(bv) = views::load(&storage, v)
+            .await
+            .with_context(|| format!("loading batch view `{}`", v.name))?
+        {
+            cutoffs.insert(v.name.clone(), bv.cutoff);
+            loaded.insert(v.name.clone(), bv);
+        }
+    }
+    let speed = SpeedLayer::new(&pipeline, &config.speed, &cutoffs);
+    let batch = Arc::new(Batch::new(
+        pipeline.clone(),
+        storage.clone(),
+        log.clone(),
+        config.speed.segment_width_ms,
+    ));
+    let merger = Arc::new(Merger::new(
+        pipeline.clone(),
+        storage.clone(),
+        speed.clone(),
+        loaded,
+    ));
+
+    let role_names = ["ingest", "speed", "batch", "serve"];
+    let roles: Vec<(String, Arc<AtomicBool>)> = role_names
+        .iter()
+        .map(|r| (r.to_string(), Arc::new(AtomicBool::new(false))))
+        .collect();
+    let flag = |name: &str| {
+        roles
+            .iter()
+            .find(|(n, _)| n == name)
+            .expect("role")
+            .1
+            .clone()
+    };
+    let state = AppState {
+        merger: merger.clone(),
+        batch: batch.clone(),
+        roles: Arc::new(roles.clone()),
+    };
+    let app = tributary_serving::router(state.clone())
+        .merge(tributary_ingest::http::router(
+            ingest.clone(),
+            config.http.max_body_bytes,
+        ))
+        .merge(tributary_serving::web::router(
+            state.clone(),
+            config.http.site_dir.clone(),
+        ));
+
+    let shutdown = Shutdown::new();
+    let mut tasks = Tasks::new();
+    tasks.spawn(
+        "speed",
+        with_flag(
+            flag("speed"),
+            tributary_speed::run(
+                config.speed.clone(),
+                pipeline.clone(),
+                log.clone(),
+                speed,
+                shutdown.clone(),
+            ),
+        ),
+    );
+    tasks.spawn(
+        "batch",
+        with_flag(
+            flag("batch"),
+            tributary_batch::run(
+                config.batch.clone(),
+                pipeline.clone(),
+                storage.clone(),
+                log.clone(),
+                dead_letters,
+                shutdown.clone(),
+            ),
+        ),
+    );
+    tasks.spawn(
+        "batch-view-refresh",
+        tributary_serving::refresh_loop(state, Duration::from_secs(5), shutdown.clone()),
+    );
+    flag("ingest").store(true, Ordering::Release);
+    tasks.spawn(
+        "serve",
+        with_flag(
+            flag("serve"),
+            tributary_serving::run(config.http.addr.clone(), app, shutdown.clone()),
+        ),
+    );
+    if config.generator.enabled {
+        tasks.spawn(
+            "generator",
+            generator::run(config.generator.clone(), ingest.clone(), shutdown.clone()),
+        );
+    }
+    eprintln!(
+        "Tributary is up ({source}): dashboard and API at http://{}/ — storage under {}",
+        config.http.addr,
+        storage.root().display()
+    );
+
+    let outcome = tokio::select! {
+        exit = tasks.first_exit(&shutdown) => exit,
+        _ = signal() => None,
+    };
+    shutdown.cancel();
+    let mut failure = None;
+    if let Some((name, result)) = outcome {
+        if let Err(e) = result {
+            failure = Some(format!("task `{name}` failed: {e}"));
+        } else {
+            failure = Some(format!("task `{name}` stopped unexpectedly"));
+        }
+    }
+    let problems = tasks.join(SHUTDOWN_DEADLINE).await;
+    for p in &problems {
+        tracing::warn!("shutdown: {p}");
+    }
+    match failure {
+        Some(f) => bail!(f),
+        None => Ok(()),
+    }
+}
+
+/// Mark a role up while its future runs.
+async fn with_flag<E>(
+    flag: Arc<AtomicBool>,
+    fut: impl Future<Output = Result<(), E>>,
+) -> Result<(), E> {
+    flag.store(true, Ordering::Release);
+    let result = fut.await;
+    flag.store(false, Ordering::Release);
+    result
+}
+
+/// One batch run from the command line.
+pub async fn recompute(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let (config, _, pipeline) = load(path).await?;
+    let storage = Storage::open(&config.storage_root)?;
+    let log = open_log(&config, &storage, &pipeline).context(
+        "a running `tributary up` holds the embedded log; trigger the run there with \
+         `curl -X POST 'http://ADDR/api/v1/batch/runs?wait=true'`",
+    )?;
+    let batch = Arc::new(Batch::new(
+        pipeline,
+        storage,
+        log,
+        config.speed.segment_width_ms,
+    ));
+    let bar = ProgressBar::new(1);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .expect("static template"),
+    );
+    let progress_bar = bar.clone();
+    let progress = Arc::new(move |msg: &str, done: u64, total: u64| {
+        progress_bar.set_length(total);
+        progress_bar.set_position(done);
+        progress_bar.set_message(msg.to_string());
+    });
+    let (_, run) = batch.try_start(progress)?;
+    let result = run.await;
+    bar.finish_and_clear();
+    let record = result?;
+    println!("{}", serde_json_pretty(&record));
+    Ok(())
+}
+
+fn serde_json_pretty(record: &tributary_batch::RunRecord) -> String {
+    format!(
+        "run {}: {:?}, cutoff {}, {} rows in, {} state rows out, {} ms",
+        record.id,
+        record.status,
+        record.cutoff.as_deref().unwrap_or("-"),
+        record.rows_in,
+        record.rows_out,
+        record.duration_ms.unwrap_or(0)
+    )
+}

@@ -1,0 +1,234 @@
+//! Drives the real `tributary` binary for end-to-end tests.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const IOT_STREAM: &str = r#"
+[[streams]]
+name = "readings"
+event-time = "ts"
+key = "device"
+partitions = 2
+fields = [
+  { name = "device", type = "string" },
+  { name = "device_type", type = "string" },
+  { name = "signal", type = "float64" },
+  { name = "ts", type = "timestamp" },
+]
+
+[[views]]
+name = "signal_by_type"
+sql = """
+SELECT device_type, date_bin(INTERVAL '10 minutes', ts) AS window_start,
+       avg(signal) AS avg_signal, max(signal) AS max_signal, count(*) AS readings
+FROM readings WHERE signal > 15
+GROUP BY device_type, window_start
+"""
+"#;
+
+pub struct Tributary {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub base: String,
+    child: Option<Child>,
+    pub client: reqwest::Client,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Tributary {
+    /// Write a configuration into `dir` (storage under `dir/data`) and start `up`.
+    /// The HTTP address comes from the environment, which also tests overrides.
+    pub async fn start(dir: &Path, extra: &str) -> Tributary {
+        let config = dir.join("tributary.toml");
+        let text = format!(
+            "storage-root = \"{}\"\n{extra}\n[speed]\nsegment-width-ms = 1000\n[batch]\narchive-flush-ms = 200\n{IOT_STREAM}",
+            dir.join("data").display()
+        );
+        std::fs::write(&config, text).unwrap();
+        let mut t = Tributary {
+            dir: dir.to_path_buf(),
+            config,
+            base: String::new(),
+            child: None,
+            client: reqwest::Client::new(),
+        };
+        t.restart().await;
+        t
+    }
+
+    /// Start (again) on a fresh port and wait until `/health` says every role is up.
+    pub async fn restart(&mut self) {
+        let port = free_port();
+        self.base = format!("http://127.0.0.1:{port}");
+        let log = std::fs::File::create(self.dir.join(format!("tributary-{port}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("up")
+            .env("TRIBUTARY_HTTP__ADDR", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info")
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning tributary");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = self
+                .client
+                .get(format!("{}/health", self.base))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "tributary exited during start-up: {status}\n{}",
+                    self.logs()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tributary did not become healthy\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for e in std::fs::read_dir(&self.dir).unwrap().flatten() {
+            if e.file_name().to_string_lossy().ends_with(".log") {
+                out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+        out
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait for a graceful exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "no graceful exit within 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub async fn post(&self, stream: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(format!("{}/api/v1/streams/{stream}/events", self.base))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_raw(&self, stream: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+        let r = self
+            .client
+            .post(format!("{}/api/v1/streams/{stream}/events", self.base))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn run_batch(&self) -> Value {
+        let r = self
+            .client
+            .post(format!("{}/api/v1/batch/runs?wait=true", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["status"], "succeeded", "batch run failed: {v}");
+        v
+    }
+
+    /// Poll `path` until `check` holds (at most 20 s); returns the last answer.
+    pub async fn wait_for(&self, path: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, v) = self.get(path).await;
+            if status == 200 && check(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "condition not reached on {path}; last answer: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Tributary {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The Python interpreter with `deltalake` installed (deploy/test.sh provides it).
+pub fn python() -> String {
+    let p = std::env::var("DELTA_READER_PYTHON")
+        .unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
+    assert!(
+        Path::new(&p).exists(),
+        "the independent Delta reader needs Python with `deltalake` at {p}: run ./deploy/test.sh, which installs it"
+    );
+    p
+}
