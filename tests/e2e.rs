@@ -271,6 +271,24 @@ async fn merged_answers_are_exact_before_and_after_batch_runs() {
         "graceful exit on SIGTERM: {status}\n{}",
         t.logs()
     );
+
+    // With the process stopped, `tributary recompute` runs a batch from the command
+    // line; the last fan reading moves into the batch layer (once its ingest second,
+    // the segment width, has passed: cutoffs are aligned to segments).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let out = t.command(&["recompute"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("Succeeded") && text.contains("11 rows in"),
+        "{text}"
+    );
+
+    // After a restart the answer is the same and comes from the batch layer.
     t.restart().await;
     let answer = t
         .wait_for(VIEW, |v| {
@@ -280,14 +298,59 @@ async fn merged_answers_are_exact_before_and_after_batch_runs() {
         })
         .await;
     assert_values(&answer, &all);
+    assert!(sources(&answer).values().all(|s| s == "batch"), "{answer}");
+
+    // The restarted speed layer serves a new event on top of the batch.
+    let fourth = [("d9", "fan", 30.0, "2026-01-01T00:27:00Z")];
+    t.post("readings", &to_json(&fourth)).await;
+    let all: Vec<_> = all.iter().chain(fourth.iter()).cloned().collect();
+    let answer = t
+        .wait_for(VIEW, |v| {
+            rows(v)[&key("fan", "2026-01-01T00:20:00Z")].count == 3
+        })
+        .await;
+    assert_values(&answer, &all);
     assert_eq!(
         sources(&answer)[&key("fan", "2026-01-01T00:20:00Z")],
         "both"
     );
-    assert_eq!(
-        sources(&answer)[&key("pump", "2026-01-01T00:10:00Z")],
-        "batch"
-    );
+}
+
+#[tokio::test]
+async fn up_without_configuration_runs_the_iot_example_with_live_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tributary::start_default(dir.path()).await;
+    let total = |v: &Value| -> i64 {
+        v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["readings"].as_i64().unwrap())
+            .sum()
+    };
+    let first = t.wait_for(VIEW, |v| total(v) > 0).await;
+    let later = t.wait_for(VIEW, |v| total(v) > total(&first)).await;
+    assert!(later["speed_watermark"].is_string(), "{later}");
+    assert!(later["freshness_ms"].as_i64().unwrap() < 5_000, "{later}");
+    assert!(later["rows"][0]["device_type"].is_string(), "{later}");
+}
+
+#[test]
+fn both_examples_are_valid_configurations() {
+    for example in ["iot", "clickstream"] {
+        let path = format!("{}/examples/{example}.toml", env!("CARGO_MANIFEST_DIR"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .args(["--config", &path, "check"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{example}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("OK"), "{text}");
+    }
 }
 
 #[tokio::test]

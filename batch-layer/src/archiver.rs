@@ -110,10 +110,16 @@ pub async fn run_stream(
             }
         }
         if next.is_empty() {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(flush) => continue,
+            // On shutdown, stop only once the log is drained: a graceful stop leaves
+            // nothing behind for the next start.
+            if shutdown.is_cancelled() {
+                return Ok(());
             }
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(flush) => {}
+            }
+            continue;
         }
         // Dead letters first: if the data commit then fails, the replay writes them
         // again (a dead letter may repeat; an event never does).
@@ -139,13 +145,11 @@ pub async fn run_stream(
             positions[p as usize] = o;
         }
         tracing::debug!(stream = %stream.name, rows, version = ?table.version(), "archived");
-        if shutdown.is_cancelled() {
-            return Ok(());
-        }
-        // While the log has a backlog, go straight on; otherwise wait for more.
-        if rows < config.archive_flush_records / 2 {
+        // While the log has a backlog (or we are draining for shutdown), go straight
+        // on; otherwise wait for more.
+        if !shutdown.is_cancelled() && rows < config.archive_flush_records / 2 {
             tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => {}
                 _ = tokio::time::sleep(flush) => {}
             }
         }

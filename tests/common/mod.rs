@@ -33,7 +33,8 @@ GROUP BY device_type, window_start
 
 pub struct Tributary {
     pub dir: PathBuf,
-    pub config: PathBuf,
+    /// `None`: no configuration file, the embedded default.
+    pub config: Option<PathBuf>,
     pub base: String,
     child: Option<Child>,
     pub client: reqwest::Client,
@@ -59,7 +60,7 @@ impl Tributary {
         std::fs::write(&config, text).unwrap();
         let mut t = Tributary {
             dir: dir.to_path_buf(),
-            config,
+            config: Some(config),
             base: String::new(),
             child: None,
             client: reqwest::Client::new(),
@@ -68,16 +69,41 @@ impl Tributary {
         t
     }
 
+    /// Start `up` with no configuration file in `dir` (storage from the environment).
+    pub async fn start_default(dir: &Path) -> Tributary {
+        let mut t = Tributary {
+            dir: dir.to_path_buf(),
+            config: None,
+            base: String::new(),
+            child: None,
+            client: reqwest::Client::new(),
+        };
+        t.restart().await;
+        t
+    }
+
+    /// Run a subcommand to completion with this instance's configuration.
+    pub fn command(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tributary"));
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.args(args).current_dir(&self.dir).output().unwrap()
+    }
+
     /// Start (again) on a fresh port and wait until `/health` says every role is up.
     pub async fn restart(&mut self) {
         let port = free_port();
         self.base = format!("http://127.0.0.1:{port}");
         let log = std::fs::File::create(self.dir.join(format!("tributary-{port}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tributary"))
-            .arg("--config")
-            .arg(&self.config)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tributary"));
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        let child = cmd
             .arg("up")
             .env("TRIBUTARY_HTTP__ADDR", format!("127.0.0.1:{port}"))
+            .env("TRIBUTARY_STORAGE_ROOT", self.dir.join("data"))
             .env("RUST_LOG", "info")
             .current_dir(&self.dir)
             .stdout(Stdio::null())
