@@ -44,8 +44,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,deltalake=warn,datafusion=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                "info,deltalake=warn,datafusion=warn,buoyant_kernel=warn".into()
+            }),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -33,7 +33,7 @@ pub async fn open_master(
     storage: &Storage,
     stream: &str,
 ) -> Result<Option<DeltaTable>, BatchError> {
-    let table = DeltaTable::try_from_url(storage.master_table(stream))
+    let table = tributary_ingest::delta::open(storage.master_table(stream))
         .await
         .map_err(|e| BatchError::delta(format!("master table of `{stream}`"), e))?;
     Ok(table.version().is_some().then_some(table))
@@ -69,7 +69,7 @@ pub async fn run_stream(
     dead_letters: DeadLetterSink,
     shutdown: Shutdown,
 ) -> Result<(), BatchError> {
-    let mut table = DeltaTable::try_from_url(storage.master_table(&stream.name))
+    let mut table = tributary_ingest::delta::open(storage.master_table(&stream.name))
         .await
         .map_err(|e| BatchError::delta(format!("master table of `{}`", stream.name), e))?;
     let existing = table.version().is_some().then_some(&table);

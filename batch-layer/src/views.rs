@@ -12,7 +12,6 @@ use std::sync::Arc;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
@@ -79,7 +78,7 @@ pub async fn write(
         batches.push(RecordBatch::new_empty(schema.clone()));
     }
     let what = || format!("batch view `{}`", view.name);
-    let table = DeltaTable::try_from_url(storage.batch_view_table(&view.name))
+    let table = tributary_ingest::delta::open(storage.batch_view_table(&view.name))
         .await
         .map_err(|e| BatchError::delta(what(), e))?;
     let props = CommitProperties::default()
@@ -101,7 +100,7 @@ pub async fn write(
 /// Load a view's latest batch states, or `None` if no batch run has written any.
 pub async fn load(storage: &Storage, view: &CompiledView) -> Result<Option<BatchView>, BatchError> {
     let what = || format!("batch view `{}`", view.name);
-    let table = DeltaTable::try_from_url(storage.batch_view_table(&view.name))
+    let table = tributary_ingest::delta::open(storage.batch_view_table(&view.name))
         .await
         .map_err(|e| BatchError::delta(what(), e))?;
     let Some(version) = table.version() else {
@@ -149,7 +148,7 @@ pub async fn load_cutoff(
     view: &CompiledView,
 ) -> Result<Option<i64>, BatchError> {
     let what = || format!("batch view `{}`", view.name);
-    let table = DeltaTable::try_from_url(storage.batch_view_table(&view.name))
+    let table = tributary_ingest::delta::open(storage.batch_view_table(&view.name))
         .await
         .map_err(|e| BatchError::delta(what(), e))?;
     if table.version().is_none() {

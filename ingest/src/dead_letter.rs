@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use deltalake::DeltaTable;
 use deltalake::arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::protocol::SaveMode;
@@ -87,7 +86,7 @@ impl DeadLetterSink {
             ],
         )
         .map_err(|e| dl_err(stream, e))?;
-        let table = DeltaTable::try_from_url(self.storage.dead_letter_table(stream))
+        let table = crate::delta::open(self.storage.dead_letter_table(stream))
             .await
             .map_err(|e| dl_err(stream, e))?;
         table

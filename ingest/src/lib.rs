@@ -7,6 +7,7 @@
 //! An event is acknowledged only once the log holds it durably.
 
 pub mod dead_letter;
+pub mod delta;
 pub mod error;
 pub mod generator;
 pub mod http;

@@ -109,7 +109,7 @@ pub fn render_page(boot: Bootstrap) -> String {
     format!(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"/>\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"/>\
-         <title>Tributary</title><link rel=\"stylesheet\" href=\"/style.css\"/>\
+         <title>Tributary</title><link rel=\"icon\" href=\"data:,\"/><link rel=\"stylesheet\" href=\"/style.css\"/>\
          <script type=\"application/json\" id=\"{BOOTSTRAP_ID}\">{json}</script>{hydrate}</head>\
          <body>{body}</body></html>"
     )

@@ -198,3 +198,89 @@ impl StateStore {
         self.views.values()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use tributary_core::config::{FieldConfig, StreamConfig, ViewConfig};
+    use tributary_core::schema::StreamSchema;
+
+    async fn view() -> Arc<CompiledView> {
+        let f = |n: &str, t: &str| FieldConfig {
+            name: n.into(),
+            field_type: t.into(),
+            nullable: false,
+        };
+        let stream = StreamSchema::from_config(
+            &StreamConfig {
+                name: "s".into(),
+                fields: vec![f("k", "string"), f("ts", "timestamp")],
+                event_time: "ts".into(),
+                key: None,
+                partitions: 1,
+            },
+            "streams[0]",
+        )
+        .unwrap();
+        let cfg = ViewConfig {
+            name: "v".into(),
+            sql: "SELECT k, date_bin(INTERVAL '1 minute', ts) AS w, count(*) AS n FROM s GROUP BY k, w".into(),
+        };
+        Arc::new(CompiledView::compile(&cfg, &[stream]).await.unwrap())
+    }
+
+    fn states(n: i64) -> Vec<RecordBatch> {
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        vec![RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![n]))]).unwrap()]
+    }
+
+    #[tokio::test]
+    async fn snapshot_takes_whole_segments_at_or_above_the_cutoff() {
+        let store = ViewStore::new(view().await, i64::MIN);
+        store.add(1_000, states(1), 1, Some(5));
+        store.add(2_000, states(2), 2, Some(9));
+        store.add(3_000, states(3), 3, Some(7));
+        let snap = store.snapshot(2_000);
+        assert_eq!(snap.segments, 2);
+        assert_eq!(snap.states.len(), 2);
+        assert_eq!(snap.max_event_ts, Some(9));
+        assert_eq!(store.snapshot(i64::MIN).segments, 3);
+    }
+
+    #[tokio::test]
+    async fn release_drops_covered_segments_and_ignores_late_arrivals_below() {
+        let store = ViewStore::new(view().await, i64::MIN);
+        store.add(1_000, states(1), 1, None);
+        store.add(2_000, states(2), 2, None);
+        store.release_below(2_000);
+        let stats = store.stats();
+        assert_eq!(stats.segments, 1);
+        assert_eq!(stats.cutoff, 2_000);
+        // An event replayed below the cutoff belongs to the batch layer.
+        store.add(1_000, states(9), 4, None);
+        assert_eq!(store.stats().ignored_below_cutoff, 4);
+        assert_eq!(store.snapshot(2_000).states.len(), 1);
+        // Cutoffs never move backwards.
+        store.release_below(1_000);
+        assert_eq!(store.cutoff(), 2_000);
+    }
+
+    #[tokio::test]
+    async fn replace_keeps_states_added_during_compaction() {
+        let store = ViewStore::new(view().await, i64::MIN);
+        for i in 0..COMPACT_AFTER as i64 {
+            store.add(0, states(i), 1, None);
+        }
+        let (bucket, old) = store.to_compact().pop().unwrap();
+        store.add(0, states(100), 1, None);
+        store.replace(bucket, old.len(), states(-1));
+        let snap = store.snapshot(0);
+        assert_eq!(
+            snap.states.len(),
+            2,
+            "compacted batch plus the one added meanwhile"
+        );
+    }
+}

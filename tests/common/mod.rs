@@ -104,7 +104,6 @@ impl Tributary {
             .arg("up")
             .env("TRIBUTARY_HTTP__ADDR", format!("127.0.0.1:{port}"))
             .env("TRIBUTARY_STORAGE_ROOT", self.dir.join("data"))
-            .env("RUST_LOG", "info")
             .current_dir(&self.dir)
             .stdout(Stdio::null())
             .stderr(log)
