@@ -149,10 +149,12 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
             .1
             .clone()
     };
+    let shutdown = Shutdown::new();
     let state = AppState {
         merger: merger.clone(),
         batch: batch.clone(),
         roles: Arc::new(roles.clone()),
+        shutdown: shutdown.clone(),
     };
     let app = tributary_serving::router(state.clone())
         .merge(tributary_ingest::http::router(
@@ -164,7 +166,6 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
             config.http.site_dir.clone(),
         ));
 
-    let shutdown = Shutdown::new();
     let mut tasks = Tasks::new();
     tasks.spawn(
         "speed",

@@ -265,12 +265,46 @@ async fn merged_answers_are_exact_before_and_after_batch_runs() {
         rows(v)[&key("fan", "2026-01-01T00:20:00Z")].count == 2
     })
     .await;
+    // Live push: the first server-sent event carries the current answer.
+    let mut live = t
+        .client
+        .get(format!("{}{VIEW}/live?device_type=fan", t.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status().as_u16(), 200);
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = live
+            .chunk()
+            .await
+            .unwrap()
+            .expect("the live stream stays open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let data = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap_or_else(|| panic!("no data line in {text}"));
+    let pushed: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(pushed["view"], "signal_by_type");
+    assert_eq!(rows(&pushed)[&key("fan", "2026-01-01T00:20:00Z")].count, 2);
+    assert!(rows(&pushed).keys().all(|(ty, _)| ty == "fan"), "{pushed}");
+
+    // SIGTERM with a live client connected still exits promptly and cleanly.
+    let stopping = std::time::Instant::now();
     let status = t.terminate();
     assert!(
         status.success(),
         "graceful exit on SIGTERM: {status}\n{}",
         t.logs()
     );
+    assert!(
+        stopping.elapsed() < std::time::Duration::from_secs(5),
+        "graceful stop took {:?}",
+        stopping.elapsed()
+    );
+    drop(live);
 
     // With the process stopped, `tributary recompute` runs a batch from the command
     // line; the last fan reading moves into the batch layer (once its ingest second,

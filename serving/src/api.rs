@@ -22,6 +22,9 @@ pub struct AppState {
     pub batch: Arc<Batch>,
     /// Each role's name and whether it is up.
     pub roles: Arc<Vec<(String, Arc<AtomicBool>)>>,
+    /// Long-lived responses (live streams) end when this fires, so that a graceful
+    /// shutdown does not wait on connected dashboards.
+    pub shutdown: tributary_core::shutdown::Shutdown,
 }
 
 pub async fn list_views(State(state): State<AppState>) -> Json<Value> {

@@ -21,11 +21,15 @@ pub async fn live_view(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ServingError> {
     let q = parse_view_query(&state.merger, &view, &params)?;
     let merger = state.merger.clone();
+    let shutdown = state.shutdown.clone();
     let stream = async_stream(move |tx| async move {
         let mut last_rows = None;
         let mut ticker = tokio::time::interval(INTERVAL);
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
             let answer = match merger.query(&view, &q).await {
                 Ok(a) => a,
                 Err(e) => {
