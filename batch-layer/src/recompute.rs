@@ -3,10 +3,10 @@
 //!
 //! Choosing T (DESIGN.md): `_ingest_ts` never decreases within a partition, so for a
 //! partition whose archived position is `a` (from the master table's `txn` actions),
-//! every event below `ts(a)` is archived; if the partition is fully archived, every
-//! event below the log's ingest-time floor is. T is the minimum over partitions,
-//! rounded down to the speed layer's segment width so that serving can take whole
-//! speed segments at or above T.
+//! every event below the log's `ingest_ts_bound(a)` is archived: the stamp of the
+//! first unarchived record, or, if there is none, a time every later append is
+//! stamped at or after. T is the minimum over partitions, rounded down to the speed
+//! layer's segment width so that serving can take whole speed segments at or above T.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -221,31 +221,16 @@ impl Batch {
     /// The largest T (aligned to segment width) such that every event of `stream`
     /// with `_ingest_ts < T` is in the master table.
     pub async fn stream_cutoff(&self, stream: &StreamSchema) -> Result<i64, BatchError> {
-        let floor = self
-            .log
-            .ingest_ts_floor()
-            .await
-            .map_err(|e| BatchError::Log(stream.name.clone(), e))?;
         let master = open_master(&self.storage, &stream.name).await?;
         let archived = archived_positions(master.as_ref(), stream).await?;
-        let mut bound = floor;
+        let mut bound = i64::MAX;
         for (p, a) in archived.iter().enumerate() {
-            let p = p as u32;
-            let end = self
+            let b = self
                 .log
-                .end_offset(&stream.name, p)
+                .ingest_ts_bound(&stream.name, p as u32, *a)
                 .await
                 .map_err(|e| BatchError::Log(stream.name.clone(), e))?;
-            if *a < end {
-                let first = self
-                    .log
-                    .read(&stream.name, p, *a, 1)
-                    .await
-                    .map_err(|e| BatchError::Log(stream.name.clone(), e))?;
-                if let Some(r) = first.first() {
-                    bound = bound.min(r.ingest_ts);
-                }
-            }
+            bound = bound.min(b);
         }
         Ok(bound - bound.rem_euclid(self.segment_width))
     }

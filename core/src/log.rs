@@ -52,9 +52,10 @@ pub trait EventLog: Send + Sync + 'static {
     /// The first offset whose `_ingest_ts` is `>= ts` (the end offset if none is).
     async fn offset_for_ingest_ts(&self, stream: &str, partition: u32, ts: i64) -> Result<u64>;
 
-    /// A time every record appended after this call returns will be stamped at or
-    /// after. Read the end offsets *after* calling this to bound a cutoff.
-    async fn ingest_ts_floor(&self) -> Result<i64>;
+    /// A time T such that every record of the partition at or after `offset`, those
+    /// present and those appended later, has `_ingest_ts >= T`. With `offset` = the
+    /// archiver's position, every event below T is archived: the batch cutoff rule.
+    async fn ingest_ts_bound(&self, stream: &str, partition: u32, offset: u64) -> Result<i64>;
 
     /// Remember a consumer's position (the next offset it will read).
     async fn commit_position(

@@ -32,7 +32,7 @@ impl EventLog for BrokenLog {
     async fn offset_for_ingest_ts(&self, _: &str, _: u32, _: i64) -> Result<u64> {
         Ok(0)
     }
-    async fn ingest_ts_floor(&self) -> Result<i64> {
+    async fn ingest_ts_bound(&self, _: &str, _: u32, _: u64) -> Result<i64> {
         Ok(0)
     }
     async fn commit_position(&self, _: &str, _: &str, _: u32, _: u64) -> Result<()> {

@@ -60,11 +60,27 @@ async fn ingest_ts_is_monotonic_and_floor_bounds_future(log: &dyn EventLog) {
             assert_eq!(w[0].offset + 1, w[1].offset, "offsets are dense");
         }
     }
-    let floor = log.ingest_ts_floor().await.unwrap();
+    // The bound at the end of a partition holds for records appended later...
+    let end = log.end_offset("s", 0).await.unwrap();
+    let bound = log.ingest_ts_bound("s", 0, end).await.unwrap();
     let ack = log.append("s", 0, vec![payload(1)]).await.unwrap();
     assert!(
-        ack.ingest_ts >= floor,
-        "an append after the floor is stamped at or after it"
+        ack.ingest_ts >= bound,
+        "an append after the bound is stamped at or after it"
+    );
+    // ...and inside the partition it never exceeds the records from that offset on.
+    let recs = log.read("s", 0, 0, 100_000).await.unwrap();
+    for r in recs.iter().step_by(5) {
+        let b = log.ingest_ts_bound("s", 0, r.offset).await.unwrap();
+        assert!(
+            b <= r.ingest_ts,
+            "bound above a record at or after its offset"
+        );
+    }
+    let b0 = log.ingest_ts_bound("s", 0, 0).await.unwrap();
+    assert_eq!(
+        b0, recs[0].ingest_ts,
+        "the bound is tight: the first record's stamp"
     );
 }
 

@@ -7,8 +7,9 @@
 //!
 //! `_ingest_ts` is stamped by the writer under the clock lock, from a clock that never
 //! goes backwards (the wall clock, raised to the last stamp), so it never decreases
-//! within a partition. [`EventLog::ingest_ts_floor`] takes the same lock, which is what
-//! lets a batch cutoff prove that no unseen record can land below it.
+//! within a partition. [`EventLog::ingest_ts_bound`] reads the clock under the same
+//! lock before it looks at the partition's end, which is what lets a batch cutoff prove
+//! that no unseen record can land below it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -319,16 +320,21 @@ impl EventLog for EmbeddedLog {
         .await
     }
 
-    async fn ingest_ts_floor(&self) -> Result<i64> {
+    async fn ingest_ts_bound(&self, stream: &str, partition: u32, offset: u64) -> Result<i64> {
+        self.check(stream, partition)?;
+        // The clock first: anything appended after this is stamped at or after it.
         let clock = self.clock.clone();
-        tokio::task::spawn_blocking(move || {
+        let floor = tokio::task::spawn_blocking(move || {
             let mut guard = clock.lock().expect("clock lock");
             let floor = now_micros().max(*guard);
             *guard = floor;
             floor
         })
         .await
-        .map_err(log_err)
+        .map_err(log_err)?;
+        // Then what is already there, from `offset` on (non-decreasing, so the first).
+        let first = self.read(stream, partition, offset, 1).await?;
+        Ok(first.first().map_or(floor, |r| r.ingest_ts.min(floor)))
     }
 
     async fn commit_position(
