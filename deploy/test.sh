@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The full test suite: formatting, lints, unit, integration and end-to-end tests.
 # Installs what the tests need by itself: the independent Delta reader (Python
-# `deltalake` in .venv), Debian's headless Chromium with playwright-core for the
-# dashboard tests, and the dashboard's browser build.
+# `deltalake` in .venv), a Kafka-protocol broker (tansu, built once into
+# ~/.cache/tributary/tools and started here on loopback), Debian's headless Chromium
+# with playwright-core for the dashboard tests, and the dashboard's browser build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,25 @@ fi
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --silent)
 fi
+
+tools="${TRIBUTARY_TOOLS:-$HOME/.cache/tributary/tools}"
+if ! "$tools/bin/tansu" --version 2>/dev/null | grep -q '0.6.0'; then
+  echo "installing the tansu broker (about 15 minutes, once)" >&2
+  cargo install tansu --version 0.6.0 --locked --features dynostore,libsql --root "$tools"
+fi
+kafka_port="${KAFKA_TEST_PORT:-19092}"
+"$tools/bin/tansu" broker \
+  --listener-url "tcp://127.0.0.1:$kafka_port" \
+  --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
+  --storage-engine memory://tansu/ > "${TMPDIR:-/tmp}/tributary-test-tansu.log" 2>&1 &
+tansu_pid=$!
+trap 'kill $tansu_pid 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$kafka_port") 2>/dev/null && break
+  kill -0 $tansu_pid 2>/dev/null || { cat "${TMPDIR:-/tmp}/tributary-test-tansu.log" >&2; exit 1; }
+  sleep 0.1
+done
+export KAFKA_TEST_BROKERS="127.0.0.1:$kafka_port"
 
 ./deploy/build-web.sh
 cargo fmt --all --check

@@ -15,7 +15,7 @@ use tributary_core::pipeline::Pipeline;
 use tributary_core::shutdown::{Shutdown, Tasks, signal};
 use tributary_core::storage::Storage;
 use tributary_ingest::dead_letter::DeadLetterSink;
-use tributary_ingest::log::EmbeddedLog;
+use tributary_ingest::log::{EmbeddedLog, KafkaLog};
 use tributary_ingest::{Ingest, generator};
 use tributary_serving::{AppState, Merger};
 use tributary_speed::SpeedLayer;
@@ -36,23 +36,44 @@ async fn load(path: Option<PathBuf>) -> anyhow::Result<(Config, ConfigSource, Pi
     Ok((config, source, pipeline))
 }
 
-fn open_log(
+/// The configured event log, and the Kafka handle when it is Kafka (for ticks).
+async fn open_log(
     config: &Config,
     storage: &Storage,
     pipeline: &Pipeline,
-) -> anyhow::Result<Arc<dyn EventLog>> {
+) -> anyhow::Result<(Arc<dyn EventLog>, Option<Arc<KafkaLog>>)> {
+    let streams: Vec<(String, u32)> = pipeline
+        .streams
+        .iter()
+        .map(|s| (s.name.clone(), s.partitions))
+        .collect();
     match config.log.kind {
-        LogKind::Embedded => {
-            let streams: Vec<(String, u32)> = pipeline
-                .streams
-                .iter()
-                .map(|s| (s.name.clone(), s.partitions))
-                .collect();
-            Ok(Arc::new(EmbeddedLog::open(&storage.log_dir(), &streams)?))
+        LogKind::Embedded => Ok((
+            Arc::new(EmbeddedLog::open(&storage.log_dir(), &streams)?),
+            None,
+        )),
+        LogKind::Kafka => {
+            let log = Arc::new(
+                KafkaLog::open(config.log.clone(), &streams)
+                    .await
+                    .with_context(|| format!("connecting to Kafka at {}", config.log.brokers))?,
+            );
+            Ok((log.clone(), Some(log)))
         }
-        LogKind::Kafka => bail!(
-            "log.kind = \"kafka\" is not available in this build yet; use log.kind = \"embedded\""
-        ),
+    }
+}
+
+/// Keep idle partitions' derived ingest time moving (see ingest/src/log/kafka.rs).
+async fn tick(log: Arc<KafkaLog>, every: Duration, shutdown: Shutdown) -> anyhow::Result<()> {
+    let mut interval = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = interval.tick() => {}
+        }
+        if let Err(e) = log.tick().await {
+            tracing::warn!(error = %e, "could not write ticks");
+        }
     }
 }
 
@@ -98,7 +119,7 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
 pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
     let (config, source, pipeline) = load(path).await?;
     let storage = Storage::open(&config.storage_root)?;
-    let log = open_log(&config, &storage, &pipeline)?;
+    let (log, kafka) = open_log(&config, &storage, &pipeline).await?;
     let dead_letters = DeadLetterSink::new(
         storage.clone(),
         pipeline.streams.iter().map(|s| s.name.clone()),
@@ -206,6 +227,10 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
             tributary_serving::run(config.http.addr.clone(), app, shutdown.clone()),
         ),
     );
+    if let Some(kafka) = kafka {
+        let every = Duration::from_millis(config.log.tick_interval_ms.max(10));
+        tasks.spawn("log-ticker", tick(kafka, every, shutdown.clone()));
+    }
     if config.generator.enabled {
         tasks.spawn(
             "generator",
@@ -256,10 +281,14 @@ async fn with_flag<E>(
 pub async fn recompute(path: Option<PathBuf>) -> anyhow::Result<()> {
     let (config, _, pipeline) = load(path).await?;
     let storage = Storage::open(&config.storage_root)?;
-    let log = open_log(&config, &storage, &pipeline).context(
-        "a running `tributary up` holds the embedded log; trigger the run there with \
-         `curl -X POST 'http://ADDR/api/v1/batch/runs?wait=true'`",
-    )?;
+    let opened = open_log(&config, &storage, &pipeline).await;
+    let (log, _) = match config.log.kind {
+        LogKind::Embedded => opened.context(
+            "a running `tributary up` holds the embedded log; trigger the run there with \
+             `curl -X POST 'http://ADDR/api/v1/batch/runs?wait=true'`",
+        )?,
+        LogKind::Kafka => opened?,
+    };
     let batch = Arc::new(Batch::new(
         pipeline,
         storage,

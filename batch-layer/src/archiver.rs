@@ -86,13 +86,15 @@ pub async fn run_stream(
         let mut next: BTreeMap<u32, u64> = BTreeMap::new();
         for p in 0..stream.partitions {
             let from = positions[p as usize];
-            let records = log
+            let batch = log
                 .read(&stream.name, p, from, per_partition)
                 .await
                 .map_err(|e| BatchError::Log(stream.name.clone(), e))?;
-            let Some(last) = records.last() else { continue };
-            next.insert(p, last.offset + 1);
-            for r in records {
+            if batch.next_offset == from {
+                continue;
+            }
+            next.insert(p, batch.next_offset);
+            for r in batch.records {
                 let at = LogPosition {
                     partition: p,
                     offset: r.offset,

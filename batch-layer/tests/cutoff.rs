@@ -62,7 +62,7 @@ async fn batch_run_covers_exactly_the_archived_events_below_its_cutoff() {
         rec.rows_in, 0,
         "unarchived events are not below the cutoff: {rec:?}"
     );
-    let first = log.read("clicks", 0, 0, 1).await.unwrap()[0].ingest_ts;
+    let first = log.read("clicks", 0, 0, 1).await.unwrap().records[0].ingest_ts;
     assert!(rec.cutoff_micros.unwrap() <= first);
 
     // Archive, then run again: every event is covered and counted once.

@@ -107,11 +107,83 @@ pub enum LogKind {
     Kafka,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct LogConfig {
     #[serde(default)]
     pub kind: LogKind,
+    /// Kafka bootstrap servers (`log.kind = "kafka"`).
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    /// A stream's topic is this prefix plus its name, unless `topics` names it.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// Topic per stream, overriding the prefix rule.
+    #[serde(default)]
+    pub topics: std::collections::BTreeMap<String, String>,
+    /// Replication factor of topics Tributary creates.
+    #[serde(default = "default_replication")]
+    pub replication_factor: i32,
+    /// How far a record written straight into a topic may stamp itself ahead of the
+    /// last timestamp Tributary itself wrote there (see ARCHITECTURE.md).
+    #[serde(default = "default_lead_ms")]
+    pub max_timestamp_lead_ms: i64,
+    /// How often Tributary writes a tick into every partition, so that the derived
+    /// ingest time of idle partitions keeps up with the clock.
+    #[serde(default = "default_tick_ms")]
+    pub tick_interval_ms: u64,
+    /// How long a produce may wait for the broker before ingest answers 503.
+    #[serde(default = "default_produce_timeout_ms")]
+    pub produce_timeout_ms: u64,
+    /// Passed to librdkafka as they are (SASL, SSL, tuning), e.g.
+    /// `"security.protocol" = "SASL_PLAINTEXT"`.
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+fn default_brokers() -> String {
+    "127.0.0.1:9092".into()
+}
+fn default_topic_prefix() -> String {
+    "tributary.".into()
+}
+fn default_replication() -> i32 {
+    1
+}
+fn default_lead_ms() -> i64 {
+    60_000
+}
+fn default_tick_ms() -> u64 {
+    1_000
+}
+fn default_produce_timeout_ms() -> u64 {
+    5_000
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            kind: LogKind::default(),
+            brokers: default_brokers(),
+            topic_prefix: default_topic_prefix(),
+            topics: Default::default(),
+            replication_factor: default_replication(),
+            max_timestamp_lead_ms: default_lead_ms(),
+            tick_interval_ms: default_tick_ms(),
+            produce_timeout_ms: default_produce_timeout_ms(),
+            options: Default::default(),
+        }
+    }
+}
+
+impl LogConfig {
+    /// The topic that carries `stream`.
+    pub fn topic(&self, stream: &str) -> String {
+        self.topics
+            .get(stream)
+            .cloned()
+            .unwrap_or_else(|| format!("{}{stream}", self.topic_prefix))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

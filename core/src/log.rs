@@ -19,11 +19,21 @@ pub struct LogRecord {
     pub payload: Vec<u8>,
 }
 
+/// What a read returns: the records, and where the next read starts. The next offset
+/// can lie beyond the last record: a backend may skip offsets that hold no event
+/// (Kafka control records, Tributary's idle-partition ticks).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogBatch {
+    pub records: Vec<LogRecord>,
+    pub next_offset: u64,
+}
+
 /// What an append returns once the records are durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendAck {
     pub first_offset: u64,
     pub count: usize,
+    /// A lower bound of the records' `_ingest_ts` (the embedded log's exact stamp).
     pub ingest_ts: i64,
 }
 
@@ -38,13 +48,7 @@ pub trait EventLog: Send + Sync + 'static {
     ) -> Result<AppendAck>;
 
     /// Read up to `max` records of a partition starting at `from`.
-    async fn read(
-        &self,
-        stream: &str,
-        partition: u32,
-        from: u64,
-        max: usize,
-    ) -> Result<Vec<LogRecord>>;
+    async fn read(&self, stream: &str, partition: u32, from: u64, max: usize) -> Result<LogBatch>;
 
     /// The offset the next append to this partition will get.
     async fn end_offset(&self, stream: &str, partition: u32) -> Result<u64>;

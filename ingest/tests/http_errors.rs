@@ -9,7 +9,7 @@ use axum::http::{Request, StatusCode, header};
 use tower::ServiceExt;
 use tributary_core::config::{FieldConfig, StreamConfig};
 use tributary_core::error::{CoreError, Result};
-use tributary_core::log::{AppendAck, EventLog, LogRecord};
+use tributary_core::log::{AppendAck, EventLog, LogBatch};
 use tributary_core::schema::StreamSchema;
 use tributary_core::storage::Storage;
 use tributary_ingest::Ingest;
@@ -23,8 +23,11 @@ impl EventLog for BrokenLog {
     async fn append(&self, _: &str, _: u32, _: Vec<Vec<u8>>) -> Result<AppendAck> {
         Err(CoreError::LogUnavailable("disk full".into()))
     }
-    async fn read(&self, _: &str, _: u32, _: u64, _: usize) -> Result<Vec<LogRecord>> {
-        Ok(Vec::new())
+    async fn read(&self, _: &str, _: u32, from: u64, _: usize) -> Result<LogBatch> {
+        Ok(LogBatch {
+            records: Vec::new(),
+            next_offset: from,
+        })
     }
     async fn end_offset(&self, _: &str, _: u32) -> Result<u64> {
         Ok(0)

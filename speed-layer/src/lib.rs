@@ -164,7 +164,7 @@ pub async fn run(
                 let pos = positions
                     .get_mut(&(s.name.clone(), p))
                     .expect("position per partition");
-                let records = log
+                let batch = log
                     .read(&s.name, p, *pos, config.max_batch_records)
                     .await
                     .map_err(|source| SpeedError::Read {
@@ -172,10 +172,12 @@ pub async fn run(
                         partition: p,
                         source,
                     })?;
-                let Some(last) = records.last() else { continue };
-                *pos = last.offset + 1;
+                *pos = batch.next_offset;
+                let Some(last) = batch.records.last() else {
+                    continue;
+                };
                 newest = newest.max(last.ingest_ts);
-                for r in records {
+                for r in batch.records {
                     let bucket = layer.bucket(r.ingest_ts);
                     let (dec, _) = decoders
                         .entry(bucket)

@@ -21,7 +21,7 @@ use redb::{
 };
 use tokio::sync::oneshot;
 use tributary_core::error::{CoreError, Result};
-use tributary_core::log::{AppendAck, EventLog, LogRecord};
+use tributary_core::log::{AppendAck, EventLog, LogBatch, LogRecord};
 use tributary_core::time::now_micros;
 
 const POSITIONS: TableDefinition<&str, u64> = TableDefinition::new("positions");
@@ -233,13 +233,7 @@ impl EventLog for EmbeddedLog {
             .map_err(|_| CoreError::LogUnavailable("the log writer has stopped".into()))?
     }
 
-    async fn read(
-        &self,
-        stream: &str,
-        partition: u32,
-        from: u64,
-        max: usize,
-    ) -> Result<Vec<LogRecord>> {
+    async fn read(&self, stream: &str, partition: u32, from: u64, max: usize) -> Result<LogBatch> {
         self.check(stream, partition)?;
         let name = partition_table(stream, partition);
         self.blocking(move |db| {
@@ -247,7 +241,12 @@ impl EventLog for EmbeddedLog {
             let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
             let table = match read.open_table(def) {
                 Ok(t) => t,
-                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(TableError::TableDoesNotExist(_)) => {
+                    return Ok(LogBatch {
+                        records: Vec::new(),
+                        next_offset: from,
+                    });
+                }
                 Err(e) => return Err(log_err(e)),
             };
             let mut out = Vec::new();
@@ -260,7 +259,11 @@ impl EventLog for EmbeddedLog {
                     payload: v[8..].to_vec(),
                 });
             }
-            Ok(out)
+            let next_offset = out.last().map_or(from, |r: &LogRecord| r.offset + 1);
+            Ok(LogBatch {
+                records: out,
+                next_offset,
+            })
         })
         .await
     }
@@ -334,7 +337,10 @@ impl EventLog for EmbeddedLog {
         .map_err(log_err)?;
         // Then what is already there, from `offset` on (non-decreasing, so the first).
         let first = self.read(stream, partition, offset, 1).await?;
-        Ok(first.first().map_or(floor, |r| r.ingest_ts.min(floor)))
+        Ok(first
+            .records
+            .first()
+            .map_or(floor, |r| r.ingest_ts.min(floor)))
     }
 
     async fn commit_position(

@@ -1,0 +1,540 @@
+//! The Kafka event log: one topic per stream, through librdkafka (rdkafka).
+//!
+//! **Derived `_ingest_ts`.** Not every broker applies `LogAppendTime` (tansu 0.6 stores
+//! the setting and ignores it), so record timestamps are producer clocks. Tributary
+//! derives `_ingest_ts` in log order, identically in every consumer, from the records
+//! of the partition alone:
+//!
+//! ```text
+//! trusted(o)  = timestamp of the last record at or before o that Tributary wrote
+//!               (header `tributary-trusted`: HTTP ingest and idle-partition ticks)
+//! capped(o)   = min(ts(o), trusted(o) + max-timestamp-lead)   (uncapped before any trusted record)
+//! _ingest_ts(o) = max(_ingest_ts(o - 1), capped(o))
+//! ```
+//!
+//! It never decreases. A record written straight into the topic with a timestamp far in
+//! the future moves the partition's ingest time at most `max-timestamp-lead` ahead of
+//! Tributary's own clock, so it cannot stall batch cutoffs. Ticks (header
+//! `tributary-tick`, empty payload) are written into every partition every
+//! `tick-interval`, so idle partitions' ingest time keeps up with the clock; readers
+//! skip them.
+//!
+//! A reader computes the derivation from the partition's first retained offset; it
+//! keeps cursors so sequential reads continue where they stopped.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::join_all;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use tributary_core::config::LogConfig;
+use tributary_core::error::{CoreError, Result};
+use tributary_core::log::{AppendAck, EventLog, LogBatch, LogRecord};
+use tributary_core::time::now_micros;
+
+pub const TRUSTED_HEADER: &str = "tributary-trusted";
+pub const TICK_HEADER: &str = "tributary-tick";
+const META_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a read waits for records the broker has but the consumer has not fetched.
+const FETCH_WAIT: Duration = Duration::from_secs(2);
+/// How long a read waits once it is past the broker's high watermark.
+const QUEUE_WAIT: Duration = Duration::from_millis(5);
+
+fn kafka_err(what: &str, e: impl std::fmt::Display) -> CoreError {
+    CoreError::LogUnavailable(format!("kafka {what}: {e}"))
+}
+
+/// Running state of the `_ingest_ts` derivation after some prefix of a partition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Derivation {
+    pub max: Option<i64>,
+    pub trusted: Option<i64>,
+}
+
+impl Derivation {
+    /// Fold one record in; returns its `_ingest_ts` (microseconds).
+    pub fn apply(&mut self, ts: i64, trusted: bool, lead: i64) -> i64 {
+        if trusted {
+            self.trusted = Some(self.trusted.map_or(ts, |t| t.max(ts)));
+        }
+        let capped = match self.trusted {
+            Some(t) if !trusted => ts.min(t.saturating_add(lead)),
+            _ => ts,
+        };
+        let derived = self.max.map_or(capped, |m| m.max(capped));
+        self.max = Some(derived);
+        derived
+    }
+}
+
+/// A reader positioned in one partition, with the derivation state up to there.
+struct Cursor {
+    consumer: BaseConsumer,
+    next: u64,
+    state: Derivation,
+}
+
+pub struct KafkaLog {
+    config: LogConfig,
+    producer: FutureProducer,
+    topics: HashMap<String, (String, u32)>,
+    cursors: Mutex<HashMap<(String, u32), Vec<Cursor>>>,
+    groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+}
+
+impl KafkaLog {
+    /// Connect, and create or check the topic of every stream.
+    pub async fn open(config: LogConfig, streams: &[(String, u32)]) -> Result<KafkaLog> {
+        let producer: FutureProducer = client_config(&config)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", config.produce_timeout_ms.to_string())
+            .create()
+            .map_err(|e| kafka_err("producer", e))?;
+        let topics: HashMap<String, (String, u32)> = streams
+            .iter()
+            .map(|(s, n)| (s.clone(), (config.topic(s), *n)))
+            .collect();
+        let log = KafkaLog {
+            config,
+            producer,
+            topics,
+            cursors: Mutex::new(HashMap::new()),
+            groups: Mutex::new(HashMap::new()),
+        };
+        log.ensure_topics().await?;
+        Ok(log)
+    }
+
+    async fn ensure_topics(&self) -> Result<()> {
+        let admin: AdminClient<DefaultClientContext> = client_config(&self.config)
+            .create()
+            .map_err(|e| kafka_err("admin client", e))?;
+        let mut missing = Vec::new();
+        for (stream, (topic, partitions)) in &self.topics {
+            match self.partition_count(topic).await? {
+                Some(n) if n == *partitions => {}
+                Some(n) => {
+                    return Err(CoreError::Log(format!(
+                        "topic `{topic}` of stream `{stream}` has {n} partitions, but the stream declares {partitions}"
+                    )));
+                }
+                None => missing.push((topic.clone(), *partitions)),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let new: Vec<NewTopic> = missing
+            .iter()
+            .map(|(t, n)| {
+                NewTopic::new(
+                    t,
+                    *n as i32,
+                    TopicReplication::Fixed(self.config.replication_factor),
+                )
+            })
+            .collect();
+        let results = admin
+            .create_topics(
+                &new,
+                &AdminOptions::new().operation_timeout(Some(META_TIMEOUT)),
+            )
+            .await
+            .map_err(|e| kafka_err("create topics", e))?;
+        for r in results {
+            match r {
+                Ok(t) => tracing::info!(topic = %t, "created topic"),
+                Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    tracing::info!(topic = %t, "topic created concurrently")
+                }
+                Err((t, code)) => return Err(kafka_err(&format!("create topic `{t}`"), code)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn partition_count(&self, topic: &str) -> Result<Option<u32>> {
+        let producer = self.producer.clone();
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            let md = producer
+                .client()
+                .fetch_metadata(Some(&topic), META_TIMEOUT)
+                .map_err(|e| kafka_err("metadata", e))?;
+            let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+                return Ok(None);
+            };
+            match t.error() {
+                Some(_) if t.partitions().is_empty() => Ok(None),
+                _ => Ok(Some(t.partitions().len() as u32)),
+            }
+        })
+        .await
+        .map_err(|e| kafka_err("metadata", e))?
+    }
+
+    fn topic(&self, stream: &str, partition: u32) -> Result<String> {
+        match self.topics.get(stream) {
+            None => Err(CoreError::UnknownStream(stream.to_string())),
+            Some((_, n)) if partition >= *n => Err(CoreError::Log(format!(
+                "stream `{stream}` has {n} partitions, not {}",
+                partition + 1
+            ))),
+            Some((t, _)) => Ok(t.clone()),
+        }
+    }
+
+    /// Write a tick into every partition of every stream (see the module docs).
+    pub async fn tick(&self) -> Result<()> {
+        let now_ms = now_micros() / 1000;
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: TRUSTED_HEADER,
+                value: Some("1"),
+            })
+            .insert(Header {
+                key: TICK_HEADER,
+                value: Some("1"),
+            });
+        let mut sends = Vec::new();
+        for (topic, n) in self.topics.values() {
+            for p in 0..*n {
+                let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(topic)
+                    .partition(p as i32)
+                    .payload(&[][..])
+                    .timestamp(now_ms)
+                    .headers(headers.clone());
+                sends.push(self.producer.send(record, Duration::from_secs(0)));
+            }
+        }
+        for r in join_all(sends).await {
+            r.map_err(|(e, _)| kafka_err("tick", e))?;
+        }
+        Ok(())
+    }
+
+    /// Take a cursor at `from` (or the closest one before it), or open one.
+    fn take_cursor(&self, stream: &str, partition: u32, from: u64) -> Option<Cursor> {
+        let mut cursors = self.cursors.lock().expect("cursor lock");
+        let list = cursors.entry((stream.to_string(), partition)).or_default();
+        let best = list
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.next <= from)
+            .max_by_key(|(_, c)| c.next)
+            .map(|(i, _)| i)?;
+        Some(list.swap_remove(best))
+    }
+
+    fn put_cursor(&self, stream: &str, partition: u32, cursor: Cursor) {
+        let mut cursors = self.cursors.lock().expect("cursor lock");
+        let list = cursors.entry((stream.to_string(), partition)).or_default();
+        // A few cursors per partition (speed layer, archiver, cutoffs) are plenty.
+        if list.len() >= 4 {
+            list.remove(0);
+        }
+        list.push(cursor);
+    }
+
+    fn new_cursor(&self, topic: &str, partition: u32) -> Result<Cursor> {
+        let consumer: BaseConsumer = client_config(&self.config)
+            .set("group.id", "tributary-reader")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "true")
+            .create()
+            .map_err(|e| kafka_err("consumer", e))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition as i32, Offset::Beginning)
+            .map_err(|e| kafka_err("assign", e))?;
+        consumer.assign(&tpl).map_err(|e| kafka_err("assign", e))?;
+        let (low, _) = consumer
+            .fetch_watermarks(topic, partition as i32, META_TIMEOUT)
+            .map_err(|e| kafka_err("watermarks", e))?;
+        Ok(Cursor {
+            consumer,
+            next: low.max(0) as u64,
+            state: Derivation::default(),
+        })
+    }
+
+    /// Read from `from`: up to `max` event records, stopping at the partition's end.
+    /// Returns the batch and the derivation state after it.
+    async fn read_inner(
+        &self,
+        stream: &str,
+        partition: u32,
+        from: u64,
+        max: Option<usize>,
+    ) -> Result<(LogBatch, Derivation)> {
+        let topic = self.topic(stream, partition)?;
+        let cursor = match self.take_cursor(stream, partition, from) {
+            Some(c) => c,
+            None => self.new_cursor(&topic, partition)?,
+        };
+        let lead = self.config.max_timestamp_lead_ms.saturating_mul(1000);
+        let (cursor, result) = tokio::task::spawn_blocking(move || {
+            let mut cursor = cursor;
+            let result = advance(&mut cursor, &topic, partition, from, max, lead);
+            (cursor, result)
+        })
+        .await
+        .map_err(|e| kafka_err("read", e))?;
+        let state = cursor.state;
+        if result.is_ok() {
+            self.put_cursor(stream, partition, cursor);
+        }
+        result.map(|b| (b, state))
+    }
+
+    fn group(&self, consumer: &str) -> Result<Arc<BaseConsumer>> {
+        let mut groups = self.groups.lock().expect("group lock");
+        if let Some(c) = groups.get(consumer) {
+            return Ok(c.clone());
+        }
+        let c: BaseConsumer = client_config(&self.config)
+            .set("group.id", consumer)
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| kafka_err("consumer group", e))?;
+        let c = Arc::new(c);
+        groups.insert(consumer.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+fn client_config(config: &LogConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers);
+    for (k, v) in &config.options {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Move `cursor` to `from` (folding skipped records into its state), then collect up
+/// to `max` events (`None`: none, just reach the end), stopping at the partition's end.
+///
+/// Some brokers (tansu 0.6) report the last *batch's* base offset + 1 as the high
+/// watermark, not the last offset + 1. So the watermark is only a hint: below it, data
+/// is on the broker and worth waiting for; at or above it, anything left is already in
+/// the consumer's queue, and a short poll (or the broker's EOF) ends the read.
+fn advance(
+    cursor: &mut Cursor,
+    topic: &str,
+    partition: u32,
+    from: u64,
+    max: Option<usize>,
+    lead: i64,
+) -> Result<LogBatch> {
+    let (_, high) = cursor
+        .consumer
+        .fetch_watermarks(topic, partition as i32, META_TIMEOUT)
+        .map_err(|e| kafka_err("watermarks", e))?;
+    let high = high.max(0) as u64;
+    let mut records = Vec::new();
+    loop {
+        if max.is_some_and(|m| records.len() >= m) {
+            break;
+        }
+        let wait = if cursor.next < high {
+            FETCH_WAIT
+        } else {
+            QUEUE_WAIT
+        };
+        let msg = match cursor.consumer.poll(wait) {
+            None => break,
+            // An EOF queued by an earlier read is stale while the broker has more.
+            Some(Err(KafkaError::PartitionEOF(_))) if cursor.next < high => continue,
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => return Err(kafka_err("fetch", e)),
+            Some(Ok(m)) => m,
+        };
+        let offset = msg.offset().max(0) as u64;
+        if offset < cursor.next {
+            continue;
+        }
+        let ts_ms = msg.timestamp().to_millis().unwrap_or(0);
+        let (mut trusted, mut tick) = (false, false);
+        if let Some(h) = msg.headers() {
+            for header in h.iter() {
+                trusted |= header.key == TRUSTED_HEADER;
+                tick |= header.key == TICK_HEADER;
+            }
+        }
+        let derived = cursor
+            .state
+            .apply(ts_ms.saturating_mul(1000), trusted, lead);
+        cursor.next = offset + 1;
+        if offset < from || tick || max.is_none() {
+            continue;
+        }
+        records.push(LogRecord {
+            offset,
+            ingest_ts: derived,
+            payload: msg.payload().unwrap_or_default().to_vec(),
+        });
+    }
+    Ok(LogBatch {
+        records,
+        next_offset: if max.is_none() {
+            cursor.next
+        } else {
+            cursor.next.max(from)
+        },
+    })
+}
+
+#[async_trait]
+impl EventLog for KafkaLog {
+    async fn append(
+        &self,
+        stream: &str,
+        partition: u32,
+        payloads: Vec<Vec<u8>>,
+    ) -> Result<AppendAck> {
+        let topic = self.topic(stream, partition)?;
+        let now_ms = now_micros() / 1000;
+        let headers = OwnedHeaders::new().insert(Header {
+            key: TRUSTED_HEADER,
+            value: Some("1"),
+        });
+        let sends = payloads.iter().map(|p| {
+            let record: FutureRecord<'_, (), Vec<u8>> = FutureRecord::to(&topic)
+                .partition(partition as i32)
+                .payload(p)
+                .timestamp(now_ms)
+                .headers(headers.clone());
+            self.producer.send(record, Duration::from_secs(0))
+        });
+        let mut first = u64::MAX;
+        for r in join_all(sends).await {
+            match r {
+                Ok(d) => first = first.min(d.offset.max(0) as u64),
+                Err((KafkaError::MessageProduction(code), _)) => {
+                    return Err(kafka_err("produce", code));
+                }
+                Err((e, _)) => return Err(kafka_err("produce", e)),
+            }
+        }
+        Ok(AppendAck {
+            first_offset: if payloads.is_empty() { 0 } else { first },
+            count: payloads.len(),
+            ingest_ts: now_ms * 1000,
+        })
+    }
+
+    async fn read(&self, stream: &str, partition: u32, from: u64, max: usize) -> Result<LogBatch> {
+        Ok(self.read_inner(stream, partition, from, Some(max)).await?.0)
+    }
+
+    async fn end_offset(&self, stream: &str, partition: u32) -> Result<u64> {
+        // Read to the end from the farthest cursor: watermarks are not exact everywhere.
+        let (batch, _) = self.read_inner(stream, partition, u64::MAX, None).await?;
+        Ok(batch.next_offset)
+    }
+
+    async fn offset_for_ingest_ts(&self, stream: &str, partition: u32, ts: i64) -> Result<u64> {
+        let mut from = 0;
+        loop {
+            let (batch, _) = self
+                .read_inner(stream, partition, from, Some(10_000))
+                .await?;
+            if let Some(r) = batch.records.iter().find(|r| r.ingest_ts >= ts) {
+                return Ok(r.offset);
+            }
+            if batch.next_offset == from || batch.records.is_empty() {
+                return Ok(batch.next_offset);
+            }
+            from = batch.next_offset;
+        }
+    }
+
+    async fn ingest_ts_bound(&self, stream: &str, partition: u32, offset: u64) -> Result<i64> {
+        let (batch, state) = self.read_inner(stream, partition, offset, Some(1)).await?;
+        Ok(match batch.records.first() {
+            Some(r) => r.ingest_ts,
+            // Nothing at or after `offset` yet: later records derive at or above the
+            // running maximum. An empty partition bounds nothing until its first tick.
+            None => state.max.unwrap_or(i64::MIN),
+        })
+    }
+
+    async fn commit_position(
+        &self,
+        consumer: &str,
+        stream: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<()> {
+        let topic = self.topic(stream, partition)?;
+        let group = self.group(consumer)?;
+        tokio::task::spawn_blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&topic, partition as i32, Offset::Offset(offset as i64))
+                .map_err(|e| kafka_err("commit", e))?;
+            group
+                .commit(&tpl, CommitMode::Sync)
+                .map_err(|e| kafka_err("commit", e))
+        })
+        .await
+        .map_err(|e| kafka_err("commit", e))?
+    }
+
+    async fn position(&self, consumer: &str, stream: &str, partition: u32) -> Result<Option<u64>> {
+        let topic = self.topic(stream, partition)?;
+        let group = self.group(consumer)?;
+        tokio::task::spawn_blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, partition as i32);
+            let committed = group
+                .committed_offsets(tpl, META_TIMEOUT)
+                .map_err(|e| kafka_err("committed offsets", e))?;
+            Ok(committed.elements().first().and_then(|e| match e.offset() {
+                Offset::Offset(o) if o >= 0 => Some(o as u64),
+                _ => None,
+            }))
+        })
+        .await
+        .map_err(|e| kafka_err("committed offsets", e))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derivation_never_decreases_and_caps_untrusted_future_stamps() {
+        let lead = 60_000_000;
+        let mut d = Derivation::default();
+        assert_eq!(d.apply(1_000_000, true, lead), 1_000_000);
+        // A producer clock behind ours: held at the running maximum.
+        assert_eq!(d.apply(500_000, false, lead), 1_000_000);
+        // A record from the year 2100: at most `lead` ahead of the trusted clock.
+        assert_eq!(d.apply(4_102_444_800_000_000, false, lead), 61_000_000);
+        assert_eq!(d.apply(2_000_000, true, lead), 61_000_000);
+        // Trusted time passes the capped stamp: derived follows it again.
+        assert_eq!(d.apply(90_000_000, true, lead), 90_000_000);
+    }
+
+    #[test]
+    fn derivation_before_any_trusted_record_is_the_running_maximum() {
+        let mut d = Derivation::default();
+        assert_eq!(d.apply(5, false, 1), 5);
+        assert_eq!(d.apply(3, false, 1), 5);
+        assert_eq!(d.apply(9, false, 1), 9);
+    }
+}
