@@ -40,6 +40,7 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 export KAFKA_TEST_BROKERS="127.0.0.1:$kafka_port"
+export TANSU_BIN="$tools/bin/tansu"
 
 ./deploy/build-web.sh
 cargo fmt --all --check

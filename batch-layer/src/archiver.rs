@@ -15,7 +15,7 @@ use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use tributary_core::config::BatchConfig;
-use tributary_core::log::EventLog;
+use tributary_core::log::{EventLog, retry_unavailable};
 use tributary_core::schema::{BatchDecoder, LogPosition, StreamSchema};
 use tributary_core::shutdown::Shutdown;
 use tributary_core::storage::Storage;
@@ -86,10 +86,12 @@ pub async fn run_stream(
         let mut next: BTreeMap<u32, u64> = BTreeMap::new();
         for p in 0..stream.partitions {
             let from = positions[p as usize];
-            let batch = log
-                .read(&stream.name, p, from, per_partition)
-                .await
-                .map_err(|e| BatchError::Log(stream.name.clone(), e))?;
+            let read = retry_unavailable("archiver read", &shutdown, || {
+                log.read(&stream.name, p, from, per_partition)
+            })
+            .await
+            .map_err(|e| BatchError::Log(stream.name.clone(), e))?;
+            let Some(batch) = read else { return Ok(()) };
             if batch.next_offset == from {
                 continue;
             }

@@ -73,3 +73,33 @@ pub trait EventLog: Send + Sync + 'static {
     /// A consumer's remembered position, if it has one.
     async fn position(&self, consumer: &str, stream: &str, partition: u32) -> Result<Option<u64>>;
 }
+
+/// Run `op` until it succeeds, waiting out [`CoreError::LogUnavailable`] (a broker
+/// that is down or unreachable) with backoff; other errors return at once. Returns
+/// `None` if `shutdown` fires first. Consumers use it so that an outage pauses them
+/// instead of stopping the process.
+pub async fn retry_unavailable<T, F, Fut>(
+    what: &str,
+    shutdown: &crate::shutdown::Shutdown,
+    mut op: F,
+) -> Result<Option<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut wait = std::time::Duration::from_millis(100);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(Some(v)),
+            Err(crate::CoreError::LogUnavailable(e)) => {
+                tracing::warn!(what, error = %e, retry_in = ?wait, "event log unavailable");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(std::time::Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

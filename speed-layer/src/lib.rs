@@ -18,7 +18,7 @@ use serde::Serialize;
 use thiserror::Error;
 use tributary_core::CoreError;
 use tributary_core::config::SpeedConfig;
-use tributary_core::log::EventLog;
+use tributary_core::log::{EventLog, retry_unavailable};
 use tributary_core::pipeline::Pipeline;
 use tributary_core::schema::{BatchDecoder, LogPosition};
 use tributary_core::shutdown::Shutdown;
@@ -141,14 +141,16 @@ pub async fn run(
             .min()
             .unwrap_or(i64::MIN);
         for p in 0..s.partitions {
-            let offset = log
-                .offset_for_ingest_ts(&s.name, p, start)
-                .await
-                .map_err(|source| SpeedError::Read {
-                    stream: s.name.clone(),
-                    partition: p,
-                    source,
-                })?;
+            let found = retry_unavailable("speed layer start", &shutdown, || {
+                log.offset_for_ingest_ts(&s.name, p, start)
+            })
+            .await
+            .map_err(|source| SpeedError::Read {
+                stream: s.name.clone(),
+                partition: p,
+                source,
+            })?;
+            let Some(offset) = found else { return Ok(()) };
             positions.insert((s.name.clone(), p), offset);
         }
     }
@@ -164,14 +166,17 @@ pub async fn run(
                 let pos = positions
                     .get_mut(&(s.name.clone(), p))
                     .expect("position per partition");
-                let batch = log
-                    .read(&s.name, p, *pos, config.max_batch_records)
-                    .await
-                    .map_err(|source| SpeedError::Read {
-                        stream: s.name.clone(),
-                        partition: p,
-                        source,
-                    })?;
+                let from = *pos;
+                let read = retry_unavailable("speed layer read", &shutdown, || {
+                    log.read(&s.name, p, from, config.max_batch_records)
+                })
+                .await
+                .map_err(|source| SpeedError::Read {
+                    stream: s.name.clone(),
+                    partition: p,
+                    source,
+                })?;
+                let Some(batch) = read else { return Ok(()) };
                 *pos = batch.next_offset;
                 let Some(last) = batch.records.last() else {
                     continue;

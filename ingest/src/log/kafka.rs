@@ -86,7 +86,9 @@ struct Cursor {
 
 pub struct KafkaLog {
     config: LogConfig,
-    producer: FutureProducer,
+    /// Replaced when it fails in a way librdkafka does not recover from by itself
+    /// (e.g. a broker that lost its idempotent-producer state in a restart).
+    producer: std::sync::RwLock<FutureProducer>,
     topics: HashMap<String, (String, u32)>,
     cursors: Mutex<HashMap<(String, u32), Vec<Cursor>>>,
     groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
@@ -95,26 +97,33 @@ pub struct KafkaLog {
 impl KafkaLog {
     /// Connect, and create or check the topic of every stream.
     pub async fn open(config: LogConfig, streams: &[(String, u32)]) -> Result<KafkaLog> {
-        let producer: FutureProducer = client_config(&config)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "2")
-            .set("message.timeout.ms", config.produce_timeout_ms.to_string())
-            .create()
-            .map_err(|e| kafka_err("producer", e))?;
+        let producer = new_producer(&config)?;
         let topics: HashMap<String, (String, u32)> = streams
             .iter()
             .map(|(s, n)| (s.clone(), (config.topic(s), *n)))
             .collect();
         let log = KafkaLog {
             config,
-            producer,
+            producer: std::sync::RwLock::new(producer),
             topics,
             cursors: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
         };
         log.ensure_topics().await?;
         Ok(log)
+    }
+
+    fn producer(&self) -> FutureProducer {
+        self.producer.read().expect("producer lock").clone()
+    }
+
+    /// Start over with a new producer (and so a new producer id) after a failure;
+    /// records of the failed request were answered 503 and may be retried.
+    fn replace_producer(&self) {
+        match new_producer(&self.config) {
+            Ok(p) => *self.producer.write().expect("producer lock") = p,
+            Err(e) => tracing::warn!(error = %e, "could not create a new Kafka producer"),
+        }
     }
 
     async fn ensure_topics(&self) -> Result<()> {
@@ -166,7 +175,7 @@ impl KafkaLog {
     }
 
     async fn partition_count(&self, topic: &str) -> Result<Option<u32>> {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         let topic = topic.to_string();
         tokio::task::spawn_blocking(move || {
             let md = producer
@@ -208,19 +217,23 @@ impl KafkaLog {
                 key: TICK_HEADER,
                 value: Some("1"),
             });
+        let producer = self.producer();
         let mut sends = Vec::new();
         for (topic, n) in self.topics.values() {
             for p in 0..*n {
                 let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(topic)
                     .partition(p as i32)
-                    .payload(&[][..])
+                    .payload(&b"tick"[..])
                     .timestamp(now_ms)
                     .headers(headers.clone());
-                sends.push(self.producer.send(record, Duration::from_secs(0)));
+                sends.push(producer.send(record, Duration::from_secs(0)));
             }
         }
         for r in join_all(sends).await {
-            r.map_err(|(e, _)| kafka_err("tick", e))?;
+            if let Err((e, _)) = r {
+                self.replace_producer();
+                return Err(kafka_err("tick", e));
+            }
         }
         Ok(())
     }
@@ -248,28 +261,6 @@ impl KafkaLog {
         list.push(cursor);
     }
 
-    fn new_cursor(&self, topic: &str, partition: u32) -> Result<Cursor> {
-        let consumer: BaseConsumer = client_config(&self.config)
-            .set("group.id", "tributary-reader")
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "true")
-            .create()
-            .map_err(|e| kafka_err("consumer", e))?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition as i32, Offset::Beginning)
-            .map_err(|e| kafka_err("assign", e))?;
-        consumer.assign(&tpl).map_err(|e| kafka_err("assign", e))?;
-        let (low, _) = consumer
-            .fetch_watermarks(topic, partition as i32, META_TIMEOUT)
-            .map_err(|e| kafka_err("watermarks", e))?;
-        Ok(Cursor {
-            consumer,
-            next: low.max(0) as u64,
-            state: Derivation::default(),
-        })
-    }
-
     /// Read from `from`: up to `max` event records, stopping at the partition's end.
     /// Returns the batch and the derivation state after it.
     async fn read_inner(
@@ -280,18 +271,27 @@ impl KafkaLog {
         max: Option<usize>,
     ) -> Result<(LogBatch, Derivation)> {
         let topic = self.topic(stream, partition)?;
-        let cursor = match self.take_cursor(stream, partition, from) {
-            Some(c) => c,
-            None => self.new_cursor(&topic, partition)?,
-        };
+        let found = self.take_cursor(stream, partition, from);
+        let client = client_config(&self.config);
         let lead = self.config.max_timestamp_lead_ms.saturating_mul(1000);
+        // Everything that talks to the broker runs off the async workers: a broker
+        // that is down must not stall the runtime (and with it HTTP ingest).
         let (cursor, result) = tokio::task::spawn_blocking(move || {
-            let mut cursor = cursor;
+            let mut cursor = match found {
+                Some(c) => c,
+                None => match new_cursor(client, &topic, partition) {
+                    Ok(c) => c,
+                    Err(e) => return (None, Err(e)),
+                },
+            };
             let result = advance(&mut cursor, &topic, partition, from, max, lead);
-            (cursor, result)
+            (Some(cursor), result)
         })
         .await
         .map_err(|e| kafka_err("read", e))?;
+        let Some(cursor) = cursor else {
+            return result.map(|b| (b, Derivation::default()));
+        };
         let state = cursor.state;
         if result.is_ok() {
             self.put_cursor(stream, partition, cursor);
@@ -313,6 +313,38 @@ impl KafkaLog {
         groups.insert(consumer.to_string(), c.clone());
         Ok(c)
     }
+}
+
+fn new_cursor(mut client: ClientConfig, topic: &str, partition: u32) -> Result<Cursor> {
+    let consumer: BaseConsumer = client
+        .set("group.id", "tributary-reader")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .create()
+        .map_err(|e| kafka_err("consumer", e))?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition as i32, Offset::Beginning)
+        .map_err(|e| kafka_err("assign", e))?;
+    consumer.assign(&tpl).map_err(|e| kafka_err("assign", e))?;
+    let (low, _) = consumer
+        .fetch_watermarks(topic, partition as i32, META_TIMEOUT)
+        .map_err(|e| kafka_err("watermarks", e))?;
+    Ok(Cursor {
+        consumer,
+        next: low.max(0) as u64,
+        state: Derivation::default(),
+    })
+}
+
+fn new_producer(config: &LogConfig) -> Result<FutureProducer> {
+    client_config(config)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", config.produce_timeout_ms.to_string())
+        .create()
+        .map_err(|e| kafka_err("producer", e))
 }
 
 fn client_config(config: &LogConfig) -> ClientConfig {
@@ -411,22 +443,34 @@ impl EventLog for KafkaLog {
             key: TRUSTED_HEADER,
             value: Some("1"),
         });
+        let producer = self.producer();
         let sends = payloads.iter().map(|p| {
             let record: FutureRecord<'_, (), Vec<u8>> = FutureRecord::to(&topic)
                 .partition(partition as i32)
                 .payload(p)
                 .timestamp(now_ms)
                 .headers(headers.clone());
-            self.producer.send(record, Duration::from_secs(0))
+            producer.send(record, Duration::from_secs(0))
         });
+        // Our own deadline: an idempotent producer may hold records longer than
+        // `message.timeout.ms` while it has no producer id, and ingest must answer.
+        let timeout = Duration::from_millis(self.config.produce_timeout_ms.max(1));
+        let results = tokio::time::timeout(timeout, join_all(sends))
+            .await
+            .map_err(|_| {
+                kafka_err(
+                    "produce",
+                    format!("the broker did not acknowledge within {timeout:?}"),
+                )
+            })?;
         let mut first = u64::MAX;
-        for r in join_all(sends).await {
+        for r in results {
             match r {
                 Ok(d) => first = first.min(d.offset.max(0) as u64),
-                Err((KafkaError::MessageProduction(code), _)) => {
-                    return Err(kafka_err("produce", code));
+                Err((e, _)) => {
+                    self.replace_producer();
+                    return Err(kafka_err("produce", e));
                 }
-                Err((e, _)) => return Err(kafka_err("produce", e)),
             }
         }
         Ok(AppendAck {
