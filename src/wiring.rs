@@ -101,17 +101,164 @@ pub async fn check(path: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Run one role as its own process against a shared (Kafka) log.
 pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()> {
-    let (config, source, _) = load(path).await?;
-    match config.log.kind {
-        LogKind::Embedded => bail!(
+    let (config, source, pipeline) = load(path).await?;
+    if config.log.kind == LogKind::Embedded {
+        bail!(
             "`tributary {role}` runs one role against a shared event log, but {source} uses the \
              embedded log, which lives inside one process: run `tributary up`, or set \
              log.kind = \"kafka\""
-        ),
-        LogKind::Kafka => bail!(
-            "`tributary {role}` needs log.kind = \"kafka\", which is not available in this build yet"
-        ),
+        );
+    }
+    let storage = Storage::open(&config.storage_root)?;
+    let (log, kafka) = open_log(&config, &storage, &pipeline).await?;
+    let shutdown = Shutdown::new();
+    let mut tasks = Tasks::new();
+    let up = Arc::new(AtomicBool::new(false));
+    let roles = vec![(role.to_string(), up.clone())];
+    let dead_letters = DeadLetterSink::new(
+        storage.clone(),
+        pipeline.streams.iter().map(|s| s.name.clone()),
+    );
+    let tick_every = Duration::from_millis(config.log.tick_interval_ms.max(10));
+    let app = match role {
+        "ingest" => {
+            let ingest = Arc::new(Ingest::new(
+                pipeline.streams.clone(),
+                log.clone(),
+                dead_letters,
+                config.http.max_records_per_request,
+            ));
+            if let Some(k) = kafka {
+                tasks.spawn("log-ticker", tick(k, tick_every, shutdown.clone()));
+            }
+            if config.generator.enabled {
+                tasks.spawn(
+                    "generator",
+                    generator::run(config.generator.clone(), ingest.clone(), shutdown.clone()),
+                );
+            }
+            up.store(true, Ordering::Release);
+            tributary_serving::health_router(roles).merge(tributary_ingest::http::router(
+                ingest,
+                config.http.max_body_bytes,
+            ))
+        }
+        "speed" => {
+            let mut cutoffs = HashMap::new();
+            for v in &pipeline.views {
+                if let Some(c) = views::load_cutoff(&storage, v).await? {
+                    cutoffs.insert(v.name.clone(), c);
+                }
+            }
+            let speed = SpeedLayer::new(&pipeline, &config.speed, &cutoffs);
+            tasks.spawn(
+                "speed",
+                with_flag(
+                    up,
+                    tributary_speed::run(
+                        config.speed.clone(),
+                        pipeline.clone(),
+                        log.clone(),
+                        speed.clone(),
+                        shutdown.clone(),
+                    ),
+                ),
+            );
+            tributary_serving::health_router(roles).merge(tributary_speed::server::router(speed))
+        }
+        "batch" => {
+            if let Some(k) = kafka {
+                tasks.spawn("log-ticker", tick(k, tick_every, shutdown.clone()));
+            }
+            tasks.spawn(
+                "batch",
+                with_flag(
+                    up,
+                    tributary_batch::run(
+                        config.batch.clone(),
+                        pipeline.clone(),
+                        storage.clone(),
+                        log.clone(),
+                        dead_letters,
+                        shutdown.clone(),
+                    ),
+                ),
+            );
+            tributary_serving::health_router(roles)
+        }
+        "serve" => {
+            let mut loaded = HashMap::new();
+            for v in &pipeline.views {
+                if let Some(bv) = views::load(&storage, v).await? {
+                    loaded.insert(v.name.clone(), bv);
+                }
+            }
+            let speed = Arc::new(tributary_speed::remote::RemoteSpeed::new(&config.speed.url));
+            let merger = Arc::new(Merger::new(
+                pipeline.clone(),
+                storage.clone(),
+                speed,
+                loaded,
+            ));
+            let batch = Arc::new(Batch::new(
+                pipeline.clone(),
+                storage.clone(),
+                log.clone(),
+                config.speed.segment_width_ms,
+            ));
+            let state = AppState {
+                merger,
+                batch,
+                roles: Arc::new(roles),
+                shutdown: shutdown.clone(),
+            };
+            tasks.spawn(
+                "batch-view-refresh",
+                tributary_serving::refresh_loop(
+                    state.clone(),
+                    Duration::from_secs(2),
+                    shutdown.clone(),
+                ),
+            );
+            up.store(true, Ordering::Release);
+            tributary_serving::router(state.clone()).merge(tributary_serving::web::router(
+                state,
+                config.http.site_dir.clone(),
+            ))
+        }
+        other => bail!("unknown role `{other}`"),
+    };
+    tasks.spawn(
+        "http",
+        tributary_serving::run(config.http.addr.clone(), app, shutdown.clone()),
+    );
+    eprintln!(
+        "Tributary {role} is up ({source}) on http://{}/ with Kafka at {}",
+        config.http.addr, config.log.brokers
+    );
+    supervise(tasks, shutdown).await
+}
+
+/// Wait for SIGINT/SIGTERM or the first task to end; then stop everything in time.
+async fn supervise(mut tasks: Tasks, shutdown: Shutdown) -> anyhow::Result<()> {
+    let outcome = tokio::select! {
+        exit = tasks.first_exit(&shutdown) => exit,
+        _ = signal() => None,
+    };
+    shutdown.cancel();
+    let failure = outcome.map(|(name, result)| match result {
+        Err(e) => format!("task `{name}` failed: {e}"),
+        Ok(()) => format!("task `{name}` stopped unexpectedly"),
+    });
+    let problems = tasks.join(SHUTDOWN_DEADLINE).await;
+    for p in &problems {
+        tracing::warn!("shutdown: {p}");
+    }
+    match failure {
+        Some(f) => bail!(f),
+        None => Ok(()),
     }
 }
 
@@ -153,7 +300,7 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
     let merger = Arc::new(Merger::new(
         pipeline.clone(),
         storage.clone(),
-        speed.clone(),
+        Arc::new(speed.clone()),
         loaded,
     ));
 
@@ -243,27 +390,7 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
         storage.root().display()
     );
 
-    let outcome = tokio::select! {
-        exit = tasks.first_exit(&shutdown) => exit,
-        _ = signal() => None,
-    };
-    shutdown.cancel();
-    let mut failure = None;
-    if let Some((name, result)) = outcome {
-        if let Err(e) = result {
-            failure = Some(format!("task `{name}` failed: {e}"));
-        } else {
-            failure = Some(format!("task `{name}` stopped unexpectedly"));
-        }
-    }
-    let problems = tasks.join(SHUTDOWN_DEADLINE).await;
-    for p in &problems {
-        tracing::warn!("shutdown: {p}");
-    }
-    match failure {
-        Some(f) => bail!(f),
-        None => Ok(()),
-    }
+    supervise(tasks, shutdown).await
 }
 
 /// Mark a role up while its future runs.

@@ -198,6 +198,14 @@ pub struct SpeedConfig {
     /// Most records read from one partition per micro-batch.
     #[serde(default = "default_micro_batch")]
     pub max_batch_records: usize,
+    /// Where a separate `tributary serve` reaches a separate `tributary speed` (the
+    /// speed process listens on its own `http.addr`).
+    #[serde(default = "default_speed_url")]
+    pub url: String,
+}
+
+fn default_speed_url() -> String {
+    "http://127.0.0.1:8081".into()
 }
 
 fn default_segment_width_ms() -> u64 {
@@ -216,6 +224,7 @@ impl Default for SpeedConfig {
             segment_width_ms: default_segment_width_ms(),
             poll_interval_ms: default_poll_ms(),
             max_batch_records: default_micro_batch(),
+            url: default_speed_url(),
         }
     }
 }

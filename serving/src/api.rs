@@ -28,13 +28,17 @@ pub struct AppState {
 }
 
 pub async fn list_views(State(state): State<AppState>) -> Json<Value> {
+    let mut batches = HashMap::new();
+    for v in &state.merger.pipeline().views {
+        batches.insert(v.name.clone(), state.merger.batch_view(&v.name).await);
+    }
     let views: Vec<Value> = state
         .merger
         .pipeline()
         .views
         .iter()
         .map(|v| {
-            let batch = state.merger.batch_view(&v.name);
+            let batch = batches[&v.name].clone();
             let schema: Vec<Value> = v
                 .output_schema
                 .fields()
@@ -188,19 +192,23 @@ pub async fn start_run(
 }
 
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
-    let roles: serde_json::Map<String, Value> = state
-        .roles
+    health_of(&state.roles)
+}
+
+/// Each role, and 200 only when all of them are up.
+pub fn health_of(roles: &[(String, Arc<AtomicBool>)]) -> impl IntoResponse + use<> {
+    let states: serde_json::Map<String, Value> = roles
         .iter()
         .map(|(name, up)| {
             let s = if up.load(Ordering::Acquire) {
                 "up"
             } else {
-                "starting"
+                "down"
             };
             (name.clone(), Value::String(s.into()))
         })
         .collect();
-    let all_up = state.roles.iter().all(|(_, up)| up.load(Ordering::Acquire));
+    let all_up = roles.iter().all(|(_, up)| up.load(Ordering::Acquire));
     let status = if all_up {
         StatusCode::OK
     } else {
@@ -208,10 +216,19 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     };
     (
         status,
-        Json(json!({ "status": if all_up { "ok" } else { "starting" }, "roles": roles })),
+        Json(json!({ "status": if all_up { "ok" } else { "degraded" }, "roles": states })),
     )
 }
 
-pub async fn speed_stats(State(state): State<AppState>) -> Json<Value> {
-    Json(json!(state.merger.speed().stats()))
+pub async fn speed_stats(State(state): State<AppState>) -> Result<Json<Value>, ServingError> {
+    let stats = state
+        .merger
+        .speed()
+        .stats()
+        .await
+        .map_err(|source| ServingError::Query {
+            view: "*".into(),
+            source,
+        })?;
+    Ok(Json(json!(stats)))
 }

@@ -38,6 +38,17 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// `GET /health` alone, for processes that run a role without the serving API.
+pub fn health_router(
+    roles: Vec<(String, std::sync::Arc<std::sync::atomic::AtomicBool>)>,
+) -> Router {
+    let roles = std::sync::Arc::new(roles);
+    Router::new().route(
+        "/health",
+        get(move || async move { api::health_of(&roles) }),
+    )
+}
+
 /// Keep serving's batch views current: reload whenever the batch layer commits, and
 /// every `poll` in case another process committed.
 pub async fn refresh_loop(

@@ -7,7 +7,9 @@
 //! never combine an old cutoff with speed states that were already dropped.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use tokio::sync::RwLock;
 
 use datafusion::arrow::array::{RecordBatch, TimestampMicrosecondArray};
 use datafusion::arrow::compute::cast;
@@ -19,7 +21,7 @@ use tributary_core::schema::timestamp_type;
 use tributary_core::storage::Storage;
 use tributary_core::time::{now_micros, rfc3339};
 use tributary_core::view::{CompiledView, SOURCE_COLUMN};
-use tributary_speed::SpeedLayer;
+use tributary_speed::SpeedSource;
 
 use crate::error::ServingError;
 use crate::json::cell;
@@ -51,7 +53,7 @@ pub struct ViewAnswer {
 pub struct Merger {
     pipeline: Pipeline,
     storage: Storage,
-    speed: SpeedLayer,
+    speed: Arc<dyn SpeedSource>,
     batch_views: RwLock<HashMap<String, Arc<BatchView>>>,
 }
 
@@ -59,7 +61,7 @@ impl Merger {
     pub fn new(
         pipeline: Pipeline,
         storage: Storage,
-        speed: SpeedLayer,
+        speed: Arc<dyn SpeedSource>,
         loaded: HashMap<String, BatchView>,
     ) -> Self {
         Merger {
@@ -74,23 +76,19 @@ impl Merger {
         &self.pipeline
     }
 
-    pub fn speed(&self) -> &SpeedLayer {
+    pub fn speed(&self) -> &Arc<dyn SpeedSource> {
         &self.speed
     }
 
     /// The batch view serving currently uses for `view`.
-    pub fn batch_view(&self, view: &str) -> Option<Arc<BatchView>> {
-        self.batch_views
-            .read()
-            .expect("merge lock")
-            .get(view)
-            .cloned()
+    pub async fn batch_view(&self, view: &str) -> Option<Arc<BatchView>> {
+        self.batch_views.read().await.get(view).cloned()
     }
 
     /// Load the newest batch views; then release speed segments they cover.
     pub async fn refresh(&self) -> Result<(), ServingError> {
         for view in &self.pipeline.views {
-            let current = self.batch_view(&view.name).map(|b| b.version);
+            let current = self.batch_view(&view.name).await.map(|b| b.version);
             let Some(loaded) = views::load(&self.storage, view).await? else {
                 continue;
             };
@@ -100,10 +98,11 @@ impl Merger {
             let cutoff = loaded.cutoff;
             self.batch_views
                 .write()
-                .expect("merge lock")
+                .await
                 .insert(view.name.clone(), Arc::new(loaded));
-            if let Some(store) = self.speed.store.view(&view.name) {
-                store.release_below(cutoff);
+            // Only after the swap: no query can pair the old cutoff with released states.
+            if let Err(e) = self.speed.release(&view.name, cutoff).await {
+                tracing::warn!(view = %view.name, error = %e, "could not release speed segments");
             }
         }
         Ok(())
@@ -116,15 +115,18 @@ impl Merger {
             .ok_or_else(|| ServingError::UnknownView(view_name.to_string()))?
             .clone();
         let (batch, speed) = {
-            let guard = self.batch_views.read().expect("merge lock");
+            let guard = self.batch_views.read().await;
             let batch = guard.get(view_name).cloned();
             let cutoff = batch.as_ref().map(|b| b.cutoff).unwrap_or(i64::MIN);
-            let store = self
+            let speed = self
                 .speed
-                .store
-                .view(view_name)
-                .expect("a speed store per view");
-            (batch, store.snapshot(cutoff))
+                .snapshot(view_name, cutoff)
+                .await
+                .map_err(|source| ServingError::Query {
+                    view: view_name.to_string(),
+                    source,
+                })?;
+            (batch, speed)
         };
         let mut states = batch.as_ref().map(|b| b.states.clone()).unwrap_or_default();
         states.extend(speed.states);
@@ -136,7 +138,7 @@ impl Merger {
                 source,
             })?;
         let rows = to_rows(&view, &out, q);
-        let position = self.speed.ingest_position(&view.stream);
+        let position = speed.ingest_position;
         Ok(ViewAnswer {
             view: view.name.clone(),
             cutoff: batch.as_ref().map(|b| rfc3339(b.cutoff)),

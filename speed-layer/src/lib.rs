@@ -7,6 +7,9 @@
 //! covers. It is disposable: on start it rebuilds from the log, starting at the batch
 //! cutoff.
 
+pub mod remote;
+pub mod server;
+pub mod source;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,6 +27,7 @@ use tributary_core::schema::{BatchDecoder, LogPosition};
 use tributary_core::shutdown::Shutdown;
 use tributary_core::view::{SOURCE_SPEED, tag_source};
 
+pub use source::{Snapshot, SpeedSource};
 pub use store::{SpeedSnapshot, StateStore, ViewStats, ViewStore};
 
 #[derive(Debug, Error)]
@@ -49,13 +53,13 @@ pub struct StreamProgress {
     pub last_batch_micros: AtomicU64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SpeedStats {
     pub streams: BTreeMap<String, StreamStats>,
     pub views: Vec<ViewStats>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct StreamStats {
     pub ingest_ts: i64,
     pub events: u64,

@@ -46,7 +46,7 @@ pub struct SpeedSnapshot {
     pub segments: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ViewStats {
     pub view: String,
     pub segments: usize,

@@ -38,6 +38,10 @@ pub struct Tributary {
     pub base: String,
     child: Option<Child>,
     pub client: reqwest::Client,
+    /// The subcommand: `up`, or one role.
+    pub role: String,
+    /// Extra environment for the process.
+    pub env: Vec<(String, String)>,
 }
 
 fn free_port() -> u16 {
@@ -52,18 +56,49 @@ impl Tributary {
     /// Write a configuration into `dir` (storage under `dir/data`) and start `up`.
     /// The HTTP address comes from the environment, which also tests overrides.
     pub async fn start(dir: &Path, extra: &str) -> Tributary {
-        let config = dir.join("tributary.toml");
-        let text = format!(
-            "storage-root = \"{}\"\n{extra}\n[speed]\nsegment-width-ms = 1000\n[batch]\narchive-flush-ms = 200\n{IOT_STREAM}",
-            dir.join("data").display()
-        );
-        std::fs::write(&config, text).unwrap();
+        let config = Self::configure(dir, extra);
         let mut t = Tributary {
             dir: dir.to_path_buf(),
             config: Some(config),
             base: String::new(),
             child: None,
             client: reqwest::Client::new(),
+            role: "up".into(),
+            env: Vec::new(),
+        };
+        t.restart().await;
+        t
+    }
+
+    /// Write the configuration (as `start` does) without starting anything.
+    pub fn configure(dir: &Path, extra: &str) -> PathBuf {
+        let config = dir.join("tributary.toml");
+        let text = format!(
+            "storage-root = \"{}\"\n{extra}\n[speed]\nsegment-width-ms = 1000\n[batch]\narchive-flush-ms = 200\n{IOT_STREAM}",
+            dir.join("data").display()
+        );
+        std::fs::write(&config, text).unwrap();
+        config
+    }
+
+    /// Start one role (`ingest`, `speed`, `batch`, `serve`) with a written configuration.
+    pub async fn start_role(
+        dir: &Path,
+        config: &Path,
+        role: &str,
+        env: &[(&str, &str)],
+    ) -> Tributary {
+        let mut t = Tributary {
+            dir: dir.to_path_buf(),
+            config: Some(config.to_path_buf()),
+            base: String::new(),
+            child: None,
+            client: reqwest::Client::new(),
+            role: role.into(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         t.restart().await;
         t
@@ -77,6 +112,8 @@ impl Tributary {
             base: String::new(),
             child: None,
             client: reqwest::Client::new(),
+            role: "up".into(),
+            env: Vec::new(),
         };
         t.restart().await;
         t
@@ -95,13 +132,16 @@ impl Tributary {
     pub async fn restart(&mut self) {
         let port = free_port();
         self.base = format!("http://127.0.0.1:{port}");
-        let log = std::fs::File::create(self.dir.join(format!("tributary-{port}.log"))).unwrap();
+        let log =
+            std::fs::File::create(self.dir.join(format!("tributary-{}-{port}.log", self.role)))
+                .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tributary"));
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let child = cmd
-            .arg("up")
+            .arg(&self.role)
             .env("TRIBUTARY_HTTP__ADDR", format!("127.0.0.1:{port}"))
             .env("TRIBUTARY_STORAGE_ROOT", self.dir.join("data"))
             .current_dir(&self.dir)

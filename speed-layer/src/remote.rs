@@ -1,0 +1,101 @@
+//! A speed layer in another process, reached over its internal endpoint.
+
+use async_trait::async_trait;
+use tributary_core::CoreError;
+
+use crate::SpeedStats;
+use crate::server::{INGEST_POSITION, MAX_EVENT_TS, SEGMENTS};
+use crate::source::{Snapshot, SpeedSource, from_ipc};
+
+pub struct RemoteSpeed {
+    base: String,
+    client: reqwest::Client,
+}
+
+fn unavailable(base: &str, e: impl std::fmt::Display) -> CoreError {
+    CoreError::LogUnavailable(format!("speed layer at {base}: {e}"))
+}
+
+impl RemoteSpeed {
+    /// `base` is the speed process's URL, e.g. `http://127.0.0.1:8081`.
+    pub fn new(base: &str) -> Self {
+        RemoteSpeed {
+            base: base.trim_end_matches('/').to_string(),
+            client: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .build()
+                .expect("a default HTTP client builds"),
+        }
+    }
+}
+
+fn header_i64(resp: &reqwest::Response, name: &str) -> Option<i64> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+#[async_trait]
+impl SpeedSource for RemoteSpeed {
+    async fn snapshot(&self, view: &str, cutoff: i64) -> Result<Snapshot, CoreError> {
+        let url = format!(
+            "{}/internal/v1/views/{view}/states?cutoff={cutoff}",
+            self.base
+        );
+        let resp = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| unavailable(&self.base, e))?;
+        if !resp.status().is_success() {
+            return Err(unavailable(
+                &self.base,
+                format!("answered {}", resp.status()),
+            ));
+        }
+        let max_event_ts = header_i64(&resp, MAX_EVENT_TS);
+        let ingest_position = header_i64(&resp, INGEST_POSITION);
+        let segments = header_i64(&resp, SEGMENTS).unwrap_or(0) as usize;
+        let bytes = resp.bytes().await.map_err(|e| unavailable(&self.base, e))?;
+        Ok(Snapshot {
+            states: from_ipc(&bytes)?,
+            max_event_ts,
+            ingest_position,
+            segments,
+        })
+    }
+
+    async fn release(&self, view: &str, cutoff: i64) -> Result<(), CoreError> {
+        let url = format!(
+            "{}/internal/v1/views/{view}/release?cutoff={cutoff}",
+            self.base
+        );
+        let resp = self
+            .client
+            .post(url)
+            .send()
+            .await
+            .map_err(|e| unavailable(&self.base, e))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(unavailable(
+                &self.base,
+                format!("answered {}", resp.status()),
+            ))
+        }
+    }
+
+    async fn stats(&self) -> Result<SpeedStats, CoreError> {
+        let url = format!("{}/internal/v1/stats", self.base);
+        let resp = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| unavailable(&self.base, e))?;
+        resp.json().await.map_err(|e| unavailable(&self.base, e))
+    }
+}

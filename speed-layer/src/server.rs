@@ -1,0 +1,110 @@
+//! The speed layer's internal HTTP endpoint, for a serving layer in another process.
+//! States travel as Arrow IPC; the rest as headers and JSON.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::SpeedLayer;
+use crate::source::{SpeedSource, to_ipc};
+
+pub const MAX_EVENT_TS: &str = "x-tributary-max-event-ts";
+pub const INGEST_POSITION: &str = "x-tributary-ingest-position";
+pub const SEGMENTS: &str = "x-tributary-segments";
+
+/// `GET /internal/v1/views/{view}/states?cutoff=T`, `POST …/release?cutoff=T`,
+/// `GET /internal/v1/stats`.
+pub fn router(layer: SpeedLayer) -> Router {
+    Router::new()
+        .route("/internal/v1/views/{view}/states", get(states))
+        .route("/internal/v1/views/{view}/release", post(release))
+        .route("/internal/v1/stats", get(stats))
+        .with_state(layer)
+}
+
+/// The endpoint's refusals, mapped to HTTP in one place.
+enum Refusal {
+    BadCutoff,
+    UnknownView(String),
+    Internal(String),
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            Refusal::BadCutoff => (
+                StatusCode::BAD_REQUEST,
+                "query parameter `cutoff`: expected microseconds since the epoch".to_string(),
+            ),
+            Refusal::UnknownView(v) => (StatusCode::NOT_FOUND, format!("unknown view `{v}`")),
+            Refusal::Internal(e) => (StatusCode::INTERNAL_SERVER_ERROR, e),
+        };
+        (status, axum::Json(json!({ "error": message }))).into_response()
+    }
+}
+
+fn cutoff(params: &HashMap<String, String>) -> Result<i64, Refusal> {
+    match params.get("cutoff").map(|c| c.parse::<i64>()) {
+        None => Ok(i64::MIN),
+        Some(Ok(c)) => Ok(c),
+        Some(Err(_)) => Err(Refusal::BadCutoff),
+    }
+}
+
+async fn states(
+    State(layer): State<SpeedLayer>,
+    Path(view): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, Refusal> {
+    let cutoff = cutoff(&params)?;
+    let store = layer
+        .store
+        .view(&view)
+        .ok_or_else(|| Refusal::UnknownView(view.clone()))?;
+    let schema = store.view.partial_schema.clone();
+    let snap = SpeedSource::snapshot(&layer, &view, cutoff)
+        .await
+        .map_err(|e| Refusal::Internal(e.to_string()))?;
+    let body = to_ipc(&schema, &snap.states).map_err(|e| Refusal::Internal(e.to_string()))?;
+    let mut resp = Response::new(Body::from(body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        "application/vnd.apache.arrow.stream"
+            .parse()
+            .expect("static"),
+    );
+    if let Some(t) = snap.max_event_ts {
+        h.insert(MAX_EVENT_TS, t.into());
+    }
+    if let Some(t) = snap.ingest_position {
+        h.insert(INGEST_POSITION, t.into());
+    }
+    h.insert(SEGMENTS, snap.segments.into());
+    Ok(resp)
+}
+
+async fn release(
+    State(layer): State<SpeedLayer>,
+    Path(view): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<StatusCode, Refusal> {
+    let cutoff = cutoff(&params)?;
+    if layer.store.view(&view).is_none() {
+        return Err(Refusal::UnknownView(view));
+    }
+    SpeedSource::release(&layer, &view, cutoff)
+        .await
+        .map_err(|e| Refusal::Internal(e.to_string()))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn stats(State(layer): State<SpeedLayer>) -> Response {
+    axum::Json(json!(layer.stats())).into_response()
+}

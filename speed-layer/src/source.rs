@@ -1,0 +1,77 @@
+//! How serving reaches the speed layer's states: in the same process, or over HTTP
+//! from a separate `tributary speed` process ([`crate::remote`]).
+
+use std::io::Cursor;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::arrow::record_batch::RecordBatch;
+use tributary_core::CoreError;
+
+use crate::{SpeedLayer, SpeedStats};
+
+/// A view's speed states at or above a cutoff, and how far the speed layer has got.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub states: Vec<RecordBatch>,
+    /// Newest event time seen for the view.
+    pub max_event_ts: Option<i64>,
+    /// Newest `_ingest_ts` processed from the view's stream.
+    pub ingest_position: Option<i64>,
+    pub segments: usize,
+}
+
+/// The speed layer as serving sees it.
+#[async_trait]
+pub trait SpeedSource: Send + Sync {
+    /// States of `view` in segments at or above `cutoff`.
+    async fn snapshot(&self, view: &str, cutoff: i64) -> Result<Snapshot, CoreError>;
+    /// Serving now answers from a batch view at `cutoff`: segments below it can go.
+    async fn release(&self, view: &str, cutoff: i64) -> Result<(), CoreError>;
+    async fn stats(&self) -> Result<SpeedStats, CoreError>;
+}
+
+#[async_trait]
+impl SpeedSource for SpeedLayer {
+    async fn snapshot(&self, view: &str, cutoff: i64) -> Result<Snapshot, CoreError> {
+        let store = self
+            .store
+            .view(view)
+            .ok_or_else(|| CoreError::Log(format!("the speed layer has no view `{view}`")))?;
+        let s = store.snapshot(cutoff);
+        Ok(Snapshot {
+            states: s.states,
+            max_event_ts: s.max_event_ts,
+            ingest_position: self.ingest_position(&store.view.stream),
+            segments: s.segments,
+        })
+    }
+
+    async fn release(&self, view: &str, cutoff: i64) -> Result<(), CoreError> {
+        if let Some(store) = self.store.view(view) {
+            store.release_below(cutoff);
+        }
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<SpeedStats, CoreError> {
+        Ok(SpeedLayer::stats(self))
+    }
+}
+
+/// Arrow IPC stream bytes of `batches` (schema written even when there are none).
+pub fn to_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, CoreError> {
+    let mut writer = StreamWriter::try_new(Vec::new(), schema)?;
+    for b in batches {
+        writer.write(b)?;
+    }
+    writer.finish()?;
+    Ok(writer.into_inner()?)
+}
+
+pub fn from_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>, CoreError> {
+    let reader = StreamReader::try_new(Cursor::new(bytes), None)?;
+    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+}

@@ -1,0 +1,205 @@
+//! The four roles as four processes on a real Kafka-protocol broker (tansu, started by
+//! deploy/test.sh; address in KAFKA_TEST_BROKERS): events posted to `ingest` and
+//! written straight into the topic are served exactly by `serve`, which reaches the
+//! `speed` process over its internal endpoint and the batch views through the shared
+//! storage root; the archiver (`batch`) is SIGKILLed and restarted mid-stream and the
+//! master table still holds each event exactly once.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::Tributary;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+
+fn brokers() -> String {
+    std::env::var("KAFKA_TEST_BROKERS").expect(
+        "KAFKA_TEST_BROKERS is not set: these tests need a Kafka-protocol broker; \
+         ./deploy/test.sh installs and starts tansu",
+    )
+}
+
+const VIEW: &str = "/api/v1/views/signal_by_type";
+
+fn total(v: &Value) -> i64 {
+    v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["readings"].as_i64().unwrap())
+        .sum()
+}
+
+fn by_type(v: &Value) -> BTreeMap<String, (f64, f64, i64, String)> {
+    v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["device_type"].as_str().unwrap().to_string(),
+                (
+                    r["avg_signal"].as_f64().unwrap(),
+                    r["max_signal"].as_f64().unwrap(),
+                    r["readings"].as_i64().unwrap(),
+                    r["_source"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn four_processes_serve_exact_answers_and_survive_an_archiver_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("roles-{}-", std::process::id());
+    let extra = format!(
+        "[log]\nkind = \"kafka\"\nbrokers = \"{}\"\ntopic-prefix = \"{prefix}\"\ntick-interval-ms = 200",
+        brokers()
+    );
+    let config = Tributary::configure(dir.path(), &extra);
+    let ingest = Tributary::start_role(dir.path(), &config, "ingest", &[]).await;
+    let speed = Tributary::start_role(dir.path(), &config, "speed", &[]).await;
+    let mut batch = Tributary::start_role(dir.path(), &config, "batch", &[]).await;
+    let serve = Tributary::start_role(
+        dir.path(),
+        &config,
+        "serve",
+        &[("TRIBUTARY_SPEED__URL", &speed.base)],
+    )
+    .await;
+
+    // Over HTTP to the ingest process, and straight into the topic.
+    let (status, report) = ingest
+        .post(
+            "readings",
+            &json!([
+                {"device": "a", "device_type": "pump", "signal": 20.0, "ts": "2026-01-01T00:01:00Z"},
+                {"device": "b", "device_type": "fan", "signal": 30.0, "ts": "2026-01-01T00:02:00Z"},
+                {"device": "c", "device_type": "pump", "signal": 10.0, "ts": "2026-01-01T00:03:00Z"},
+            ]),
+        )
+        .await;
+    assert_eq!(status, 200, "{report}");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let direct = r#"{"device":"d","device_type":"pump","signal":40.0,"ts":"2026-01-01T00:04:00Z"}"#;
+    let topic = format!("{prefix}readings");
+    let record: FutureRecord<'_, (), str> = FutureRecord::to(&topic).partition(1).payload(direct);
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .unwrap();
+
+    let answer = serve.wait_for(VIEW, |v| total(v) == 3).await;
+    let rows = by_type(&answer);
+    assert_eq!(rows["pump"], (30.0, 40.0, 2, "speed".into()), "{answer}");
+    assert_eq!(rows["fan"], (30.0, 30.0, 1, "speed".into()), "{answer}");
+    assert!(
+        answer["freshness_ms"].is_i64(),
+        "serving sees the speed process: {answer}"
+    );
+
+    // Kill the archiver mid-stream while events keep coming; restart it.
+    let mut sent = 0;
+    for i in 0..20 {
+        let events: Vec<Value> = (0..20)
+            .map(|j| json!({"device": format!("k{i}-{j}"), "device_type": "valve", "signal": 50.0, "ts": "2026-01-01T00:05:00Z"}))
+            .collect();
+        let (status, _) = ingest.post("readings", &Value::Array(events)).await;
+        assert_eq!(status, 200);
+        sent += 20;
+        if i == 7 {
+            batch.kill9();
+        }
+        if i == 12 {
+            batch.restart().await;
+        }
+    }
+    let want = 3 + sent;
+    serve.wait_for(VIEW, |v| total(v) == want).await;
+
+    // Batch runs through `serve` until the batch layer covers everything.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let answer = loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        serve.run_batch().await;
+        let (_, a) = serve.get(VIEW).await;
+        if by_type(&a).values().all(|r| r.3 == "batch") {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "batch never covered everything: {a}\n{}",
+            batch.logs()
+        );
+    };
+    let rows = by_type(&answer);
+    assert_eq!(rows["pump"], (30.0, 40.0, 2, "batch".into()));
+    assert_eq!(rows["valve"], (50.0, 50.0, sent, "batch".into()));
+    assert_eq!(total(&answer), want);
+
+    // The master table: each event once (c is archived too: filters apply in views).
+    let counts = master_counts(dir.path()).await;
+    assert_eq!(
+        counts.len() as i64,
+        want + 1,
+        "{} distinct devices",
+        counts.len()
+    );
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "duplicates after the archiver kill"
+    );
+
+    // The speed process released what the batch covers.
+    let (_, stats) = serve.get("/api/v1/speed/stats").await;
+    let segments: i64 = stats["views"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["segments"].as_i64().unwrap())
+        .sum();
+    assert!(
+        segments <= 2,
+        "speed segments kept after the batch run: {stats}"
+    );
+    drop(ingest);
+    drop(speed);
+}
+
+async fn master_counts(dir: &std::path::Path) -> BTreeMap<String, i64> {
+    use deltalake::arrow::util::display::array_value_to_string;
+    use deltalake::datafusion::prelude::SessionContext;
+    let url = url::Url::from_directory_path(dir.join("data/master/readings")).unwrap();
+    let t = deltalake::DeltaTable::try_from_url(url).await.unwrap();
+    let ctx = SessionContext::new();
+    t.update_datafusion_session(&ctx.state()).unwrap();
+    ctx.register_table("m", t.table_provider().await.unwrap())
+        .unwrap();
+    let batches = ctx
+        .sql("SELECT device, count(*) FROM m GROUP BY device")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for b in batches {
+        for i in 0..b.num_rows() {
+            out.insert(
+                array_value_to_string(b.column(0), i).unwrap(),
+                array_value_to_string(b.column(1), i)
+                    .unwrap()
+                    .parse()
+                    .unwrap(),
+            );
+        }
+    }
+    out
+}
