@@ -23,6 +23,9 @@ use tributary_ingest::dead_letter::{DeadLetter, DeadLetterSink};
 
 use crate::error::BatchError;
 
+/// The consumer name under which the archiver reports its positions to the log.
+pub const ARCHIVER_GROUP: &str = "tributary-archiver";
+
 /// The Delta `txn` app id that holds a partition's archived position.
 pub fn app_id(stream: &str, partition: u32) -> String {
     format!("{stream}-{partition}")
@@ -147,6 +150,14 @@ pub async fn run_stream(
             .map_err(|e| BatchError::delta(format!("archiving `{}`", stream.name), e))?;
         for (p, o) in next {
             positions[p as usize] = o;
+            // The table is the truth; the group position is there for lag monitoring
+            // in the log's own tools (Kafka consumer-group lag).
+            if let Err(e) = log
+                .commit_position(ARCHIVER_GROUP, &stream.name, p, o)
+                .await
+            {
+                tracing::debug!(error = %e, "could not record the archiver's position");
+            }
         }
         tracing::debug!(stream = %stream.name, rows, version = ?table.version(), "archived");
         // While the log has a backlog (or we are draining for shutdown), go straight

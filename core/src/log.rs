@@ -19,6 +19,13 @@ pub struct LogRecord {
     pub payload: Vec<u8>,
 }
 
+/// A record to append: its JSON, and the stream's key field (Kafka record key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRecord {
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
 /// What a read returns: the records, and where the next read starts. The next offset
 /// can lie beyond the last record: a backend may skip offsets that hold no event
 /// (Kafka control records, Tributary's idle-partition ticks).
@@ -40,12 +47,26 @@ pub struct AppendAck {
 #[async_trait]
 pub trait EventLog: Send + Sync + 'static {
     /// Append records to one partition; returns only once they are durable.
+    async fn append_records(
+        &self,
+        stream: &str,
+        partition: u32,
+        records: Vec<NewRecord>,
+    ) -> Result<AppendAck>;
+
+    /// [`EventLog::append_records`] for records without keys.
     async fn append(
         &self,
         stream: &str,
         partition: u32,
         payloads: Vec<Vec<u8>>,
-    ) -> Result<AppendAck>;
+    ) -> Result<AppendAck> {
+        let records = payloads
+            .into_iter()
+            .map(|payload| NewRecord { key: None, payload })
+            .collect();
+        self.append_records(stream, partition, records).await
+    }
 
     /// Read up to `max` records of a partition starting at `from`.
     async fn read(&self, stream: &str, partition: u32, from: u64, max: usize) -> Result<LogBatch>;

@@ -222,15 +222,20 @@ impl StreamSchema {
         self.parse(value).map(|_| ())
     }
 
-    /// The partition a record goes to: by key when the stream has one.
+    /// The record's key: its key field as bytes (text as is, other values as JSON).
+    pub fn key_of(&self, value: &Value) -> Option<Vec<u8>> {
+        let v = value.as_object()?.get(self.key.as_ref()?)?;
+        Some(match v {
+            Value::String(s) => s.as_bytes().to_vec(),
+            Value::Null => return None,
+            other => other.to_string().into_bytes(),
+        })
+    }
+
+    /// The partition a record goes to: by key (FNV-1a) when it has one, else in turn.
     pub fn partition_for(&self, value: &Value, round_robin: u64) -> u32 {
-        let key = self
-            .key
-            .as_ref()
-            .and_then(|k| value.as_object().and_then(|o| o.get(k)));
-        match key {
-            Some(Value::String(s)) => (fnv1a(s.as_bytes()) % self.partitions as u64) as u32,
-            Some(other) => (fnv1a(other.to_string().as_bytes()) % self.partitions as u64) as u32,
+        match self.key_of(value) {
+            Some(k) => (fnv1a(&k) % self.partitions as u64) as u32,
             None => (round_robin % self.partitions as u64) as u32,
         }
     }

@@ -9,7 +9,7 @@ use futures::future::try_join_all;
 use serde::Serialize;
 use serde_json::Value;
 use tributary_core::CoreError;
-use tributary_core::log::EventLog;
+use tributary_core::log::{EventLog, NewRecord};
 use tributary_core::schema::{FieldError, StreamSchema};
 
 use crate::dead_letter::{DeadLetter, DeadLetterSink};
@@ -98,7 +98,7 @@ impl Ingest {
                 limit: self.max_records,
             });
         }
-        let mut by_partition: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
+        let mut by_partition: BTreeMap<u32, Vec<NewRecord>> = BTreeMap::new();
         let mut errors = Vec::new();
         let mut letters = Vec::new();
         let mut accepted = 0;
@@ -115,7 +115,10 @@ impl Ingest {
                     let rr = self.round_robin.fetch_add(1, Ordering::Relaxed);
                     let p = schema.partition_for(value, rr);
                     let bytes = serde_json::to_vec(value).expect("a Value always serializes");
-                    by_partition.entry(p).or_default().push(bytes);
+                    by_partition.entry(p).or_default().push(NewRecord {
+                        key: schema.key_of(value),
+                        payload: bytes,
+                    });
                     accepted += 1;
                 }
                 Err(e) => {
@@ -141,7 +144,7 @@ impl Ingest {
         }
         let appends = by_partition
             .into_iter()
-            .map(|(p, payloads)| self.log.append(stream, p, payloads));
+            .map(|(p, records)| self.log.append_records(stream, p, records));
         try_join_all(appends).await.map_err(|e| match e {
             CoreError::LogUnavailable(m) | CoreError::Log(m) => IngestError::LogUnavailable(m),
             other => IngestError::Core(other),

@@ -9,7 +9,7 @@ use axum::http::{Request, StatusCode, header};
 use tower::ServiceExt;
 use tributary_core::config::{FieldConfig, StreamConfig};
 use tributary_core::error::{CoreError, Result};
-use tributary_core::log::{AppendAck, EventLog, LogBatch};
+use tributary_core::log::{AppendAck, EventLog, LogBatch, NewRecord};
 use tributary_core::schema::StreamSchema;
 use tributary_core::storage::Storage;
 use tributary_ingest::Ingest;
@@ -20,7 +20,7 @@ struct BrokenLog;
 
 #[async_trait]
 impl EventLog for BrokenLog {
-    async fn append(&self, _: &str, _: u32, _: Vec<Vec<u8>>) -> Result<AppendAck> {
+    async fn append_records(&self, _: &str, _: u32, _: Vec<NewRecord>) -> Result<AppendAck> {
         Err(CoreError::LogUnavailable("disk full".into()))
     }
     async fn read(&self, _: &str, _: u32, from: u64, _: usize) -> Result<LogBatch> {

@@ -139,3 +139,38 @@ async fn direct_records_future_stamps_and_ticks_derive_as_documented() {
     log.tick().await.unwrap();
     assert_eq!(log.end_offset("s", 0).await.unwrap(), 5);
 }
+
+#[tokio::test]
+async fn records_carry_their_key() {
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use tributary_core::log::NewRecord;
+    let cfg = config("keys");
+    let log = KafkaLog::open(cfg.clone(), &[("s".into(), 1)])
+        .await
+        .unwrap();
+    log.append_records(
+        "s",
+        0,
+        vec![NewRecord {
+            key: Some(b"pump-7".to_vec()),
+            payload: b"{}".to_vec(),
+        }],
+    )
+    .await
+    .unwrap();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .set("group.id", "key-check")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&cfg.topic("s"), 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let msg = consumer
+        .poll(Duration::from_secs(10))
+        .expect("a record within 10 s")
+        .unwrap();
+    assert_eq!(msg.key(), Some(&b"pump-7"[..]));
+}

@@ -42,6 +42,9 @@ pub enum SpeedError {
     View { view: String, source: CoreError },
 }
 
+/// The consumer name under which the speed layer reports its positions to the log.
+pub const SPEED_GROUP: &str = "tributary-speed";
+
 /// Progress of the speed layer over one stream.
 #[derive(Debug, Default)]
 pub struct StreamProgress {
@@ -159,7 +162,18 @@ pub async fn run(
         }
     }
     let idle = Duration::from_millis(config.poll_interval_ms.max(1));
+    let mut reported = std::time::Instant::now();
     while !shutdown.is_cancelled() {
+        if reported.elapsed() >= Duration::from_secs(1) {
+            // For lag monitoring in the log's own tools; the speed layer itself
+            // restarts from the batch cutoff, not from these.
+            for ((stream, p), pos) in &positions {
+                if let Err(e) = log.commit_position(SPEED_GROUP, stream, *p, *pos).await {
+                    tracing::debug!(error = %e, "could not record the speed layer's position");
+                }
+            }
+            reported = std::time::Instant::now();
+        }
         let mut any = false;
         for s in &pipeline.streams {
             let started = std::time::Instant::now();

@@ -21,7 +21,7 @@ use redb::{
 };
 use tokio::sync::oneshot;
 use tributary_core::error::{CoreError, Result};
-use tributary_core::log::{AppendAck, EventLog, LogBatch, LogRecord};
+use tributary_core::log::{AppendAck, EventLog, LogBatch, LogRecord, NewRecord};
 use tributary_core::time::now_micros;
 
 const POSITIONS: TableDefinition<&str, u64> = TableDefinition::new("positions");
@@ -212,13 +212,15 @@ fn commit_group(db: &Database, ts: i64, group: &[AppendRequest]) -> Result<Vec<A
 
 #[async_trait]
 impl EventLog for EmbeddedLog {
-    async fn append(
+    async fn append_records(
         &self,
         stream: &str,
         partition: u32,
-        payloads: Vec<Vec<u8>>,
+        records: Vec<NewRecord>,
     ) -> Result<AppendAck> {
         self.check(stream, partition)?;
+        // Keys only choose the partition, which the caller already did.
+        let payloads = records.into_iter().map(|r| r.payload).collect();
         let (reply, rx) = oneshot::channel();
         self.writer
             .as_ref()

@@ -39,7 +39,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tributary_core::config::LogConfig;
 use tributary_core::error::{CoreError, Result};
-use tributary_core::log::{AppendAck, EventLog, LogBatch, LogRecord};
+use tributary_core::log::{AppendAck, EventLog, LogBatch, LogRecord, NewRecord};
 use tributary_core::time::now_micros;
 
 pub const TRUSTED_HEADER: &str = "tributary-trusted";
@@ -431,11 +431,11 @@ fn advance(
 
 #[async_trait]
 impl EventLog for KafkaLog {
-    async fn append(
+    async fn append_records(
         &self,
         stream: &str,
         partition: u32,
-        payloads: Vec<Vec<u8>>,
+        records: Vec<NewRecord>,
     ) -> Result<AppendAck> {
         let topic = self.topic(stream, partition)?;
         let now_ms = now_micros() / 1000;
@@ -444,12 +444,15 @@ impl EventLog for KafkaLog {
             value: Some("1"),
         });
         let producer = self.producer();
-        let sends = payloads.iter().map(|p| {
-            let record: FutureRecord<'_, (), Vec<u8>> = FutureRecord::to(&topic)
+        let sends = records.iter().map(|r| {
+            let mut record: FutureRecord<'_, Vec<u8>, Vec<u8>> = FutureRecord::to(&topic)
                 .partition(partition as i32)
-                .payload(p)
+                .payload(&r.payload)
                 .timestamp(now_ms)
                 .headers(headers.clone());
+            if let Some(k) = &r.key {
+                record = record.key(k);
+            }
             producer.send(record, Duration::from_secs(0))
         });
         // Our own deadline: an idempotent producer may hold records longer than
@@ -474,8 +477,8 @@ impl EventLog for KafkaLog {
             }
         }
         Ok(AppendAck {
-            first_offset: if payloads.is_empty() { 0 } else { first },
-            count: payloads.len(),
+            first_offset: if records.is_empty() { 0 } else { first },
+            count: records.len(),
             ingest_ts: now_ms * 1000,
         })
     }
