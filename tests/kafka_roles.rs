@@ -3,7 +3,8 @@
 //! written straight into the topic are served exactly by `serve`, which reaches the
 //! `speed` process over its internal endpoint and the batch views through the shared
 //! storage root; the archiver (`batch`) is SIGKILLed and restarted mid-stream and the
-//! master table still holds each event exactly once.
+//! master table still holds each event exactly once. Two archivers share the partitions
+//! through their consumer group and resume from the table after every rebalance.
 
 mod common;
 
@@ -64,6 +65,8 @@ async fn four_processes_serve_exact_answers_and_survive_an_archiver_kill() {
     let ingest = Tributary::start_role(dir.path(), &config, "ingest", &[]).await;
     let speed = Tributary::start_role(dir.path(), &config, "speed", &[]).await;
     let mut batch = Tributary::start_role(dir.path(), &config, "batch", &[]).await;
+    // A second archiver in the same consumer group: the partitions are shared out.
+    let batch2 = Tributary::start_role(dir.path(), &config, "batch", &[]).await;
     let serve = Tributary::start_role(
         dir.path(),
         &config,
@@ -155,6 +158,14 @@ async fn four_processes_serve_exact_answers_and_survive_an_archiver_kill() {
     assert!(
         counts.values().all(|n| *n == 1),
         "duplicates after the archiver kill"
+    );
+
+    // Both archivers held a share of the partitions at some point, and each resumed
+    // from the master table whenever its share changed.
+    let logs = batch2.logs();
+    assert!(
+        logs.contains("partitions=[0]") || logs.contains("partitions=[1]"),
+        "the archivers never split the partitions:\n{logs}"
     );
 
     // The speed process released what the batch covers.

@@ -72,22 +72,46 @@ pub async fn run_stream(
     dead_letters: DeadLetterSink,
     shutdown: Shutdown,
 ) -> Result<(), BatchError> {
+    let what = || format!("master table of `{}`", stream.name);
     let mut table = tributary_ingest::delta::open(storage.master_table(&stream.name))
         .await
-        .map_err(|e| BatchError::delta(format!("master table of `{}`", stream.name), e))?;
-    let existing = table.version().is_some().then_some(&table);
-    let mut positions = archived_positions(existing, &stream).await?;
-    tracing::info!(stream = %stream.name, ?positions, "archiver resuming from the master table");
+        .map_err(|e| BatchError::delta(what(), e))?;
+    let mut positions = vec![0u64; stream.partitions as usize];
+    let mut generation = None;
     let flush = Duration::from_millis(config.archive_flush_ms.max(1));
     let per_partition = config
         .archive_flush_records
         .div_ceil(stream.partitions as usize)
         .max(1);
     loop {
+        let assigned = retry_unavailable("archiver assignment", &shutdown, || {
+            log.assignment(ARCHIVER_GROUP, &stream.name)
+        })
+        .await
+        .map_err(|e| BatchError::Log(stream.name.clone(), e))?;
+        let Some(assigned) = assigned else {
+            return Ok(());
+        };
+        if generation != Some(assigned.generation) {
+            // At start and after every rebalance the table is the truth, not the
+            // group's committed offsets nor what this process remembers.
+            table = tributary_ingest::delta::open(storage.master_table(&stream.name))
+                .await
+                .map_err(|e| BatchError::delta(what(), e))?;
+            let existing = table.version().is_some().then_some(&table);
+            positions = archived_positions(existing, &stream).await?;
+            generation = Some(assigned.generation);
+            tracing::info!(
+                stream = %stream.name,
+                partitions = ?assigned.partitions,
+                ?positions,
+                "archiver resuming from the master table"
+            );
+        }
         let mut decoder = BatchDecoder::new(&stream, true);
         let mut letters = Vec::new();
         let mut next: BTreeMap<u32, u64> = BTreeMap::new();
-        for p in 0..stream.partitions {
+        for p in assigned.partitions.iter().copied() {
             let from = positions[p as usize];
             let read = retry_unavailable("archiver read", &shutdown, || {
                 log.read(&stream.name, p, from, per_partition)
@@ -127,6 +151,25 @@ pub async fn run_stream(
                 _ = tokio::time::sleep(flush) => {}
             }
             continue;
+        }
+        // Another member may have archived these offsets since our assignment changed
+        // hands (a rebalance): commit only if the table still has our positions.
+        if table.version().is_some() {
+            let mut fresh = table.clone();
+            fresh
+                .update_incremental(None)
+                .await
+                .map_err(|e| BatchError::delta(what(), e))?;
+            let now = archived_positions(Some(&fresh), &stream).await?;
+            if next
+                .keys()
+                .any(|p| now[*p as usize] != positions[*p as usize])
+            {
+                tracing::info!(stream = %stream.name, "positions moved under us; reloading");
+                generation = None;
+                continue;
+            }
+            table = fresh;
         }
         // Dead letters first: if the data commit then fails, the replay writes them
         // again (a dead letter may repeat; an event never does).

@@ -26,6 +26,13 @@ pub struct NewRecord {
     pub payload: Vec<u8>,
 }
 
+/// A consumer-group assignment (see [`EventLog::assignment`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub partitions: Vec<u32>,
+    pub generation: u64,
+}
+
 /// What a read returns: the records, and where the next read starts. The next offset
 /// can lie beyond the last record: a backend may skip offsets that hold no event
 /// (Kafka control records, Tributary's idle-partition ticks).
@@ -93,6 +100,11 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// A consumer's remembered position, if it has one.
     async fn position(&self, consumer: &str, stream: &str, partition: u32) -> Result<Option<u64>>;
+
+    /// The partitions of `stream` this process owns as a member of consumer group
+    /// `group`, and a generation that changes with every rebalance. A log without
+    /// groups gives every partition to everyone, generation 0.
+    async fn assignment(&self, group: &str, stream: &str) -> Result<Assignment>;
 }
 
 /// Run `op` until it succeeds, waiting out [`CoreError::LogUnavailable`] (a broker

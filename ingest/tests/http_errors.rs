@@ -9,7 +9,7 @@ use axum::http::{Request, StatusCode, header};
 use tower::ServiceExt;
 use tributary_core::config::{FieldConfig, StreamConfig};
 use tributary_core::error::{CoreError, Result};
-use tributary_core::log::{AppendAck, EventLog, LogBatch, NewRecord};
+use tributary_core::log::{AppendAck, Assignment, EventLog, LogBatch, NewRecord};
 use tributary_core::schema::StreamSchema;
 use tributary_core::storage::Storage;
 use tributary_ingest::Ingest;
@@ -43,6 +43,12 @@ impl EventLog for BrokenLog {
     }
     async fn position(&self, _: &str, _: &str, _: u32) -> Result<Option<u64>> {
         Ok(None)
+    }
+    async fn assignment(&self, _: &str, _: &str) -> Result<Assignment> {
+        Ok(Assignment {
+            partitions: vec![0],
+            generation: 0,
+        })
     }
 }
 

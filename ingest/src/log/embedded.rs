@@ -21,7 +21,7 @@ use redb::{
 };
 use tokio::sync::oneshot;
 use tributary_core::error::{CoreError, Result};
-use tributary_core::log::{AppendAck, EventLog, LogBatch, LogRecord, NewRecord};
+use tributary_core::log::{AppendAck, Assignment, EventLog, LogBatch, LogRecord, NewRecord};
 use tributary_core::time::now_micros;
 
 const POSITIONS: TableDefinition<&str, u64> = TableDefinition::new("positions");
@@ -377,5 +377,16 @@ impl EventLog for EmbeddedLog {
             }
         })
         .await
+    }
+
+    async fn assignment(&self, _group: &str, stream: &str) -> Result<Assignment> {
+        let n = *self
+            .partitions
+            .get(stream)
+            .ok_or_else(|| CoreError::UnknownStream(stream.to_string()))?;
+        Ok(Assignment {
+            partitions: (0..n).collect(),
+            generation: 0,
+        })
     }
 }

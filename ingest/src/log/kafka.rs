@@ -39,7 +39,9 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tributary_core::config::LogConfig;
 use tributary_core::error::{CoreError, Result};
-use tributary_core::log::{AppendAck, EventLog, LogBatch, LogRecord, NewRecord};
+use tributary_core::log::{AppendAck, Assignment, EventLog, LogBatch, LogRecord, NewRecord};
+
+use super::membership::Membership;
 use tributary_core::time::now_micros;
 
 pub const TRUSTED_HEADER: &str = "tributary-trusted";
@@ -92,6 +94,7 @@ pub struct KafkaLog {
     topics: HashMap<String, (String, u32)>,
     cursors: Mutex<HashMap<(String, u32), Vec<Cursor>>>,
     groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    members: Mutex<HashMap<String, Arc<Membership>>>,
 }
 
 impl KafkaLog {
@@ -108,6 +111,7 @@ impl KafkaLog {
             topics,
             cursors: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
+            members: Mutex::new(HashMap::new()),
         };
         log.ensure_topics().await?;
         Ok(log)
@@ -556,6 +560,36 @@ impl EventLog for KafkaLog {
         })
         .await
         .map_err(|e| kafka_err("committed offsets", e))?
+    }
+
+    async fn assignment(&self, group: &str, stream: &str) -> Result<Assignment> {
+        if !self.topics.contains_key(stream) {
+            return Err(CoreError::UnknownStream(stream.to_string()));
+        }
+        let member = {
+            let mut members = self.members.lock().expect("member lock");
+            match members.get(group) {
+                Some(m) => m.clone(),
+                None => {
+                    let topics = self
+                        .topics
+                        .iter()
+                        .map(|(s, (t, _))| (s.clone(), t.clone()))
+                        .collect();
+                    let m = Arc::new(Membership::join(
+                        client_config(&self.config),
+                        group,
+                        &topics,
+                    )?);
+                    members.insert(group.to_string(), m.clone());
+                    m
+                }
+            }
+        };
+        let stream = stream.to_string();
+        tokio::task::spawn_blocking(move || member.assignment(&stream))
+            .await
+            .map_err(|e| kafka_err("assignment", e))?
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod conformance;
 pub mod embedded;
 pub mod kafka;
+pub mod membership;
 
 pub use embedded::EmbeddedLog;
 pub use kafka::KafkaLog;
