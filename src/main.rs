@@ -1,5 +1,6 @@
 //! The `tributary` binary: parses arguments and wires the layers together.
 
+mod bench;
 mod wiring;
 
 use std::path::PathBuf;
@@ -38,6 +39,34 @@ enum Command {
     Recompute,
     /// Check the configuration and print each view's compiled shape.
     Check,
+    /// Measure a layer on this machine, beside a reference engine on the same data.
+    Bench {
+        #[command(subcommand)]
+        target: BenchTarget,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchTarget {
+    /// The speed layer from JSON records in the log to updated states (IoT view),
+    /// with DuckDB over the same records (Python `duckdb`) as the reference.
+    Speed {
+        /// Events to generate.
+        #[arg(long, default_value_t = 2_000_000)]
+        events: usize,
+        /// Distinct devices.
+        #[arg(long, default_value_t = 1_000)]
+        devices: u32,
+        /// Most records per partition per micro-batch.
+        #[arg(long, default_value_t = 50_000)]
+        batch: usize,
+        /// Runtime worker threads (pin cores with `taskset` for a strict per-core figure).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Python with `duckdb` installed (default: ./.venv/bin/python).
+        #[arg(long)]
+        python: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,8 +80,15 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let threads = match &cli.command {
+        Command::Bench {
+            target: BenchTarget::Speed { threads, .. },
+        } => *threads,
+        _ => std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .worker_threads(threads.max(1))
         .thread_name("tributary")
         .build()?;
     let config = wiring::config_path(cli.config);
@@ -65,6 +101,24 @@ fn main() -> anyhow::Result<()> {
             Command::Serve => wiring::single_role("serve", config).await,
             Command::Recompute => wiring::recompute(config).await,
             Command::Check => wiring::check(config).await,
+            Command::Bench {
+                target:
+                    BenchTarget::Speed {
+                        events,
+                        devices,
+                        batch,
+                        python,
+                        ..
+                    },
+            } => {
+                bench::speed(bench::Args {
+                    events,
+                    devices,
+                    batch,
+                    python,
+                })
+                .await
+            }
         }
     })
 }

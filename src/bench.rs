@@ -1,0 +1,195 @@
+//! `tributary bench speed`: the speed layer from JSON records in the log to updated
+//! states, for the IoT view, with DuckDB over the same records as the reference.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rand::{Rng, SeedableRng};
+use tributary_core::config::{self, ConfigSource, SpeedConfig};
+use tributary_core::log::EventLog;
+use tributary_core::pipeline::Pipeline;
+use tributary_core::schema::{BatchDecoder, LogPosition};
+use tributary_core::shutdown::Shutdown;
+use tributary_core::view::{SOURCE_SPEED, tag_source};
+use tributary_ingest::log::EmbeddedLog;
+use tributary_speed::SpeedLayer;
+
+const TYPES: [&str; 4] = ["pump", "fan", "valve", "compressor"];
+
+pub struct Args {
+    pub events: usize,
+    pub devices: u32,
+    pub batch: usize,
+    pub python: Option<PathBuf>,
+}
+
+fn records(n: usize, devices: u32) -> Vec<Vec<u8>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let start = 1_767_225_600_000i64; // 2026-01-01T00:00:00Z
+    (0..n)
+        .map(|i| {
+            let d = rng.random_range(0..devices);
+            let ts = start + (i as i64 * 3_600_000 / n as i64) - rng.random_range(0..60_000);
+            let signal = (rng.random_range(0.0..100.0f64) * 10.0).round() / 10.0;
+            format!(
+                "{{\"device\":\"dev-{d:04}\",\"device_type\":\"{}\",\"signal\":{signal},\"ts\":{ts}}}",
+                TYPES[d as usize % TYPES.len()]
+            )
+            .into_bytes()
+        })
+        .collect()
+}
+
+pub async fn speed(args: Args) -> anyhow::Result<()> {
+    let (cfg, _) = config::load(None)?;
+    let pipeline = Pipeline::from_config(&cfg, &ConfigSource::EmbeddedDefault).await?;
+    let stream = pipeline
+        .stream("readings")
+        .context("the IoT example")?
+        .clone();
+    let view = pipeline.views[0].clone();
+    let dir = tempfile::tempdir()?;
+    let data = records(args.events, args.devices);
+    let bytes: usize = data.iter().map(Vec::len).sum();
+    println!(
+        "IoT view over {} events ({} MB of JSON), {} devices, micro-batches of at most {} records per partition",
+        args.events,
+        bytes / 1_000_000,
+        args.devices,
+        args.batch
+    );
+
+    // Load the log (not timed).
+    let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(
+        &dir.path().join("log"),
+        &[(stream.name.clone(), stream.partitions)],
+    )?);
+    for (i, chunk) in data.chunks(10_000).enumerate() {
+        log.append(&stream.name, i as u32 % stream.partitions, chunk.to_vec())
+            .await?;
+    }
+
+    // Where the time goes: each stage alone, on the same records.
+    let t = Instant::now();
+    let mut read = 0;
+    for p in 0..stream.partitions {
+        let mut from = 0;
+        loop {
+            let b = log.read(&stream.name, p, from, args.batch).await?;
+            if b.records.is_empty() {
+                break;
+            }
+            read += b.records.len();
+            from = b.next_offset;
+        }
+    }
+    let read_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut batches = Vec::new();
+    for chunk in data.chunks(args.batch) {
+        let mut dec = BatchDecoder::new(&stream, false);
+        for (i, r) in chunk.iter().enumerate() {
+            let at = LogPosition {
+                partition: 0,
+                offset: i as u64,
+                ingest_ts: 1,
+            };
+            dec.push_bytes(r, at)
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        }
+        batches.push(tag_source(&dec.flush()?, SOURCE_SPEED, &view.input_schema)?);
+    }
+    let decode_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for b in &batches {
+        view.run_partial_batches(vec![b.clone()]).await?;
+    }
+    let partial_s = t.elapsed().as_secs_f64();
+    assert_eq!(read, args.events);
+
+    // The speed layer itself, end to end.
+    let config = SpeedConfig {
+        max_batch_records: args.batch,
+        ..SpeedConfig::default()
+    };
+    let layer = SpeedLayer::new(&pipeline, &config, &HashMap::new());
+    let shutdown = Shutdown::new();
+    let started = Instant::now();
+    let task = tokio::spawn(tributary_speed::run(
+        config,
+        pipeline.clone(),
+        log.clone(),
+        layer.clone(),
+        shutdown.clone(),
+    ));
+    loop {
+        let done: u64 = layer.stats().streams.values().map(|s| s.events).sum();
+        if done as usize >= args.events {
+            break;
+        }
+        if task.is_finished() {
+            bail!("the speed layer stopped early");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let speed_s = started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    task.await??;
+    let state_rows: usize = layer.stats().views.iter().map(|v| v.state_rows).sum();
+
+    let rate = |s: f64| args.events as f64 / s;
+    println!(
+        "speed layer, log → states: {:.0} events/s ({speed_s:.2} s, {state_rows} state rows)",
+        rate(speed_s)
+    );
+    println!(
+        "  stages alone: log read {:.0}/s, JSON → Arrow {:.0}/s, partial plan {:.0}/s",
+        rate(read_s),
+        rate(decode_s),
+        rate(partial_s)
+    );
+
+    let python = args
+        .python
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python")));
+    let ndjson = dir.path().join("events.ndjson");
+    std::fs::write(&ndjson, data.join(&b'\n'))?;
+    match duckdb(&python, &ndjson) {
+        Ok(s) => println!(
+            "DuckDB, same NDJSON, one batch: {:.0} events/s ({s:.2} s); Tributary/DuckDB = {:.2}",
+            rate(s),
+            s / speed_s
+        ),
+        Err(e) => bail!(
+            "DuckDB reference failed ({e}); install it with `{} -m pip install duckdb` or pass --python",
+            python.display()
+        ),
+    }
+    Ok(())
+}
+
+/// Seconds DuckDB needs for the IoT view over `path`.
+fn duckdb(python: &Path, path: &Path) -> anyhow::Result<f64> {
+    let script = format!(
+        "import duckdb, time\n\
+         con = duckdb.connect()\n\
+         t = time.time()\n\
+         con.execute(\"\"\"SELECT device_type, time_bucket(INTERVAL '10 minutes', epoch_ms(ts)) AS w,\n\
+           avg(signal), max(signal), count(*) FROM read_json('{}', format='newline_delimited',\n\
+           columns={{'device':'VARCHAR','device_type':'VARCHAR','signal':'DOUBLE','ts':'BIGINT'}})\n\
+           WHERE signal > 15 GROUP BY ALL\"\"\").fetchall()\n\
+         print(time.time() - t)\n",
+        path.display()
+    );
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .output()?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
