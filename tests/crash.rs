@@ -3,10 +3,10 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{Tributary, python};
+use common::{Tributary, master_counts, python, total_readings};
 use serde_json::{Value, json};
 
 const TYPES: [&str; 3] = ["pump", "fan", "valve"];
@@ -53,44 +53,6 @@ async fn post_until(
         next += 50;
     }
     (acked, next)
-}
-
-/// `device` → number of rows in the master table, read with delta-rs.
-async fn master_counts(dir: &std::path::Path) -> BTreeMap<String, i64> {
-    use deltalake::arrow::array::{Array, AsArray};
-    use deltalake::arrow::datatypes::Int64Type;
-    use deltalake::datafusion::prelude::SessionContext;
-    let url = url::Url::from_directory_path(dir.join("data/master/readings")).unwrap();
-    let table = deltalake::DeltaTable::try_from_url(url).await.unwrap();
-    if table.version().is_none() {
-        return BTreeMap::new();
-    }
-    let ctx = SessionContext::new();
-    table.update_datafusion_session(&ctx.state()).unwrap();
-    ctx.register_table("m", table.table_provider().await.unwrap())
-        .unwrap();
-    let batches = ctx
-        .sql("SELECT device, count(*) AS n FROM m GROUP BY device")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let mut out = BTreeMap::new();
-    for b in batches {
-        let d = deltalake::arrow::compute::cast(
-            b.column(0),
-            &deltalake::arrow::datatypes::DataType::Utf8,
-        )
-        .unwrap();
-        let d = d.as_string::<i32>();
-        let n = b.column(1).as_primitive::<Int64Type>();
-        for i in 0..b.num_rows() {
-            assert!(!d.is_null(i));
-            out.insert(d.value(i).to_string(), n.value(i));
-        }
-    }
-    out
 }
 
 #[tokio::test]
@@ -207,14 +169,7 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
         .keys()
         .filter(|d| d[1..].parse::<usize>().unwrap() % 100 > 15)
         .count() as i64;
-    let total = |v: &Value| -> i64 {
-        v["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["readings"].as_i64().unwrap())
-            .sum()
-    };
+    let total = total_readings;
     t.wait_for("/api/v1/views/signal_by_type", |v| total(v) == want)
         .await;
     tokio::time::sleep(Duration::from_millis(1200)).await;

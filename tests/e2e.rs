@@ -354,14 +354,7 @@ async fn merged_answers_are_exact_before_and_after_batch_runs() {
 async fn up_without_configuration_runs_the_iot_example_with_live_data() {
     let dir = tempfile::tempdir().unwrap();
     let t = Tributary::start_default(dir.path()).await;
-    let total = |v: &Value| -> i64 {
-        v["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["readings"].as_i64().unwrap())
-            .sum()
-    };
+    let total = common::total_readings;
     let first = t.wait_for(VIEW, |v| total(v) > 0).await;
     let later = t.wait_for(VIEW, |v| total(v) > total(&first)).await;
     assert!(later["speed_watermark"].is_string(), "{later}");

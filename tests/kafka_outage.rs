@@ -8,7 +8,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Tributary;
+use common::{Tributary, total_readings};
 use serde_json::{Value, json};
 
 fn tansu(port: u16, db: &std::path::Path) -> Child {
@@ -61,15 +61,6 @@ fn events(from: usize, n: usize) -> Value {
     )
 }
 
-fn total(v: &Value) -> i64 {
-    v["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["readings"].as_i64().unwrap())
-        .sum()
-}
-
 #[tokio::test]
 async fn broker_outage_gives_503_and_resumes_without_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -90,7 +81,7 @@ async fn broker_outage_gives_503_and_resumes_without_restart() {
     let mut acked = 50;
     // Events of requests answered 503: the log may hold some of them, never more.
     let mut refused = 0;
-    t.wait_for("/api/v1/views/signal_by_type", |v| total(v) == 50)
+    t.wait_for("/api/v1/views/signal_by_type", |v| total_readings(v) == 50)
         .await;
 
     stop(broker);
@@ -145,9 +136,11 @@ async fn broker_outage_gives_503_and_resumes_without_restart() {
     // Every acknowledged event reaches the view (the 503 request may or may not have
     // been stored in part: the view holds at least the acknowledged ones).
     let answer = t
-        .wait_for("/api/v1/views/signal_by_type", |v| total(v) >= acked)
+        .wait_for("/api/v1/views/signal_by_type", |v| {
+            total_readings(v) >= acked
+        })
         .await;
-    assert!(total(&answer) <= acked + refused, "{answer}");
+    assert!(total_readings(&answer) <= acked + refused, "{answer}");
     drop(t);
     stop(broker);
 }

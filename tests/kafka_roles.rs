@@ -11,28 +11,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::Tributary;
+use common::{Tributary, kafka_brokers, master_counts, total_readings};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 
-fn brokers() -> String {
-    std::env::var("KAFKA_TEST_BROKERS").expect(
-        "KAFKA_TEST_BROKERS is not set: these tests need a Kafka-protocol broker; \
-         ./deploy/test.sh installs and starts tansu",
-    )
-}
-
 const VIEW: &str = "/api/v1/views/signal_by_type";
-
-fn total(v: &Value) -> i64 {
-    v["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["readings"].as_i64().unwrap())
-        .sum()
-}
 
 fn by_type(v: &Value) -> BTreeMap<String, (f64, f64, i64, String)> {
     v["rows"]
@@ -59,7 +43,7 @@ async fn four_processes_serve_exact_answers_and_survive_an_archiver_kill() {
     let prefix = format!("roles-{}-", std::process::id());
     let extra = format!(
         "[log]\nkind = \"kafka\"\nbrokers = \"{}\"\ntopic-prefix = \"{prefix}\"\ntick-interval-ms = 200",
-        brokers()
+        kafka_brokers()
     );
     let config = Tributary::configure(dir.path(), &extra);
     let ingest = Tributary::start_role(dir.path(), &config, "ingest", &[]).await;
@@ -88,7 +72,7 @@ async fn four_processes_serve_exact_answers_and_survive_an_archiver_kill() {
         .await;
     assert_eq!(status, 200, "{report}");
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", kafka_brokers())
         .create()
         .unwrap();
     let direct = r#"{"device":"d","device_type":"pump","signal":40.0,"ts":"2026-01-01T00:04:00Z"}"#;
@@ -99,7 +83,7 @@ async fn four_processes_serve_exact_answers_and_survive_an_archiver_kill() {
         .await
         .unwrap();
 
-    let answer = serve.wait_for(VIEW, |v| total(v) == 3).await;
+    let answer = serve.wait_for(VIEW, |v| total_readings(v) == 3).await;
     let rows = by_type(&answer);
     assert_eq!(rows["pump"], (30.0, 40.0, 2, "speed".into()), "{answer}");
     assert_eq!(rows["fan"], (30.0, 30.0, 1, "speed".into()), "{answer}");
@@ -125,7 +109,7 @@ async fn four_processes_serve_exact_answers_and_survive_an_archiver_kill() {
         }
     }
     let want = 3 + sent;
-    serve.wait_for(VIEW, |v| total(v) == want).await;
+    serve.wait_for(VIEW, |v| total_readings(v) == want).await;
 
     // Batch runs through `serve` until the batch layer covers everything.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -145,7 +129,7 @@ async fn four_processes_serve_exact_answers_and_survive_an_archiver_kill() {
     let rows = by_type(&answer);
     assert_eq!(rows["pump"], (30.0, 40.0, 2, "batch".into()));
     assert_eq!(rows["valve"], (50.0, 50.0, sent, "batch".into()));
-    assert_eq!(total(&answer), want);
+    assert_eq!(total_readings(&answer), want);
 
     // The master table: each event once (c is archived too: filters apply in views).
     let counts = master_counts(dir.path()).await;
@@ -182,35 +166,4 @@ async fn four_processes_serve_exact_answers_and_survive_an_archiver_kill() {
     );
     drop(ingest);
     drop(speed);
-}
-
-async fn master_counts(dir: &std::path::Path) -> BTreeMap<String, i64> {
-    use deltalake::arrow::util::display::array_value_to_string;
-    use deltalake::datafusion::prelude::SessionContext;
-    let url = url::Url::from_directory_path(dir.join("data/master/readings")).unwrap();
-    let t = deltalake::DeltaTable::try_from_url(url).await.unwrap();
-    let ctx = SessionContext::new();
-    t.update_datafusion_session(&ctx.state()).unwrap();
-    ctx.register_table("m", t.table_provider().await.unwrap())
-        .unwrap();
-    let batches = ctx
-        .sql("SELECT device, count(*) FROM m GROUP BY device")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let mut out = BTreeMap::new();
-    for b in batches {
-        for i in 0..b.num_rows() {
-            out.insert(
-                array_value_to_string(b.column(0), i).unwrap(),
-                array_value_to_string(b.column(1), i)
-                    .unwrap()
-                    .parse()
-                    .unwrap(),
-            );
-        }
-    }
-    out
 }

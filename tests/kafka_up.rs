@@ -5,35 +5,18 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::Tributary;
+use common::{Tributary, delta_rows, kafka_brokers, master_counts, total_readings};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 
-fn brokers() -> String {
-    std::env::var("KAFKA_TEST_BROKERS").expect(
-        "KAFKA_TEST_BROKERS is not set: these tests need a Kafka-protocol broker; \
-         ./deploy/test.sh installs and starts tansu",
-    )
-}
-
 const VIEW: &str = "/api/v1/views/signal_by_type";
-
-fn total(v: &Value) -> i64 {
-    v["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["readings"].as_i64().unwrap())
-        .sum()
-}
 
 async fn produce_direct(topic: &str, payload: &str) {
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", kafka_brokers())
         .create()
         .unwrap();
     let record: FutureRecord<'_, (), str> = FutureRecord::to(topic).partition(0).payload(payload);
@@ -49,7 +32,7 @@ async fn up_on_kafka_counts_http_and_direct_records_exactly_once() {
     let prefix = format!("e2e-{}-", std::process::id());
     let extra = format!(
         "[log]\nkind = \"kafka\"\nbrokers = \"{}\"\ntopic-prefix = \"{prefix}\"\ntick-interval-ms = 200",
-        brokers()
+        kafka_brokers()
     );
     let mut t = Tributary::start(dir.path(), &extra).await;
     let topic = format!("{prefix}readings");
@@ -71,7 +54,7 @@ async fn up_on_kafka_counts_http_and_direct_records_exactly_once() {
     )
     .await;
 
-    let answer = t.wait_for(VIEW, |v| total(v) == 3).await;
+    let answer = t.wait_for(VIEW, |v| total_readings(v) == 3).await;
     let row = &answer["rows"][0];
     assert_eq!(row["avg_signal"], 40.0);
     assert_eq!(row["max_signal"], 60.0);
@@ -94,7 +77,7 @@ async fn up_on_kafka_counts_http_and_direct_records_exactly_once() {
         "{answer}\n{}",
         t.logs()
     );
-    assert_eq!(total(&answer), 3);
+    assert_eq!(total_readings(&answer), 3);
     assert_eq!(answer["rows"][0]["avg_signal"], 40.0);
 
     // SIGKILL mid-stream, restart: the master table holds every acknowledged event once.
@@ -112,8 +95,8 @@ async fn up_on_kafka_counts_http_and_direct_records_exactly_once() {
         }
     }
     let want = 3 + acked;
-    let answer = t.wait_for(VIEW, |v| total(v) == want).await;
-    assert_eq!(total(&answer), want);
+    let answer = t.wait_for(VIEW, |v| total_readings(v) == want).await;
+    assert_eq!(total_readings(&answer), want);
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let counts = loop {
@@ -140,59 +123,17 @@ async fn up_on_kafka_counts_http_and_direct_records_exactly_once() {
     );
 
     // The invalid direct record is a dead letter with its reason and position.
-    let letters = dead_letters(dir.path()).await;
+    let letters: Vec<String> = delta_rows(
+        &dir.path().join("data/dead_letters/readings"),
+        "SELECT field, reason FROM t",
+    )
+    .await
+    .into_iter()
+    .map(|r| r.join(" | "))
+    .collect();
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert!(
         letters[0].contains("signal") && letters[0].contains("offset"),
         "{letters:?}"
     );
-}
-
-async fn master_counts(dir: &std::path::Path) -> BTreeMap<String, i64> {
-    query(
-        dir,
-        "master/readings",
-        "SELECT device, count(*) FROM t GROUP BY device",
-    )
-    .await
-    .into_iter()
-    .map(|r| (r[0].clone(), r[1].parse().unwrap()))
-    .collect()
-}
-
-async fn dead_letters(dir: &std::path::Path) -> Vec<String> {
-    query(dir, "dead_letters/readings", "SELECT field, reason FROM t")
-        .await
-        .into_iter()
-        .map(|r| r.join(" | "))
-        .collect()
-}
-
-/// Rows of a SQL query over a Delta table under `dir/data`, as text.
-async fn query(dir: &std::path::Path, table: &str, sql: &str) -> Vec<Vec<String>> {
-    use deltalake::arrow::util::display::array_value_to_string;
-    use deltalake::datafusion::prelude::SessionContext;
-    let path = dir.join("data").join(table);
-    if !path.join("_delta_log").exists() {
-        return Vec::new();
-    }
-    let url = url::Url::from_directory_path(path).unwrap();
-    let t = deltalake::DeltaTable::try_from_url(url).await.unwrap();
-    let ctx = SessionContext::new();
-    t.update_datafusion_session(&ctx.state()).unwrap();
-    ctx.register_table("t", t.table_provider().await.unwrap())
-        .unwrap();
-    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-    let mut out = Vec::new();
-    for b in batches {
-        for i in 0..b.num_rows() {
-            out.push(
-                b.columns()
-                    .iter()
-                    .map(|c| array_value_to_string(c, i).unwrap())
-                    .collect(),
-            );
-        }
-    }
-    out
 }

@@ -297,3 +297,62 @@ pub fn python() -> String {
     );
     p
 }
+
+/// The Kafka-protocol broker the Kafka tests use (deploy/test.sh starts tansu).
+pub fn kafka_brokers() -> String {
+    std::env::var("KAFKA_TEST_BROKERS").expect(
+        "KAFKA_TEST_BROKERS is not set: these tests need a Kafka-protocol broker; \
+         ./deploy/test.sh installs and starts tansu",
+    )
+}
+
+/// Sum of the `readings` column over a view answer's rows.
+pub fn total_readings(answer: &Value) -> i64 {
+    answer["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["readings"].as_i64().unwrap())
+        .sum()
+}
+
+/// Rows of `sql` over the Delta table at `path` (registered as `t`), as text, read
+/// with delta-rs in the test process. A table not created yet has no rows.
+pub async fn delta_rows(path: &Path, sql: &str) -> Vec<Vec<String>> {
+    use deltalake::arrow::util::display::array_value_to_string;
+    use deltalake::datafusion::prelude::SessionContext;
+    if !path.join("_delta_log").exists() {
+        return Vec::new();
+    }
+    let url = url::Url::from_directory_path(path).unwrap();
+    let table = deltalake::DeltaTable::try_from_url(url).await.unwrap();
+    let ctx = SessionContext::new();
+    table.update_datafusion_session(&ctx.state()).unwrap();
+    ctx.register_table("t", table.table_provider().await.unwrap())
+        .unwrap();
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    let mut out = Vec::new();
+    for b in batches {
+        for i in 0..b.num_rows() {
+            out.push(
+                b.columns()
+                    .iter()
+                    .map(|c| array_value_to_string(c, i).unwrap())
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
+/// `device` → rows in the master table of `readings` under `dir/data`.
+pub async fn master_counts(dir: &Path) -> std::collections::BTreeMap<String, i64> {
+    delta_rows(
+        &dir.join("data/master/readings"),
+        "SELECT device, count(*) FROM t GROUP BY device",
+    )
+    .await
+    .into_iter()
+    .map(|r| (r[0].clone(), r[1].parse().unwrap()))
+    .collect()
+}
