@@ -222,6 +222,13 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
                     shutdown.clone(),
                 ),
             );
+            if let Some(expr) = &config.batch.schedule {
+                let schedule = config::parse_schedule(expr).map_err(anyhow::Error::msg)?;
+                tasks.spawn(
+                    "batch-schedule",
+                    tributary_batch::schedule::run(state.batch.clone(), schedule, shutdown.clone()),
+                );
+            }
             up.store(true, Ordering::Release);
             tributary_serving::router(state.clone()).merge(tributary_serving::web::router(
                 state,
@@ -377,6 +384,13 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
     if let Some(kafka) = kafka {
         let every = Duration::from_millis(config.log.tick_interval_ms.max(10));
         tasks.spawn("log-ticker", tick(kafka, every, shutdown.clone()));
+    }
+    if let Some(expr) = &config.batch.schedule {
+        let schedule = config::parse_schedule(expr).map_err(anyhow::Error::msg)?;
+        tasks.spawn(
+            "batch-schedule",
+            tributary_batch::schedule::run(batch.clone(), schedule, shutdown.clone()),
+        );
     }
     if config.generator.enabled {
         tasks.spawn(

@@ -362,6 +362,35 @@ async fn up_without_configuration_runs_the_iot_example_with_live_data() {
     assert!(later["rows"][0]["device_type"].is_string(), "{later}");
 }
 
+#[tokio::test]
+async fn scheduled_batch_runs_absorb_events_without_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every second (six fields: seconds first), set through the environment.
+    let config = Tributary::configure(dir.path(), "");
+    let t = Tributary::start_role(
+        dir.path(),
+        &config,
+        "up",
+        &[("TRIBUTARY_BATCH__SCHEDULE", "* * * * * *")],
+    )
+    .await;
+    let events = [
+        ("s1", "pump", 20.0, "2026-01-01T00:01:00Z"),
+        ("s2", "pump", 40.0, "2026-01-01T00:02:00Z"),
+    ];
+    let (status, _) = t.post("readings", &to_json(&events)).await;
+    assert_eq!(status, 200);
+    let answer = t
+        .wait_for(VIEW, |v| {
+            v["rows"].as_array().is_some_and(|r| r.len() == 1) && v["rows"][0]["_source"] == "batch"
+        })
+        .await;
+    assert_values(&answer, &events);
+    assert!(answer["cutoff"].is_string(), "{answer}");
+    let (_, runs) = t.get("/api/v1/batch/runs").await;
+    assert!(!runs["runs"].as_array().unwrap().is_empty(), "{runs}");
+}
+
 #[test]
 fn both_examples_are_valid_configurations() {
     for example in ["iot", "clickstream"] {
@@ -498,6 +527,11 @@ fn bad_configuration_stops_start_up_with_file_key_and_reason() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         ("[http]\nport = 1\n", "http", "port"),
+        (
+            "[batch]\nschedule = 'every tuesday'\n",
+            "batch.schedule",
+            "cron",
+        ),
         (
             "[[streams]]\nname='r'\nevent-time='ts'\nfields=[{name='ts',type='timestamp'},{name='x',type='money'}]\n",
             "streams[0].fields[1].type",

@@ -9,6 +9,7 @@
 pub mod archiver;
 pub mod error;
 pub mod recompute;
+pub mod schedule;
 pub mod views;
 
 use std::sync::Arc;

@@ -72,6 +72,7 @@ async fn batch_run_covers_exactly_the_archived_events_below_its_cutoff() {
         BatchConfig {
             archive_flush_ms: 20,
             archive_flush_records: 1000,
+            schedule: None,
         },
         stream.clone(),
         storage.clone(),
@@ -121,6 +122,7 @@ async fn batch_run_covers_exactly_the_archived_events_below_its_cutoff() {
         BatchConfig {
             archive_flush_ms: 20,
             archive_flush_records: 1000,
+            schedule: None,
         },
         stream.clone(),
         storage.clone(),

@@ -238,6 +238,19 @@ pub struct BatchConfig {
     /// ... or as soon as this many records are pending.
     #[serde(default = "default_flush_records")]
     pub archive_flush_records: usize,
+    /// When to recompute every view, as a cron expression in UTC (5 fields, or 6 with
+    /// seconds first), e.g. `"*/10 * * * *"`. None: only on demand.
+    #[serde(default)]
+    pub schedule: Option<String>,
+}
+
+/// A parsed `batch.schedule`.
+pub type Schedule = croner::Cron;
+
+/// Parse a cron expression of `batch.schedule`.
+pub fn parse_schedule(expr: &str) -> std::result::Result<Schedule, String> {
+    expr.parse::<croner::Cron>()
+        .map_err(|e| format!("`{expr}` is not a cron expression: {e}"))
 }
 
 fn default_flush_ms() -> u64 {
@@ -252,6 +265,7 @@ impl Default for BatchConfig {
         BatchConfig {
             archive_flush_ms: default_flush_ms(),
             archive_flush_records: default_flush_records(),
+            schedule: None,
         }
     }
 }

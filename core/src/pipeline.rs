@@ -22,6 +22,9 @@ impl Pipeline {
             key,
             message,
         };
+        if let Some(expr) = &config.batch.schedule {
+            crate::config::parse_schedule(expr).map_err(|m| fail("batch.schedule".into(), m))?;
+        }
         let mut streams: Vec<StreamSchema> = Vec::new();
         for (i, s) in config.streams.iter().enumerate() {
             let key = format!("streams[{i}]");

@@ -1,0 +1,39 @@
+//! Scheduled batch runs: every view recomputed at the times of a cron expression.
+//! A run still going when the next one is due makes the next one wait its turn
+//! (runs never overlap); serving picks the result up through `Batch::subscribe`.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use tributary_core::config::Schedule;
+use tributary_core::shutdown::Shutdown;
+
+use crate::error::BatchError;
+use crate::recompute::Batch;
+
+pub async fn run(
+    batch: Arc<Batch>,
+    schedule: Schedule,
+    shutdown: Shutdown,
+) -> Result<(), BatchError> {
+    loop {
+        let now = Utc::now();
+        let next = schedule
+            .find_next_occurrence(&now, false)
+            .map_err(|e| BatchError::Task("batch-schedule".into(), e.to_string()))?;
+        let wait = (next - now).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        match batch.try_start(Arc::new(|_: &str, _: u64, _: u64| {})) {
+            Ok((id, run)) => match run.await {
+                Ok(r) => {
+                    tracing::info!(run = %id, cutoff = ?r.cutoff, rows_in = r.rows_in, "scheduled batch run done")
+                }
+                Err(e) => tracing::warn!(run = %id, error = %e, "scheduled batch run failed"),
+            },
+            Err(e) => tracing::info!(error = %e, "scheduled batch run skipped"),
+        }
+    }
+}
