@@ -189,12 +189,7 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
             tributary_serving::health_router(roles)
         }
         "serve" => {
-            let mut loaded = HashMap::new();
-            for v in &pipeline.views {
-                if let Some(bv) = views::load(&storage, v).await? {
-                    loaded.insert(v.name.clone(), bv);
-                }
-            }
+            let loaded = load_batch_views(&pipeline, &storage).await?;
             let speed = Arc::new(tributary_speed::remote::RemoteSpeed::new(&config.speed.url));
             let merger = Arc::new(Merger::new(
                 pipeline.clone(),
@@ -222,13 +217,7 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
                     shutdown.clone(),
                 ),
             );
-            if let Some(expr) = &config.batch.schedule {
-                let schedule = config::parse_schedule(expr).map_err(anyhow::Error::msg)?;
-                tasks.spawn(
-                    "batch-schedule",
-                    tributary_batch::schedule::run(state.batch.clone(), schedule, shutdown.clone()),
-                );
-            }
+            spawn_schedule(&mut tasks, &config, &state.batch, &shutdown)?;
             up.store(true, Ordering::Release);
             tributary_serving::router(state.clone()).merge(tributary_serving::web::router(
                 state,
@@ -286,17 +275,11 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
     ));
 
     // Serving and the speed layer start from the batch views already committed.
-    let mut loaded = HashMap::new();
-    let mut cutoffs = HashMap::new();
-    for v in &pipeline.views {
-        if let Some(bv) = views::load(&storage, v)
-            .await
-            .with_context(|| format!("loading batch view `{}`", v.name))?
-        {
-            cutoffs.insert(v.name.clone(), bv.cutoff);
-            loaded.insert(v.name.clone(), bv);
-        }
-    }
+    let loaded = load_batch_views(&pipeline, &storage).await?;
+    let cutoffs = loaded
+        .iter()
+        .map(|(name, bv)| (name.clone(), bv.cutoff))
+        .collect();
     let speed = SpeedLayer::new(&pipeline, &config.speed, &cutoffs);
     let batch = Arc::new(Batch::new(
         pipeline.clone(),
@@ -385,13 +368,7 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
         let every = Duration::from_millis(config.log.tick_interval_ms.max(10));
         tasks.spawn("log-ticker", tick(kafka, every, shutdown.clone()));
     }
-    if let Some(expr) = &config.batch.schedule {
-        let schedule = config::parse_schedule(expr).map_err(anyhow::Error::msg)?;
-        tasks.spawn(
-            "batch-schedule",
-            tributary_batch::schedule::run(batch.clone(), schedule, shutdown.clone()),
-        );
-    }
+    spawn_schedule(&mut tasks, &config, &batch, &shutdown)?;
     if config.generator.enabled {
         tasks.spawn(
             "generator",
@@ -405,6 +382,40 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
     );
 
     supervise(tasks, shutdown).await
+}
+
+/// Every view's committed batch states, by view name.
+async fn load_batch_views(
+    pipeline: &Pipeline,
+    storage: &Storage,
+) -> anyhow::Result<HashMap<String, views::BatchView>> {
+    let mut loaded = HashMap::new();
+    for v in &pipeline.views {
+        if let Some(bv) = views::load(storage, v)
+            .await
+            .with_context(|| format!("loading batch view `{}`", v.name))?
+        {
+            loaded.insert(v.name.clone(), bv);
+        }
+    }
+    Ok(loaded)
+}
+
+/// Scheduled batch runs, when `batch.schedule` is set.
+fn spawn_schedule(
+    tasks: &mut Tasks,
+    config: &Config,
+    batch: &Arc<Batch>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    if let Some(expr) = &config.batch.schedule {
+        let schedule = config::parse_schedule(expr).map_err(anyhow::Error::msg)?;
+        tasks.spawn(
+            "batch-schedule",
+            tributary_batch::schedule::run(batch.clone(), schedule, shutdown.clone()),
+        );
+    }
+    Ok(())
 }
 
 /// Mark a role up while its future runs.

@@ -497,29 +497,17 @@ async fn invalid_input_gets_precise_errors_and_valid_records_still_land() {
     assert_eq!(t.get("/health").await.0, 200);
 
     // Every rejected record is in the dead-letter table with its reason.
-    let dead = read_delta_rows(&dir.path().join("data/dead_letters/readings")).await;
+    let dead: Vec<String> = common::delta_rows(
+        &dir.path().join("data/dead_letters/readings"),
+        "SELECT raw FROM t",
+    )
+    .await
+    .into_iter()
+    .map(|r| r.join(" | "))
+    .collect();
     assert_eq!(dead.len(), 6, "{dead:?}");
     assert!(dead.iter().any(|r| r.contains("colour")));
     assert!(dead.iter().any(|r| r.contains("{oops")));
-}
-
-/// Every row of a Delta table as text, read with delta-rs in this process.
-async fn read_delta_rows(path: &std::path::Path) -> Vec<String> {
-    use deltalake::datafusion::prelude::SessionContext;
-    let url = url::Url::from_directory_path(path).unwrap();
-    let table = deltalake::DeltaTable::try_from_url(url).await.unwrap();
-    let ctx = SessionContext::new();
-    table.update_datafusion_session(&ctx.state()).unwrap();
-    let provider = table.table_provider().await.unwrap();
-    let batches = ctx.read_table(provider).unwrap().collect().await.unwrap();
-    let text = deltalake::arrow::util::pretty::pretty_format_batches(&batches)
-        .unwrap()
-        .to_string();
-    text.lines()
-        .filter(|l| l.starts_with("| "))
-        .skip(1)
-        .map(String::from)
-        .collect()
 }
 
 #[test]

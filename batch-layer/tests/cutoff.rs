@@ -27,6 +27,14 @@ name = "per_page"
 sql = "SELECT page, date_bin(INTERVAL '1 hour', ts) AS hour, count(*) AS n FROM clicks GROUP BY page, hour"
 "#;
 
+fn quick_flush() -> BatchConfig {
+    BatchConfig {
+        archive_flush_ms: 20,
+        archive_flush_records: 1000,
+        schedule: None,
+    }
+}
+
 fn click(page: &str) -> Vec<u8> {
     format!("{{\"page\":\"{page}\",\"ts\":\"2026-01-01T00:30:00Z\"}}").into_bytes()
 }
@@ -69,11 +77,7 @@ async fn batch_run_covers_exactly_the_archived_events_below_its_cutoff() {
     let shutdown = Shutdown::new();
     let sink = DeadLetterSink::new(storage.clone(), ["clicks".to_string()]);
     let archiver = tokio::spawn(tributary_batch::archiver::run_stream(
-        BatchConfig {
-            archive_flush_ms: 20,
-            archive_flush_records: 1000,
-            schedule: None,
-        },
+        quick_flush(),
         stream.clone(),
         storage.clone(),
         log.clone(),
@@ -119,11 +123,7 @@ async fn batch_run_covers_exactly_the_archived_events_below_its_cutoff() {
     archiver.await.unwrap().unwrap();
     let shutdown = Shutdown::new();
     let again = tokio::spawn(tributary_batch::archiver::run_stream(
-        BatchConfig {
-            archive_flush_ms: 20,
-            archive_flush_records: 1000,
-            schedule: None,
-        },
+        quick_flush(),
         stream.clone(),
         storage.clone(),
         log.clone(),

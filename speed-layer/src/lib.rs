@@ -42,6 +42,16 @@ pub enum SpeedError {
     View { view: String, source: CoreError },
 }
 
+impl SpeedError {
+    fn read(stream: &str, partition: u32, source: CoreError) -> Self {
+        SpeedError::Read {
+            stream: stream.to_string(),
+            partition,
+            source,
+        }
+    }
+}
+
 /// The consumer name under which the speed layer reports its positions to the log.
 pub const SPEED_GROUP: &str = "tributary-speed";
 
@@ -152,11 +162,7 @@ pub async fn run(
                 log.offset_for_ingest_ts(&s.name, p, start)
             })
             .await
-            .map_err(|source| SpeedError::Read {
-                stream: s.name.clone(),
-                partition: p,
-                source,
-            })?;
+            .map_err(|source| SpeedError::read(&s.name, p, source))?;
             let Some(offset) = found else { return Ok(()) };
             positions.insert((s.name.clone(), p), offset);
         }
@@ -189,11 +195,7 @@ pub async fn run(
                     log.read(&s.name, p, from, config.max_batch_records)
                 })
                 .await
-                .map_err(|source| SpeedError::Read {
-                    stream: s.name.clone(),
-                    partition: p,
-                    source,
-                })?;
+                .map_err(|source| SpeedError::read(&s.name, p, source))?;
                 let Some(batch) = read else { return Ok(()) };
                 *pos = batch.next_offset;
                 let Some(last) = batch.records.last() else {

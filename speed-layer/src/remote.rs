@@ -36,6 +36,24 @@ fn header_i64(resp: &reqwest::Response, name: &str) -> Option<i64> {
         .and_then(|v| v.parse().ok())
 }
 
+impl RemoteSpeed {
+    /// Send a request to the speed process; anything but a 2xx answer is an error.
+    async fn call(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, CoreError> {
+        let resp = request
+            .send()
+            .await
+            .map_err(|e| unavailable(&self.base, e))?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(unavailable(
+                &self.base,
+                format!("answered {}", resp.status()),
+            ))
+        }
+    }
+}
+
 #[async_trait]
 impl SpeedSource for RemoteSpeed {
     async fn snapshot(&self, view: &str, cutoff: i64) -> Result<Snapshot, CoreError> {
@@ -43,18 +61,7 @@ impl SpeedSource for RemoteSpeed {
             "{}/internal/v1/views/{view}/states?cutoff={cutoff}",
             self.base
         );
-        let resp = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| unavailable(&self.base, e))?;
-        if !resp.status().is_success() {
-            return Err(unavailable(
-                &self.base,
-                format!("answered {}", resp.status()),
-            ));
-        }
+        let resp = self.call(self.client.get(url)).await?;
         let max_event_ts = header_i64(&resp, MAX_EVENT_TS);
         let ingest_position = header_i64(&resp, INGEST_POSITION);
         let segments = header_i64(&resp, SEGMENTS).unwrap_or(0) as usize;
@@ -72,30 +79,12 @@ impl SpeedSource for RemoteSpeed {
             "{}/internal/v1/views/{view}/release?cutoff={cutoff}",
             self.base
         );
-        let resp = self
-            .client
-            .post(url)
-            .send()
-            .await
-            .map_err(|e| unavailable(&self.base, e))?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(unavailable(
-                &self.base,
-                format!("answered {}", resp.status()),
-            ))
-        }
+        self.call(self.client.post(url)).await.map(|_| ())
     }
 
     async fn stats(&self) -> Result<SpeedStats, CoreError> {
         let url = format!("{}/internal/v1/stats", self.base);
-        let resp = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| unavailable(&self.base, e))?;
+        let resp = self.call(self.client.get(url)).await?;
         resp.json().await.map_err(|e| unavailable(&self.base, e))
     }
 }

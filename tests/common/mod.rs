@@ -57,17 +57,7 @@ impl Tributary {
     /// The HTTP address comes from the environment, which also tests overrides.
     pub async fn start(dir: &Path, extra: &str) -> Tributary {
         let config = Self::configure(dir, extra);
-        let mut t = Tributary {
-            dir: dir.to_path_buf(),
-            config: Some(config),
-            base: String::new(),
-            child: None,
-            client: reqwest::Client::new(),
-            role: "up".into(),
-            env: Vec::new(),
-        };
-        t.restart().await;
-        t
+        Self::launch(dir, Some(config), "up", &[]).await
     }
 
     /// Write the configuration (as `start` does) without starting anything.
@@ -81,16 +71,31 @@ impl Tributary {
         config
     }
 
-    /// Start one role (`ingest`, `speed`, `batch`, `serve`) with a written configuration.
+    /// Start one role (`ingest`, `speed`, `batch`, `serve`, or `up`) with a written
+    /// configuration and extra environment.
     pub async fn start_role(
         dir: &Path,
         config: &Path,
         role: &str,
         env: &[(&str, &str)],
     ) -> Tributary {
+        Self::launch(dir, Some(config.to_path_buf()), role, env).await
+    }
+
+    /// Start `up` with no configuration file in `dir` (storage from the environment).
+    pub async fn start_default(dir: &Path) -> Tributary {
+        Self::launch(dir, None, "up", &[]).await
+    }
+
+    async fn launch(
+        dir: &Path,
+        config: Option<PathBuf>,
+        role: &str,
+        env: &[(&str, &str)],
+    ) -> Tributary {
         let mut t = Tributary {
             dir: dir.to_path_buf(),
-            config: Some(config.to_path_buf()),
+            config,
             base: String::new(),
             child: None,
             client: reqwest::Client::new(),
@@ -99,21 +104,6 @@ impl Tributary {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-        };
-        t.restart().await;
-        t
-    }
-
-    /// Start `up` with no configuration file in `dir` (storage from the environment).
-    pub async fn start_default(dir: &Path) -> Tributary {
-        let mut t = Tributary {
-            dir: dir.to_path_buf(),
-            config: None,
-            base: String::new(),
-            child: None,
-            client: reqwest::Client::new(),
-            role: "up".into(),
-            env: Vec::new(),
         };
         t.restart().await;
         t
