@@ -209,10 +209,10 @@ impl Batch {
             }
             min_cutoff = min_cutoff.min(cutoff);
             progress.stage(&format!("view {}", view.name), i as u64 + 1, total);
-            let (states, n) = self.partial_over_master(view, cutoff).await?;
+            let (states, n, max_event_ts) = self.partial_over_master(view, cutoff).await?;
             rows_in += n;
             rows_out += states.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-            views::write(&self.storage, view, cutoff, run_id, states).await?;
+            views::write(&self.storage, view, cutoff, max_event_ts, run_id, states).await?;
         }
         progress.stage("done", total, total);
         Ok((min_cutoff, rows_in, rows_out))
@@ -239,12 +239,12 @@ impl Batch {
         &self,
         view: &CompiledView,
         cutoff: i64,
-    ) -> Result<(Vec<RecordBatch>, u64), BatchError> {
+    ) -> Result<(Vec<RecordBatch>, u64, Option<i64>), BatchError> {
         let verr = |e: datafusion::error::DataFusionError| {
             BatchError::View(view.name.clone(), e.to_string())
         };
         let Some(master) = open_master(&self.storage, &view.stream).await? else {
-            return Ok((Vec::new(), 0));
+            return Ok((Vec::new(), 0, None));
         };
         let ctx = session();
         master
@@ -273,11 +273,48 @@ impl Batch {
             .map_err(verr)?
             .select(columns)
             .map_err(verr)?;
-        let rows = df.clone().count().await.map_err(verr)? as u64;
+        let (rows, max_event_ts) = count_and_max(df.clone(), &view.event_time)
+            .await
+            .map_err(verr)?;
         let states = view
             .run_partial(df.into_view())
             .await
             .map_err(|e| BatchError::View(view.name.clone(), e.to_string()))?;
-        Ok((states, rows))
+        Ok((states, rows, max_event_ts))
     }
+}
+
+/// Rows of `df` and the newest event time among them (the batch half of the watermark).
+async fn count_and_max(
+    df: datafusion::dataframe::DataFrame,
+    event_time: &str,
+) -> datafusion::error::Result<(u64, Option<i64>)> {
+    use datafusion::arrow::array::{Array, Int64Array, TimestampMicrosecondArray};
+    use datafusion::functions_aggregate::expr_fn::{count, max};
+    let out = df
+        .aggregate(
+            vec![],
+            vec![
+                count(lit(1i64)).alias("n"),
+                max(col(event_time)).alias("m"),
+            ],
+        )?
+        .collect()
+        .await?;
+    let Some(b) = out.first() else {
+        return Ok((0, None));
+    };
+    let n = b
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .map(|a| a.value(0) as u64)
+        .unwrap_or(0);
+    let m = datafusion::arrow::compute::cast(b.column(1), &tributary_core::schema::timestamp_type())?;
+    let m = m
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .filter(|a| !a.is_null(0))
+        .map(|a| a.value(0));
+    Ok((n, m))
 }

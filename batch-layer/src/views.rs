@@ -22,6 +22,8 @@ use tributary_core::view::{CompiledView, session};
 use crate::error::BatchError;
 
 pub const CUTOFF_APP_ID: &str = "tributary-cutoff";
+/// The newest event time below the cutoff rides along the same way (version = micros).
+pub const MAX_EVENT_TS_APP_ID: &str = "tributary-max-event-ts";
 
 /// A view's batch states as of one batch run.
 #[derive(Debug, Clone)]
@@ -30,6 +32,8 @@ pub struct BatchView {
     pub cutoff: i64,
     pub version: i64,
     pub states: Vec<RecordBatch>,
+    /// Newest event time among the events below the cutoff.
+    pub max_event_ts: Option<i64>,
 }
 
 fn storage_type(t: &DataType) -> DataType {
@@ -56,6 +60,7 @@ pub async fn write(
     storage: &Storage,
     view: &CompiledView,
     cutoff: i64,
+    max_event_ts: Option<i64>,
     run_id: &str,
     states: Vec<RecordBatch>,
 ) -> Result<i64, BatchError> {
@@ -81,8 +86,12 @@ pub async fn write(
     let table = tributary_ingest::delta::open(storage.batch_view_table(&view.name))
         .await
         .map_err(|e| BatchError::delta(what(), e))?;
-    let props = CommitProperties::default()
-        .with_application_transaction(Transaction::new(CUTOFF_APP_ID, cutoff))
+    let mut props = CommitProperties::default()
+        .with_application_transaction(Transaction::new(CUTOFF_APP_ID, cutoff));
+    if let Some(t) = max_event_ts {
+        props = props.with_application_transaction(Transaction::new(MAX_EVENT_TS_APP_ID, t));
+    }
+    let props = props
         .with_metadata([
             ("tributary.cutoff".to_string(), json!(cutoff)),
             ("tributary.run".to_string(), json!(run_id)),
@@ -117,6 +126,10 @@ pub async fn load(storage: &Storage, view: &CompiledView) -> Result<Option<Batch
             "batch view table has no cutoff".into(),
         ));
     };
+    let max_event_ts = snapshot
+        .transaction_version(table.log_store().as_ref(), MAX_EVENT_TS_APP_ID)
+        .await
+        .map_err(|e| BatchError::delta(what(), e))?;
     let ctx = session();
     table
         .update_datafusion_session(&ctx.state())
@@ -139,6 +152,7 @@ pub async fn load(storage: &Storage, view: &CompiledView) -> Result<Option<Batch
         cutoff,
         version: version as i64,
         states,
+        max_event_ts,
     }))
 }
 

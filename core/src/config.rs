@@ -339,6 +339,11 @@ pub struct FieldConfig {
 pub struct ViewConfig {
     pub name: String,
     pub sql: String,
+    /// How far behind the newest event time a window stays open: the watermark is the
+    /// newest event time seen minus this, and a window is `complete` once the watermark
+    /// has passed its end. Later events still count (they are reported as late).
+    #[serde(default)]
+    pub allowed_lateness_ms: u64,
 }
 
 /// Load the configuration from `path` (or the embedded default when `path` is `None`),

@@ -13,5 +13,6 @@ pub mod shutdown;
 pub mod storage;
 pub mod time;
 pub mod view;
+pub mod window;
 
 pub use error::{CoreError, Result};

@@ -16,11 +16,11 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Int32Array, RecordBatch};
+use datafusion::arrow::array::{ArrayRef, Int32Array, RecordBatch, TimestampMicrosecondArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::MemTable;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::SessionStateBuilder;
@@ -28,21 +28,42 @@ use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr, Statement};
+use datafusion::sql::sqlparser::ast::{
+    Expr as SqlExpr, Ident, Query, Select, SelectItem, SetExpr, Statement, TableFactor,
+    visit_expressions_mut,
+};
+use std::ops::ControlFlow;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
 use crate::config::ViewConfig;
 use crate::error::{CoreError, Result};
 use crate::schema::StreamSchema;
+use crate::window::{
+    HOP_COLUMN, HOP_FUNCTION, HOP_SQL_NAME, Hop, WindowKind, WindowSpec, interval_micros,
+    timestamp_micros,
+};
 
 /// Hidden column that tags each input row with the layer that read it.
 pub const SOURCE_COLUMN: &str = "_src";
 pub const SOURCE_BATCH: i32 = 1;
 pub const SOURCE_SPEED: i32 = 2;
 
-/// Aggregates whose states merge exactly (the shape both layers support today).
-const SUPPORTED_AGGREGATES: &[&str] = &["count", "sum", "min", "max", "avg"];
+/// Aggregates whose states merge across layers (exactly, or for the approximate ones
+/// within their sketch's own error).
+const SUPPORTED_AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "approx_distinct",
+    "approx_percentile_cont",
+    "approx_median",
+];
+
+/// Aggregates written with `WITHIN GROUP (ORDER BY …)`, which is their argument.
+const ORDERED_AGGREGATES: &[&str] = &["approx_percentile_cont"];
 
 /// A view compiled once, shared by every layer.
 #[derive(Debug, Clone)]
@@ -57,6 +78,12 @@ pub struct CompiledView {
     pub keys: Vec<String>,
     /// Output column holding the window start.
     pub window: String,
+    /// The window's kind and widths, for `complete` and late-event accounting.
+    pub window_spec: WindowSpec,
+    /// Watermark = newest event time seen minus this (microseconds).
+    pub allowed_lateness_us: i64,
+    /// The stream's event-time column.
+    pub event_time: String,
     /// Output columns holding aggregate values.
     pub values: Vec<String>,
     /// Schema of the rows `run_partial` produces: group columns, then states.
@@ -78,7 +105,9 @@ pub fn session() -> SessionContext {
         .with_default_features()
         .with_physical_optimizer_rules(vec![])
         .build();
-    SessionContext::new_with_state(state)
+    let ctx = SessionContext::new_with_state(state);
+    ctx.register_udf(Hop::udf());
+    ctx
 }
 
 /// The stream schema the views plan against: view schema plus `_src`.
@@ -108,7 +137,7 @@ impl CompiledView {
             view: cfg.name.clone(),
             message,
         };
-        let exec_sql = add_source_aggregate(&cfg.sql).map_err(err)?;
+        let exec_sql = rewrite(&cfg.sql).map_err(err)?;
 
         let ctx = session();
         for s in streams {
@@ -140,6 +169,9 @@ impl CompiledView {
             stream: shape.stream,
             keys: shape.keys,
             window: shape.window,
+            window_spec: shape.window_spec,
+            allowed_lateness_us: (cfg.allowed_lateness_ms as i64).saturating_mul(1000),
+            event_time: stream.event_time.clone(),
             values: shape.values,
             partial_schema: partial.schema(),
             output_schema: physical.schema(),
@@ -168,6 +200,37 @@ impl CompiledView {
     pub async fn run_partial_batches(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
         let table = MemTable::try_new(self.input_schema.clone(), vec![batches])?;
         self.run_partial(Arc::new(table)).await
+    }
+
+    /// The view's SQL run in one ordinary pass (optimizer on, no partial/final cut) over
+    /// `batches` in input-schema layout: the reference every layer's answer must equal.
+    pub async fn run_reference(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        let ctx = SessionContext::new();
+        ctx.register_udf(Hop::udf());
+        let table = MemTable::try_new(self.input_schema.clone(), vec![batches])?;
+        ctx.register_table(self.stream.as_str(), Arc::new(table))?;
+        Ok(ctx.sql(&self.exec_sql).await?.collect().await?)
+    }
+
+    /// The watermark given the newest event time seen.
+    pub fn watermark(&self, max_event_ts: Option<i64>) -> Option<i64> {
+        max_event_ts.map(|t| t.saturating_sub(self.allowed_lateness_us))
+    }
+
+    /// How many of `batch`'s events (in input or view-schema layout) update a window
+    /// that `watermark` has already closed.
+    pub fn count_late(&self, batch: &RecordBatch, watermark: Option<i64>) -> u64 {
+        let Some(w) = watermark else { return 0 };
+        let Some(ts) = batch
+            .column_by_name(&self.event_time)
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+        else {
+            return 0;
+        };
+        ts.iter()
+            .flatten()
+            .filter(|t| self.window_spec.first_end(*t) <= w)
+            .count() as u64
     }
 
     /// Merge states into fewer states (same schema), e.g. to compact a segment.
@@ -277,8 +340,9 @@ fn strip_df(e: &datafusion::error::DataFusionError) -> String {
         .to_string()
 }
 
-/// Parse the view's SQL, check it is one plain SELECT, and add `bit_or(_src) AS _src`.
-fn add_source_aggregate(sql: &str) -> std::result::Result<String, String> {
+/// Parse the view's SQL, check it is one plain SELECT, add `bit_or(_src) AS _src`, and
+/// turn a `hop(…)` window into a column of the stream unnested per window.
+fn rewrite(sql: &str) -> std::result::Result<String, String> {
     let dialect = GenericDialect {};
     let mut statements =
         Parser::parse_sql(&dialect, sql).map_err(|e| format!("SQL does not parse: {e}"))?;
@@ -303,6 +367,7 @@ fn add_source_aggregate(sql: &str) -> std::result::Result<String, String> {
     if query.limit_clause.is_some() || query.fetch.is_some() {
         return Err("LIMIT/FETCH is not supported in a view: limit rows when you query it".into());
     }
+    let hop_call = replace_hop_calls(query.as_mut())?;
     let SetExpr::Select(select) = query.body.as_mut() else {
         return Err(
             "a view must be a single SELECT (no UNION, INTERSECT, EXCEPT or VALUES)".into(),
@@ -311,26 +376,78 @@ fn add_source_aggregate(sql: &str) -> std::result::Result<String, String> {
     if select.distinct.is_some() {
         return Err("SELECT DISTINCT is not supported in a view".into());
     }
-    let hidden = Parser::parse_sql(
-        &dialect,
-        &format!("SELECT bit_or({SOURCE_COLUMN}) AS {SOURCE_COLUMN}"),
-    )
-    .expect("constant SQL parses");
-    let Statement::Query(q) = &hidden[0] else {
-        unreachable!()
-    };
-    let SetExpr::Select(s) = q.body.as_ref() else {
-        unreachable!()
-    };
-    let item: SelectItem = s.projection[0].clone();
+    if let Some(call) = hop_call {
+        let [from] = select.from.as_mut_slice() else {
+            return Err("a view reads exactly one stream in FROM".into());
+        };
+        let TableFactor::Table { name, alias, .. } = &from.relation else {
+            return Err("hop(…) windows need the stream itself in FROM, not a subquery".into());
+        };
+        let alias = alias
+            .as_ref()
+            .map(|a| a.name.to_string())
+            .unwrap_or_else(|| name.0.last().map(|p| p.to_string()).unwrap_or_default());
+        let derived = format!(
+            "SELECT * FROM (SELECT *, unnest({call}) AS {HOP_COLUMN} FROM {name}) AS {alias}"
+        );
+        from.relation = first_select(&derived).from[0].relation.clone();
+    }
+    let hidden = first_select(&format!(
+        "SELECT bit_or({SOURCE_COLUMN}) AS {SOURCE_COLUMN}"
+    ));
+    let item: SelectItem = hidden.projection[0].clone();
     select.projection.push(item);
     Ok(statement.to_string())
+}
+
+/// Replace every `hop(ts, size, slide)` by the hopping-window column; return the call
+/// that computes it (all occurrences must be the same window).
+fn replace_hop_calls(query: &mut Query) -> std::result::Result<Option<String>, String> {
+    let mut call: Option<String> = None;
+    let mut problem: Option<String> = None;
+    let _ = visit_expressions_mut(query, |e| {
+        if let SqlExpr::Function(f) = e {
+            let name = f.name.to_string().to_lowercase();
+            if name == "session" || name == "session_window" {
+                problem = Some(
+                    "session windows are not supported: a late event can join two sessions whose \
+                     states were already kept apart, so merged answers could not stay exact; use \
+                     date_bin (tumbling) or hop (hopping) windows"
+                        .into(),
+                );
+            } else if name == HOP_SQL_NAME {
+                let this = format!("{HOP_FUNCTION}{}", f.args);
+                if call.as_ref().is_some_and(|c| c != &this) {
+                    problem = Some("a view may group by only one window".into());
+                }
+                call = Some(this);
+                *e = SqlExpr::Identifier(Ident::new(HOP_COLUMN));
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    match problem {
+        Some(p) => Err(p),
+        None => Ok(call),
+    }
+}
+
+fn first_select(sql: &str) -> Select {
+    let parsed = Parser::parse_sql(&GenericDialect {}, sql).expect("generated SQL parses");
+    let Statement::Query(q) = &parsed[0] else {
+        unreachable!("generated SQL is a query")
+    };
+    let SetExpr::Select(s) = q.body.as_ref() else {
+        unreachable!("generated SQL is a SELECT")
+    };
+    s.as_ref().clone()
 }
 
 struct Shape {
     stream: String,
     keys: Vec<String>,
     window: String,
+    window_spec: WindowSpec,
     values: Vec<String>,
 }
 
@@ -356,6 +473,8 @@ fn check_shape(plan: &LogicalPlan, streams: &[StreamSchema]) -> std::result::Res
             LogicalPlan::Filter(f) => node = f.input.as_ref(),
             LogicalPlan::Projection(p) => node = p.input.as_ref(),
             LogicalPlan::SubqueryAlias(s) => node = s.input.as_ref(),
+            // Only the one a hop(…) window is rewritten into.
+            LogicalPlan::Unnest(u) => node = u.input.as_ref(),
             LogicalPlan::TableScan(scan) => break scan.table_name.table().to_string(),
             other => return Err(unsupported(other)),
         }
@@ -375,13 +494,14 @@ fn check_shape(plan: &LogicalPlan, streams: &[StreamSchema]) -> std::result::Res
         );
     }
     let mut window_idx = None;
+    let mut window_spec = None;
     for (i, g) in aggregate.group_expr.iter().enumerate() {
         if matches!(g, Expr::GroupingSet(_)) {
             return Err("GROUPING SETS, CUBE and ROLLUP are not supported in a view".into());
         }
-        if let Some(arg) = date_bin_argument(g) {
+        if let Some((arg, spec)) = window_of(g, aggregate.input.as_ref())? {
             if window_idx.is_some() {
-                return Err("a view may group by only one window (date_bin)".into());
+                return Err("a view may group by only one window (date_bin or hop)".into());
             }
             if arg != stream.event_time {
                 return Err(format!(
@@ -390,7 +510,14 @@ fn check_shape(plan: &LogicalPlan, streams: &[StreamSchema]) -> std::result::Res
                 ));
             }
             window_idx = Some(i);
+            window_spec = Some(spec);
         }
+    }
+    if let Some(unnest) = find_node(aggregate.input.as_ref(), &|n| {
+        matches!(n, LogicalPlan::Unnest(_))
+    }) && window_spec.is_none_or(|w| w.kind != WindowKind::Hopping)
+    {
+        return Err(unsupported(unnest));
     }
     let window_idx = window_idx.ok_or_else(|| {
         format!(
@@ -429,6 +556,7 @@ fn check_shape(plan: &LogicalPlan, streams: &[StreamSchema]) -> std::result::Res
         stream: stream.name.clone(),
         keys,
         window,
+        window_spec: window_spec.expect("set with window_idx"),
         values,
     })
 }
@@ -473,7 +601,7 @@ fn check_aggregate(e: &Expr) -> std::result::Result<(), String> {
             if af.params.distinct {
                 return Err(format!("{name}(DISTINCT …) is not supported in a view"));
             }
-            if !af.params.order_by.is_empty() {
+            if !af.params.order_by.is_empty() && !ORDERED_AGGREGATES.contains(&name.as_str()) {
                 return Err(format!("{name}(… ORDER BY …) is not supported in a view"));
             }
             Ok(())
@@ -482,16 +610,80 @@ fn check_aggregate(e: &Expr) -> std::result::Result<(), String> {
     }
 }
 
-/// The column a `date_bin(...)` group expression bins, if it is one.
-fn date_bin_argument(e: &Expr) -> Option<String> {
+/// If `e` groups by a window: the column it bins and the window's widths.
+fn window_of(
+    e: &Expr,
+    input: &LogicalPlan,
+) -> std::result::Result<Option<(String, WindowSpec)>, String> {
     match unalias(e) {
-        Expr::ScalarFunction(f) if f.func.name() == "date_bin" => match f.args.get(1) {
-            Some(Expr::Column(c)) => Some(c.name.clone()),
-            Some(other) => Some(other.to_string()),
-            None => None,
-        },
-        _ => None,
+        Expr::ScalarFunction(f) if f.func.name() == "date_bin" => {
+            let size_us = interval_micros(&f.args[0])
+                .map_err(|m| format!("date_bin's first argument: {m}"))?;
+            let origin_us = match f.args.get(2) {
+                Some(origin) => timestamp_micros(origin)?,
+                None => 0,
+            };
+            let spec = WindowSpec {
+                kind: WindowKind::Tumbling,
+                size_us,
+                slide_us: size_us,
+                origin_us,
+            };
+            Ok(Some((column_name(&f.args[1]), spec)))
+        }
+        Expr::Column(c) if c.name == HOP_COLUMN => {
+            let mut call = None;
+            let _ = input.apply(|node| {
+                for e in node.expressions() {
+                    let _ = e.apply(|x| {
+                        if let Expr::ScalarFunction(f) = x
+                            && f.func.name() == HOP_FUNCTION
+                        {
+                            call = Some(f.args.clone());
+                        }
+                        Ok(TreeNodeRecursion::Continue)
+                    });
+                }
+                Ok(TreeNodeRecursion::Continue)
+            });
+            let args = call.ok_or("internal: hop window without its function")?;
+            let [ts, size, slide] = args.as_slice() else {
+                return Err("hop takes three arguments: hop(ts, INTERVAL size, INTERVAL slide)".into());
+            };
+            let size_us = interval_micros(size).map_err(|m| format!("hop's size: {m}"))?;
+            let slide_us = interval_micros(slide).map_err(|m| format!("hop's slide: {m}"))?;
+            if slide_us > size_us {
+                return Err("hop's slide must not exceed its size (windows would miss events)".into());
+            }
+            let spec = WindowSpec {
+                kind: WindowKind::Hopping,
+                size_us,
+                slide_us,
+                origin_us: 0,
+            };
+            Ok(Some((column_name(ts), spec)))
+        }
+        _ => Ok(None),
     }
+}
+
+fn column_name(e: &Expr) -> String {
+    match e {
+        Expr::Column(c) => c.name.clone(),
+        Expr::Cast(c) => column_name(&c.expr),
+        Expr::TryCast(c) => column_name(&c.expr),
+        other => other.to_string(),
+    }
+}
+
+fn find_node<'a>(
+    plan: &'a LogicalPlan,
+    pred: &dyn Fn(&LogicalPlan) -> bool,
+) -> Option<&'a LogicalPlan> {
+    if pred(plan) {
+        return Some(plan);
+    }
+    plan.inputs().into_iter().find_map(|p| find_node(p, pred))
 }
 
 #[cfg(test)]

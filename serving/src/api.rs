@@ -61,6 +61,12 @@ pub async fn list_views(State(state): State<AppState>) -> Json<Value> {
                 "sql": v.sql,
                 "keys": v.keys,
                 "window": v.window,
+                "window_spec": {
+                    "kind": v.window_spec.kind,
+                    "size_ms": v.window_spec.size_us / 1000,
+                    "slide_ms": v.window_spec.slide_us / 1000,
+                },
+                "allowed_lateness_ms": v.allowed_lateness_us / 1000,
                 "values": v.values,
                 "schema": schema,
                 "cutoff": batch.as_ref().map(|b| rfc3339(b.cutoff)),

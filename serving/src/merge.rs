@@ -40,8 +40,11 @@ pub struct ViewAnswer {
     pub view: String,
     /// Batch cutoff T: events ingested before it come from the batch layer.
     pub cutoff: Option<String>,
-    /// Newest event time the speed layer has seen for the view.
+    /// The view's event-time watermark: the newest event time either layer has seen,
+    /// minus the view's allowed lateness. Windows ending at or before it are `complete`.
     pub speed_watermark: Option<String>,
+    /// Newest event time either layer has seen for the view.
+    pub max_event_time: Option<String>,
     /// Newest ingest time the speed layer has processed.
     pub speed_position: Option<String>,
     /// Age of the speed layer's position, in milliseconds.
@@ -137,12 +140,19 @@ impl Merger {
                 view: view.name.clone(),
                 source,
             })?;
-        let rows = to_rows(&view, &out, q);
+        let max_event_ts = speed
+            .max_event_ts
+            .into_iter()
+            .chain(batch.as_ref().and_then(|b| b.max_event_ts))
+            .max();
+        let watermark = view.watermark(max_event_ts);
+        let rows = to_rows(&view, &out, q, watermark);
         let position = speed.ingest_position;
         Ok(ViewAnswer {
             view: view.name.clone(),
             cutoff: batch.as_ref().map(|b| rfc3339(b.cutoff)),
-            speed_watermark: speed.max_event_ts.map(rfc3339),
+            speed_watermark: watermark.map(rfc3339),
+            max_event_time: max_event_ts.map(rfc3339),
             speed_position: position.map(rfc3339),
             freshness_ms: position.map(|p| (now_micros() - p).max(0) / 1000),
             batch_version: batch.as_ref().map(|b| b.version),
@@ -151,8 +161,14 @@ impl Merger {
     }
 }
 
-/// Final batches to JSON rows: filtered, ordered by window then keys, limited.
-fn to_rows(view: &CompiledView, batches: &[RecordBatch], q: &ViewQuery) -> Vec<Map<String, Value>> {
+/// Final batches to JSON rows: filtered, ordered by window then keys, limited; each row
+/// says which layers it came from and whether the watermark has passed its window.
+fn to_rows(
+    view: &CompiledView,
+    batches: &[RecordBatch],
+    q: &ViewQuery,
+    watermark: Option<i64>,
+) -> Vec<Map<String, Value>> {
     let mut rows: Vec<(i64, Vec<String>, Map<String, Value>)> = Vec::new();
     for b in batches {
         let schema = b.schema();
@@ -181,6 +197,8 @@ fn to_rows(view: &CompiledView, batches: &[RecordBatch], q: &ViewQuery) -> Vec<M
                         _ => "unknown",
                     };
                     obj.insert("_source".into(), Value::String(src.into()));
+                    let complete = watermark.is_some_and(|wm| view.window_spec.end(w) <= wm);
+                    obj.insert("complete".into(), Value::Bool(complete));
                 } else {
                     obj.insert(f.name().clone(), v);
                 }

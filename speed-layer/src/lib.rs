@@ -64,12 +64,19 @@ pub struct StreamProgress {
     pub invalid: AtomicU64,
     pub last_batch_events: AtomicU64,
     pub last_batch_micros: AtomicU64,
+    /// Records in the log not yet read, over all partitions (sampled each second).
+    pub lag: AtomicU64,
+    /// Events read per second over the last sampling interval.
+    pub events_per_second: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SpeedStats {
     pub streams: BTreeMap<String, StreamStats>,
     pub views: Vec<ViewStats>,
+    /// How long the layer took from its start to reach the end of the log (rebuilding
+    /// its states from the batch cutoff); `None` while it is still catching up.
+    pub recovery_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -79,6 +86,8 @@ pub struct StreamStats {
     pub invalid: u64,
     pub last_batch_events: u64,
     pub last_batch_micros: u64,
+    pub lag: u64,
+    pub events_per_second: u64,
 }
 
 /// A handle on a running speed layer: its states and progress.
@@ -87,6 +96,8 @@ pub struct SpeedLayer {
     pub store: StateStore,
     progress: Arc<HashMap<String, StreamProgress>>,
     segment_width: i64,
+    /// `u64::MAX` until the first time the layer reaches the end of the log.
+    recovery_ms: Arc<AtomicU64>,
 }
 
 impl SpeedLayer {
@@ -102,6 +113,7 @@ impl SpeedLayer {
                     .collect(),
             ),
             segment_width: config.segment_width_ms.max(1) as i64 * 1000,
+            recovery_ms: Arc::new(AtomicU64::new(u64::MAX)),
         }
     }
 
@@ -127,11 +139,17 @@ impl SpeedLayer {
                             invalid: p.invalid.load(Ordering::Relaxed),
                             last_batch_events: p.last_batch_events.load(Ordering::Relaxed),
                             last_batch_micros: p.last_batch_micros.load(Ordering::Relaxed),
+                            lag: p.lag.load(Ordering::Relaxed),
+                            events_per_second: p.events_per_second.load(Ordering::Relaxed),
                         },
                     )
                 })
                 .collect(),
             views: self.store.views().map(|v| v.stats()).collect(),
+            recovery_ms: match self.recovery_ms.load(Ordering::Relaxed) {
+                u64::MAX => None,
+                ms => Some(ms),
+            },
         }
     }
 
@@ -168,16 +186,12 @@ pub async fn run(
         }
     }
     let idle = Duration::from_millis(config.poll_interval_ms.max(1));
+    let started = std::time::Instant::now();
     let mut reported = std::time::Instant::now();
+    let mut events_at_report: HashMap<String, u64> = HashMap::new();
     while !shutdown.is_cancelled() {
         if reported.elapsed() >= Duration::from_secs(1) {
-            // For lag monitoring in the log's own tools; the speed layer itself
-            // restarts from the batch cutoff, not from these.
-            for ((stream, p), pos) in &positions {
-                if let Err(e) = log.commit_position(SPEED_GROUP, stream, *p, *pos).await {
-                    tracing::debug!(error = %e, "could not record the speed layer's position");
-                }
-            }
+            report(&layer, log.as_ref(), &positions, &mut events_at_report, reported).await;
             reported = std::time::Instant::now();
         }
         let mut any = false;
@@ -247,9 +261,10 @@ pub async fn run(
                 for view in pipeline.views_of(&s.name) {
                     let store = layer.store.view(&view.name).expect("store per view");
                     if bucket < store.cutoff() {
-                        store.add(bucket, vec![], n, None);
+                        store.add(bucket, vec![], n, None, 0);
                         continue;
                     }
+                    let late = view.count_late(&batch, store.watermark());
                     let input =
                         tag_source(&batch, SOURCE_SPEED, &view.input_schema).map_err(|source| {
                             SpeedError::View {
@@ -264,7 +279,7 @@ pub async fn run(
                             view: view.name.clone(),
                             source,
                         })?;
-                    store.add(bucket, states, n, max_event_ts);
+                    store.add(bucket, states, n, max_event_ts, late);
                 }
             }
             compact(&layer, &s.name, &pipeline).await?;
@@ -279,6 +294,11 @@ pub async fn run(
             progress.ingest_ts.fetch_max(newest, Ordering::AcqRel);
         }
         if !any {
+            if layer.recovery_ms.load(Ordering::Relaxed) == u64::MAX {
+                let ms = started.elapsed().as_millis() as u64;
+                layer.recovery_ms.store(ms, Ordering::Relaxed);
+                tracing::info!(recovery_ms = ms, "speed layer caught up with the log");
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(idle) => {}
@@ -286,6 +306,37 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// Record positions (for the log's own lag tools; the speed layer itself restarts from
+/// the batch cutoff), and sample lag and rate for health reporting.
+async fn report(
+    layer: &SpeedLayer,
+    log: &dyn EventLog,
+    positions: &HashMap<(String, u32), u64>,
+    events_at_report: &mut HashMap<String, u64>,
+    since: std::time::Instant,
+) {
+    let mut lag: HashMap<&str, u64> = HashMap::new();
+    for ((stream, p), pos) in positions {
+        if let Err(e) = log.commit_position(SPEED_GROUP, stream, *p, *pos).await {
+            tracing::debug!(error = %e, "could not record the speed layer's position");
+        }
+        if let Ok(end) = log.end_offset(stream, *p).await {
+            *lag.entry(stream).or_default() += end.saturating_sub(*pos);
+        }
+    }
+    let secs = since.elapsed().as_secs_f64().max(1e-3);
+    for (stream, progress) in layer.progress.iter() {
+        progress
+            .lag
+            .store(lag.get(stream.as_str()).copied().unwrap_or(0), Ordering::Relaxed);
+        let now = progress.events.load(Ordering::Relaxed);
+        let before = events_at_report.insert(stream.clone(), now).unwrap_or(now);
+        progress
+            .events_per_second
+            .store(((now - before) as f64 / secs) as u64, Ordering::Relaxed);
+    }
 }
 
 async fn compact(layer: &SpeedLayer, stream: &str, pipeline: &Pipeline) -> Result<(), SpeedError> {

@@ -36,6 +36,8 @@ struct ViewInner {
     max_event_ts: Option<i64>,
     events: u64,
     ignored_below_cutoff: u64,
+    /// Events that updated a window the watermark had already closed.
+    late_events: u64,
 }
 
 /// What serving takes from the speed layer for one view.
@@ -56,6 +58,9 @@ pub struct ViewStats {
     pub ignored_below_cutoff: u64,
     pub cutoff: i64,
     pub max_event_ts: Option<i64>,
+    /// Newest event time seen minus the view's allowed lateness.
+    pub watermark: Option<i64>,
+    pub late_events: u64,
 }
 
 impl ViewStore {
@@ -73,13 +78,21 @@ impl ViewStore {
         self.inner.read().expect("store lock").cutoff
     }
 
-    /// Add states computed from `events` events of one bucket.
+    /// The view's watermark: newest event time seen minus its allowed lateness.
+    pub fn watermark(&self) -> Option<i64> {
+        let max = self.inner.read().expect("store lock").max_event_ts;
+        self.view.watermark(max)
+    }
+
+    /// Add states computed from `events` events of one bucket, `late` of which updated
+    /// windows the watermark had already closed.
     pub fn add(
         &self,
         bucket: i64,
         states: Vec<RecordBatch>,
         events: u64,
         max_event_ts: Option<i64>,
+        late: u64,
     ) {
         let mut inner = self.inner.write().expect("store lock");
         if bucket < inner.cutoff {
@@ -87,6 +100,7 @@ impl ViewStore {
             return;
         }
         inner.events += events;
+        inner.late_events += late;
         inner.max_event_ts = match (inner.max_event_ts, max_event_ts) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -166,6 +180,8 @@ impl ViewStore {
             ignored_below_cutoff: inner.ignored_below_cutoff,
             cutoff: inner.cutoff,
             max_event_ts: inner.max_event_ts,
+            watermark: self.view.watermark(inner.max_event_ts),
+            late_events: inner.late_events,
         }
     }
 }
@@ -227,6 +243,7 @@ mod tests {
         let cfg = ViewConfig {
             name: "v".into(),
             sql: "SELECT k, date_bin(INTERVAL '1 minute', ts) AS w, count(*) AS n FROM s GROUP BY k, w".into(),
+            allowed_lateness_ms: 0,
         };
         Arc::new(CompiledView::compile(&cfg, &[stream]).await.unwrap())
     }
@@ -239,9 +256,9 @@ mod tests {
     #[tokio::test]
     async fn snapshot_takes_whole_segments_at_or_above_the_cutoff() {
         let store = ViewStore::new(view().await, i64::MIN);
-        store.add(1_000, states(1), 1, Some(5));
-        store.add(2_000, states(2), 2, Some(9));
-        store.add(3_000, states(3), 3, Some(7));
+        store.add(1_000, states(1), 1, Some(5), 0);
+        store.add(2_000, states(2), 2, Some(9), 0);
+        store.add(3_000, states(3), 3, Some(7), 0);
         let snap = store.snapshot(2_000);
         assert_eq!(snap.segments, 2);
         assert_eq!(snap.states.len(), 2);
@@ -252,14 +269,14 @@ mod tests {
     #[tokio::test]
     async fn release_drops_covered_segments_and_ignores_late_arrivals_below() {
         let store = ViewStore::new(view().await, i64::MIN);
-        store.add(1_000, states(1), 1, None);
-        store.add(2_000, states(2), 2, None);
+        store.add(1_000, states(1), 1, None, 0);
+        store.add(2_000, states(2), 2, None, 0);
         store.release_below(2_000);
         let stats = store.stats();
         assert_eq!(stats.segments, 1);
         assert_eq!(stats.cutoff, 2_000);
         // An event replayed below the cutoff belongs to the batch layer.
-        store.add(1_000, states(9), 4, None);
+        store.add(1_000, states(9), 4, None, 0);
         assert_eq!(store.stats().ignored_below_cutoff, 4);
         assert_eq!(store.snapshot(2_000).states.len(), 1);
         // Cutoffs never move backwards.
@@ -271,10 +288,10 @@ mod tests {
     async fn replace_keeps_states_added_during_compaction() {
         let store = ViewStore::new(view().await, i64::MIN);
         for i in 0..COMPACT_AFTER as i64 {
-            store.add(0, states(i), 1, None);
+            store.add(0, states(i), 1, None, 0);
         }
         let (bucket, old) = store.to_compact().pop().unwrap();
-        store.add(0, states(100), 1, None);
+        store.add(0, states(100), 1, None, 0);
         store.replace(bucket, old.len(), states(-1));
         let snap = store.snapshot(0);
         assert_eq!(

@@ -37,6 +37,7 @@ async fn compile(sql: &str) -> Result<CompiledView> {
         &ViewConfig {
             name: "v".into(),
             sql: sql.into(),
+            allowed_lateness_ms: 0,
         },
         &[readings()],
     )
@@ -174,6 +175,94 @@ async fn refusals_say_what_is_wrong() {
     ];
     for (sql, expected) in cases {
         let err = compile(sql).await.unwrap_err().to_string();
+        assert!(
+            err.contains(expected),
+            "{sql}\n  -> {err}\n  expected to contain `{expected}`"
+        );
+    }
+}
+
+const HOP: &str = "SELECT device_type, hop(ts, INTERVAL '10 minutes', INTERVAL '5 minutes') AS w, \
+    count(*) AS n, sum(signal) AS total, approx_distinct(device) AS devices, \
+    approx_percentile_cont(0.5) WITHIN GROUP (ORDER BY signal) AS p50, approx_median(signal) AS med \
+    FROM readings GROUP BY device_type, w";
+
+#[tokio::test]
+async fn hopping_windows_and_sketches_merge_across_layers_like_one_pass() {
+    let v = compile(HOP).await.unwrap();
+    assert_eq!(v.window, "w");
+    assert_eq!(v.keys, vec!["device_type"]);
+    assert_eq!(v.window_spec.kind, crate::window::WindowKind::Hopping);
+    assert_eq!(v.window_spec.size_us, 600_000_000);
+    assert_eq!(v.window_spec.slide_us, 300_000_000);
+    let a = batch(
+        &[
+            ("d1", "pump", 20.0, "2026-01-01T00:01:00Z"),
+            ("d2", "pump", 30.0, "2026-01-01T00:07:00Z"),
+        ],
+        SOURCE_BATCH,
+    );
+    let b = batch(
+        &[
+            ("d1", "pump", 40.0, "2026-01-01T00:09:59Z"),
+            ("d1", "pump", 10.0, "2026-01-01T00:12:00Z"),
+        ],
+        SOURCE_SPEED,
+    );
+    let mut states = v.run_partial_batches(vec![a.clone()]).await.unwrap();
+    states.extend(v.run_partial_batches(vec![b.clone()]).await.unwrap());
+    let merged = v.finalize(v.reduce(states).await.unwrap()).await.unwrap();
+    let reference = v.run_reference(vec![a, b]).await.unwrap();
+    assert_eq!(sorted(&merged), sorted(&reference));
+    let rows = sorted(&merged);
+    // 00:01 is in [23:55, 00:05) and [00:00, 00:10); 00:12 in [00:05, 00:15) and [00:10, 00:20).
+    assert_eq!(rows.len(), 4, "{rows:#?}");
+    assert!(rows[1].contains("2026-01-01T00:00:00Z") && rows[1].contains("| 3 "), "{rows:#?}");
+    assert!(rows[1].contains("| 90.0 ") && rows[1].contains("| 2 "), "{rows:#?}");
+}
+
+#[tokio::test]
+async fn window_widths_and_origin_are_read_from_the_sql() {
+    let v = compile(
+        "SELECT date_bin(INTERVAL '1 day', ts, TIMESTAMP '2026-01-01T06:00:00Z') AS d, count(*) AS n FROM readings GROUP BY d",
+    )
+    .await
+    .unwrap();
+    assert_eq!(v.window_spec.size_us, 86_400_000_000);
+    assert_eq!(v.window_spec.origin_us, 1_767_247_200_000_000);
+}
+
+#[tokio::test]
+async fn unsupported_windows_are_refused_with_reasons() {
+    let cases = [
+        (
+            "SELECT session(ts, INTERVAL '5 minutes') AS s, count(*) FROM readings GROUP BY s",
+            "session windows are not supported",
+        ),
+        (
+            "SELECT date_bin(INTERVAL '1 month', ts) AS w, count(*) FROM readings GROUP BY w",
+            "months",
+        ),
+        (
+            "SELECT hop(ts, INTERVAL '1 minute', INTERVAL '5 minutes') AS w, count(*) FROM readings GROUP BY w",
+            "slide must not exceed",
+        ),
+        (
+            "SELECT hop(ts, INTERVAL '5 minutes', INTERVAL '1 minute') AS w, date_bin(INTERVAL '1 minute', ts) AS t, count(*) FROM readings GROUP BY w, t",
+            "only one window",
+        ),
+        (
+            "SELECT device, date_bin(INTERVAL '1 minute', ts) AS w, approx_percentile_cont(0.5) WITHIN GROUP (ORDER BY signal) AS p, count(*) FROM (SELECT * FROM readings) GROUP BY device, w",
+            "",
+        ),
+    ];
+    for (sql, expected) in cases {
+        let res = compile(sql).await;
+        if expected.is_empty() {
+            res.unwrap();
+            continue;
+        }
+        let err = res.unwrap_err().to_string();
         assert!(
             err.contains(expected),
             "{sql}\n  -> {err}\n  expected to contain `{expected}`"

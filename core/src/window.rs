@@ -1,0 +1,252 @@
+//! Event-time windows of a view: tumbling (`date_bin`) and hopping (`hop`).
+//!
+//! A hopping window `hop(ts, INTERVAL size, INTERVAL slide)` puts each event into every
+//! window of width `size` whose start is a multiple of `slide` and that contains the
+//! event. Views stay plain DataFusion SQL: compilation rewrites `hop(…)` into a column
+//! produced by `unnest(tributary_hop(ts, size, slide))` under the aggregate, so both
+//! layers run the same partial plan and the states of one window still merge exactly.
+//!
+//! The [`WindowSpec`] also answers the event-time questions of the speed layer and
+//! serving: when a window ends (for `complete`) and whether an event is late (it updates
+//! a window the watermark has already passed).
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, ListBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
+use datafusion::common::{Result as DfResult, ScalarValue, exec_err, plan_err};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use serde::Serialize;
+
+/// The function views call for hopping windows.
+pub const HOP_SQL_NAME: &str = "hop";
+/// The function compilation rewrites it into (one row per window an event is in).
+pub const HOP_FUNCTION: &str = "tributary_hop";
+/// The column holding a hopping window's start below the aggregate.
+pub const HOP_COLUMN: &str = "__window";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowKind {
+    Tumbling,
+    Hopping,
+}
+
+/// A view's window: its kind, width and step, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct WindowSpec {
+    pub kind: WindowKind,
+    pub size_us: i64,
+    /// Distance between window starts (equal to `size_us` for tumbling windows).
+    pub slide_us: i64,
+    /// Window starts are `origin_us + k * slide_us`.
+    pub origin_us: i64,
+}
+
+impl WindowSpec {
+    pub fn end(&self, start_us: i64) -> i64 {
+        start_us.saturating_add(self.size_us)
+    }
+
+    /// End of the earliest window that contains an event at `ts_us`: once the watermark
+    /// has passed it, the event updates a window already marked complete (it is late).
+    pub fn first_end(&self, ts_us: i64) -> i64 {
+        let lo = ts_us - self.size_us;
+        let first_start = lo - (lo - self.origin_us).rem_euclid(self.slide_us) + self.slide_us;
+        first_start + self.size_us
+    }
+
+    /// Starts of every window containing `ts_us`, oldest first.
+    pub fn starts(&self, ts_us: i64) -> impl Iterator<Item = i64> + use<> {
+        let spec = *self;
+        let last = ts_us - (ts_us - spec.origin_us).rem_euclid(spec.slide_us);
+        let first = spec.first_end(ts_us) - spec.size_us;
+        (0..)
+            .map(move |k| first + k * spec.slide_us)
+            .take_while(move |s| *s <= last)
+    }
+}
+
+/// Microseconds of an interval literal; month-based intervals have no fixed width.
+pub fn interval_micros(e: &Expr) -> Result<i64, String> {
+    let value = match e {
+        Expr::Literal(v, _) => v,
+        Expr::Cast(c) => return interval_micros(&c.expr),
+        Expr::Alias(a) => return interval_micros(&a.expr),
+        other => return Err(format!("a window width must be an INTERVAL literal, not `{other}`")),
+    };
+    scalar_micros(value)
+}
+
+fn scalar_micros(value: &ScalarValue) -> Result<i64, String> {
+    let micros = match value {
+        ScalarValue::IntervalMonthDayNano(Some(v)) => {
+            if v.months != 0 {
+                return Err("window widths in months or years are not supported (months differ in length); use days".into());
+            }
+            v.days as i64 * 86_400_000_000 + v.nanoseconds / 1_000
+        }
+        ScalarValue::IntervalDayTime(Some(v)) => {
+            v.days as i64 * 86_400_000_000 + v.milliseconds as i64 * 1_000
+        }
+        ScalarValue::IntervalYearMonth(Some(_)) => {
+            return Err("window widths in months or years are not supported; use days".into());
+        }
+        other => return Err(format!("a window width must be an INTERVAL, not `{other}`")),
+    };
+    if micros <= 0 {
+        return Err("a window width must be positive".into());
+    }
+    Ok(micros)
+}
+
+/// Microseconds since the epoch of a timestamp literal (a `date_bin` origin).
+pub fn timestamp_micros(e: &Expr) -> Result<i64, String> {
+    let ts = match e {
+        Expr::Literal(v, _) => v.clone(),
+        Expr::Cast(c) => {
+            let Expr::Literal(v, _) = c.expr.as_ref() else {
+                return Err(format!("a date_bin origin must be a literal, not `{e}`"));
+            };
+            v.cast_to(c.field.data_type()).map_err(|err| err.to_string())?
+        }
+        other => return Err(format!("a date_bin origin must be a literal, not `{other}`")),
+    };
+    let arr = ts.to_array().map_err(|e| e.to_string())?;
+    let micros = cast(&arr, &DataType::Timestamp(TimeUnit::Microsecond, None))
+        .map_err(|e| format!("a date_bin origin must be a timestamp: {e}"))?;
+    let micros = micros
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .expect("cast to microseconds");
+    if micros.is_null(0) {
+        return Err("a date_bin origin must not be NULL".into());
+    }
+    Ok(micros.value(0))
+}
+
+/// `tributary_hop(ts, size, slide)`: the start of every hopping window containing `ts`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Hop {
+    signature: Signature,
+}
+
+impl Hop {
+    pub fn udf() -> ScalarUDF {
+        ScalarUDF::from(Hop {
+            signature: Signature::any(3, Volatility::Immutable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for Hop {
+    fn name(&self) -> &str {
+        HOP_FUNCTION
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> DfResult<DataType> {
+        match &args[0] {
+            DataType::Timestamp(_, tz) => Ok(list_of(tz.clone())),
+            other => plan_err!("hop(ts, size, slide) needs a timestamp first, got {other}"),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let interval = |i: usize| -> DfResult<i64> {
+            match &args.args[i] {
+                ColumnarValue::Scalar(v) => {
+                    scalar_micros(v).or_else(|e| exec_err!("hop argument {}: {e}", i + 1))
+                }
+                ColumnarValue::Array(_) => exec_err!("hop widths must be INTERVAL literals"),
+            }
+        };
+        let (size_us, slide_us) = (interval(1)?, interval(2)?);
+        let spec = WindowSpec {
+            kind: WindowKind::Hopping,
+            size_us,
+            slide_us,
+            origin_us: 0,
+        };
+        let tz = match args.args[0].data_type() {
+            DataType::Timestamp(_, tz) => tz,
+            other => return exec_err!("hop needs a timestamp, got {other}"),
+        };
+        let ts = args.args[0].to_array(args.number_rows)?;
+        let ts = cast(&ts, &DataType::Timestamp(TimeUnit::Microsecond, tz.clone()))?;
+        let ts = ts
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .expect("cast to microseconds");
+        let per_event = (size_us / slide_us + 1) as usize;
+        let values = TimestampMicrosecondBuilder::with_capacity(ts.len() * per_event)
+            .with_timezone_opt(tz.clone());
+        let mut out = ListBuilder::with_capacity(values, ts.len())
+            .with_field(Arc::new(Field::new_list_field(micros_type(tz), true)));
+        for i in 0..ts.len() {
+            if ts.is_null(i) {
+                out.append_null();
+                continue;
+            }
+            for s in spec.starts(ts.value(i)) {
+                out.values().append_value(s);
+            }
+            out.append(true);
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish()) as ArrayRef))
+    }
+}
+
+fn micros_type(tz: Option<Arc<str>>) -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, tz)
+}
+
+fn list_of(tz: Option<Arc<str>>) -> DataType {
+    DataType::List(Arc::new(Field::new_list_field(micros_type(tz), true)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000_000;
+
+    #[test]
+    fn hopping_windows_cover_each_event_size_over_slide_times() {
+        let spec = WindowSpec {
+            kind: WindowKind::Hopping,
+            size_us: 5 * MIN,
+            slide_us: MIN,
+            origin_us: 0,
+        };
+        let ts = 12 * MIN + 30_000_000;
+        let starts: Vec<i64> = spec.starts(ts).collect();
+        assert_eq!(starts, vec![8 * MIN, 9 * MIN, 10 * MIN, 11 * MIN, 12 * MIN]);
+        assert_eq!(spec.first_end(ts), 13 * MIN);
+        // On a boundary the event opens a window and has left the oldest one.
+        let starts: Vec<i64> = spec.starts(10 * MIN).collect();
+        assert_eq!(starts, vec![6 * MIN, 7 * MIN, 8 * MIN, 9 * MIN, 10 * MIN]);
+    }
+
+    #[test]
+    fn tumbling_first_end_is_the_end_of_its_bin_with_origin() {
+        let spec = WindowSpec {
+            kind: WindowKind::Tumbling,
+            size_us: 10 * MIN,
+            slide_us: 10 * MIN,
+            origin_us: 3 * MIN,
+        };
+        assert_eq!(spec.first_end(14 * MIN), 23 * MIN);
+        assert_eq!(spec.first_end(13 * MIN), 23 * MIN);
+        assert_eq!(spec.first_end(12 * MIN), 13 * MIN);
+        assert_eq!(spec.starts(-MIN).collect::<Vec<_>>(), vec![-7 * MIN]);
+    }
+}
