@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::Utc;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::prelude::{col, lit};
+use datafusion::prelude::{cast, col, lit};
 use datafusion::scalar::ScalarValue;
 use serde::Serialize;
 use tokio::sync::{Mutex, watch};
@@ -263,7 +263,9 @@ impl Batch {
             .fields()
             .iter()
             .filter(|f| f.name() != SOURCE_COLUMN)
-            .map(|f| col(f.name().as_str()))
+            // Exactly the speed layer's input types: Parquet hands strings back as
+            // views, and some sketches (approx_distinct) hash views and strings apart.
+            .map(|f| cast(col(f.name().as_str()), f.data_type().clone()).alias(f.name()))
             .chain(std::iter::once(lit(SOURCE_BATCH).alias(SOURCE_COLUMN)))
             .collect();
         let df = ctx
@@ -294,10 +296,7 @@ async fn count_and_max(
     let out = df
         .aggregate(
             vec![],
-            vec![
-                count(lit(1i64)).alias("n"),
-                max(col(event_time)).alias("m"),
-            ],
+            vec![count(lit(1i64)).alias("n"), max(col(event_time)).alias("m")],
         )?
         .collect()
         .await?;
@@ -310,7 +309,8 @@ async fn count_and_max(
         .downcast_ref::<Int64Array>()
         .map(|a| a.value(0) as u64)
         .unwrap_or(0);
-    let m = datafusion::arrow::compute::cast(b.column(1), &tributary_core::schema::timestamp_type())?;
+    let m =
+        datafusion::arrow::compute::cast(b.column(1), &tributary_core::schema::timestamp_type())?;
     let m = m
         .as_any()
         .downcast_ref::<TimestampMicrosecondArray>()

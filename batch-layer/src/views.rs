@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
@@ -40,6 +40,8 @@ fn storage_type(t: &DataType) -> DataType {
     match t {
         DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => DataType::Int64,
         DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+        // Delta stores microseconds; windows of microsecond event times lose nothing.
+        DataType::Timestamp(_, tz) => DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
         other => other.clone(),
     }
 }
@@ -91,12 +93,11 @@ pub async fn write(
     if let Some(t) = max_event_ts {
         props = props.with_application_transaction(Transaction::new(MAX_EVENT_TS_APP_ID, t));
     }
-    let props = props
-        .with_metadata([
-            ("tributary.cutoff".to_string(), json!(cutoff)),
-            ("tributary.run".to_string(), json!(run_id)),
-            ("tributary.sql".to_string(), json!(view.sql)),
-        ]);
+    let props = props.with_metadata([
+        ("tributary.cutoff".to_string(), json!(cutoff)),
+        ("tributary.run".to_string(), json!(run_id)),
+        ("tributary.sql".to_string(), json!(view.sql)),
+    ]);
     let table = table
         .write(batches)
         .with_save_mode(SaveMode::Overwrite)

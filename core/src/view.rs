@@ -32,9 +32,9 @@ use datafusion::sql::sqlparser::ast::{
     Expr as SqlExpr, Ident, Query, Select, SelectItem, SetExpr, Statement, TableFactor,
     visit_expressions_mut,
 };
-use std::ops::ControlFlow;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
+use std::ops::ControlFlow;
 
 use crate::config::ViewConfig;
 use crate::error::{CoreError, Result};
@@ -648,12 +648,16 @@ fn window_of(
             });
             let args = call.ok_or("internal: hop window without its function")?;
             let [ts, size, slide] = args.as_slice() else {
-                return Err("hop takes three arguments: hop(ts, INTERVAL size, INTERVAL slide)".into());
+                return Err(
+                    "hop takes three arguments: hop(ts, INTERVAL size, INTERVAL slide)".into(),
+                );
             };
             let size_us = interval_micros(size).map_err(|m| format!("hop's size: {m}"))?;
             let slide_us = interval_micros(slide).map_err(|m| format!("hop's slide: {m}"))?;
             if slide_us > size_us {
-                return Err("hop's slide must not exceed its size (windows would miss events)".into());
+                return Err(
+                    "hop's slide must not exceed its size (windows would miss events)".into(),
+                );
             }
             let spec = WindowSpec {
                 kind: WindowKind::Hopping,

@@ -78,7 +78,11 @@ pub fn interval_micros(e: &Expr) -> Result<i64, String> {
         Expr::Literal(v, _) => v,
         Expr::Cast(c) => return interval_micros(&c.expr),
         Expr::Alias(a) => return interval_micros(&a.expr),
-        other => return Err(format!("a window width must be an INTERVAL literal, not `{other}`")),
+        other => {
+            return Err(format!(
+                "a window width must be an INTERVAL literal, not `{other}`"
+            ));
+        }
     };
     scalar_micros(value)
 }
@@ -113,9 +117,14 @@ pub fn timestamp_micros(e: &Expr) -> Result<i64, String> {
             let Expr::Literal(v, _) = c.expr.as_ref() else {
                 return Err(format!("a date_bin origin must be a literal, not `{e}`"));
             };
-            v.cast_to(c.field.data_type()).map_err(|err| err.to_string())?
+            v.cast_to(c.field.data_type())
+                .map_err(|err| err.to_string())?
         }
-        other => return Err(format!("a date_bin origin must be a literal, not `{other}`")),
+        other => {
+            return Err(format!(
+                "a date_bin origin must be a literal, not `{other}`"
+            ));
+        }
     };
     let arr = ts.to_array().map_err(|e| e.to_string())?;
     let micros = cast(&arr, &DataType::Timestamp(TimeUnit::Microsecond, None))

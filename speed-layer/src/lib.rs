@@ -191,7 +191,14 @@ pub async fn run(
     let mut events_at_report: HashMap<String, u64> = HashMap::new();
     while !shutdown.is_cancelled() {
         if reported.elapsed() >= Duration::from_secs(1) {
-            report(&layer, log.as_ref(), &positions, &mut events_at_report, reported).await;
+            report(
+                &layer,
+                log.as_ref(),
+                &positions,
+                &mut events_at_report,
+                reported,
+            )
+            .await;
             reported = std::time::Instant::now();
         }
         let mut any = false;
@@ -328,9 +335,10 @@ async fn report(
     }
     let secs = since.elapsed().as_secs_f64().max(1e-3);
     for (stream, progress) in layer.progress.iter() {
-        progress
-            .lag
-            .store(lag.get(stream.as_str()).copied().unwrap_or(0), Ordering::Relaxed);
+        progress.lag.store(
+            lag.get(stream.as_str()).copied().unwrap_or(0),
+            Ordering::Relaxed,
+        );
         let now = progress.events.load(Ordering::Relaxed);
         let before = events_at_report.insert(stream.clone(), now).unwrap_or(now);
         progress

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod views;
+
 pub const IOT_STREAM: &str = r#"
 [[streams]]
 name = "readings"
@@ -62,13 +64,23 @@ impl Tributary {
 
     /// Write the configuration (as `start` does) without starting anything.
     pub fn configure(dir: &Path, extra: &str) -> PathBuf {
+        Self::configure_pipeline(dir, extra, 200, IOT_STREAM)
+    }
+
+    /// Write a configuration with `pipeline` (its `[[streams]]` and `[[views]]`).
+    pub fn configure_pipeline(dir: &Path, extra: &str, flush_ms: u64, pipeline: &str) -> PathBuf {
         let config = dir.join("tributary.toml");
         let text = format!(
-            "storage-root = \"{}\"\n{extra}\n[speed]\nsegment-width-ms = 1000\n[batch]\narchive-flush-ms = 200\n{IOT_STREAM}",
+            "storage-root = \"{}\"\n{extra}\n[speed]\nsegment-width-ms = 1000\n[batch]\narchive-flush-ms = {flush_ms}\n{pipeline}",
             dir.join("data").display()
         );
         std::fs::write(&config, text).unwrap();
         config
+    }
+
+    /// Start `up` on a written configuration.
+    pub async fn start_config(dir: &Path, config: PathBuf) -> Tributary {
+        Self::launch(dir, Some(config), "up", &[]).await
     }
 
     /// Start one role (`ingest`, `speed`, `batch`, `serve`, or `up`) with a written

@@ -217,8 +217,14 @@ async fn hopping_windows_and_sketches_merge_across_layers_like_one_pass() {
     let rows = sorted(&merged);
     // 00:01 is in [23:55, 00:05) and [00:00, 00:10); 00:12 in [00:05, 00:15) and [00:10, 00:20).
     assert_eq!(rows.len(), 4, "{rows:#?}");
-    assert!(rows[1].contains("2026-01-01T00:00:00Z") && rows[1].contains("| 3 "), "{rows:#?}");
-    assert!(rows[1].contains("| 90.0 ") && rows[1].contains("| 2 "), "{rows:#?}");
+    assert!(
+        rows[1].contains("2026-01-01T00:00:00Z") && rows[1].contains("| 3 "),
+        "{rows:#?}"
+    );
+    assert!(
+        rows[1].contains("| 90.0 ") && rows[1].contains("| 2 "),
+        "{rows:#?}"
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,250 @@
+//! Golden view tests (the arroyo style): every case under `tests/golden/` runs against
+//! the speed layer alone, the batch layer alone and the merged answer of the real
+//! binary, and all three must equal the case's `expected.json` and DataFusion's
+//! one-pass answer over the same events. See `tests/golden/README.md`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::Tributary;
+use common::views::{Row, api_rows, assert_same_rows, late_events, pipeline, reference, sources};
+use serde_json::{Map, Value, json};
+use tributary_core::pipeline::Pipeline;
+
+const BATCH_MARK: &str = "# batch run";
+
+struct Case {
+    name: String,
+    dir: PathBuf,
+    pipeline_text: String,
+    /// Events between batch-run marks.
+    segments: Vec<Vec<Value>>,
+}
+
+impl Case {
+    fn load(dir: &Path) -> Case {
+        let pipeline_text = std::fs::read_to_string(dir.join("pipeline.toml")).unwrap();
+        let mut segments = vec![Vec::new()];
+        for line in std::fs::read_to_string(dir.join("events.ndjson"))
+            .unwrap()
+            .lines()
+        {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            if line == BATCH_MARK {
+                segments.push(Vec::new());
+                continue;
+            }
+            let event: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{}: bad event line {line}: {e}", dir.display()));
+            segments.last_mut().unwrap().push(event);
+        }
+        Case {
+            name: dir.file_name().unwrap().to_string_lossy().into_owned(),
+            dir: dir.to_path_buf(),
+            pipeline_text,
+            segments,
+        }
+    }
+
+    fn events(&self) -> Vec<Value> {
+        self.segments.concat()
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("pipeline.toml").exists())
+        .collect();
+    dirs.sort();
+    assert!(!dirs.is_empty(), "no golden cases under {}", root.display());
+    dirs.iter().map(|d| Case::load(d)).collect()
+}
+
+async fn start(case: &Case) -> (tempfile::TempDir, Tributary) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Tributary::configure_pipeline(dir.path(), "", 50, &case.pipeline_text);
+    let t = Tributary::start_config(dir.path(), config).await;
+    (dir, t)
+}
+
+/// Post one event; returns how many the stream accepted (0 or 1).
+async fn post(t: &Tributary, stream: &str, events: &[Value]) -> u64 {
+    let (status, body) = t.post(stream, &Value::Array(events.to_vec())).await;
+    assert!(
+        status == 200 || status == 400,
+        "ingest answered {status}: {body}"
+    );
+    body["accepted"].as_u64().unwrap_or(0)
+}
+
+/// Wait until the speed layer has read `n` events of `stream`.
+async fn speed_has(t: &Tributary, stream: &str, n: u64) {
+    t.wait_for("/api/v1/speed/stats", |s| {
+        s["streams"][stream]["events"].as_u64() == Some(n)
+    })
+    .await;
+}
+
+/// Batch runs until each view's answer comes wholly from the batch layer with `rows_in`
+/// covering `accepted` events per view (the archiver may still be flushing).
+async fn batch_covers(t: &Tributary, p: &Pipeline, stream: &str, accepted: u64) {
+    let views = p.views.iter().filter(|v| v.stream == stream).count() as u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let run = t.run_batch().await;
+        if run["rows_in"].as_u64() == Some(accepted * views) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "batch runs never covered {accepted} events: {run}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn view_answer(t: &Tributary, view: &str) -> Value {
+    let (status, answer) = t.get(&format!("/api/v1/views/{view}")).await;
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_cases_agree_across_layers() {
+    let bless = std::env::var("GOLDEN_BLESS").is_ok();
+    for case in cases() {
+        let p = pipeline(&case.pipeline_text).await;
+        let events = case.events();
+        let expected_path = case.dir.join("expected.json");
+        // The one-pass reference first: the layers are held to it and to the file.
+        let mut want = Map::new();
+        for v in &p.views {
+            want.insert(
+                v.name.clone(),
+                json!({
+                    "rows": reference(&p, v, &events).await,
+                    "late_events": late_events(&p, v, &events),
+                }),
+            );
+        }
+        let want = Value::Object(want);
+        if bless {
+            std::fs::write(
+                &expected_path,
+                serde_json::to_string_pretty(&want).unwrap() + "\n",
+            )
+            .unwrap();
+        }
+        let golden: Value = serde_json::from_str(
+            &std::fs::read_to_string(&expected_path).unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e} (GOLDEN_BLESS=1 writes it)",
+                    expected_path.display()
+                )
+            }),
+        )
+        .unwrap();
+        let expected_rows = |view: &str| -> Vec<Row> {
+            serde_json::from_value(golden[view]["rows"].clone()).unwrap()
+        };
+        for v in &p.views {
+            assert_same_rows(
+                &format!(
+                    "{}: {} golden file vs one-pass DataFusion",
+                    case.name, v.name
+                ),
+                &expected_rows(&v.name),
+                &serde_json::from_value::<Vec<Row>>(want[&v.name]["rows"].clone()).unwrap(),
+            );
+        }
+
+        // Speed layer alone, then batch layer alone.
+        let (_dir, t) = start(&case).await;
+        let mut accepted: std::collections::HashMap<String, u64> = Default::default();
+        for e in &events {
+            // Every stream of the case gets the event; a case has one stream.
+            let stream = &p.streams[0].name;
+            let n = accepted.entry(stream.clone()).or_default();
+            *n += post(&t, stream, std::slice::from_ref(e)).await;
+            speed_has(&t, stream, *n).await;
+        }
+        let (_, stats) = t.get("/api/v1/speed/stats").await;
+        for v in &p.views {
+            let answer = view_answer(&t, &v.name).await;
+            assert!(
+                sources(&answer).iter().all(|s| s == "speed"),
+                "{}: before any batch run every row is the speed layer's: {answer}",
+                case.name
+            );
+            assert_same_rows(
+                &format!("{}: {} speed layer alone", case.name, v.name),
+                &api_rows(v, &answer),
+                &expected_rows(&v.name),
+            );
+            let late = stats["views"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["view"] == v.name.as_str())
+                .unwrap()["late_events"]
+                .clone();
+            assert_eq!(
+                late, golden[&v.name]["late_events"],
+                "{}: {} late events",
+                case.name, v.name
+            );
+        }
+        let stream = p.streams[0].name.clone();
+        batch_covers(&t, &p, &stream, accepted[&stream]).await;
+        for v in &p.views {
+            let answer = view_answer(&t, &v.name).await;
+            assert!(
+                sources(&answer).iter().all(|s| s == "batch"),
+                "{}: after a batch run over every event each row is the batch layer's: {answer}",
+                case.name
+            );
+            assert_same_rows(
+                &format!("{}: {} batch layer alone", case.name, v.name),
+                &api_rows(v, &answer),
+                &expected_rows(&v.name),
+            );
+        }
+        drop(t);
+
+        // Merged: a batch run at each mark, the rest from the speed layer.
+        let (_dir, t) = start(&case).await;
+        let mut n = 0;
+        for (i, segment) in case.segments.iter().enumerate() {
+            if i > 0 {
+                batch_covers(&t, &p, &stream, n).await;
+            }
+            if !segment.is_empty() {
+                n += post(&t, &stream, segment).await;
+            }
+        }
+        speed_has(&t, &stream, n).await;
+        for v in &p.views {
+            let answer = view_answer(&t, &v.name).await;
+            assert!(answer["cutoff"].is_string(), "{}: {answer}", case.name);
+            let from = sources(&answer);
+            assert!(
+                from.iter().any(|s| s != "batch") && from.iter().any(|s| s != "speed"),
+                "{}: the merged answer should mix both layers: {answer}",
+                case.name
+            );
+            assert_same_rows(
+                &format!("{}: {} merged", case.name, v.name),
+                &api_rows(v, &answer),
+                &expected_rows(&v.name),
+            );
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Property: whatever events arrive (any order, any lateness, duplicates, invalid ones)
+//! and wherever batch runs fall between them, the merged answer of every view equals
+//! DataFusion running the view's SQL in one pass over every accepted event.
+//!
+//! One real `tributary up` serves all cases: each case adds events, so the reference is
+//! over every event accepted since the start.
+
+mod common;
+
+use common::Tributary;
+use common::views::{api_rows, pipeline, reference, same_rows};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use serde_json::{Value, json};
+
+const PIPELINE: &str = r#"
+[[streams]]
+name = "readings"
+event-time = "ts"
+key = "device"
+partitions = 3
+fields = [
+  { name = "device", type = "string" },
+  { name = "device_type", type = "string" },
+  { name = "signal", type = "float64" },
+  { name = "note", type = "string", nullable = true },
+  { name = "ts", type = "timestamp" },
+]
+
+[[views]]
+name = "iot"
+sql = """
+SELECT device_type, date_bin(INTERVAL '10 minutes', ts) AS window_start,
+       avg(signal) AS avg_signal, max(signal) AS max_signal, count(*) AS readings
+FROM readings WHERE signal > 15
+GROUP BY device_type, window_start
+"""
+
+[[views]]
+name = "hopping"
+allowed-lateness-ms = 600000
+sql = """
+SELECT device_type, hop(ts, INTERVAL '15 minutes', INTERVAL '5 minutes') AS window_start,
+       count(note) AS notes, min(signal) AS low, sum(signal) AS total,
+       approx_distinct(device) AS devices
+FROM readings
+GROUP BY device_type, window_start
+"""
+
+[[views]]
+name = "per_device"
+sql = """
+SELECT device, date_bin(INTERVAL '1 hour', ts) AS hour, count(*) AS n, min(device_type) AS kind
+FROM readings
+GROUP BY device, hour
+HAVING count(*) >= 2
+"""
+"#;
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// Post these events in one request.
+    Post(Vec<Value>),
+    /// Post again an event posted before (at this index, modulo their number).
+    Duplicate(usize),
+    BatchRun,
+}
+
+fn event() -> impl Strategy<Value = (Value, bool)> {
+    (
+        0..6u32,
+        0..3usize,
+        0..1000u32,
+        prop::option::of("[a-z]{1,3}"),
+        -180..180i64,
+        0..60u32,
+        0..12u32,
+    )
+        .prop_map(|(d, ty, signal, note, minutes, secs, invalid)| {
+            let ts = chrono::DateTime::parse_from_rfc3339("2026-05-01T12:00:00Z").unwrap()
+                + chrono::Duration::minutes(minutes)
+                + chrono::Duration::seconds(secs as i64);
+            let kind = ["pump", "fan", "valve"][ty];
+            let mut e = json!({
+                "device": format!("d{d}"),
+                "device_type": kind,
+                "signal": signal as f64 / 10.0,
+                "ts": ts.to_rfc3339(),
+            });
+            if let Some(n) = note {
+                e["note"] = json!(n);
+            }
+            // One in twelve is invalid and must count nowhere.
+            let valid = invalid != 0;
+            if !valid {
+                e["signal"] = json!("n/a");
+            }
+            (e, valid)
+        })
+}
+
+fn steps() -> impl Strategy<Value = Vec<(Step, Vec<bool>)>> {
+    let post = prop::collection::vec(event(), 1..25).prop_map(|evs| {
+        let (events, valid): (Vec<Value>, Vec<bool>) = evs.into_iter().unzip();
+        (Step::Post(events), valid)
+    });
+    let step = prop_oneof![
+        6 => post,
+        2 => any::<usize>().prop_map(|i| (Step::Duplicate(i), vec![])),
+        2 => Just((Step::BatchRun, vec![])),
+    ];
+    prop::collection::vec(step, 1..7)
+}
+
+#[test]
+fn merged_answers_equal_one_pass_sql_over_accepted_events() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let t = rt.block_on(async {
+        let config = Tributary::configure_pipeline(dir.path(), "", 50, PIPELINE);
+        Tributary::start_config(dir.path(), config).await
+    });
+    let p = rt.block_on(pipeline(PIPELINE));
+    let accepted = std::cell::RefCell::new(Vec::<Value>::new());
+
+    let mut runner = TestRunner::new(Config {
+        cases: 20,
+        max_shrink_iters: 16,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&steps(), |steps| {
+        let mut taken = accepted.take();
+        let result = rt.block_on(async {
+            let accepted = &mut taken;
+            for (step, valid) in steps {
+                match step {
+                    Step::Post(events) => {
+                        let (status, body) =
+                            t.post("readings", &Value::Array(events.clone())).await;
+                        let want = valid.iter().filter(|v| **v).count();
+                        prop_assert!(status == 200 || status == 400, "{status}: {body}");
+                        prop_assert_eq!(body["accepted"].as_u64(), Some(want as u64), "{}", body);
+                        accepted.extend(
+                            events
+                                .into_iter()
+                                .zip(valid)
+                                .filter(|(_, v)| *v)
+                                .map(|(e, _)| e),
+                        );
+                    }
+                    Step::Duplicate(i) => {
+                        if accepted.is_empty() {
+                            continue;
+                        }
+                        let e = accepted[i % accepted.len()].clone();
+                        let (status, body) = t.post("readings", &json!([e])).await;
+                        prop_assert_eq!(status, 200, "{}", body);
+                        accepted.push(e);
+                    }
+                    Step::BatchRun => {
+                        t.run_batch().await;
+                    }
+                }
+            }
+            let n = accepted.len() as u64;
+            t.wait_for("/api/v1/speed/stats", |s| {
+                s["streams"]["readings"]["events"].as_u64() == Some(n)
+            })
+            .await;
+            for v in &p.views {
+                let (status, answer) = t.get(&format!("/api/v1/views/{}", v.name)).await;
+                prop_assert_eq!(status, 200, "{}", answer);
+                let want = reference(&p, v, accepted).await;
+                let got = api_rows(v, &answer);
+                same_rows(&format!("view {} after {n} events", v.name), &got, &want)
+                    .map_err(TestCaseError::fail)?;
+            }
+            Ok(())
+        });
+        accepted.replace(taken);
+        result
+    });
+    if let Err(e) = result {
+        panic!("{e}\n--- tributary log ---\n{}", t.logs());
+    }
+}
