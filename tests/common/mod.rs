@@ -132,11 +132,22 @@ impl Tributary {
 
     /// Start (again) on a fresh port and wait until `/health` says every role is up.
     pub async fn restart(&mut self) {
-        let port = free_port();
+        self.start_on(free_port()).await;
+    }
+
+    /// Start again on the same port (others keep reaching it at the same address).
+    pub async fn restart_same_port(&mut self) {
+        let port: u16 = self.base.rsplit(':').next().unwrap().parse().unwrap();
+        self.start_on(port).await;
+    }
+
+    async fn start_on(&mut self, port: u16) {
         self.base = format!("http://127.0.0.1:{port}");
-        let log =
-            std::fs::File::create(self.dir.join(format!("tributary-{}-{port}.log", self.role)))
-                .unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("tributary-{}-{port}.log", self.role)))
+            .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tributary"));
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
