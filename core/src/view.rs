@@ -23,7 +23,7 @@ use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::MemTable;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::{SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::{ExecutionPlan, collect};
@@ -93,6 +93,9 @@ pub struct CompiledView {
     /// Input the partial plan reads: the stream's view schema plus `_src`.
     pub input_schema: SchemaRef,
     final_template: Arc<dyn ExecutionPlan>,
+    /// The partial side, planned once; each micro-batch only swaps its data source in.
+    partial_template: Arc<dyn ExecutionPlan>,
+    task_ctx: Arc<TaskContext>,
 }
 
 /// A DataFusion session that keeps the partial and final phases apart.
@@ -177,6 +180,8 @@ impl CompiledView {
             output_schema: physical.schema(),
             input_schema: input_schema(stream),
             final_template: physical,
+            partial_template: partial,
+            task_ctx: ctx.task_ctx(),
         })
     }
 
@@ -196,10 +201,34 @@ impl CompiledView {
         self.conform(batches)
     }
 
-    /// Run the partial side over in-memory batches in input-schema layout.
+    /// Run the partial side over in-memory batches in input-schema layout. The plan is
+    /// not made again: the compiled one gets these batches as its scan, so a small
+    /// micro-batch costs execution only.
     pub async fn run_partial_batches(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-        let table = MemTable::try_new(self.input_schema.clone(), vec![batches])?;
-        self.run_partial(Arc::new(table)).await
+        let mut batches = Some(batches);
+        let input = self.input_schema.clone();
+        let plan = self
+            .partial_template
+            .clone()
+            .transform_up(|node| {
+                if !node.children().is_empty() {
+                    return Ok(Transformed::no(node));
+                }
+                // The scan reads the columns the plan needs, by name.
+                let projection = node
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| input.index_of(f.name()))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                let data = batches.take().unwrap_or_default();
+                let scan =
+                    MemorySourceConfig::try_new_exec(&[data], input.clone(), Some(projection))?;
+                Ok(Transformed::yes(scan as Arc<dyn ExecutionPlan>))
+            })?
+            .data;
+        let out = collect(plan, self.task_ctx.clone()).await?;
+        self.conform(out)
     }
 
     /// The view's SQL run in one ordinary pass (optimizer on, no partial/final cut) over
