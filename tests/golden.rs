@@ -14,19 +14,26 @@ use serde_json::{Map, Value, json};
 use tributary_core::pipeline::Pipeline;
 
 const BATCH_MARK: &str = "# batch run";
+const WAIT_MARK: &str = "# wait ";
+
+enum Item {
+    Event(Value),
+    BatchRun,
+    /// Let this much ingest time pass (a dedup horizon, say).
+    Wait(Duration),
+}
 
 struct Case {
     name: String,
     dir: PathBuf,
     pipeline_text: String,
-    /// Events between batch-run marks.
-    segments: Vec<Vec<Value>>,
+    items: Vec<Item>,
 }
 
 impl Case {
     fn load(dir: &Path) -> Case {
         let pipeline_text = std::fs::read_to_string(dir.join("pipeline.toml")).unwrap();
-        let mut segments = vec![Vec::new()];
+        let mut items = Vec::new();
         for line in std::fs::read_to_string(dir.join("events.ndjson"))
             .unwrap()
             .lines()
@@ -36,23 +43,82 @@ impl Case {
                 continue;
             }
             if line == BATCH_MARK {
-                segments.push(Vec::new());
+                items.push(Item::BatchRun);
+                continue;
+            }
+            if let Some(ms) = line.strip_prefix(WAIT_MARK) {
+                items.push(Item::Wait(Duration::from_millis(ms.parse().unwrap())));
                 continue;
             }
             let event: Value = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("{}: bad event line {line}: {e}", dir.display()));
-            segments.last_mut().unwrap().push(event);
+            items.push(Item::Event(event));
         }
         Case {
             name: dir.file_name().unwrap().to_string_lossy().into_owned(),
             dir: dir.to_path_buf(),
             pipeline_text,
-            segments,
+            items,
         }
     }
 
     fn events(&self) -> Vec<Value> {
-        self.segments.concat()
+        self.items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Event(e) => Some(e.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The events that count under the stream's dedup rule, as the case is written: an
+    /// id repeats within the horizon unless a `# wait` longer than it came between (a
+    /// case keeps copies of one id on one key, hence one partition).
+    fn counted(&self, p: &Pipeline) -> Vec<Value> {
+        self.items
+            .iter()
+            .zip(self.counts(p))
+            .filter_map(|(item, counts)| match item {
+                Item::Event(e) if counts => Some(e.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Per item: whether it is an event that counts (accepted, and no repeat).
+    fn counts(&self, p: &Pipeline) -> Vec<bool> {
+        let stream = &p.streams[0];
+        let mut seen = std::collections::HashSet::new();
+        self.items
+            .iter()
+            .map(|item| match item {
+                // Invalid records are rejected at ingest: no layer sees their ids.
+                Item::Event(e) if stream.validate(e).is_err() => false,
+                Item::Event(e) => match (
+                    &stream.dedup,
+                    &e[&stream
+                        .dedup
+                        .as_ref()
+                        .map(|d| d.field.clone())
+                        .unwrap_or_default()],
+                ) {
+                    (None, _) | (_, Value::Null) => true,
+                    (Some(_), id) => seen.insert(id.to_string()),
+                },
+                Item::Wait(d) => {
+                    if stream
+                        .dedup
+                        .as_ref()
+                        .is_some_and(|s| d.as_micros() as i64 > s.horizon_us)
+                    {
+                        seen.clear();
+                    }
+                    false
+                }
+                Item::BatchRun => false,
+            })
+            .collect()
     }
 }
 
@@ -93,19 +159,19 @@ async fn speed_has(t: &Tributary, stream: &str, n: u64) {
     .await;
 }
 
-/// Batch runs until each view's answer comes wholly from the batch layer with `rows_in`
-/// covering `accepted` events per view (the archiver may still be flushing).
-async fn batch_covers(t: &Tributary, p: &Pipeline, stream: &str, accepted: u64) {
+/// Batch runs until `rows_in` covers `counted` events per view (accepted, repeats not
+/// counted): the archiver may still be flushing.
+async fn batch_covers(t: &Tributary, p: &Pipeline, stream: &str, counted: u64) {
     let views = p.views.iter().filter(|v| v.stream == stream).count() as u64;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let run = t.run_batch().await;
-        if run["rows_in"].as_u64() == Some(accepted * views) {
+        if run["rows_in"].as_u64() == Some(counted * views) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "batch runs never covered {accepted} events: {run}"
+            "batch runs never covered {counted} events: {run}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -122,7 +188,7 @@ async fn golden_cases_agree_across_layers() {
     let bless = std::env::var("GOLDEN_BLESS").is_ok();
     for case in cases() {
         let p = pipeline(&case.pipeline_text).await;
-        let events = case.events();
+        let events = case.counted(&p);
         let expected_path = case.dir.join("expected.json");
         // The one-pass reference first: the layers are held to it and to the file.
         let mut want = Map::new();
@@ -168,13 +234,17 @@ async fn golden_cases_agree_across_layers() {
 
         // Speed layer alone, then batch layer alone.
         let (_dir, t) = start(&case).await;
-        let mut accepted: std::collections::HashMap<String, u64> = Default::default();
-        for e in &events {
-            // Every stream of the case gets the event; a case has one stream.
-            let stream = &p.streams[0].name;
-            let n = accepted.entry(stream.clone()).or_default();
-            *n += post(&t, stream, std::slice::from_ref(e)).await;
-            speed_has(&t, stream, *n).await;
+        let stream = p.streams[0].name.clone();
+        let mut accepted = 0;
+        for item in &case.items {
+            match item {
+                Item::Event(e) => {
+                    accepted += post(&t, &stream, std::slice::from_ref(e)).await;
+                    speed_has(&t, &stream, accepted).await;
+                }
+                Item::Wait(d) => tokio::time::sleep(*d).await,
+                Item::BatchRun => {}
+            }
         }
         let (_, stats) = t.get("/api/v1/speed/stats").await;
         for v in &p.views {
@@ -202,8 +272,7 @@ async fn golden_cases_agree_across_layers() {
                 case.name, v.name
             );
         }
-        let stream = p.streams[0].name.clone();
-        batch_covers(&t, &p, &stream, accepted[&stream]).await;
+        batch_covers(&t, &p, &stream, events.len() as u64).await;
         for v in &p.views {
             let answer = view_answer(&t, &v.name).await;
             assert!(
@@ -222,13 +291,26 @@ async fn golden_cases_agree_across_layers() {
         // Merged: a batch run at each mark, the rest from the speed layer.
         let (_dir, t) = start(&case).await;
         let mut n = 0;
-        for (i, segment) in case.segments.iter().enumerate() {
-            if i > 0 {
-                batch_covers(&t, &p, &stream, n).await;
+        let mut counted = 0;
+        let mut pending = Vec::new();
+        for (item, counts) in case.items.iter().zip(case.counts(&p)) {
+            counted += counts as u64;
+            match item {
+                Item::Event(e) => pending.push(e.clone()),
+                other => {
+                    if !pending.is_empty() {
+                        n += post(&t, &stream, &std::mem::take(&mut pending)).await;
+                    }
+                    match other {
+                        Item::BatchRun => batch_covers(&t, &p, &stream, counted).await,
+                        Item::Wait(d) => tokio::time::sleep(*d).await,
+                        Item::Event(_) => unreachable!(),
+                    }
+                }
             }
-            if !segment.is_empty() {
-                n += post(&t, &stream, segment).await;
-            }
+        }
+        if !pending.is_empty() {
+            n += post(&t, &stream, &pending).await;
         }
         speed_has(&t, &stream, n).await;
         for v in &p.views {

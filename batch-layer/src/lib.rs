@@ -7,6 +7,7 @@
 //! [`views`] stores the states, with T, in a Delta table per view.
 
 pub mod archiver;
+pub mod dedup;
 pub mod error;
 pub mod recompute;
 pub mod schedule;

@@ -25,6 +25,7 @@ use tributary_core::time::{now_micros, rfc3339};
 use tributary_core::view::{CompiledView, SOURCE_BATCH, SOURCE_COLUMN, session};
 
 use crate::archiver::{archived_positions, open_master};
+use crate::dedup::{PlannedTable, without_repeats};
 use crate::error::BatchError;
 use crate::views;
 
@@ -246,14 +247,12 @@ impl Batch {
         let Some(master) = open_master(&self.storage, &view.stream).await? else {
             return Ok((Vec::new(), 0, None));
         };
-        let ctx = session();
-        master
-            .update_datafusion_session(&ctx.state())
-            .map_err(|e| BatchError::delta(format!("master table of `{}`", view.stream), e))?;
-        let provider = master
-            .table_provider()
-            .await
-            .map_err(|e| BatchError::delta(format!("master table of `{}`", view.stream), e))?;
+        let stream = self
+            .pipeline
+            .streams
+            .iter()
+            .find(|s| s.name == view.stream)
+            .expect("views read declared streams");
         let cutoff_lit = lit(ScalarValue::TimestampMicrosecond(
             Some(cutoff),
             Some(UTC.into()),
@@ -268,13 +267,43 @@ impl Batch {
             .map(|f| cast(col(f.name().as_str()), f.data_type().clone()).alias(f.name()))
             .chain(std::iter::once(lit(SOURCE_BATCH).alias(SOURCE_COLUMN)))
             .collect();
-        let df = ctx
-            .read_table(provider)
-            .map_err(verr)?
-            .filter(col(INGEST_TS).lt(cutoff_lit))
-            .map_err(verr)?
-            .select(columns)
-            .map_err(verr)?;
+        let what = || format!("master table of `{}`", view.stream);
+        let ctx = session();
+        let df = match &stream.dedup {
+            None => {
+                master
+                    .update_datafusion_session(&ctx.state())
+                    .map_err(|e| BatchError::delta(what(), e))?;
+                let provider = master
+                    .table_provider()
+                    .await
+                    .map_err(|e| BatchError::delta(what(), e))?;
+                ctx.read_table(provider)
+                    .map_err(verr)?
+                    .filter(col(INGEST_TS).lt(cutoff_lit))
+                    .map_err(verr)?
+                    .select(columns)
+                    .map_err(verr)?
+            }
+            Some(spec) => {
+                let ordinary = datafusion::prelude::SessionContext::new();
+                master
+                    .update_datafusion_session(&ordinary.state())
+                    .map_err(|e| BatchError::delta(what(), e))?;
+                let provider = master
+                    .table_provider()
+                    .await
+                    .map_err(|e| BatchError::delta(what(), e))?;
+                let deduplicated = ordinary
+                    .read_table(provider)
+                    .and_then(|df| df.filter(col(INGEST_TS).lt(cutoff_lit)))
+                    .and_then(|df| without_repeats(df, spec))
+                    .and_then(|df| df.select(columns))
+                    .map_err(verr)?;
+                let table = PlannedTable::new(deduplicated);
+                ctx.read_table(Arc::new(table)).map_err(verr)?
+            }
+        };
         let (rows, max_event_ts) = count_and_max(df.clone(), &view.event_time)
             .await
             .map_err(verr)?;

@@ -317,10 +317,19 @@ pub struct StreamConfig {
     pub key: Option<String>,
     #[serde(default = "default_partitions")]
     pub partitions: u32,
+    /// A field that identifies an event: a record whose id was already seen in the
+    /// same partition within `dedup-horizon-ms` of ingest time counts once.
+    #[serde(default)]
+    pub id_field: Option<String>,
+    #[serde(default = "default_dedup_horizon_ms")]
+    pub dedup_horizon_ms: u64,
 }
 
 fn default_partitions() -> u32 {
     1
+}
+fn default_dedup_horizon_ms() -> u64 {
+    3_600_000
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod error;
+mod fast_json;
 pub mod log;
 pub mod pipeline;
 pub mod schema;

@@ -106,11 +106,24 @@ pub struct StreamSchema {
     pub event_time: String,
     pub key: Option<String>,
     pub partitions: u32,
+    /// Duplicates of an id within a horizon count once (see [`DedupSpec`]).
+    pub dedup: Option<DedupSpec>,
+}
+
+/// A stream's dedup rule, the same in both layers: a record counts unless an earlier
+/// record of the same partition with the same (non-null) id was ingested within
+/// `horizon_us` before it. It is a function of the log alone, so the speed layer (a map
+/// of recent ids) and the batch layer (`lag(_ingest_ts)` over partition and id in
+/// offset order) decide every record the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupSpec {
+    pub field: String,
+    pub horizon_us: i64,
 }
 
 /// One parsed field value, before it goes into an Arrow builder.
 #[derive(Debug, Clone, PartialEq)]
-enum Scalar {
+pub(crate) enum Scalar {
     Null,
     Str(String),
     Int(i64),
@@ -184,12 +197,33 @@ impl StreamSchema {
                 cfg.name
             ));
         }
+        let dedup = match &cfg.id_field {
+            None => None,
+            Some(id) => {
+                if !fields.iter().any(|f| &f.name == id) {
+                    return Err(format!(
+                        "{key}.id-field: `{id}` is not a field of stream `{}`",
+                        cfg.name
+                    ));
+                }
+                if cfg.dedup_horizon_ms == 0 {
+                    return Err(format!(
+                        "{key}.dedup-horizon-ms: must be positive when id-field is set"
+                    ));
+                }
+                Some(DedupSpec {
+                    field: id.clone(),
+                    horizon_us: (cfg.dedup_horizon_ms as i64).saturating_mul(1000),
+                })
+            }
+        };
         Ok(StreamSchema {
             name: cfg.name.clone(),
             fields,
             event_time: cfg.event_time.clone(),
             key: cfg.key.clone(),
             partitions: cfg.partitions,
+            dedup,
         })
     }
 
@@ -240,7 +274,7 @@ impl StreamSchema {
         }
     }
 
-    fn parse(&self, value: &Value) -> std::result::Result<Vec<Scalar>, FieldError> {
+    pub(crate) fn parse(&self, value: &Value) -> std::result::Result<Vec<Scalar>, FieldError> {
         let obj: &Map<String, Value> = value.as_object().ok_or_else(|| {
             FieldError::new("", format!("expected a JSON object, got {}", kind(value)))
         })?;
@@ -428,13 +462,40 @@ impl BatchDecoder {
         payload: &[u8],
         pos: LogPosition,
     ) -> std::result::Result<(), FieldError> {
+        if let Some(scalars) = crate::fast_json::parse(&self.schema, payload) {
+            self.append(scalars, pos);
+            return Ok(());
+        }
         let value: Value = serde_json::from_slice(payload)
             .map_err(|e| FieldError::new("", format!("malformed JSON: {e}")))?;
         self.push(&value, pos)
     }
 
+    /// Parse one raw record and append it if `keep` says so (given the parsed, valid
+    /// record); returns whether it was appended. Invalid records never reach `keep`.
+    pub fn push_bytes_if(
+        &mut self,
+        payload: &[u8],
+        pos: LogPosition,
+        keep: impl FnOnce(&Value) -> bool,
+    ) -> std::result::Result<bool, FieldError> {
+        let value: Value = serde_json::from_slice(payload)
+            .map_err(|e| FieldError::new("", format!("malformed JSON: {e}")))?;
+        let scalars = self.schema.parse(&value)?;
+        if !keep(&value) {
+            return Ok(false);
+        }
+        self.append(scalars, pos);
+        Ok(true)
+    }
+
     pub fn push(&mut self, value: &Value, pos: LogPosition) -> std::result::Result<(), FieldError> {
         let scalars = self.schema.parse(value)?;
+        self.append(scalars, pos);
+        Ok(())
+    }
+
+    fn append(&mut self, scalars: Vec<Scalar>, pos: LogPosition) {
         for (b, s) in self.columns.iter_mut().zip(scalars) {
             match (b, s) {
                 (ColumnBuilder::Str(b), Scalar::Str(v)) => b.append_value(v),
@@ -454,7 +515,6 @@ impl BatchDecoder {
         self.partition.append_value(pos.partition as i32);
         self.offset.append_value(pos.offset as i64);
         self.rows += 1;
-        Ok(())
     }
 
     /// Take the rows appended so far as one batch, leaving the decoder empty.
@@ -511,6 +571,8 @@ mod tests {
             event_time: "ts".into(),
             key: Some("device".into()),
             partitions: 4,
+            id_field: None,
+            dedup_horizon_ms: 0,
         };
         StreamSchema::from_config(&cfg, "streams[0]").unwrap()
     }

@@ -66,6 +66,8 @@ async fn a_log_that_cannot_write_gives_503_with_retry_after() {
             event_time: "ts".into(),
             key: None,
             partitions: 1,
+            id_field: None,
+            dedup_horizon_ms: 0,
         },
         "streams[0]",
     )

@@ -7,6 +7,7 @@
 //! covers. It is disposable: on start it rebuilds from the log, starting at the batch
 //! cutoff.
 
+pub mod dedup;
 pub mod remote;
 pub mod server;
 pub mod source;
@@ -27,6 +28,7 @@ use tributary_core::schema::{BatchDecoder, LogPosition};
 use tributary_core::shutdown::Shutdown;
 use tributary_core::view::{SOURCE_SPEED, tag_source};
 
+pub use dedup::Deduplicator;
 pub use source::{Snapshot, SpeedSource};
 pub use store::{SpeedSnapshot, StateStore, ViewStats, ViewStore};
 
@@ -62,6 +64,8 @@ pub struct StreamProgress {
     pub ingest_ts: AtomicI64,
     pub events: AtomicU64,
     pub invalid: AtomicU64,
+    /// Records counted once already under the stream's dedup rule.
+    pub duplicates: AtomicU64,
     pub last_batch_events: AtomicU64,
     pub last_batch_micros: AtomicU64,
     /// Records in the log not yet read, over all partitions (sampled each second).
@@ -84,6 +88,7 @@ pub struct StreamStats {
     pub ingest_ts: i64,
     pub events: u64,
     pub invalid: u64,
+    pub duplicates: u64,
     pub last_batch_events: u64,
     pub last_batch_micros: u64,
     pub lag: u64,
@@ -137,6 +142,7 @@ impl SpeedLayer {
                             ingest_ts: p.ingest_ts.load(Ordering::Relaxed),
                             events: p.events.load(Ordering::Relaxed),
                             invalid: p.invalid.load(Ordering::Relaxed),
+                            duplicates: p.duplicates.load(Ordering::Relaxed),
                             last_batch_events: p.last_batch_events.load(Ordering::Relaxed),
                             last_batch_micros: p.last_batch_micros.load(Ordering::Relaxed),
                             lag: p.lag.load(Ordering::Relaxed),
@@ -169,12 +175,18 @@ pub async fn run(
     // Start each partition at the oldest cutoff of the stream's views: everything
     // below it is in every view's batch states already.
     let mut positions: HashMap<(String, u32), u64> = HashMap::new();
+    let mut dedups: HashMap<String, Deduplicator> = HashMap::new();
     for s in &pipeline.streams {
-        let start = pipeline
+        let mut start = pipeline
             .views_of(&s.name)
             .filter_map(|v| layer.store.view(&v.name).map(|st| st.cutoff()))
             .min()
             .unwrap_or(i64::MIN);
+        if let Some(spec) = &s.dedup {
+            // Ids seen within the horizon before the cutoff decide what counts above it.
+            start = start.saturating_sub(spec.horizon_us);
+            dedups.insert(s.name.clone(), Deduplicator::new(spec.clone()));
+        }
         for p in 0..s.partitions {
             let found = retry_unavailable("speed layer start", &shutdown, || {
                 log.offset_for_ingest_ts(&s.name, p, start)
@@ -233,12 +245,21 @@ pub async fn run(
                         offset: r.offset,
                         ingest_ts: r.ingest_ts,
                     };
-                    if dec.push_bytes(&r.payload, at).is_err() {
+                    let pushed = match dedups.get_mut(&s.name) {
+                        Some(d) => dec.push_bytes_if(&r.payload, at, |v| d.keep(p, r.ingest_ts, v)),
+                        None => dec.push_bytes(&r.payload, at).map(|_| true),
+                    };
+                    let progress = &layer.progress[&s.name];
+                    match pushed {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            progress.duplicates.fetch_add(1, Ordering::Relaxed);
+                        }
                         // Invalid records written straight into the log are the
                         // archiver's to dead-letter; views never see them.
-                        layer.progress[&s.name]
-                            .invalid
-                            .fetch_add(1, Ordering::Relaxed);
+                        Err(_) => {
+                            progress.invalid.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     read_events += 1;
                 }

@@ -236,6 +236,8 @@ mod tests {
                 event_time: "ts".into(),
                 key: None,
                 partitions: 1,
+                id_field: None,
+                dedup_horizon_ms: 0,
             },
             "streams[0]",
         )

@@ -22,6 +22,8 @@ fn readings() -> StreamSchema {
             event_time: "ts".into(),
             key: Some("device".into()),
             partitions: 2,
+            id_field: None,
+            dedup_horizon_ms: 0,
         },
         "streams[0]",
     )

@@ -1,0 +1,240 @@
+//! A fast path for decoding a record that is valid: serde visits the JSON object and
+//! turns each field straight into its typed value, without building a `serde_json::Value`
+//! tree (a map, a string and a number per field, per record).
+//!
+//! It only ever says "valid, and these are the values" or "don't know": whenever it
+//! declines, the caller runs the full validator, which either finds the record valid
+//! after all or gives the precise error. So every record it accepts must decode to the
+//! same values the validator would give; the unit tests hold it to that.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+use crate::schema::{FieldType, Scalar, StreamSchema};
+
+/// The record's values in field order, or `None` to let the validator decide.
+pub(crate) fn parse(schema: &StreamSchema, payload: &[u8]) -> Option<Vec<Scalar>> {
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let slots = RecordSeed { schema }.deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    let mut out = Vec::with_capacity(slots.len());
+    for (f, slot) in schema.fields.iter().zip(slots) {
+        match slot {
+            Some(Scalar::Null) | None if f.nullable => out.push(Scalar::Null),
+            Some(Scalar::Null) | None => return None,
+            Some(v) => out.push(v),
+        }
+    }
+    Some(out)
+}
+
+struct RecordSeed<'s> {
+    schema: &'s StreamSchema,
+}
+
+/// A decline, carried through serde as an error.
+#[derive(Debug)]
+struct Decline;
+
+impl fmt::Display for Decline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("left to the validator")
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
+    type Value = Vec<Option<Scalar>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordSeed<'_> {
+    type Value = Vec<Option<Scalar>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut slots: Vec<Option<Scalar>> = vec![None; self.schema.fields.len()];
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let Some(i) = self.schema.fields.iter().position(|f| f.name == *key) else {
+                // Unknown fields are an error the validator words.
+                let _ = map.next_value::<IgnoredAny>()?;
+                return Err(serde::de::Error::custom(Decline));
+            };
+            // Like a JSON object read into a map, the last of repeated keys wins.
+            slots[i] = Some(map.next_value_seed(FieldSeed {
+                field_type: self.schema.fields[i].field_type,
+            })?);
+        }
+        Ok(slots)
+    }
+}
+
+struct FieldSeed {
+    field_type: FieldType,
+}
+
+impl<'de> DeserializeSeed<'de> for FieldSeed {
+    type Value = Scalar;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+fn decline<E: serde::de::Error>() -> E {
+    E::custom(Decline)
+}
+
+impl<'de> Visitor<'de> for FieldSeed {
+    type Value = Scalar;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field value")
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Null)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Scalar, E> {
+        match self.field_type {
+            FieldType::Bool => Ok(Scalar::Bool(v)),
+            _ => Err(decline()),
+        }
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scalar, E> {
+        match self.field_type {
+            FieldType::Int64 => Ok(Scalar::Int(v)),
+            FieldType::Float64 => Ok(Scalar::Float(v as f64)),
+            FieldType::Timestamp => v.checked_mul(1000).map(Scalar::Ts).ok_or_else(decline),
+            _ => Err(decline()),
+        }
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scalar, E> {
+        match (self.field_type, i64::try_from(v)) {
+            (FieldType::Float64, _) => Ok(Scalar::Float(v as f64)),
+            (_, Ok(v)) => self.visit_i64(v),
+            (_, Err(_)) => Err(decline()),
+        }
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Scalar, E> {
+        match self.field_type {
+            FieldType::Float64 => Ok(Scalar::Float(v)),
+            _ => Err(decline()),
+        }
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar, E> {
+        match self.field_type {
+            FieldType::String => Ok(Scalar::Str(v.to_string())),
+            FieldType::Timestamp => DateTime::parse_from_rfc3339(v)
+                .map(|t| Scalar::Ts(t.with_timezone(&Utc).timestamp_micros()))
+                .map_err(|_| decline()),
+            _ => Err(decline()),
+        }
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Scalar, A::Error> {
+        Err(decline())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Scalar, A::Error> {
+        Err(decline())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FieldConfig, StreamConfig};
+    use crate::schema::{BatchDecoder, LogPosition};
+
+    fn schema() -> StreamSchema {
+        let f = |n: &str, t: &str, nullable: bool| FieldConfig {
+            name: n.into(),
+            field_type: t.into(),
+            nullable,
+        };
+        StreamSchema::from_config(
+            &StreamConfig {
+                name: "s".into(),
+                fields: vec![
+                    f("s", "string", false),
+                    f("i", "int64", false),
+                    f("x", "float64", false),
+                    f("b", "bool", true),
+                    f("ts", "timestamp", false),
+                ],
+                event_time: "ts".into(),
+                key: None,
+                partitions: 1,
+                id_field: None,
+                dedup_horizon_ms: 0,
+            },
+            "streams[0]",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn accepts_exactly_what_the_validator_accepts_with_the_same_values() {
+        let s = schema();
+        let records = [
+            r#"{"s":"a","i":1,"x":2.5,"b":true,"ts":"2026-01-01T00:00:00Z"}"#,
+            r#"{"s":"a\u00e9\"","i":-7,"x":3,"ts":1767225600000}"#,
+            r#"{"ts":"2026-01-01T01:00:00+01:00","x":1e3,"i":9223372036854775807,"s":"","b":null}"#,
+            r#"{"s":"a","i":1,"x":18446744073709551615,"ts":"2026-01-01T00:00:00.123456Z"}"#,
+            r#"{"s":"a","s":"b","i":1,"x":1.0,"ts":0}"#,
+            r#"{"s":"a","i":1.0,"x":1,"ts":0}"#,
+            r#"{"s":"a","i":9223372036854775808,"x":1,"ts":0}"#,
+            r#"{"s":"a","i":1,"x":"1","ts":0}"#,
+            r#"{"s":"a","i":1,"x":1,"ts":"2026-01-01"}"#,
+            r#"{"s":"a","i":1,"x":1,"ts":1e3}"#,
+            r#"{"s":"a","i":1,"x":1,"ts":9223372036854775807}"#,
+            r#"{"s":"a","i":1,"x":1}"#,
+            r#"{"s":null,"i":1,"x":1,"ts":0}"#,
+            r#"{"s":"a","i":1,"x":1,"ts":0,"extra":1}"#,
+            r#"{"s":["a"],"i":1,"x":1,"ts":0}"#,
+            r#"{"s":"a","i":1,"x":1,"ts":0,"b":1}"#,
+            r#"[1]"#,
+            r#"{"s":"a","i":1,"x":1,"ts":0} trailing"#,
+            r#"not json"#,
+        ];
+        let at = LogPosition {
+            partition: 0,
+            offset: 0,
+            ingest_ts: 0,
+        };
+        for r in records {
+            let fast = parse(&s, r.as_bytes());
+            let slow = serde_json::from_str::<serde_json::Value>(r)
+                .ok()
+                .and_then(|v| s.parse(&v).ok());
+            match (&fast, &slow) {
+                (Some(f), Some(v)) => assert_eq!(f, v, "{r}"),
+                (Some(_), None) => panic!("fast path accepted what the validator refuses: {r}"),
+                // Declining is always allowed; the validator decides.
+                (None, _) => {}
+            }
+            let mut d = BatchDecoder::new(&s, false);
+            assert_eq!(
+                d.push_bytes(r.as_bytes(), at).is_ok(),
+                slow.is_some(),
+                "{r}"
+            );
+        }
+        // The common shapes take the fast path.
+        assert!(parse(&s, records[0].as_bytes()).is_some());
+        assert!(parse(&s, records[1].as_bytes()).is_some());
+    }
+}

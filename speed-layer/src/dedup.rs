@@ -1,0 +1,82 @@
+//! The speed layer's half of a stream's dedup rule ([`DedupSpec`]): the newest ingest
+//! time of every id seen in each partition within the horizon.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+use tributary_core::schema::DedupSpec;
+
+/// Forget ids this many records after the last sweep at the earliest.
+const SWEEP_EVERY: usize = 100_000;
+
+#[derive(Debug)]
+pub struct Deduplicator {
+    spec: DedupSpec,
+    last_seen: HashMap<(u32, String), i64>,
+    newest: i64,
+    since_sweep: usize,
+}
+
+impl Deduplicator {
+    pub fn new(spec: DedupSpec) -> Self {
+        Deduplicator {
+            spec,
+            last_seen: HashMap::new(),
+            newest: i64::MIN,
+            since_sweep: 0,
+        }
+    }
+
+    /// Whether a valid record counts; records must come in log order per partition.
+    pub fn keep(&mut self, partition: u32, ingest_ts: i64, record: &Value) -> bool {
+        let id = match record.get(&self.spec.field) {
+            None | Some(Value::Null) => return true,
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+        };
+        self.newest = self.newest.max(ingest_ts);
+        self.since_sweep += 1;
+        if self.since_sweep >= SWEEP_EVERY && self.last_seen.len() >= SWEEP_EVERY {
+            let horizon = self.newest.saturating_sub(self.spec.horizon_us);
+            self.last_seen.retain(|_, t| *t >= horizon);
+            self.since_sweep = 0;
+        }
+        let previous = self.last_seen.insert((partition, id), ingest_ts);
+        previous.is_none_or(|t| t < ingest_ts.saturating_sub(self.spec.horizon_us))
+    }
+
+    /// Ids remembered (for the state-size report).
+    pub fn len(&self) -> usize {
+        self.last_seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last_seen.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn repeats_within_the_horizon_of_the_previous_one_count_once() {
+        let mut d = Deduplicator::new(DedupSpec {
+            field: "id".into(),
+            horizon_us: 1_000,
+        });
+        let e = |id: Value| json!({ "id": id });
+        assert!(d.keep(0, 0, &e(json!("a"))));
+        assert!(!d.keep(0, 500, &e(json!("a"))));
+        // Sliding: within the horizon of the previous copy, though not of the first.
+        assert!(!d.keep(0, 1_400, &e(json!("a"))));
+        assert!(d.keep(0, 2_401, &e(json!("a"))));
+        // Other partitions and null ids are never duplicates.
+        assert!(d.keep(1, 2_402, &e(json!("a"))));
+        assert!(d.keep(0, 2_403, &e(Value::Null)));
+        assert!(d.keep(0, 2_404, &e(Value::Null)));
+        assert!(d.keep(0, 2_405, &e(json!(7))));
+        assert!(!d.keep(0, 2_406, &e(json!(7))));
+    }
+}
