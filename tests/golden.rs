@@ -62,16 +62,6 @@ impl Case {
         }
     }
 
-    fn events(&self) -> Vec<Value> {
-        self.items
-            .iter()
-            .filter_map(|i| match i {
-                Item::Event(e) => Some(e.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
     /// The events that count under the stream's dedup rule, as the case is written: an
     /// id repeats within the horizon unless a `# wait` longer than it came between (a
     /// case keeps copies of one id on one key, hence one partition).
