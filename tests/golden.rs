@@ -126,6 +126,14 @@ fn cases() -> Vec<Case> {
 
 async fn start(case: &Case) -> (tempfile::TempDir, Tributary) {
     let dir = tempfile::tempdir().unwrap();
+    // Dimension tables of the case live beside it; Tributary finds them under its root.
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    for f in std::fs::read_dir(&case.dir).unwrap().flatten() {
+        let name = f.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".csv") || name.ends_with(".parquet") {
+            std::fs::copy(f.path(), dir.path().join("data").join(&name)).unwrap();
+        }
+    }
     let config = Tributary::configure_pipeline(dir.path(), "", 50, &case.pipeline_text);
     let t = Tributary::start_config(dir.path(), config).await;
     (dir, t)
@@ -177,7 +185,12 @@ async fn view_answer(t: &Tributary, view: &str) -> Value {
 async fn golden_cases_agree_across_layers() {
     let bless = std::env::var("GOLDEN_BLESS").is_ok();
     for case in cases() {
-        let p = pipeline(&case.pipeline_text).await;
+        let p = pipeline(&format!(
+            "storage-root = \"{}\"\n{}",
+            case.dir.display(),
+            case.pipeline_text
+        ))
+        .await;
         let events = case.counted(&p);
         let expected_path = case.dir.join("expected.json");
         // The one-pass reference first: the layers are held to it and to the file.

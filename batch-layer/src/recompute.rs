@@ -195,6 +195,7 @@ impl Batch {
     ) -> Result<(i64, u64, u64), BatchError> {
         let total = self.pipeline.views.len() as u64 + 1;
         progress.stage("choosing the cutoff", 0, total);
+        self.pipeline.refresh_tables().await;
         let mut cutoffs = std::collections::HashMap::new();
         for s in &self.pipeline.streams {
             cutoffs.insert(s.name.clone(), self.stream_cutoff(s).await?);

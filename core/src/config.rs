@@ -52,6 +52,29 @@ pub struct Config {
     pub streams: Vec<StreamConfig>,
     #[serde(default)]
     pub views: Vec<ViewConfig>,
+    /// Static dimension tables views may join with.
+    #[serde(default)]
+    pub tables: Vec<TableConfig>,
+}
+
+/// A dimension table: a CSV or Parquet file or a Delta table, reloaded when it changes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TableConfig {
+    pub name: String,
+    /// Relative paths are under `storage-root`.
+    pub path: PathBuf,
+    /// Inferred from the path (`.csv`, `.parquet`, a directory with `_delta_log`).
+    #[serde(default)]
+    pub format: Option<DimensionFormat>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DimensionFormat {
+    Csv,
+    Parquet,
+    Delta,
 }
 
 fn default_storage_root() -> PathBuf {

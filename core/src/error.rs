@@ -21,6 +21,8 @@ pub enum CoreError {
     Log(String),
     #[error("event log is unavailable: {0}")]
     LogUnavailable(String),
+    #[error("table `{path}`: {message}")]
+    Table { path: String, message: String },
     #[error("query engine: {0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error("arrow: {0}")]

@@ -5,6 +5,7 @@
 //! plan, the event-log trait, the storage layout, and the named-task shutdown helper.
 
 pub mod config;
+pub mod dimension;
 pub mod error;
 mod fast_json;
 pub mod log;

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigSource};
+use crate::dimension::DimensionTable;
 use crate::error::{CoreError, Result};
 use crate::schema::StreamSchema;
 use crate::view::CompiledView;
@@ -12,6 +13,7 @@ use crate::view::CompiledView;
 pub struct Pipeline {
     pub streams: Vec<StreamSchema>,
     pub views: Vec<Arc<CompiledView>>,
+    pub tables: Vec<Arc<DimensionTable>>,
 }
 
 impl Pipeline {
@@ -40,6 +42,35 @@ impl Pipeline {
         if streams.is_empty() {
             return Err(fail("streams".into(), "declare at least one stream".into()));
         }
+        let mut tables: Vec<Arc<DimensionTable>> = Vec::new();
+        for (i, t) in config.tables.iter().enumerate() {
+            let key = format!("tables[{i}]");
+            if !t
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                || t.name.is_empty()
+            {
+                return Err(fail(
+                    format!("{key}.name"),
+                    format!(
+                        "`{}` is not a valid table name (letters, digits and _ only)",
+                        t.name
+                    ),
+                ));
+            }
+            if streams.iter().any(|s| s.name == t.name) || tables.iter().any(|x| x.name == t.name) {
+                return Err(fail(
+                    format!("{key}.name"),
+                    format!("`{}` is already the name of a stream or table", t.name),
+                ));
+            }
+            let table =
+                DimensionTable::load(&t.name, &t.path, t.format, &config.storage_root, &key)
+                    .await
+                    .map_err(|m| fail(key.clone(), m))?;
+            tables.push(Arc::new(table));
+        }
         let mut views: Vec<Arc<CompiledView>> = Vec::new();
         for (i, v) in config.views.iter().enumerate() {
             let key = format!("views[{i}]");
@@ -63,16 +94,18 @@ impl Pipeline {
                     ),
                 ));
             }
-            let compiled = CompiledView::compile(v, &streams).await.map_err(|e| {
-                let message = match e {
-                    CoreError::View { message, .. } => message,
-                    other => other.to_string(),
-                };
-                fail(
-                    format!("{key}.sql"),
-                    format!("view `{}`: {message}", v.name),
-                )
-            })?;
+            let compiled = CompiledView::compile_with(v, &streams, &tables)
+                .await
+                .map_err(|e| {
+                    let message = match e {
+                        CoreError::View { message, .. } => message,
+                        other => other.to_string(),
+                    };
+                    fail(
+                        format!("{key}.sql"),
+                        format!("view `{}`: {message}", v.name),
+                    )
+                })?;
             views.push(Arc::new(compiled));
         }
         if config.generator.enabled && !streams.iter().any(|s| s.name == config.generator.stream) {
@@ -81,7 +114,18 @@ impl Pipeline {
                 format!("`{}` is not a declared stream", config.generator.stream),
             ));
         }
-        Ok(Pipeline { streams, views })
+        Ok(Pipeline {
+            streams,
+            views,
+            tables,
+        })
+    }
+
+    /// Reload dimension tables that changed (each checked at most every few seconds).
+    pub async fn refresh_tables(&self) {
+        for t in &self.tables {
+            t.refresh().await;
+        }
     }
 
     pub fn stream(&self, name: &str) -> Option<&StreamSchema> {

@@ -23,9 +23,11 @@ use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::MemTable;
 use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::{SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::{
@@ -37,6 +39,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use std::ops::ControlFlow;
 
 use crate::config::ViewConfig;
+use crate::dimension::{DIMENSION_KEY, DimensionTable};
 use crate::error::{CoreError, Result};
 use crate::schema::StreamSchema;
 use crate::window::{
@@ -93,6 +96,8 @@ pub struct CompiledView {
     /// Input the partial plan reads: the stream's view schema plus `_src`.
     pub input_schema: SchemaRef,
     final_template: Arc<dyn ExecutionPlan>,
+    /// Dimension tables the view may join with (their current rows at each run).
+    tables: Vec<Arc<DimensionTable>>,
     /// The partial side, planned once; each micro-batch only swaps its data source in.
     partial_template: Arc<dyn ExecutionPlan>,
     task_ctx: Arc<TaskContext>,
@@ -136,6 +141,15 @@ impl CompiledView {
     /// Compile `cfg` against the declared streams. `key` is the configuration path
     /// (e.g. `views[0]`) used in error messages.
     pub async fn compile(cfg: &ViewConfig, streams: &[StreamSchema]) -> Result<CompiledView> {
+        Self::compile_with(cfg, streams, &[]).await
+    }
+
+    /// Compile with dimension tables the view may join its stream with.
+    pub async fn compile_with(
+        cfg: &ViewConfig,
+        streams: &[StreamSchema],
+        tables: &[Arc<DimensionTable>],
+    ) -> Result<CompiledView> {
         let err = |message: String| CoreError::View {
             view: cfg.name.clone(),
             message,
@@ -148,12 +162,13 @@ impl CompiledView {
             let table = MemTable::try_new(schema, vec![vec![]])?;
             ctx.register_table(s.name.as_str(), Arc::new(table))?;
         }
+        register_tables(&ctx, tables)?;
         let logical = ctx
             .state()
             .create_logical_plan(&exec_sql)
             .await
             .map_err(|e| err(format!("SQL does not plan: {}", strip_df(&e))))?;
-        let shape = check_shape(&logical, streams).map_err(err)?;
+        let shape = check_shape(&logical, streams, tables).map_err(err)?;
         let physical = ctx
             .state()
             .create_physical_plan(&logical)
@@ -180,6 +195,7 @@ impl CompiledView {
             output_schema: physical.schema(),
             input_schema: input_schema(stream),
             final_template: physical,
+            tables: tables.to_vec(),
             partial_template: partial,
             task_ctx: ctx.task_ctx(),
         })
@@ -191,6 +207,7 @@ impl CompiledView {
     pub async fn run_partial(&self, source: Arc<dyn TableProvider>) -> Result<Vec<RecordBatch>> {
         let ctx = session();
         ctx.register_table(self.stream.as_str(), source)?;
+        register_tables(&ctx, &self.tables)?;
         let logical = ctx.state().create_logical_plan(&self.exec_sql).await?;
         let physical = ctx.state().create_physical_plan(&logical).await?;
         let partial = find_partial(&physical).ok_or_else(|| CoreError::View {
@@ -214,19 +231,33 @@ impl CompiledView {
                 if !node.children().is_empty() {
                     return Ok(Transformed::no(node));
                 }
-                // The scan reads the columns the plan needs, by name.
-                let projection = node
-                    .schema()
-                    .fields()
-                    .iter()
-                    .map(|f| input.index_of(f.name()))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                let data = batches.take().unwrap_or_default();
-                let scan =
-                    MemorySourceConfig::try_new_exec(&[data], input.clone(), Some(projection))?;
+                // A dimension table's scan reads its current rows; the stream's scan
+                // reads the micro-batch. Each keeps the columns it was planned with.
+                let Some(planned) = node
+                    .downcast_ref::<DataSourceExec>()
+                    .and_then(|d| d.data_source().downcast_ref::<MemorySourceConfig>())
+                else {
+                    return Ok(Transformed::no(node));
+                };
+                let table = planned.original_schema();
+                let (source, data) = match table.metadata().get(DIMENSION_KEY) {
+                    Some(name) => {
+                        let table = self
+                            .tables
+                            .iter()
+                            .find(|t| &t.name == name)
+                            .expect("compiled with this table");
+                        (table.schema.clone(), table.batches().as_ref().clone())
+                    }
+                    None => (input.clone(), batches.take().unwrap_or_default()),
+                };
+                let projection = planned.projection().clone();
+                let scan = MemorySourceConfig::try_new_exec(&[data], source, projection)?;
                 Ok(Transformed::yes(scan as Arc<dyn ExecutionPlan>))
             })?
             .data;
+        // Operators that keep state in the plan (a hash join's build side) start afresh.
+        let plan = reset_plan_states(plan)?;
         let out = collect(plan, self.task_ctx.clone()).await?;
         self.conform(out)
     }
@@ -238,6 +269,7 @@ impl CompiledView {
         ctx.register_udf(Hop::udf());
         let table = MemTable::try_new(self.input_schema.clone(), vec![batches])?;
         ctx.register_table(self.stream.as_str(), Arc::new(table))?;
+        register_tables(&ctx, &self.tables)?;
         Ok(ctx.sql(&self.exec_sql).await?.collect().await?)
     }
 
@@ -306,6 +338,15 @@ impl CompiledView {
     pub fn conform(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
         conform_to(&self.partial_schema, batches)
     }
+}
+
+/// Register each dimension table's current rows under its name.
+fn register_tables(ctx: &SessionContext, tables: &[Arc<DimensionTable>]) -> Result<()> {
+    for t in tables {
+        let rows = MemTable::try_new(t.schema.clone(), vec![t.batches().as_ref().clone()])?;
+        ctx.register_table(t.name.as_str(), Arc::new(rows))?;
+    }
+    Ok(())
 }
 
 /// Cast batches positionally to `schema` (same column count required).
@@ -482,7 +523,11 @@ struct Shape {
 
 /// Check the logical plan is the supported shape: a projection (and HAVING filter)
 /// over one aggregate over filters/projections of one stream.
-fn check_shape(plan: &LogicalPlan, streams: &[StreamSchema]) -> std::result::Result<Shape, String> {
+fn check_shape(
+    plan: &LogicalPlan,
+    streams: &[StreamSchema],
+    tables: &[Arc<DimensionTable>],
+) -> std::result::Result<Shape, String> {
     let LogicalPlan::Projection(projection) = plan else {
         return Err(format!("unsupported query shape: {}", plan.display()));
     };
@@ -504,6 +549,10 @@ fn check_shape(plan: &LogicalPlan, streams: &[StreamSchema]) -> std::result::Res
             LogicalPlan::SubqueryAlias(s) => node = s.input.as_ref(),
             // Only the one a hop(…) window is rewritten into.
             LogicalPlan::Unnest(u) => node = u.input.as_ref(),
+            LogicalPlan::Join(j) => {
+                check_join(j, tables)?;
+                node = j.left.as_ref();
+            }
             LogicalPlan::TableScan(scan) => break scan.table_name.table().to_string(),
             other => return Err(unsupported(other)),
         }
@@ -590,9 +639,44 @@ fn check_shape(plan: &LogicalPlan, streams: &[StreamSchema]) -> std::result::Res
     })
 }
 
+/// A join must keep the stream on the left and a dimension table on the right, inner
+/// or left: each event then meets the table's rows as they are when it is computed.
+fn check_join(
+    j: &datafusion::logical_expr::Join,
+    tables: &[Arc<DimensionTable>],
+) -> std::result::Result<(), String> {
+    use datafusion::logical_expr::JoinType;
+    if !matches!(j.join_type, JoinType::Inner | JoinType::Left) {
+        return Err(format!(
+            "{} JOIN is not supported in a view: join the stream (left) with a dimension table using INNER or LEFT JOIN",
+            j.join_type
+        ));
+    }
+    let mut node = j.right.as_ref();
+    let name = loop {
+        match node {
+            LogicalPlan::SubqueryAlias(s) => node = s.input.as_ref(),
+            LogicalPlan::Projection(p) => node = p.input.as_ref(),
+            LogicalPlan::Filter(f) => node = f.input.as_ref(),
+            LogicalPlan::TableScan(scan) => break scan.table_name.table().to_string(),
+            _ => {
+                return Err(
+                    "the right side of a join must be a dimension table (declared under [[tables]])"
+                        .into(),
+                );
+            }
+        }
+    };
+    if !tables.iter().any(|t| t.name == name) {
+        return Err(format!(
+            "`{name}` on the right of the join is not a dimension table: a view reads one stream, joined only with tables declared under [[tables]] (the stream goes on the left)"
+        ));
+    }
+    Ok(())
+}
+
 fn unsupported(plan: &LogicalPlan) -> String {
     let what = match plan {
-        LogicalPlan::Join(_) => "joins are not supported in a view yet".to_string(),
         LogicalPlan::Window(_) => "window functions (OVER) are not supported in a view".to_string(),
         LogicalPlan::Sort(_) => "ORDER BY is not supported in a view".to_string(),
         LogicalPlan::Limit(_) => "LIMIT is not supported in a view".to_string(),

@@ -202,6 +202,7 @@ pub async fn run(
     let mut reported = std::time::Instant::now();
     let mut events_at_report: HashMap<String, u64> = HashMap::new();
     while !shutdown.is_cancelled() {
+        pipeline.refresh_tables().await;
         if reported.elapsed() >= Duration::from_secs(1) {
             report(
                 &layer,

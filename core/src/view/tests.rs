@@ -277,3 +277,63 @@ async fn unsupported_windows_are_refused_with_reasons() {
         );
     }
 }
+
+#[tokio::test]
+async fn joins_with_a_dimension_table_match_one_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("types.csv"),
+        "device,site\nd1,north\nd2,south\n",
+    )
+    .unwrap();
+    let table = crate::dimension::DimensionTable::load(
+        "sites",
+        std::path::Path::new("types.csv"),
+        None,
+        dir.path(),
+        "tables[0]",
+    )
+    .await
+    .unwrap();
+    let v = CompiledView::compile_with(
+        &ViewConfig {
+            name: "v".into(),
+            sql: "SELECT s.site, date_bin(INTERVAL '10 minutes', r.ts) AS w, count(*) AS n, sum(r.signal) AS total \
+                  FROM readings r LEFT JOIN sites s ON r.device = s.device GROUP BY s.site, w"
+                .into(),
+            allowed_lateness_ms: 0,
+        },
+        &[readings()],
+        &[Arc::new(table)],
+    )
+    .await
+    .unwrap();
+    let a = batch(
+        &[
+            ("d1", "pump", 20.0, "2026-01-01T00:01:00Z"),
+            ("d2", "pump", 30.0, "2026-01-01T00:02:00Z"),
+            ("d9", "fan", 10.0, "2026-01-01T00:03:00Z"),
+            ("d1", "fan", 5.0, "2026-01-01T00:04:00Z"),
+        ],
+        SOURCE_SPEED,
+    );
+    let b = batch(&[("d2", "fan", 1.0, "2026-01-01T00:05:00Z")], SOURCE_SPEED);
+    // Micro-batch after micro-batch: nothing of one may stick to the plan.
+    let mut states = v.run_partial_batches(vec![a.clone()]).await.unwrap();
+    states.extend(v.run_partial_batches(vec![b.clone()]).await.unwrap());
+    let merged = v.finalize(states).await.unwrap();
+    let reference = v.run_reference(vec![a, b]).await.unwrap();
+    assert_eq!(sorted(&merged), sorted(&reference));
+    assert_eq!(sorted(&merged).len(), 3, "{:?}", sorted(&merged));
+}
+
+#[tokio::test]
+async fn joins_other_than_stream_with_table_are_refused() {
+    let err = compile(
+        "SELECT a.device_type, date_bin(INTERVAL '1 minute', a.ts) AS w, count(*) FROM readings a JOIN (SELECT device AS d FROM readings) b ON a.device = b.d GROUP BY a.device_type, w",
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("not a dimension table"), "{err}");
+}
