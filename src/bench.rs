@@ -23,6 +23,8 @@ pub struct Args {
     pub events: usize,
     pub devices: u32,
     pub batch: usize,
+    /// Worker threads, and threads that decode partitions at once.
+    pub threads: usize,
     pub python: Option<PathBuf>,
 }
 
@@ -113,6 +115,7 @@ pub async fn speed(args: Args) -> anyhow::Result<()> {
     // The speed layer itself, end to end.
     let config = SpeedConfig {
         max_batch_records: args.batch,
+        decode_threads: args.threads,
         ..SpeedConfig::default()
     };
     let layer = SpeedLayer::new(&pipeline, &config, &HashMap::new());

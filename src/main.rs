@@ -107,14 +107,15 @@ fn main() -> anyhow::Result<()> {
                         events,
                         devices,
                         batch,
+                        threads,
                         python,
-                        ..
                     },
             } => {
                 bench::speed(bench::Args {
                     events,
                     devices,
                     batch,
+                    threads,
                     python,
                 })
                 .await

@@ -225,6 +225,9 @@ pub struct SpeedConfig {
     /// speed process listens on its own `http.addr`).
     #[serde(default = "default_speed_url")]
     pub url: String,
+    /// Threads that decode a micro-batch's partitions at once (0: one per core).
+    #[serde(default)]
+    pub decode_threads: usize,
 }
 
 fn default_speed_url() -> String {
@@ -248,6 +251,7 @@ impl Default for SpeedConfig {
             poll_interval_ms: default_poll_ms(),
             max_batch_records: default_micro_batch(),
             url: default_speed_url(),
+            decode_threads: 0,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! covers. It is disposable: on start it rebuilds from the log, starting at the batch
 //! cutoff.
 
+pub mod decode;
 pub mod dedup;
 pub mod remote;
 pub mod server;
@@ -18,13 +19,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use datafusion::arrow::array::TimestampMicrosecondArray;
+use datafusion::arrow::record_batch::RecordBatch;
 use serde::Serialize;
 use thiserror::Error;
 use tributary_core::CoreError;
 use tributary_core::config::SpeedConfig;
 use tributary_core::log::{EventLog, retry_unavailable};
 use tributary_core::pipeline::Pipeline;
-use tributary_core::schema::{BatchDecoder, LogPosition};
 use tributary_core::shutdown::Shutdown;
 use tributary_core::view::{SOURCE_SPEED, tag_source};
 
@@ -158,10 +160,6 @@ impl SpeedLayer {
             },
         }
     }
-
-    fn bucket(&self, ingest_ts: i64) -> i64 {
-        ingest_ts - ingest_ts.rem_euclid(self.segment_width)
-    }
 }
 
 /// Consume the log until shutdown, keeping `layer`'s states current.
@@ -175,7 +173,12 @@ pub async fn run(
     // Start each partition at the oldest cutoff of the stream's views: everything
     // below it is in every view's batch states already.
     let mut positions: HashMap<(String, u32), u64> = HashMap::new();
-    let mut dedups: HashMap<String, Deduplicator> = HashMap::new();
+    // Per stream with an id field: the dedup state of each partition.
+    let mut dedups: HashMap<String, HashMap<u32, Deduplicator>> = HashMap::new();
+    let decode_threads = match config.decode_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     for s in &pipeline.streams {
         let mut start = pipeline
             .views_of(&s.name)
@@ -185,7 +188,12 @@ pub async fn run(
         if let Some(spec) = &s.dedup {
             // Ids seen within the horizon before the cutoff decide what counts above it.
             start = start.saturating_sub(spec.horizon_us);
-            dedups.insert(s.name.clone(), Deduplicator::new(spec.clone()));
+            dedups.insert(
+                s.name.clone(),
+                (0..s.partitions)
+                    .map(|p| (p, Deduplicator::new(spec.clone())))
+                    .collect(),
+            );
         }
         for p in 0..s.partitions {
             let found = retry_unavailable("speed layer start", &shutdown, || {
@@ -217,7 +225,7 @@ pub async fn run(
         let mut any = false;
         for s in &pipeline.streams {
             let started = std::time::Instant::now();
-            let mut decoders: BTreeMap<i64, (BatchDecoder, Option<i64>)> = BTreeMap::new();
+            let mut reads = Vec::new();
             let mut read_events = 0u64;
             let mut newest = 0i64;
             for p in 0..s.partitions {
@@ -236,78 +244,55 @@ pub async fn run(
                     continue;
                 };
                 newest = newest.max(last.ingest_ts);
-                for r in batch.records {
-                    let bucket = layer.bucket(r.ingest_ts);
-                    let (dec, _) = decoders
-                        .entry(bucket)
-                        .or_insert_with(|| (BatchDecoder::new(s, false), None));
-                    let at = LogPosition {
-                        partition: p,
-                        offset: r.offset,
-                        ingest_ts: r.ingest_ts,
-                    };
-                    let pushed = match dedups.get_mut(&s.name) {
-                        Some(d) => dec.push_bytes_if(&r.payload, at, |v| d.keep(p, r.ingest_ts, v)),
-                        None => dec.push_bytes(&r.payload, at).map(|_| true),
-                    };
-                    let progress = &layer.progress[&s.name];
-                    match pushed {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            progress.duplicates.fetch_add(1, Ordering::Relaxed);
-                        }
-                        // Invalid records written straight into the log are the
-                        // archiver's to dead-letter; views never see them.
-                        Err(_) => {
-                            progress.invalid.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    read_events += 1;
-                }
+                read_events += batch.records.len() as u64;
+                reads.push((p, batch.records));
             }
             if read_events == 0 {
                 continue;
             }
             any = true;
-            for (bucket, (mut dec, _)) in decoders {
-                let n = dec.len() as u64;
-                if n == 0 {
-                    continue;
-                }
-                let batch = dec.flush().map_err(|source| SpeedError::View {
-                    view: s.name.clone(),
-                    source,
-                })?;
-                let event_col = batch
-                    .column_by_name(&s.event_time)
-                    .expect("event-time column exists");
-                let max_event_ts = datafusion::arrow::compute::max(
-                    event_col
-                        .as_any()
-                        .downcast_ref::<datafusion::arrow::array::TimestampMicrosecondArray>()
-                        .expect("event time is a microsecond timestamp"),
-                );
+            let decoded = decode::decode(
+                s,
+                reads,
+                dedups.entry(s.name.clone()).or_default(),
+                layer.segment_width,
+                decode_threads,
+            )
+            .map_err(|source| SpeedError::View {
+                view: s.name.clone(),
+                source,
+            })?;
+            let progress = &layer.progress[&s.name];
+            progress
+                .invalid
+                .fetch_add(decoded.invalid, Ordering::Relaxed);
+            progress
+                .duplicates
+                .fetch_add(decoded.duplicates, Ordering::Relaxed);
+            for (bucket, batches) in decoded.buckets {
+                let n: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+                let max_event_ts = batches
+                    .iter()
+                    .filter_map(|b| max_event_time(b, &s.event_time))
+                    .max();
                 for view in pipeline.views_of(&s.name) {
                     let store = layer.store.view(&view.name).expect("store per view");
                     if bucket < store.cutoff() {
                         store.add(bucket, vec![], n, None, 0);
                         continue;
                     }
-                    let late = view.count_late(&batch, store.watermark());
-                    let input =
-                        tag_source(&batch, SOURCE_SPEED, &view.input_schema).map_err(|source| {
-                            SpeedError::View {
-                                view: view.name.clone(),
-                                source,
-                            }
-                        })?;
-                    let states = view
-                        .run_partial_batches(vec![input])
-                        .await
-                        .map_err(|source| SpeedError::View {
-                            view: view.name.clone(),
-                            source,
-                        })?;
+                    let watermark = store.watermark();
+                    let late = batches.iter().map(|b| view.count_late(b, watermark)).sum();
+                    let view_err = |source| SpeedError::View {
+                        view: view.name.clone(),
+                        source,
+                    };
+                    let inputs = batches
+                        .iter()
+                        .map(|b| tag_source(b, SOURCE_SPEED, &view.input_schema))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(view_err)?;
+                    let states = view.run_partial_batches(inputs).await.map_err(view_err)?;
                     store.add(bucket, states, n, max_event_ts, late);
                 }
             }
@@ -367,6 +352,11 @@ async fn report(
             .events_per_second
             .store(((now - before) as f64 / secs) as u64, Ordering::Relaxed);
     }
+}
+
+fn max_event_time(batch: &RecordBatch, column: &str) -> Option<i64> {
+    let c = batch.column_by_name(column)?;
+    datafusion::arrow::compute::max(c.as_any().downcast_ref::<TimestampMicrosecondArray>()?)
 }
 
 async fn compact(layer: &SpeedLayer, stream: &str, pipeline: &Pipeline) -> Result<(), SpeedError> {
