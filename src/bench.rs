@@ -126,6 +126,7 @@ pub async fn speed(args: Args) -> anyhow::Result<()> {
         pipeline.clone(),
         log.clone(),
         layer.clone(),
+        None,
         shutdown.clone(),
     ));
     loop {

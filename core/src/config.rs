@@ -228,6 +228,10 @@ pub struct SpeedConfig {
     /// Threads that decode a micro-batch's partitions at once (0: one per core).
     #[serde(default)]
     pub decode_threads: usize,
+    /// Snapshot the states this often under `<storage-root>/speed-snapshots`, and
+    /// resume from the newest at start (0: never; a restart rebuilds from the cutoff).
+    #[serde(default)]
+    pub snapshot_interval_ms: u64,
 }
 
 fn default_speed_url() -> String {
@@ -252,6 +256,7 @@ impl Default for SpeedConfig {
             max_batch_records: default_micro_batch(),
             url: default_speed_url(),
             decode_threads: 0,
+            snapshot_interval_ms: 0,
         }
     }
 }

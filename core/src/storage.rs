@@ -32,6 +32,11 @@ impl Storage {
         &self.root
     }
 
+    /// Directory of the speed layer's state snapshots.
+    pub fn speed_snapshot_dir(&self) -> PathBuf {
+        self.root.join("speed-snapshots")
+    }
+
     /// Directory of the embedded event log.
     pub fn log_dir(&self) -> PathBuf {
         self.root.join("log")

@@ -11,6 +11,7 @@ pub mod decode;
 pub mod dedup;
 pub mod remote;
 pub mod server;
+pub mod snapshot;
 pub mod source;
 pub mod store;
 
@@ -83,6 +84,9 @@ pub struct SpeedStats {
     /// How long the layer took from its start to reach the end of the log (rebuilding
     /// its states from the batch cutoff); `None` while it is still catching up.
     pub recovery_ms: Option<u64>,
+    /// Whether it resumed from a snapshot rather than from the batch cutoff alone.
+    #[serde(default)]
+    pub restored_from_snapshot: bool,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -105,6 +109,8 @@ pub struct SpeedLayer {
     segment_width: i64,
     /// `u64::MAX` until the first time the layer reaches the end of the log.
     recovery_ms: Arc<AtomicU64>,
+    /// Whether the layer resumed from a snapshot at start.
+    restored: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SpeedLayer {
@@ -121,6 +127,7 @@ impl SpeedLayer {
             ),
             segment_width: config.segment_width_ms.max(1) as i64 * 1000,
             recovery_ms: Arc::new(AtomicU64::new(u64::MAX)),
+            restored: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
 
@@ -158,18 +165,35 @@ impl SpeedLayer {
                 u64::MAX => None,
                 ms => Some(ms),
             },
+            restored_from_snapshot: self.restored.load(Ordering::Relaxed),
         }
     }
 }
 
 /// Consume the log until shutdown, keeping `layer`'s states current.
+///
+/// With `speed.snapshot-interval-ms` set, states are snapshotted under `snapshots` that
+/// often and the newest snapshot is resumed from at start ([`snapshot`]).
 pub async fn run(
     config: SpeedConfig,
     pipeline: Pipeline,
     log: Arc<dyn EventLog>,
     layer: SpeedLayer,
+    snapshots: Option<std::path::PathBuf>,
     shutdown: Shutdown,
 ) -> Result<(), SpeedError> {
+    let snapshots = snapshots.filter(|_| config.snapshot_interval_ms > 0);
+    let restored = match &snapshots {
+        Some(dir) => snapshot::restore(dir, &layer, &pipeline).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "speed snapshot unusable; rebuilding from the log");
+            HashMap::new()
+        }),
+        None => HashMap::new(),
+    };
+    if !restored.is_empty() {
+        layer.restored.store(true, Ordering::Relaxed);
+        tracing::info!(streams = ?restored.keys().collect::<Vec<_>>(), "speed layer resumed from a snapshot");
+    }
     // Start each partition at the oldest cutoff of the stream's views: everything
     // below it is in every view's batch states already.
     let mut positions: HashMap<(String, u32), u64> = HashMap::new();
@@ -196,6 +220,10 @@ pub async fn run(
             );
         }
         for p in 0..s.partitions {
+            if let Some(offset) = restored.get(&s.name).and_then(|r| r.get(&p)) {
+                positions.insert((s.name.clone(), p), *offset);
+                continue;
+            }
             let found = retry_unavailable("speed layer start", &shutdown, || {
                 log.offset_for_ingest_ts(&s.name, p, start)
             })
@@ -208,9 +236,20 @@ pub async fn run(
     let idle = Duration::from_millis(config.poll_interval_ms.max(1));
     let started = std::time::Instant::now();
     let mut reported = std::time::Instant::now();
+    let mut snapshotted = std::time::Instant::now();
     let mut events_at_report: HashMap<String, u64> = HashMap::new();
     while !shutdown.is_cancelled() {
         pipeline.refresh_tables().await;
+        if let Some(dir) = &snapshots
+            && snapshotted.elapsed() >= Duration::from_millis(config.snapshot_interval_ms)
+        {
+            // Between micro-batches: the states hold exactly the records before `positions`.
+            match snapshot::write(dir, &layer, &positions) {
+                Ok(path) => tracing::debug!(path = %path.display(), "speed snapshot written"),
+                Err(e) => tracing::warn!(error = %e, "speed snapshot failed"),
+            }
+            snapshotted = std::time::Instant::now();
+        }
         if reported.elapsed() >= Duration::from_secs(1) {
             report(
                 &layer,

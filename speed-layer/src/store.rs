@@ -150,6 +150,32 @@ impl ViewStore {
         }
     }
 
+    /// Every segment and the newest event time, for a snapshot.
+    pub fn export(&self) -> (Vec<(i64, Segment)>, Option<i64>) {
+        let inner = self.inner.read().expect("store lock");
+        (
+            inner
+                .segments
+                .iter()
+                .map(|(b, s)| (*b, s.clone()))
+                .collect(),
+            inner.max_event_ts,
+        )
+    }
+
+    /// Take segments from a snapshot; those below the cutoff are the batch layer's.
+    pub fn import(&self, segments: Vec<(i64, Segment)>, max_event_ts: Option<i64>) {
+        let mut inner = self.inner.write().expect("store lock");
+        for (bucket, seg) in segments {
+            if bucket < inner.cutoff {
+                continue;
+            }
+            inner.events += seg.events;
+            inner.segments.insert(bucket, seg);
+        }
+        inner.max_event_ts = inner.max_event_ts.max(max_event_ts);
+    }
+
     /// The batch layer now covers everything below `cutoff`: drop those segments and
     /// ignore such events from now on.
     pub fn release_below(&self, cutoff: i64) {
