@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use tributary_batch::{Batch, views};
+use tributary_core::config::Scope;
 use tributary_core::config::{self, Config, ConfigSource, LogKind};
 use tributary_core::log::EventLog;
 use tributary_core::pipeline::Pipeline;
@@ -17,6 +18,7 @@ use tributary_core::storage::Storage;
 use tributary_ingest::dead_letter::DeadLetterSink;
 use tributary_ingest::log::{EmbeddedLog, KafkaLog};
 use tributary_ingest::{Ingest, generator};
+use tributary_serving::auth::Auth;
 use tributary_serving::{AppState, Merger};
 use tributary_speed::SpeedLayer;
 
@@ -111,6 +113,8 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
              log.kind = \"kafka\""
         );
     }
+    check_exposure(&config)?;
+    let auth = Auth::new(&config.auth);
     let storage = Storage::open(&config.storage_root)?;
     let (log, kafka) = open_log(&config, &storage, &pipeline).await?;
     let shutdown = Shutdown::new();
@@ -140,9 +144,9 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
                 );
             }
             up.store(true, Ordering::Release);
-            tributary_serving::health_router(roles).merge(tributary_ingest::http::router(
-                ingest,
-                config.http.max_body_bytes,
+            tributary_serving::health_router(roles).merge(auth.require(
+                Scope::Ingest,
+                tributary_ingest::http::router(ingest, config.http.max_body_bytes),
             ))
         }
         "speed" => {
@@ -209,6 +213,7 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
                 batch,
                 roles: Arc::new(roles),
                 shutdown: shutdown.clone(),
+                sql: config.sql.clone(),
             };
             tasks.spawn(
                 "batch-view-refresh",
@@ -220,9 +225,9 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
             );
             spawn_schedule(&mut tasks, &config, &state.batch, &shutdown)?;
             up.store(true, Ordering::Release);
-            tributary_serving::router(state.clone()).merge(tributary_serving::web::router(
-                state,
-                config.http.site_dir.clone(),
+            tributary_serving::router(state.clone(), &auth).merge(auth.require(
+                Scope::Read,
+                tributary_serving::web::router(state, config.http.site_dir.clone()),
             ))
         }
         other => bail!("unknown role `{other}`"),
@@ -259,9 +264,29 @@ async fn supervise(mut tasks: Tasks, shutdown: Shutdown) -> anyhow::Result<()> {
     }
 }
 
+/// Without API tokens, only a loopback address unless the configuration says otherwise.
+fn check_exposure(config: &Config) -> anyhow::Result<()> {
+    if !config.auth.tokens.is_empty() || config.auth.allow_unauthenticated {
+        return Ok(());
+    }
+    let loopback = match config.http.addr.parse::<std::net::SocketAddr>() {
+        Ok(a) => a.ip().is_loopback(),
+        Err(_) => config.http.addr.starts_with("localhost:"),
+    };
+    if !loopback {
+        bail!(
+            "refusing to listen on {} without API tokens: configure [auth] tokens \
+             (see README, \"Security\") or set auth.allow-unauthenticated = true",
+            config.http.addr
+        );
+    }
+    Ok(())
+}
+
 /// Run every role in this process until SIGINT/SIGTERM.
 pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
     let (config, source, pipeline) = load(path).await?;
+    check_exposure(&config)?;
     let storage = Storage::open(&config.storage_root)?;
     let (log, kafka) = open_log(&config, &storage, &pipeline).await?;
     let dead_letters = DeadLetterSink::new(
@@ -314,15 +339,17 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
         batch: batch.clone(),
         roles: Arc::new(roles.clone()),
         shutdown: shutdown.clone(),
+        sql: config.sql.clone(),
     };
-    let app = tributary_serving::router(state.clone())
-        .merge(tributary_ingest::http::router(
-            ingest.clone(),
-            config.http.max_body_bytes,
+    let auth = Auth::new(&config.auth);
+    let app = tributary_serving::router(state.clone(), &auth)
+        .merge(auth.require(
+            Scope::Ingest,
+            tributary_ingest::http::router(ingest.clone(), config.http.max_body_bytes),
         ))
-        .merge(tributary_serving::web::router(
-            state.clone(),
-            config.http.site_dir.clone(),
+        .merge(auth.require(
+            Scope::Read,
+            tributary_serving::web::router(state.clone(), config.http.site_dir.clone()),
         ));
 
     let mut tasks = Tasks::new();

@@ -55,6 +55,85 @@ pub struct Config {
     /// Static dimension tables views may join with.
     #[serde(default)]
     pub tables: Vec<TableConfig>,
+    #[serde(default)]
+    pub sql: SqlConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// API tokens. None configured: every endpoint is open, and Tributary listens on a
+/// loopback address only unless `allow-unauthenticated` says otherwise.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// Listen on a non-loopback address without tokens.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TokenConfig {
+    /// Who holds it (named in refusals and logs, never the token itself).
+    pub name: String,
+    pub token: String,
+    pub scopes: Vec<Scope>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Ingest,
+    Read,
+    /// Starting batch runs; includes `ingest` and `read`.
+    Admin,
+}
+
+impl Scope {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Ingest => "ingest",
+            Scope::Read => "read",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+/// Limits of the read-only SQL endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SqlConfig {
+    /// Memory one query may use (sorts, joins, aggregates) before it is refused.
+    #[serde(default = "default_sql_memory_mb")]
+    pub memory_limit_mb: usize,
+    /// How long one query may run.
+    #[serde(default = "default_sql_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Most rows a JSON answer carries (Arrow answers are not capped).
+    #[serde(default = "default_sql_max_rows")]
+    pub max_rows: usize,
+}
+
+fn default_sql_memory_mb() -> usize {
+    256
+}
+fn default_sql_timeout_ms() -> u64 {
+    10_000
+}
+fn default_sql_max_rows() -> usize {
+    100_000
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        SqlConfig {
+            memory_limit_mb: default_sql_memory_mb(),
+            timeout_ms: default_sql_timeout_ms(),
+            max_rows: default_sql_max_rows(),
+        }
+    }
 }
 
 /// A dimension table: a CSV or Parquet file or a Delta table, reloaded when it changes.

@@ -25,6 +25,8 @@ pub struct AppState {
     /// Long-lived responses (live streams) end when this fires, so that a graceful
     /// shutdown does not wait on connected dashboards.
     pub shutdown: tributary_core::shutdown::Shutdown,
+    /// Limits of the SQL endpoint.
+    pub sql: tributary_core::config::SqlConfig,
 }
 
 pub async fn list_views(State(state): State<AppState>) -> Json<Value> {
@@ -107,6 +109,8 @@ pub fn parse_view_query(
                 q.limit = Some(n);
             }
             key if v.keys.iter().any(|x| x == key) => q.keys.push((key.to_string(), val.clone())),
+            // A token for browsers that cannot send headers; checked by auth.
+            "access_token" => {}
             other => {
                 return Err(ServingError::bad(
                     other,
@@ -237,4 +241,35 @@ pub async fn speed_stats(State(state): State<AppState>) -> Result<Json<Value>, S
             source,
         })?;
     Ok(Json(json!(stats)))
+}
+
+/// `POST /api/v1/sql` with `{"sql": "...", "format": "json" | "arrow"}`.
+pub async fn post_sql(
+    State(state): State<AppState>,
+    Json(request): Json<crate::sql::SqlRequest>,
+) -> Result<axum::response::Response, ServingError> {
+    let arrow = match request.format.as_deref() {
+        None | Some("json") => false,
+        Some("arrow") => true,
+        Some(other) => {
+            return Err(ServingError::bad(
+                "format",
+                format!("expected `json` or `arrow`, got `{other}`"),
+            ));
+        }
+    };
+    let result = crate::sql::run(&state.merger, &request.sql, &state.sql).await?;
+    if arrow {
+        let bytes = tributary_speed::source::to_ipc(&result.schema, &result.batches)
+            .map_err(|e| ServingError::Server(e.to_string()))?;
+        return Ok((
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/vnd.apache.arrow.stream",
+            )],
+            bytes,
+        )
+            .into_response());
+    }
+    Ok(Json(crate::sql::to_json(&result, state.sql.max_rows)).into_response())
 }

@@ -24,6 +24,16 @@ pub enum ServingError {
     Bind { addr: String, message: String },
     #[error("server: {0}")]
     Server(String),
+    /// A query that cannot run as written (parse, plan, unknown table).
+    #[error("SQL: {0}")]
+    Sql(String),
+    /// A statement the endpoint does not allow.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("the query needed more than its memory limit of {limit_mb} MB ({detail})")]
+    SqlMemory { limit_mb: usize, detail: String },
+    #[error("the query ran past its time limit of {0} ms and was cancelled")]
+    SqlTimeout(u64),
 }
 
 impl ServingError {
@@ -37,7 +47,10 @@ impl ServingError {
     fn status(&self) -> StatusCode {
         match self {
             ServingError::UnknownView(_) | ServingError::UnknownRun(_) => StatusCode::NOT_FOUND,
-            ServingError::BadParameter { .. } => StatusCode::BAD_REQUEST,
+            ServingError::BadParameter { .. } | ServingError::Sql(_) => StatusCode::BAD_REQUEST,
+            ServingError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ServingError::SqlMemory { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ServingError::SqlTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ServingError::Batch(BatchError::RunInProgress) => StatusCode::CONFLICT,
             ServingError::Batch(_)
             | ServingError::Query { .. }

@@ -5,10 +5,12 @@
 //! push ([`live`]), and the HTTP server that also hosts ingest and the dashboard.
 
 pub mod api;
+pub mod auth;
 pub mod error;
 pub mod json;
 pub mod live;
 pub mod merge;
+pub mod sql;
 pub mod web;
 
 use std::time::Duration;
@@ -22,19 +24,28 @@ pub use api::AppState;
 pub use error::ServingError;
 pub use merge::{Merger, ViewQuery};
 
-/// The serving API routes.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// The serving API routes, guarded by `auth` (`/health` stays open).
+pub fn router(state: AppState, auth: &auth::Auth) -> Router {
+    use tributary_core::config::Scope;
+    let admin = Router::new()
+        .route("/api/v1/batch/runs", axum::routing::post(api::start_run))
+        .with_state(state.clone());
+    let open = Router::new()
         .route("/health", get(api::health))
+        .with_state(state.clone());
+    open.merge(auth.require(Scope::Admin, admin))
+        .merge(auth.require(Scope::Read, read_router(state)))
+}
+
+fn read_router(state: AppState) -> Router {
+    Router::new()
         .route("/api/v1/views", get(api::list_views))
         .route("/api/v1/views/{view}", get(api::get_view))
         .route("/api/v1/views/{view}/live", get(live::live_view))
-        .route(
-            "/api/v1/batch/runs",
-            get(api::list_runs).post(api::start_run),
-        )
+        .route("/api/v1/batch/runs", get(api::list_runs))
         .route("/api/v1/batch/runs/{id}", get(api::get_run))
         .route("/api/v1/speed/stats", get(api::speed_stats))
+        .route("/api/v1/sql", axum::routing::post(api::post_sql))
         .with_state(state)
 }
 

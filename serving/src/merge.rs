@@ -53,6 +53,14 @@ pub struct ViewAnswer {
     pub rows: Vec<Map<String, Value>>,
 }
 
+/// A view's merged rows and their sources.
+pub struct Merged {
+    pub view: Arc<CompiledView>,
+    pub rows: Vec<RecordBatch>,
+    pub batch: Option<Arc<BatchView>>,
+    pub speed: tributary_speed::Snapshot,
+}
+
 pub struct Merger {
     pipeline: Pipeline,
     storage: Storage,
@@ -77,6 +85,10 @@ impl Merger {
 
     pub fn pipeline(&self) -> &Pipeline {
         &self.pipeline
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
     }
 
     pub fn speed(&self) -> &Arc<dyn SpeedSource> {
@@ -111,7 +123,9 @@ impl Merger {
         Ok(())
     }
 
-    pub async fn query(&self, view_name: &str, q: &ViewQuery) -> Result<ViewAnswer, ServingError> {
+    /// The merged rows of a view (final plan over batch and speed states, `_src` last),
+    /// with what the answer was read from.
+    pub async fn merged(&self, view_name: &str) -> Result<Merged, ServingError> {
         let view = self
             .pipeline
             .view(view_name)
@@ -132,14 +146,29 @@ impl Merger {
             (batch, speed)
         };
         let mut states = batch.as_ref().map(|b| b.states.clone()).unwrap_or_default();
-        states.extend(speed.states);
-        let out = view
+        states.extend(speed.states.iter().cloned());
+        let rows = view
             .finalize(states)
             .await
             .map_err(|source| ServingError::Query {
                 view: view.name.clone(),
                 source,
             })?;
+        Ok(Merged {
+            view,
+            rows,
+            batch,
+            speed,
+        })
+    }
+
+    pub async fn query(&self, view_name: &str, q: &ViewQuery) -> Result<ViewAnswer, ServingError> {
+        let Merged {
+            view,
+            rows: out,
+            batch,
+            speed,
+        } = self.merged(view_name).await?;
         let max_event_ts = speed
             .max_event_ts
             .into_iter()

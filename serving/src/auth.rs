@@ -1,0 +1,129 @@
+//! API tokens with scopes. Once any token is configured (`[auth] tokens`), ingest
+//! endpoints need the `ingest` scope, reads (views, SQL, live push, runs, stats, the
+//! dashboard) `read`, and starting batch runs `admin`; `admin` includes the other two.
+//! `/health` stays open. A token comes as `Authorization: Bearer <token>`, or as
+//! `?access_token=<token>` where a browser cannot set headers (EventSource). Tokens are
+//! compared in constant time.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tributary_core::config::{AuthConfig, Scope};
+
+/// The configured tokens, shared by every guarded router.
+#[derive(Clone, Default)]
+pub struct Auth {
+    tokens: Arc<Vec<Token>>,
+}
+
+struct Token {
+    name: String,
+    secret: Vec<u8>,
+    scopes: Vec<Scope>,
+}
+
+impl Auth {
+    pub fn new(config: &AuthConfig) -> Self {
+        Auth {
+            tokens: Arc::new(
+                config
+                    .tokens
+                    .iter()
+                    .map(|t| Token {
+                        name: t.name.clone(),
+                        secret: t.token.as_bytes().to_vec(),
+                        scopes: t.scopes.clone(),
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+
+    /// `router` with every route requiring `scope` (a no-op without tokens).
+    pub fn require(&self, scope: Scope, router: Router) -> Router {
+        if !self.enabled() {
+            return router;
+        }
+        let auth = self.clone();
+        router.layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| {
+                let auth = auth.clone();
+                async move {
+                    match auth.check(&req, scope) {
+                        Ok(()) => next.run(req).await,
+                        Err((status, message)) => refuse(status, message),
+                    }
+                }
+            },
+        ))
+    }
+
+    fn check(&self, req: &Request, scope: Scope) -> Result<(), (StatusCode, String)> {
+        let Some(presented) = presented_token(req) else {
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "missing API token: send `Authorization: Bearer <token>` with the `{}` scope",
+                    scope.name()
+                ),
+            ));
+        };
+        // Compare against every token, so timing does not tell which one nearly matched.
+        let mut found: Option<&Token> = None;
+        for t in self.tokens.iter() {
+            if bool::from(t.secret.as_slice().ct_eq(presented.as_bytes())) {
+                found = Some(t);
+            }
+        }
+        let Some(token) = found else {
+            return Err((StatusCode::UNAUTHORIZED, "unknown API token".into()));
+        };
+        if token.scopes.contains(&scope) || token.scopes.contains(&Scope::Admin) {
+            Ok(())
+        } else {
+            Err((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "token `{}` lacks the `{}` scope this endpoint needs",
+                    token.name,
+                    scope.name()
+                ),
+            ))
+        }
+    }
+}
+
+fn presented_token(req: &Request) -> Option<String> {
+    if let Some(v) = req.headers().get(header::AUTHORIZATION) {
+        let v = v.to_str().ok()?;
+        return v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .map(|t| t.trim().to_string());
+    }
+    let query = req.uri().query()?;
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.into_owned())
+}
+
+fn refuse(status: StatusCode, message: String) -> Response {
+    let mut r = (status, axum::Json(json!({ "error": message }))).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"tributary\""),
+        );
+    }
+    r
+}

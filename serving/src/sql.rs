@@ -1,0 +1,217 @@
+//! `POST /api/v1/sql`: read-only DataFusion SQL over the merged views (each under its
+//! name), the master tables (`master_<stream>`) and the dead-letter tables
+//! (`dead_letters_<stream>`).
+//!
+//! Only one `SELECT` (or `WITH … SELECT`) statement is accepted: the statement kind is
+//! checked on the syntax tree first, for a precise refusal, and DataFusion's own
+//! read-only options (no DDL, DML or statements) guard the execution as well. Each query
+//! runs in a fresh session with a memory pool of `sql.memory-limit-mb`, no spilling to
+//! disk, no file or URL tables, and a `sql.timeout-ms` deadline; dropping the request
+//! (a client that goes away) cancels it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::sqlparser::ast::{SetExpr, Statement};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tributary_core::config::SqlConfig;
+
+use crate::error::ServingError;
+use crate::json::cell;
+use crate::merge::Merger;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlRequest {
+    pub sql: String,
+    /// `json` (default) or `arrow` (an Arrow IPC stream).
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+/// A finished query.
+pub struct SqlResult {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub elapsed: Duration,
+}
+
+/// Refuse anything but one read-only query, saying what it is.
+pub fn check_read_only(sql: &str) -> Result<(), ServingError> {
+    let statements = Parser::parse_sql(&GenericDialect {}, sql)
+        .map_err(|e| ServingError::Sql(format!("SQL does not parse: {e}")))?;
+    let [statement] = statements.as_slice() else {
+        return Err(ServingError::Sql(format!(
+            "send exactly one statement, got {}",
+            statements.len()
+        )));
+    };
+    let Statement::Query(query) = statement else {
+        let kind = statement
+            .to_string()
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_uppercase();
+        return Err(ServingError::Forbidden(format!(
+            "only read-only queries (SELECT) are allowed here, not `{kind} …`"
+        )));
+    };
+    if let SetExpr::Select(select) = query.body.as_ref()
+        && select.into.is_some()
+    {
+        return Err(ServingError::Forbidden(
+            "SELECT … INTO writes a table: only read-only queries are allowed".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Run `sql` under `limits` over the merged views and the stored tables.
+pub async fn run(
+    merger: &Merger,
+    sql: &str,
+    limits: &SqlConfig,
+) -> Result<SqlResult, ServingError> {
+    check_read_only(sql)?;
+    let started = Instant::now();
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(limits.memory_limit_mb.max(1) * 1024 * 1024, 1.0)
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+        )
+        .build_arc()
+        .map_err(|e| ServingError::Server(e.to_string()))?;
+    let ctx = SessionContext::new_with_config_rt(
+        SessionConfig::new().with_information_schema(true),
+        runtime,
+    );
+    register(merger, &ctx).await?;
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let timeout = Duration::from_millis(limits.timeout_ms.max(1));
+    let work = async {
+        let df = ctx.sql_with_options(sql, options).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        Ok::<_, DataFusionError>((schema, batches))
+    };
+    let (schema, batches) = tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| ServingError::SqlTimeout(limits.timeout_ms))?
+        .map_err(|e| query_error(e, limits))?;
+    Ok(SqlResult {
+        schema,
+        batches,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn query_error(e: DataFusionError, limits: &SqlConfig) -> ServingError {
+    match e.find_root() {
+        DataFusionError::ResourcesExhausted(m) => ServingError::SqlMemory {
+            limit_mb: limits.memory_limit_mb,
+            detail: m.clone(),
+        },
+        DataFusionError::Plan(m) | DataFusionError::SQL(_, Some(m)) => ServingError::Sql(m.clone()),
+        DataFusionError::SchemaError(..)
+        | DataFusionError::SQL(..)
+        | DataFusionError::NotImplemented(_) => ServingError::Sql(e.strip_backtrace()),
+        DataFusionError::Execution(m) if m.contains("not allowed") || m.contains("Unsupported") => {
+            ServingError::Forbidden(m.clone())
+        }
+        _ => ServingError::Sql(e.strip_backtrace()),
+    }
+}
+
+/// Views under their names; each stream's master and dead-letter tables.
+async fn register(merger: &Merger, ctx: &SessionContext) -> Result<(), ServingError> {
+    let server = |e: DataFusionError| ServingError::Server(e.to_string());
+    for view in &merger.pipeline().views {
+        let merged = merger.merged(&view.name).await?;
+        let schema = merged
+            .rows
+            .first()
+            .map(|b| b.schema())
+            .unwrap_or(view.output_schema.clone());
+        let table = MemTable::try_new(schema, vec![merged.rows]).map_err(server)?;
+        ctx.register_table(view.name.as_str(), Arc::new(table))
+            .map_err(server)?;
+    }
+    let storage = merger.storage();
+    for stream in &merger.pipeline().streams {
+        for (name, url) in [
+            (
+                format!("master_{}", stream.name),
+                storage.master_table(&stream.name),
+            ),
+            (
+                format!("dead_letters_{}", stream.name),
+                storage.dead_letter_table(&stream.name),
+            ),
+        ] {
+            let table = tributary_ingest::delta::open(url)
+                .await
+                .map_err(|e| ServingError::Server(e.to_string()))?;
+            if table.version().is_none() {
+                continue;
+            }
+            table
+                .update_datafusion_session(&ctx.state())
+                .map_err(|e| ServingError::Server(e.to_string()))?;
+            let provider = table
+                .table_provider()
+                .await
+                .map_err(|e| ServingError::Server(e.to_string()))?;
+            ctx.register_table(name.as_str(), provider)
+                .map_err(server)?;
+        }
+    }
+    Ok(())
+}
+
+/// JSON rows (at most `max_rows`). A view's `_src` column says which layer each row came
+/// from: 1 batch, 2 speed, 3 both.
+pub fn to_json(result: &SqlResult, max_rows: usize) -> Value {
+    let mut rows = Vec::new();
+    let mut total = 0usize;
+    for b in &result.batches {
+        total += b.num_rows();
+        for i in 0..b.num_rows() {
+            if rows.len() >= max_rows {
+                break;
+            }
+            let mut obj = Map::new();
+            for (c, f) in b.columns().iter().zip(b.schema().fields()) {
+                obj.insert(f.name().clone(), cell(c.as_ref(), i));
+            }
+            rows.push(Value::Object(obj));
+        }
+    }
+    let columns: Vec<Value> = result
+        .schema
+        .fields()
+        .iter()
+        .map(|f| serde_json::json!({"name": f.name(), "type": f.data_type().to_string()}))
+        .collect();
+    serde_json::json!({
+        "columns": columns,
+        "rows": rows,
+        "row_count": total,
+        "truncated": total > rows.len(),
+        "elapsed_ms": result.elapsed.as_millis() as u64,
+    })
+}
