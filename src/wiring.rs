@@ -214,6 +214,7 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
                 roles: Arc::new(roles),
                 shutdown: shutdown.clone(),
                 sql: config.sql.clone(),
+                ingest: None,
             };
             tasks.spawn(
                 "batch-view-refresh",
@@ -340,6 +341,7 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
         roles: Arc::new(roles.clone()),
         shutdown: shutdown.clone(),
         sql: config.sql.clone(),
+        ingest: Some(ingest.clone()),
     };
     let auth = Auth::new(&config.auth);
     let app = tributary_serving::router(state.clone(), &auth)

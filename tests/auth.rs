@@ -54,6 +54,8 @@ async fn every_endpoint_needs_its_scope_once_tokens_are_configured() {
         ("POST", "/api/v1/sql", "read"),
         ("GET", "/api/v1/batch/runs", "read"),
         ("GET", "/api/v1/speed/stats", "read"),
+        ("GET", "/api/v1/status", "read"),
+        ("GET", "/metrics", "read"),
         ("GET", "/", "read"),
         ("POST", "/api/v1/batch/runs", "admin"),
     ];
@@ -96,8 +98,11 @@ async fn every_endpoint_needs_its_scope_once_tokens_are_configured() {
     )
     .await;
     assert_eq!(status, 200);
-    let (status, _) = call(&t, "GET", "/health", None).await;
-    assert_eq!(status, 200);
+    for open in ["/health", "/ready"] {
+        let (status, body) = call(&t, "GET", open, None).await;
+        assert!(status == 200 || status == 503, "{open}: {status} {body}");
+        assert!(!body.contains("API token"), "{open} is open: {body}");
+    }
 }
 
 #[tokio::test]

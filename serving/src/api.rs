@@ -27,6 +27,8 @@ pub struct AppState {
     pub shutdown: tributary_core::shutdown::Shutdown,
     /// Limits of the SQL endpoint.
     pub sql: tributary_core::config::SqlConfig,
+    /// Ingest, when it runs in this process (its counters feed status and metrics).
+    pub ingest: Option<Arc<tributary_ingest::Ingest>>,
 }
 
 pub async fn list_views(State(state): State<AppState>) -> Json<Value> {

@@ -10,6 +10,7 @@ pub mod error;
 pub mod json;
 pub mod live;
 pub mod merge;
+pub mod ops;
 pub mod sql;
 pub mod web;
 
@@ -32,6 +33,7 @@ pub fn router(state: AppState, auth: &auth::Auth) -> Router {
         .with_state(state.clone());
     let open = Router::new()
         .route("/health", get(api::health))
+        .route("/ready", get(ops::ready))
         .with_state(state.clone());
     open.merge(auth.require(Scope::Admin, admin))
         .merge(auth.require(Scope::Read, read_router(state)))
@@ -46,6 +48,8 @@ fn read_router(state: AppState) -> Router {
         .route("/api/v1/batch/runs/{id}", get(api::get_run))
         .route("/api/v1/speed/stats", get(api::speed_stats))
         .route("/api/v1/sql", axum::routing::post(api::post_sql))
+        .route("/api/v1/status", get(ops::status))
+        .route("/metrics", get(ops::metrics))
         .with_state(state)
 }
 

@@ -1,0 +1,75 @@
+//! Operations endpoints of a running `tributary up`: `/ready`, `/api/v1/status` and
+//! `/metrics` report the same figures the pipeline holds (ingest counters, speed-layer
+//! progress, batch cutoff and runs).
+
+mod common;
+
+use common::{Tributary, total_readings};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn status_metrics_and_readiness_report_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tributary::start(dir.path(), "").await;
+    let events: Vec<Value> = (0..30)
+        .map(|i| json!({"device": format!("d{i}"), "device_type": "pump", "signal": 30.0, "ts": "2026-01-01T00:01:00Z"}))
+        .collect();
+    let (status, _) = t.post("readings", &Value::Array(events)).await;
+    assert_eq!(status, 200);
+    let (_, report) = t
+        .post("readings", &json!([{"device": "x", "device_type": "pump", "signal": "n/a", "ts": "2026-01-01T00:01:00Z"}]))
+        .await;
+    assert_eq!(report["rejected"], 1);
+    t.wait_for("/api/v1/views/signal_by_type", |v| total_readings(v) == 30)
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while t.run_batch().await["rows_in"] != 30 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "archiver never caught up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let ready = t.wait_for("/ready", |v| v["ready"] == true).await;
+    assert_eq!(ready["ready"], true);
+
+    let (status, s) = t.get("/api/v1/status").await;
+    assert_eq!(status, 200, "{s}");
+    assert_eq!(s["streams"]["readings"]["ingest"]["accepted"], 30, "{s}");
+    assert_eq!(s["streams"]["readings"]["ingest"]["rejected"], 1, "{s}");
+    assert_eq!(s["streams"]["readings"]["speed"]["events"], 30, "{s}");
+    assert_eq!(s["streams"]["readings"]["speed"]["lag"], 0, "{s}");
+    assert!(s["views"][0]["cutoff"].is_string(), "{s}");
+    assert!(s["views"][0]["cutoff_age_ms"].as_i64().unwrap() >= 0, "{s}");
+    assert_eq!(s["batch"]["last_run"]["status"], "succeeded", "{s}");
+    assert!(s["batch"]["running"].as_array().unwrap().is_empty(), "{s}");
+    assert_eq!(s["roles"]["speed"], true, "{s}");
+
+    let r = t
+        .client
+        .get(format!("{}/metrics", t.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = r.text().await.unwrap();
+    for line in [
+        "tributary_ingest_accepted_total{stream=\"readings\"} 30",
+        "tributary_ingest_rejected_total{stream=\"readings\"} 1",
+        "tributary_speed_events_total{stream=\"readings\"} 30",
+        "tributary_speed_lag_records{stream=\"readings\"} 0.0",
+        "# TYPE tributary_view_cutoff_seconds gauge",
+        "tributary_view_cutoff_age_seconds{view=\"signal_by_type\"}",
+        "tributary_batch_runs_total{status=\"succeeded\"}",
+        "# EOF",
+    ] {
+        assert!(text.contains(line), "missing `{line}` in\n{text}");
+    }
+}
