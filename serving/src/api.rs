@@ -81,17 +81,48 @@ pub async fn list_views(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "views": views }))
 }
 
-/// Parse `from`, `to`, `limit` and key filters; refuse anything else by name.
+/// Parse a view query's parameters; refuse anything else by name.
+///
+/// `from`/`to` (RFC 3339) bound window starts; a key column filters by equality, or by
+/// IN when repeated (`?device_type=pump&device_type=fan`); `order=col` or `order=-col`
+/// (descending); `offset` and `limit` page; `top=N&by=col` is the N rows with the
+/// largest `col`; `meta=false` leaves out `_source` and `complete`.
 pub fn parse_view_query(
     merger: &Merger,
     view: &str,
-    params: &HashMap<String, String>,
+    params: &[(String, String)],
 ) -> Result<ViewQuery, ServingError> {
     let v = merger
         .pipeline()
         .view(view)
         .ok_or_else(|| ServingError::UnknownView(view.to_string()))?;
+    let columns: Vec<&str> = v
+        .output_schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .filter(|n| *n != tributary_core::view::SOURCE_COLUMN)
+        .collect();
+    let count = |k: &str, val: &str| -> Result<usize, ServingError> {
+        val.parse().map_err(|_| {
+            ServingError::bad(k, format!("expected a non-negative integer, got `{val}`"))
+        })
+    };
+    let column = |k: &str, name: &str| -> Result<String, ServingError> {
+        if columns.contains(&name) {
+            Ok(name.to_string())
+        } else {
+            Err(ServingError::bad(
+                k,
+                format!(
+                    "`{name}` is not a column of `{view}` ({})",
+                    columns.join(", ")
+                ),
+            ))
+        }
+    };
     let mut q = ViewQuery::default();
+    let (mut top, mut by) = (None, None);
     for (k, val) in params {
         match k.as_str() {
             "from" | "to" => {
@@ -104,20 +135,42 @@ pub fn parse_view_query(
                     q.to = Some(t);
                 }
             }
-            "limit" => {
-                let n: usize = val.parse().map_err(|_| {
-                    ServingError::bad(k, format!("expected a non-negative integer, got `{val}`"))
-                })?;
-                q.limit = Some(n);
+            "limit" => q.limit = Some(count(k, val)?),
+            "offset" => q.offset = count(k, val)?,
+            "top" => top = Some(count(k, val)?),
+            "by" => by = Some(column(k, val)?),
+            "order" => {
+                let (name, desc) = match val.strip_prefix('-') {
+                    Some(n) => (n, true),
+                    None => (val.as_str(), false),
+                };
+                q.order = Some((column(k, name)?, desc));
             }
-            key if v.keys.iter().any(|x| x == key) => q.keys.push((key.to_string(), val.clone())),
+            "meta" => {
+                q.meta = match val.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(ServingError::bad(
+                            k,
+                            format!("expected true or false, got `{val}`"),
+                        ));
+                    }
+                }
+            }
+            key if v.keys.iter().any(|x| x == key) => {
+                match q.keys.iter_mut().find(|(n, _)| n == key) {
+                    Some((_, values)) => values.push(val.clone()),
+                    None => q.keys.push((key.to_string(), vec![val.clone()])),
+                }
+            }
             // A token for browsers that cannot send headers; checked by auth.
             "access_token" => {}
             other => {
                 return Err(ServingError::bad(
                     other,
                     format!(
-                        "unknown parameter; use from, to, limit or a key column of `{view}` ({})",
+                        "unknown parameter; use from, to, order, offset, limit, top and by, meta, or a key column of `{view}` ({})",
                         if v.keys.is_empty() {
                             "none".to_string()
                         } else {
@@ -128,13 +181,33 @@ pub fn parse_view_query(
             }
         }
     }
+    match (top, by) {
+        (Some(n), Some(col)) => {
+            if q.order.is_some() || q.limit.is_some() {
+                return Err(ServingError::bad(
+                    "top",
+                    "top already orders and limits: leave out order and limit",
+                ));
+            }
+            q.order = Some((col, true));
+            q.limit = Some(n);
+        }
+        (Some(_), None) => {
+            return Err(ServingError::bad(
+                "top",
+                "needs `by`, the column to rank by",
+            ));
+        }
+        (None, Some(_)) => return Err(ServingError::bad("by", "goes with `top`")),
+        (None, None) => {}
+    }
     Ok(q)
 }
 
 pub async fn get_view(
     State(state): State<AppState>,
     Path(view): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
+    Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<ViewAnswer>, ServingError> {
     let q = parse_view_query(&state.merger, &view, &params)?;
     Ok(Json(state.merger.query(&view, &q).await?))

@@ -17,7 +17,7 @@ const INTERVAL: Duration = Duration::from_millis(250);
 pub async fn live_view(
     State(state): State<AppState>,
     Path(view): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
+    Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ServingError> {
     let q = parse_view_query(&state.merger, &view, &params)?;
     let merger = state.merger.clone();

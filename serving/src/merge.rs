@@ -26,13 +26,35 @@ use tributary_speed::SpeedSource;
 use crate::error::ServingError;
 use crate::json::cell;
 
-/// Filters of one view query.
-#[derive(Debug, Default, Clone)]
+/// Filters, order and paging of one view query.
+#[derive(Debug, Clone)]
 pub struct ViewQuery {
+    /// Windows starting at or after this (micros).
     pub from: Option<i64>,
+    /// Windows starting before this.
     pub to: Option<i64>,
-    pub keys: Vec<(String, String)>,
+    /// Key column and the values it may take (one value: equality; several: IN).
+    pub keys: Vec<(String, Vec<String>)>,
+    /// Column to order by and whether descending; default window, then keys.
+    pub order: Option<(String, bool)>,
+    pub offset: usize,
     pub limit: Option<usize>,
+    /// Whether rows carry `_source` and `complete` beside their values.
+    pub meta: bool,
+}
+
+impl Default for ViewQuery {
+    fn default() -> Self {
+        ViewQuery {
+            from: None,
+            to: None,
+            keys: Vec::new(),
+            order: None,
+            offset: 0,
+            limit: None,
+            meta: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -50,6 +72,10 @@ pub struct ViewAnswer {
     /// Age of the speed layer's position, in milliseconds.
     pub freshness_ms: Option<i64>,
     pub batch_version: Option<i64>,
+    /// Rows matching the filters, before `offset` and `limit`.
+    pub total_rows: usize,
+    /// Where the next page starts, if there is one.
+    pub next_offset: Option<usize>,
     pub rows: Vec<Map<String, Value>>,
 }
 
@@ -175,7 +201,8 @@ impl Merger {
             .chain(batch.as_ref().and_then(|b| b.max_event_ts))
             .max();
         let watermark = view.watermark(max_event_ts);
-        let rows = to_rows(&view, &out, q, watermark);
+        let (total_rows, rows) = to_rows(&view, &out, q, watermark);
+        let next = q.offset + rows.len();
         let position = speed.ingest_position;
         Ok(ViewAnswer {
             view: view.name.clone(),
@@ -185,19 +212,22 @@ impl Merger {
             speed_position: position.map(rfc3339),
             freshness_ms: position.map(|p| (now_micros() - p).max(0) / 1000),
             batch_version: batch.as_ref().map(|b| b.version),
+            total_rows,
+            next_offset: (next < total_rows).then_some(next),
             rows,
         })
     }
 }
 
-/// Final batches to JSON rows: filtered, ordered by window then keys, limited; each row
-/// says which layers it came from and whether the watermark has passed its window.
+/// Final batches to JSON rows: filtered, ordered (by window then keys unless asked
+/// otherwise), paged; each row says which layers it came from and whether the watermark
+/// has passed its window. Returns the number of matching rows and the page.
 fn to_rows(
     view: &CompiledView,
     batches: &[RecordBatch],
     q: &ViewQuery,
     watermark: Option<i64>,
-) -> Vec<Map<String, Value>> {
+) -> (usize, Vec<Map<String, Value>>) {
     let mut rows: Vec<(i64, Vec<String>, Map<String, Value>)> = Vec::new();
     for b in batches {
         let schema = b.schema();
@@ -232,11 +262,11 @@ fn to_rows(
                     obj.insert(f.name().clone(), v);
                 }
             }
-            for (k, want) in &q.keys {
+            for (k, wanted) in &q.keys {
                 let matches = match obj.get(k) {
-                    Some(Value::String(s)) => s == want,
+                    Some(Value::String(s)) => wanted.iter().any(|w| w == s),
                     Some(Value::Null) | None => false,
-                    Some(other) => &other.to_string() == want,
+                    Some(other) => wanted.iter().any(|w| *w == other.to_string()),
                 };
                 if !matches {
                     continue 'row;
@@ -251,6 +281,42 @@ fn to_rows(
         }
     }
     rows.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    if let Some((column, desc)) = &q.order {
+        // Stable: ties keep window-then-keys order.
+        rows.sort_by(|a, b| {
+            let o = compare(a.2.get(column), b.2.get(column));
+            if *desc { o.reverse() } else { o }
+        });
+    }
+    let total = rows.len();
     let limit = q.limit.unwrap_or(usize::MAX);
-    rows.into_iter().take(limit).map(|(_, _, r)| r).collect()
+    let page = rows
+        .into_iter()
+        .skip(q.offset)
+        .take(limit)
+        .map(|(_, _, mut r)| {
+            if !q.meta {
+                r.remove("_source");
+                r.remove("complete");
+            }
+            r
+        })
+        .collect();
+    (total, page)
+}
+
+/// JSON values in a total order: nulls first, numbers by value, then text.
+fn compare(a: Option<&Value>, b: Option<&Value>) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    match (a, b) {
+        (None | Some(Value::Null), None | Some(Value::Null)) => Ordering::Equal,
+        (None | Some(Value::Null), _) => Ordering::Less,
+        (_, None | Some(Value::Null)) => Ordering::Greater,
+        (Some(Value::Number(x)), Some(Value::Number(y))) => x
+            .as_f64()
+            .unwrap_or(0.0)
+            .total_cmp(&y.as_f64().unwrap_or(0.0)),
+        (Some(Value::String(x)), Some(Value::String(y))) => x.cmp(y),
+        (Some(x), Some(y)) => x.to_string().cmp(&y.to_string()),
+    }
 }
