@@ -2,14 +2,14 @@
 # The full test suite: formatting, lints, unit, integration and end-to-end tests.
 # Installs what the tests need by itself: the independent Delta reader (Python
 # `deltalake` in .venv), a Kafka-protocol broker (tansu, built once into
-# ~/.cache/tributary/tools and started here on loopback), Debian's headless Chromium
+# ~/.cache/tributary/tools and started here on loopback), schemathesis (the API fuzzer), Debian's headless Chromium
 # with playwright-core for the dashboard tests, and the dashboard's browser build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! .venv/bin/python -c 'import deltalake, pyarrow' 2>/dev/null; then
+if ! .venv/bin/python -c 'import deltalake, pyarrow, schemathesis' 2>/dev/null; then
   python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check 'deltalake==1.6.6' 'pyarrow==26.0.1'
+  .venv/bin/pip install --quiet --disable-pip-version-check 'deltalake==1.6.6' 'pyarrow==26.0.1' 'schemathesis==4.32.5'
 fi
 export DELTA_READER_PYTHON="$PWD/.venv/bin/python"
 

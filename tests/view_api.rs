@@ -25,10 +25,17 @@ async fn filters_order_pages_and_ranks_view_rows() {
     assert_eq!(status, 200);
     t.wait_for(VIEW, |v| total_readings(v) == 11).await;
     let types = |v: &Value| -> Vec<String> {
-        v["rows"].as_array().unwrap().iter().map(|r| r["device_type"].as_str().unwrap().to_string()).collect()
+        v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["device_type"].as_str().unwrap().to_string())
+            .collect()
     };
 
-    let (_, v) = t.get(&format!("{VIEW}?device_type=pump&device_type=fan")).await;
+    let (_, v) = t
+        .get(&format!("{VIEW}?device_type=pump&device_type=fan"))
+        .await;
     assert_eq!(types(&v), ["fan", "pump"]);
 
     let (_, v) = t.get(&format!("{VIEW}?order=-readings")).await;
@@ -38,8 +45,13 @@ async fn filters_order_pages_and_ranks_view_rows() {
 
     let (_, v) = t.get(&format!("{VIEW}?order=device_type&limit=3")).await;
     assert_eq!(types(&v), ["drill", "fan", "pump"]);
-    assert_eq!((v["total_rows"].clone(), v["next_offset"].clone()), (json!(4), json!(3)));
-    let (_, v) = t.get(&format!("{VIEW}?order=device_type&limit=3&offset=3")).await;
+    assert_eq!(
+        (v["total_rows"].clone(), v["next_offset"].clone()),
+        (json!(4), json!(3))
+    );
+    let (_, v) = t
+        .get(&format!("{VIEW}?order=device_type&limit=3&offset=3"))
+        .await;
     assert_eq!(types(&v), ["valve"]);
     assert!(v["next_offset"].is_null(), "{v}");
 
@@ -49,7 +61,10 @@ async fn filters_order_pages_and_ranks_view_rows() {
 
     let (_, v) = t.get(&format!("{VIEW}?meta=false&device_type=drill")).await;
     let row = v["rows"][0].as_object().unwrap();
-    assert!(!row.contains_key("_source") && !row.contains_key("complete"), "{v}");
+    assert!(
+        !row.contains_key("_source") && !row.contains_key("complete"),
+        "{v}"
+    );
     let (_, v) = t.get(&format!("{VIEW}?device_type=drill")).await;
     assert_eq!(v["rows"][0]["_source"], "speed");
 

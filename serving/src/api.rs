@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tributary_batch::{Batch, RunRecord};
 use tributary_core::time::{parse_rfc3339, rfc3339};
 
-use crate::error::ServingError;
+use crate::error::{ErrorBody, ServingError};
 use crate::merge::{Merger, ViewAnswer, ViewQuery};
 
 /// Everything the handlers share.
@@ -31,6 +31,8 @@ pub struct AppState {
     pub ingest: Option<Arc<tributary_ingest::Ingest>>,
 }
 
+#[utoipa::path(get, path = "/api/v1/views", tag = "views",
+    responses((status = 200, description = "Every view: SQL, keys, window, values, schema, cutoff", body = Object)))]
 pub async fn list_views(State(state): State<AppState>) -> Json<Value> {
     let mut batches = HashMap::new();
     for v in &state.merger.pipeline().views {
@@ -204,6 +206,11 @@ pub fn parse_view_query(
     Ok(q)
 }
 
+#[utoipa::path(get, path = "/api/v1/views/{view}", tag = "views",
+    params(("view" = String, Path, description = "View name"), crate::openapi::ViewParams),
+    responses((status = 200, description = "The merged answer", body = crate::merge::ViewAnswer),
+              (status = 400, description = "A malformed parameter, named", body = ErrorBody),
+              (status = 404, description = "No such view", body = ErrorBody)))]
 pub async fn get_view(
     State(state): State<AppState>,
     Path(view): Path<String>,
@@ -213,10 +220,16 @@ pub async fn get_view(
     Ok(Json(state.merger.query(&view, &q).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/batch/runs", tag = "batch",
+    responses((status = 200, description = "Run history, newest first", body = Object)))]
 pub async fn list_runs(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "runs": state.batch.history() }))
 }
 
+#[utoipa::path(get, path = "/api/v1/batch/runs/{id}", tag = "batch",
+    params(("id" = String, Path, description = "Run id")),
+    responses((status = 200, description = "One run", body = Object),
+              (status = 404, description = "No such run", body = ErrorBody)))]
 pub async fn get_run(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -228,6 +241,12 @@ pub async fn get_run(
         .ok_or(ServingError::UnknownRun(id))
 }
 
+#[utoipa::path(post, path = "/api/v1/batch/runs", tag = "batch",
+    params(("wait" = Option<bool>, Query, description = "Answer when the run has ended")),
+    responses((status = 200, description = "The finished run (wait=true)", body = Object),
+              (status = 202, description = "The run, started", body = Object),
+              (status = 400, description = "A malformed parameter, named", body = ErrorBody),
+              (status = 409, description = "A run is in progress", body = ErrorBody)))]
 /// Start a batch run. With `?wait=true` the answer comes when the run has ended and
 /// serving already answers from its result.
 pub async fn start_run(
@@ -276,6 +295,9 @@ pub async fn start_run(
     Ok((StatusCode::ACCEPTED, Json(record)))
 }
 
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "Every role up", body = Object),
+              (status = 503, description = "A role is down", body = Object)))]
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     health_of(&state.roles)
 }
@@ -305,6 +327,8 @@ pub fn health_of(roles: &[(String, Arc<AtomicBool>)]) -> impl IntoResponse + use
     )
 }
 
+#[utoipa::path(get, path = "/api/v1/speed/stats", tag = "operations",
+    responses((status = 200, description = "Speed-layer progress per stream and view", body = Object)))]
 pub async fn speed_stats(State(state): State<AppState>) -> Result<Json<Value>, ServingError> {
     let stats = state
         .merger
@@ -318,6 +342,13 @@ pub async fn speed_stats(State(state): State<AppState>) -> Result<Json<Value>, S
     Ok(Json(json!(stats)))
 }
 
+#[utoipa::path(post, path = "/api/v1/sql", tag = "sql",
+    request_body = crate::sql::SqlRequest,
+    responses((status = 200, description = "Columns and rows (JSON), or an Arrow IPC stream", body = Object),
+              (status = 400, description = "SQL that does not parse or plan, or a bad format", body = ErrorBody),
+              (status = 403, description = "Not a read-only query", body = ErrorBody),
+              (status = 408, description = "Past the time limit, cancelled", body = ErrorBody),
+              (status = 422, description = "Over the memory limit", body = ErrorBody)))]
 /// `POST /api/v1/sql` with `{"sql": "...", "format": "json" | "arrow"}`.
 pub async fn post_sql(
     State(state): State<AppState>,

@@ -8,6 +8,12 @@ use thiserror::Error;
 use tributary_batch::BatchError;
 use tributary_core::CoreError;
 
+/// Every error answer: one sentence saying what is wrong.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
 #[derive(Debug, Error)]
 pub enum ServingError {
     #[error("unknown view `{0}`")]

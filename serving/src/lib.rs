@@ -10,6 +10,7 @@ pub mod error;
 pub mod json;
 pub mod live;
 pub mod merge;
+pub mod openapi;
 pub mod ops;
 pub mod sql;
 pub mod web;
@@ -34,6 +35,7 @@ pub fn router(state: AppState, auth: &auth::Auth) -> Router {
     let open = Router::new()
         .route("/health", get(api::health))
         .route("/ready", get(ops::ready))
+        .route("/api/v1/openapi.json", get(openapi::document))
         .with_state(state.clone());
     open.merge(auth.require(Scope::Admin, admin))
         .merge(auth.require(Scope::Read, read_router(state)))

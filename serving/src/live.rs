@@ -1,7 +1,6 @@
 //! Live push: `GET /api/v1/views/{view}/live` streams the view's answer as server-sent
 //! events whenever it changes, checked at most every `interval`.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -14,6 +13,11 @@ use crate::error::ServingError;
 
 const INTERVAL: Duration = Duration::from_millis(250);
 
+#[utoipa::path(get, path = "/api/v1/views/{view}/live", tag = "views",
+    params(("view" = String, Path, description = "View name"), crate::openapi::ViewParams),
+    responses((status = 200, description = "Server-sent events: the answer on every change", content_type = "text/event-stream", body = String),
+              (status = 400, description = "A malformed parameter, named", body = crate::error::ErrorBody),
+              (status = 404, description = "No such view", body = crate::error::ErrorBody)))]
 pub async fn live_view(
     State(state): State<AppState>,
     Path(view): Path<String>,

@@ -57,7 +57,7 @@ impl Default for ViewQuery {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ViewAnswer {
     pub view: String,
     /// Batch cutoff T: events ingested before it come from the batch layer.
@@ -76,6 +76,9 @@ pub struct ViewAnswer {
     pub total_rows: usize,
     /// Where the next page starts, if there is one.
     pub next_offset: Option<usize>,
+    /// Keys, window start and values per row, with `_source` and `complete` unless
+    /// `meta=false`.
+    #[schema(value_type = Vec<Object>)]
     pub rows: Vec<Map<String, Value>>,
 }
 
@@ -266,7 +269,10 @@ fn to_rows(
                 let matches = match obj.get(k) {
                     Some(Value::String(s)) => wanted.iter().any(|w| w == s),
                     Some(Value::Null) | None => false,
-                    Some(other) => wanted.iter().any(|w| *w == other.to_string()),
+                    Some(other) => {
+                        let text = other.to_string();
+                        wanted.contains(&text)
+                    }
                 };
                 if !matches {
                     continue 'row;

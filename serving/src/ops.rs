@@ -31,6 +31,8 @@ fn label(k: &str, v: &str) -> Labels {
 }
 
 /// `GET /api/v1/status`.
+#[utoipa::path(get, path = "/api/v1/status", tag = "operations",
+    responses((status = 200, description = "Streams, views, speed layer and batch runs", body = Object)))]
 pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, ServingError> {
     let speed = state
         .merger
@@ -89,6 +91,9 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, Servin
 
 /// `GET /ready`: 200 once every role is up and the speed layer has caught up with the
 /// log (so answers are complete), else 503 saying what it waits for.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses((status = 200, description = "Ready", body = Object),
+              (status = 503, description = "What it waits for", body = Object)))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     let mut waiting: Vec<String> = state
         .roles
@@ -113,6 +118,8 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /metrics` in the Prometheus (OpenMetrics) text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ServingError> {
     let speed = state
         .merger

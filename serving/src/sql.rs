@@ -30,9 +30,10 @@ use crate::error::ServingError;
 use crate::json::cell;
 use crate::merge::Merger;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SqlRequest {
+    /// One read-only query.
     pub sql: String,
     /// `json` (default) or `arrow` (an Arrow IPC stream).
     #[serde(default)]
