@@ -215,6 +215,7 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
                 shutdown: shutdown.clone(),
                 sql: config.sql.clone(),
                 ingest: None,
+                live_interval_ms: config.http.live_interval_ms,
             };
             tasks.spawn(
                 "batch-view-refresh",
@@ -233,6 +234,8 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
         }
         other => bail!("unknown role `{other}`"),
     };
+    let app = tributary_serving::with_cors(app, &config.http.cors_origins)
+        .context("http.cors-origins")?;
     tasks.spawn(
         "http",
         tributary_serving::run(config.http.addr.clone(), app, shutdown.clone()),
@@ -342,6 +345,7 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         sql: config.sql.clone(),
         ingest: Some(ingest.clone()),
+        live_interval_ms: config.http.live_interval_ms,
     };
     let auth = Auth::new(&config.auth);
     let app = tributary_serving::router(state.clone(), &auth)
@@ -388,6 +392,8 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
         tributary_serving::refresh_loop(state, Duration::from_secs(5), shutdown.clone()),
     );
     flag("ingest").store(true, Ordering::Release);
+    let app = tributary_serving::with_cors(app, &config.http.cors_origins)
+        .context("http.cors-origins")?;
     tasks.spawn(
         "serve",
         with_flag(

@@ -10,7 +10,11 @@ use serde_json::{Value, json};
 #[tokio::test]
 async fn status_metrics_and_readiness_report_the_pipeline() {
     let dir = tempfile::tempdir().unwrap();
-    let t = Tributary::start(dir.path(), "").await;
+    let t = Tributary::start(
+        dir.path(),
+        "[http]\ncors-origins = [\"https://dash.example\"]\nlive-interval-ms = 100",
+    )
+    .await;
     let events: Vec<Value> = (0..30)
         .map(|i| json!({"device": format!("d{i}"), "device_type": "pump", "signal": 30.0, "ts": "2026-01-01T00:01:00Z"}))
         .collect();
@@ -72,4 +76,30 @@ async fn status_metrics_and_readiness_report_the_pipeline() {
     ] {
         assert!(text.contains(line), "missing `{line}` in\n{text}");
     }
+
+    // CORS: the configured origin may call the API from a browser, another may not.
+    let preflight = t
+        .client
+        .request(reqwest::Method::OPTIONS, format!("{}/api/v1/sql", t.base))
+        .header("origin", "https://dash.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://dash.example"
+    );
+    let other = t
+        .client
+        .get(format!("{}/api/v1/views", t.base))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
 }

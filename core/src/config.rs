@@ -174,6 +174,17 @@ pub struct HttpConfig {
     /// Directory holding the dashboard's browser build (`pkg/`).
     #[serde(default = "default_site_dir")]
     pub site_dir: PathBuf,
+    /// Live push sends a view's changes at most this often (changes in between coalesce).
+    #[serde(default = "default_live_interval_ms")]
+    pub live_interval_ms: u64,
+    /// Browser origins allowed to call the API from other sites (CORS), e.g.
+    /// `["https://grafana.example.com"]`; `["*"]` allows any. Empty: same origin only.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+}
+
+fn default_live_interval_ms() -> u64 {
+    250
 }
 
 fn default_site_dir() -> PathBuf {
@@ -197,6 +208,8 @@ impl Default for HttpConfig {
             max_body_bytes: default_max_body(),
             max_records_per_request: default_max_records(),
             site_dir: default_site_dir(),
+            live_interval_ms: default_live_interval_ms(),
+            cors_origins: Vec::new(),
         }
     }
 }

@@ -29,6 +29,8 @@ pub struct AppState {
     pub sql: tributary_core::config::SqlConfig,
     /// Ingest, when it runs in this process (its counters feed status and metrics).
     pub ingest: Option<Arc<tributary_ingest::Ingest>>,
+    /// Live push checks for changes this often.
+    pub live_interval_ms: u64,
 }
 
 #[utoipa::path(get, path = "/api/v1/views", tag = "views",

@@ -86,6 +86,33 @@ pub async fn refresh_loop(
     }
 }
 
+/// Allow the API to be called from the browser origins in `origins` (CORS); `*` allows
+/// any. An origin that is not a valid header value is refused.
+pub fn with_cors(app: Router, origins: &[String]) -> Result<Router, ServingError> {
+    use axum::http::{HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return Ok(app);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let values = origins
+            .iter()
+            .map(|o| {
+                o.parse::<HeaderValue>()
+                    .map_err(|_| ServingError::Server(format!("`{o}` is not a valid origin")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(values)
+    };
+    let cors = CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
+    Ok(app.layer(cors))
+}
+
 /// Serve `app` on `addr` until shutdown.
 pub async fn run(addr: String, app: Router, shutdown: Shutdown) -> Result<(), ServingError> {
     let listener = TcpListener::bind(&addr)

@@ -1,5 +1,6 @@
 //! Live push: `GET /api/v1/views/{view}/live` streams the view's answer as server-sent
-//! events whenever it changes, checked at most every `interval`.
+//! events whenever it changes, checked at most every `http.live-interval-ms` (changes in
+//! between coalesce into one message).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -10,8 +11,6 @@ use futures::Stream;
 
 use crate::api::{AppState, parse_view_query};
 use crate::error::ServingError;
-
-const INTERVAL: Duration = Duration::from_millis(250);
 
 #[utoipa::path(get, path = "/api/v1/views/{view}/live", tag = "views",
     params(("view" = String, Path, description = "View name"), crate::openapi::ViewParams),
@@ -26,9 +25,10 @@ pub async fn live_view(
     let q = parse_view_query(&state.merger, &view, &params)?;
     let merger = state.merger.clone();
     let shutdown = state.shutdown.clone();
+    let interval = Duration::from_millis(state.live_interval_ms.max(1));
     let stream = async_stream(move |tx| async move {
         let mut last_rows = None;
-        let mut ticker = tokio::time::interval(INTERVAL);
+        let mut ticker = tokio::time::interval(interval);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,

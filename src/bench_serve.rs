@@ -1,0 +1,228 @@
+//! `tributary bench serve`: view-query latency and end-to-end freshness against a running
+//! Tributary (start it first, e.g. `tributary up`), while ingest runs at a set rate.
+//!
+//! Three loads run at once for `--seconds`: ingest posts batches of readings at
+//! `--ingest-rate` events/s; an open-loop client issues the dashboard-style query (one
+//! key, the last day of windows) at `--rate` requests/s over `--connections`
+//! connections; a probe posts one event at a time and polls the view until it counts,
+//! measuring freshness (POST accepted → visible in the view API).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+pub struct Args {
+    pub url: String,
+    pub view: String,
+    pub stream: String,
+    pub key: String,
+    pub key_value: String,
+    pub rate: u64,
+    pub ingest_rate: u64,
+    pub connections: usize,
+    pub seconds: u64,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn event(kind: &str, device: u64) -> Value {
+    json!({
+        "device": format!("bench-{device}"),
+        "device_type": kind,
+        "signal": 20.0 + (device % 50) as f64,
+        "ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    })
+}
+
+pub async fn serve(args: Args) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections)
+        .build()?;
+    let health = client
+        .get(format!("{}/health", args.url))
+        .send()
+        .await
+        .with_context(|| format!("no Tributary at {} (start one: tributary up)", args.url))?;
+    if !health.status().is_success() {
+        bail!("{} answers /health with {}", args.url, health.status());
+    }
+    let from = (chrono::Utc::now() - chrono::Duration::days(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let query_url = format!(
+        "{}/api/v1/views/{}?{}={}&from={from}&meta=false",
+        args.url, args.view, args.key, args.key_value
+    );
+    let probe_url = format!(
+        "{}/api/v1/views/{}?{}=bench-probe",
+        args.url, args.view, args.key
+    );
+    let post_url = format!("{}/api/v1/streams/{}/events", args.url, args.stream);
+    let stop = Arc::new(AtomicBool::new(false));
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+
+    // Ingest at a steady rate, in batches of 500.
+    let ingested = Arc::new(AtomicU64::new(0));
+    let ingest = {
+        let (client, url, stop, ingested) = (
+            client.clone(),
+            post_url.clone(),
+            stop.clone(),
+            ingested.clone(),
+        );
+        let kinds = ["pump", "fan", "valve"];
+        let per_second = args.ingest_rate.max(1);
+        tokio::spawn(async move {
+            let batch = 500u64;
+            let mut tick =
+                tokio::time::interval(Duration::from_secs_f64(batch as f64 / per_second as f64));
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let events: Vec<Value> = (0..batch)
+                    .map(|i| event(kinds[((n + i) % 3) as usize], n + i))
+                    .collect();
+                n += batch;
+                let (client, url, ingested) = (client.clone(), url.clone(), ingested.clone());
+                tokio::spawn(async move {
+                    if let Ok(r) = client.post(&url).json(&events).send().await
+                        && r.status().is_success()
+                    {
+                        ingested.fetch_add(batch, Ordering::Relaxed);
+                    }
+                });
+            }
+        })
+    };
+
+    // Open-loop queries: each is sent on schedule whether or not earlier ones returned.
+    let latencies = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let permits = Arc::new(tokio::sync::Semaphore::new(args.connections));
+    let queries = {
+        let (client, stop, latencies, errors, permits) = (
+            client.clone(),
+            stop.clone(),
+            latencies.clone(),
+            errors.clone(),
+            permits.clone(),
+        );
+        let every = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    // Every connection busy: count it as a miss, keep the schedule.
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let (client, url, latencies, errors) = (
+                    client.clone(),
+                    query_url.clone(),
+                    latencies.clone(),
+                    errors.clone(),
+                );
+                tokio::spawn(async move {
+                    let t = Instant::now();
+                    let ok = match client.get(&url).send().await {
+                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    let us = t.elapsed().as_micros() as u64;
+                    drop(permit);
+                    if ok {
+                        latencies.lock().await.push(us);
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        })
+    };
+
+    // Freshness: one probe event at a time, polled until the view counts it.
+    let mut freshness = Vec::new();
+    let mut seen = count(&client, &probe_url).await;
+    let mut n = 0;
+    while Instant::now() < deadline {
+        let sent = Instant::now();
+        let r = client
+            .post(&post_url)
+            .json(&json!([event("bench-probe", n)]))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("the probe event was refused: {}", r.status());
+        }
+        let accepted = Instant::now();
+        n += 1;
+        loop {
+            let c = count(&client, &probe_url).await;
+            if c > seen {
+                seen = c;
+                freshness.push(accepted.elapsed().as_micros() as u64);
+                break;
+            }
+            if sent.elapsed() > Duration::from_secs(10) {
+                bail!("a probe event did not show in the view within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = tokio::join!(ingest, queries);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut lat = latencies.lock().await.clone();
+    lat.sort_unstable();
+    freshness.sort_unstable();
+    let secs = args.seconds as f64;
+    println!(
+        "view query ({}={}, last day): {:.0} requests/s answered (target {}), p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {} failed or shed",
+        args.key,
+        args.key_value,
+        lat.len() as f64 / secs,
+        args.rate,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        percentile(&lat, 1.0),
+        errors.load(Ordering::Relaxed)
+    );
+    println!(
+        "ingest meanwhile: {:.0} events/s accepted (target {})",
+        ingested.load(Ordering::Relaxed) as f64 / secs,
+        args.ingest_rate
+    );
+    println!(
+        "freshness (POST accepted → visible in the view API), {} probes: p50 {:.1} ms, p99 {:.1} ms",
+        freshness.len(),
+        percentile(&freshness, 0.5),
+        percentile(&freshness, 0.99)
+    );
+    Ok(())
+}
+
+async fn count(client: &reqwest::Client, url: &str) -> i64 {
+    let Ok(r) = client.get(url).send().await else {
+        return 0;
+    };
+    let Ok(v) = r.json::<Value>().await else {
+        return 0;
+    };
+    v["rows"]
+        .as_array()
+        .map(|rows| rows.iter().filter_map(|r| r["readings"].as_i64()).sum())
+        .unwrap_or(0)
+}
