@@ -40,7 +40,7 @@ impl<F: Fn(&str, u64, u64) + Send + Sync> Progress for F {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     Running,
@@ -49,10 +49,10 @@ pub enum RunStatus {
 }
 
 /// One batch run, as the run history shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RunRecord {
     pub id: String,
-    pub kind: &'static str,
+    pub kind: String,
     pub views: Vec<String>,
     pub status: RunStatus,
     pub cutoff: Option<String>,
@@ -85,14 +85,16 @@ impl Batch {
         segment_width_ms: u64,
     ) -> Self {
         let (committed, _) = watch::channel(0);
+        let history = load_history(&storage);
+        let history_len = history.len() as u64;
         Batch {
             pipeline,
             storage,
             log,
             segment_width: segment_width_ms.max(1) as i64 * 1000,
             running: Arc::new(Mutex::new(())),
-            history: std::sync::Mutex::new(Vec::new()),
-            next_id: AtomicU64::new(1),
+            history: std::sync::Mutex::new(history),
+            next_id: AtomicU64::new(history_len + 1),
             committed,
         }
     }
@@ -141,7 +143,7 @@ impl Batch {
         );
         let record = RunRecord {
             id: id.clone(),
-            kind: "full",
+            kind: "full".into(),
             views: self.pipeline.views.iter().map(|v| v.name.clone()).collect(),
             status: RunStatus::Running,
             cutoff: None,
@@ -180,6 +182,9 @@ impl Batch {
             }
             let rec = rec.clone();
             drop(history);
+            if let Err(e) = append_history(&this.storage, &rec) {
+                tracing::warn!(error = %e, run = %rec.id, "could not record the run in the history file");
+            }
             if result.is_ok() {
                 this.committed.send_modify(|n| *n += 1);
             }
@@ -347,4 +352,32 @@ async fn count_and_max(
         .filter(|a| !a.is_null(0))
         .map(|a| a.value(0));
     Ok((n, m))
+}
+
+/// The run history file: one JSON record per finished run, appended.
+fn history_path(storage: &Storage) -> std::path::PathBuf {
+    storage.root().join("batch-runs.jsonl")
+}
+
+/// Finished runs of earlier processes (a run cut short by a crash never committed and
+/// is not listed).
+fn load_history(storage: &Storage) -> Vec<RunRecord> {
+    let Ok(text) = std::fs::read_to_string(history_path(storage)) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<RunRecord>(l).ok())
+        .collect()
+}
+
+fn append_history(storage: &Storage, record: &RunRecord) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(history_path(storage))?;
+    let mut line = serde_json::to_vec(record)?;
+    line.push(b'\n');
+    f.write_all(&line)?;
+    f.sync_data()
 }
