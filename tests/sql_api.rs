@@ -90,6 +90,22 @@ async fn read_only_sql_over_views_and_tables_with_limits() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["rows"][0]["n"], 1);
 
+    // The dead-letter API: the record, its field and reason.
+    let (status, v) = t
+        .get("/api/v1/streams/readings/dead-letters?limit=10")
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["total"], 1, "{v}");
+    assert_eq!(v["rows"][0]["field"], "signal", "{v}");
+    assert!(
+        v["rows"][0]["raw"].as_str().unwrap().contains("loud"),
+        "{v}"
+    );
+    let (status, _) = t.get("/api/v1/streams/nope/dead-letters").await;
+    assert_eq!(status, 404);
+    let (status, v) = t.get("/api/v1/streams/readings/dead-letters?limit=x").await;
+    assert_eq!(status, 400, "{v}");
+
     // JSON answers are capped at sql.max-rows and say so.
     let (status, v) = sql_json(&t, "SELECT device FROM master_readings ORDER BY device").await;
     assert_eq!(status, 200, "{v}");

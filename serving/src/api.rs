@@ -381,3 +381,39 @@ pub async fn post_sql(
     }
     Ok(Json(crate::sql::to_json(&result, state.sql.max_rows)).into_response())
 }
+
+/// `GET /api/v1/streams/{stream}/dead-letters?limit=N`: rejected records, newest first,
+/// with where they came from, the field at fault and the reason.
+#[utoipa::path(get, path = "/api/v1/streams/{stream}/dead-letters", tag = "ingest",
+    params(("stream" = String, Path, description = "Stream name"),
+           ("limit" = Option<u64>, Query, description = "Most records to return (default 100, at most 10,000)")),
+    responses((status = 200, description = "Dead letters, newest first, and how many there are", body = Object),
+              (status = 400, description = "A malformed parameter, named", body = ErrorBody),
+              (status = 404, description = "No such stream", body = ErrorBody)))]
+pub async fn dead_letters(
+    State(state): State<AppState>,
+    Path(stream): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ServingError> {
+    if state.merger.pipeline().stream(&stream).is_none() {
+        return Err(ServingError::UnknownStream(stream));
+    }
+    let mut limit = 100usize;
+    for (k, v) in &params {
+        match k.as_str() {
+            "limit" => {
+                limit = v.parse().map_err(|_| {
+                    ServingError::bad(k, format!("expected a non-negative integer, got `{v}`"))
+                })?
+            }
+            "access_token" => {}
+            other => return Err(ServingError::bad(other, "unknown parameter; use limit")),
+        }
+    }
+    // More than this in one answer is a job for the SQL endpoint.
+    let limit = limit.min(10_000);
+    let rows = crate::sql::dead_letters(&state.merger, &stream, limit).await?;
+    Ok(Json(
+        json!({ "stream": stream, "total": rows.0, "rows": rows.1 }),
+    ))
+}

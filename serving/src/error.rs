@@ -20,6 +20,8 @@ pub enum ServingError {
     UnknownView(String),
     #[error("unknown batch run `{0}`")]
     UnknownRun(String),
+    #[error("unknown stream `{0}`")]
+    UnknownStream(String),
     #[error("query parameter `{param}`: {reason}")]
     BadParameter { param: String, reason: String },
     #[error(transparent)]
@@ -52,7 +54,9 @@ impl ServingError {
 
     fn status(&self) -> StatusCode {
         match self {
-            ServingError::UnknownView(_) | ServingError::UnknownRun(_) => StatusCode::NOT_FOUND,
+            ServingError::UnknownView(_)
+            | ServingError::UnknownRun(_)
+            | ServingError::UnknownStream(_) => StatusCode::NOT_FOUND,
             ServingError::BadParameter { .. } | ServingError::Sql(_) => StatusCode::BAD_REQUEST,
             ServingError::Forbidden(_) => StatusCode::FORBIDDEN,
             ServingError::SqlMemory { .. } => StatusCode::UNPROCESSABLE_ENTITY,

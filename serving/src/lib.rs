@@ -51,6 +51,10 @@ fn read_router(state: AppState) -> Router {
         .route("/api/v1/speed/stats", get(api::speed_stats))
         .route("/api/v1/sql", axum::routing::post(api::post_sql))
         .route("/api/v1/status", get(ops::status))
+        .route(
+            "/api/v1/streams/{stream}/dead-letters",
+            get(api::dead_letters),
+        )
         .route("/metrics", get(ops::metrics))
         .with_state(state)
 }

@@ -55,6 +55,7 @@ fn post_events() {}
         crate::api::get_run,
         crate::api::start_run,
         crate::api::speed_stats,
+        crate::api::dead_letters,
         crate::ops::status,
         crate::ops::metrics,
         crate::ops::ready,

@@ -216,3 +216,51 @@ pub fn to_json(result: &SqlResult, max_rows: usize) -> Value {
         "elapsed_ms": result.elapsed.as_millis() as u64,
     })
 }
+
+/// A stream's dead letters, newest first: how many there are, and up to `limit` of them.
+pub async fn dead_letters(
+    merger: &Merger,
+    stream: &str,
+    limit: usize,
+) -> Result<(u64, Vec<Value>), ServingError> {
+    let server = |e: &dyn std::fmt::Display| ServingError::Server(e.to_string());
+    let table = tributary_ingest::delta::open(merger.storage().dead_letter_table(stream))
+        .await
+        .map_err(|e| server(&e))?;
+    if table.version().is_none() {
+        return Ok((0, Vec::new()));
+    }
+    let ctx = SessionContext::new();
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| server(&e))?;
+    let provider = table.table_provider().await.map_err(|e| server(&e))?;
+    ctx.register_table("dead_letters", provider)
+        .map_err(|e| server(&e))?;
+    let total = ctx
+        .table("dead_letters")
+        .await
+        .map_err(|e| server(&e))?
+        .count()
+        .await
+        .map_err(|e| server(&e))? as u64;
+    let df = ctx
+        .sql(&format!(
+            "SELECT received_at, source, \"index\", field, reason, raw FROM dead_letters \
+             ORDER BY received_at DESC LIMIT {limit}"
+        ))
+        .await
+        .map_err(|e| server(&e))?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await.map_err(|e| server(&e))?;
+    let result = SqlResult {
+        schema,
+        batches,
+        elapsed: Duration::ZERO,
+    };
+    let rows = to_json(&result, limit)["rows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    Ok((total, rows))
+}
