@@ -95,7 +95,12 @@ pub struct Merger {
     storage: Storage,
     speed: Arc<dyn SpeedSource>,
     batch_views: RwLock<HashMap<String, Arc<BatchView>>>,
+    /// Per view, the last merged rows and the (batch version, speed generation) they
+    /// were computed from: requests between two micro-batches share one final plan.
+    merged_cache: std::sync::Mutex<HashMap<String, (MergeKey, Vec<RecordBatch>)>>,
 }
+
+type MergeKey = (Option<i64>, u64);
 
 impl Merger {
     pub fn new(
@@ -109,6 +114,7 @@ impl Merger {
             storage,
             speed,
             batch_views: RwLock::new(loaded.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()),
+            merged_cache: Default::default(),
         }
     }
 
@@ -174,15 +180,37 @@ impl Merger {
                 })?;
             (batch, speed)
         };
-        let mut states = batch.as_ref().map(|b| b.states.clone()).unwrap_or_default();
-        states.extend(speed.states.iter().cloned());
-        let rows = view
-            .finalize(states)
-            .await
-            .map_err(|source| ServingError::Query {
-                view: view.name.clone(),
-                source,
-            })?;
+        let key: Option<MergeKey> = speed
+            .generation
+            .map(|g| (batch.as_ref().map(|b| b.version), g));
+        let cached = key.and_then(|key| {
+            let cache = self.merged_cache.lock().expect("merge cache lock");
+            cache
+                .get(view_name)
+                .filter(|(k, _)| *k == key)
+                .map(|(_, rows)| rows.clone())
+        });
+        let rows = match cached {
+            Some(rows) => rows,
+            None => {
+                let mut states = batch.as_ref().map(|b| b.states.clone()).unwrap_or_default();
+                states.extend(speed.states.iter().cloned());
+                let rows = view
+                    .finalize(states)
+                    .await
+                    .map_err(|source| ServingError::Query {
+                        view: view.name.clone(),
+                        source,
+                    })?;
+                if let Some(key) = key {
+                    self.merged_cache
+                        .lock()
+                        .expect("merge cache lock")
+                        .insert(view_name.to_string(), (key, rows.clone()));
+                }
+                rows
+            }
+        };
         Ok(Merged {
             view,
             rows,

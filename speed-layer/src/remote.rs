@@ -71,6 +71,8 @@ impl SpeedSource for RemoteSpeed {
             max_event_ts,
             ingest_position,
             segments,
+            // Another process's states: no generation to trust across the wire.
+            generation: None,
         })
     }
 

@@ -21,6 +21,9 @@ pub struct Snapshot {
     /// Newest `_ingest_ts` processed from the view's stream.
     pub ingest_position: Option<i64>,
     pub segments: usize,
+    /// Identifies the states exactly (same generation, same states), when known: lets
+    /// serving reuse a merged answer.
+    pub generation: Option<u64>,
 }
 
 /// The speed layer as serving sees it.
@@ -42,6 +45,7 @@ impl SpeedSource for SpeedLayer {
             .ok_or_else(|| CoreError::Log(format!("the speed layer has no view `{view}`")))?;
         let s = store.snapshot(cutoff);
         Ok(Snapshot {
+            generation: Some(s.generation),
             states: s.states,
             max_event_ts: s.max_event_ts,
             ingest_position: self.ingest_position(&store.view.stream),

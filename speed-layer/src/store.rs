@@ -38,11 +38,15 @@ struct ViewInner {
     ignored_below_cutoff: u64,
     /// Events that updated a window the watermark had already closed.
     late_events: u64,
+    /// Changes whenever the states change: equal generations, equal answers.
+    generation: u64,
 }
 
 /// What serving takes from the speed layer for one view.
 #[derive(Debug, Clone)]
 pub struct SpeedSnapshot {
+    /// The store's generation when the states were taken.
+    pub generation: u64,
     pub states: Vec<RecordBatch>,
     pub max_event_ts: Option<i64>,
     pub segments: usize,
@@ -101,6 +105,7 @@ impl ViewStore {
         }
         inner.events += events;
         inner.late_events += late;
+        inner.generation += 1;
         inner.max_event_ts = match (inner.max_event_ts, max_event_ts) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -131,6 +136,7 @@ impl ViewStore {
             let rest = seg.states.split_off(replaced);
             seg.states = compacted;
             seg.states.extend(rest);
+            inner.generation += 1;
         }
     }
 
@@ -144,6 +150,7 @@ impl ViewStore {
             segments += 1;
         }
         SpeedSnapshot {
+            generation: inner.generation,
             states,
             max_event_ts: inner.max_event_ts,
             segments,
@@ -174,6 +181,7 @@ impl ViewStore {
             inner.segments.insert(bucket, seg);
         }
         inner.max_event_ts = inner.max_event_ts.max(max_event_ts);
+        inner.generation += 1;
     }
 
     /// The batch layer now covers everything below `cutoff`: drop those segments and
@@ -184,7 +192,11 @@ impl ViewStore {
             return;
         }
         inner.cutoff = cutoff;
+        let before = inner.segments.len();
         inner.segments = inner.segments.split_off(&cutoff);
+        if inner.segments.len() != before {
+            inner.generation += 1;
+        }
     }
 
     pub fn stats(&self) -> ViewStats {
@@ -327,5 +339,23 @@ mod tests {
             2,
             "compacted batch plus the one added meanwhile"
         );
+    }
+
+    #[tokio::test]
+    async fn generation_moves_with_every_change_of_states_only() {
+        let store = ViewStore::new(view().await, i64::MIN);
+        let g = |s: &ViewStore| s.snapshot(i64::MIN).generation;
+        let g0 = g(&store);
+        store.add(1_000, states(1), 1, None, 0);
+        let g1 = g(&store);
+        assert_ne!(g0, g1);
+        assert_eq!(g1, g(&store), "reading changes nothing");
+        store.release_below(1_000);
+        assert_eq!(g1, g(&store), "a cutoff that drops nothing changes nothing");
+        store.release_below(2_000);
+        let g2 = g(&store);
+        assert_ne!(g1, g2);
+        store.add(1_000, states(9), 1, None, 0);
+        assert_eq!(g2, g(&store), "events below the cutoff change no state");
     }
 }
