@@ -15,15 +15,30 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
+#[derive(clap::Args, Debug)]
 pub struct Args {
+    /// Where Tributary listens.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    #[arg(long, default_value = "signal_by_type")]
     pub view: String,
+    #[arg(long, default_value = "readings")]
     pub stream: String,
+    /// The key column the dashboard query filters on, and its value.
+    #[arg(long, default_value = "device_type")]
     pub key: String,
+    #[arg(long, default_value = "pump")]
     pub key_value: String,
+    /// View queries per second (open loop).
+    #[arg(long, default_value_t = 10_000)]
     pub rate: u64,
+    /// Events per second posted meanwhile.
+    #[arg(long, default_value_t = 50_000)]
     pub ingest_rate: u64,
+    /// Concurrent query connections at most.
+    #[arg(long, default_value_t = 64)]
     pub connections: usize,
+    #[arg(long, default_value_t = 10)]
     pub seconds: u64,
 }
 

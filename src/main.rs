@@ -69,31 +69,7 @@ enum BenchTarget {
         python: Option<PathBuf>,
     },
     /// View-query latency and freshness against a running Tributary, while ingesting.
-    Serve {
-        /// Where Tributary listens.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        url: String,
-        #[arg(long, default_value = "signal_by_type")]
-        view: String,
-        #[arg(long, default_value = "readings")]
-        stream: String,
-        /// The key column the dashboard query filters on, and its value.
-        #[arg(long, default_value = "device_type")]
-        key: String,
-        #[arg(long, default_value = "pump")]
-        key_value: String,
-        /// View queries per second (open loop).
-        #[arg(long, default_value_t = 10_000)]
-        rate: u64,
-        /// Events per second posted meanwhile.
-        #[arg(long, default_value_t = 50_000)]
-        ingest_rate: u64,
-        /// Concurrent query connections at most.
-        #[arg(long, default_value_t = 64)]
-        connections: usize,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-    },
+    Serve(bench_serve::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -148,32 +124,8 @@ fn main() -> anyhow::Result<()> {
                 .await
             }
             Command::Bench {
-                target:
-                    BenchTarget::Serve {
-                        url,
-                        view,
-                        stream,
-                        key,
-                        key_value,
-                        rate,
-                        ingest_rate,
-                        connections,
-                        seconds,
-                    },
-            } => {
-                bench_serve::serve(bench_serve::Args {
-                    url,
-                    view,
-                    stream,
-                    key,
-                    key_value,
-                    rate,
-                    ingest_rate,
-                    connections,
-                    seconds,
-                })
-                .await
-            }
+                target: BenchTarget::Serve(args),
+            } => bench_serve::serve(args).await,
         }
     })
 }

@@ -41,11 +41,7 @@ fn by_type(v: &Value) -> BTreeMap<String, (f64, f64, i64, String)> {
 async fn four_processes_serve_exact_answers_and_survive_an_archiver_kill() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("roles-{}-", std::process::id());
-    let extra = format!(
-        "[log]\nkind = \"kafka\"\nbrokers = \"{}\"\ntopic-prefix = \"{prefix}\"\ntick-interval-ms = 200",
-        kafka_brokers()
-    );
-    let config = Tributary::configure(dir.path(), &extra);
+    let config = Tributary::configure_kafka(dir.path(), &prefix);
     let ingest = Tributary::start_role(dir.path(), &config, "ingest", &[]).await;
     let speed = Tributary::start_role(dir.path(), &config, "speed", &[]).await;
     let mut batch = Tributary::start_role(dir.path(), &config, "batch", &[]).await;

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Tributary, kafka_brokers, total_readings};
+use common::{Tributary, total_readings};
 use serde_json::{Value, json};
 
 const VIEW: &str = "/api/v1/views/signal_by_type";
@@ -34,11 +34,7 @@ fn batch_of(i: usize) -> Value {
 async fn killed_speed_layer_rebuilds_from_the_cutoff_and_answers_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("speed-restart-{}-", std::process::id());
-    let extra = format!(
-        "[log]\nkind = \"kafka\"\nbrokers = \"{}\"\ntopic-prefix = \"{prefix}\"\ntick-interval-ms = 200",
-        kafka_brokers()
-    );
-    let config = Tributary::configure(dir.path(), &extra);
+    let config = Tributary::configure_kafka(dir.path(), &prefix);
     let ingest = Tributary::start_role(dir.path(), &config, "ingest", &[]).await;
     let mut speed = Tributary::start_role(dir.path(), &config, "speed", &[]).await;
     let _batch = Tributary::start_role(dir.path(), &config, "batch", &[]).await;

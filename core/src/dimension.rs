@@ -217,6 +217,18 @@ async fn read(
 mod tests {
     use super::*;
 
+    /// Rewrite a file with a modification time `secs` ahead, so the change shows even on
+    /// file systems with coarse timestamps.
+    fn rewrite(path: &Path, text: &str, secs: u64) {
+        std::fs::write(path, text).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(SystemTime::now() + Duration::from_secs(secs))
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn reloads_a_changed_file_and_keeps_rows_when_it_breaks() {
         let dir = tempfile::tempdir().unwrap();
@@ -234,26 +246,12 @@ mod tests {
         assert_eq!(t.format, DimensionFormat::Csv);
         assert_eq!(t.batches().iter().map(|b| b.num_rows()).sum::<usize>(), 1);
 
-        std::fs::write(&path, "device,site\nd1,north\nd2,south\n").unwrap();
-        let later = SystemTime::now() + Duration::from_secs(5);
-        std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(later)
-            .unwrap();
+        rewrite(&path, "device,site\nd1,north\nd2,south\n", 5);
         t.reload_if_changed().await;
         assert_eq!(t.batches().iter().map(|b| b.num_rows()).sum::<usize>(), 2);
 
         // Another schema: the last good rows stay.
-        std::fs::write(&path, "other\n1\n").unwrap();
-        let later = SystemTime::now() + Duration::from_secs(10);
-        std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(later)
-            .unwrap();
+        rewrite(&path, "other\n1\n", 10);
         t.reload_if_changed().await;
         assert_eq!(t.batches().iter().map(|b| b.num_rows()).sum::<usize>(), 2);
     }

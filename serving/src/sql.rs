@@ -164,24 +164,31 @@ async fn register(merger: &Merger, ctx: &SessionContext) -> Result<(), ServingEr
                 storage.dead_letter_table(&stream.name),
             ),
         ] {
-            let table = tributary_ingest::delta::open(url)
-                .await
-                .map_err(|e| ServingError::Server(e.to_string()))?;
-            if table.version().is_none() {
-                continue;
+            if let Some(provider) = stored_table(ctx, url).await? {
+                ctx.register_table(name.as_str(), provider)
+                    .map_err(server)?;
             }
-            table
-                .update_datafusion_session(&ctx.state())
-                .map_err(|e| ServingError::Server(e.to_string()))?;
-            let provider = table
-                .table_provider()
-                .await
-                .map_err(|e| ServingError::Server(e.to_string()))?;
-            ctx.register_table(name.as_str(), provider)
-                .map_err(server)?;
         }
     }
     Ok(())
+}
+
+/// A stored Delta table as a provider for `ctx`, or `None` before its first commit.
+async fn stored_table(
+    ctx: &SessionContext,
+    url: url::Url,
+) -> Result<Option<Arc<dyn datafusion::catalog::TableProvider>>, ServingError> {
+    let server = |e: &dyn std::fmt::Display| ServingError::Server(e.to_string());
+    let table = tributary_ingest::delta::open(url)
+        .await
+        .map_err(|e| server(&e))?;
+    if table.version().is_none() {
+        return Ok(None);
+    }
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| server(&e))?;
+    Ok(Some(table.table_provider().await.map_err(|e| server(&e))?))
 }
 
 /// JSON rows (at most `max_rows`). A view's `_src` column says which layer each row came
@@ -224,17 +231,11 @@ pub async fn dead_letters(
     limit: usize,
 ) -> Result<(u64, Vec<Value>), ServingError> {
     let server = |e: &dyn std::fmt::Display| ServingError::Server(e.to_string());
-    let table = tributary_ingest::delta::open(merger.storage().dead_letter_table(stream))
-        .await
-        .map_err(|e| server(&e))?;
-    if table.version().is_none() {
-        return Ok((0, Vec::new()));
-    }
     let ctx = SessionContext::new();
-    table
-        .update_datafusion_session(&ctx.state())
-        .map_err(|e| server(&e))?;
-    let provider = table.table_provider().await.map_err(|e| server(&e))?;
+    let Some(provider) = stored_table(&ctx, merger.storage().dead_letter_table(stream)).await?
+    else {
+        return Ok((0, Vec::new()));
+    };
     ctx.register_table("dead_letters", provider)
         .map_err(|e| server(&e))?;
     let total = ctx

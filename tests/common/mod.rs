@@ -78,6 +78,16 @@ impl Tributary {
         config
     }
 
+    /// Write a configuration on the Kafka test broker (deploy/test.sh starts it), with
+    /// topics under a prefix of their own so concurrent tests never share one.
+    pub fn configure_kafka(dir: &Path, topic_prefix: &str) -> PathBuf {
+        let extra = format!(
+            "[log]\nkind = \"kafka\"\nbrokers = \"{}\"\ntopic-prefix = \"{topic_prefix}\"\ntick-interval-ms = 200",
+            kafka_brokers()
+        );
+        Self::configure(dir, &extra)
+    }
+
     /// Start `up` on a written configuration.
     pub async fn start_config(dir: &Path, config: PathBuf) -> Tributary {
         Self::launch(dir, Some(config), "up", &[]).await
