@@ -216,6 +216,7 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
                 sql: config.sql.clone(),
                 ingest: None,
                 live_interval_ms: config.http.live_interval_ms,
+                log: log.clone(),
             };
             tasks.spawn(
                 "batch-view-refresh",
@@ -227,9 +228,10 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
             );
             spawn_schedule(&mut tasks, &config, &state.batch, &shutdown)?;
             up.store(true, Ordering::Release);
-            tributary_serving::router(state.clone(), &auth).merge(auth.require(
-                Scope::Read,
-                tributary_serving::web::router(state, config.http.site_dir.clone()),
+            tributary_serving::router(state.clone(), &auth).merge(tributary_serving::web::router(
+                state,
+                config.http.site_dir.clone(),
+                auth.clone(),
             ))
         }
         other => bail!("unknown role `{other}`"),
@@ -346,6 +348,7 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
         sql: config.sql.clone(),
         ingest: Some(ingest.clone()),
         live_interval_ms: config.http.live_interval_ms,
+        log: log.clone(),
     };
     let auth = Auth::new(&config.auth);
     let app = tributary_serving::router(state.clone(), &auth)
@@ -353,9 +356,10 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
             Scope::Ingest,
             tributary_ingest::http::router(ingest.clone(), config.http.max_body_bytes),
         ))
-        .merge(auth.require(
-            Scope::Read,
-            tributary_serving::web::router(state.clone(), config.http.site_dir.clone()),
+        .merge(tributary_serving::web::router(
+            state.clone(),
+            config.http.site_dir.clone(),
+            auth.clone(),
         ));
 
     let mut tasks = Tasks::new();

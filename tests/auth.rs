@@ -1,7 +1,9 @@
 //! API tokens and scopes on a running `tributary up`: with tokens configured (here from
 //! the environment), every ingest, read and admin endpoint needs its scope; missing and
 //! unknown tokens get 401, a token without the scope 403; `/health` stays open; the
-//! live stream takes its token as a query parameter. Without tokens, a non-loopback
+//! live stream takes its token as a query parameter; dashboard pages send a browser
+//! without a read token to the login form, whose session cookie then stands for the
+//! token. Without tokens, a non-loopback
 //! address is refused at start-up.
 
 mod common;
@@ -56,8 +58,15 @@ async fn every_endpoint_needs_its_scope_once_tokens_are_configured() {
         ("GET", "/api/v1/speed/stats", "read"),
         ("GET", "/api/v1/status", "read"),
         ("GET", "/metrics", "read"),
-        ("GET", "/", "read"),
+        ("GET", "/api/v1/streams", "read"),
+        ("GET", "/api/v1/streams/readings/recent", "read"),
+        ("GET", "/api/v1/status/live", "read"),
         ("POST", "/api/v1/batch/runs", "admin"),
+        (
+            "POST",
+            "/api/v1/streams/readings/dead-letters/replay",
+            "admin",
+        ),
     ];
     for (method, path, scope) in endpoints {
         let (status, body) = call(&t, method, path, None).await;
@@ -103,6 +112,94 @@ async fn every_endpoint_needs_its_scope_once_tokens_are_configured() {
         assert!(status == 200 || status == 503, "{open}: {status} {body}");
         assert!(!body.contains("API token"), "{open} is open: {body}");
     }
+    dashboard_pages_need_a_read_token_or_the_login_cookie(&t).await;
+}
+
+async fn dashboard_pages_need_a_read_token_or_the_login_cookie(t: &Tributary) {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |path: &str, auth: Option<(&str, String)>| {
+        let mut req = client.get(format!("{}{path}", t.base));
+        if let Some((h, v)) = auth {
+            req = req.header(h, v);
+        }
+        req.send()
+    };
+    for (path, auth) in [
+        ("/", None),
+        ("/views/signal_by_type", None),
+        (
+            "/batch",
+            Some(("authorization", "Bearer ingest-secret".to_string())),
+        ),
+        (
+            "/sql",
+            Some(("cookie", "tributary_token=guess".to_string())),
+        ),
+    ] {
+        let r = get(path, auth).await.unwrap();
+        assert_eq!(r.status(), 303, "{path}");
+        assert_eq!(r.headers()["location"], "/login", "{path}");
+    }
+    let r = get("/", Some(("authorization", "Bearer read-secret".into())))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // The login form: a wrong token is refused with the reason, a right one becomes a
+    // session cookie that other sites' requests do not carry.
+    let login = |token: &str| {
+        client
+            .post(format!("{}/login", t.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}"))
+            .send()
+    };
+    let r = login("guess").await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("unknown or lacks the read scope")
+    );
+    let r = login("ingest-secret").await.unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "an ingest-only token cannot read the dashboard"
+    );
+    let r = login("read-secret").await.unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.starts_with("tributary_token=read-secret;")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = Some(("cookie", "tributary_token=read-secret".to_string()));
+    for path in ["/batch", "/streams/readings", "/api/v1/status"] {
+        let r = get(path, session.clone()).await.unwrap();
+        assert_eq!(r.status(), 200, "{path} with the session cookie");
+    }
+    // The cookie carries the token's scopes, no more.
+    let r = client
+        .post(format!("{}/api/v1/batch/runs", t.base))
+        .header("cookie", "tributary_token=read-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = get("/logout", None).await.unwrap();
+    assert!(
+        r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
 }
 
 #[tokio::test]

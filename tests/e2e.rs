@@ -142,7 +142,7 @@ async fn merged_answers_are_exact_before_and_after_batch_runs() {
     // The dashboard renders the same rows on the server (the browser then hydrates it).
     let page = t
         .client
-        .get(format!("{}/", t.base))
+        .get(format!("{}/views/signal_by_type", t.base))
         .send()
         .await
         .unwrap()

@@ -62,6 +62,17 @@ pub struct RunRecord {
     pub started_at: String,
     pub duration_ms: Option<u64>,
     pub error: Option<String>,
+    /// Where a running run is; the last stage reached once it has ended.
+    #[serde(default)]
+    pub progress: Option<RunProgress>,
+}
+
+/// A run's current stage, out of `total`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct RunProgress {
+    pub stage: String,
+    pub done: u64,
+    pub total: u64,
 }
 
 /// The batch layer's run coordinator: one run at a time, a history of runs, and a
@@ -153,6 +164,7 @@ impl Batch {
             started_at: rfc3339(now_micros()),
             duration_ms: None,
             error: None,
+            progress: None,
         };
         self.history.lock().expect("history lock").push(record);
         let this = self.clone();
@@ -160,7 +172,11 @@ impl Batch {
         let fut = async move {
             let _guard = guard;
             let started = std::time::Instant::now();
-            let result = this.run(&run_id, progress.as_ref()).await;
+            let tracked = |stage: &str, done: u64, total: u64| {
+                this.set_progress(&run_id, stage, done, total);
+                progress.stage(stage, done, total);
+            };
+            let result = this.run(&run_id, &tracked).await;
             let mut history = this.history.lock().expect("history lock");
             let rec = history
                 .iter_mut()
@@ -191,6 +207,39 @@ impl Batch {
             result.map(|_| rec)
         };
         Ok((id, fut))
+    }
+
+    fn set_progress(&self, id: &str, stage: &str, done: u64, total: u64) {
+        if let Some(rec) = self
+            .history
+            .lock()
+            .expect("history lock")
+            .iter_mut()
+            .find(|r| r.id == id)
+        {
+            rec.progress = Some(RunProgress {
+                stage: stage.to_string(),
+                done,
+                total,
+            });
+        }
+    }
+
+    /// How many records of `stream` the log holds that the archiver has not yet
+    /// committed to the master table, summed over partitions.
+    pub async fn archiver_lag(&self, stream: &StreamSchema) -> Result<u64, BatchError> {
+        let master = open_master(&self.storage, &stream.name).await?;
+        let archived = archived_positions(master.as_ref(), stream).await?;
+        let mut lag = 0;
+        for (p, pos) in archived.iter().enumerate() {
+            let end = self
+                .log
+                .end_offset(&stream.name, p as u32)
+                .await
+                .map_err(|e| BatchError::Log(stream.name.clone(), e))?;
+            lag += end.saturating_sub(*pos);
+        }
+        Ok(lag)
     }
 
     async fn run(

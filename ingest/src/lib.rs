@@ -15,4 +15,4 @@ pub mod log;
 pub mod service;
 
 pub use error::IngestError;
-pub use service::{Ingest, IngestReport, RawRecord};
+pub use service::{Ingest, IngestReport, RawRecord, ReplayReport};

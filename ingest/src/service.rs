@@ -112,13 +112,8 @@ impl Ingest {
             };
             match outcome {
                 Ok(value) => {
-                    let rr = self.round_robin.fetch_add(1, Ordering::Relaxed);
-                    let p = schema.partition_for(value, rr);
-                    let bytes = serde_json::to_vec(value).expect("a Value always serializes");
-                    by_partition.entry(p).or_default().push(NewRecord {
-                        key: schema.key_of(value),
-                        payload: bytes,
-                    });
+                    let (p, record) = self.route(schema, value);
+                    by_partition.entry(p).or_default().push(record);
                     accepted += 1;
                 }
                 Err(e) => {
@@ -142,13 +137,7 @@ impl Ingest {
                 }
             }
         }
-        let appends = by_partition
-            .into_iter()
-            .map(|(p, records)| self.log.append_records(stream, p, records));
-        try_join_all(appends).await.map_err(|e| match e {
-            CoreError::LogUnavailable(m) | CoreError::Log(m) => IngestError::LogUnavailable(m),
-            other => IngestError::Core(other),
-        })?;
+        self.append(stream, by_partition).await?;
         let counters = &self.counters[stream];
         counters
             .accepted
@@ -166,4 +155,93 @@ impl Ingest {
             errors,
         })
     }
+
+    /// Validate every dead letter of `stream` again (after its schema or its producer
+    /// was fixed): the ones that now pass are appended to the log like new events, the
+    /// rest stay with their current reason. The table is rewritten without the replayed
+    /// records in one commit, after the log has them: a crash in between can replay a
+    /// record twice (a stream with `id-field` drops the second copy), never lose one.
+    pub async fn replay_dead_letters(&self, stream: &str) -> Result<ReplayReport, IngestError> {
+        let schema = self
+            .streams
+            .get(stream)
+            .ok_or_else(|| IngestError::UnknownStream(stream.to_string()))?;
+        let _guard = self.dead_letters.lock(stream).await?;
+        let letters = self.dead_letters.read_all(stream).await?;
+        let mut by_partition: BTreeMap<u32, Vec<NewRecord>> = BTreeMap::new();
+        let mut keep = Vec::new();
+        let mut replayed = 0;
+        for mut letter in letters {
+            let outcome = serde_json::from_str::<Value>(&letter.raw)
+                .map_err(|e| FieldError {
+                    field: String::new(),
+                    reason: format!("malformed JSON: {e}"),
+                })
+                .and_then(|v| schema.validate(&v).map(|_| v));
+            match outcome {
+                Ok(value) => {
+                    let (p, record) = self.route(schema, &value);
+                    by_partition.entry(p).or_default().push(record);
+                    replayed += 1;
+                }
+                Err(e) => {
+                    letter.field = (!e.field.is_empty()).then_some(e.field);
+                    letter.reason = e.reason;
+                    keep.push(letter);
+                }
+            }
+        }
+        if replayed > 0 {
+            self.append(stream, by_partition).await?;
+            self.dead_letters.rewrite(stream, &keep).await?;
+            self.counters[stream]
+                .accepted
+                .fetch_add(replayed as u64, Ordering::Relaxed);
+        }
+        Ok(ReplayReport {
+            replayed,
+            still_invalid: keep.len(),
+            reasons: keep.into_iter().map(|l| l.reason).take(20).collect(),
+        })
+    }
+
+    /// The partition of a valid record and the record as the log stores it.
+    fn route(&self, schema: &StreamSchema, value: &Value) -> (u32, NewRecord) {
+        let rr = self.round_robin.fetch_add(1, Ordering::Relaxed);
+        let p = schema.partition_for(value, rr);
+        let bytes = serde_json::to_vec(value).expect("a Value always serializes");
+        (
+            p,
+            NewRecord {
+                key: schema.key_of(value),
+                payload: bytes,
+            },
+        )
+    }
+
+    async fn append(
+        &self,
+        stream: &str,
+        by_partition: BTreeMap<u32, Vec<NewRecord>>,
+    ) -> Result<(), IngestError> {
+        let appends = by_partition
+            .into_iter()
+            .map(|(p, records)| self.log.append_records(stream, p, records));
+        try_join_all(appends).await.map_err(|e| match e {
+            CoreError::LogUnavailable(m) | CoreError::Log(m) => IngestError::LogUnavailable(m),
+            other => IngestError::Core(other),
+        })?;
+        Ok(())
+    }
+}
+
+/// What a dead-letter replay did.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Records that passed validation this time and are now in the log.
+    pub replayed: usize,
+    /// Records still refused; they stay in the table.
+    pub still_invalid: usize,
+    /// The current reasons of (at most 20 of) the records still refused.
+    pub reasons: Vec<String>,
 }

@@ -31,6 +31,8 @@ pub struct AppState {
     pub ingest: Option<Arc<tributary_ingest::Ingest>>,
     /// Live push checks for changes this often.
     pub live_interval_ms: u64,
+    /// The event log (recent-event samples, lag).
+    pub log: Arc<dyn tributary_core::log::EventLog>,
 }
 
 #[utoipa::path(get, path = "/api/v1/views", tag = "views",

@@ -2,8 +2,9 @@
 //! endpoints need the `ingest` scope, reads (views, SQL, live push, runs, stats, the
 //! dashboard) `read`, and starting batch runs `admin`; `admin` includes the other two.
 //! `/health` stays open. A token comes as `Authorization: Bearer <token>`, or as
-//! `?access_token=<token>` where a browser cannot set headers (EventSource). Tokens are
-//! compared in constant time.
+//! `?access_token=<token>` where a browser cannot set headers (EventSource), or as the
+//! dashboard's session cookie [`COOKIE`] (set by its login form, `SameSite=Strict` so
+//! other sites cannot ride on it). Tokens are compared in constant time.
 
 use std::sync::Arc;
 
@@ -15,6 +16,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use tributary_core::config::{AuthConfig, Scope};
+
+/// The dashboard's session cookie, holding the token typed into its login field.
+pub const COOKIE: &str = "tributary_token";
 
 /// The configured tokens, shared by every guarded router.
 #[derive(Clone, Default)]
@@ -68,6 +72,16 @@ impl Auth {
         ))
     }
 
+    /// Whether the request may use endpoints of `scope` (always, without tokens).
+    pub fn allows(&self, req: &Request, scope: Scope) -> bool {
+        !self.enabled() || self.check(req, scope).is_ok()
+    }
+
+    /// Whether `token` is a configured token with `scope`.
+    pub fn token_allows(&self, token: &str, scope: Scope) -> bool {
+        self.verify(token, scope).is_ok()
+    }
+
     fn check(&self, req: &Request, scope: Scope) -> Result<(), (StatusCode, String)> {
         let Some(presented) = presented_token(req) else {
             return Err((
@@ -78,6 +92,10 @@ impl Auth {
                 ),
             ));
         };
+        self.verify(&presented, scope)
+    }
+
+    fn verify(&self, presented: &str, scope: Scope) -> Result<(), (StatusCode, String)> {
         // Compare against every token, so timing does not tell which one nearly matched.
         let mut found: Option<&Token> = None;
         for t in self.tokens.iter() {
@@ -111,10 +129,25 @@ fn presented_token(req: &Request) -> Option<String> {
             .or_else(|| v.strip_prefix("bearer "))
             .map(|t| t.trim().to_string());
     }
-    let query = req.uri().query()?;
-    url::form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "access_token")
-        .map(|(_, v)| v.into_owned())
+    if let Some(query) = req.uri().query()
+        && let Some((_, v)) =
+            url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "access_token")
+    {
+        return Some(v.into_owned());
+    }
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| {
+            url::form_urlencoded::parse(format!("t={v}").as_bytes())
+                .next()
+                .map(|(_, t)| t.into_owned())
+                .unwrap_or_default()
+        })
 }
 
 fn refuse(status: StatusCode, message: String) -> Response {

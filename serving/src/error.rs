@@ -42,6 +42,11 @@ pub enum ServingError {
     SqlMemory { limit_mb: usize, detail: String },
     #[error("the query ran past its time limit of {0} ms and was cancelled")]
     SqlTimeout(u64),
+    #[error(transparent)]
+    Ingest(#[from] tributary_ingest::IngestError),
+    /// The request needs a role this process does not run.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ServingError {
@@ -61,7 +66,10 @@ impl ServingError {
             ServingError::Forbidden(_) => StatusCode::FORBIDDEN,
             ServingError::SqlMemory { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ServingError::SqlTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ServingError::Batch(BatchError::RunInProgress) => StatusCode::CONFLICT,
+            ServingError::Batch(BatchError::RunInProgress) | ServingError::Unavailable(_) => {
+                StatusCode::CONFLICT
+            }
+            ServingError::Ingest(e) => e.status(),
             ServingError::Batch(_)
             | ServingError::Query { .. }
             | ServingError::Bind { .. }

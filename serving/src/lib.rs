@@ -13,6 +13,7 @@ pub mod merge;
 pub mod openapi;
 pub mod ops;
 pub mod sql;
+pub mod streams;
 pub mod web;
 
 use std::time::Duration;
@@ -31,6 +32,10 @@ pub fn router(state: AppState, auth: &auth::Auth) -> Router {
     use tributary_core::config::Scope;
     let admin = Router::new()
         .route("/api/v1/batch/runs", axum::routing::post(api::start_run))
+        .route(
+            "/api/v1/streams/{stream}/dead-letters/replay",
+            axum::routing::post(streams::replay),
+        )
         .with_state(state.clone());
     let open = Router::new()
         .route("/health", get(api::health))
@@ -51,6 +56,9 @@ fn read_router(state: AppState) -> Router {
         .route("/api/v1/speed/stats", get(api::speed_stats))
         .route("/api/v1/sql", axum::routing::post(api::post_sql))
         .route("/api/v1/status", get(ops::status))
+        .route("/api/v1/status/live", get(live::live_status))
+        .route("/api/v1/streams", get(streams::list_streams))
+        .route("/api/v1/streams/{stream}/recent", get(streams::recent))
         .route(
             "/api/v1/streams/{stream}/dead-letters",
             get(api::dead_letters),

@@ -30,8 +30,11 @@ pub async fn live_view(
         let mut last_rows = None;
         let mut ticker = tokio::time::interval(interval);
         loop {
+            // A client that left is noticed here, not only at the next change: its
+            // task must not keep querying the view.
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = tx.closed() => return,
                 _ = ticker.tick() => {}
             }
             let answer = match merger.query(&view, &q).await {
@@ -59,6 +62,37 @@ pub async fn live_view(
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// `GET /api/v1/status/live`: the status document as server-sent events, at most every
+/// second, when it changes.
+#[utoipa::path(get, path = "/api/v1/status/live", tag = "operations",
+    responses((status = 200, description = "Server-sent events: the status document on every change", content_type = "text/event-stream", body = String)))]
+pub async fn live_status(
+    State(state): State<AppState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let shutdown = state.shutdown.clone();
+    let interval = Duration::from_millis(state.live_interval_ms.max(1000));
+    let stream = async_stream(move |tx| async move {
+        let mut ticker = tokio::time::interval(interval);
+        loop {
+            // A client that left is noticed here, not only at the next change: its
+            // task must not keep querying the view.
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tx.closed() => return,
+                _ = ticker.tick() => {}
+            }
+            let event = match crate::ops::status_value(&state).await {
+                Ok(v) => Event::default().event("status").data(v.to_string()),
+                Err(e) => Event::default().event("error").data(e.to_string()),
+            };
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 /// A stream fed by a task; the task ends when the client goes away.

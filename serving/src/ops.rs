@@ -34,6 +34,11 @@ fn label(k: &str, v: &str) -> Labels {
 #[utoipa::path(get, path = "/api/v1/status", tag = "operations",
     responses((status = 200, description = "Streams, views, speed layer and batch runs", body = Object)))]
 pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, ServingError> {
+    status_value(&state).await.map(Json)
+}
+
+/// The status document (also pushed live by `/api/v1/status/live`).
+pub async fn status_value(state: &AppState) -> Result<Value, ServingError> {
     let speed = state
         .merger
         .speed()
@@ -53,9 +58,14 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, Servin
                     "rejected": c.rejected.load(Ordering::Relaxed),
                 })
             });
+        // The archiver's lag reads the master table's log; a failure is shown, not fatal.
+        let archiver_lag = match state.batch.archiver_lag(s).await {
+            Ok(n) => json!(n),
+            Err(e) => json!({ "error": e.to_string() }),
+        };
         streams.insert(
             s.name.clone(),
-            json!({ "ingest": ingest, "speed": speed.streams.get(&s.name) }),
+            json!({ "ingest": ingest, "speed": speed.streams.get(&s.name), "archiver_lag": archiver_lag }),
         );
     }
     let mut views = Vec::new();
@@ -80,13 +90,14 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, Servin
         .filter(|r| r.status == RunStatus::Running)
         .collect();
     let last = history.iter().find(|r| r.status != RunStatus::Running);
-    Ok(Json(json!({
+    Ok(json!({
+        "time": rfc3339(now),
         "roles": state.roles.iter().map(|(n, up)| (n.clone(), up.load(Ordering::Acquire))).collect::<std::collections::BTreeMap<_, _>>(),
         "streams": streams,
         "views": views,
         "speed": { "recovery_ms": speed.recovery_ms, "restored_from_snapshot": speed.restored_from_snapshot },
         "batch": { "running": running, "last_run": last },
-    })))
+    }))
 }
 
 /// `GET /ready`: 200 once every role is up and the speed layer has caught up with the

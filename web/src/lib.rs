@@ -1,30 +1,84 @@
 //! Tributary's dashboard.
 //!
-//! Owns the Leptos components of the web UI. The serving layer renders them on the
-//! server (feature `ssr`) with a [`Bootstrap`] of the views and the selected view's
-//! current rows, embedded in the page as JSON; in the browser (feature `hydrate`) the
-//! same components hydrate from that JSON and subscribe to the view's server-sent
-//! events, so rows update live without a reload.
+//! Owns the Leptos components of the web UI: the overview, a page per view, the batch
+//! page, the SQL console, the streams page and the login form. The serving layer renders
+//! a page on the server (feature `ssr`) from a [`Bootstrap`] embedded in it as JSON; in
+//! the browser (feature `hydrate`) the same components hydrate from that JSON, then take
+//! their updates from the serving layer's server-sent events (views, status) and send
+//! actions (recompute, SQL, replay) with `fetch` — no page reloads.
+
+// Leptos views are deeply nested types; the pages need more room than the default.
+#![recursion_limit = "256"]
+
+pub mod chart;
+mod client;
+mod format;
+mod pages;
 
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+pub use format::text;
 
 /// Id of the `<script type="application/json">` element that carries the bootstrap.
 pub const BOOTSTRAP_ID: &str = "tributary-bootstrap";
 /// Name wasm-bindgen gives the dashboard's JS and wasm files under `/pkg`.
 pub const OUTPUT_NAME: &str = "tributary_web";
 
-/// What the page needs to render: identical on server and client.
+/// What a page needs to render: identical on server and client.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Bootstrap {
+    pub page: Page,
     pub views: Vec<ViewInfo>,
-    /// The view shown, if there is one.
-    pub selected: Option<String>,
-    /// Its answer when the page was rendered (the API's JSON).
-    pub answer: Option<Value>,
+    pub streams: Vec<String>,
     /// False when the browser code is missing: the page then says it is not live.
     pub live: bool,
+    /// Whether API tokens are switched on (the header then offers a log-out link).
+    pub auth: bool,
+}
+
+/// The page shown, with the data it starts from (the API's JSON where there is one).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Page {
+    Overview {
+        status: Option<Value>,
+    },
+    View {
+        view: ViewInfo,
+        answer: Option<Value>,
+    },
+    Batch {
+        runs: Vec<Value>,
+    },
+    Sql {
+        tables: Vec<String>,
+    },
+    Streams {
+        stream: Option<Value>,
+        recent: Vec<Value>,
+        dead_letters: Option<Value>,
+    },
+    Login {
+        error: Option<String>,
+    },
+    NotFound {
+        message: String,
+    },
+}
+
+impl Page {
+    fn nav_key(&self) -> &'static str {
+        match self {
+            Page::Overview { .. } => "overview",
+            Page::View { .. } => "views",
+            Page::Batch { .. } => "batch",
+            Page::Sql { .. } => "sql",
+            Page::Streams { .. } => "streams",
+            Page::Login { .. } | Page::NotFound { .. } => "",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -43,6 +97,7 @@ impl ViewInfo {
         cols.extend(self.keys.iter().cloned());
         cols.extend(self.values.iter().cloned());
         cols.push("_source".into());
+        cols.push("complete".into());
         cols
     }
 }
@@ -54,140 +109,96 @@ pub fn bootstrap_json(boot: &Bootstrap) -> String {
         .replace("</", "<\\/")
 }
 
-fn rows_of(answer: &Option<Value>) -> Vec<Map<String, Value>> {
-    answer
-        .as_ref()
-        .and_then(|a| a.get("rows"))
-        .and_then(|r| serde_json::from_value(r.clone()).ok())
-        .unwrap_or_default()
+/// Whether the page's connection to the server works, shown in the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conn {
+    /// Rendered by the server; the browser code has not connected yet.
+    Static,
+    Live,
+    /// The last request or live stream failed; the browser retries.
+    Unreachable,
 }
 
-fn text(v: Option<&Value>) -> String {
-    match v {
-        None | Some(Value::Null) => "—".into(),
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => match n.as_f64() {
-            Some(f) if n.is_f64() => format!("{:.3}", f)
-                .trim_end_matches('0')
-                .trim_end_matches('.')
-                .to_string(),
-            _ => n.to_string(),
-        },
-        Some(other) => other.to_string(),
-    }
-}
-
-/// The dashboard page body.
+/// The whole page: header, navigation and the page's body.
 #[component]
 pub fn App(boot: Bootstrap) -> impl IntoView {
-    let selected = boot.selected.clone();
-    let info = selected
-        .as_ref()
-        .and_then(|s| boot.views.iter().find(|v| &v.name == s).cloned());
-    let answer = RwSignal::new(boot.answer.clone());
-    let status = RwSignal::new(
-        if boot.live {
-            "connecting…"
-        } else {
-            "not live"
-        }
-        .to_string(),
-    );
-
-    #[cfg(feature = "hydrate")]
-    if let Some(name) = selected.clone() {
-        Effect::new(move |_| subscribe(&name, answer, status));
-    }
-
-    let nav = boot
-        .views
-        .iter()
-        .map(|v| {
-            let class = if Some(&v.name) == selected.as_ref() { "view-link active" } else { "view-link" };
-            let href = format!("/?view={}", v.name);
-            view! { <li><a class=class href=href>{v.name.clone()}</a><span class="stream">{format!(" on {}", v.stream)}</span></li> }
-        })
-        .collect_view();
-
-    let body = info.map(|info| {
-        let columns = info.columns();
-        let header = columns.iter().map(|c| view! { <th>{c.clone()}</th> }).collect_view();
-        let meta = move || {
-            let a = answer.get();
-            let get = |k: &str| text(a.as_ref().and_then(|a| a.get(k)));
-            format!(
-                "cutoff {} · speed watermark {} · freshness {} ms",
-                get("cutoff"),
-                get("speed_watermark"),
-                get("freshness_ms")
-            )
-        };
-        let rows = move || {
-            let cols = columns.clone();
-            rows_of(&answer.get())
-                .into_iter()
-                .rev()
-                .map(|row| {
-                    let source = text(row.get("_source"));
-                    let cells = cols
-                        .iter()
-                        .map(|c| view! { <td>{text(row.get(c))}</td> })
-                        .collect_view();
-                    view! { <tr class=format!("src-{source}")>{cells}</tr> }
-                })
-                .collect_view()
-        };
-        let count = move || rows_of(&answer.get()).len();
-        view! {
-            <section class="view">
-                <h2>{info.name.clone()}</h2>
-                <p class="meta"><span id="live-status" class="status">{move || status.get()}</span>" · "{meta}" · "<span id="row-count">{count}</span>" rows"</p>
-                <table id="view-rows">
-                    <thead><tr>{header}</tr></thead>
-                    <tbody>{rows}</tbody>
-                </table>
-            </section>
-        }
-    });
-
-    view! {
-        <header><h1>"Tributary"</h1><p class="tagline">"one SQL view, batch and speed layers, one exact answer"</p></header>
-        <main>
-            <nav><h3>"Views"</h3><ul>{nav}</ul></nav>
-            {body}
-        </main>
-    }
-}
-
-/// Open the view's live stream and feed the answer signal from it.
-#[cfg(feature = "hydrate")]
-fn subscribe(name: &str, answer: RwSignal<Option<Value>>, status: RwSignal<String>) {
-    use wasm_bindgen::JsCast;
-    use wasm_bindgen::closure::Closure;
-
-    let url = format!("/api/v1/views/{name}/live");
-    let Ok(source) = web_sys::EventSource::new(&url) else {
-        status.set("cannot open live stream".into());
-        return;
+    let conn = RwSignal::new(Conn::Static);
+    provide_context(conn);
+    let active = boot.page.nav_key();
+    let link = move |key: &'static str, href: String, label: &'static str| {
+        let class = if key == active { "nav active" } else { "nav" };
+        view! { <a class=class href=href data-nav=key>{label}</a> }
     };
-    let on_view =
-        Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |e: web_sys::MessageEvent| {
-            if let Some(data) = e.data().as_string()
-                && let Ok(v) = serde_json::from_str::<Value>(&data)
-            {
-                answer.set(Some(v));
-                status.set("live".into());
-            }
-        });
-    let _ = source.add_event_listener_with_callback("view", on_view.as_ref().unchecked_ref());
-    on_view.forget();
-    let on_error = Closure::<dyn FnMut(web_sys::Event)>::new(move |_| {
-        status.set("reconnecting…".into());
-    });
-    source.set_onerror(Some(on_error.as_ref().unchecked_ref()));
-    on_error.forget();
-    // The stream lives as long as the page.
-    std::mem::forget(source);
+    let first_view = boot
+        .views
+        .first()
+        .map(|v| format!("/views/{}", v.name))
+        .unwrap_or_else(|| "/".into());
+    let banner = move || match conn.get() {
+        Conn::Unreachable => Some(view! {
+            <div id="conn-banner" class="banner" role="alert">
+                "The Tributary server is unreachable. Showing the last data received; reconnecting…"
+            </div>
+        }),
+        _ => None,
+    };
+    let conn_label = move || match conn.get() {
+        Conn::Static => "static",
+        Conn::Live => "live",
+        Conn::Unreachable => "offline",
+    };
+    let logout = boot
+        .auth
+        .then(|| view! { <a class="nav" href="/logout">"Log out"</a> });
+    let body = match boot.page {
+        Page::Overview { status } => {
+            let views = boot
+                .views
+                .iter()
+                .map(|v| v.name.clone())
+                .collect::<Vec<_>>();
+            view! { <pages::overview::Overview status streams=boot.streams.clone() views/> }
+                .into_any()
+        }
+        Page::View { view, answer } => {
+            view! { <pages::view::ViewPage info=view answer views=boot.views.clone()/> }.into_any()
+        }
+        Page::Batch { runs } => view! { <pages::batch::BatchPage runs/> }.into_any(),
+        Page::Sql { tables } => view! { <pages::sql::SqlPage tables/> }.into_any(),
+        Page::Streams {
+            stream,
+            recent,
+            dead_letters,
+        } => view! {
+            <pages::streams::StreamsPage streams=boot.streams.clone() stream recent dead_letters/>
+        }
+        .into_any(),
+        Page::Login { error } => view! { <pages::login::Login error/> }.into_any(),
+        Page::NotFound { message } => view! {
+            <section class="page"><h2>"Not found"</h2><p class="error">{message}</p></section>
+        }
+        .into_any(),
+    };
+    view! {
+        <header>
+            <h1><a href="/">"Tributary"</a></h1>
+            <nav class="top">
+                {link("overview", "/".into(), "Overview")}
+                {link("views", first_view, "Views")}
+                {link("batch", "/batch".into(), "Batch")}
+                {link("sql", "/sql".into(), "SQL")}
+                {link("streams", "/streams".into(), "Streams")}
+                {logout}
+            </nav>
+            <span class="spacer"></span>
+            <span id="conn" class=move || format!("conn conn-{}", conn_label())>{conn_label}</span>
+            <button id="theme-toggle" class="ghost" title="Switch light / dark" on:click=move |_| client::toggle_theme()>
+                "◐"
+            </button>
+        </header>
+        {banner}
+        <main>{body}</main>
+    }
 }
 
 /// Browser entry point: hydrate the server-rendered page from its bootstrap.

@@ -1,0 +1,8 @@
+//! One module per page of the dashboard.
+
+pub mod batch;
+pub mod login;
+pub mod overview;
+pub mod sql;
+pub mod streams;
+pub mod view;
