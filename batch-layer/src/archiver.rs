@@ -5,14 +5,22 @@
 //! (app id `<stream>-<partition>`, version = the next offset to read). Data and
 //! positions therefore commit atomically: after a crash the archiver resumes from the
 //! positions in the table, so a replay can neither duplicate nor skip a row.
+//!
+//! Schema evolution: a stream may gain nullable fields; the next commit adds them to the
+//! table (Delta schema merge, no rewrite: older files read them as null). Any other
+//! change (a field removed, retyped, made required or no longer required) is refused
+//! with the field and the reason, before anything is written.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use deltalake::DeltaTable;
+use deltalake::arrow::datatypes::Schema;
 use deltalake::kernel::Transaction;
+use deltalake::kernel::engine::arrow_conversion::TryIntoArrow;
 use deltalake::kernel::transaction::CommitProperties;
+use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use tributary_core::config::BatchConfig;
 use tributary_core::log::{EventLog, retry_unavailable};
@@ -63,6 +71,82 @@ pub async fn archived_positions(
     Ok(out)
 }
 
+/// Whether the master table can take the stream's records as they are now: `Ok(false)`
+/// when the schemas match, `Ok(true)` when the stream adds nullable fields (the next
+/// commit merges them in), and the reason when the change needs a rewrite.
+pub fn evolution(table: &Schema, stream: &Schema, name: &str) -> Result<bool, BatchError> {
+    let refuse = |field: &str, reason: String| BatchError::Schema {
+        stream: name.to_string(),
+        field: field.to_string(),
+        reason,
+    };
+    for t in table.fields() {
+        let Ok(s) = stream.field_with_name(t.name()) else {
+            return Err(refuse(
+                t.name(),
+                "is in the master table but no longer in the stream's schema; removing a field \
+                 needs a rewrite of the table (keep it, nullable, instead)"
+                    .into(),
+            ));
+        };
+        if s.data_type() != t.data_type() {
+            return Err(refuse(
+                t.name(),
+                format!(
+                    "is {} in the master table but {} in the stream's schema; changing a type \
+                     needs a rewrite of the table",
+                    t.data_type(),
+                    s.data_type()
+                ),
+            ));
+        }
+        if s.is_nullable() != t.is_nullable() {
+            let (was, now) = if t.is_nullable() {
+                ("nullable", "required")
+            } else {
+                ("required", "nullable")
+            };
+            return Err(refuse(
+                t.name(),
+                format!(
+                    "is {was} in the master table but {now} in the stream's schema; only new \
+                     nullable fields can be added without a rewrite"
+                ),
+            ));
+        }
+    }
+    let mut added = false;
+    for s in stream.fields() {
+        if table.field_with_name(s.name()).is_err() {
+            if !s.is_nullable() {
+                return Err(refuse(
+                    s.name(),
+                    "is new and required, but the events archived before it have no value for \
+                     it; add it as nullable"
+                        .into(),
+                ));
+            }
+            added = true;
+        }
+    }
+    Ok(added)
+}
+
+/// The master table's schema as Arrow, or `None` before its first commit.
+pub fn table_schema(table: &DeltaTable, stream: &str) -> Result<Option<Schema>, BatchError> {
+    if table.version().is_none() {
+        return Ok(None);
+    }
+    let what = || format!("master table of `{stream}`");
+    let snapshot = table.snapshot().map_err(|e| BatchError::delta(what(), e))?;
+    let schema: Schema = snapshot
+        .schema()
+        .as_ref()
+        .try_into_arrow()
+        .map_err(|e| BatchError::delta(what(), e))?;
+    Ok(Some(schema))
+}
+
 /// Archive one stream until shutdown.
 pub async fn run_stream(
     config: BatchConfig,
@@ -78,6 +162,8 @@ pub async fn run_stream(
         .map_err(|e| BatchError::delta(what(), e))?;
     let mut positions = vec![0u64; stream.partitions as usize];
     let mut generation = None;
+    let wanted = stream.master_schema();
+    let mut merge_schema = false;
     let flush = Duration::from_millis(config.archive_flush_ms.max(1));
     let per_partition = config
         .archive_flush_records
@@ -100,6 +186,12 @@ pub async fn run_stream(
                 .map_err(|e| BatchError::delta(what(), e))?;
             let existing = table.version().is_some().then_some(&table);
             positions = archived_positions(existing, &stream).await?;
+            if let Some(current) = table_schema(&table, &stream.name)? {
+                merge_schema = evolution(&current, &wanted, &stream.name)?;
+                if merge_schema {
+                    tracing::info!(stream = %stream.name, "the stream has new nullable fields; the next commit adds them to the master table");
+                }
+            }
             generation = Some(assigned.generation);
             tracing::info!(
                 stream = %stream.name,
@@ -185,9 +277,11 @@ pub async fn run_stream(
             .map(|(p, o)| Transaction::new(app_id(&stream.name, *p), *o as i64))
             .collect();
         let rows = batch.num_rows();
-        table = table
-            .write(vec![batch])
-            .with_save_mode(SaveMode::Append)
+        let mut write = table.write(vec![batch]).with_save_mode(SaveMode::Append);
+        if merge_schema {
+            write = write.with_schema_mode(SchemaMode::Merge);
+        }
+        table = write
             .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
             .await
             .map_err(|e| BatchError::delta(format!("archiving `{}`", stream.name), e))?;
@@ -202,6 +296,7 @@ pub async fn run_stream(
                 tracing::debug!(error = %e, "could not record the archiver's position");
             }
         }
+        merge_schema = false;
         tracing::debug!(stream = %stream.name, rows, version = ?table.version(), "archived");
         // While the log has a backlog (or we are draining for shutdown), go straight
         // on; otherwise wait for more.
@@ -211,5 +306,61 @@ pub async fn run_stream(
                 _ = tokio::time::sleep(flush) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use deltalake::arrow::datatypes::{DataType, Field};
+
+    use super::*;
+
+    fn schema(fields: &[(&str, DataType, bool)]) -> Schema {
+        Schema::new(
+            fields
+                .iter()
+                .map(|(n, t, null)| Field::new(*n, t.clone(), *null))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn only_new_nullable_fields_evolve_without_a_rewrite() {
+        let table = schema(&[("a", DataType::Utf8, false), ("b", DataType::Int64, true)]);
+        assert!(!evolution(&table, &table, "s").unwrap());
+        let added = schema(&[
+            ("a", DataType::Utf8, false),
+            ("c", DataType::Utf8, true),
+            ("b", DataType::Int64, true),
+        ]);
+        assert!(evolution(&table, &added, "s").unwrap());
+
+        let refused = |stream: Schema, field: &str, words: &str| {
+            let e = evolution(&table, &stream, "s").unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("field `{field}`")) && e.contains(words),
+                "{e}"
+            );
+        };
+        refused(
+            schema(&[
+                ("a", DataType::Utf8, false),
+                ("b", DataType::Int64, true),
+                ("c", DataType::Utf8, false),
+            ]),
+            "c",
+            "add it as nullable",
+        );
+        refused(schema(&[("a", DataType::Utf8, false)]), "b", "no longer");
+        refused(
+            schema(&[("a", DataType::Utf8, false), ("b", DataType::Float64, true)]),
+            "b",
+            "changing a type",
+        );
+        refused(
+            schema(&[("a", DataType::Utf8, true), ("b", DataType::Int64, true)]),
+            "a",
+            "required in the master table but nullable",
+        );
     }
 }

@@ -15,6 +15,12 @@ pub enum BatchError {
     DeadLetter(String),
     #[error("task `{0}` failed: {1}")]
     Task(String, String),
+    #[error("stream `{stream}`: field `{field}` {reason}")]
+    Schema {
+        stream: String,
+        field: String,
+        reason: String,
+    },
     #[error("a batch run is already in progress; wait for it to finish")]
     RunInProgress,
 }

@@ -260,6 +260,18 @@ impl Tributary {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// POST without a body to an API path.
+    pub async fn post_path(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let r = self
             .client
