@@ -153,3 +153,39 @@ async fn a_view_of_ten_thousand_windows_stays_interactive() {
     .await;
     node("windows.mjs", &[&t.base], &[], &t);
 }
+
+#[tokio::test]
+async fn the_dashboard_says_when_the_server_is_gone_and_recovers() {
+    use tokio::io::AsyncBufReadExt;
+
+    let (site, chromium) = prerequisites();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("[http]\nsite-dir = \"{}\"", site.display());
+    let mut t = Tributary::start(dir.path(), &extra).await;
+    seed(&t, readings(3, 10), None).await;
+    let mut child = tokio::process::Command::new("node")
+        .arg(root().join("tests/browser/offline.mjs"))
+        .arg(&t.base)
+        .arg(screenshots("offline"))
+        .env("CHROMIUM", &chromium)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("running node");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || {
+        tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("offline.mjs said nothing for a minute")
+            .unwrap()
+            .unwrap_or_default()
+    };
+    assert_eq!(next().await, "LIVE");
+    t.terminate();
+    let said = next().await;
+    assert_eq!(said, "OFFLINE", "{said}");
+    t.restart_same_port().await;
+    let said = next().await;
+    assert_eq!(said, "BACK", "{said}\n{}", t.logs());
+    assert!(child.wait().await.unwrap().success());
+}
