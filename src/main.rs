@@ -37,7 +37,12 @@ enum Command {
     /// Run only the serving layer (needs a shared log: log.kind = "kafka").
     Serve,
     /// Run one batch recompute of every view now, with a progress bar, and exit.
-    Recompute,
+    Recompute {
+        /// Only merge the events since each view's last cutoff into its states (a view
+        /// without states, or whose SQL changed, is recomputed in full anyway).
+        #[arg(long)]
+        incremental: bool,
+    },
     /// Check the configuration and print each view's compiled shape.
     Check,
     /// Measure a layer on this machine, beside a reference engine on the same data.
@@ -102,7 +107,14 @@ fn main() -> anyhow::Result<()> {
             Command::Speed => wiring::single_role("speed", config).await,
             Command::Batch => wiring::single_role("batch", config).await,
             Command::Serve => wiring::single_role("serve", config).await,
-            Command::Recompute => wiring::recompute(config).await,
+            Command::Recompute { incremental } => {
+                let kind = if incremental {
+                    tributary_batch::RunKind::Incremental
+                } else {
+                    tributary_batch::RunKind::Full
+                };
+                wiring::recompute(config, kind).await
+            }
             Command::Check => wiring::check(config).await,
             Command::Bench {
                 target:

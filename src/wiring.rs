@@ -471,7 +471,10 @@ async fn with_flag<E>(
 }
 
 /// One batch run from the command line.
-pub async fn recompute(path: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn recompute(
+    path: Option<PathBuf>,
+    kind: tributary_batch::RunKind,
+) -> anyhow::Result<()> {
     let (config, _, pipeline) = load(path).await?;
     let storage = Storage::open(&config.storage_root)?;
     let opened = open_log(&config, &storage, &pipeline).await;
@@ -499,7 +502,7 @@ pub async fn recompute(path: Option<PathBuf>) -> anyhow::Result<()> {
         progress_bar.set_position(done);
         progress_bar.set_message(msg.to_string());
     });
-    let (_, run) = batch.try_start(progress)?;
+    let (_, run) = batch.try_start(kind, progress)?;
     let result = run.await;
     bar.finish_and_clear();
     let record = result?;

@@ -23,7 +23,7 @@ use tributary_core::storage::Storage;
 use tributary_ingest::dead_letter::DeadLetterSink;
 
 pub use error::BatchError;
-pub use recompute::{Batch, Progress, RunProgress, RunRecord, RunStatus};
+pub use recompute::{Batch, Progress, RunKind, RunProgress, RunRecord, RunStatus};
 
 /// Run the archiver of every stream until shutdown.
 pub async fn run(

@@ -29,6 +29,31 @@ use crate::dedup::{PlannedTable, without_repeats};
 use crate::error::BatchError;
 use crate::views;
 
+/// A full run recomputes every view from the whole master table; an incremental one
+/// merges the states of the events since each view's last cutoff into its states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    Full,
+    Incremental,
+}
+
+impl RunKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RunKind::Full => "full",
+            RunKind::Incremental => "incremental",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunKind> {
+        match s {
+            "full" => Some(RunKind::Full),
+            "incremental" => Some(RunKind::Incremental),
+            _ => None,
+        }
+    }
+}
+
 /// Progress of a run, reported as it goes (for progress bars and the API).
 pub trait Progress: Send + Sync {
     fn stage(&self, message: &str, done: u64, total: u64);
@@ -134,6 +159,7 @@ impl Batch {
     /// history; the future completes when the run ends.
     pub fn try_start(
         self: &Arc<Self>,
+        kind: RunKind,
         progress: Arc<dyn Progress>,
     ) -> Result<
         (
@@ -154,7 +180,7 @@ impl Batch {
         );
         let record = RunRecord {
             id: id.clone(),
-            kind: "full".into(),
+            kind: kind.name().into(),
             views: self.pipeline.views.iter().map(|v| v.name.clone()).collect(),
             status: RunStatus::Running,
             cutoff: None,
@@ -176,7 +202,7 @@ impl Batch {
                 this.set_progress(&run_id, stage, done, total);
                 progress.stage(stage, done, total);
             };
-            let result = this.run(&run_id, &tracked).await;
+            let result = this.run(&run_id, kind, &tracked).await;
             let mut history = this.history.lock().expect("history lock");
             let rec = history
                 .iter_mut()
@@ -242,9 +268,18 @@ impl Batch {
         Ok(lag)
     }
 
+    fn stream_of(&self, view: &CompiledView) -> &StreamSchema {
+        self.pipeline
+            .streams
+            .iter()
+            .find(|s| s.name == view.stream)
+            .expect("views read declared streams")
+    }
+
     async fn run(
         &self,
         run_id: &str,
+        kind: RunKind,
         progress: &dyn Progress,
     ) -> Result<(i64, u64, u64), BatchError> {
         let total = self.pipeline.views.len() as u64 + 1;
@@ -258,17 +293,77 @@ impl Batch {
         let mut rows_out = 0;
         let mut min_cutoff = i64::MAX;
         for (i, view) in self.pipeline.views.iter().enumerate() {
+            let stream = self.stream_of(view);
+            let definition = views::definition_hash(view, stream.dedup.as_ref());
+            let previous = match kind {
+                RunKind::Full => None,
+                RunKind::Incremental => views::load(&self.storage, view).await?,
+            };
+            // Incremental only on top of states of the same definition; anything else
+            // (no states yet, SQL or dedup rule changed) is a full recompute of the view.
+            let (base, why_full) = match previous {
+                _ if kind == RunKind::Full => (None, "requested"),
+                None => (None, "no batch states yet"),
+                Some(p) if p.definition != Some(definition) => (None, "definition changed"),
+                Some(p) => (Some(p), ""),
+            };
             let mut cutoff = cutoffs[&view.stream];
             // Never move a view's cutoff backwards (a clock step back could).
-            if let Some(prev) = views::load_cutoff(&self.storage, view).await? {
+            let prev_cutoff = match &base {
+                Some(b) => Some(b.cutoff),
+                None => views::load_cutoff(&self.storage, view).await?,
+            };
+            if let Some(prev) = prev_cutoff {
                 cutoff = cutoff.max(prev);
             }
             min_cutoff = min_cutoff.min(cutoff);
-            progress.stage(&format!("view {}", view.name), i as u64 + 1, total);
-            let (states, n, max_event_ts) = self.partial_over_master(view, cutoff).await?;
+            let (states, n, max_event_ts, view_kind) = match base {
+                Some(b) if b.cutoff == cutoff => {
+                    progress.stage(
+                        &format!("view {}: nothing new", view.name),
+                        i as u64 + 1,
+                        total,
+                    );
+                    rows_out += b.states.iter().map(|s| s.num_rows() as u64).sum::<u64>();
+                    continue;
+                }
+                Some(b) => {
+                    progress.stage(
+                        &format!("view {}: incremental", view.name),
+                        i as u64 + 1,
+                        total,
+                    );
+                    let (new, n, max) = self
+                        .partial_over_master(view, Some(b.cutoff), cutoff)
+                        .await?;
+                    let mut all = b.states;
+                    all.extend(new);
+                    let merged = view
+                        .reduce(all)
+                        .await
+                        .map_err(|e| BatchError::View(view.name.clone(), e.to_string()))?;
+                    (merged, n, max.max(b.max_event_ts), "incremental")
+                }
+                None => {
+                    progress.stage(
+                        &format!("view {}: full ({why_full})", view.name),
+                        i as u64 + 1,
+                        total,
+                    );
+                    let (states, n, max) = self.partial_over_master(view, None, cutoff).await?;
+                    (states, n, max, "full")
+                }
+            };
             rows_in += n;
             rows_out += states.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-            views::write(&self.storage, view, cutoff, max_event_ts, run_id, states).await?;
+            let stamp = views::Stamp {
+                cutoff,
+                max_event_ts,
+                definition,
+                run_id,
+                kind: view_kind,
+            };
+            views::write(&self.storage, view, stamp, states).await?;
         }
         progress.stage("done", total, total);
         Ok((min_cutoff, rows_in, rows_out))
@@ -291,9 +386,13 @@ impl Batch {
         Ok(bound - bound.rem_euclid(self.segment_width))
     }
 
+    /// The view's partial states over the master table's events with `_ingest_ts` in
+    /// `[from, cutoff)` (from the beginning when `from` is `None`), how many events that
+    /// was, and the newest event time among them.
     async fn partial_over_master(
         &self,
         view: &CompiledView,
+        from: Option<i64>,
         cutoff: i64,
     ) -> Result<(Vec<RecordBatch>, u64, Option<i64>), BatchError> {
         let verr = |e: datafusion::error::DataFusionError| {
@@ -302,16 +401,15 @@ impl Batch {
         let Some(master) = open_master(&self.storage, &view.stream).await? else {
             return Ok((Vec::new(), 0, None));
         };
-        let stream = self
-            .pipeline
-            .streams
-            .iter()
-            .find(|s| s.name == view.stream)
-            .expect("views read declared streams");
-        let cutoff_lit = lit(ScalarValue::TimestampMicrosecond(
-            Some(cutoff),
-            Some(UTC.into()),
-        ));
+        let stream = self.stream_of(view);
+        let ts = |t: i64| lit(ScalarValue::TimestampMicrosecond(Some(t), Some(UTC.into())));
+        let cutoff_lit = ts(cutoff);
+        let in_range = match from {
+            Some(f) => col(INGEST_TS)
+                .gt_eq(ts(f))
+                .and(col(INGEST_TS).lt(cutoff_lit.clone())),
+            None => col(INGEST_TS).lt(cutoff_lit.clone()),
+        };
         let columns: Vec<_> = view
             .input_schema
             .fields()
@@ -335,7 +433,7 @@ impl Batch {
                     .map_err(|e| BatchError::delta(what(), e))?;
                 ctx.read_table(provider)
                     .map_err(verr)?
-                    .filter(col(INGEST_TS).lt(cutoff_lit))
+                    .filter(in_range)
                     .map_err(verr)?
                     .select(columns)
                     .map_err(verr)?
@@ -349,10 +447,20 @@ impl Batch {
                     .table_provider()
                     .await
                     .map_err(|e| BatchError::delta(what(), e))?;
+                // The rule looks back one horizon: an incremental run reads that much
+                // before its range so a repeat of an older copy is still dropped.
+                let read_from = from.map(|f| f - spec.horizon_us);
+                let window = match read_from {
+                    Some(f) => col(INGEST_TS)
+                        .gt_eq(ts(f))
+                        .and(col(INGEST_TS).lt(cutoff_lit.clone())),
+                    None => col(INGEST_TS).lt(cutoff_lit.clone()),
+                };
                 let deduplicated = ordinary
                     .read_table(provider)
-                    .and_then(|df| df.filter(col(INGEST_TS).lt(cutoff_lit)))
+                    .and_then(|df| df.filter(window))
                     .and_then(|df| without_repeats(df, spec))
+                    .and_then(|df| df.filter(in_range))
                     .and_then(|df| df.select(columns))
                     .map_err(verr)?;
                 let table = PlannedTable::new(deduplicated);

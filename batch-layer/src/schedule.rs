@@ -9,7 +9,7 @@ use tributary_core::config::Schedule;
 use tributary_core::shutdown::Shutdown;
 
 use crate::error::BatchError;
-use crate::recompute::Batch;
+use crate::recompute::{Batch, RunKind};
 
 pub async fn run(
     batch: Arc<Batch>,
@@ -26,7 +26,9 @@ pub async fn run(
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(wait) => {}
         }
-        match batch.try_start(Arc::new(|_: &str, _: u64, _: u64| {})) {
+        // Scheduled runs only add what arrived since the last one; a view whose
+        // definition changed is recomputed in full by the run itself.
+        match batch.try_start(RunKind::Incremental, Arc::new(|_: &str, _: u64, _: u64| {})) {
             Ok((id, run)) => match run.await {
                 Ok(r) => {
                     tracing::info!(run = %id, cutoff = ?r.cutoff, rows_in = r.rows_in, "scheduled batch run done")

@@ -24,6 +24,27 @@ use crate::error::BatchError;
 pub const CUTOFF_APP_ID: &str = "tributary-cutoff";
 /// The newest event time below the cutoff rides along the same way (version = micros).
 pub const MAX_EVENT_TS_APP_ID: &str = "tributary-max-event-ts";
+/// What the states were computed by (version = [`definition_hash`]): an incremental run
+/// may only add to states of the same definition.
+pub const DEFINITION_APP_ID: &str = "tributary-definition";
+
+/// A stable hash of what a view's states depend on besides the events: its SQL and its
+/// stream's dedup rule (FNV-1a, kept positive to fit a `txn` version).
+pub fn definition_hash(
+    view: &CompiledView,
+    dedup: Option<&tributary_core::schema::DedupSpec>,
+) -> i64 {
+    let text = match dedup {
+        Some(d) => format!("{}\u{0}{}\u{0}{}", view.sql, d.field, d.horizon_us),
+        None => view.sql.clone(),
+    };
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h & i64::MAX as u64) as i64
+}
 
 /// A view's batch states as of one batch run.
 #[derive(Debug, Clone)]
@@ -34,6 +55,8 @@ pub struct BatchView {
     pub states: Vec<RecordBatch>,
     /// Newest event time among the events below the cutoff.
     pub max_event_ts: Option<i64>,
+    /// [`definition_hash`] of the run that wrote the states (`None` before it was kept).
+    pub definition: Option<i64>,
 }
 
 fn storage_type(t: &DataType) -> DataType {
@@ -61,11 +84,16 @@ fn storage_schema(partial: &SchemaRef) -> SchemaRef {
 pub async fn write(
     storage: &Storage,
     view: &CompiledView,
-    cutoff: i64,
-    max_event_ts: Option<i64>,
-    run_id: &str,
+    stamp: Stamp<'_>,
     states: Vec<RecordBatch>,
 ) -> Result<i64, BatchError> {
+    let Stamp {
+        cutoff,
+        max_event_ts,
+        definition,
+        run_id,
+        kind,
+    } = stamp;
     let schema = storage_schema(&view.partial_schema);
     let mut batches = Vec::with_capacity(states.len().max(1));
     for b in states {
@@ -89,13 +117,15 @@ pub async fn write(
         .await
         .map_err(|e| BatchError::delta(what(), e))?;
     let mut props = CommitProperties::default()
-        .with_application_transaction(Transaction::new(CUTOFF_APP_ID, cutoff));
+        .with_application_transaction(Transaction::new(CUTOFF_APP_ID, cutoff))
+        .with_application_transaction(Transaction::new(DEFINITION_APP_ID, definition));
     if let Some(t) = max_event_ts {
         props = props.with_application_transaction(Transaction::new(MAX_EVENT_TS_APP_ID, t));
     }
     let props = props.with_metadata([
         ("tributary.cutoff".to_string(), json!(cutoff)),
         ("tributary.run".to_string(), json!(run_id)),
+        ("tributary.kind".to_string(), json!(kind)),
         ("tributary.sql".to_string(), json!(view.sql)),
     ]);
     let table = table
@@ -105,6 +135,17 @@ pub async fn write(
         .await
         .map_err(|e| BatchError::delta(what(), e))?;
     Ok(table.version().unwrap_or(0) as i64)
+}
+
+/// What a batch-view commit records beside the states.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp<'a> {
+    pub cutoff: i64,
+    pub max_event_ts: Option<i64>,
+    pub definition: i64,
+    pub run_id: &'a str,
+    /// `full` or `incremental`.
+    pub kind: &'a str,
 }
 
 /// Load a view's latest batch states, or `None` if no batch run has written any.
@@ -131,6 +172,10 @@ pub async fn load(storage: &Storage, view: &CompiledView) -> Result<Option<Batch
         .transaction_version(table.log_store().as_ref(), MAX_EVENT_TS_APP_ID)
         .await
         .map_err(|e| BatchError::delta(what(), e))?;
+    let definition = snapshot
+        .transaction_version(table.log_store().as_ref(), DEFINITION_APP_ID)
+        .await
+        .map_err(|e| BatchError::delta(what(), e))?;
     let ctx = session();
     table
         .update_datafusion_session(&ctx.state())
@@ -154,6 +199,7 @@ pub async fn load(storage: &Storage, view: &CompiledView) -> Result<Option<Batch
         version: version as i64,
         states,
         max_event_ts,
+        definition,
     }))
 }
 

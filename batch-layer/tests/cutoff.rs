@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tributary_batch::archiver::{archived_positions, open_master};
-use tributary_batch::{Batch, views};
+use tributary_batch::{Batch, RunKind, views};
 use tributary_core::config::{self, BatchConfig};
 use tributary_core::log::EventLog;
 use tributary_core::pipeline::Pipeline;
@@ -63,7 +63,7 @@ async fn batch_run_covers_exactly_the_archived_events_below_its_cutoff() {
         1,
     ));
     let (_, run) = batch
-        .try_start(Arc::new(|_: &str, _: u64, _: u64| {}))
+        .try_start(RunKind::Full, Arc::new(|_: &str, _: u64, _: u64| {}))
         .unwrap();
     let rec = run.await.unwrap();
     assert_eq!(
@@ -98,7 +98,7 @@ async fn batch_run_covers_exactly_the_archived_events_below_its_cutoff() {
     }
     tokio::time::sleep(Duration::from_millis(5)).await;
     let (_, run) = batch
-        .try_start(Arc::new(|_: &str, _: u64, _: u64| {}))
+        .try_start(RunKind::Full, Arc::new(|_: &str, _: u64, _: u64| {}))
         .unwrap();
     let rec = run.await.unwrap();
     assert_eq!(rec.rows_in, 3, "{rec:?}");
@@ -110,10 +110,10 @@ async fn batch_run_covers_exactly_the_archived_events_below_its_cutoff() {
 
     // A run while another is in progress is refused.
     let (_, slow) = batch
-        .try_start(Arc::new(|_: &str, _: u64, _: u64| {}))
+        .try_start(RunKind::Full, Arc::new(|_: &str, _: u64, _: u64| {}))
         .unwrap();
     assert!(matches!(
-        batch.try_start(Arc::new(|_: &str, _: u64, _: u64| {})),
+        batch.try_start(RunKind::Full, Arc::new(|_: &str, _: u64, _: u64| {})),
         Err(tributary_batch::BatchError::RunInProgress)
     ));
     slow.await.unwrap();
@@ -134,7 +134,144 @@ async fn batch_run_covers_exactly_the_archived_events_below_its_cutoff() {
     shutdown.cancel();
     again.await.unwrap().unwrap();
     let (_, run) = batch
-        .try_start(Arc::new(|_: &str, _: u64, _: u64| {}))
+        .try_start(RunKind::Full, Arc::new(|_: &str, _: u64, _: u64| {}))
         .unwrap();
     assert_eq!(run.await.unwrap().rows_in, 3);
+}
+
+/// Archive until the master table holds `positions`.
+async fn archived(
+    storage: &Storage,
+    stream: &tributary_core::schema::StreamSchema,
+    positions: Vec<u64>,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let master = open_master(storage, &stream.name).await.unwrap();
+        if archived_positions(master.as_ref(), stream).await.unwrap() == positions {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "archiver did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The stored states of `per_page`, as sorted text rows.
+async fn stored_rows(storage: &Storage, pipeline: &Pipeline) -> Vec<String> {
+    let view = pipeline.view("per_page").unwrap();
+    let stored = views::load(storage, view).await.unwrap().unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&stored.states)
+        .unwrap()
+        .to_string();
+    let mut rows: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("| "))
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    rows.sort();
+    rows
+}
+
+async fn run(batch: &Arc<Batch>, kind: RunKind) -> (tributary_batch::RunRecord, Vec<String>) {
+    let stages = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = stages.clone();
+    let (_, run) = batch
+        .try_start(
+            kind,
+            Arc::new(move |s: &str, _: u64, _: u64| seen.lock().unwrap().push(s.to_string())),
+        )
+        .unwrap();
+    let rec = run.await.unwrap();
+    let stages = stages.lock().unwrap().clone();
+    (rec, stages)
+}
+
+#[tokio::test]
+async fn incremental_runs_read_only_new_events_and_changed_views_are_recomputed_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config::from_toml_str(CONFIG).unwrap();
+    let pipeline = Pipeline::from_config(&cfg, &config::ConfigSource::EmbeddedDefault)
+        .await
+        .unwrap();
+    let storage = Storage::open(dir.path()).unwrap();
+    let log: Arc<dyn EventLog> =
+        Arc::new(EmbeddedLog::open(&storage.log_dir(), &[("clicks".into(), 2)]).unwrap());
+    let stream = pipeline.stream("clicks").unwrap().clone();
+    let shutdown = Shutdown::new();
+    let archiver = tokio::spawn(tributary_batch::archiver::run_stream(
+        quick_flush(),
+        stream.clone(),
+        storage.clone(),
+        log.clone(),
+        DeadLetterSink::new(storage.clone(), ["clicks".to_string()]),
+        shutdown.clone(),
+    ));
+    let batch = Arc::new(Batch::new(
+        pipeline.clone(),
+        storage.clone(),
+        log.clone(),
+        1,
+    ));
+
+    log.append("clicks", 0, vec![click("a"), click("a")])
+        .await
+        .unwrap();
+    log.append("clicks", 1, vec![click("b")]).await.unwrap();
+    archived(&storage, &stream, vec![2, 1]).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // The first incremental run has no states to add to: it computes them in full.
+    let (rec, stages) = run(&batch, RunKind::Incremental).await;
+    assert_eq!(rec.rows_in, 3, "{rec:?}");
+    assert!(
+        stages
+            .iter()
+            .any(|s| s == "view per_page: full (no batch states yet)"),
+        "{stages:?}"
+    );
+
+    log.append("clicks", 0, vec![click("a")]).await.unwrap();
+    log.append("clicks", 1, vec![click("c")]).await.unwrap();
+    archived(&storage, &stream, vec![3, 2]).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (rec, stages) = run(&batch, RunKind::Incremental).await;
+    assert_eq!(rec.kind, "incremental");
+    assert_eq!(rec.rows_in, 2, "only the new events are read: {rec:?}");
+    assert!(
+        stages.iter().any(|s| s == "view per_page: incremental"),
+        "{stages:?}"
+    );
+    let incremental = stored_rows(&storage, &pipeline).await;
+    assert_eq!(incremental.len(), 3, "{incremental:?}");
+
+    // A full run over the same events stores the same states.
+    let (rec, _) = run(&batch, RunKind::Full).await;
+    assert_eq!(rec.rows_in, 5, "{rec:?}");
+    assert_eq!(stored_rows(&storage, &pipeline).await, incremental);
+
+    // Nothing new (the cutoff may still move on with the clock): the states stay.
+    let (rec, _) = run(&batch, RunKind::Incremental).await;
+    assert_eq!(rec.rows_in, 0, "{rec:?}");
+    assert_eq!(stored_rows(&storage, &pipeline).await, incremental);
+
+    // The view's SQL changed: its old states cannot be added to.
+    let changed = CONFIG.replace("count(*) AS n", "count(page) AS n");
+    let cfg = config::from_toml_str(&changed).unwrap();
+    let changed = Pipeline::from_config(&cfg, &config::ConfigSource::EmbeddedDefault)
+        .await
+        .unwrap();
+    let batch = Arc::new(Batch::new(changed, storage.clone(), log.clone(), 1));
+    let (rec, stages) = run(&batch, RunKind::Incremental).await;
+    assert_eq!(rec.rows_in, 5, "{rec:?}");
+    assert!(
+        stages
+            .iter()
+            .any(|s| s == "view per_page: full (definition changed)"),
+        "{stages:?}"
+    );
+    shutdown.cancel();
+    archiver.await.unwrap().unwrap();
 }

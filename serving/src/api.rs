@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
-use tributary_batch::{Batch, RunRecord};
+use tributary_batch::{Batch, RunKind, RunRecord};
 use tributary_core::time::{parse_rfc3339, rfc3339};
 
 use crate::error::{ErrorBody, ServingError};
@@ -246,7 +246,8 @@ pub async fn get_run(
 }
 
 #[utoipa::path(post, path = "/api/v1/batch/runs", tag = "batch",
-    params(("wait" = Option<bool>, Query, description = "Answer when the run has ended")),
+    params(("wait" = Option<bool>, Query, description = "Answer when the run has ended"),
+           ("kind" = Option<String>, Query, description = "`full` (default): every view from the whole master table; `incremental`: merge the events since each view's last cutoff into its states")),
     responses((status = 200, description = "The finished run (wait=true)", body = Object),
               (status = 202, description = "The run, started", body = Object),
               (status = 400, description = "A malformed parameter, named", body = ErrorBody),
@@ -267,8 +268,19 @@ pub async fn start_run(
             ));
         }
     };
+    let kind = match params.get("kind") {
+        None => RunKind::Full,
+        Some(k) => RunKind::parse(k).ok_or_else(|| {
+            ServingError::bad("kind", format!("expected full or incremental, got `{k}`"))
+        })?,
+    };
+    for k in params.keys() {
+        if !matches!(k.as_str(), "wait" | "kind" | "access_token") {
+            return Err(ServingError::bad(k, "unknown parameter; use wait or kind"));
+        }
+    }
     let progress = Arc::new(|_: &str, _: u64, _: u64| {});
-    let (id, run) = state.batch.try_start(progress)?;
+    let (id, run) = state.batch.try_start(kind, progress)?;
     let merger = state.merger.clone();
     let task = tokio::spawn(async move {
         let record = run.await;

@@ -153,6 +153,17 @@ try {
     .catch(() => fail('the run history does not list the run'));
   const rowsIn = await page.textContent(`#runs tr[data-id="${runId}"] td:nth-child(8)`);
   if (rowsIn !== String(run.rows_in)) await fail(`rows in ${rowsIn} on screen, ${run.rows_in} in the API`);
+  // And an incremental run from its own button.
+  await page.click('#run-incremental');
+  await page.waitForFunction((prev) => {
+    const p = document.querySelector('.run-progress');
+    return p && p.dataset.status === 'succeeded' && !document.querySelector('#run-status').textContent.startsWith(prev);
+  }, runId, { timeout: 60000 }).catch(() => fail('the incremental run did not succeed'));
+  const incId = (await page.textContent('#run-status')).split(' · ')[0];
+  const inc = await api(`/api/v1/batch/runs/${incId}`);
+  if (inc.kind !== 'incremental' || inc.status !== 'succeeded') await fail(`run ${incId}: ${JSON.stringify(inc)}`);
+  await page.waitForSelector(`#runs tr[data-id="${incId}"] .badge.succeeded`, { timeout: 5000 })
+    .catch(() => fail('the run history does not list the incremental run'));
   await shoot('batch');
 
   // SQL console: rows and chart, then an error with its position.

@@ -284,9 +284,17 @@ impl Tributary {
     }
 
     pub async fn run_batch(&self) -> Value {
+        self.run_batch_kind("full").await
+    }
+
+    /// A batch run of `kind` (`full` or `incremental`), waited for; it must succeed.
+    pub async fn run_batch_kind(&self, kind: &str) -> Value {
         let r = self
             .client
-            .post(format!("{}/api/v1/batch/runs?wait=true", self.base))
+            .post(format!(
+                "{}/api/v1/batch/runs?wait=true&kind={kind}",
+                self.base
+            ))
             .send()
             .await
             .unwrap();

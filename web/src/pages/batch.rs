@@ -58,11 +58,11 @@ pub fn BatchPage(runs: Vec<Value>) -> impl IntoView {
         })
     });
 
-    let start = move |_| {
+    let start = move |kind: &'static str| {
         error.set(None);
         client::send(
             "POST",
-            "/api/v1/batch/runs".into(),
+            format!("/api/v1/batch/runs?kind={kind}"),
             None,
             move |a| match a {
                 Ok(rec) => {
@@ -134,9 +134,10 @@ pub fn BatchPage(runs: Vec<Value>) -> impl IntoView {
     view! {
         <section class="page batch">
             <h2>"Batch runs"</h2>
-            <p class="muted">"A run recomputes every view from the master table up to a new cutoff; serving switches to it when it commits."</p>
+            <p class="muted">"A full run recomputes every view from the whole master table up to a new cutoff; an incremental run merges only the events since each view's last cutoff (a view whose SQL changed is recomputed in full). Serving switches to the result when it commits."</p>
             <div class="controls">
-                <button id="run-full" class="primary" on:click=start>"Run full recompute"</button>
+                <button id="run-full" class="primary" on:click=move |_| start("full")>"Run full recompute"</button>
+                <button id="run-incremental" on:click=move |_| start("incremental")>"Run incremental"</button>
             </div>
             {move || error.get().map(|e| view! { <pre id="run-error" class="error">{e}</pre> })}
             {progress}
