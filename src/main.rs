@@ -20,8 +20,20 @@ struct Cli {
     #[arg(long, short, global = true, env = "TRIBUTARY_CONFIG")]
     config: Option<PathBuf>,
 
+    /// How log lines are written to stderr: `text` for people, `json` (one object per
+    /// line) for log collectors. Default: the configuration's `log-format`
+    /// (TRIBUTARY_LOG_FORMAT), else text.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -42,6 +54,21 @@ enum Command {
         /// without states, or whose SQL changed, is recomputed in full anyway).
         #[arg(long)]
         incremental: bool,
+    },
+    /// Load historical events from a file (JSON, NDJSON, CSV, Parquet; a path or an
+    /// object-store URL) into a stream's master table, with a progress bar. Rows are
+    /// validated like live events (refused ones go to the dead-letter table) and the
+    /// next batch run includes them. Running it again on the same file adds nothing.
+    Backfill {
+        /// The stream the events belong to.
+        #[arg(long)]
+        stream: String,
+        /// json (an array), ndjson, csv (with a header row) or parquet; by default
+        /// from the file name's extension.
+        #[arg(long)]
+        format: Option<String>,
+        /// A local path, or a URL such as file:///data/2025.parquet.
+        source: String,
     },
     /// Check the configuration and print each view's compiled shape.
     Check,
@@ -79,15 +106,32 @@ enum BenchTarget {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 "info,deltalake=warn,datafusion=warn,buoyant_kernel=warn".into()
             }),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    // Read before the command loads (and reports on) the configuration properly.
+    let configured =
+        tributary_core::config::load(wiring::config_path(cli.config.clone()).as_deref())
+            .map(|(c, _)| c.log_format)
+            .unwrap_or_default();
+    let format = cli.log_format.unwrap_or(match configured {
+        tributary_core::config::LogFormat::Text => LogFormat::Text,
+        tributary_core::config::LogFormat::Json => LogFormat::Json,
+    });
+    // Two TLS back ends are linked in (delta-rs and the HTTPS server pull in both), so
+    // rustls cannot choose on its own.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // One JSON object per line, for log shippers (Loki, Elasticsearch, CloudWatch).
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
     let threads = match &cli.command {
         Command::Bench {
             target: BenchTarget::Speed { threads, .. },
@@ -115,6 +159,11 @@ fn main() -> anyhow::Result<()> {
                 };
                 wiring::recompute(config, kind).await
             }
+            Command::Backfill {
+                stream,
+                format,
+                source,
+            } => wiring::backfill(config, stream, source, format).await,
             Command::Check => wiring::check(config).await,
             Command::Bench {
                 target:

@@ -240,7 +240,7 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
         .context("http.cors-origins")?;
     tasks.spawn(
         "http",
-        tributary_serving::run(config.http.addr.clone(), app, shutdown.clone()),
+        tributary_serving::run(config.http.clone(), app, shutdown.clone()),
     );
     eprintln!(
         "Tributary {role} is up ({source}) on http://{}/ with Kafka at {}",
@@ -402,7 +402,7 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
         "serve",
         with_flag(
             flag("serve"),
-            tributary_serving::run(config.http.addr.clone(), app, shutdown.clone()),
+            tributary_serving::run(config.http.clone(), app, shutdown.clone()),
         ),
     );
     if let Some(kafka) = kafka {
@@ -520,4 +520,50 @@ fn serde_json_pretty(record: &tributary_batch::RunRecord) -> String {
         record.rows_out,
         record.duration_ms.unwrap_or(0)
     )
+}
+
+/// `tributary backfill`: load a file of historical events into a stream's master table.
+pub async fn backfill(
+    path: Option<PathBuf>,
+    stream: String,
+    source: String,
+    format: Option<String>,
+) -> anyhow::Result<()> {
+    use tributary_batch::backfill::{self, Format};
+    let (config, _, pipeline) = load(path).await?;
+    let Some(schema) = pipeline.stream(&stream).cloned() else {
+        let known: Vec<_> = pipeline.streams.iter().map(|s| s.name.as_str()).collect();
+        bail!(
+            "unknown stream `{stream}`; the configuration has: {}",
+            known.join(", ")
+        );
+    };
+    let format =
+        match format {
+            None => None,
+            Some(f) => Some(Format::parse(&f).with_context(|| {
+                format!("--format `{f}`: expected json, ndjson, csv or parquet")
+            })?),
+        };
+    let storage = Storage::open(&config.storage_root)?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} rows ({per_sec}, {eta} left)",
+        )
+        .expect("static template"),
+    );
+    let progress_bar = bar.clone();
+    let progress = move |done: u64, total: u64| {
+        progress_bar.set_length(total);
+        progress_bar.set_position(done);
+    };
+    let report = backfill::run(&storage, &schema, &source, format, &progress).await;
+    bar.finish_and_clear();
+    let report = report?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).expect("the report serializes")
+    );
+    Ok(())
 }

@@ -182,3 +182,99 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
         answer["cutoff"]
     );
 }
+
+/// Post batches of 50 until a request fails (the process died); returns the ids
+/// acknowledged and the next unused id.
+async fn post_until_down(base: String, start: usize) -> (BTreeSet<usize>, usize) {
+    let client = reqwest::Client::new();
+    let mut acked = BTreeSet::new();
+    let mut next = start;
+    loop {
+        let sent = client
+            .post(format!("{base}/api/v1/streams/readings/events"))
+            .json(&batch(next, 50))
+            .send()
+            .await;
+        next += 50;
+        match sent {
+            Ok(resp) if resp.status().as_u16() == 200 => match resp.json::<Value>().await {
+                Ok(report) => {
+                    assert_eq!(report["accepted"], 50, "{report}");
+                    acked.extend(next - 50..next);
+                }
+                Err(_) => return (acked, next),
+            },
+            _ => return (acked, next),
+        }
+    }
+}
+
+/// Every id the master table holds, counted, must be each acknowledged id exactly once
+/// (ids whose request died with the process may be there too, once).
+async fn archived_exactly_once(t: &Tributary, dir: &std::path::Path, acked: &BTreeSet<usize>) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let counts = loop {
+        let counts = master_counts(dir).await;
+        if acked
+            .iter()
+            .all(|i| counts.contains_key(&format!("e{i:06}")))
+        {
+            break counts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "archiver did not catch up\n{}",
+            t.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let dupes: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(
+        dupes.is_empty(),
+        "duplicated in the master table: {dupes:?}"
+    );
+    let total: i64 = counts.values().sum();
+    assert!(
+        total as usize >= acked.len(),
+        "{total} rows for {} acknowledged",
+        acked.len()
+    );
+    eprintln!(
+        "acknowledged {} events; the master table holds {} rows, {} distinct ids",
+        acked.len(),
+        total,
+        counts.len()
+    );
+}
+
+#[tokio::test]
+async fn twenty_sigkills_at_random_points_lose_and_duplicate_nothing() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    eprintln!("CRASH_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    // Archive often, so kills land before, during and after Delta commits.
+    let config = Tributary::configure_pipeline(dir.path(), "", 50, common::IOT_STREAM);
+    let mut t = Tributary::start_config(dir.path(), config).await;
+    let mut acked = BTreeSet::new();
+    let mut next = 0;
+    for _ in 0..20 {
+        let poster = tokio::spawn(post_until_down(t.base.clone(), next));
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..900))).await;
+        t.kill9();
+        let (ok, n) = poster.await.unwrap();
+        acked.extend(ok);
+        next = n;
+        t.restart().await;
+    }
+    archived_exactly_once(&t, dir.path(), &acked).await;
+    assert!(
+        acked.len() >= 1000,
+        "too few events acknowledged: {}",
+        acked.len()
+    );
+}

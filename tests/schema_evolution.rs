@@ -148,8 +148,8 @@ async fn a_new_nullable_field_evolves_the_table_and_replay_recovers_its_dead_let
     .await
     .expect("an incompatible schema must stop Tributary, not leave it running")
     .unwrap();
-    assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
     assert!(
         err.contains("field `signal` is Float64 in the master table but Int64"),
         "{err}"

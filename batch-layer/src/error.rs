@@ -21,6 +21,8 @@ pub enum BatchError {
         field: String,
         reason: String,
     },
+    #[error("backfill from `{from}`: {message}")]
+    Backfill { from: String, message: String },
     #[error("a batch run is already in progress; wait for it to finish")]
     RunInProgress,
 }

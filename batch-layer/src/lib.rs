@@ -7,6 +7,7 @@
 //! [`views`] stores the states, with T, in a Delta table per view.
 
 pub mod archiver;
+pub mod backfill;
 pub mod dedup;
 pub mod error;
 pub mod recompute;
@@ -34,6 +35,10 @@ pub async fn run(
     dead_letters: DeadLetterSink,
     shutdown: Shutdown,
 ) -> Result<(), BatchError> {
+    // The archivers stop with the process, or with this layer when one of them fails;
+    // the process-wide token is the supervisor's to cancel, so that it sees the failure
+    // (cancelling it here would let it read the stop as a clean shutdown).
+    let archivers = shutdown.child_token();
     let mut tasks = Tasks::new();
     for stream in pipeline.streams {
         tasks.spawn(
@@ -44,12 +49,13 @@ pub async fn run(
                 storage.clone(),
                 log.clone(),
                 dead_letters.clone(),
-                shutdown.clone(),
+                archivers.clone(),
             ),
         );
     }
     if let Some((name, Err(e))) = tasks.first_exit(&shutdown).await {
-        shutdown.cancel();
+        archivers.cancel();
+        let _ = tasks.join(std::time::Duration::from_secs(10)).await;
         return Err(BatchError::Task(name, e));
     }
     let problems = tasks.join(std::time::Duration::from_secs(10)).await;

@@ -59,6 +59,18 @@ pub struct Config {
     pub sql: SqlConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    /// How log lines are written to stderr: `text` for people, `json` (one object per
+    /// line) for log collectors. `--log-format` overrides it.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// API tokens. None configured: every endpoint is open, and Tributary listens on a
@@ -181,6 +193,18 @@ pub struct HttpConfig {
     /// `["https://grafana.example.com"]`; `["*"]` allows any. Empty: same origin only.
     #[serde(default)]
     pub cors_origins: Vec<String>,
+    /// Requests per second each client address may send (0: no limit); over it, 429.
+    #[serde(default)]
+    pub rate_limit_per_second: u32,
+    /// Requests a client may send at once before the rate applies (0: the rate).
+    #[serde(default)]
+    pub rate_limit_burst: u32,
+    /// PEM certificate chain: with `tls-key`, serve HTTPS instead of HTTP.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls-cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn default_live_interval_ms() -> u64 {
@@ -210,6 +234,10 @@ impl Default for HttpConfig {
             site_dir: default_site_dir(),
             live_interval_ms: default_live_interval_ms(),
             cors_origins: Vec::new(),
+            rate_limit_per_second: 0,
+            rate_limit_burst: 0,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

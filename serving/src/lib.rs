@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod json;
+pub mod limit;
 pub mod live;
 pub mod merge;
 pub mod openapi;
@@ -20,7 +21,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
+use std::net::SocketAddr;
+
 use tokio::net::TcpListener;
+use tributary_core::config::HttpConfig;
 use tributary_core::shutdown::Shutdown;
 
 pub use api::AppState;
@@ -125,20 +129,58 @@ pub fn with_cors(app: Router, origins: &[String]) -> Result<Router, ServingError
     Ok(app.layer(cors))
 }
 
-/// Serve `app` on `addr` until shutdown.
-pub async fn run(addr: String, app: Router, shutdown: Shutdown) -> Result<(), ServingError> {
-    let listener = TcpListener::bind(&addr)
-        .await
-        .map_err(|e| ServingError::Bind {
-            addr: addr.clone(),
-            message: e.to_string(),
-        })?;
+/// Serve `app` on `http.addr` until shutdown: HTTPS when `http.tls-cert` and
+/// `http.tls-key` are set, with `http.rate-limit-per-second` applied per client address.
+pub async fn run(http: HttpConfig, app: Router, shutdown: Shutdown) -> Result<(), ServingError> {
+    let app = limit::with_rate_limit(app, http.rate_limit_per_second, http.rate_limit_burst)
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let bind_err = |e: std::io::Error| ServingError::Bind {
+        addr: http.addr.clone(),
+        message: e.to_string(),
+    };
+    let tls = match (&http.tls_cert, &http.tls_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(
+            axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(|e| {
+                    ServingError::Server(format!(
+                        "http.tls-cert {} / http.tls-key {}: {e}",
+                        cert.display(),
+                        key.display()
+                    ))
+                })?,
+        ),
+        _ => {
+            return Err(ServingError::Server(
+                "http.tls-cert and http.tls-key go together: set both for HTTPS, or neither".into(),
+            ));
+        }
+    };
+    let listener = std::net::TcpListener::bind(&http.addr).map_err(bind_err)?;
+    listener.set_nonblocking(true).map_err(bind_err)?;
     let local = listener
         .local_addr()
         .map_err(|e| ServingError::Server(e.to_string()))?;
-    tracing::info!(%local, "serving HTTP");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    let Some(tls) = tls else {
+        tracing::info!(%local, "serving HTTP");
+        let listener = TcpListener::from_std(listener).map_err(bind_err)?;
+        return axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .map_err(|e| ServingError::Server(e.to_string()));
+    };
+    tracing::info!(%local, "serving HTTPS");
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        // Long-lived responses end on the shutdown signal themselves; others get this.
+        stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+    });
+    axum_server::from_tcp_rustls(listener, tls)
+        .handle(handle)
+        .serve(app)
         .await
         .map_err(|e| ServingError::Server(e.to_string()))
 }
