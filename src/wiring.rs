@@ -202,12 +202,15 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
                 speed,
                 loaded,
             ));
-            let batch = Arc::new(Batch::new(
-                pipeline.clone(),
-                storage.clone(),
-                log.clone(),
-                config.speed.segment_width_ms,
-            ));
+            let batch = Arc::new(
+                Batch::new(
+                    pipeline.clone(),
+                    storage.clone(),
+                    log.clone(),
+                    config.speed.segment_width_ms,
+                )
+                .with_maintenance(maintenance_settings(&config)),
+            );
             let state = AppState {
                 merger,
                 batch,
@@ -313,12 +316,15 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
         .map(|(name, bv)| (name.clone(), bv.cutoff))
         .collect();
     let speed = SpeedLayer::new(&pipeline, &config.speed, &cutoffs);
-    let batch = Arc::new(Batch::new(
-        pipeline.clone(),
-        storage.clone(),
-        log.clone(),
-        config.speed.segment_width_ms,
-    ));
+    let batch = Arc::new(
+        Batch::new(
+            pipeline.clone(),
+            storage.clone(),
+            log.clone(),
+            config.speed.segment_width_ms,
+        )
+        .with_maintenance(maintenance_settings(&config)),
+    );
     let merger = Arc::new(Merger::new(
         pipeline.clone(),
         storage.clone(),
@@ -443,6 +449,13 @@ async fn load_batch_views(
 }
 
 /// Scheduled batch runs, when `batch.schedule` is set.
+fn maintenance_settings(config: &Config) -> tributary_batch::maintenance::Settings {
+    tributary_batch::maintenance::Settings {
+        retention_hours: config.batch.retention_hours,
+        target_file_bytes: config.batch.target_file_mb.max(1) * 1024 * 1024,
+    }
+}
+
 fn spawn_schedule(
     tasks: &mut Tasks,
     config: &Config,
@@ -454,6 +467,14 @@ fn spawn_schedule(
         tasks.spawn(
             "batch-schedule",
             tributary_batch::schedule::run(batch.clone(), schedule, shutdown.clone()),
+        );
+    }
+    if let Some(expr) = &config.batch.maintenance_schedule {
+        let schedule = config::parse_schedule(expr)
+            .map_err(|e| anyhow::anyhow!("batch.maintenance-schedule: {e}"))?;
+        tasks.spawn(
+            "batch-maintenance",
+            tributary_batch::schedule::maintenance(batch.clone(), schedule, shutdown.clone()),
         );
     }
     Ok(())

@@ -28,10 +28,31 @@ pub enum BatchError {
 }
 
 impl BatchError {
+    /// Errors of storage or the log, which may pass; a view, schema or input error will
+    /// not, and a retry would only repeat it.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BatchError::Delta { .. } | BatchError::Log(..))
+    }
+
     pub fn delta(what: impl Into<String>, e: impl std::fmt::Display) -> Self {
         BatchError::Delta {
             what: what.into(),
             message: e.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_storage_and_log_errors_are_retried() {
+        assert!(BatchError::delta("master table of `s`", "connection reset").is_transient());
+        assert!(
+            BatchError::Log("s".into(), CoreError::LogUnavailable("down".into())).is_transient()
+        );
+        assert!(!BatchError::View("v".into(), "bad plan".into()).is_transient());
+        assert!(!BatchError::RunInProgress.is_transient());
     }
 }

@@ -10,6 +10,7 @@ pub mod archiver;
 pub mod backfill;
 pub mod dedup;
 pub mod error;
+pub mod maintenance;
 pub mod recompute;
 pub mod schedule;
 pub mod views;

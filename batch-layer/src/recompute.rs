@@ -90,7 +90,18 @@ pub struct RunRecord {
     /// Where a running run is; the last stage reached once it has ended.
     #[serde(default)]
     pub progress: Option<RunProgress>,
+    /// How many times it ran: transient storage errors are retried with backoff.
+    #[serde(default = "one")]
+    pub attempts: u32,
 }
+
+fn one() -> u32 {
+    1
+}
+
+/// A run is tried this many times at most, waiting [`RETRY_BACKOFF`], then twice that, …
+const RUN_ATTEMPTS: u32 = 3;
+const RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A run's current stage, out of `total`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -111,6 +122,7 @@ pub struct Batch {
     history: std::sync::Mutex<Vec<RunRecord>>,
     next_id: AtomicU64,
     committed: watch::Sender<u64>,
+    maintenance: crate::maintenance::Settings,
 }
 
 impl Batch {
@@ -132,7 +144,21 @@ impl Batch {
             history: std::sync::Mutex::new(history),
             next_id: AtomicU64::new(history_len + 1),
             committed,
+            maintenance: Default::default(),
         }
+    }
+
+    /// How [`Batch::maintain`] compacts and vacuums.
+    pub fn with_maintenance(mut self, settings: crate::maintenance::Settings) -> Self {
+        self.maintenance = settings;
+        self
+    }
+
+    /// Compact, checkpoint and vacuum every table once, waiting for a running batch run
+    /// to end first (they never overlap).
+    pub async fn maintain(&self) -> Result<Vec<crate::maintenance::TableReport>, BatchError> {
+        let _guard = self.running.lock().await;
+        crate::maintenance::run_once(&self.storage, &self.pipeline, self.maintenance).await
     }
 
     /// Changes each time a run commits new batch views.
@@ -191,6 +217,7 @@ impl Batch {
             duration_ms: None,
             error: None,
             progress: None,
+            attempts: 1,
         };
         self.history.lock().expect("history lock").push(record);
         let this = self.clone();
@@ -202,13 +229,28 @@ impl Batch {
                 this.set_progress(&run_id, stage, done, total);
                 progress.stage(stage, done, total);
             };
-            let result = this.run(&run_id, kind, &tracked).await;
+            let mut attempt = 1;
+            let result = loop {
+                match this.run(&run_id, kind, &tracked).await {
+                    // Storage and log hiccups pass; a run is all-or-nothing (each view's
+                    // states commit with their cutoff), so trying again is safe.
+                    Err(e) if e.is_transient() && attempt < RUN_ATTEMPTS => {
+                        let wait = RETRY_BACKOFF * 2u32.pow(attempt - 1);
+                        tracing::warn!(run = %run_id, attempt, error = %e, ?wait, "batch run failed; retrying");
+                        tracked(&format!("retrying in {wait:?} after: {e}"), 0, 1);
+                        tokio::time::sleep(wait).await;
+                        attempt += 1;
+                    }
+                    other => break other,
+                }
+            };
             let mut history = this.history.lock().expect("history lock");
             let rec = history
                 .iter_mut()
                 .find(|r| r.id == run_id)
                 .expect("run recorded at start");
             rec.duration_ms = Some(started.elapsed().as_millis() as u64);
+            rec.attempts = attempt;
             match &result {
                 Ok((cutoff, rows_in, rows_out)) => {
                     rec.status = RunStatus::Succeeded;

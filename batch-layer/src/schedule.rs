@@ -39,3 +39,26 @@ pub async fn run(
         }
     }
 }
+
+/// Maintain every table at the times of `schedule` (see [`crate::maintenance`]).
+pub async fn maintenance(
+    batch: Arc<Batch>,
+    schedule: Schedule,
+    shutdown: Shutdown,
+) -> Result<(), BatchError> {
+    loop {
+        let now = Utc::now();
+        let next = schedule
+            .find_next_occurrence(&now, false)
+            .map_err(|e| BatchError::Task("batch-maintenance".into(), e.to_string()))?;
+        let wait = (next - now).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        // A failure (a conflicting commit, a storage hiccup) waits for the next time.
+        if let Err(e) = batch.maintain().await {
+            tracing::warn!(error = %e, "scheduled table maintenance failed");
+        }
+    }
+}

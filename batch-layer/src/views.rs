@@ -154,6 +154,31 @@ pub async fn load(storage: &Storage, view: &CompiledView) -> Result<Option<Batch
     let table = tributary_ingest::delta::open(storage.batch_view_table(&view.name))
         .await
         .map_err(|e| BatchError::delta(what(), e))?;
+    load_table(table, view).await
+}
+
+/// A view's batch states as a past batch run left them (time travel), or `None` if the
+/// view had none then.
+pub async fn load_as_of(
+    storage: &Storage,
+    view: &CompiledView,
+    as_of: &tributary_ingest::delta::AsOf,
+) -> Result<Option<BatchView>, BatchError> {
+    let what = || format!("batch view `{}` as of {as_of}", view.name);
+    match tributary_ingest::delta::open_as_of(storage.batch_view_table(&view.name), as_of)
+        .await
+        .map_err(|e| BatchError::delta(what(), e))?
+    {
+        Some(table) => load_table(table, view).await,
+        None => Ok(None),
+    }
+}
+
+async fn load_table(
+    table: deltalake::DeltaTable,
+    view: &CompiledView,
+) -> Result<Option<BatchView>, BatchError> {
+    let what = || format!("batch view `{}`", view.name);
     let Some(version) = table.version() else {
         return Ok(None);
     };

@@ -32,6 +32,7 @@ fn quick_flush() -> BatchConfig {
         archive_flush_ms: 20,
         archive_flush_records: 1000,
         schedule: None,
+        ..BatchConfig::default()
     }
 }
 

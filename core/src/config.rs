@@ -394,6 +394,27 @@ pub struct BatchConfig {
     /// seconds first), e.g. `"*/10 * * * *"`. None: only on demand.
     #[serde(default)]
     pub schedule: Option<String>,
+    /// When to compact, checkpoint and vacuum every table (cron, UTC). None: only on
+    /// demand (`POST /api/v1/batch/maintenance`).
+    #[serde(default = "default_maintenance_schedule")]
+    pub maintenance_schedule: Option<String>,
+    /// VACUUM keeps the files of every version younger than this (and time travel
+    /// reaches this far back).
+    #[serde(default = "default_retention_hours")]
+    pub retention_hours: u64,
+    /// OPTIMIZE bin-packs small files into files of about this size.
+    #[serde(default = "default_target_file_mb")]
+    pub target_file_mb: u64,
+}
+
+fn default_maintenance_schedule() -> Option<String> {
+    Some("0 30 3 * * *".into())
+}
+fn default_retention_hours() -> u64 {
+    168
+}
+fn default_target_file_mb() -> u64 {
+    128
 }
 
 /// A parsed `batch.schedule`.
@@ -418,6 +439,9 @@ impl Default for BatchConfig {
             archive_flush_ms: default_flush_ms(),
             archive_flush_records: default_flush_records(),
             schedule: None,
+            maintenance_schedule: default_maintenance_schedule(),
+            retention_hours: default_retention_hours(),
+            target_file_mb: default_target_file_mb(),
         }
     }
 }

@@ -18,3 +18,35 @@ pub async fn open(url: Url) -> DeltaResult<DeltaTable> {
         DeltaTableBuilder::from_url(url)?.build()
     }
 }
+
+/// A past state of a table: a Delta version, or the latest version at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AsOf {
+    Version(u64),
+    /// RFC 3339.
+    Time(String),
+}
+
+impl std::fmt::Display for AsOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AsOf::Version(v) => write!(f, "version {v}"),
+            AsOf::Time(t) => write!(f, "{t}"),
+        }
+    }
+}
+
+/// The table at `url` as it was at `as_of`; `None` when the table does not exist yet.
+pub async fn open_as_of(url: Url, as_of: &AsOf) -> DeltaResult<Option<DeltaTable>> {
+    if let Ok(path) = url.to_file_path()
+        && !path.join("_delta_log").exists()
+    {
+        return Ok(None);
+    }
+    let builder = DeltaTableBuilder::from_url(url)?;
+    let builder = match as_of {
+        AsOf::Version(v) => builder.with_version(*v as _),
+        AsOf::Time(t) => builder.with_datestring(t)?,
+    };
+    builder.load().await.map(Some)
+}

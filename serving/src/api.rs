@@ -380,7 +380,8 @@ pub async fn post_sql(
             ));
         }
     };
-    let result = crate::sql::run(&state.merger, &request.sql, &state.sql).await?;
+    let as_of = request.as_of()?;
+    let result = crate::sql::run(&state.merger, &request.sql, &state.sql, as_of.as_ref()).await?;
     if arrow {
         let bytes = tributary_speed::source::to_ipc(&result.schema, &result.batches)
             .map_err(|e| ServingError::Server(e.to_string()))?;
@@ -430,4 +431,12 @@ pub async fn dead_letters(
     Ok(Json(
         json!({ "stream": stream, "total": rows.0, "rows": rows.1 }),
     ))
+}
+
+/// `POST /api/v1/batch/maintenance`: compact, checkpoint and vacuum every table now.
+#[utoipa::path(post, path = "/api/v1/batch/maintenance", tag = "batch",
+    responses((status = 200, description = "What was done to each table: files compacted, written, vacuumed", body = Object)))]
+pub async fn maintain(State(state): State<AppState>) -> Result<Json<Value>, ServingError> {
+    let tables = state.batch.maintain().await?;
+    Ok(Json(json!({ "tables": tables })))
 }

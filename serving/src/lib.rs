@@ -37,6 +37,10 @@ pub fn router(state: AppState, auth: &auth::Auth) -> Router {
     let admin = Router::new()
         .route("/api/v1/batch/runs", axum::routing::post(api::start_run))
         .route(
+            "/api/v1/batch/maintenance",
+            axum::routing::post(api::maintain),
+        )
+        .route(
             "/api/v1/streams/{stream}/dead-letters/replay",
             axum::routing::post(streams::replay),
         )

@@ -54,6 +54,7 @@ fn post_events() {}
         crate::api::list_runs,
         crate::api::get_run,
         crate::api::start_run,
+        crate::api::maintain,
         crate::api::speed_stats,
         crate::api::dead_letters,
         crate::streams::list_streams,

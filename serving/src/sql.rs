@@ -29,6 +29,7 @@ use tributary_core::config::SqlConfig;
 use crate::error::ServingError;
 use crate::json::cell;
 use crate::merge::Merger;
+use tributary_ingest::delta::AsOf;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +39,33 @@ pub struct SqlRequest {
     /// `json` (default) or `arrow` (an Arrow IPC stream).
     #[serde(default)]
     pub format: Option<String>,
+    /// Time travel: read the master and dead-letter tables at this Delta version, and
+    /// each view as its batch states were then (batch layer only).
+    #[serde(default)]
+    pub as_of_version: Option<u64>,
+    /// Time travel by time (RFC 3339): each table's latest version at that time.
+    #[serde(default)]
+    pub as_of: Option<String>,
+}
+
+impl SqlRequest {
+    /// The time-travel point asked for, if any (not both ways at once).
+    pub fn as_of(&self) -> Result<Option<AsOf>, ServingError> {
+        match (&self.as_of_version, &self.as_of) {
+            (None, None) => Ok(None),
+            (Some(v), None) => Ok(Some(AsOf::Version(*v))),
+            (None, Some(t)) => {
+                tributary_core::time::parse_rfc3339(t).ok_or_else(|| {
+                    ServingError::bad("as_of", format!("expected an RFC 3339 time, got `{t}`"))
+                })?;
+                Ok(Some(AsOf::Time(t.clone())))
+            }
+            (Some(_), Some(_)) => Err(ServingError::bad(
+                "as_of",
+                "give as_of_version or as_of, not both",
+            )),
+        }
+    }
 }
 
 /// A finished query.
@@ -84,6 +112,7 @@ pub async fn run(
     merger: &Merger,
     sql: &str,
     limits: &SqlConfig,
+    as_of: Option<&AsOf>,
 ) -> Result<SqlResult, ServingError> {
     check_read_only(sql)?;
     let started = Instant::now();
@@ -98,7 +127,15 @@ pub async fn run(
         SessionConfig::new().with_information_schema(true),
         runtime,
     );
-    register(merger, &ctx).await?;
+    // Tables with no state at the time-travel point are left out; a query that names
+    // one is refused with that reason.
+    let missing = match as_of {
+        None => {
+            register(merger, &ctx).await?;
+            Vec::new()
+        }
+        Some(at) => register_as_of(merger, &ctx, at).await?,
+    };
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
@@ -113,7 +150,16 @@ pub async fn run(
     let (schema, batches) = tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| ServingError::SqlTimeout(limits.timeout_ms))?
-        .map_err(|e| query_error(e, limits))?;
+        .map_err(|e| {
+            let text = e.to_string();
+            match missing
+                .iter()
+                .find(|(table, _)| text.contains(table.as_str()))
+            {
+                Some((_, reason)) => ServingError::bad("as_of", reason.clone()),
+                None => query_error(e, limits),
+            }
+        })?;
     Ok(SqlResult {
         schema,
         batches,
@@ -174,6 +220,75 @@ async fn register(merger: &Merger, ctx: &SessionContext) -> Result<(), ServingEr
 }
 
 /// A stored Delta table as a provider for `ctx`, or `None` before its first commit.
+/// The tables as they were at `at`: master and dead-letter tables at that version or
+/// time, and each view finalized from the batch states it had then.
+async fn register_as_of(
+    merger: &Merger,
+    ctx: &SessionContext,
+    at: &AsOf,
+) -> Result<Vec<(String, String)>, ServingError> {
+    let server = |e: DataFusionError| ServingError::Server(e.to_string());
+    let storage = merger.storage();
+    let mut missing = Vec::new();
+    let mut travel = |table: &str, e: &dyn std::fmt::Display| {
+        missing.push((
+            table.to_string(),
+            format!("`{table}` has no state as of {at}: {e}"),
+        ));
+    };
+    for view in &merger.pipeline().views {
+        let states = match tributary_batch::views::load_as_of(storage, view, at).await {
+            Ok(b) => b.map(|b| b.states).unwrap_or_default(),
+            Err(e) => {
+                travel(&view.name, &e);
+                continue;
+            }
+        };
+        let rows = view
+            .finalize(states)
+            .await
+            .map_err(|e| ServingError::Server(e.to_string()))?;
+        let schema = rows
+            .first()
+            .map(|b| b.schema())
+            .unwrap_or(view.output_schema.clone());
+        let table = MemTable::try_new(schema, vec![rows]).map_err(server)?;
+        ctx.register_table(view.name.as_str(), Arc::new(table))
+            .map_err(server)?;
+    }
+    for stream in &merger.pipeline().streams {
+        for (name, url) in [
+            (
+                format!("master_{}", stream.name),
+                storage.master_table(&stream.name),
+            ),
+            (
+                format!("dead_letters_{}", stream.name),
+                storage.dead_letter_table(&stream.name),
+            ),
+        ] {
+            let table = match tributary_ingest::delta::open_as_of(url, at).await {
+                Ok(Some(table)) => table,
+                Ok(None) => continue,
+                Err(e) => {
+                    travel(&name, &e);
+                    continue;
+                }
+            };
+            table
+                .update_datafusion_session(&ctx.state())
+                .map_err(|e| ServingError::Server(e.to_string()))?;
+            let provider = table
+                .table_provider()
+                .await
+                .map_err(|e| ServingError::Server(e.to_string()))?;
+            ctx.register_table(name.as_str(), provider)
+                .map_err(server)?;
+        }
+    }
+    Ok(missing)
+}
+
 async fn stored_table(
     ctx: &SessionContext,
     url: url::Url,
