@@ -1,6 +1,7 @@
 //! The `tributary` binary: parses arguments and wires the layers together.
 
 mod bench;
+mod bench_batch;
 mod bench_serve;
 mod wiring;
 
@@ -102,6 +103,9 @@ enum BenchTarget {
     },
     /// View-query latency and freshness against a running Tributary, while ingesting.
     Serve(bench_serve::Args),
+    /// The batch layer: archiving, a full and an incremental recompute of the IoT view,
+    /// with DuckDB and polars over the same Parquet files (Python `duckdb`, `polars`).
+    Batch(bench_batch::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -187,6 +191,9 @@ fn main() -> anyhow::Result<()> {
             Command::Bench {
                 target: BenchTarget::Serve(args),
             } => bench_serve::serve(args).await,
+            Command::Bench {
+                target: BenchTarget::Batch(args),
+            } => bench_batch::batch(args).await,
         }
     })
 }

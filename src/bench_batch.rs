@@ -1,0 +1,251 @@
+//! `tributary bench batch`: the batch layer on this machine. Archiving (log → Delta
+//! master table, exactly-once commits included), a full recompute of the IoT view over
+//! the whole master table, and an incremental recompute after 1% more events; beside
+//! DuckDB and polars running the same aggregation over the same Parquet files in the
+//! same run.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rand::{Rng, SeedableRng};
+use tributary_batch::archiver::{archived_positions, open_master};
+use tributary_batch::{Batch, RunKind};
+use tributary_core::config::{self, BatchConfig, ConfigSource};
+use tributary_core::log::EventLog;
+use tributary_core::pipeline::Pipeline;
+use tributary_core::schema::StreamSchema;
+use tributary_core::shutdown::Shutdown;
+use tributary_core::storage::Storage;
+use tributary_ingest::dead_letter::DeadLetterSink;
+use tributary_ingest::log::EmbeddedLog;
+
+const TYPES: [&str; 4] = ["pump", "fan", "valve", "compressor"];
+/// Records generated and appended at a time (memory stays flat at any event count).
+const CHUNK: usize = 200_000;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Events in the master table for the full recompute.
+    #[arg(long, default_value_t = 100_000_000)]
+    pub events: usize,
+    /// Distinct devices.
+    #[arg(long, default_value_t = 1_000)]
+    pub devices: u32,
+    /// Where the log and tables go (default: a temporary directory, removed after).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Python with `duckdb` and `polars` (default: ./.venv/bin/python).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+}
+
+/// The records `from..from + n` of a deterministic IoT stream over one day.
+fn records(from: usize, n: usize, total: usize, devices: u32) -> Vec<Vec<u8>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(from as u64);
+    let start = 1_767_225_600_000i64; // 2026-01-01T00:00:00Z
+    (from..from + n)
+        .map(|i| {
+            let d = rng.random_range(0..devices);
+            let ts = start + (i as i64 * 86_400_000 / total.max(1) as i64);
+            let signal = (rng.random_range(0.0..100.0f64) * 10.0).round() / 10.0;
+            format!(
+                "{{\"device\":\"dev-{d:04}\",\"device_type\":\"{}\",\"signal\":{signal},\"ts\":{ts}}}",
+                TYPES[d as usize % TYPES.len()]
+            )
+            .into_bytes()
+        })
+        .collect()
+}
+
+async fn fill(
+    log: &Arc<dyn EventLog>,
+    stream: &StreamSchema,
+    from: usize,
+    n: usize,
+    total: usize,
+    devices: u32,
+) -> anyhow::Result<()> {
+    let mut done = 0;
+    while done < n {
+        let k = CHUNK.min(n - done);
+        let chunk = records(from + done, k, total, devices);
+        let p = ((from + done) / CHUNK) as u32 % stream.partitions;
+        log.append(&stream.name, p, chunk).await?;
+        done += k;
+    }
+    Ok(())
+}
+
+/// Archive until the master table holds everything the log has; returns the seconds.
+async fn archive(
+    storage: &Storage,
+    stream: &StreamSchema,
+    log: &Arc<dyn EventLog>,
+) -> anyhow::Result<f64> {
+    let mut ends = Vec::new();
+    for p in 0..stream.partitions {
+        ends.push(log.end_offset(&stream.name, p).await?);
+    }
+    let shutdown = Shutdown::new();
+    let config = BatchConfig {
+        archive_flush_ms: 1_000,
+        archive_flush_records: 2_000_000,
+        schedule: None,
+        maintenance_schedule: None,
+        ..BatchConfig::default()
+    };
+    let t = Instant::now();
+    let task = tokio::spawn(tributary_batch::archiver::run_stream(
+        config,
+        stream.clone(),
+        storage.clone(),
+        log.clone(),
+        DeadLetterSink::new(storage.clone(), [stream.name.clone()]),
+        shutdown.clone(),
+    ));
+    loop {
+        let master = open_master(storage, &stream.name).await?;
+        if archived_positions(master.as_ref(), stream).await? == ends {
+            break;
+        }
+        if task.is_finished() {
+            bail!("the archiver stopped: {:?}", task.await);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    shutdown.cancel();
+    task.await??;
+    Ok(secs)
+}
+
+async fn recompute(batch: &Arc<Batch>, kind: RunKind) -> anyhow::Result<(f64, u64)> {
+    let t = Instant::now();
+    let (_, run) = batch.try_start(kind, Arc::new(|_: &str, _: u64, _: u64| {}))?;
+    let record = run.await?;
+    Ok((t.elapsed().as_secs_f64(), record.rows_in))
+}
+
+pub async fn batch(args: Args) -> anyhow::Result<()> {
+    let (cfg, _) = config::load(None)?;
+    let pipeline = Pipeline::from_config(&cfg, &ConfigSource::EmbeddedDefault).await?;
+    let stream = pipeline
+        .stream("readings")
+        .context("the IoT example")?
+        .clone();
+    let temp = tempfile::tempdir()?;
+    let root = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
+    let storage = Storage::open(&root)?;
+    let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(
+        &storage.log_dir(),
+        &[(stream.name.clone(), stream.partitions)],
+    )?);
+    let n = args.events;
+    let extra = (n / 100).max(1);
+    println!(
+        "IoT view, {n} events ({} partitions, {} devices) then 1% more ({extra}); storage under {}",
+        stream.partitions,
+        args.devices,
+        root.display()
+    );
+
+    let t = Instant::now();
+    fill(&log, &stream, 0, n, n + extra, args.devices).await?;
+    println!(
+        "  log filled in {:.1} s (not part of any figure)",
+        t.elapsed().as_secs_f64()
+    );
+
+    let secs = archive(&storage, &stream, &log).await?;
+    println!(
+        "archiving (log → Delta master table, exactly-once commits): {:.0} events/s ({secs:.1} s)",
+        n as f64 / secs
+    );
+
+    let batch = Arc::new(Batch::new(
+        pipeline.clone(),
+        storage.clone(),
+        log.clone(),
+        cfg.speed.segment_width_ms,
+    ));
+    // Segment-aligned cutoffs: let the last second pass so the run covers every event.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (full_s, rows) = recompute(&batch, RunKind::Full).await?;
+    if rows != n as u64 {
+        bail!("the full recompute read {rows} events, not {n}");
+    }
+    println!(
+        "full recompute of the IoT view: {:.0} rows/s ({full_s:.2} s)",
+        n as f64 / full_s
+    );
+
+    fill(&log, &stream, n, extra, n + extra, args.devices).await?;
+    archive(&storage, &stream, &log).await?;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (inc_s, rows) = recompute(&batch, RunKind::Incremental).await?;
+    if rows != extra as u64 {
+        bail!("the incremental recompute read {rows} events, not {extra}");
+    }
+    println!(
+        "incremental recompute after 1% more events: {inc_s:.2} s = {:.1}% of the full recompute",
+        inc_s / full_s * 100.0
+    );
+
+    let python = args
+        .python
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python")));
+    let files = root.join("master").join(&stream.name);
+    let total = (n + extra) as f64;
+    for engine in ["duckdb", "polars"] {
+        match reference(&python, engine, &files) {
+            Ok(s) => println!(
+                "{engine} over the same {} Parquet rows: {:.0} rows/s ({s:.2} s); Tributary full recompute / {engine} = {:.2}× the time",
+                n + extra,
+                total / s,
+                full_s * total / n as f64 / s
+            ),
+            Err(e) => println!(
+                "{engine} reference failed ({e}); install it with `{} -m pip install {engine}` or pass --python",
+                python.display()
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Seconds `engine` needs for the IoT view over the Parquet files under `dir`.
+fn reference(python: &Path, engine: &str, dir: &Path) -> anyhow::Result<f64> {
+    let glob = format!("{}/*.parquet", dir.display());
+    let query = match engine {
+        "duckdb" => format!(
+            "import duckdb, time\n\
+             con = duckdb.connect()\n\
+             t = time.time()\n\
+             con.execute(\"\"\"SELECT count(*) FROM (SELECT device_type, time_bucket(INTERVAL '10 minutes', ts) AS w,\n\
+               avg(signal), max(signal), count(*) FROM read_parquet('{glob}')\n\
+               WHERE signal > 15 GROUP BY ALL)\"\"\").fetchall()\n\
+             print(time.time() - t)\n"
+        ),
+        _ => format!(
+            "import polars as pl, time\n\
+             t = time.time()\n\
+             (pl.scan_parquet('{glob}').filter(pl.col('signal') > 15)\n\
+               .group_by('device_type', pl.col('ts').dt.truncate('10m').alias('w'))\n\
+               .agg(pl.col('signal').mean().alias('avg'), pl.col('signal').max().alias('max'), pl.len()).collect())\n\
+             print(time.time() - t)\n"
+        ),
+    };
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(query)
+        .output()?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
