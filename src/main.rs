@@ -55,6 +55,9 @@ enum Command {
         /// without states, or whose SQL changed, is recomputed in full anyway).
         #[arg(long)]
         incremental: bool,
+        /// Recompute these views only (repeat the flag; default: every view).
+        #[arg(long)]
+        view: Vec<String>,
     },
     /// Load historical events from a file (JSON, NDJSON, CSV, Parquet; a path or an
     /// object-store URL) into a stream's master table, with a progress bar. Rows are
@@ -155,13 +158,13 @@ fn main() -> anyhow::Result<()> {
             Command::Speed => wiring::single_role("speed", config).await,
             Command::Batch => wiring::single_role("batch", config).await,
             Command::Serve => wiring::single_role("serve", config).await,
-            Command::Recompute { incremental } => {
+            Command::Recompute { incremental, view } => {
                 let kind = if incremental {
                     tributary_batch::RunKind::Incremental
                 } else {
                     tributary_batch::RunKind::Full
                 };
-                wiring::recompute(config, kind).await
+                wiring::recompute(config, kind, view).await
             }
             Command::Backfill {
                 stream,

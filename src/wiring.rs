@@ -469,6 +469,21 @@ fn spawn_schedule(
             tributary_batch::schedule::run(batch.clone(), schedule, shutdown.clone()),
         );
     }
+    for (i, view) in config.views.iter().enumerate() {
+        if let Some(expr) = &view.schedule {
+            let schedule = config::parse_schedule(expr)
+                .map_err(|e| anyhow::anyhow!("views[{i}].schedule: {e}"))?;
+            tasks.spawn(
+                format!("batch-schedule:{}", view.name),
+                tributary_batch::schedule::run_views(
+                    batch.clone(),
+                    Some(vec![view.name.clone()]),
+                    schedule,
+                    shutdown.clone(),
+                ),
+            );
+        }
+    }
     if let Some(expr) = &config.batch.maintenance_schedule {
         let schedule = config::parse_schedule(expr)
             .map_err(|e| anyhow::anyhow!("batch.maintenance-schedule: {e}"))?;
@@ -495,6 +510,7 @@ async fn with_flag<E>(
 pub async fn recompute(
     path: Option<PathBuf>,
     kind: tributary_batch::RunKind,
+    views: Vec<String>,
 ) -> anyhow::Result<()> {
     let (config, _, pipeline) = load(path).await?;
     let storage = Storage::open(&config.storage_root)?;
@@ -523,7 +539,8 @@ pub async fn recompute(
         progress_bar.set_position(done);
         progress_bar.set_message(msg.to_string());
     });
-    let (_, run) = batch.try_start(kind, progress)?;
+    let only = (!views.is_empty()).then_some(views);
+    let (_, run) = batch.try_start_views(kind, only, progress)?;
     let result = run.await;
     bar.finish_and_clear();
     let record = result?;

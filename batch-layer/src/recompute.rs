@@ -194,6 +194,41 @@ impl Batch {
         ),
         BatchError,
     > {
+        self.try_start_views(kind, None, progress)
+    }
+
+    /// [`Batch::try_start`] for some views only (`None`: every view). An unknown view is
+    /// refused with the names there are.
+    pub fn try_start_views(
+        self: &Arc<Self>,
+        kind: RunKind,
+        only: Option<Vec<String>>,
+        progress: Arc<dyn Progress>,
+    ) -> Result<
+        (
+            String,
+            impl Future<Output = Result<RunRecord, BatchError>> + use<>,
+        ),
+        BatchError,
+    > {
+        let names: Vec<String> = match only {
+            None => self.pipeline.views.iter().map(|v| v.name.clone()).collect(),
+            Some(names) => {
+                if let Some(unknown) = names.iter().find(|n| self.pipeline.view(n).is_none()) {
+                    let known: Vec<_> = self
+                        .pipeline
+                        .views
+                        .iter()
+                        .map(|v| v.name.as_str())
+                        .collect();
+                    return Err(BatchError::View(
+                        unknown.clone(),
+                        format!("no such view; there are: {}", known.join(", ")),
+                    ));
+                }
+                names
+            }
+        };
         let guard = self
             .running
             .clone()
@@ -207,7 +242,7 @@ impl Batch {
         let record = RunRecord {
             id: id.clone(),
             kind: kind.name().into(),
-            views: self.pipeline.views.iter().map(|v| v.name.clone()).collect(),
+            views: names.clone(),
             status: RunStatus::Running,
             cutoff: None,
             cutoff_micros: None,
@@ -231,7 +266,7 @@ impl Batch {
             };
             let mut attempt = 1;
             let result = loop {
-                match this.run(&run_id, kind, &tracked).await {
+                match this.run(&run_id, kind, &names, &tracked).await {
                     // Storage and log hiccups pass; a run is all-or-nothing (each view's
                     // states commit with their cutoff), so trying again is safe.
                     Err(e) if e.is_transient() && attempt < RUN_ATTEMPTS => {
@@ -322,9 +357,17 @@ impl Batch {
         &self,
         run_id: &str,
         kind: RunKind,
+        only: &[String],
         progress: &dyn Progress,
     ) -> Result<(i64, u64, u64), BatchError> {
-        let total = self.pipeline.views.len() as u64 + 1;
+        let views: Vec<&CompiledView> = self
+            .pipeline
+            .views
+            .iter()
+            .filter(|v| only.contains(&v.name))
+            .map(|v| v.as_ref())
+            .collect();
+        let total = views.len() as u64 + 1;
         progress.stage("choosing the cutoff", 0, total);
         self.pipeline.refresh_tables().await;
         let mut cutoffs = std::collections::HashMap::new();
@@ -334,7 +377,7 @@ impl Batch {
         let mut rows_in = 0;
         let mut rows_out = 0;
         let mut min_cutoff = i64::MAX;
-        for (i, view) in self.pipeline.views.iter().enumerate() {
+        for (i, view) in views.into_iter().enumerate() {
             let stream = self.stream_of(view);
             let definition = views::definition_hash(view, stream.dedup.as_ref());
             let previous = match kind {

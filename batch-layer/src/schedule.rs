@@ -16,6 +16,16 @@ pub async fn run(
     schedule: Schedule,
     shutdown: Shutdown,
 ) -> Result<(), BatchError> {
+    run_views(batch, None, schedule, shutdown).await
+}
+
+/// Incremental runs of `views` (`None`: every view) at the times of `schedule`.
+pub async fn run_views(
+    batch: Arc<Batch>,
+    views: Option<Vec<String>>,
+    schedule: Schedule,
+    shutdown: Shutdown,
+) -> Result<(), BatchError> {
     loop {
         let now = Utc::now();
         let next = schedule
@@ -28,7 +38,8 @@ pub async fn run(
         }
         // Scheduled runs only add what arrived since the last one; a view whose
         // definition changed is recomputed in full by the run itself.
-        match batch.try_start(RunKind::Incremental, Arc::new(|_: &str, _: u64, _: u64| {})) {
+        let progress = Arc::new(|_: &str, _: u64, _: u64| {});
+        match batch.try_start_views(RunKind::Incremental, views.clone(), progress) {
             Ok((id, run)) => match run.await {
                 Ok(r) => {
                     tracing::info!(run = %id, cutoff = ?r.cutoff, rows_in = r.rows_in, "scheduled batch run done")

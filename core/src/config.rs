@@ -529,6 +529,10 @@ pub struct ViewConfig {
     /// has passed its end. Later events still count (they are reported as late).
     #[serde(default)]
     pub allowed_lateness_ms: u64,
+    /// Incremental runs of this view alone on a cron schedule (UTC), besides any
+    /// `batch.schedule` for every view.
+    #[serde(default)]
+    pub schedule: Option<String>,
 }
 
 /// Load the configuration from `path` (or the embedded default when `path` is `None`),

@@ -247,10 +247,12 @@ pub async fn get_run(
 
 #[utoipa::path(post, path = "/api/v1/batch/runs", tag = "batch",
     params(("wait" = Option<bool>, Query, description = "Answer when the run has ended"),
-           ("kind" = Option<String>, Query, description = "`full` (default): every view from the whole master table; `incremental`: merge the events since each view's last cutoff into its states")),
+           ("kind" = Option<String>, Query, description = "`full` (default): every view from the whole master table; `incremental`: merge the events since each view's last cutoff into its states"),
+           ("view" = Option<String>, Query, description = "Recompute this view only (default: every view)")),
     responses((status = 200, description = "The finished run (wait=true)", body = Object),
               (status = 202, description = "The run, started", body = Object),
               (status = 400, description = "A malformed parameter, named", body = ErrorBody),
+              (status = 404, description = "No such view", body = ErrorBody),
               (status = 409, description = "A run is in progress", body = ErrorBody)))]
 /// Start a batch run. With `?wait=true` the answer comes when the run has ended and
 /// serving already answers from its result.
@@ -275,12 +277,20 @@ pub async fn start_run(
         })?,
     };
     for k in params.keys() {
-        if !matches!(k.as_str(), "wait" | "kind" | "access_token") {
-            return Err(ServingError::bad(k, "unknown parameter; use wait or kind"));
+        if !matches!(k.as_str(), "wait" | "kind" | "view" | "access_token") {
+            return Err(ServingError::bad(
+                k,
+                "unknown parameter; use wait, kind or view",
+            ));
         }
     }
+    let only = match params.get("view") {
+        None => None,
+        Some(v) if state.merger.pipeline().view(v).is_some() => Some(vec![v.clone()]),
+        Some(v) => return Err(ServingError::UnknownView(v.clone())),
+    };
     let progress = Arc::new(|_: &str, _: u64, _: u64| {});
-    let (id, run) = state.batch.try_start(kind, progress)?;
+    let (id, run) = state.batch.try_start_views(kind, only, progress)?;
     let merger = state.merger.clone();
     let task = tokio::spawn(async move {
         let record = run.await;

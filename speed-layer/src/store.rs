@@ -284,6 +284,7 @@ mod tests {
             name: "v".into(),
             sql: "SELECT k, date_bin(INTERVAL '1 minute', ts) AS w, count(*) AS n FROM s GROUP BY k, w".into(),
             allowed_lateness_ms: 0,
+            schedule: None,
         };
         Arc::new(CompiledView::compile(&cfg, &[stream]).await.unwrap())
     }

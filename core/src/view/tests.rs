@@ -40,6 +40,7 @@ async fn compile(sql: &str) -> Result<CompiledView> {
             name: "v".into(),
             sql: sql.into(),
             allowed_lateness_ms: 0,
+            schedule: None,
         },
         &[readings()],
     )
@@ -302,6 +303,7 @@ async fn joins_with_a_dimension_table_match_one_pass() {
                   FROM readings r LEFT JOIN sites s ON r.device = s.device GROUP BY s.site, w"
                 .into(),
             allowed_lateness_ms: 0,
+            schedule: None,
         },
         &[readings()],
         &[Arc::new(table)],
