@@ -38,17 +38,21 @@ async fn archived(t: &Tributary, dir: &std::path::Path, n: usize) {
     }
 }
 
+/// Data files under `dir`, partition directories (`_event_date=…`) included, the
+/// transaction log (and its checkpoints) not.
 fn parquet_files(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir)
         .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".parquet")
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.ends_with("_delta_log"))
+        .map(|p| {
+            if p.is_dir() {
+                parquet_files(&p)
+            } else {
+                usize::from(p.extension().is_some_and(|e| e == "parquet"))
+            }
         })
-        .count()
+        .sum()
 }
 
 #[tokio::test]
@@ -75,6 +79,11 @@ async fn compaction_and_vacuum_leave_every_answer_unchanged() {
     let before_rows = master_counts(dir.path()).await;
     let master = dir.path().join("data/master/readings");
     let files_before = parquet_files(&master);
+    // The master table is partitioned by the events' UTC date.
+    assert!(
+        master.join("_event_date=2026-02-01").is_dir(),
+        "not partitioned by date"
+    );
     assert!(
         files_before > 5,
         "expected many small files, got {files_before}"

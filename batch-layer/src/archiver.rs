@@ -16,15 +16,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deltalake::DeltaTable;
+use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::datatypes::Schema;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::engine::arrow_conversion::TryIntoArrow;
 use deltalake::kernel::transaction::CommitProperties;
-use deltalake::operations::write::SchemaMode;
+use deltalake::operations::write::{SchemaMode, WriteBuilder};
 use deltalake::protocol::SaveMode;
 use tributary_core::config::BatchConfig;
 use tributary_core::log::{EventLog, retry_unavailable};
-use tributary_core::schema::{BatchDecoder, LogPosition, StreamSchema};
+use tributary_core::schema::{BatchDecoder, EVENT_DATE, LogPosition, StreamSchema};
 use tributary_core::shutdown::Shutdown;
 use tributary_core::storage::Storage;
 use tributary_ingest::dead_letter::{DeadLetter, DeadLetterSink};
@@ -132,6 +133,73 @@ pub fn evolution(table: &Schema, stream: &Schema, name: &str) -> Result<bool, Ba
     Ok(added)
 }
 
+/// How records are written to a master table: new tables are partitioned by the event's
+/// UTC date (`_event_date`); a table created before that column existed keeps its layout
+/// (partitioning an existing table would need a rewrite), and the column is left out of
+/// what is written to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// The stream gained nullable fields the table lacks: merge them in.
+    pub merge_schema: bool,
+    /// The table has (or will be created with) the `_event_date` partition column.
+    pub dated: bool,
+}
+
+impl Layout {
+    pub fn of(table: &DeltaTable, stream: &StreamSchema) -> Result<Layout, BatchError> {
+        let Some(current) = table_schema(table, &stream.name)? else {
+            return Ok(Layout {
+                merge_schema: false,
+                dated: true,
+            });
+        };
+        let dated = current.field_with_name(EVENT_DATE).is_ok();
+        let wanted = stream.master_schema();
+        let wanted = if dated {
+            wanted.as_ref().clone()
+        } else {
+            let fields: Vec<_> = wanted
+                .fields()
+                .iter()
+                .filter(|f| f.name() != EVENT_DATE)
+                .cloned()
+                .collect();
+            Schema::new(fields)
+        };
+        Ok(Layout {
+            merge_schema: evolution(&current, &wanted, &stream.name)?,
+            dated,
+        })
+    }
+
+    /// `batch` (from a master-layout [`tributary_core::schema::BatchDecoder`]) as this
+    /// table takes it.
+    pub fn prepare(&self, batch: RecordBatch) -> Result<RecordBatch, BatchError> {
+        if self.dated {
+            return Ok(batch);
+        }
+        let keep: Vec<usize> = (0..batch.num_columns())
+            .filter(|i| batch.schema().field(*i).name() != EVENT_DATE)
+            .collect();
+        batch
+            .project(&keep)
+            .map_err(|e| BatchError::delta("master table layout", e))
+    }
+
+    pub fn apply(&self, write: WriteBuilder) -> WriteBuilder {
+        let write = if self.dated {
+            write.with_partition_columns([EVENT_DATE])
+        } else {
+            write
+        };
+        if self.merge_schema {
+            write.with_schema_mode(SchemaMode::Merge)
+        } else {
+            write
+        }
+    }
+}
+
 /// The master table's schema as Arrow, or `None` before its first commit.
 pub fn table_schema(table: &DeltaTable, stream: &str) -> Result<Option<Schema>, BatchError> {
     if table.version().is_none() {
@@ -162,8 +230,10 @@ pub async fn run_stream(
         .map_err(|e| BatchError::delta(what(), e))?;
     let mut positions = vec![0u64; stream.partitions as usize];
     let mut generation = None;
-    let wanted = stream.master_schema();
-    let mut merge_schema = false;
+    let mut layout = Layout {
+        merge_schema: false,
+        dated: true,
+    };
     let flush = Duration::from_millis(config.archive_flush_ms.max(1));
     let per_partition = config
         .archive_flush_records
@@ -186,11 +256,9 @@ pub async fn run_stream(
                 .map_err(|e| BatchError::delta(what(), e))?;
             let existing = table.version().is_some().then_some(&table);
             positions = archived_positions(existing, &stream).await?;
-            if let Some(current) = table_schema(&table, &stream.name)? {
-                merge_schema = evolution(&current, &wanted, &stream.name)?;
-                if merge_schema {
-                    tracing::info!(stream = %stream.name, "the stream has new nullable fields; the next commit adds them to the master table");
-                }
+            layout = Layout::of(&table, &stream)?;
+            if layout.merge_schema {
+                tracing::info!(stream = %stream.name, "the stream has new nullable fields; the next commit adds them to the master table");
             }
             generation = Some(assigned.generation);
             tracing::info!(
@@ -277,10 +345,8 @@ pub async fn run_stream(
             .map(|(p, o)| Transaction::new(app_id(&stream.name, *p), *o as i64))
             .collect();
         let rows = batch.num_rows();
-        let mut write = table.write(vec![batch]).with_save_mode(SaveMode::Append);
-        if merge_schema {
-            write = write.with_schema_mode(SchemaMode::Merge);
-        }
+        let batch = layout.prepare(batch)?;
+        let write = layout.apply(table.write(vec![batch]).with_save_mode(SaveMode::Append));
         table = write
             .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
             .await
@@ -296,7 +362,7 @@ pub async fn run_stream(
                 tracing::debug!(error = %e, "could not record the archiver's position");
             }
         }
-        merge_schema = false;
+        layout.merge_schema = false;
         tracing::debug!(stream = %stream.name, rows, version = ?table.version(), "archived");
         // While the log has a backlog (or we are draining for shutdown), go straight
         // on; otherwise wait for more.

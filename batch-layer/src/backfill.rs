@@ -20,7 +20,6 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
-use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -31,7 +30,7 @@ use tributary_core::storage::Storage;
 use tributary_core::time::{now_micros, rfc3339};
 use tributary_ingest::dead_letter::{DeadLetter, DeadLetterSink};
 
-use crate::archiver::{evolution, table_schema};
+use crate::archiver::Layout;
 use crate::error::BatchError;
 
 /// The `_partition` of backfilled rows (stored as -1): no log partition has it.
@@ -119,10 +118,7 @@ pub async fn run(
     let mut table = tributary_ingest::delta::open(storage.master_table(&stream.name))
         .await
         .map_err(|e| BatchError::delta(what(), e))?;
-    let merge_schema = match table_schema(&table, &stream.name)? {
-        Some(current) => evolution(&current, &stream.master_schema(), &stream.name)?,
-        None => false,
-    };
+    let mut layout = Layout::of(&table, stream)?;
     let app_id = format!("backfill-{}-{identity:016x}", stream.name);
     let done_chunks = match table.version() {
         Some(_) => table
@@ -200,16 +196,17 @@ pub async fn run(
         report.accepted += batch.num_rows() as u64;
         let props = CommitProperties::default()
             .with_application_transaction(Transaction::new(&app_id, i as i64 + 1));
-        let mut write = table
-            .write(vec![batch])
-            .with_save_mode(SaveMode::Append)
-            .with_commit_properties(props);
-        if merge_schema {
-            write = write.with_schema_mode(SchemaMode::Merge);
-        }
+        let batch = layout.prepare(batch)?;
+        let write = layout.apply(
+            table
+                .write(vec![batch])
+                .with_save_mode(SaveMode::Append)
+                .with_commit_properties(props),
+        );
         table = write
             .await
             .map_err(|e| BatchError::delta(format!("backfilling `{}`", stream.name), e))?;
+        layout.merge_schema = false;
         report.chunks_committed += 1;
         report.table_version = table.version().map(|v| v as i64);
         progress((first_row + chunk.len()) as u64, total);

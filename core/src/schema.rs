@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
-    TimestampMicrosecondBuilder,
+    ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder,
+    StringBuilder, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -23,6 +23,8 @@ pub const INGEST_TS: &str = "_ingest_ts";
 /// Master-table columns that locate an event in the log, for exactly-once audits.
 pub const PARTITION: &str = "_partition";
 pub const OFFSET: &str = "_offset";
+/// The master table's partition column: the UTC date of the event time.
+pub const EVENT_DATE: &str = "_event_date";
 
 pub const UTC: &str = "UTC";
 
@@ -242,12 +244,14 @@ impl StreamSchema {
         Arc::new(Schema::new(fields))
     }
 
-    /// The master table: the view schema plus the log position of every event.
+    /// The master table: the view schema plus the log position of every event and the
+    /// event's UTC date (the table's partition column).
     pub fn master_schema(&self) -> SchemaRef {
         let mut fields = self.user_fields();
         fields.push(Field::new(INGEST_TS, timestamp_type(), false));
         fields.push(Field::new(PARTITION, DataType::Int32, false));
         fields.push(Field::new(OFFSET, DataType::Int64, false));
+        fields.push(Field::new(EVENT_DATE, DataType::Date32, false));
         Arc::new(Schema::new(fields))
     }
 
@@ -410,6 +414,9 @@ pub struct BatchDecoder {
     ingest_ts: TimestampMicrosecondBuilder,
     partition: Int32Builder,
     offset: Int64Builder,
+    event_date: Date32Builder,
+    /// Index of the event-time field among the stream's fields.
+    event_index: usize,
     rows: usize,
 }
 
@@ -444,6 +451,12 @@ impl BatchDecoder {
             ingest_ts: TimestampMicrosecondBuilder::new().with_timezone(UTC),
             partition: Int32Builder::new(),
             offset: Int64Builder::new(),
+            event_date: Date32Builder::new(),
+            event_index: schema
+                .fields
+                .iter()
+                .position(|f| f.name == schema.event_time)
+                .unwrap_or(0),
             rows: 0,
         }
     }
@@ -496,6 +509,12 @@ impl BatchDecoder {
     }
 
     fn append(&mut self, scalars: Vec<Scalar>, pos: LogPosition) {
+        // The event time is validated non-null; its UTC day partitions the master table.
+        let day = match scalars.get(self.event_index) {
+            Some(Scalar::Ts(us)) => us.div_euclid(86_400_000_000) as i32,
+            _ => 0,
+        };
+        self.event_date.append_value(day);
         for (b, s) in self.columns.iter_mut().zip(scalars) {
             match (b, s) {
                 (ColumnBuilder::Str(b), Scalar::Str(v)) => b.append_value(v),
@@ -535,9 +554,11 @@ impl BatchDecoder {
         arrays.push(Arc::new(self.ingest_ts.finish()));
         let partition = Arc::new(self.partition.finish());
         let offset = Arc::new(self.offset.finish());
+        let event_date = Arc::new(self.event_date.finish());
         let schema = if self.with_position {
             arrays.push(partition);
             arrays.push(offset);
+            arrays.push(event_date);
             self.schema.master_schema()
         } else {
             self.schema.view_schema()
