@@ -44,6 +44,21 @@ async fn status_metrics_and_readiness_report_the_pipeline() {
     assert_eq!(s["streams"]["readings"]["ingest"]["rejected"], 1, "{s}");
     assert_eq!(s["streams"]["readings"]["speed"]["events"], 30, "{s}");
     assert_eq!(s["streams"]["readings"]["speed"]["lag"], 0, "{s}");
+    // Lag per partition and consumer: the speed layer and the archiver.
+    assert_eq!(
+        s["streams"]["readings"]["speed"]["lag_by_partition"],
+        serde_json::json!([0, 0]),
+        "{s}"
+    );
+    let archiver = s["streams"]["readings"]["archiver_lag_by_partition"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{s}"));
+    assert_eq!(archiver.len(), 2, "{s}");
+    assert_eq!(
+        s["streams"]["readings"]["archiver_lag"].as_u64(),
+        Some(archiver.iter().map(|n| n.as_u64().unwrap()).sum()),
+        "{s}"
+    );
     assert!(s["views"][0]["cutoff"].is_string(), "{s}");
     assert!(s["views"][0]["cutoff_age_ms"].as_i64().unwrap() >= 0, "{s}");
     assert_eq!(s["batch"]["last_run"]["status"], "succeeded", "{s}");

@@ -329,18 +329,18 @@ impl Batch {
     }
 
     /// How many records of `stream` the log holds that the archiver has not yet
-    /// committed to the master table, summed over partitions.
-    pub async fn archiver_lag(&self, stream: &StreamSchema) -> Result<u64, BatchError> {
+    /// committed to the master table, per partition.
+    pub async fn archiver_lag(&self, stream: &StreamSchema) -> Result<Vec<u64>, BatchError> {
         let master = open_master(&self.storage, &stream.name).await?;
         let archived = archived_positions(master.as_ref(), stream).await?;
-        let mut lag = 0;
+        let mut lag = Vec::with_capacity(archived.len());
         for (p, pos) in archived.iter().enumerate() {
             let end = self
                 .log
                 .end_offset(&stream.name, p as u32)
                 .await
                 .map_err(|e| BatchError::Log(stream.name.clone(), e))?;
-            lag += end.saturating_sub(*pos);
+            lag.push(end.saturating_sub(*pos));
         }
         Ok(lag)
     }

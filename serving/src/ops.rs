@@ -59,13 +59,18 @@ pub async fn status_value(state: &AppState) -> Result<Value, ServingError> {
                 })
             });
         // The archiver's lag reads the master table's log; a failure is shown, not fatal.
-        let archiver_lag = match state.batch.archiver_lag(s).await {
-            Ok(n) => json!(n),
-            Err(e) => json!({ "error": e.to_string() }),
+        let (archiver_lag, archiver_by_partition) = match state.batch.archiver_lag(s).await {
+            Ok(by) => (json!(by.iter().sum::<u64>()), json!(by)),
+            Err(e) => (json!({ "error": e.to_string() }), Value::Null),
         };
         streams.insert(
             s.name.clone(),
-            json!({ "ingest": ingest, "speed": speed.streams.get(&s.name), "archiver_lag": archiver_lag }),
+            json!({
+                "ingest": ingest,
+                "speed": speed.streams.get(&s.name),
+                "archiver_lag": archiver_lag,
+                "archiver_lag_by_partition": archiver_by_partition,
+            }),
         );
     }
     let mut views = Vec::new();

@@ -73,6 +73,8 @@ pub struct StreamProgress {
     pub last_batch_micros: AtomicU64,
     /// Records in the log not yet read, over all partitions (sampled each second).
     pub lag: AtomicU64,
+    /// The same per partition, in partition order.
+    pub lag_by_partition: std::sync::Mutex<Vec<u64>>,
     /// Events read per second over the last sampling interval.
     pub events_per_second: AtomicU64,
 }
@@ -98,6 +100,9 @@ pub struct StreamStats {
     pub last_batch_events: u64,
     pub last_batch_micros: u64,
     pub lag: u64,
+    /// Lag per partition, in partition order.
+    #[serde(default)]
+    pub lag_by_partition: Vec<u64>,
     pub events_per_second: u64,
 }
 
@@ -155,6 +160,7 @@ impl SpeedLayer {
                             last_batch_events: p.last_batch_events.load(Ordering::Relaxed),
                             last_batch_micros: p.last_batch_micros.load(Ordering::Relaxed),
                             lag: p.lag.load(Ordering::Relaxed),
+                            lag_by_partition: p.lag_by_partition.lock().expect("lag lock").clone(),
                             events_per_second: p.events_per_second.load(Ordering::Relaxed),
                         },
                     )
@@ -370,21 +376,27 @@ async fn report(
     events_at_report: &mut HashMap<String, u64>,
     since: std::time::Instant,
 ) {
-    let mut lag: HashMap<&str, u64> = HashMap::new();
+    let mut lag: HashMap<&str, std::collections::BTreeMap<u32, u64>> = HashMap::new();
     for ((stream, p), pos) in positions {
         if let Err(e) = log.commit_position(SPEED_GROUP, stream, *p, *pos).await {
             tracing::debug!(error = %e, "could not record the speed layer's position");
         }
         if let Ok(end) = log.end_offset(stream, *p).await {
-            *lag.entry(stream).or_default() += end.saturating_sub(*pos);
+            lag.entry(stream)
+                .or_default()
+                .insert(*p, end.saturating_sub(*pos));
         }
     }
     let secs = since.elapsed().as_secs_f64().max(1e-3);
     for (stream, progress) in layer.progress.iter() {
-        progress.lag.store(
-            lag.get(stream.as_str()).copied().unwrap_or(0),
-            Ordering::Relaxed,
-        );
+        let by_partition: Vec<u64> = lag
+            .get(stream.as_str())
+            .map(|m| m.values().copied().collect())
+            .unwrap_or_default();
+        progress
+            .lag
+            .store(by_partition.iter().sum(), Ordering::Relaxed);
+        *progress.lag_by_partition.lock().expect("lag lock") = by_partition;
         let now = progress.events.load(Ordering::Relaxed);
         let before = events_at_report.insert(stream.clone(), now).unwrap_or(now);
         progress
