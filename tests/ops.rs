@@ -44,12 +44,12 @@ async fn status_metrics_and_readiness_report_the_pipeline() {
     assert_eq!(s["streams"]["readings"]["ingest"]["rejected"], 1, "{s}");
     assert_eq!(s["streams"]["readings"]["speed"]["events"], 30, "{s}");
     assert_eq!(s["streams"]["readings"]["speed"]["lag"], 0, "{s}");
-    // Lag per partition and consumer: the speed layer and the archiver.
-    assert_eq!(
-        s["streams"]["readings"]["speed"]["lag_by_partition"],
-        serde_json::json!([0, 0]),
-        "{s}"
-    );
+    // Lag per partition and consumer: the speed layer (sampled each second) and the
+    // archiver.
+    t.wait_for("/api/v1/status", |v| {
+        v["streams"]["readings"]["speed"]["lag_by_partition"] == serde_json::json!([0, 0])
+    })
+    .await;
     let archiver = s["streams"]["readings"]["archiver_lag_by_partition"]
         .as_array()
         .unwrap_or_else(|| panic!("{s}"));
