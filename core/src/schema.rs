@@ -614,8 +614,17 @@ mod tests {
         .unwrap();
         let b = d.flush().unwrap();
         assert_eq!(b.num_rows(), 1);
-        assert_eq!(b.num_columns(), 8);
+        // Five fields, _ingest_ts, _partition, _offset, _event_date.
+        assert_eq!(b.num_columns(), 9);
         assert_eq!(b.schema().field(4).data_type(), &timestamp_type());
+        let day = b
+            .column_by_name(EVENT_DATE)
+            .unwrap()
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Date32Array>()
+            .unwrap()
+            .value(0);
+        assert_eq!(day, 20_454, "2026-01-01 is day 20,454 of the epoch");
     }
 
     #[test]
