@@ -220,7 +220,8 @@ pub async fn batch(args: Args) -> anyhow::Result<()> {
 
 /// Seconds `engine` needs for the IoT view over the Parquet files under `dir`.
 fn reference(python: &Path, engine: &str, dir: &Path) -> anyhow::Result<f64> {
-    let glob = format!("{}/*.parquet", dir.display());
+    // The master table is partitioned by date: its files sit in `_event_date=…/`.
+    let glob = format!("{}/**/*.parquet", dir.display());
     let query = match engine {
         "duckdb" => format!(
             "import duckdb, time\n\
