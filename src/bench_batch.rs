@@ -226,6 +226,7 @@ fn reference(python: &Path, engine: &str, dir: &Path) -> anyhow::Result<f64> {
         "duckdb" => format!(
             "import duckdb, time\n\
              con = duckdb.connect()\n\
+             con.execute('SET enable_progress_bar = false')\n\
              t = time.time()\n\
              con.execute(\"\"\"SELECT count(*) FROM (SELECT device_type, time_bucket(INTERVAL '10 minutes', ts) AS w,\n\
                avg(signal), max(signal), count(*) FROM read_parquet('{glob}')\n\
