@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Tributary, master_counts, python, total_readings};
+use common::{Tributary, master_counts, python_json, total_readings};
 use serde_json::{Value, json};
 
 fn readings(from: usize, n: usize) -> Value {
@@ -119,26 +119,13 @@ async fn compaction_and_vacuum_leave_every_answer_unchanged() {
 
     // The independent reader sees the compacted table with the same rows.
     let script = format!(
-        "import json, os, sys, deltalake\n\
+        "import json, deltalake\n\
          t = deltalake.DeltaTable('{}')\n\
          d = t.to_pyarrow_table(columns=['device']).column('device').to_pylist()\n\
-         print(json.dumps({{'rows': len(d), 'distinct': len(set(d)), 'files': len(t.file_uris())}}))\n\
-         sys.stdout.flush()\n\
-         # deltalake's runtime threads can abort interpreter teardown; skip it.\n\
-         os._exit(0)\n",
+         print(json.dumps({{'rows': len(d), 'distinct': len(set(d)), 'files': len(t.file_uris())}}))",
         master.display()
     );
-    let out = std::process::Command::new(python())
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen = python_json(&script);
     assert_eq!(seen, json!({"rows": 200, "distinct": 200, "files": 1}));
 
     // Archiving goes on exactly once after compaction.

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Tributary, python, total_readings};
+use common::{Tributary, python_json, total_readings};
 use serde_json::{Value, json};
 
 fn reading(i: usize, firmware: Option<&str>) -> Value {
@@ -97,17 +97,7 @@ async fn a_new_nullable_field_evolves_the_table_and_replay_recovers_its_dead_let
          'firmware': sorted([r['device'], r['firmware']] for r in rows)}}))",
         master.display()
     );
-    let out = std::process::Command::new(python())
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python reader failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen = python_json(&script);
     assert!(
         seen["fields"]
             .as_array()

@@ -26,16 +26,7 @@ pub async fn run_views(
     schedule: Schedule,
     shutdown: Shutdown,
 ) -> Result<(), BatchError> {
-    loop {
-        let now = Utc::now();
-        let next = schedule
-            .find_next_occurrence(&now, false)
-            .map_err(|e| BatchError::Task("batch-schedule".into(), e.to_string()))?;
-        let wait = (next - now).to_std().unwrap_or_default();
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(wait) => {}
-        }
+    every(&schedule, "batch-schedule", &shutdown, || async {
         // Scheduled runs only add what arrived since the last one; a view whose
         // definition changed is recomputed in full by the run itself.
         let progress = Arc::new(|_: &str, _: u64, _: u64| {});
@@ -48,7 +39,8 @@ pub async fn run_views(
             },
             Err(e) => tracing::info!(error = %e, "scheduled batch run skipped"),
         }
-    }
+    })
+    .await
 }
 
 /// Maintain every table at the times of `schedule` (see [`crate::maintenance`]).
@@ -57,19 +49,37 @@ pub async fn maintenance(
     schedule: Schedule,
     shutdown: Shutdown,
 ) -> Result<(), BatchError> {
+    every(&schedule, "batch-maintenance", &shutdown, || async {
+        // A failure (a conflicting commit, a storage hiccup) waits for the next time.
+        if let Err(e) = batch.maintain().await {
+            tracing::warn!(error = %e, "scheduled table maintenance failed");
+        }
+    })
+    .await
+}
+
+/// Run `job` at each time of `schedule` until shutdown; a job still running when the
+/// next time comes makes that time wait.
+async fn every<F, Fut>(
+    schedule: &Schedule,
+    task: &str,
+    shutdown: &Shutdown,
+    mut job: F,
+) -> Result<(), BatchError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     loop {
         let now = Utc::now();
         let next = schedule
             .find_next_occurrence(&now, false)
-            .map_err(|e| BatchError::Task("batch-maintenance".into(), e.to_string()))?;
+            .map_err(|e| BatchError::Task(task.into(), e.to_string()))?;
         let wait = (next - now).to_std().unwrap_or_default();
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(wait) => {}
         }
-        // A failure (a conflicting commit, a storage hiccup) waits for the next time.
-        if let Err(e) = batch.maintain().await {
-            tracing::warn!(error = %e, "scheduled table maintenance failed");
-        }
+        job().await;
     }
 }

@@ -407,6 +407,23 @@ pub async fn post_sql(
     Ok(Json(crate::sql::to_json(&result, state.sql.max_rows)).into_response())
 }
 
+/// The `limit` of an endpoint that takes no other parameter (`access_token` aside).
+pub fn limit_param(params: &[(String, String)], default: usize) -> Result<usize, ServingError> {
+    let mut limit = default;
+    for (k, v) in params {
+        match k.as_str() {
+            "limit" => {
+                limit = v.parse().map_err(|_| {
+                    ServingError::bad(k, format!("expected a non-negative integer, got `{v}`"))
+                })?
+            }
+            "access_token" => {}
+            other => return Err(ServingError::bad(other, "unknown parameter; use limit")),
+        }
+    }
+    Ok(limit)
+}
+
 /// `GET /api/v1/streams/{stream}/dead-letters?limit=N`: rejected records, newest first,
 /// with where they came from, the field at fault and the reason.
 #[utoipa::path(get, path = "/api/v1/streams/{stream}/dead-letters", tag = "ingest",
@@ -423,18 +440,7 @@ pub async fn dead_letters(
     if state.merger.pipeline().stream(&stream).is_none() {
         return Err(ServingError::UnknownStream(stream));
     }
-    let mut limit = 100usize;
-    for (k, v) in &params {
-        match k.as_str() {
-            "limit" => {
-                limit = v.parse().map_err(|_| {
-                    ServingError::bad(k, format!("expected a non-negative integer, got `{v}`"))
-                })?
-            }
-            "access_token" => {}
-            other => return Err(ServingError::bad(other, "unknown parameter; use limit")),
-        }
-    }
+    let limit = limit_param(&params, 100)?;
     // More than this in one answer is a job for the SQL endpoint.
     let limit = limit.min(10_000);
     let rows = crate::sql::dead_letters(&state.merger, &stream, limit).await?;

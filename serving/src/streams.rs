@@ -59,18 +59,7 @@ pub async fn recent(
     let Some(schema) = state.merger.pipeline().stream(&stream).cloned() else {
         return Err(ServingError::UnknownStream(stream));
     };
-    let mut limit = 20usize;
-    for (k, v) in &params {
-        match k.as_str() {
-            "limit" => {
-                limit = v.parse().map_err(|_| {
-                    ServingError::bad(k, format!("expected a non-negative integer, got `{v}`"))
-                })?
-            }
-            "access_token" => {}
-            other => return Err(ServingError::bad(other, "unknown parameter; use limit")),
-        }
-    }
+    let limit = crate::api::limit_param(&params, 20)?;
     Ok(Json(
         json!({ "stream": stream, "rows": recent_rows(&state, &schema, limit.min(1_000)).await? }),
     ))

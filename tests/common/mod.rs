@@ -342,6 +342,29 @@ pub fn python() -> String {
     p
 }
 
+/// Run `script` with the independent Delta reader's Python and parse the JSON it prints.
+/// deltalake's runtime threads can abort interpreter teardown, so the output is flushed
+/// and teardown skipped.
+pub fn python_json(script: &str) -> Value {
+    let script = format!("{script}\nimport os, sys\nsys.stdout.flush()\nos._exit(0)\n");
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python reader failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "python printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
 /// The Kafka-protocol broker the Kafka tests use (deploy/test.sh starts tansu).
 pub fn kafka_brokers() -> String {
     std::env::var("KAFKA_TEST_BROKERS").expect(
