@@ -36,13 +36,18 @@ fn records(n: usize, devices: u32) -> Vec<Vec<u8>> {
             let d = rng.random_range(0..devices);
             let ts = start + (i as i64 * 3_600_000 / n as i64) - rng.random_range(0..60_000);
             let signal = (rng.random_range(0.0..100.0f64) * 10.0).round() / 10.0;
-            format!(
-                "{{\"device\":\"dev-{d:04}\",\"device_type\":\"{}\",\"signal\":{signal},\"ts\":{ts}}}",
-                TYPES[d as usize % TYPES.len()]
-            )
-            .into_bytes()
+            iot_record(d, signal, ts)
         })
         .collect()
+}
+
+/// One IoT reading as the benchmarks' log holds it (device `d`, its type from `d`).
+pub fn iot_record(d: u32, signal: f64, ts_ms: i64) -> Vec<u8> {
+    format!(
+        "{{\"device\":\"dev-{d:04}\",\"device_type\":\"{}\",\"signal\":{signal},\"ts\":{ts_ms}}}",
+        TYPES[d as usize % TYPES.len()]
+    )
+    .into_bytes()
 }
 
 pub async fn speed(args: Args) -> anyhow::Result<()> {

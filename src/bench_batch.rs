@@ -21,7 +21,6 @@ use tributary_core::storage::Storage;
 use tributary_ingest::dead_letter::DeadLetterSink;
 use tributary_ingest::log::EmbeddedLog;
 
-const TYPES: [&str; 4] = ["pump", "fan", "valve", "compressor"];
 /// Records generated and appended at a time (memory stays flat at any event count).
 const CHUNK: usize = 200_000;
 
@@ -50,11 +49,7 @@ fn records(from: usize, n: usize, total: usize, devices: u32) -> Vec<Vec<u8>> {
             let d = rng.random_range(0..devices);
             let ts = start + (i as i64 * 86_400_000 / total.max(1) as i64);
             let signal = (rng.random_range(0.0..100.0f64) * 10.0).round() / 10.0;
-            format!(
-                "{{\"device\":\"dev-{d:04}\",\"device_type\":\"{}\",\"signal\":{signal},\"ts\":{ts}}}",
-                TYPES[d as usize % TYPES.len()]
-            )
-            .into_bytes()
+            crate::bench::iot_record(d, signal, ts)
         })
         .collect()
 }

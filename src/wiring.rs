@@ -202,15 +202,7 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
                 speed,
                 loaded,
             ));
-            let batch = Arc::new(
-                Batch::new(
-                    pipeline.clone(),
-                    storage.clone(),
-                    log.clone(),
-                    config.speed.segment_width_ms,
-                )
-                .with_maintenance(maintenance_settings(&config)),
-            );
+            let batch = batch_layer(&config, &pipeline, &storage, &log);
             let state = AppState {
                 merger,
                 batch,
@@ -316,15 +308,7 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
         .map(|(name, bv)| (name.clone(), bv.cutoff))
         .collect();
     let speed = SpeedLayer::new(&pipeline, &config.speed, &cutoffs);
-    let batch = Arc::new(
-        Batch::new(
-            pipeline.clone(),
-            storage.clone(),
-            log.clone(),
-            config.speed.segment_width_ms,
-        )
-        .with_maintenance(maintenance_settings(&config)),
-    );
+    let batch = batch_layer(&config, &pipeline, &storage, &log);
     let merger = Arc::new(Merger::new(
         pipeline.clone(),
         storage.clone(),
@@ -449,11 +433,26 @@ async fn load_batch_views(
 }
 
 /// Scheduled batch runs, when `batch.schedule` is set.
-fn maintenance_settings(config: &Config) -> tributary_batch::maintenance::Settings {
-    tributary_batch::maintenance::Settings {
+/// The batch layer's run coordinator as the configuration sets it up.
+fn batch_layer(
+    config: &Config,
+    pipeline: &Pipeline,
+    storage: &Storage,
+    log: &Arc<dyn EventLog>,
+) -> Arc<Batch> {
+    let maintenance = tributary_batch::maintenance::Settings {
         retention_hours: config.batch.retention_hours,
         target_file_bytes: config.batch.target_file_mb.max(1) * 1024 * 1024,
-    }
+    };
+    Arc::new(
+        Batch::new(
+            pipeline.clone(),
+            storage.clone(),
+            log.clone(),
+            config.speed.segment_width_ms,
+        )
+        .with_maintenance(maintenance),
+    )
 }
 
 fn spawn_schedule(
@@ -522,12 +521,7 @@ pub async fn recompute(
         )?,
         LogKind::Kafka => opened?,
     };
-    let batch = Arc::new(Batch::new(
-        pipeline,
-        storage,
-        log,
-        config.speed.segment_width_ms,
-    ));
+    let batch = batch_layer(&config, &pipeline, &storage, &log);
     let bar = ProgressBar::new(1);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
