@@ -22,10 +22,11 @@ use tributary_core::pipeline::Pipeline;
 use tributary_core::schema::{INGEST_TS, StreamSchema, UTC};
 use tributary_core::storage::Storage;
 use tributary_core::time::{now_micros, rfc3339};
-use tributary_core::view::{CompiledView, SOURCE_BATCH, SOURCE_COLUMN, session};
+use tributary_core::view::{CompiledView, SOURCE_BATCH, SOURCE_COLUMN};
 
 use crate::archiver::{archived_positions, open_master};
-use crate::dedup::{PlannedTable, without_repeats};
+use crate::dedup::without_repeats;
+use crate::scan::{Meter, MeteredTable};
 use crate::error::BatchError;
 use crate::views;
 
@@ -506,94 +507,48 @@ impl Batch {
             .chain(std::iter::once(lit(SOURCE_BATCH).alias(SOURCE_COLUMN)))
             .collect();
         let what = || format!("master table of `{}`", view.stream);
-        let ctx = session();
+        // An ordinary session plans the read (the file scan split over every core, the
+        // dedup rule's sort); strings come as plain Utf8, the speed layer's type, so
+        // sketches hash them alike.
+        let mut config = datafusion::prelude::SessionConfig::new();
+        config.options_mut().execution.parquet.schema_force_view_types = false;
+        let reader = datafusion::prelude::SessionContext::new_with_config(config);
+        master
+            .update_datafusion_session(&reader.state())
+            .map_err(|e| BatchError::delta(what(), e))?;
+        let provider = master
+            .table_provider()
+            .with_session(Arc::new(reader.state()))
+            .await
+            .map_err(|e| BatchError::delta(what(), e))?;
+        let rows = reader.read_table(provider).map_err(verr)?;
         let df = match &stream.dedup {
-            None => {
-                master
-                    .update_datafusion_session(&ctx.state())
-                    .map_err(|e| BatchError::delta(what(), e))?;
-                let provider = master
-                    .table_provider()
-                    .await
-                    .map_err(|e| BatchError::delta(what(), e))?;
-                ctx.read_table(provider)
-                    .map_err(verr)?
-                    .filter(in_range)
-                    .map_err(verr)?
-                    .select(columns)
-                    .map_err(verr)?
-            }
+            None => rows.filter(in_range).and_then(|df| df.select(columns)),
             Some(spec) => {
-                let ordinary = datafusion::prelude::SessionContext::new();
-                master
-                    .update_datafusion_session(&ordinary.state())
-                    .map_err(|e| BatchError::delta(what(), e))?;
-                let provider = master
-                    .table_provider()
-                    .await
-                    .map_err(|e| BatchError::delta(what(), e))?;
                 // The rule looks back one horizon: an incremental run reads that much
                 // before its range so a repeat of an older copy is still dropped.
-                let read_from = from.map(|f| f - spec.horizon_us);
-                let window = match read_from {
+                let window = match from.map(|f| f - spec.horizon_us) {
                     Some(f) => col(INGEST_TS)
                         .gt_eq(ts(f))
                         .and(col(INGEST_TS).lt(cutoff_lit.clone())),
                     None => col(INGEST_TS).lt(cutoff_lit.clone()),
                 };
-                let deduplicated = ordinary
-                    .read_table(provider)
-                    .and_then(|df| df.filter(window))
+                rows.filter(window)
                     .and_then(|df| without_repeats(df, spec))
                     .and_then(|df| df.filter(in_range))
                     .and_then(|df| df.select(columns))
-                    .map_err(verr)?;
-                let table = PlannedTable::new(deduplicated);
-                ctx.read_table(Arc::new(table)).map_err(verr)?
             }
-        };
-        let (rows, max_event_ts) = count_and_max(df.clone(), &view.event_time)
-            .await
-            .map_err(verr)?;
+        }
+        .map_err(verr)?;
+        let meter = Arc::new(Meter::default());
+        let table = MeteredTable::new(df, &view.event_time, meter.clone());
         let states = view
-            .run_partial(df.into_view())
+            .run_partial(Arc::new(table))
             .await
             .map_err(|e| BatchError::View(view.name.clone(), e.to_string()))?;
+        let (rows, max_event_ts) = meter.read();
         Ok((states, rows, max_event_ts))
     }
-}
-
-/// Rows of `df` and the newest event time among them (the batch half of the watermark).
-async fn count_and_max(
-    df: datafusion::dataframe::DataFrame,
-    event_time: &str,
-) -> datafusion::error::Result<(u64, Option<i64>)> {
-    use datafusion::arrow::array::{Array, Int64Array, TimestampMicrosecondArray};
-    use datafusion::functions_aggregate::expr_fn::{count, max};
-    let out = df
-        .aggregate(
-            vec![],
-            vec![count(lit(1i64)).alias("n"), max(col(event_time)).alias("m")],
-        )?
-        .collect()
-        .await?;
-    let Some(b) = out.first() else {
-        return Ok((0, None));
-    };
-    let n = b
-        .column(0)
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .map(|a| a.value(0) as u64)
-        .unwrap_or(0);
-    let m =
-        datafusion::arrow::compute::cast(b.column(1), &tributary_core::schema::timestamp_type())?;
-    let m = m
-        .as_any()
-        .downcast_ref::<TimestampMicrosecondArray>()
-        .filter(|a| !a.is_null(0))
-        .map(|a| a.value(0));
-    Ok((n, m))
 }
 
 /// The run history file: one JSON record per finished run, appended.

@@ -28,7 +28,7 @@ use datafusion::execution::{SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::reset_plan_states;
-use datafusion::physical_plan::{ExecutionPlan, collect};
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, collect};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::{
     Expr as SqlExpr, Ident, Query, Select, SelectItem, SetExpr, Statement, TableFactor,
@@ -112,6 +112,34 @@ pub fn session() -> SessionContext {
         .with_config(config)
         .with_default_features()
         .with_physical_optimizer_rules(vec![])
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    ctx.register_udf(Hop::udf());
+    ctx
+}
+
+/// A session for the batch layer's big scans: DataFusion's physical optimizer on (the
+/// scan is split over every core), except the rules that would fuse the partial and
+/// final phases or answer an aggregate from statistics. Partial aggregation is never
+/// skipped: states of single rows would only move the work into [`CompiledView::reduce`].
+pub fn parallel_session() -> SessionContext {
+    let mut config = SessionConfig::new().with_information_schema(false);
+    config
+        .options_mut()
+        .execution
+        .skip_partial_aggregation_probe_rows_threshold = usize::MAX;
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .build();
+    let rules = state
+        .physical_optimizers()
+        .iter()
+        .filter(|r| !matches!(r.name(), "CombinePartialFinalAggregate" | "aggregate_statistics"))
+        .cloned()
+        .collect();
+    let state = SessionStateBuilder::new_from_existing(state)
+        .with_physical_optimizer_rules(rules)
         .build();
     let ctx = SessionContext::new_with_state(state);
     ctx.register_udf(Hop::udf());
@@ -202,10 +230,11 @@ impl CompiledView {
     }
 
     /// Run the partial side over `source` (registered as the view's stream; it must
-    /// have [`CompiledView::input_schema`]'s columns). Returns states in
-    /// [`CompiledView::partial_schema`].
+    /// have [`CompiledView::input_schema`]'s columns), on every core: the source's
+    /// partitions are aggregated side by side and their states merged with
+    /// [`CompiledView::reduce`]. Returns states in [`CompiledView::partial_schema`].
     pub async fn run_partial(&self, source: Arc<dyn TableProvider>) -> Result<Vec<RecordBatch>> {
-        let ctx = session();
+        let ctx = parallel_session();
         ctx.register_table(self.stream.as_str(), source)?;
         register_tables(&ctx, &self.tables)?;
         let logical = ctx.state().create_logical_plan(&self.exec_sql).await?;
@@ -214,8 +243,14 @@ impl CompiledView {
             view: self.name.clone(),
             message: "internal: no partial aggregate in the physical plan".into(),
         })?;
-        let batches = collect(partial, ctx.task_ctx()).await?;
-        self.conform(batches)
+        let partitions = partial.output_partitioning().partition_count();
+        let states = self.conform(collect(partial, ctx.task_ctx()).await?)?;
+        // Each partition holds states of the same groups: one row per group again.
+        if partitions > 1 {
+            self.reduce(states).await
+        } else {
+            Ok(states)
+        }
     }
 
     /// Run the partial side over in-memory batches in input-schema layout. The plan is
