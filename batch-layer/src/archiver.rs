@@ -13,16 +13,18 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deltalake::DeltaTable;
 use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::datatypes::Schema;
+use deltalake::kernel::StructType;
 use deltalake::kernel::Transaction;
-use deltalake::kernel::engine::arrow_conversion::TryIntoArrow;
-use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::engine::arrow_conversion::{TryFromArrow, TryIntoArrow};
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::operations::write::{SchemaMode, WriteBuilder};
-use deltalake::protocol::SaveMode;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use tributary_core::config::BatchConfig;
 use tributary_core::log::{EventLog, retry_unavailable};
 use tributary_core::schema::{BatchDecoder, EVENT_DATE, LogPosition, StreamSchema};
@@ -215,7 +217,71 @@ pub fn table_schema(table: &DeltaTable, stream: &str) -> Result<Option<Schema>, 
     Ok(Some(schema))
 }
 
+/// Records read from one log partition at a time. The size and record triggers are
+/// checked after each read, so a commit overshoots them by at most one read (about 1 MB
+/// of JSON per partition for small events).
+const READ_RECORDS: usize = 16_384;
+
+/// The records read since the last commit, streaming into Parquet files: they become
+/// visible, with the positions after them, in one Delta commit.
+struct Window {
+    writer: Option<RecordBatchWriter>,
+    /// When its first record was read.
+    opened: Option<Instant>,
+    rows: usize,
+    /// Partition → the position after the window's records (what the commit records).
+    next: BTreeMap<u32, u64>,
+}
+
+impl Window {
+    fn new() -> Self {
+        Window {
+            writer: None,
+            opened: None,
+            rows: 0,
+            next: BTreeMap::new(),
+        }
+    }
+
+    /// The commit's `txn` actions: each partition's position after the window.
+    fn commit_properties(&self, stream: &str) -> CommitProperties {
+        let txns = self
+            .next
+            .iter()
+            .map(|(p, o)| Transaction::new(app_id(stream, *p), *o as i64));
+        CommitProperties::default().with_application_transactions(txns.collect())
+    }
+
+    /// The log partitions the window holds records of (the writer is not `Sync`, so no
+    /// borrow of the window is held across an await).
+    fn partitions(&self) -> Vec<u32> {
+        self.next.keys().copied().collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.next.is_empty()
+    }
+
+    /// Forget what was written since the last commit: its files were never committed,
+    /// and VACUUM removes them.
+    fn discard(&mut self) {
+        if let Some(w) = self.writer.as_mut() {
+            w.reset();
+        }
+        self.writer = None;
+        self.opened = None;
+        self.rows = 0;
+        self.next.clear();
+    }
+}
+
 /// Archive one stream until shutdown.
+///
+/// Records stream into open Parquet files (one per event date) that commit, with the
+/// log positions after them, when they reach `target-file-mb`, when the oldest record
+/// in them has waited `archive-flush-ms`, after `archive-flush-records` records, or on
+/// shutdown (after the log is drained). A crash loses only uncommitted files, which no
+/// reader sees; the archiver then resumes from the positions in the table.
 pub async fn run_stream(
     config: BatchConfig,
     stream: StreamSchema,
@@ -228,17 +294,21 @@ pub async fn run_stream(
     let mut table = tributary_ingest::delta::open(storage.master_table(&stream.name))
         .await
         .map_err(|e| BatchError::delta(what(), e))?;
+    // Committed positions (in the table) and read positions (committed + the window).
     let mut positions = vec![0u64; stream.partitions as usize];
+    let mut cursor = positions.clone();
+    let mut window = Window::new();
     let mut generation = None;
     let mut layout = Layout {
         merge_schema: false,
         dated: true,
     };
     let flush = Duration::from_millis(config.archive_flush_ms.max(1));
-    let per_partition = config
+    let file_bytes = (config.target_file_mb.max(1) * 1024 * 1024) as usize;
+    let per_read = config
         .archive_flush_records
         .div_ceil(stream.partitions as usize)
-        .max(1);
+        .clamp(1, READ_RECORDS);
     loop {
         let assigned = retry_unavailable("archiver assignment", &shutdown, || {
             log.assignment(ARCHIVER_GROUP, &stream.name)
@@ -251,11 +321,16 @@ pub async fn run_stream(
         if generation != Some(assigned.generation) {
             // At start and after every rebalance the table is the truth, not the
             // group's committed offsets nor what this process remembers.
+            window.discard();
             table = tributary_ingest::delta::open(storage.master_table(&stream.name))
                 .await
                 .map_err(|e| BatchError::delta(what(), e))?;
+            if table.version().is_none() {
+                table = create_master(table, &stream).await?;
+            }
             let existing = table.version().is_some().then_some(&table);
             positions = archived_positions(existing, &stream).await?;
+            cursor = positions.clone();
             layout = Layout::of(&table, &stream)?;
             if layout.merge_schema {
                 tracing::info!(stream = %stream.name, "the stream has new nullable fields; the next commit adds them to the master table");
@@ -270,19 +345,27 @@ pub async fn run_stream(
         }
         let mut decoder = BatchDecoder::new(&stream, true);
         let mut letters = Vec::new();
-        let mut next: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut read_any = false;
+        let mut backlog = false;
+        let mut log_gone = false;
         for p in assigned.partitions.iter().copied() {
-            let from = positions[p as usize];
+            let from = cursor[p as usize];
             let read = retry_unavailable("archiver read", &shutdown, || {
-                log.read(&stream.name, p, from, per_partition)
+                log.read(&stream.name, p, from, per_read)
             })
             .await
             .map_err(|e| BatchError::Log(stream.name.clone(), e))?;
-            let Some(batch) = read else { return Ok(()) };
+            let Some(batch) = read else {
+                log_gone = true;
+                break;
+            };
             if batch.next_offset == from {
                 continue;
             }
-            next.insert(p, batch.next_offset);
+            read_any = true;
+            backlog |= batch.records.len() >= per_read;
+            cursor[p as usize] = batch.next_offset;
+            window.next.insert(p, batch.next_offset);
             for r in batch.records {
                 let at = LogPosition {
                     partition: p,
@@ -300,77 +383,180 @@ pub async fn run_stream(
                 }
             }
         }
-        if next.is_empty() {
-            // On shutdown, stop only once the log is drained: a graceful stop leaves
-            // nothing behind for the next start.
-            if shutdown.is_cancelled() {
-                return Ok(());
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = tokio::time::sleep(flush) => {}
-            }
-            continue;
-        }
-        // Another member may have archived these offsets since our assignment changed
-        // hands (a rebalance): commit only if the table still has our positions.
-        if table.version().is_some() {
-            let mut fresh = table.clone();
-            fresh
-                .update_incremental(None)
+        if read_any {
+            // Dead letters first: if the data commit then fails, the replay writes them
+            // again (a dead letter may repeat; an event never does).
+            dead_letters
+                .write(&stream.name, letters)
                 .await
-                .map_err(|e| BatchError::delta(what(), e))?;
-            let now = archived_positions(Some(&fresh), &stream).await?;
-            if next
-                .keys()
-                .any(|p| now[*p as usize] != positions[*p as usize])
-            {
-                tracing::info!(stream = %stream.name, "positions moved under us; reloading");
+                .map_err(|e| BatchError::DeadLetter(e.to_string()))?;
+            let batch = decoder
+                .flush()
+                .map_err(|e| BatchError::Log(stream.name.clone(), e))?;
+            let batch = layout.prepare(batch)?;
+            window.opened.get_or_insert_with(Instant::now);
+            window.rows += batch.num_rows();
+            if layout.merge_schema {
+                // Merging new fields into the schema goes through a whole write (the
+                // streaming writer cannot widen a partitioned table); the next records
+                // stream into files again.
+                if !still_ours(&mut table, &stream, &positions, &window.partitions()).await? {
+                    window.discard();
+                    generation = None;
+                    continue;
+                }
+                let write = layout.apply(table.clone().write(vec![batch]));
+                table = write
+                    .with_save_mode(SaveMode::Append)
+                    .with_commit_properties(window.commit_properties(&stream.name))
+                    .await
+                    .map_err(|e| BatchError::delta(format!("archiving `{}`", stream.name), e))?;
+                window.discard();
+                layout.merge_schema = false;
+                positions = cursor.clone();
+                report_positions(log.as_ref(), &stream.name, &positions).await;
+                continue;
+            }
+            if batch.num_rows() > 0 {
+                let writer = match window.writer.as_mut() {
+                    Some(w) => w,
+                    None => window.writer.insert(
+                        // No size roll: the window commits as soon as it reaches the
+                        // size, which makes one file per event date.
+                        RecordBatchWriter::for_table(&table)
+                            .map_err(|e| BatchError::delta(what(), e))?,
+                    ),
+                };
+                writer
+                    .write(batch)
+                    .await
+                    .map_err(|e| BatchError::delta(format!("archiving `{}`", stream.name), e))?;
+            }
+        }
+        let stopping = shutdown.is_cancelled() || log_gone;
+        let buffered = window.writer.as_ref().map_or(0, |w| w.buffer_len());
+        let due = window.opened.is_some_and(|t| t.elapsed() >= flush)
+            || buffered >= file_bytes
+            || window.rows >= config.archive_flush_records
+            // On shutdown, commit only once the log is drained: a graceful stop leaves
+            // nothing behind for the next start.
+            || (stopping && !read_any);
+        if due && !window.is_empty() {
+            if !still_ours(&mut table, &stream, &positions, &window.partitions()).await? {
+                window.discard();
                 generation = None;
                 continue;
             }
-            table = fresh;
-        }
-        // Dead letters first: if the data commit then fails, the replay writes them
-        // again (a dead letter may repeat; an event never does).
-        dead_letters
-            .write(&stream.name, letters)
-            .await
-            .map_err(|e| BatchError::DeadLetter(e.to_string()))?;
-        let batch = decoder
-            .flush()
-            .map_err(|e| BatchError::Log(stream.name.clone(), e))?;
-        let txns = next
-            .iter()
-            .map(|(p, o)| Transaction::new(app_id(&stream.name, *p), *o as i64))
-            .collect();
-        let rows = batch.num_rows();
-        let batch = layout.prepare(batch)?;
-        let write = layout.apply(table.write(vec![batch]).with_save_mode(SaveMode::Append));
-        table = write
-            .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
-            .await
-            .map_err(|e| BatchError::delta(format!("archiving `{}`", stream.name), e))?;
-        for (p, o) in next {
-            positions[p as usize] = o;
-            // The table is the truth; the group position is there for lag monitoring
-            // in the log's own tools (Kafka consumer-group lag).
-            if let Err(e) = log
-                .commit_position(ARCHIVER_GROUP, &stream.name, p, o)
-                .await
-            {
-                tracing::debug!(error = %e, "could not record the archiver's position");
+            let properties = window.commit_properties(&stream.name);
+            let archiving = || format!("archiving `{}`", stream.name);
+            match window.writer.take() {
+                Some(writer) => {
+                    writer
+                        .with_commit_properties(properties)
+                        .flush_and_commit(&mut table)
+                        .await
+                        .map_err(|e| BatchError::delta(archiving(), e))?;
+                }
+                // Only dead letters: the positions still move on.
+                None => {
+                    let snapshot = table.snapshot().map_err(|e| BatchError::delta(what(), e))?;
+                    CommitBuilder::from(properties)
+                        .build(
+                            Some(snapshot),
+                            table.log_store(),
+                            DeltaOperation::Write {
+                                mode: SaveMode::Append,
+                                partition_by: None,
+                                predicate: None,
+                            },
+                        )
+                        .await
+                        .map_err(|e| BatchError::delta(archiving(), e))?;
+                    table
+                        .update_incremental(None)
+                        .await
+                        .map_err(|e| BatchError::delta(what(), e))?;
+                }
             }
+            tracing::debug!(stream = %stream.name, rows = window.rows, version = ?table.version(), "archived");
+            window.discard();
+            positions = cursor.clone();
+            report_positions(log.as_ref(), &stream.name, &positions).await;
         }
-        layout.merge_schema = false;
-        tracing::debug!(stream = %stream.name, rows, version = ?table.version(), "archived");
-        // While the log has a backlog (or we are draining for shutdown), go straight
-        // on; otherwise wait for more.
-        if !shutdown.is_cancelled() && rows < config.archive_flush_records / 2 {
+        if stopping && !read_any && window.is_empty() {
+            return Ok(());
+        }
+        if !backlog && !stopping {
+            // Wait for more, but never past the window's deadline.
+            let wait = window
+                .opened
+                .map_or(flush, |t| flush.saturating_sub(t.elapsed()))
+                .min(IDLE_POLL);
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                _ = tokio::time::sleep(flush) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
+        }
+    }
+}
+
+/// How long an idle archiver waits before asking the log again.
+const IDLE_POLL: Duration = Duration::from_millis(200);
+
+/// Create a stream's master table, empty, partitioned by event date: every record then
+/// goes through the streaming writer. Another archiver of the group may have created it
+/// meanwhile; then it stays as it is.
+async fn create_master(table: DeltaTable, stream: &StreamSchema) -> Result<DeltaTable, BatchError> {
+    let what = || format!("master table of `{}`", stream.name);
+    let schema = StructType::try_from_arrow(stream.master_schema().as_ref())
+        .map_err(|e| BatchError::delta(what(), e))?;
+    table
+        .create()
+        .with_columns(schema.fields().cloned())
+        .with_partition_columns([EVENT_DATE])
+        .with_save_mode(SaveMode::Ignore)
+        .await
+        .map_err(|e| BatchError::delta(what(), e))
+}
+
+/// Whether the table still has the positions this archiver last committed for the
+/// `partitions` (after a rebalance another member may have archived them); on
+/// `true`, `table` is brought up to date for the commit.
+async fn still_ours(
+    table: &mut DeltaTable,
+    stream: &StreamSchema,
+    positions: &[u64],
+    partitions: &[u32],
+) -> Result<bool, BatchError> {
+    if table.version().is_none() {
+        return Ok(true);
+    }
+    let mut fresh = table.clone();
+    fresh
+        .update_incremental(None)
+        .await
+        .map_err(|e| BatchError::delta(format!("master table of `{}`", stream.name), e))?;
+    let now = archived_positions(Some(&fresh), stream).await?;
+    if partitions
+        .iter()
+        .any(|p| now[*p as usize] != positions[*p as usize])
+    {
+        tracing::info!(stream = %stream.name, "positions moved under us; reloading");
+        return Ok(false);
+    }
+    *table = fresh;
+    Ok(true)
+}
+
+/// Tell the log how far the archiver is: the table is the truth; the group position is
+/// there for lag monitoring in the log's own tools (Kafka consumer-group lag).
+async fn report_positions(log: &dyn EventLog, stream: &str, positions: &[u64]) {
+    for (p, o) in positions.iter().enumerate() {
+        if let Err(e) = log
+            .commit_position(ARCHIVER_GROUP, stream, p as u32, *o)
+            .await
+        {
+            tracing::debug!(error = %e, "could not record the archiver's position");
         }
     }
 }

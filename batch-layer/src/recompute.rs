@@ -26,8 +26,8 @@ use tributary_core::view::{CompiledView, SOURCE_BATCH, SOURCE_COLUMN};
 
 use crate::archiver::{archived_positions, open_master};
 use crate::dedup::without_repeats;
-use crate::scan::{Meter, MeteredTable};
 use crate::error::BatchError;
+use crate::scan::{Meter, MeteredTable};
 use crate::views;
 
 /// A full run recomputes every view from the whole master table; an incremental one
@@ -511,7 +511,11 @@ impl Batch {
         // dedup rule's sort); strings come as plain Utf8, the speed layer's type, so
         // sketches hash them alike.
         let mut config = datafusion::prelude::SessionConfig::new();
-        config.options_mut().execution.parquet.schema_force_view_types = false;
+        config
+            .options_mut()
+            .execution
+            .parquet
+            .schema_force_view_types = false;
         let reader = datafusion::prelude::SessionContext::new_with_config(config);
         master
             .update_datafusion_session(&reader.state())

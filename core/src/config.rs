@@ -384,10 +384,11 @@ impl Default for SpeedConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct BatchConfig {
-    /// The archiver commits at least this often while events arrive.
+    /// The archiver commits the records it holds once the oldest has waited this long
+    /// (the master table's latency at low rates) ...
     #[serde(default = "default_flush_ms")]
     pub archive_flush_ms: u64,
-    /// ... or as soon as this many records are pending.
+    /// ... or once its open files reach `target-file-mb`, or it holds this many records.
     #[serde(default = "default_flush_records")]
     pub archive_flush_records: usize,
     /// When to recompute every view, as a cron expression in UTC (5 fields, or 6 with
@@ -402,7 +403,8 @@ pub struct BatchConfig {
     /// reaches this far back).
     #[serde(default = "default_retention_hours")]
     pub retention_hours: u64,
-    /// OPTIMIZE bin-packs small files into files of about this size.
+    /// The archiver's files are cut at about this size, and OPTIMIZE bin-packs smaller
+    /// files (those of slow periods) into files of about this size.
     #[serde(default = "default_target_file_mb")]
     pub target_file_mb: u64,
 }
@@ -427,10 +429,10 @@ pub fn parse_schedule(expr: &str) -> std::result::Result<Schedule, String> {
 }
 
 fn default_flush_ms() -> u64 {
-    500
+    30_000
 }
 fn default_flush_records() -> usize {
-    200_000
+    20_000_000
 }
 
 impl Default for BatchConfig {

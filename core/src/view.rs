@@ -135,7 +135,12 @@ pub fn parallel_session() -> SessionContext {
     let rules = state
         .physical_optimizers()
         .iter()
-        .filter(|r| !matches!(r.name(), "CombinePartialFinalAggregate" | "aggregate_statistics"))
+        .filter(|r| {
+            !matches!(
+                r.name(),
+                "CombinePartialFinalAggregate" | "aggregate_statistics"
+            )
+        })
         .cloned()
         .collect();
     let state = SessionStateBuilder::new_from_existing(state)
