@@ -83,7 +83,9 @@ pub struct RunRecord {
     pub status: RunStatus,
     pub cutoff: Option<String>,
     pub cutoff_micros: Option<i64>,
+    /// Events the run read from the master table.
     pub rows_in: u64,
+    /// State rows it wrote (an incremental run: those of the window days it replaced).
     pub rows_out: u64,
     pub started_at: String,
     pub duration_ms: Option<u64>,
@@ -383,7 +385,7 @@ impl Batch {
             let definition = views::definition_hash(view, stream.dedup.as_ref());
             let previous = match kind {
                 RunKind::Full => None,
-                RunKind::Incremental => views::load(&self.storage, view).await?,
+                RunKind::Incremental => views::head(&self.storage, view).await?,
             };
             // Incremental only on top of states of the same definition; anything else
             // (no states yet, SQL or dedup rule changed) is a full recompute of the view.
@@ -403,14 +405,15 @@ impl Batch {
                 cutoff = cutoff.max(prev);
             }
             min_cutoff = min_cutoff.min(cutoff);
-            let (states, n, max_event_ts, view_kind) = match base {
+            let verr =
+                |e: tributary_core::CoreError| BatchError::View(view.name.clone(), e.to_string());
+            let (states, scope, n, max_event_ts, view_kind) = match base {
                 Some(b) if b.cutoff == cutoff => {
                     progress.stage(
                         &format!("view {}: nothing new", view.name),
                         i as u64 + 1,
                         total,
                     );
-                    rows_out += b.states.iter().map(|s| s.num_rows() as u64).sum::<u64>();
                     continue;
                 }
                 Some(b) => {
@@ -422,13 +425,21 @@ impl Batch {
                     let (new, n, max) = self
                         .partial_over_master(view, Some(b.cutoff), cutoff)
                         .await?;
-                    let mut all = b.states;
+                    // Only the window days the new events fall in are read, merged and
+                    // replaced (all of a table from before the day partitions).
+                    let scope = if b.by_day {
+                        views::Scope::Days(views::days_of(view, &new)?)
+                    } else {
+                        views::Scope::All
+                    };
+                    let days = match &scope {
+                        views::Scope::Days(d) => Some(d.as_slice()),
+                        views::Scope::All => None,
+                    };
+                    let mut all = views::load_days(&self.storage, view, days).await?;
                     all.extend(new);
-                    let merged = view
-                        .reduce(all)
-                        .await
-                        .map_err(|e| BatchError::View(view.name.clone(), e.to_string()))?;
-                    (merged, n, max.max(b.max_event_ts), "incremental")
+                    let merged = view.reduce(all).await.map_err(verr)?;
+                    (merged, scope, n, max.max(b.max_event_ts), "incremental")
                 }
                 None => {
                     progress.stage(
@@ -437,7 +448,7 @@ impl Batch {
                         total,
                     );
                     let (states, n, max) = self.partial_over_master(view, None, cutoff).await?;
-                    (states, n, max, "full")
+                    (states, views::Scope::All, n, max, "full")
                 }
             };
             rows_in += n;
@@ -449,7 +460,7 @@ impl Batch {
                 run_id,
                 kind: view_kind,
             };
-            views::write(&self.storage, view, stamp, states).await?;
+            views::write(&self.storage, view, stamp, scope, states).await?;
         }
         progress.stage("done", total, total);
         Ok((min_cutoff, rows_in, rows_out))

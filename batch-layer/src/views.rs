@@ -6,14 +6,23 @@
 //! names, and unsigned state types are widened to signed ones, which Delta lacks. The
 //! cutoff T is committed in the same commit as the states, as a `txn` action
 //! (app id [`CUTOFF_APP_ID`], version = T) and in the commit's metadata.
+//!
+//! The table is partitioned by the UTC day of each state's window ([`WINDOW_DAY`]): an
+//! incremental run replaces only the days its new events fall in ([`Scope::Days`]). A
+//! table written before that column existed is rewritten whole by its next run, which
+//! partitions it.
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{Array, Date32Array, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::logical_expr::Expr;
+use datafusion::prelude::{col, lit};
+use datafusion::scalar::ScalarValue;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
+use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use serde_json::json;
 use tributary_core::storage::Storage;
@@ -69,22 +78,93 @@ fn storage_type(t: &DataType) -> DataType {
     }
 }
 
-fn storage_schema(partial: &SchemaRef) -> SchemaRef {
-    Arc::new(Schema::new(
-        partial
-            .fields()
-            .iter()
-            .enumerate()
-            .map(|(i, f)| Field::new(format!("c{i}"), storage_type(f.data_type()), true))
-            .collect::<Vec<_>>(),
-    ))
+/// The partition column of a batch-view table: the UTC day of the state's window.
+pub const WINDOW_DAY: &str = "_window_day";
+
+/// `c0`, `c1`, … for the states' columns, then [`WINDOW_DAY`] if the view has a window.
+fn storage_schema(view: &CompiledView) -> SchemaRef {
+    let mut fields: Vec<Field> = view
+        .partial_schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Field::new(format!("c{i}"), storage_type(f.data_type()), true))
+        .collect();
+    if view.window_state.is_some() {
+        fields.push(Field::new(WINDOW_DAY, DataType::Date32, true));
+    }
+    Arc::new(Schema::new(fields))
 }
 
-/// Replace a view's batch states with `states`, computed over `_ingest_ts < cutoff`.
+/// States in the table's layout: storage types, and the window's day.
+fn to_storage(
+    view: &CompiledView,
+    states: Vec<RecordBatch>,
+) -> Result<Vec<RecordBatch>, BatchError> {
+    let err = |e: datafusion::arrow::error::ArrowError| {
+        BatchError::View(view.name.clone(), e.to_string())
+    };
+    let schema = storage_schema(view);
+    let mut out = Vec::with_capacity(states.len());
+    for b in states {
+        let mut cols = b
+            .columns()
+            .iter()
+            .zip(schema.fields())
+            .map(|(c, f)| cast(c, f.data_type()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
+        if let Some(w) = view.window_state {
+            cols.push(cast(&cols[w], &DataType::Date32).map_err(err)?);
+        }
+        out.push(RecordBatch::try_new(schema.clone(), cols).map_err(err)?);
+    }
+    Ok(out)
+}
+
+/// The window days `states` fall in (empty if the view has no window column).
+pub fn days_of(view: &CompiledView, states: &[RecordBatch]) -> Result<Vec<i32>, BatchError> {
+    let Some(w) = view.window_state else {
+        return Ok(Vec::new());
+    };
+    let mut days = std::collections::BTreeSet::new();
+    for b in states {
+        let d = cast(b.column(w), &DataType::Date32)
+            .map_err(|e| BatchError::View(view.name.clone(), e.to_string()))?;
+        let d = d
+            .as_any()
+            .downcast_ref::<Date32Array>()
+            .expect("cast to Date32");
+        days.extend(d.iter().flatten());
+    }
+    Ok(days.into_iter().collect())
+}
+
+/// What a write replaces.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    /// The whole table (a full run, or the first run on an unpartitioned table).
+    All,
+    /// These window days only: an incremental run's new events fall in them.
+    Days(Vec<i32>),
+}
+
+fn day_filter(days: &[i32]) -> Expr {
+    col(WINDOW_DAY).in_list(
+        days.iter()
+            .map(|d| lit(ScalarValue::Date32(Some(*d))))
+            .collect(),
+        false,
+    )
+}
+
+/// Write a view's batch states, computed over `_ingest_ts < cutoff`: `states` replace
+/// every state in `scope`. Returns the table's new version.
 pub async fn write(
     storage: &Storage,
     view: &CompiledView,
     stamp: Stamp<'_>,
+    scope: Scope,
     states: Vec<RecordBatch>,
 ) -> Result<i64, BatchError> {
     let Stamp {
@@ -94,23 +174,9 @@ pub async fn write(
         run_id,
         kind,
     } = stamp;
-    let schema = storage_schema(&view.partial_schema);
-    let mut batches = Vec::with_capacity(states.len().max(1));
-    for b in states {
-        let cols = b
-            .columns()
-            .iter()
-            .zip(schema.fields())
-            .map(|(c, f)| cast(c, f.data_type()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| BatchError::View(view.name.clone(), e.to_string()))?;
-        batches.push(
-            RecordBatch::try_new(schema.clone(), cols)
-                .map_err(|e| BatchError::View(view.name.clone(), e.to_string()))?,
-        );
-    }
+    let mut batches = to_storage(view, states)?;
     if batches.is_empty() {
-        batches.push(RecordBatch::new_empty(schema.clone()));
+        batches.push(RecordBatch::new_empty(storage_schema(view)));
     }
     let what = || format!("batch view `{}`", view.name);
     let table = tributary_ingest::delta::open(storage.batch_view_table(&view.name))
@@ -128,12 +194,25 @@ pub async fn write(
         ("tributary.kind".to_string(), json!(kind)),
         ("tributary.sql".to_string(), json!(view.sql)),
     ]);
-    let table = table
+    let write = table
         .write(batches)
         .with_save_mode(SaveMode::Overwrite)
-        .with_commit_properties(props)
-        .await
-        .map_err(|e| BatchError::delta(what(), e))?;
+        .with_commit_properties(props);
+    let write = match scope {
+        // The layout may change with the SQL (or from before partitioning): a whole
+        // rewrite sets it.
+        Scope::All => {
+            let write = write.with_schema_mode(SchemaMode::Overwrite);
+            match view.window_state {
+                Some(_) => write.with_partition_columns([WINDOW_DAY]),
+                None => write.with_partition_columns(Vec::<String>::new()),
+            }
+        }
+        // New events whose states the view filtered out: only the cutoff moves.
+        Scope::Days(days) if days.is_empty() => write.with_save_mode(SaveMode::Append),
+        Scope::Days(days) => write.with_replace_where(day_filter(&days)),
+    };
+    let table = write.await.map_err(|e| BatchError::delta(what(), e))?;
     Ok(table.version().unwrap_or(0) as i64)
 }
 
@@ -178,29 +257,100 @@ async fn load_table(
     table: deltalake::DeltaTable,
     view: &CompiledView,
 ) -> Result<Option<BatchView>, BatchError> {
+    let Some(head) = read_head(&table, view).await? else {
+        return Ok(None);
+    };
+    let states = read_states(&table, view, None).await?;
+    Ok(Some(BatchView {
+        cutoff: head.cutoff,
+        version: head.version,
+        states,
+        max_event_ts: head.max_event_ts,
+        definition: head.definition,
+    }))
+}
+
+/// What the latest commit of a batch-view table says about its states.
+#[derive(Debug, Clone, Copy)]
+pub struct Head {
+    pub version: i64,
+    pub cutoff: i64,
+    pub max_event_ts: Option<i64>,
+    pub definition: Option<i64>,
+    /// Partitioned by [`WINDOW_DAY`], so a run can replace some days only.
+    pub by_day: bool,
+}
+
+/// A view's latest batch commit, without its states (`None`: no run wrote any).
+pub async fn head(storage: &Storage, view: &CompiledView) -> Result<Option<Head>, BatchError> {
+    let what = || format!("batch view `{}`", view.name);
+    let table = tributary_ingest::delta::open(storage.batch_view_table(&view.name))
+        .await
+        .map_err(|e| BatchError::delta(what(), e))?;
+    read_head(&table, view).await
+}
+
+async fn read_head(
+    table: &deltalake::DeltaTable,
+    view: &CompiledView,
+) -> Result<Option<Head>, BatchError> {
     let what = || format!("batch view `{}`", view.name);
     let Some(version) = table.version() else {
         return Ok(None);
     };
     let snapshot = table.snapshot().map_err(|e| BatchError::delta(what(), e))?;
-    let Some(cutoff) = snapshot
-        .transaction_version(table.log_store().as_ref(), CUTOFF_APP_ID)
-        .await
-        .map_err(|e| BatchError::delta(what(), e))?
-    else {
+    let txn = |app: &'static str| async move {
+        snapshot
+            .transaction_version(table.log_store().as_ref(), app)
+            .await
+            .map_err(|e| BatchError::delta(what(), e))
+    };
+    let Some(cutoff) = txn(CUTOFF_APP_ID).await? else {
         return Err(BatchError::View(
             view.name.clone(),
             "batch view table has no cutoff".into(),
         ));
     };
-    let max_event_ts = snapshot
-        .transaction_version(table.log_store().as_ref(), MAX_EVENT_TS_APP_ID)
+    let by_day = snapshot
+        .metadata()
+        .partition_columns()
+        .iter()
+        .any(|c| c == WINDOW_DAY);
+    Ok(Some(Head {
+        version: version as i64,
+        cutoff,
+        max_event_ts: txn(MAX_EVENT_TS_APP_ID).await?,
+        definition: txn(DEFINITION_APP_ID).await?,
+        by_day,
+    }))
+}
+
+/// A view's latest states in the window days `days` (all of them when `None`).
+pub async fn load_days(
+    storage: &Storage,
+    view: &CompiledView,
+    days: Option<&[i32]>,
+) -> Result<Vec<RecordBatch>, BatchError> {
+    let what = || format!("batch view `{}`", view.name);
+    let table = tributary_ingest::delta::open(storage.batch_view_table(&view.name))
         .await
         .map_err(|e| BatchError::delta(what(), e))?;
-    let definition = snapshot
-        .transaction_version(table.log_store().as_ref(), DEFINITION_APP_ID)
-        .await
-        .map_err(|e| BatchError::delta(what(), e))?;
+    if table.version().is_none() {
+        return Ok(Vec::new());
+    }
+    read_states(&table, view, days).await
+}
+
+/// The state columns (`c0`, `c1`, …) of a batch-view table, in the partial schema;
+/// with `days`, only the partitions of those days are read.
+async fn read_states(
+    table: &deltalake::DeltaTable,
+    view: &CompiledView,
+    days: Option<&[i32]>,
+) -> Result<Vec<RecordBatch>, BatchError> {
+    let what = || format!("batch view `{}`", view.name);
+    let verr =
+        |e: datafusion::error::DataFusionError| BatchError::View(view.name.clone(), e.to_string());
     let ctx = session();
     table
         .update_datafusion_session(&ctx.state())
@@ -209,23 +359,25 @@ async fn load_table(
         .table_provider()
         .await
         .map_err(|e| BatchError::delta(what(), e))?;
-    let df = ctx
-        .read_table(provider)
-        .map_err(|e| BatchError::View(view.name.clone(), e.to_string()))?;
+    let mut df = ctx.read_table(provider).map_err(verr)?;
+    if let Some(days) = days {
+        if days.is_empty() {
+            return Ok(Vec::new());
+        }
+        df = df.filter(day_filter(days)).map_err(verr)?;
+    }
+    let states: Vec<String> = (0..view.partial_schema.fields().len())
+        .map(|i| format!("c{i}"))
+        .collect();
+    let names: Vec<&str> = states.iter().map(String::as_str).collect();
     let batches = df
+        .select_columns(&names)
+        .map_err(verr)?
         .collect()
         .await
-        .map_err(|e| BatchError::View(view.name.clone(), e.to_string()))?;
-    let states = view
-        .conform(batches)
-        .map_err(|e| BatchError::View(view.name.clone(), e.to_string()))?;
-    Ok(Some(BatchView {
-        cutoff,
-        version: version as i64,
-        states,
-        max_event_ts,
-        definition,
-    }))
+        .map_err(verr)?;
+    view.conform(batches)
+        .map_err(|e| BatchError::View(view.name.clone(), e.to_string()))
 }
 
 /// The cutoff of a view's latest batch states, without loading them.

@@ -276,3 +276,96 @@ async fn incremental_runs_read_only_new_events_and_changed_views_are_recomputed_
     shutdown.cancel();
     archiver.await.unwrap().unwrap();
 }
+
+fn click_at(page: &str, ts: &str) -> Vec<u8> {
+    format!("{{\"page\":\"{page}\",\"ts\":\"{ts}\"}}").into_bytes()
+}
+
+/// The batch-view table's data files, as `(window day, path)`.
+async fn view_files(storage: &Storage) -> Vec<(String, String)> {
+    let table = tributary_ingest::delta::open(storage.batch_view_table("per_page"))
+        .await
+        .unwrap();
+    let mut files: Vec<(String, String)> = table
+        .snapshot()
+        .unwrap()
+        .log_data()
+        .iter()
+        .map(|f| {
+            let path = f.path().to_string();
+            let day = path
+                .split('/')
+                .find_map(|p| p.strip_prefix("_window_day="))
+                .expect("files sit in window-day partitions")
+                .to_string();
+            (day, path)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn an_incremental_run_rewrites_only_the_window_days_of_its_new_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config::from_toml_str(CONFIG).unwrap();
+    let pipeline = Pipeline::from_config(&cfg, &config::ConfigSource::EmbeddedDefault)
+        .await
+        .unwrap();
+    let storage = Storage::open(dir.path()).unwrap();
+    let log: Arc<dyn EventLog> =
+        Arc::new(EmbeddedLog::open(&storage.log_dir(), &[("clicks".into(), 2)]).unwrap());
+    let stream = pipeline.stream("clicks").unwrap().clone();
+    let shutdown = Shutdown::new();
+    let archiver = tokio::spawn(tributary_batch::archiver::run_stream(
+        quick_flush(),
+        stream.clone(),
+        storage.clone(),
+        log.clone(),
+        DeadLetterSink::new(storage.clone(), ["clicks".to_string()]),
+        shutdown.clone(),
+    ));
+    let batch = Arc::new(Batch::new(
+        pipeline.clone(),
+        storage.clone(),
+        log.clone(),
+        1,
+    ));
+    log.append(
+        "clicks",
+        0,
+        vec![
+            click_at("a", "2026-01-01T10:00:00Z"),
+            click_at("a", "2026-01-02T10:00:00Z"),
+        ],
+    )
+    .await
+    .unwrap();
+    archived(&storage, &stream, vec![2, 0]).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    run(&batch, RunKind::Full).await;
+    let before = view_files(&storage).await;
+    let days: Vec<&str> = before.iter().map(|(d, _)| d.as_str()).collect();
+    assert_eq!(days, ["2026-01-01", "2026-01-02"], "{before:?}");
+
+    // A late event for the second day only.
+    log.append("clicks", 1, vec![click_at("b", "2026-01-02T11:00:00Z")])
+        .await
+        .unwrap();
+    archived(&storage, &stream, vec![2, 1]).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (rec, _) = run(&batch, RunKind::Incremental).await;
+    assert_eq!((rec.rows_in, rec.rows_out), (1, 2), "{rec:?}");
+    let after = view_files(&storage).await;
+    assert_eq!(after[0], before[0], "the first day's file stays: {after:?}");
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_ne!(after[1].1, before[1].1, "the second day's is replaced");
+    let incremental = stored_rows(&storage, &pipeline).await;
+    assert_eq!(incremental.len(), 3, "{incremental:?}");
+
+    // The same states as a full run's.
+    run(&batch, RunKind::Full).await;
+    assert_eq!(stored_rows(&storage, &pipeline).await, incremental);
+    shutdown.cancel();
+    archiver.await.unwrap().unwrap();
+}

@@ -91,6 +91,9 @@ pub struct CompiledView {
     pub values: Vec<String>,
     /// Schema of the rows `run_partial` produces: group columns, then states.
     pub partial_schema: SchemaRef,
+    /// Which column of [`CompiledView::partial_schema`] holds the window start (batch
+    /// views are partitioned by its day).
+    pub window_state: Option<usize>,
     /// Schema of the final rows, `_src` last.
     pub output_schema: SchemaRef,
     /// Input the partial plan reads: the stream's view schema plus `_src`.
@@ -213,6 +216,7 @@ impl CompiledView {
             .iter()
             .find(|s| s.name == shape.stream)
             .expect("check_shape found the stream");
+        let window_state = output_source(&physical, &shape.window);
         Ok(CompiledView {
             name: cfg.name.clone(),
             sql: cfg.sql.clone(),
@@ -225,6 +229,7 @@ impl CompiledView {
             event_time: stream.event_time.clone(),
             values: shape.values,
             partial_schema: partial.schema(),
+            window_state,
             output_schema: physical.schema(),
             input_schema: input_schema(stream),
             final_template: physical,
@@ -442,6 +447,29 @@ fn find_partial(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>>
         return Some(plan.clone());
     }
     plan.children().into_iter().find_map(find_partial)
+}
+
+/// The group column of the final aggregate that becomes output column `name`, followed
+/// down through projections and the operators that pass columns through. Final and
+/// partial aggregates order their group columns alike, so this is also its index in the
+/// partial states.
+fn output_source(plan: &Arc<dyn ExecutionPlan>, name: &str) -> Option<usize> {
+    use datafusion::physical_expr::expressions::Column;
+    use datafusion::physical_plan::projection::ProjectionExec;
+    let mut index = plan.schema().index_of(name).ok()?;
+    let mut node = plan.clone();
+    loop {
+        if let Some(agg) = node.downcast_ref::<AggregateExec>() {
+            return (index < agg.group_expr().expr().len()).then_some(index);
+        }
+        if let Some(projection) = node.downcast_ref::<ProjectionExec>() {
+            let expr = &projection.expr().get(index)?.expr;
+            index = expr.downcast_ref::<Column>()?.index();
+        } else if node.children().len() != 1 || node.schema() != node.children()[0].schema() {
+            return None;
+        }
+        node = node.children()[0].clone();
+    }
 }
 
 fn strip_df(e: &datafusion::error::DataFusionError) -> String {

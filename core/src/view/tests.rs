@@ -339,3 +339,27 @@ async fn joins_other_than_stream_with_table_are_refused() {
     .to_string();
     assert!(err.contains("not a dimension table"), "{err}");
 }
+
+#[tokio::test]
+async fn the_window_is_found_among_the_partial_states() {
+    let v = compile(IOT).await.unwrap();
+    assert_eq!(v.window_state, Some(1), "{:?}", v.partial_schema);
+    let v = compile(
+        "SELECT date_bin(INTERVAL '1 hour', ts) AS h, device_type, count(*) AS n \
+         FROM readings GROUP BY h, device_type",
+    )
+    .await
+    .unwrap();
+    assert_eq!(v.window_state, Some(0), "{:?}", v.partial_schema);
+    let v = compile(
+        "SELECT device_type, hop(ts, INTERVAL '10 minutes', INTERVAL '5 minutes') AS w, \
+         count(*) AS n FROM readings GROUP BY device_type, w",
+    )
+    .await
+    .unwrap();
+    let i = v.window_state.expect("hop window found");
+    assert!(matches!(
+        v.partial_schema.field(i).data_type(),
+        DataType::Timestamp(..)
+    ));
+}
