@@ -1,6 +1,6 @@
-//! Time travel through the SQL endpoint: the master table at an earlier Delta version or
-//! time, and a view as its batch states were after an earlier batch run; refusals name
-//! what is wrong.
+//! Time travel through the SQL endpoint and the view API: the master table at an earlier
+//! Delta version or time, and a view as its batch states were after an earlier batch
+//! run; refusals name what is wrong.
 
 mod common;
 
@@ -81,6 +81,58 @@ async fn the_master_table_and_views_can_be_read_as_they_were() {
     assert_eq!((status, n(&past)), (200, 10), "{past}");
     let (status, now) = sql(&t, json!({ "sql": view })).await;
     assert_eq!((status, n(&now)), (200, 15), "{now}");
+
+    // The view API travels the same way (batch states only, no speed layer).
+    let get = |q: String| {
+        let t = &t;
+        async move {
+            let r = t
+                .client
+                .get(format!("{}/api/v1/views/signal_by_type?{q}", t.base))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, past) = get("as_of_version=0".into()).await;
+    assert_eq!((status, total_readings(&past)), (200, 10), "{past}");
+    assert_eq!(past["batch_version"], 0, "{past}");
+    assert!(past["freshness_ms"].is_null(), "{past}");
+    assert!(
+        past["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["_source"] == "batch"),
+        "{past}"
+    );
+    let (status, past) = get(format!("as_of={}", then_time.replace('+', "%2B"))).await;
+    assert_eq!((status, total_readings(&past)), (200, 10), "{past}");
+    let (status, now) = get("as_of_version=1".into()).await;
+    assert_eq!((status, total_readings(&now)), (200, 15), "{now}");
+    let (status, e) = get("as_of_version=9999".into()).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("as of version 9999"),
+        "{e}"
+    );
+    let (status, e) = get("as_of_version=soon".into()).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("Delta version"),
+        "{e}"
+    );
+    let r = t
+        .client
+        .get(format!(
+            "{}/api/v1/views/signal_by_type/live?as_of_version=0",
+            t.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
 
     // Refusals say what is wrong.
     let (status, e) = sql(&t, json!({ "sql": count, "as_of_version": 9999 })).await;

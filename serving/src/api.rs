@@ -129,6 +129,7 @@ pub fn parse_view_query(
     };
     let mut q = ViewQuery::default();
     let (mut top, mut by) = (None, None);
+    let (mut as_of_version, mut as_of) = (None, None);
     for (k, val) in params {
         match k.as_str() {
             "from" | "to" => {
@@ -170,13 +171,22 @@ pub fn parse_view_query(
                     None => q.keys.push((key.to_string(), vec![val.clone()])),
                 }
             }
+            "as_of_version" => {
+                as_of_version = Some(val.parse().map_err(|_| {
+                    ServingError::bad(
+                        k,
+                        format!("expected a Delta version (a whole number), got `{val}`"),
+                    )
+                })?);
+            }
+            "as_of" => as_of = Some(val.as_str()),
             // A token for browsers that cannot send headers; checked by auth.
             "access_token" => {}
             other => {
                 return Err(ServingError::bad(
                     other,
                     format!(
-                        "unknown parameter; use from, to, order, offset, limit, top and by, meta, or a key column of `{view}` ({})",
+                        "unknown parameter; use from, to, order, offset, limit, top and by, meta, as_of_version or as_of, or a key column of `{view}` ({})",
                         if v.keys.is_empty() {
                             "none".to_string()
                         } else {
@@ -187,6 +197,7 @@ pub fn parse_view_query(
             }
         }
     }
+    q.as_of = crate::sql::parse_as_of(as_of_version, as_of)?;
     match (top, by) {
         (Some(n), Some(col)) => {
             if q.order.is_some() || q.limit.is_some() {

@@ -23,6 +23,13 @@ pub async fn live_view(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ServingError> {
     let q = parse_view_query(&state.merger, &view, &params)?;
+    if q.as_of.is_some() {
+        // A past state never changes: there is nothing to push.
+        return Err(ServingError::bad(
+            "as_of",
+            "time travel is for GET /api/v1/views/{view}, not its live stream",
+        ));
+    }
     let merger = state.merger.clone();
     let shutdown = state.shutdown.clone();
     let interval = Duration::from_millis(state.live_interval_ms.max(1));

@@ -21,6 +21,7 @@ use tributary_core::schema::timestamp_type;
 use tributary_core::storage::Storage;
 use tributary_core::time::{now_micros, rfc3339};
 use tributary_core::view::{CompiledView, SOURCE_COLUMN};
+use tributary_ingest::delta::AsOf;
 use tributary_speed::SpeedSource;
 
 use crate::error::ServingError;
@@ -41,6 +42,8 @@ pub struct ViewQuery {
     pub limit: Option<usize>,
     /// Whether rows carry `_source` and `complete` beside their values.
     pub meta: bool,
+    /// Time travel: the view as a past batch run left it (batch layer only).
+    pub as_of: Option<AsOf>,
 }
 
 impl Default for ViewQuery {
@@ -53,6 +56,7 @@ impl Default for ViewQuery {
             offset: 0,
             limit: None,
             meta: true,
+            as_of: None,
         }
     }
 }
@@ -220,6 +224,9 @@ impl Merger {
     }
 
     pub async fn query(&self, view_name: &str, q: &ViewQuery) -> Result<ViewAnswer, ServingError> {
+        if let Some(at) = &q.as_of {
+            return self.query_as_of(view_name, q, at).await;
+        }
         let Merged {
             view,
             rows: out,
@@ -243,6 +250,59 @@ impl Merger {
             speed_position: position.map(rfc3339),
             freshness_ms: position.map(|p| (now_micros() - p).max(0) / 1000),
             batch_version: batch.as_ref().map(|b| b.version),
+            total_rows,
+            next_offset: (next < total_rows).then_some(next),
+            rows,
+        })
+    }
+}
+
+impl Merger {
+    /// A view's answer from the batch states a past run left (the speed layer keeps no
+    /// history): the Delta version `at` of its batch-view table, or the latest at a time.
+    async fn query_as_of(
+        &self,
+        view_name: &str,
+        q: &ViewQuery,
+        at: &AsOf,
+    ) -> Result<ViewAnswer, ServingError> {
+        let view = self
+            .pipeline
+            .view(view_name)
+            .ok_or_else(|| ServingError::UnknownView(view_name.to_string()))?;
+        let batch = match views::load_as_of(&self.storage, view, at).await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                return Err(ServingError::bad(
+                    "as_of",
+                    format!("`{view_name}` had no batch states as of {at}"),
+                ));
+            }
+            Err(e) => {
+                return Err(ServingError::bad(
+                    "as_of",
+                    format!("`{view_name}` has no batch states as of {at}: {e}"),
+                ));
+            }
+        };
+        let out = view
+            .finalize(batch.states)
+            .await
+            .map_err(|source| ServingError::Query {
+                view: view.name.clone(),
+                source,
+            })?;
+        let watermark = view.watermark(batch.max_event_ts);
+        let (total_rows, rows) = to_rows(view, &out, q, watermark);
+        let next = q.offset + rows.len();
+        Ok(ViewAnswer {
+            view: view.name.clone(),
+            cutoff: Some(rfc3339(batch.cutoff)),
+            speed_watermark: watermark.map(rfc3339),
+            max_event_time: batch.max_event_ts.map(rfc3339),
+            speed_position: None,
+            freshness_ms: None,
+            batch_version: Some(batch.version),
             total_rows,
             next_offset: (next < total_rows).then_some(next),
             rows,

@@ -28,6 +28,12 @@ pub struct ViewParams {
     by: Option<String>,
     /// `false` leaves out `_source` and `complete`.
     meta: Option<bool>,
+    /// Time travel: the view as its batch-view table was at this Delta version (batch
+    /// layer only).
+    #[param(minimum = 0)]
+    as_of_version: Option<u64>,
+    /// Time travel: the view as its batch-view table was at this time (RFC 3339).
+    as_of: Option<String>,
 }
 
 /// Records for a stream: a JSON array of objects, one object, or NDJSON.

@@ -51,20 +51,25 @@ pub struct SqlRequest {
 impl SqlRequest {
     /// The time-travel point asked for, if any (not both ways at once).
     pub fn as_of(&self) -> Result<Option<AsOf>, ServingError> {
-        match (&self.as_of_version, &self.as_of) {
-            (None, None) => Ok(None),
-            (Some(v), None) => Ok(Some(AsOf::Version(*v))),
-            (None, Some(t)) => {
-                tributary_core::time::parse_rfc3339(t).ok_or_else(|| {
-                    ServingError::bad("as_of", format!("expected an RFC 3339 time, got `{t}`"))
-                })?;
-                Ok(Some(AsOf::Time(t.clone())))
-            }
-            (Some(_), Some(_)) => Err(ServingError::bad(
-                "as_of",
-                "give as_of_version or as_of, not both",
-            )),
+        parse_as_of(self.as_of_version, self.as_of.as_deref())
+    }
+}
+
+/// A time-travel point from `as_of_version` or `as_of` (RFC 3339), not both.
+pub fn parse_as_of(version: Option<u64>, time: Option<&str>) -> Result<Option<AsOf>, ServingError> {
+    match (version, time) {
+        (None, None) => Ok(None),
+        (Some(v), None) => Ok(Some(AsOf::Version(v))),
+        (None, Some(t)) => {
+            tributary_core::time::parse_rfc3339(t).ok_or_else(|| {
+                ServingError::bad("as_of", format!("expected an RFC 3339 time, got `{t}`"))
+            })?;
+            Ok(Some(AsOf::Time(t.to_string())))
         }
+        (Some(_), Some(_)) => Err(ServingError::bad(
+            "as_of",
+            "give as_of_version or as_of, not both",
+        )),
     }
 }
 
