@@ -87,6 +87,9 @@ pub struct RunRecord {
     pub rows_in: u64,
     /// State rows it wrote (an incremental run: those of the window days it replaced).
     pub rows_out: u64,
+    /// Data files it wrote to the batch-view tables.
+    #[serde(default)]
+    pub files: u64,
     pub started_at: String,
     pub duration_ms: Option<u64>,
     pub error: Option<String>,
@@ -100,6 +103,14 @@ pub struct RunRecord {
 
 fn one() -> u32 {
     1
+}
+
+/// What a successful run did: its (smallest) cutoff and its counts.
+struct Done {
+    cutoff: i64,
+    rows_in: u64,
+    rows_out: u64,
+    files: u64,
 }
 
 /// A run is tried this many times at most, waiting [`RETRY_BACKOFF`], then twice that, …
@@ -251,6 +262,7 @@ impl Batch {
             cutoff_micros: None,
             rows_in: 0,
             rows_out: 0,
+            files: 0,
             started_at: rfc3339(now_micros()),
             duration_ms: None,
             error: None,
@@ -290,12 +302,13 @@ impl Batch {
             rec.duration_ms = Some(started.elapsed().as_millis() as u64);
             rec.attempts = attempt;
             match &result {
-                Ok((cutoff, rows_in, rows_out)) => {
+                Ok(done) => {
                     rec.status = RunStatus::Succeeded;
-                    rec.cutoff = Some(rfc3339(*cutoff));
-                    rec.cutoff_micros = Some(*cutoff);
-                    rec.rows_in = *rows_in;
-                    rec.rows_out = *rows_out;
+                    rec.cutoff = Some(rfc3339(done.cutoff));
+                    rec.cutoff_micros = Some(done.cutoff);
+                    rec.rows_in = done.rows_in;
+                    rec.rows_out = done.rows_out;
+                    rec.files = done.files;
                 }
                 Err(e) => {
                     rec.status = RunStatus::Failed;
@@ -362,7 +375,7 @@ impl Batch {
         kind: RunKind,
         only: &[String],
         progress: &dyn Progress,
-    ) -> Result<(i64, u64, u64), BatchError> {
+    ) -> Result<Done, BatchError> {
         let views: Vec<&CompiledView> = self
             .pipeline
             .views
@@ -377,9 +390,12 @@ impl Batch {
         for s in &self.pipeline.streams {
             cutoffs.insert(s.name.clone(), self.stream_cutoff(s).await?);
         }
-        let mut rows_in = 0;
-        let mut rows_out = 0;
-        let mut min_cutoff = i64::MAX;
+        let mut done = Done {
+            cutoff: i64::MAX,
+            rows_in: 0,
+            rows_out: 0,
+            files: 0,
+        };
         for (i, view) in views.into_iter().enumerate() {
             let stream = self.stream_of(view);
             let definition = views::definition_hash(view, stream.dedup.as_ref());
@@ -404,7 +420,7 @@ impl Batch {
             if let Some(prev) = prev_cutoff {
                 cutoff = cutoff.max(prev);
             }
-            min_cutoff = min_cutoff.min(cutoff);
+            done.cutoff = done.cutoff.min(cutoff);
             let verr =
                 |e: tributary_core::CoreError| BatchError::View(view.name.clone(), e.to_string());
             let (states, scope, n, max_event_ts, view_kind) = match base {
@@ -451,8 +467,8 @@ impl Batch {
                     (states, views::Scope::All, n, max, "full")
                 }
             };
-            rows_in += n;
-            rows_out += states.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+            done.rows_in += n;
+            done.rows_out += states.iter().map(|b| b.num_rows() as u64).sum::<u64>();
             let stamp = views::Stamp {
                 cutoff,
                 max_event_ts,
@@ -460,10 +476,12 @@ impl Batch {
                 run_id,
                 kind: view_kind,
             };
-            views::write(&self.storage, view, stamp, scope, states).await?;
+            done.files += views::write(&self.storage, view, stamp, scope, states)
+                .await?
+                .files;
         }
         progress.stage("done", total, total);
-        Ok((min_cutoff, rows_in, rows_out))
+        Ok(done)
     }
 
     /// The largest T (aligned to segment width) such that every event of `stream`

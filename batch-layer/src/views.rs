@@ -158,15 +158,23 @@ fn day_filter(days: &[i32]) -> Expr {
     )
 }
 
+/// What a batch-view write committed.
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    pub version: i64,
+    /// Data files the commit added.
+    pub files: u64,
+}
+
 /// Write a view's batch states, computed over `_ingest_ts < cutoff`: `states` replace
-/// every state in `scope`. Returns the table's new version.
+/// every state in `scope`.
 pub async fn write(
     storage: &Storage,
     view: &CompiledView,
     stamp: Stamp<'_>,
     scope: Scope,
     states: Vec<RecordBatch>,
-) -> Result<i64, BatchError> {
+) -> Result<Written, BatchError> {
     let Stamp {
         cutoff,
         max_event_ts,
@@ -213,7 +221,25 @@ pub async fn write(
         Scope::Days(days) => write.with_replace_where(day_filter(&days)),
     };
     let table = write.await.map_err(|e| BatchError::delta(what(), e))?;
-    Ok(table.version().unwrap_or(0) as i64)
+    Ok(Written {
+        version: table.version().unwrap_or(0) as i64,
+        files: files_added(&table).await,
+    })
+}
+
+/// Data files the table's latest commit added, from the metrics delta-rs writes into
+/// the commit (0 if they cannot be read: the figure is for the run history only).
+async fn files_added(table: &deltalake::DeltaTable) -> u64 {
+    use futures::StreamExt;
+    let Some(Ok(commit)) = table.history(Some(1)).next().await else {
+        return 0;
+    };
+    commit
+        .info
+        .get("operationMetrics")
+        .and_then(|m| m.get("num_added_files"))
+        .and_then(|n| n.as_u64())
+        .unwrap_or(0)
 }
 
 /// What a batch-view commit records beside the states.

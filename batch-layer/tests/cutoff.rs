@@ -343,7 +343,8 @@ async fn an_incremental_run_rewrites_only_the_window_days_of_its_new_events() {
     .unwrap();
     archived(&storage, &stream, vec![2, 0]).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
-    run(&batch, RunKind::Full).await;
+    let (rec, _) = run(&batch, RunKind::Full).await;
+    assert_eq!(rec.files, 2, "one file per window day: {rec:?}");
     let before = view_files(&storage).await;
     let days: Vec<&str> = before.iter().map(|(d, _)| d.as_str()).collect();
     assert_eq!(days, ["2026-01-01", "2026-01-02"], "{before:?}");
@@ -355,7 +356,7 @@ async fn an_incremental_run_rewrites_only_the_window_days_of_its_new_events() {
     archived(&storage, &stream, vec![2, 1]).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
     let (rec, _) = run(&batch, RunKind::Incremental).await;
-    assert_eq!((rec.rows_in, rec.rows_out), (1, 2), "{rec:?}");
+    assert_eq!((rec.rows_in, rec.rows_out, rec.files), (1, 2, 1), "{rec:?}");
     let after = view_files(&storage).await;
     assert_eq!(after[0], before[0], "the first day's file stays: {after:?}");
     assert_eq!(after.len(), 2, "{after:?}");

@@ -153,6 +153,8 @@ try {
     .catch(() => fail('the run history does not list the run'));
   const rowsIn = await page.textContent(`#runs tr[data-id="${runId}"] td:nth-child(8)`);
   if (rowsIn !== String(run.rows_in)) await fail(`rows in ${rowsIn} on screen, ${run.rows_in} in the API`);
+  const files = await page.textContent(`#runs tr[data-id="${runId}"] td:nth-child(10)`);
+  if (files !== String(run.files)) await fail(`files ${files} on screen, ${run.files} in the API`);
   // And an incremental run from its own button.
   await page.click('#run-incremental');
   await page.waitForFunction((prev) => {

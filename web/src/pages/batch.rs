@@ -124,6 +124,7 @@ pub fn BatchPage(runs: Vec<Value>) -> impl IntoView {
                         <td>{text(r.get("cutoff"))}</td>
                         <td class="num">{text(r.get("rows_in"))}</td>
                         <td class="num">{text(r.get("rows_out"))}</td>
+                        <td class="num">{text(r.get("files"))}</td>
                         <td>{err.map(|e| view! { <pre class="error">{e}</pre> })}</td>
                     </tr>
                 }
@@ -143,7 +144,7 @@ pub fn BatchPage(runs: Vec<Value>) -> impl IntoView {
             {progress}
             <div class="table-wrap">
                 <table id="runs">
-                    <thead><tr><th>"run"</th><th>"kind"</th><th>"views"</th><th>"status"</th><th>"started"</th><th>"duration"</th><th>"cutoff"</th><th>"rows in"</th><th>"rows out"</th><th>"error"</th></tr></thead>
+                    <thead><tr><th>"run"</th><th>"kind"</th><th>"views"</th><th>"status"</th><th>"started"</th><th>"duration"</th><th>"cutoff"</th><th>"rows in"</th><th>"rows out"</th><th>"files"</th><th>"error"</th></tr></thead>
                     <tbody>{table}</tbody>
                 </table>
             </div>
