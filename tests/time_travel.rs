@@ -83,19 +83,8 @@ async fn the_master_table_and_views_can_be_read_as_they_were() {
     assert_eq!((status, n(&now)), (200, 15), "{now}");
 
     // The view API travels the same way (batch states only, no speed layer).
-    let get = |q: String| {
-        let t = &t;
-        async move {
-            let r = t
-                .client
-                .get(format!("{}/api/v1/views/signal_by_type?{q}", t.base))
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        }
-    };
-    let (status, past) = get("as_of_version=0".into()).await;
+    let view_api = "/api/v1/views/signal_by_type";
+    let (status, past) = t.get(&format!("{view_api}?as_of_version=0")).await;
     assert_eq!((status, total_readings(&past)), (200, 10), "{past}");
     assert_eq!(past["batch_version"], 0, "{past}");
     assert!(past["freshness_ms"].is_null(), "{past}");
@@ -107,32 +96,24 @@ async fn the_master_table_and_views_can_be_read_as_they_were() {
             .all(|r| r["_source"] == "batch"),
         "{past}"
     );
-    let (status, past) = get(format!("as_of={}", then_time.replace('+', "%2B"))).await;
+    let (status, past) = t.get(&format!("{view_api}?as_of={then_time}")).await;
     assert_eq!((status, total_readings(&past)), (200, 10), "{past}");
-    let (status, now) = get("as_of_version=1".into()).await;
+    let (status, now) = t.get(&format!("{view_api}?as_of_version=1")).await;
     assert_eq!((status, total_readings(&now)), (200, 15), "{now}");
-    let (status, e) = get("as_of_version=9999".into()).await;
+    let (status, e) = t.get(&format!("{view_api}?as_of_version=9999")).await;
     assert_eq!(status, 400, "{e}");
     assert!(
         e["error"].as_str().unwrap().contains("as of version 9999"),
         "{e}"
     );
-    let (status, e) = get("as_of_version=soon".into()).await;
+    let (status, e) = t.get(&format!("{view_api}?as_of_version=soon")).await;
     assert_eq!(status, 400, "{e}");
     assert!(
         e["error"].as_str().unwrap().contains("Delta version"),
         "{e}"
     );
-    let r = t
-        .client
-        .get(format!(
-            "{}/api/v1/views/signal_by_type/live?as_of_version=0",
-            t.base
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 400);
+    let (status, e) = t.get(&format!("{view_api}/live?as_of_version=0")).await;
+    assert_eq!(status, 400, "{e}");
 
     // Refusals say what is wrong.
     let (status, e) = sql(&t, json!({ "sql": count, "as_of_version": 9999 })).await;

@@ -191,8 +191,19 @@ async fn run(batch: &Arc<Batch>, kind: RunKind) -> (tributary_batch::RunRecord, 
     (rec, stages)
 }
 
-#[tokio::test]
-async fn incremental_runs_read_only_new_events_and_changed_views_are_recomputed_in_full() {
+/// A `clicks` pipeline on an embedded log, its archiver running, and a batch layer.
+struct Rig {
+    _dir: tempfile::TempDir,
+    pipeline: Pipeline,
+    storage: Storage,
+    log: Arc<dyn EventLog>,
+    stream: tributary_core::schema::StreamSchema,
+    shutdown: Shutdown,
+    archiver: tokio::task::JoinHandle<Result<(), tributary_batch::BatchError>>,
+    batch: Arc<Batch>,
+}
+
+async fn rig() -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config::from_toml_str(CONFIG).unwrap();
     let pipeline = Pipeline::from_config(&cfg, &config::ConfigSource::EmbeddedDefault)
@@ -217,6 +228,30 @@ async fn incremental_runs_read_only_new_events_and_changed_views_are_recomputed_
         log.clone(),
         1,
     ));
+    Rig {
+        _dir: dir,
+        pipeline,
+        storage,
+        log,
+        stream,
+        shutdown,
+        archiver,
+        batch,
+    }
+}
+
+#[tokio::test]
+async fn incremental_runs_read_only_new_events_and_changed_views_are_recomputed_in_full() {
+    let Rig {
+        _dir,
+        pipeline,
+        storage,
+        log,
+        stream,
+        shutdown,
+        archiver,
+        batch,
+    } = rig().await;
 
     log.append("clicks", 0, vec![click("a"), click("a")])
         .await
@@ -307,30 +342,16 @@ async fn view_files(storage: &Storage) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn an_incremental_run_rewrites_only_the_window_days_of_its_new_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config::from_toml_str(CONFIG).unwrap();
-    let pipeline = Pipeline::from_config(&cfg, &config::ConfigSource::EmbeddedDefault)
-        .await
-        .unwrap();
-    let storage = Storage::open(dir.path()).unwrap();
-    let log: Arc<dyn EventLog> =
-        Arc::new(EmbeddedLog::open(&storage.log_dir(), &[("clicks".into(), 2)]).unwrap());
-    let stream = pipeline.stream("clicks").unwrap().clone();
-    let shutdown = Shutdown::new();
-    let archiver = tokio::spawn(tributary_batch::archiver::run_stream(
-        quick_flush(),
-        stream.clone(),
-        storage.clone(),
-        log.clone(),
-        DeadLetterSink::new(storage.clone(), ["clicks".to_string()]),
-        shutdown.clone(),
-    ));
-    let batch = Arc::new(Batch::new(
-        pipeline.clone(),
-        storage.clone(),
-        log.clone(),
-        1,
-    ));
+    let Rig {
+        _dir,
+        pipeline,
+        storage,
+        log,
+        stream,
+        shutdown,
+        archiver,
+        batch,
+    } = rig().await;
     log.append(
         "clicks",
         0,
