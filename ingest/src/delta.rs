@@ -1,6 +1,6 @@
 //! Opening Delta tables under the storage root.
 
-use deltalake::{DeltaResult, DeltaTable, DeltaTableBuilder};
+use deltalake::{DeltaResult, DeltaTable, DeltaTableBuilder, DeltaTableError};
 use url::Url;
 
 /// Open the table at `url`, or an empty handle whose first write creates it.
@@ -43,9 +43,23 @@ pub async fn open_as_of(url: Url, as_of: &AsOf) -> DeltaResult<Option<DeltaTable
     {
         return Ok(None);
     }
-    let builder = DeltaTableBuilder::from_url(url)?;
+    let builder = DeltaTableBuilder::from_url(url.clone())?;
     let builder = match as_of {
-        AsOf::Version(v) => builder.with_version(*v as _),
+        AsOf::Version(v) => {
+            // Asking delta-rs for a version far past the newest one can take it a long
+            // time to refuse: bound it by the log first.
+            let newest = DeltaTableBuilder::from_url(url.clone())?
+                .build()?
+                .log_store()
+                .get_latest_version(0)
+                .await?;
+            if *v > newest {
+                return Err(DeltaTableError::Generic(format!(
+                    "no version {v}: the newest is {newest}"
+                )));
+            }
+            builder.with_version(*v as _)
+        }
         AsOf::Time(t) => builder.with_datestring(t)?,
     };
     builder.load().await.map(Some)
