@@ -210,3 +210,36 @@ async fn a_trickle_commits_once_its_oldest_record_has_waited_the_flush_interval(
     task.await.unwrap();
     assert_eq!(s.rows_and_distinct().await, (20, 20));
 }
+
+#[tokio::test]
+async fn a_window_of_only_invalid_records_moves_the_positions_past_them() {
+    let s = setup().await;
+    let shutdown = Shutdown::new();
+    let config = BatchConfig {
+        archive_flush_ms: 100,
+        schedule: None,
+        maintenance_schedule: None,
+        ..BatchConfig::default()
+    };
+    let task = s.archive(config, &shutdown);
+    let bad = |n: i64| format!("{{\"n\":{n},\"noise\":\"x\"}}").into_bytes();
+    s.log
+        .append("blobs", 0, vec![bad(1), bad(2), bad(3)])
+        .await
+        .unwrap();
+    // No row to write, yet the commit records the position after them: a restart
+    // does not read them again.
+    s.wait_archived(3).await;
+    assert_eq!(s.rows_and_distinct().await, (0, 0));
+    let letters = DeadLetterSink::new(s.storage.clone(), ["blobs".to_string()])
+        .read_all("blobs")
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    assert!(
+        letters.iter().all(|l| l.field.as_deref() == Some("ts")),
+        "{letters:?}"
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+}
