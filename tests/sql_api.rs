@@ -90,6 +90,24 @@ async fn read_only_sql_over_views_and_tables_with_limits() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["rows"][0]["n"], 1);
 
+    // The catalogue lists every table a query may name (they are opened only when named).
+    let (status, v) = sql_json(
+        &t,
+        "SELECT table_name, table_type FROM information_schema.tables \
+         WHERE table_schema = 'public' ORDER BY table_name",
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["rows"],
+        json!([
+            {"table_name": "dead_letters_readings", "table_type": "BASE TABLE"},
+            {"table_name": "master_readings", "table_type": "BASE TABLE"},
+            {"table_name": "signal_by_type", "table_type": "VIEW"},
+        ]),
+        "{v}"
+    );
+
     // The dead-letter API: the record, its field and reason.
     let (status, v) = t
         .get("/api/v1/streams/readings/dead-letters?limit=10")

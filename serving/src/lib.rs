@@ -14,6 +14,7 @@ pub mod merge;
 pub mod openapi;
 pub mod ops;
 pub mod sql;
+mod sql_tables;
 pub mod streams;
 pub mod web;
 

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
@@ -29,6 +29,7 @@ use tributary_core::config::SqlConfig;
 use crate::error::ServingError;
 use crate::json::cell;
 use crate::merge::Merger;
+use crate::sql_tables::Tables;
 use tributary_ingest::delta::AsOf;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -114,7 +115,7 @@ pub fn check_read_only(sql: &str) -> Result<(), ServingError> {
 
 /// Run `sql` under `limits` over the merged views and the stored tables.
 pub async fn run(
-    merger: &Merger,
+    merger: &Arc<Merger>,
     sql: &str,
     limits: &SqlConfig,
     as_of: Option<&AsOf>,
@@ -130,17 +131,26 @@ pub async fn run(
         .map_err(|e| ServingError::Server(e.to_string()))?;
     let ctx = SessionContext::new_with_config_rt(
         SessionConfig::new().with_information_schema(true),
-        runtime,
+        runtime.clone(),
     );
-    // Tables with no state at the time-travel point are left out; a query that names
-    // one is refused with that reason.
-    let missing = match as_of {
-        None => {
-            register(merger, &ctx).await?;
-            Vec::new()
-        }
-        Some(at) => register_as_of(merger, &ctx, at).await?,
-    };
+    // Tables are made when the query names them; one with no state at the time-travel
+    // point is left out, and a query that names it is refused with that reason.
+    let tables = Arc::new(Tables::new(
+        merger.clone(),
+        as_of.cloned(),
+        SessionStateBuilder::new().with_runtime_env(runtime).build(),
+    ));
+    let catalog = ctx
+        .state()
+        .config()
+        .options()
+        .catalog
+        .default_catalog
+        .clone();
+    ctx.catalog(&catalog)
+        .ok_or_else(|| ServingError::Server(format!("no catalog `{catalog}`")))?
+        .register_schema("public", tables.clone())
+        .map_err(|e| ServingError::Server(e.to_string()))?;
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
@@ -156,12 +166,16 @@ pub async fn run(
         .await
         .map_err(|_| ServingError::SqlTimeout(limits.timeout_ms))?
         .map_err(|e| {
+            if let Some(failure) = tables.failure() {
+                return failure;
+            }
             let text = e.to_string();
-            match missing
-                .iter()
+            match tables
+                .missing()
+                .into_iter()
                 .find(|(table, _)| text.contains(table.as_str()))
             {
-                Some((_, reason)) => ServingError::bad("as_of", reason.clone()),
+                Some((_, reason)) => ServingError::bad("as_of", reason),
                 None => query_error(e, limits),
             }
         })?;
@@ -189,113 +203,10 @@ fn query_error(e: DataFusionError, limits: &SqlConfig) -> ServingError {
     }
 }
 
-/// Views under their names; each stream's master and dead-letter tables.
-async fn register(merger: &Merger, ctx: &SessionContext) -> Result<(), ServingError> {
-    let server = |e: DataFusionError| ServingError::Server(e.to_string());
-    for view in &merger.pipeline().views {
-        let merged = merger.merged(&view.name).await?;
-        let schema = merged
-            .rows
-            .first()
-            .map(|b| b.schema())
-            .unwrap_or(view.output_schema.clone());
-        let table = MemTable::try_new(schema, vec![merged.rows]).map_err(server)?;
-        ctx.register_table(view.name.as_str(), Arc::new(table))
-            .map_err(server)?;
-    }
-    let storage = merger.storage();
-    for stream in &merger.pipeline().streams {
-        for (name, url) in [
-            (
-                format!("master_{}", stream.name),
-                storage.master_table(&stream.name),
-            ),
-            (
-                format!("dead_letters_{}", stream.name),
-                storage.dead_letter_table(&stream.name),
-            ),
-        ] {
-            if let Some(provider) = stored_table(ctx, url).await? {
-                ctx.register_table(name.as_str(), provider)
-                    .map_err(server)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A stored Delta table as a provider for `ctx`, or `None` before its first commit.
-/// The tables as they were at `at`: master and dead-letter tables at that version or
-/// time, and each view finalized from the batch states it had then.
-async fn register_as_of(
-    merger: &Merger,
-    ctx: &SessionContext,
-    at: &AsOf,
-) -> Result<Vec<(String, String)>, ServingError> {
-    let server = |e: DataFusionError| ServingError::Server(e.to_string());
-    let storage = merger.storage();
-    let mut missing = Vec::new();
-    let mut travel = |table: &str, e: &dyn std::fmt::Display| {
-        missing.push((
-            table.to_string(),
-            format!("`{table}` has no state as of {at}: {e}"),
-        ));
-    };
-    for view in &merger.pipeline().views {
-        let states = match tributary_batch::views::load_as_of(storage, view, at).await {
-            Ok(b) => b.map(|b| b.states).unwrap_or_default(),
-            Err(e) => {
-                travel(&view.name, &e);
-                continue;
-            }
-        };
-        let rows = view
-            .finalize(states)
-            .await
-            .map_err(|e| ServingError::Server(e.to_string()))?;
-        let schema = rows
-            .first()
-            .map(|b| b.schema())
-            .unwrap_or(view.output_schema.clone());
-        let table = MemTable::try_new(schema, vec![rows]).map_err(server)?;
-        ctx.register_table(view.name.as_str(), Arc::new(table))
-            .map_err(server)?;
-    }
-    for stream in &merger.pipeline().streams {
-        for (name, url) in [
-            (
-                format!("master_{}", stream.name),
-                storage.master_table(&stream.name),
-            ),
-            (
-                format!("dead_letters_{}", stream.name),
-                storage.dead_letter_table(&stream.name),
-            ),
-        ] {
-            let table = match tributary_ingest::delta::open_as_of(url, at).await {
-                Ok(Some(table)) => table,
-                Ok(None) => continue,
-                Err(e) => {
-                    travel(&name, &e);
-                    continue;
-                }
-            };
-            table
-                .update_datafusion_session(&ctx.state())
-                .map_err(|e| ServingError::Server(e.to_string()))?;
-            let provider = table
-                .table_provider()
-                .await
-                .map_err(|e| ServingError::Server(e.to_string()))?;
-            ctx.register_table(name.as_str(), provider)
-                .map_err(server)?;
-        }
-    }
-    Ok(missing)
-}
-
-async fn stored_table(
-    ctx: &SessionContext,
+/// The Delta table at `url` as a table of `session`'s queries, or `None` before its
+/// first commit.
+pub(crate) async fn stored_table(
+    session: &dyn datafusion::catalog::Session,
     url: url::Url,
 ) -> Result<Option<Arc<dyn datafusion::catalog::TableProvider>>, ServingError> {
     let server = |e: &dyn std::fmt::Display| ServingError::Server(e.to_string());
@@ -306,7 +217,7 @@ async fn stored_table(
         return Ok(None);
     }
     table
-        .update_datafusion_session(&ctx.state())
+        .update_datafusion_session(session)
         .map_err(|e| server(&e))?;
     Ok(Some(table.table_provider().await.map_err(|e| server(&e))?))
 }
@@ -352,7 +263,8 @@ pub async fn dead_letters(
 ) -> Result<(u64, Vec<Value>), ServingError> {
     let server = |e: &dyn std::fmt::Display| ServingError::Server(e.to_string());
     let ctx = SessionContext::new();
-    let Some(provider) = stored_table(&ctx, merger.storage().dead_letter_table(stream)).await?
+    let Some(provider) =
+        stored_table(&ctx.state(), merger.storage().dead_letter_table(stream)).await?
     else {
         return Ok((0, Vec::new()));
     };
