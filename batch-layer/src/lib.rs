@@ -12,7 +12,7 @@ pub mod dedup;
 pub mod error;
 pub mod maintenance;
 pub mod recompute;
-mod scan;
+pub mod scan;
 pub mod schedule;
 pub mod views;
 

@@ -27,7 +27,7 @@ use tributary_core::view::{CompiledView, SOURCE_BATCH, SOURCE_COLUMN};
 use crate::archiver::{archived_positions, open_master};
 use crate::dedup::without_repeats;
 use crate::error::BatchError;
-use crate::scan::{Meter, MeteredTable};
+use crate::scan::{Meter, MeteredTable, range_files};
 use crate::views;
 
 /// A full run recomputes every view from the whole master table; an incremental one
@@ -549,15 +549,53 @@ impl Batch {
         master
             .update_datafusion_session(&reader.state())
             .map_err(|e| BatchError::delta(what(), e))?;
-        let provider = master
-            .table_provider()
-            .with_session(Arc::new(reader.state()))
-            .await
-            .map_err(|e| BatchError::delta(what(), e))?;
-        let rows = reader.read_table(provider).map_err(verr)?;
+        let provider = |files: Option<Vec<String>>| {
+            let mut builder = master
+                .table_provider()
+                .with_session(Arc::new(reader.state()));
+            if let Some(files) = files {
+                builder = builder.with_file_paths(files);
+            }
+            builder
+        };
         let df = match &stream.dedup {
-            None => rows.filter(in_range).and_then(|df| df.select(columns)),
+            None => {
+                // Files wholly inside the range skip the range filter; only those on
+                // its edges go through it.
+                let files =
+                    range_files(&master, from, cutoff).map_err(|e| BatchError::delta(what(), e))?;
+                let mut parts = Vec::new();
+                for (paths, filtered) in [(files.inside, false), (files.edge, true)] {
+                    if paths.is_empty() {
+                        continue;
+                    }
+                    let table = provider(Some(paths))
+                        .await
+                        .map_err(|e| BatchError::delta(what(), e))?;
+                    let part = reader.read_table(table).map_err(verr)?;
+                    let part = if filtered {
+                        part.filter(in_range.clone()).map_err(verr)?
+                    } else {
+                        part
+                    };
+                    parts.push(part.select(columns.clone()).map_err(verr)?);
+                }
+                let mut parts = parts.into_iter();
+                let Some(first) = parts.next() else {
+                    return Ok((Vec::new(), 0, None));
+                };
+                parts
+                    .try_fold(first, |all, part| all.union(part))
+                    .map_err(verr)?
+            }
             Some(spec) => {
+                let rows = reader
+                    .read_table(
+                        provider(None)
+                            .await
+                            .map_err(|e| BatchError::delta(what(), e))?,
+                    )
+                    .map_err(verr)?;
                 // The rule looks back one horizon: an incremental run reads that much
                 // before its range so a repeat of an older copy is still dropped.
                 let window = match from.map(|f| f - spec.horizon_us) {
@@ -570,9 +608,9 @@ impl Batch {
                     .and_then(|df| without_repeats(df, spec))
                     .and_then(|df| df.filter(in_range))
                     .and_then(|df| df.select(columns))
+                    .map_err(verr)?
             }
-        }
-        .map_err(verr)?;
+        };
         let meter = Arc::new(Meter::default());
         let table = MeteredTable::new(df, &view.event_time, meter.clone());
         let states = view

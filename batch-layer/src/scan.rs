@@ -29,6 +29,53 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
+/// The master table's data files for a run over `_ingest_ts` in `[from, cutoff)`:
+/// those whose statistics put every row inside the range (read without the range
+/// filter, so their `_ingest_ts` column is not even decoded), and those that may hold
+/// rows on both sides (read through the filter). Files wholly outside are left out.
+#[derive(Debug, Default)]
+pub struct RangeFiles {
+    pub inside: Vec<String>,
+    pub edge: Vec<String>,
+}
+
+pub fn range_files(
+    table: &deltalake::DeltaTable,
+    from: Option<i64>,
+    cutoff: i64,
+) -> deltalake::DeltaResult<RangeFiles> {
+    let mut out = RangeFiles::default();
+    for file in table.snapshot()?.log_data().iter() {
+        let path = file.path().to_string();
+        match ingest_ts_bounds(file.stats().as_deref()) {
+            Some((min, max)) => {
+                // Delta keeps timestamps in statistics to the millisecond, cut down: the
+                // true maximum may be up to 999 µs above the one recorded.
+                let max = max + 999;
+                let after_start = from.is_none_or(|f| min >= f);
+                if max < cutoff && after_start {
+                    out.inside.push(path);
+                } else if min < cutoff && from.is_none_or(|f| max >= f) {
+                    out.edge.push(path);
+                }
+            }
+            None => out.edge.push(path),
+        }
+    }
+    Ok(out)
+}
+
+/// `_ingest_ts`'s smallest and largest values in a file's statistics, in microseconds.
+fn ingest_ts_bounds(stats: Option<&str>) -> Option<(i64, i64)> {
+    let stats: serde_json::Value = serde_json::from_str(stats?).ok()?;
+    let at = |side: &str| {
+        stats[side][tributary_core::schema::INGEST_TS]
+            .as_str()
+            .and_then(tributary_core::time::parse_rfc3339)
+    };
+    Some((at("minValues")?, at("maxValues")?))
+}
+
 /// Rows seen and the newest event time among them, shared by every partition's stream.
 #[derive(Debug)]
 pub struct Meter {
@@ -294,6 +341,16 @@ mod tests {
             .value(0);
         assert_eq!(sum, 50.0);
         assert_eq!(meter.read(), (5, Some(9)));
+    }
+
+    #[test]
+    fn statistics_bound_ingest_times_to_the_millisecond() {
+        let stats = r#"{"numRecords":2,"minValues":{"_ingest_ts":"2026-01-01T00:00:01.000Z"},
+            "maxValues":{"_ingest_ts":"2026-01-01T00:00:02.500Z"}}"#;
+        let (min, max) = ingest_ts_bounds(Some(stats)).unwrap();
+        assert_eq!(max - min, 1_500_000);
+        assert_eq!(ingest_ts_bounds(Some(r#"{"numRecords":2}"#)), None);
+        assert_eq!(ingest_ts_bounds(None), None);
     }
 
     #[test]

@@ -243,3 +243,50 @@ async fn a_window_of_only_invalid_records_moves_the_positions_past_them() {
     shutdown.cancel();
     task.await.unwrap();
 }
+
+#[tokio::test]
+async fn file_statistics_sort_files_into_inside_edge_and_outside_a_range() {
+    use tributary_batch::scan::range_files;
+    let s = setup().await;
+    let shutdown = Shutdown::new();
+    let config = BatchConfig {
+        archive_flush_ms: 300,
+        schedule: None,
+        maintenance_schedule: None,
+        ..BatchConfig::default()
+    };
+    let task = s.archive(config, &shutdown);
+    // File A: two records 20 ms apart; file B: one record well after them.
+    s.log.append("blobs", 0, vec![blob(1)]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    s.log.append("blobs", 0, vec![blob(2)]).await.unwrap();
+    s.wait_archived(2).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    s.log.append("blobs", 0, vec![blob(3)]).await.unwrap();
+    s.wait_archived(3).await;
+    shutdown.cancel();
+    task.await.unwrap();
+    let stamps: Vec<i64> = s
+        .log
+        .read("blobs", 0, 0, 10)
+        .await
+        .unwrap()
+        .records
+        .iter()
+        .map(|r| r.ingest_ts)
+        .collect();
+    let (t1, t2, t3) = (stamps[0], stamps[1], stamps[2]);
+    let table = open_master(&s.storage, "blobs").await.unwrap().unwrap();
+    let files = |from, cutoff| {
+        let f = range_files(&table, from, cutoff).unwrap();
+        (f.inside.len(), f.edge.len())
+    };
+    // Cutting through A: A is read through the filter, B not at all.
+    assert_eq!(files(None, t2), (0, 1));
+    // Past both: both read whole, no filter.
+    assert_eq!(files(None, t3 + 2_000), (2, 0));
+    // From B on (statistics keep milliseconds): B whole, A left out.
+    assert_eq!(files(Some(t3 - t3 % 1_000), t3 + 2_000), (1, 0));
+    // Before everything: nothing.
+    assert_eq!(files(None, t1 - 2_000), (0, 0));
+}
