@@ -171,7 +171,10 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
                     ),
                 ),
             );
-            tributary_serving::health_router(roles).merge(tributary_speed::server::router(speed))
+            // Serving processes call this with a token of scope `admin` (a no-op
+            // without tokens).
+            tributary_serving::health_router(roles)
+                .merge(auth.require(Scope::Admin, tributary_speed::server::router(speed)))
         }
         "batch" => {
             if let Some(k) = kafka {
@@ -195,7 +198,10 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
         }
         "serve" => {
             let loaded = load_batch_views(&pipeline, &storage).await?;
-            let speed = Arc::new(tributary_speed::remote::RemoteSpeed::new(&config.speed.url));
+            let speed = Arc::new(
+                tributary_speed::remote::RemoteSpeed::new(&config.speed.url)
+                    .with_token(speed_token(&config.auth)?),
+            );
             let merger = Arc::new(Merger::new(
                 pipeline.clone(),
                 storage.clone(),
@@ -598,4 +604,23 @@ pub async fn backfill(
         serde_json::to_string_pretty(&report).expect("the report serializes")
     );
     Ok(())
+}
+
+/// The token `serve` presents to the speed process's internal endpoint, which asks for
+/// scope `admin` once tokens are configured: the first configured token with it.
+fn speed_token(auth: &tributary_core::config::AuthConfig) -> anyhow::Result<Option<String>> {
+    if auth.tokens.is_empty() {
+        return Ok(None);
+    }
+    match auth
+        .tokens
+        .iter()
+        .find(|t| t.scopes.contains(&Scope::Admin))
+    {
+        Some(t) => Ok(Some(t.token.clone())),
+        None => bail!(
+            "auth.tokens: `tributary serve` calls the speed process's internal endpoint, which \
+             needs a token with scope \"admin\"; none of the configured tokens has it"
+        ),
+    }
 }

@@ -163,3 +163,75 @@ async fn four_processes_serve_exact_answers_and_survive_an_archiver_kill() {
     drop(ingest);
     drop(speed);
 }
+
+#[tokio::test]
+async fn with_tokens_the_speed_endpoint_needs_an_admin_token_which_serve_presents() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("roles-auth-{}-", std::process::id());
+    let config = Tributary::configure_kafka(dir.path(), &prefix);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(
+        "\n[auth]\ntokens = [\n  { name = \"reader\", token = \"r-token\", scopes = [\"read\"] },\n  \
+         { name = \"ops\", token = \"a-token\", scopes = [\"admin\"] },\n]\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let speed = Tributary::start_role(dir.path(), &config, "speed", &[]).await;
+    let serve = Tributary::start_role(
+        dir.path(),
+        &config,
+        "serve",
+        &[("TRIBUTARY_SPEED__URL", &speed.base)],
+    )
+    .await;
+    let stats = format!("{}/internal/v1/stats", speed.base);
+    let status = |r: reqwest::Response| r.status().as_u16();
+    let none = speed.client.get(&stats).send().await.unwrap();
+    assert_eq!(status(none), 401);
+    let reader = speed
+        .client
+        .get(&stats)
+        .bearer_auth("r-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        status(reader),
+        403,
+        "a read token cannot reach the internal endpoint"
+    );
+    let ops = speed
+        .client
+        .get(&stats)
+        .bearer_auth("a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(ops), 200);
+    // serve reaches the speed process with the admin token: a reader gets the view.
+    let view = serve
+        .client
+        .get(format!("{}{VIEW}", serve.base))
+        .bearer_auth("r-token")
+        .send()
+        .await
+        .unwrap();
+    let code = view.status().as_u16();
+    let body: Value = view.json().await.unwrap();
+    assert_eq!(code, 200, "{body}");
+
+    // Tokens without admin: serve refuses to start, saying why.
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text = text.replace("scopes = [\"admin\"]", "scopes = [\"ingest\"]");
+    std::fs::write(&config, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .env("TRIBUTARY_STORAGE_ROOT", dir.path().join("data"))
+        .env("TRIBUTARY_HTTP__ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("scope \"admin\""), "{stderr}");
+}

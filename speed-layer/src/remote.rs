@@ -10,6 +10,8 @@ use crate::source::{Snapshot, SpeedSource, from_ipc};
 pub struct RemoteSpeed {
     base: String,
     client: reqwest::Client,
+    /// Bearer token for an endpoint guarded by API tokens.
+    token: Option<String>,
 }
 
 fn unavailable(base: &str, e: impl std::fmt::Display) -> CoreError {
@@ -25,7 +27,14 @@ impl RemoteSpeed {
                 .timeout(std::time::Duration::from_secs(10))
                 .build()
                 .expect("a default HTTP client builds"),
+            token: None,
         }
+    }
+
+    /// Present `token` (as `Authorization: Bearer`) on every call.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
     }
 }
 
@@ -39,6 +48,10 @@ fn header_i64(resp: &reqwest::Response, name: &str) -> Option<i64> {
 impl RemoteSpeed {
     /// Send a request to the speed process; anything but a 2xx answer is an error.
     async fn call(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, CoreError> {
+        let request = match &self.token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        };
         let resp = request
             .send()
             .await
