@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use tributary_core::config::{self, ConfigSource, SpeedConfig};
 use tributary_core::log::EventLog;
 use tributary_core::pipeline::Pipeline;
-use tributary_core::schema::{BatchDecoder, LogPosition};
+use tributary_core::schema::{BatchDecoder, LogPosition, StreamSchema};
 use tributary_core::shutdown::Shutdown;
 use tributary_core::view::{SOURCE_SPEED, tag_source};
 use tributary_ingest::log::EmbeddedLog;
@@ -50,13 +50,19 @@ pub fn iot_record(d: u32, signal: f64, ts_ms: i64) -> Vec<u8> {
     .into_bytes()
 }
 
-pub async fn speed(args: Args) -> anyhow::Result<()> {
+/// The embedded IoT example: its configuration, pipeline and `readings` stream.
+pub async fn iot_pipeline() -> anyhow::Result<(config::Config, Pipeline, StreamSchema)> {
     let (cfg, _) = config::load(None)?;
     let pipeline = Pipeline::from_config(&cfg, &ConfigSource::EmbeddedDefault).await?;
     let stream = pipeline
         .stream("readings")
         .context("the IoT example")?
         .clone();
+    Ok((cfg, pipeline, stream))
+}
+
+pub async fn speed(args: Args) -> anyhow::Result<()> {
+    let (_, pipeline, stream) = iot_pipeline().await?;
     let view = pipeline.views[0].clone();
     let dir = tempfile::tempdir()?;
     let data = records(args.events, args.devices);

@@ -12,9 +12,8 @@ use anyhow::{Context, bail};
 use rand::{Rng, SeedableRng};
 use tributary_batch::archiver::{archived_positions, open_master};
 use tributary_batch::{Batch, RunKind};
-use tributary_core::config::{self, BatchConfig, ConfigSource};
+use tributary_core::config::BatchConfig;
 use tributary_core::log::EventLog;
-use tributary_core::pipeline::Pipeline;
 use tributary_core::schema::StreamSchema;
 use tributary_core::shutdown::Shutdown;
 use tributary_core::storage::Storage;
@@ -123,12 +122,7 @@ async fn recompute(batch: &Arc<Batch>, kind: RunKind) -> anyhow::Result<(f64, u6
 }
 
 pub async fn batch(args: Args) -> anyhow::Result<()> {
-    let (cfg, _) = config::load(None)?;
-    let pipeline = Pipeline::from_config(&cfg, &ConfigSource::EmbeddedDefault).await?;
-    let stream = pipeline
-        .stream("readings")
-        .context("the IoT example")?
-        .clone();
+    let (cfg, pipeline, stream) = crate::bench::iot_pipeline().await?;
     let temp = tempfile::tempdir()?;
     let root = args
         .dir

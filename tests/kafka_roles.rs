@@ -47,13 +47,7 @@ async fn four_processes_serve_exact_answers_and_survive_an_archiver_kill() {
     let mut batch = Tributary::start_role(dir.path(), &config, "batch", &[]).await;
     // A second archiver in the same consumer group: the partitions are shared out.
     let batch2 = Tributary::start_role(dir.path(), &config, "batch", &[]).await;
-    let serve = Tributary::start_role(
-        dir.path(),
-        &config,
-        "serve",
-        &[("TRIBUTARY_SPEED__URL", &speed.base)],
-    )
-    .await;
+    let serve = Tributary::start_serve(dir.path(), &config, &speed).await;
 
     // Over HTTP to the ingest process, and straight into the topic.
     let (status, report) = ingest
@@ -176,13 +170,7 @@ async fn with_tokens_the_speed_endpoint_needs_an_admin_token_which_serve_present
     );
     std::fs::write(&config, text).unwrap();
     let speed = Tributary::start_role(dir.path(), &config, "speed", &[]).await;
-    let serve = Tributary::start_role(
-        dir.path(),
-        &config,
-        "serve",
-        &[("TRIBUTARY_SPEED__URL", &speed.base)],
-    )
-    .await;
+    let serve = Tributary::start_serve(dir.path(), &config, &speed).await;
     let stats = format!("{}/internal/v1/stats", speed.base);
     let status = |r: reqwest::Response| r.status().as_u16();
     let none = speed.client.get(&stats).send().await.unwrap();

@@ -38,13 +38,7 @@ async fn killed_speed_layer_rebuilds_from_the_cutoff_and_answers_exactly() {
     let ingest = Tributary::start_role(dir.path(), &config, "ingest", &[]).await;
     let mut speed = Tributary::start_role(dir.path(), &config, "speed", &[]).await;
     let _batch = Tributary::start_role(dir.path(), &config, "batch", &[]).await;
-    let serve = Tributary::start_role(
-        dir.path(),
-        &config,
-        "serve",
-        &[("TRIBUTARY_SPEED__URL", &speed.base)],
-    )
-    .await;
+    let serve = Tributary::start_serve(dir.path(), &config, &speed).await;
 
     let mut posted: Vec<Value> = Vec::new();
     for i in 0..40 {

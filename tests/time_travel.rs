@@ -25,14 +25,7 @@ fn readings(from: usize, n: usize) -> Value {
 }
 
 async fn sql(t: &Tributary, body: Value) -> (u16, Value) {
-    let r = t
-        .client
-        .post(format!("{}/api/v1/sql", t.base))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
+    t.post_json("/api/v1/sql", &body).await
 }
 
 async fn master_version(dir: &std::path::Path) -> u64 {

@@ -83,11 +83,6 @@ async fn a_view_with_its_own_schedule_is_recomputed_alone() {
     assert_eq!(r.status(), 200);
     let run: Value = r.json().await.unwrap();
     assert_eq!(run["views"], json!(["signal_by_type"]), "{run}");
-    let r = t
-        .client
-        .post(format!("{}/api/v1/batch/runs?view=nope", t.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    let (status, _) = t.post_path("/api/v1/batch/runs?view=nope").await;
+    assert_eq!(status, 404);
 }

@@ -216,10 +216,20 @@ pub(crate) async fn stored_table(
     if table.version().is_none() {
         return Ok(None);
     }
+    table_provider(session, &table).await.map(Some)
+}
+
+/// An open Delta table as a table of `session`'s queries (its object store registered
+/// with the session's runtime).
+pub(crate) async fn table_provider(
+    session: &dyn datafusion::catalog::Session,
+    table: &deltalake::DeltaTable,
+) -> Result<Arc<dyn datafusion::catalog::TableProvider>, ServingError> {
+    let server = |e: &dyn std::fmt::Display| ServingError::Server(e.to_string());
     table
         .update_datafusion_session(session)
         .map_err(|e| server(&e))?;
-    Ok(Some(table.table_provider().await.map_err(|e| server(&e))?))
+    table.table_provider().await.map_err(|e| server(&e))
 }
 
 /// JSON rows (at most `max_rows`). A view's `_src` column says which layer each row came

@@ -154,11 +154,10 @@ impl Tables {
                 return Ok(None);
             }
         };
-        let external = |e: deltalake::DeltaTableError| DataFusionError::External(Box::new(e));
-        table
-            .update_datafusion_session(&self.runtime)
-            .map_err(external)?;
-        Ok(Some(table.table_provider().await?))
+        crate::sql::table_provider(&self.runtime, &table)
+            .await
+            .map(Some)
+            .map_err(|e| self.failed(e))
     }
 }
 

@@ -104,6 +104,17 @@ impl Tributary {
         Self::launch(dir, Some(config.to_path_buf()), role, env).await
     }
 
+    /// Start `serve` on a written configuration, reaching the speed process `speed`.
+    pub async fn start_serve(dir: &Path, config: &Path, speed: &Tributary) -> Tributary {
+        Self::start_role(
+            dir,
+            config,
+            "serve",
+            &[("TRIBUTARY_SPEED__URL", &speed.base)],
+        )
+        .await
+    }
+
     /// Start `up` with no configuration file in `dir` (storage from the environment).
     pub async fn start_default(dir: &Path) -> Tributary {
         Self::launch(dir, None, "up", &[]).await
@@ -236,9 +247,15 @@ impl Tributary {
     }
 
     pub async fn post(&self, stream: &str, body: &Value) -> (u16, Value) {
+        self.post_json(&format!("/api/v1/streams/{stream}/events"), body)
+            .await
+    }
+
+    /// POST a JSON body to an API path.
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
         let r = self
             .client
-            .post(format!("{}/api/v1/streams/{stream}/events", self.base))
+            .post(format!("{}{path}", self.base))
             .json(body)
             .send()
             .await
