@@ -114,7 +114,7 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
         );
     }
     check_exposure(&config)?;
-    let auth = Auth::new(&config.auth);
+    let auth = Auth::new(&config.auth).with_secure_cookies(config.http.tls_cert.is_some());
     let storage = Storage::open(&config.storage_root)?;
     let (log, kafka) = open_log(&config, &storage, &pipeline).await?;
     let shutdown = Shutdown::new();
@@ -132,7 +132,7 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
                 pipeline.streams.clone(),
                 log.clone(),
                 dead_letters,
-                config.http.max_records_per_request,
+                tributary_ingest::IngestLimits::from_config(&config.http),
             ));
             if let Some(k) = kafka {
                 tasks.spawn("log-ticker", tick(k, tick_every, shutdown.clone()));
@@ -156,7 +156,8 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
                     cutoffs.insert(v.name.clone(), c);
                 }
             }
-            let speed = SpeedLayer::new(&pipeline, &config.speed, &cutoffs);
+            let speed = SpeedLayer::new(&pipeline, &config.speed, &cutoffs)
+                .with_dead_letters(dead_letters.clone());
             tasks.spawn(
                 "speed",
                 with_flag(
@@ -218,6 +219,7 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
                 ingest: None,
                 live_interval_ms: config.http.live_interval_ms,
                 log: log.clone(),
+                live_clients: Arc::new(tokio::sync::Semaphore::new(config.http.max_live_clients)),
             };
             tasks.spawn(
                 "batch-view-refresh",
@@ -304,7 +306,7 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
         pipeline.streams.clone(),
         log.clone(),
         dead_letters.clone(),
-        config.http.max_records_per_request,
+        tributary_ingest::IngestLimits::from_config(&config.http),
     ));
 
     // Serving and the speed layer start from the batch views already committed.
@@ -313,7 +315,8 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
         .iter()
         .map(|(name, bv)| (name.clone(), bv.cutoff))
         .collect();
-    let speed = SpeedLayer::new(&pipeline, &config.speed, &cutoffs);
+    let speed =
+        SpeedLayer::new(&pipeline, &config.speed, &cutoffs).with_dead_letters(dead_letters.clone());
     let batch = batch_layer(&config, &pipeline, &storage, &log);
     let merger = Arc::new(Merger::new(
         pipeline.clone(),
@@ -345,8 +348,9 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
         ingest: Some(ingest.clone()),
         live_interval_ms: config.http.live_interval_ms,
         log: log.clone(),
+        live_clients: Arc::new(tokio::sync::Semaphore::new(config.http.max_live_clients)),
     };
-    let auth = Auth::new(&config.auth);
+    let auth = Auth::new(&config.auth).with_secure_cookies(config.http.tls_cert.is_some());
     let app = tributary_serving::router(state.clone(), &auth)
         .merge(auth.require(
             Scope::Ingest,
@@ -406,6 +410,17 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
         tasks.spawn("log-ticker", tick(kafka, every, shutdown.clone()));
     }
     spawn_schedule(&mut tasks, &config, &batch, &shutdown)?;
+    if config.log.kind == LogKind::Embedded {
+        tasks.spawn(
+            "log-retention",
+            tributary_batch::retention::run(
+                batch.clone(),
+                config.log.retention_hours,
+                config.log.retention_mb,
+                shutdown.clone(),
+            ),
+        );
+    }
     if config.generator.enabled {
         tasks.spawn(
             "generator",

@@ -11,7 +11,7 @@ mod common;
 use common::Tributary;
 use serde_json::json;
 
-const TOKENS: &str = r#"[{name="collector",token="ingest-secret",scopes=["ingest"]},{name="viewer",token="read-secret",scopes=["read"]},{name="ops",token="admin-secret",scopes=["admin"]}]"#;
+const TOKENS: &str = r#"[{name="collector",token="ingest-secret-0123456789",scopes=["ingest"]},{name="viewer",token="read-secret-0123456789",scopes=["read"]},{name="ops",token="admin-secret-0123456789",scopes=["admin"]}]"#;
 
 async fn call(t: &Tributary, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let url = format!("{}{path}", t.base);
@@ -78,9 +78,9 @@ async fn every_endpoint_needs_its_scope_once_tokens_are_configured() {
         let (status, body) = call(&t, method, path, Some("guess")).await;
         assert_eq!(status, 401, "{method} {path} with an unknown token: {body}");
         for (token, holds) in [
-            ("ingest-secret", "ingest"),
-            ("read-secret", "read"),
-            ("admin-secret", "admin"),
+            ("ingest-secret-0123456789", "ingest"),
+            ("read-secret-0123456789", "read"),
+            ("admin-secret-0123456789", "admin"),
         ] {
             let allowed = holds == scope || holds == "admin";
             let (status, body) = call(&t, method, path, Some(token)).await;
@@ -102,7 +102,7 @@ async fn every_endpoint_needs_its_scope_once_tokens_are_configured() {
     let (status, _) = call(
         &t,
         "GET",
-        "/api/v1/views/signal_by_type/live?access_token=read-secret",
+        "/api/v1/views/signal_by_type/live?access_token=read-secret-0123456789",
         None,
     )
     .await;
@@ -132,7 +132,10 @@ async fn dashboard_pages_need_a_read_token_or_the_login_cookie(t: &Tributary) {
         ("/views/signal_by_type", None),
         (
             "/batch",
-            Some(("authorization", "Bearer ingest-secret".to_string())),
+            Some((
+                "authorization",
+                "Bearer ingest-secret-0123456789".to_string(),
+            )),
         ),
         (
             "/sql",
@@ -143,9 +146,12 @@ async fn dashboard_pages_need_a_read_token_or_the_login_cookie(t: &Tributary) {
         assert_eq!(r.status(), 303, "{path}");
         assert_eq!(r.headers()["location"], "/login", "{path}");
     }
-    let r = get("/", Some(("authorization", "Bearer read-secret".into())))
-        .await
-        .unwrap();
+    let r = get(
+        "/",
+        Some(("authorization", "Bearer read-secret-0123456789".into())),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
 
     // The login form: a wrong token is refused with the reason, a right one becomes a
@@ -165,22 +171,25 @@ async fn dashboard_pages_need_a_read_token_or_the_login_cookie(t: &Tributary) {
             .unwrap()
             .contains("unknown or lacks the read scope")
     );
-    let r = login("ingest-secret").await.unwrap();
+    let r = login("ingest-secret-0123456789").await.unwrap();
     assert_eq!(
         r.status(),
         401,
         "an ingest-only token cannot read the dashboard"
     );
-    let r = login("read-secret").await.unwrap();
+    let r = login("read-secret-0123456789").await.unwrap();
     assert_eq!(r.status(), 303);
     let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(
-        cookie.starts_with("tributary_token=read-secret;")
+        cookie.starts_with("tributary_token=read-secret-0123456789;")
             && cookie.contains("HttpOnly")
             && cookie.contains("SameSite=Strict"),
         "{cookie}"
     );
-    let session = Some(("cookie", "tributary_token=read-secret".to_string()));
+    let session = Some((
+        "cookie",
+        "tributary_token=read-secret-0123456789".to_string(),
+    ));
     for path in ["/batch", "/streams/readings", "/api/v1/status"] {
         let r = get(path, session.clone()).await.unwrap();
         assert_eq!(r.status(), 200, "{path} with the session cookie");
@@ -188,7 +197,7 @@ async fn dashboard_pages_need_a_read_token_or_the_login_cookie(t: &Tributary) {
     // The cookie carries the token's scopes, no more.
     let r = client
         .post(format!("{}/api/v1/batch/runs", t.base))
-        .header("cookie", "tributary_token=read-secret")
+        .header("cookie", "tributary_token=read-secret-0123456789")
         .send()
         .await
         .unwrap();

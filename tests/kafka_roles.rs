@@ -165,8 +165,8 @@ async fn with_tokens_the_speed_endpoint_needs_an_admin_token_which_serve_present
     let config = Tributary::configure_kafka(dir.path(), &prefix);
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(
-        "\n[auth]\ntokens = [\n  { name = \"reader\", token = \"r-token\", scopes = [\"read\"] },\n  \
-         { name = \"ops\", token = \"a-token\", scopes = [\"admin\"] },\n]\n",
+        "\n[auth]\ntokens = [\n  { name = \"reader\", token = \"reader-token-0123456789\", scopes = [\"read\"] },\n  \
+         { name = \"ops\", token = \"admin-token-0123456789\", scopes = [\"admin\"] },\n]\n",
     );
     std::fs::write(&config, text).unwrap();
     let speed = Tributary::start_role(dir.path(), &config, "speed", &[]).await;
@@ -178,7 +178,7 @@ async fn with_tokens_the_speed_endpoint_needs_an_admin_token_which_serve_present
     let reader = speed
         .client
         .get(&stats)
-        .bearer_auth("r-token")
+        .bearer_auth("reader-token-0123456789")
         .send()
         .await
         .unwrap();
@@ -190,7 +190,7 @@ async fn with_tokens_the_speed_endpoint_needs_an_admin_token_which_serve_present
     let ops = speed
         .client
         .get(&stats)
-        .bearer_auth("a-token")
+        .bearer_auth("admin-token-0123456789")
         .send()
         .await
         .unwrap();
@@ -199,7 +199,7 @@ async fn with_tokens_the_speed_endpoint_needs_an_admin_token_which_serve_present
     let view = serve
         .client
         .get(format!("{}{VIEW}", serve.base))
-        .bearer_auth("r-token")
+        .bearer_auth("reader-token-0123456789")
         .send()
         .await
         .unwrap();

@@ -374,8 +374,9 @@ pub async fn run_stream(
                 };
                 if let Err(e) = decoder.push_bytes(&r.payload, at) {
                     letters.push(DeadLetter {
-                        source: "log",
+                        source: "log".into(),
                         index: Some(r.offset as i64),
+                        partition: Some(p as i64),
                         field: (!e.field.is_empty()).then_some(e.field),
                         reason: format!("partition {p} offset {}: {}", r.offset, e.reason),
                         raw: String::from_utf8_lossy(&r.payload).into_owned(),

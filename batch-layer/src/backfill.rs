@@ -176,8 +176,9 @@ pub async fn run(
             };
             if let Some((field, reason, raw)) = refused {
                 letters.push(DeadLetter {
-                    source: "backfill",
+                    source: "backfill".into(),
                     index: Some(index as i64),
+                    partition: None,
                     field,
                     reason,
                     raw,

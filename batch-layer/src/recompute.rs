@@ -27,6 +27,7 @@ use tributary_core::view::{CompiledView, SOURCE_BATCH, SOURCE_COLUMN};
 use crate::archiver::{archived_positions, open_master};
 use crate::dedup::without_repeats;
 use crate::error::BatchError;
+use crate::isolate::{is_storage_error, partial_isolating_stream};
 use crate::scan::{Meter, MeteredTable, range_files};
 use crate::views;
 
@@ -137,9 +138,33 @@ pub struct Batch {
     next_id: AtomicU64,
     committed: watch::Sender<u64>,
     maintenance: crate::maintenance::Settings,
+    /// The last log-retention pass, for status.
+    retention: std::sync::Mutex<Option<crate::retention::RetentionReport>>,
 }
 
 impl Batch {
+    /// One log-retention pass (see [`crate::retention`]); its report is kept for status.
+    pub async fn enforce_retention(&self, hours: u64, mb: u64) -> Result<(), BatchError> {
+        let report =
+            crate::retention::enforce(&self.pipeline, &self.storage, &self.log, hours, mb).await?;
+        if report.removed_records > 0 {
+            tracing::info!(
+                removed = report.removed_records,
+                "log retention removed archived records"
+            );
+        }
+        if report.over_size_and_blocked {
+            tracing::warn!(waiting_for = ?report.waiting_for, "the log is over log.retention-mb and nothing is safe to remove yet");
+        }
+        *self.retention.lock().expect("retention lock") = Some(report);
+        Ok(())
+    }
+
+    /// The last retention pass's report, if one ran.
+    pub fn retention(&self) -> Option<crate::retention::RetentionReport> {
+        self.retention.lock().expect("retention lock").clone()
+    }
+
     pub fn new(
         pipeline: Pipeline,
         storage: Storage,
@@ -159,6 +184,7 @@ impl Batch {
             next_id: AtomicU64::new(history_len + 1),
             committed,
             maintenance: Default::default(),
+            retention: std::sync::Mutex::new(None),
         }
     }
 
@@ -612,11 +638,33 @@ impl Batch {
             }
         };
         let meter = Arc::new(Meter::default());
-        let table = MeteredTable::new(df, &view.event_time, meter.clone());
-        let states = view
-            .run_partial(Arc::new(table))
-            .await
-            .map_err(|e| BatchError::View(view.name.clone(), e.to_string()))?;
+        let table = MeteredTable::new(
+            df.clone(),
+            &view.event_time,
+            stream.max_event_lead_us,
+            meter.clone(),
+        );
+        let states = match view.run_partial(Arc::new(table)).await {
+            Ok(states) => states,
+            Err(e) if !is_storage_error(&e) => {
+                // A row the view cannot process must not fail every run for ever: go
+                // through the rows again, setting aside those that fail alone, as the
+                // speed layer does (core::quarantine), so both layers leave out the
+                // same records.
+                tracing::warn!(view = %view.name, error = %e, "batch run failed on its rows; isolating them");
+                let meter = Arc::new(Meter::default());
+                let table = MeteredTable::new(
+                    df,
+                    &view.event_time,
+                    stream.max_event_lead_us,
+                    meter.clone(),
+                );
+                let states = partial_isolating_stream(view, Arc::new(table)).await?;
+                let (rows, max_event_ts) = meter.read();
+                return Ok((states, rows, max_event_ts));
+            }
+            Err(e) => return Err(BatchError::View(view.name.clone(), e.to_string())),
+        };
         let (rows, max_event_ts) = meter.read();
         Ok((states, rows, max_event_ts))
     }

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, TimestampMicrosecondArray};
-use datafusion::arrow::compute::max;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -28,6 +27,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, ReplaceChildrenOptions,
 };
 use futures::StreamExt;
+use tributary_core::schema::{INGEST_TS, newest_watermark_time};
 
 /// The master table's data files for a run over `_ingest_ts` in `[from, cutoff)`:
 /// those whose statistics put every row inside the range (read without the range
@@ -117,17 +117,21 @@ pub struct MeteredTable {
     df: DataFrame,
     schema: SchemaRef,
     event_time: String,
+    /// The stream's watermark lead: event times count for the watermark only up to
+    /// `_ingest_ts` plus this (when `df` has `_ingest_ts`), as in the speed layer.
+    lead_us: i64,
     meter: Arc<Meter>,
 }
 
 impl MeteredTable {
     /// `df` must have a microsecond timestamp column `event_time`.
-    pub fn new(df: DataFrame, event_time: &str, meter: Arc<Meter>) -> Self {
+    pub fn new(df: DataFrame, event_time: &str, lead_us: i64, meter: Arc<Meter>) -> Self {
         let schema = Arc::new(df.schema().as_arrow().clone());
         MeteredTable {
             df,
             schema,
             event_time: event_time.to_string(),
+            lead_us,
             meter,
         }
     }
@@ -164,8 +168,10 @@ impl TableProvider for MeteredTable {
                 .collect(),
         };
         let mut read = wanted.clone();
-        if !read.contains(&self.event_time) {
-            read.push(self.event_time.clone());
+        for needed in [self.event_time.as_str(), INGEST_TS] {
+            if !read.iter().any(|c| c == needed) && self.schema.index_of(needed).is_ok() {
+                read.push(needed.to_string());
+            }
         }
         let names: Vec<&str> = read.iter().map(String::as_str).collect();
         let plan = self
@@ -175,9 +181,12 @@ impl TableProvider for MeteredTable {
             .create_physical_plan()
             .await?;
         let event_time = plan.schema().index_of(&self.event_time)?;
+        let ingest_ts = plan.schema().index_of(INGEST_TS).ok();
         let metered: Arc<dyn ExecutionPlan> = Arc::new(MeterExec {
             input: plan,
             event_time,
+            ingest_ts,
+            lead_us: self.lead_us,
             meter: self.meter.clone(),
         });
         if wanted.len() == read.len() {
@@ -201,6 +210,9 @@ impl TableProvider for MeteredTable {
 struct MeterExec {
     input: Arc<dyn ExecutionPlan>,
     event_time: usize,
+    /// `_ingest_ts`, when the input has it: caps each event's watermark time.
+    ingest_ts: Option<usize>,
+    lead_us: i64,
     meter: Arc<Meter>,
 }
 
@@ -242,6 +254,8 @@ impl ExecutionPlan for MeterExec {
         Ok(Arc::new(MeterExec {
             input: children.swap_remove(0),
             event_time: self.event_time,
+            ingest_ts: self.ingest_ts,
+            lead_us: self.lead_us,
             meter: self.meter.clone(),
         }))
     }
@@ -266,19 +280,28 @@ impl ExecutionPlan for MeterExec {
         let input = self.input.execute(partition, context)?;
         let schema = input.schema();
         let (column, meter) = (self.event_time, self.meter.clone());
+        let (ingest, lead_us) = (self.ingest_ts, self.lead_us);
         let metered = input.map(move |batch| {
             let batch = batch?;
-            let times = batch
-                .column(column)
-                .as_any()
-                .downcast_ref::<TimestampMicrosecondArray>()
-                .ok_or_else(|| {
-                    DataFusionError::Internal(format!(
-                        "event time column is {}, not a microsecond timestamp",
-                        batch.column(column).data_type()
-                    ))
-                })?;
-            meter.add(batch.num_rows(), max(times));
+            let micros = |i: usize| {
+                batch
+                    .column(i)
+                    .as_any()
+                    .downcast_ref::<TimestampMicrosecondArray>()
+                    .ok_or_else(|| {
+                        DataFusionError::Internal(format!(
+                            "column {} is {}, not a microsecond timestamp",
+                            batch.schema().field(i).name(),
+                            batch.column(i).data_type()
+                        ))
+                    })
+            };
+            let times = micros(column)?;
+            let ingest = ingest.map(micros).transpose()?;
+            meter.add(
+                batch.num_rows(),
+                newest_watermark_time(times, ingest, lead_us),
+            );
             Ok(batch)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, metered)))
@@ -323,7 +346,7 @@ mod tests {
         let meter = Arc::new(Meter::default());
         let outer = SessionContext::new();
         outer
-            .register_table("t", Arc::new(MeteredTable::new(df, "ts", meter.clone())))
+            .register_table("t", Arc::new(MeteredTable::new(df, "ts", 0, meter.clone())))
             .unwrap();
         // The query reads `v` only and keeps two rows: the meter still sees all five.
         let out = outer

@@ -85,6 +85,42 @@ pub struct AuthConfig {
     pub allow_unauthenticated: bool,
 }
 
+/// Shortest API token accepted: a token is a password that never expires.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+impl AuthConfig {
+    /// The first token that must not be used, and why: empty, short, with spaces or
+    /// control characters, or the same as another. (An empty token would let
+    /// `?access_token=` with nothing in it through.) Never says the token itself.
+    pub fn weak_token(&self) -> Option<(usize, String)> {
+        for (i, t) in self.tokens.iter().enumerate() {
+            let name = &t.name;
+            if t.token.len() < MIN_TOKEN_LEN {
+                return Some((
+                    i,
+                    format!(
+                        "token `{name}` has {} characters; use at least {MIN_TOKEN_LEN} random ones (e.g. `openssl rand -hex 24`)",
+                        t.token.len()
+                    ),
+                ));
+            }
+            if !t.token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Some((
+                    i,
+                    format!("token `{name}` has spaces or control characters; use visible ASCII"),
+                ));
+            }
+            if self.tokens[..i].iter().any(|o| o.token == t.token) {
+                return Some((i, format!("token `{name}` is the same as another token")));
+            }
+            if t.scopes.is_empty() {
+                return Some((i, format!("token `{name}` has no scopes")));
+            }
+        }
+        None
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct TokenConfig {
@@ -126,6 +162,27 @@ pub struct SqlConfig {
     /// Most rows a JSON answer carries (Arrow answers are not capped).
     #[serde(default = "default_sql_max_rows")]
     pub max_rows: usize,
+    /// Longest statement accepted, in bytes; checked before anything parses it.
+    #[serde(default = "default_sql_max_statement_bytes")]
+    pub max_statement_bytes: usize,
+    /// Deepest nesting of parentheses and longest chain of operators a statement may
+    /// have; checked on the tokens before parsing, so no recursive step of parser,
+    /// planner or optimizer can run out of stack.
+    #[serde(default = "default_sql_max_depth")]
+    pub max_expression_depth: usize,
+    /// Most bytes an answer (JSON or Arrow) may have; a larger one fails with 413.
+    #[serde(default = "default_sql_max_answer_bytes")]
+    pub max_answer_bytes: usize,
+}
+
+fn default_sql_max_statement_bytes() -> usize {
+    64 * 1024
+}
+fn default_sql_max_depth() -> usize {
+    256
+}
+fn default_sql_max_answer_bytes() -> usize {
+    64 * 1024 * 1024
 }
 
 fn default_sql_memory_mb() -> usize {
@@ -144,6 +201,9 @@ impl Default for SqlConfig {
             memory_limit_mb: default_sql_memory_mb(),
             timeout_ms: default_sql_timeout_ms(),
             max_rows: default_sql_max_rows(),
+            max_statement_bytes: default_sql_max_statement_bytes(),
+            max_expression_depth: default_sql_max_depth(),
+            max_answer_bytes: default_sql_max_answer_bytes(),
         }
     }
 }
@@ -205,6 +265,45 @@ pub struct HttpConfig {
     /// PEM private key of `tls-cert`.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Most distinct event dates (UTC days) one ingest request may span: each date is a
+    /// partition of the master table and an open file of the archiver. History spread
+    /// over more days belongs to `tributary backfill`.
+    #[serde(default = "default_max_event_dates")]
+    pub max_event_dates_per_request: usize,
+    /// How long ingest remembers an `Idempotency-Key` and what it answered, so a retry
+    /// within it adds nothing.
+    #[serde(default = "default_idempotency_window_ms")]
+    pub idempotency_window_ms: u64,
+    /// Most idempotency keys remembered at once (the oldest are forgotten first).
+    #[serde(default = "default_idempotency_max_keys")]
+    pub idempotency_max_keys: usize,
+    /// Most connections served at once; further ones wait to be accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most live (server-sent events) clients at once; further ones get 503.
+    #[serde(default = "default_max_live_clients")]
+    pub max_live_clients: usize,
+    /// Host names (with or without port) the server answers to besides loopback names
+    /// and addresses and the address it listens on; requests naming another `Host` are
+    /// refused, which defeats DNS rebinding. `["*"]` accepts any.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+}
+
+fn default_max_event_dates() -> usize {
+    1_000
+}
+fn default_idempotency_window_ms() -> u64 {
+    10 * 60 * 1000
+}
+fn default_idempotency_max_keys() -> usize {
+    100_000
+}
+fn default_max_connections() -> usize {
+    4_096
+}
+fn default_max_live_clients() -> usize {
+    1_024
 }
 
 fn default_live_interval_ms() -> u64 {
@@ -238,6 +337,12 @@ impl Default for HttpConfig {
             rate_limit_burst: 0,
             tls_cert: None,
             tls_key: None,
+            max_event_dates_per_request: default_max_event_dates(),
+            idempotency_window_ms: default_idempotency_window_ms(),
+            idempotency_max_keys: default_idempotency_max_keys(),
+            max_connections: default_max_connections(),
+            max_live_clients: default_max_live_clients(),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -282,6 +387,20 @@ pub struct LogConfig {
     /// `"security.protocol" = "SASL_PLAINTEXT"`.
     #[serde(default)]
     pub options: std::collections::BTreeMap<String, String>,
+    /// Embedded log: records older than this (by `_ingest_ts`) are removed once the
+    /// archiver has committed them (0: kept by age for ever). Never removes a record
+    /// the master table does not hold yet.
+    #[serde(default = "default_retention_hours_log")]
+    pub retention_hours: u64,
+    /// Embedded log: above this many megabytes on disk, the oldest archived records
+    /// are removed first (0: no size bound). Unarchived records are never removed, so
+    /// the log can stay above it while the archiver is behind (status says so).
+    #[serde(default)]
+    pub retention_mb: u64,
+}
+
+fn default_retention_hours_log() -> u64 {
+    168
 }
 
 fn default_brokers() -> String {
@@ -315,6 +434,8 @@ impl Default for LogConfig {
             tick_interval_ms: default_tick_ms(),
             produce_timeout_ms: default_produce_timeout_ms(),
             options: Default::default(),
+            retention_hours: default_retention_hours_log(),
+            retention_mb: 0,
         }
     }
 }
@@ -407,6 +528,19 @@ pub struct BatchConfig {
     /// files (those of slow periods) into files of about this size.
     #[serde(default = "default_target_file_mb")]
     pub target_file_mb: u64,
+    /// Finished runs the run history keeps (in memory and in `batch-runs.jsonl`).
+    #[serde(default = "default_history_limit")]
+    pub history_limit: usize,
+    /// Most event-date files the archiver keeps open at once; more commit what it holds.
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: usize,
+}
+
+fn default_history_limit() -> usize {
+    1_000
+}
+fn default_max_open_files() -> usize {
+    64
 }
 
 fn default_maintenance_schedule() -> Option<String> {
@@ -444,6 +578,8 @@ impl Default for BatchConfig {
             maintenance_schedule: default_maintenance_schedule(),
             retention_hours: default_retention_hours(),
             target_file_mb: default_target_file_mb(),
+            history_limit: default_history_limit(),
+            max_open_files: default_max_open_files(),
         }
     }
 }
@@ -501,10 +637,24 @@ pub struct StreamConfig {
     pub id_field: Option<String>,
     #[serde(default = "default_dedup_horizon_ms")]
     pub dedup_horizon_ms: u64,
+    /// Longest string value a record may carry (bytes); longer ones are refused.
+    #[serde(default = "default_max_string_bytes")]
+    pub max_string_bytes: usize,
+    /// How far an event time may lead the time the log took the event, as far as
+    /// watermarks are concerned: a far-future event still counts in its window but moves
+    /// the watermark no further than its ingest time plus this.
+    #[serde(default = "default_max_event_lead_ms")]
+    pub max_event_lead_ms: u64,
 }
 
 fn default_partitions() -> u32 {
     1
+}
+fn default_max_string_bytes() -> usize {
+    16 * 1024
+}
+fn default_max_event_lead_ms() -> u64 {
+    5 * 60 * 1000
 }
 fn default_dedup_horizon_ms() -> u64 {
     3_600_000

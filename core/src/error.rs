@@ -23,6 +23,9 @@ pub enum CoreError {
     LogUnavailable(String),
     #[error("table `{path}`: {message}")]
     Table { path: String, message: String },
+    /// The dead-letter table of a stream could not be read or written.
+    #[error("dead-letter table for `{stream}`: {message}")]
+    DeadLetter { stream: String, message: String },
     #[error("query engine: {0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error("arrow: {0}")]

@@ -12,7 +12,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
-use crate::schema::{FieldType, Scalar, StreamSchema};
+use crate::schema::{FieldType, Scalar, StreamSchema, timestamp_in_range};
 
 /// The record's values in field order, or `None` to let the validator decide.
 pub(crate) fn parse(schema: &StreamSchema, payload: &[u8]) -> Option<Vec<Scalar>> {
@@ -70,6 +70,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
             // Like a JSON object read into a map, the last of repeated keys wins.
             slots[i] = Some(map.next_value_seed(FieldSeed {
                 field_type: self.schema.fields[i].field_type,
+                max_string_bytes: self.schema.max_string_bytes,
             })?);
         }
         Ok(slots)
@@ -78,6 +79,8 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
 
 struct FieldSeed {
     field_type: FieldType,
+    /// Longer strings are declined, so the validator words the refusal.
+    max_string_bytes: usize,
 }
 
 impl<'de> DeserializeSeed<'de> for FieldSeed {
@@ -114,7 +117,11 @@ impl<'de> Visitor<'de> for FieldSeed {
         match self.field_type {
             FieldType::Int64 => Ok(Scalar::Int(v)),
             FieldType::Float64 => Ok(Scalar::Float(v as f64)),
-            FieldType::Timestamp => v.checked_mul(1000).map(Scalar::Ts).ok_or_else(decline),
+            FieldType::Timestamp => v
+                .checked_mul(1000)
+                .filter(|us| timestamp_in_range(*us))
+                .map(Scalar::Ts)
+                .ok_or_else(decline),
             _ => Err(decline()),
         }
     }
@@ -136,10 +143,13 @@ impl<'de> Visitor<'de> for FieldSeed {
 
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar, E> {
         match self.field_type {
-            FieldType::String => Ok(Scalar::Str(v.to_string())),
+            FieldType::String if v.len() <= self.max_string_bytes => Ok(Scalar::Str(v.to_string())),
             FieldType::Timestamp => DateTime::parse_from_rfc3339(v)
-                .map(|t| Scalar::Ts(t.with_timezone(&Utc).timestamp_micros()))
-                .map_err(|_| decline()),
+                .ok()
+                .map(|t| t.with_timezone(&Utc).timestamp_micros())
+                .filter(|us| timestamp_in_range(*us))
+                .map(Scalar::Ts)
+                .ok_or_else(decline),
             _ => Err(decline()),
         }
     }
@@ -180,6 +190,8 @@ mod tests {
                 partitions: 1,
                 id_field: None,
                 dedup_horizon_ms: 0,
+                max_string_bytes: 16 * 1024,
+                max_event_lead_ms: 300_000,
             },
             "streams[0]",
         )

@@ -1,15 +1,18 @@
 //! Shared core of Tributary.
 //!
 //! Owns what every layer agrees on: the configuration and its loading, stream schemas
-//! and record validation, the compilation of a view's SQL into a partial and a final
+//! and record validation, dead letters and Delta table access, the compilation of a view's SQL into a partial and a final
 //! plan, the event-log trait, the storage layout, and the named-task shutdown helper.
 
 pub mod config;
+pub mod dead_letter;
+pub mod delta;
 pub mod dimension;
 pub mod error;
 mod fast_json;
 pub mod log;
 pub mod pipeline;
+pub mod quarantine;
 pub mod schema;
 pub mod shutdown;
 pub mod storage;

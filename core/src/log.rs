@@ -105,6 +105,26 @@ pub trait EventLog: Send + Sync + 'static {
     /// `group`, and a generation that changes with every rebalance. A log without
     /// groups gives every partition to everyone, generation 0.
     async fn assignment(&self, group: &str, stream: &str) -> Result<Assignment>;
+
+    /// Remove the records of a partition below offset `before` that were ingested
+    /// before `ingested_before` (µs), keeping at least the newest record so offsets
+    /// are never handed out twice; returns how many were removed. The caller decides
+    /// what is safe to remove (archived, and below every view's cutoff). A log whose
+    /// retention is its own (Kafka's topic settings) removes nothing.
+    async fn truncate(
+        &self,
+        _stream: &str,
+        _partition: u32,
+        _before: u64,
+        _ingested_before: i64,
+    ) -> Result<u64> {
+        Ok(0)
+    }
+
+    /// Bytes the log occupies on this machine's disk, for a log kept locally.
+    fn disk_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Run `op` until it succeeds, waiting out [`CoreError::LogUnavailable`] (a broker

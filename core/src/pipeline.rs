@@ -27,6 +27,9 @@ impl Pipeline {
         if let Some(expr) = &config.batch.schedule {
             crate::config::parse_schedule(expr).map_err(|m| fail("batch.schedule".into(), m))?;
         }
+        if let Some((i, message)) = config.auth.weak_token() {
+            return Err(fail(format!("auth.tokens[{i}].token"), message));
+        }
         let mut streams: Vec<StreamSchema> = Vec::new();
         for (i, s) in config.streams.iter().enumerate() {
             let key = format!("streams[{i}]");

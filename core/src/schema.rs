@@ -28,6 +28,44 @@ pub const EVENT_DATE: &str = "_event_date";
 
 pub const UTC: &str = "UTC";
 
+/// Earliest timestamp a record may carry (inclusive): 1678-01-01T00:00:00Z.
+///
+/// Every layer must be able to process whatever ingest accepts, and some DataFusion
+/// functions a view may call (`date_bin` among them) work in nanoseconds, whose range is
+/// 1677-09-21 ..= 2262-04-11. The accepted range sits inside it with about three months
+/// to spare at each end, so a window start or end computed from an accepted time is
+/// representable too.
+pub const MIN_TIMESTAMP_US: i64 = -9_214_560_000_000_000;
+/// First timestamp no longer accepted: 2262-01-01T00:00:00Z (see [`MIN_TIMESTAMP_US`]).
+pub const MAX_TIMESTAMP_US: i64 = 9_214_646_400_000_000;
+/// The accepted range as people read it, for error messages and docs.
+pub const TIMESTAMP_RANGE: &str =
+    "1678-01-01T00:00:00Z (inclusive) to 2262-01-01T00:00:00Z (exclusive)";
+
+/// The newest time a batch of events contributes to a view's watermark: per event its
+/// event time capped at its `_ingest_ts` plus `lead_us` (see
+/// [`StreamSchema::watermark_time`]); without ingest times, the plain newest event time.
+/// Both layers call this, so the two halves of a watermark follow one rule.
+pub fn newest_watermark_time(
+    event: &datafusion::arrow::array::TimestampMicrosecondArray,
+    ingest: Option<&datafusion::arrow::array::TimestampMicrosecondArray>,
+    lead_us: i64,
+) -> Option<i64> {
+    use datafusion::arrow::array::Array;
+    let Some(ingest) = ingest else {
+        return datafusion::arrow::compute::max(event);
+    };
+    (0..event.len())
+        .filter(|&i| event.is_valid(i) && ingest.is_valid(i))
+        .map(|i| event.value(i).min(ingest.value(i).saturating_add(lead_us)))
+        .max()
+}
+
+/// Whether `us` (microseconds since the epoch) lies in the accepted range.
+pub fn timestamp_in_range(us: i64) -> bool {
+    (MIN_TIMESTAMP_US..MAX_TIMESTAMP_US).contains(&us)
+}
+
 pub fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into()))
 }
@@ -110,6 +148,13 @@ pub struct StreamSchema {
     pub partitions: u32,
     /// Duplicates of an id within a horizon count once (see [`DedupSpec`]).
     pub dedup: Option<DedupSpec>,
+    /// Longest string value a record may carry, in bytes: a string becomes a group key
+    /// that every answer and every live client carries, so its size is bounded here.
+    pub max_string_bytes: usize,
+    /// How far an event's time may lead its `_ingest_ts` *for watermark purposes*
+    /// (microseconds): one far-future event must not close every window for ever.
+    /// The event itself still counts in its window.
+    pub max_event_lead_us: i64,
 }
 
 /// A stream's dedup rule, the same in both layers: a record counts unless an earlier
@@ -219,6 +264,9 @@ impl StreamSchema {
                 })
             }
         };
+        if cfg.max_string_bytes == 0 {
+            return Err(format!("{key}.max-string-bytes: must be positive"));
+        }
         Ok(StreamSchema {
             name: cfg.name.clone(),
             fields,
@@ -226,6 +274,8 @@ impl StreamSchema {
             key: cfg.key.clone(),
             partitions: cfg.partitions,
             dedup,
+            max_string_bytes: cfg.max_string_bytes,
+            max_event_lead_us: (cfg.max_event_lead_ms.min(i64::MAX as u64 / 1000) as i64) * 1000,
         })
     }
 
@@ -258,6 +308,20 @@ impl StreamSchema {
     /// Validate one JSON value as a record of this stream.
     pub fn validate(&self, value: &Value) -> std::result::Result<(), FieldError> {
         self.parse(value).map(|_| ())
+    }
+
+    /// Validate one JSON value and return its event time (microseconds).
+    pub fn validate_event_time(&self, value: &Value) -> std::result::Result<i64, FieldError> {
+        let scalars = self.parse(value)?;
+        let i = self
+            .fields
+            .iter()
+            .position(|f| f.name == self.event_time)
+            .expect("the event time is a field");
+        match scalars[i] {
+            Scalar::Ts(us) => Ok(us),
+            _ => unreachable!("the event time is a required timestamp"),
+        }
     }
 
     /// The record's key: its key field as bytes (text as is, other values as JSON).
@@ -308,13 +372,23 @@ impl StreamSchema {
                     format!("required field {what}: expected {}", f.field_type.name()),
                 ));
             }
-            out.push(parse_scalar(f, v)?);
+            out.push(parse_scalar(f, v, self.max_string_bytes)?);
         }
         Ok(out)
     }
+
+    /// The time an event contributes to a watermark: its event time, but at most
+    /// `max_event_lead_us` ahead of the time the log took it.
+    pub fn watermark_time(&self, event_ts: i64, ingest_ts: i64) -> i64 {
+        event_ts.min(ingest_ts.saturating_add(self.max_event_lead_us))
+    }
 }
 
-fn parse_scalar(f: &FieldSpec, v: &Value) -> std::result::Result<Scalar, FieldError> {
+fn parse_scalar(
+    f: &FieldSpec,
+    v: &Value,
+    max_string_bytes: usize,
+) -> std::result::Result<Scalar, FieldError> {
     let mismatch = || {
         FieldError::new(
             &f.name,
@@ -322,7 +396,19 @@ fn parse_scalar(f: &FieldSpec, v: &Value) -> std::result::Result<Scalar, FieldEr
         )
     };
     Ok(match f.field_type {
-        FieldType::String => Scalar::Str(v.as_str().ok_or_else(mismatch)?.to_string()),
+        FieldType::String => {
+            let s = v.as_str().ok_or_else(mismatch)?;
+            if s.len() > max_string_bytes {
+                return Err(FieldError::new(
+                    &f.name,
+                    format!(
+                        "string of {} bytes is longer than the stream's max-string-bytes ({max_string_bytes})",
+                        s.len()
+                    ),
+                ));
+            }
+            Scalar::Str(s.to_string())
+        }
         FieldType::Int64 => Scalar::Int(v.as_i64().ok_or_else(mismatch)?),
         FieldType::Float64 => {
             let x = v.as_f64().ok_or_else(mismatch)?;
@@ -340,17 +426,35 @@ fn parse_scalar(f: &FieldSpec, v: &Value) -> std::result::Result<Scalar, FieldEr
                         ),
                     )
                 })?;
-                Scalar::Ts(t.with_timezone(&Utc).timestamp_micros())
+                let us = t.with_timezone(&Utc).timestamp_micros();
+                check_range(f, us, || format!("\"{}\"", truncate(s)))?
             }
             Value::Number(n) => {
                 let ms = n.as_i64().ok_or_else(mismatch)?;
-                Scalar::Ts(ms.checked_mul(1000).ok_or_else(|| {
-                    FieldError::new(&f.name, format!("epoch milliseconds {ms} out of range"))
-                })?)
+                check_range(f, ms.checked_mul(1000), || {
+                    format!("epoch milliseconds {ms}")
+                })?
             }
             _ => return Err(mismatch()),
         },
     })
+}
+
+fn check_range(
+    f: &FieldSpec,
+    us: impl Into<Option<i64>>,
+    got: impl FnOnce() -> String,
+) -> std::result::Result<Scalar, FieldError> {
+    match us.into() {
+        Some(us) if timestamp_in_range(us) => Ok(Scalar::Ts(us)),
+        _ => Err(FieldError::new(
+            &f.name,
+            format!(
+                "timestamp out of range: expected {TIMESTAMP_RANGE}, got {}",
+                got()
+            ),
+        )),
+    }
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -594,6 +698,8 @@ mod tests {
             partitions: 4,
             id_field: None,
             dedup_horizon_ms: 0,
+            max_string_bytes: 16 * 1024,
+            max_event_lead_ms: 300_000,
         };
         StreamSchema::from_config(&cfg, "streams[0]").unwrap()
     }

@@ -6,13 +6,15 @@
 //! generator, and the event-log backends behind `tributary_core::log::EventLog`.
 //! An event is acknowledged only once the log holds it durably.
 
-pub mod dead_letter;
-pub mod delta;
 pub mod error;
 pub mod generator;
 pub mod http;
+pub mod idempotency;
 pub mod log;
 pub mod service;
 
 pub use error::IngestError;
-pub use service::{Ingest, IngestReport, RawRecord, ReplayReport};
+pub use service::{Ingest, IngestLimits, IngestReport, RawRecord, ReplayReport};
+/// Dead letters and Delta access live in core, where every layer reaches them; these
+/// re-exports keep `tributary_ingest::{dead_letter, delta}` paths working.
+pub use tributary_core::{dead_letter, delta};

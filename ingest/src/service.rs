@@ -1,11 +1,11 @@
 //! The ingest service: validate records against their stream, append the valid ones to
 //! the log, keep the rejected ones as dead letters, and say exactly what happened.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures::future::try_join_all;
+use futures::future::join_all;
 use serde::Serialize;
 use serde_json::Value;
 use tributary_core::CoreError;
@@ -14,6 +14,7 @@ use tributary_core::schema::{FieldError, StreamSchema};
 
 use crate::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::error::IngestError;
+use crate::idempotency::{Claim, Idempotency, IdempotencyKey};
 
 /// One rejected record in a response.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -29,6 +30,12 @@ pub struct IngestReport {
     pub accepted: usize,
     pub rejected: usize,
     pub errors: Vec<RecordError>,
+    /// Whether the rejected records are stored in the stream's dead-letter table
+    /// (true when there were none). False means they are *not* stored: the reasons
+    /// above are then the only copy, and `dead_letter_error` says why.
+    pub dead_letters_stored: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter_error: Option<String>,
 }
 
 /// A record as it arrived: parsed, or the text that did not parse.
@@ -42,15 +49,46 @@ pub enum RawRecord {
 pub struct StreamCounters {
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
+    /// Rejected records whose dead letter could not be stored.
+    pub dead_letter_failures: AtomicU64,
+}
+
+/// What one request may carry (from `[http]`).
+#[derive(Debug, Clone)]
+pub struct IngestLimits {
+    pub max_records: usize,
+    /// Distinct UTC event dates per request (each is a master-table partition).
+    pub max_event_dates: usize,
+    pub idempotency_window: std::time::Duration,
+    pub idempotency_max_keys: usize,
+}
+
+impl IngestLimits {
+    pub fn from_config(http: &tributary_core::config::HttpConfig) -> Self {
+        IngestLimits {
+            max_records: http.max_records_per_request,
+            max_event_dates: http.max_event_dates_per_request,
+            idempotency_window: std::time::Duration::from_millis(http.idempotency_window_ms),
+            idempotency_max_keys: http.idempotency_max_keys,
+        }
+    }
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        Self::from_config(&Default::default())
+    }
 }
 
 pub struct Ingest {
     streams: HashMap<String, StreamSchema>,
     log: Arc<dyn EventLog>,
     dead_letters: DeadLetterSink,
-    max_records: usize,
+    limits: IngestLimits,
     round_robin: AtomicU64,
     counters: HashMap<String, StreamCounters>,
+    /// Requests answered per `Idempotency-Key`, so a retry adds nothing.
+    idempotency: Idempotency,
 }
 
 impl Ingest {
@@ -58,7 +96,7 @@ impl Ingest {
         streams: Vec<StreamSchema>,
         log: Arc<dyn EventLog>,
         dead_letters: DeadLetterSink,
-        max_records: usize,
+        limits: IngestLimits,
     ) -> Self {
         let counters = streams
             .iter()
@@ -68,10 +106,16 @@ impl Ingest {
             streams: streams.into_iter().map(|s| (s.name.clone(), s)).collect(),
             log,
             dead_letters,
-            max_records,
+            idempotency: Idempotency::new(limits.idempotency_window, limits.idempotency_max_keys),
+            limits,
             round_robin: AtomicU64::new(0),
             counters,
         }
+    }
+
+    /// The most records one request may carry.
+    pub fn max_records(&self) -> usize {
+        self.limits.max_records
     }
 
     pub fn counters(&self, stream: &str) -> Option<&StreamCounters> {
@@ -88,31 +132,75 @@ impl Ingest {
         stream: &str,
         records: Vec<RawRecord>,
     ) -> Result<IngestReport, IngestError> {
+        self.ingest_once(stream, records, None).await
+    }
+
+    /// [`Ingest::ingest`], at most once per idempotency key: a retry of a request that
+    /// succeeded answers what it answered and appends nothing; a retry of one that
+    /// failed after some partitions committed appends only the other partitions (a
+    /// key's records route to the same partitions every time).
+    pub async fn ingest_once(
+        &self,
+        stream: &str,
+        records: Vec<RawRecord>,
+        key: Option<IdempotencyKey>,
+    ) -> Result<IngestReport, IngestError> {
         let schema = self
             .streams
             .get(stream)
             .ok_or_else(|| IngestError::UnknownStream(stream.to_string()))?;
-        if records.len() > self.max_records {
+        if records.len() > self.limits.max_records {
             return Err(IngestError::TooManyRecords {
-                count: records.len(),
-                limit: self.max_records,
+                count: records.len().to_string(),
+                limit: self.limits.max_records,
             });
         }
+        let (done, letters_stored) = match &key {
+            None => (BTreeSet::new(), false),
+            Some(k) => match self.idempotency.claim(stream, k)? {
+                Claim::Answered(report) => return Ok(report),
+                Claim::Resume {
+                    committed,
+                    letters_stored,
+                } => (committed, letters_stored),
+            },
+        };
+        let outcome = self
+            .validate_and_append(schema, records, key.as_ref(), &done, letters_stored)
+            .await;
+        if let Some(k) = &key {
+            self.idempotency.settle(stream, k, &outcome);
+        }
+        outcome.result
+    }
+
+    async fn validate_and_append(
+        &self,
+        schema: &StreamSchema,
+        records: Vec<RawRecord>,
+        key: Option<&IdempotencyKey>,
+        done: &BTreeSet<u32>,
+        letters_done: bool,
+    ) -> crate::idempotency::Outcome {
+        use crate::idempotency::Outcome;
+        let stream = schema.name.as_str();
         let mut by_partition: BTreeMap<u32, Vec<NewRecord>> = BTreeMap::new();
         let mut errors = Vec::new();
         let mut letters = Vec::new();
         let mut accepted = 0;
+        let mut dates = BTreeSet::new();
         for (index, record) in records.into_iter().enumerate() {
             let outcome = match &record {
-                RawRecord::Parsed(v) => schema.validate(v).map(|_| v),
+                RawRecord::Parsed(v) => schema.validate_event_time(v).map(|ts| (v, ts)),
                 RawRecord::Malformed { error, .. } => Err(FieldError {
                     field: String::new(),
                     reason: format!("malformed JSON: {error}"),
                 }),
             };
             match outcome {
-                Ok(value) => {
-                    let (p, record) = self.route(schema, value);
+                Ok((value, ts)) => {
+                    dates.insert(ts.div_euclid(86_400_000_000));
+                    let (p, record) = self.route(schema, value, key, index);
                     by_partition.entry(p).or_default().push(record);
                     accepted += 1;
                 }
@@ -123,8 +211,9 @@ impl Ingest {
                         RawRecord::Malformed { text, .. } => text.clone(),
                     };
                     letters.push(DeadLetter {
-                        source: "http",
+                        source: "http".into(),
                         index: Some(index as i64),
+                        partition: None,
                         field: field.clone(),
                         reason: e.reason.clone(),
                         raw,
@@ -137,23 +226,54 @@ impl Ingest {
                 }
             }
         }
-        self.append(stream, by_partition).await?;
+        if dates.len() > self.limits.max_event_dates {
+            return Outcome::refused(IngestError::TooManyEventDates {
+                count: dates.len(),
+                limit: self.limits.max_event_dates,
+            });
+        }
+        by_partition.retain(|p, _| !done.contains(p));
+        let letters = if letters_done { Vec::new() } else { letters };
+        let rejected = errors.len();
+        // The log append and the dead-letter commit do not depend on each other.
+        let (appended, stored) = tokio::join!(
+            self.append(stream, by_partition),
+            self.dead_letters.write(stream, letters)
+        );
+        let (committed, failed) = appended;
         let counters = &self.counters[stream];
+        let dead_letter_error = stored.err().map(|e| {
+            tracing::error!(stream, error = %e, "could not store dead letters");
+            counters
+                .dead_letter_failures
+                .fetch_add(rejected as u64, Ordering::Relaxed);
+            e.to_string()
+        });
+        let letters_stored = dead_letter_error.is_none();
+        if let Some(e) = failed {
+            return Outcome {
+                committed,
+                letters_stored,
+                result: Err(e),
+            };
+        }
         counters
             .accepted
             .fetch_add(accepted as u64, Ordering::Relaxed);
         counters
             .rejected
-            .fetch_add(errors.len() as u64, Ordering::Relaxed);
-        if let Err(e) = self.dead_letters.write(stream, letters).await {
-            // The client still gets every reason in the response; the table is a copy.
-            tracing::error!(stream, error = %e, "could not store dead letters");
+            .fetch_add(rejected as u64, Ordering::Relaxed);
+        Outcome {
+            committed,
+            letters_stored,
+            result: Ok(IngestReport {
+                accepted,
+                rejected,
+                errors,
+                dead_letters_stored: letters_stored,
+                dead_letter_error,
+            }),
         }
-        Ok(IngestReport {
-            accepted,
-            rejected: errors.len(),
-            errors,
-        })
     }
 
     /// Validate every dead letter of `stream` again (after its schema or its producer
@@ -180,7 +300,7 @@ impl Ingest {
                 .and_then(|v| schema.validate(&v).map(|_| v));
             match outcome {
                 Ok(value) => {
-                    let (p, record) = self.route(schema, &value);
+                    let (p, record) = self.route(schema, &value, None, 0);
                     by_partition.entry(p).or_default().push(record);
                     replayed += 1;
                 }
@@ -192,7 +312,9 @@ impl Ingest {
             }
         }
         if replayed > 0 {
-            self.append(stream, by_partition).await?;
+            if let (_, Some(e)) = self.append(stream, by_partition).await {
+                return Err(e);
+            }
             self.dead_letters.rewrite(stream, &keep).await?;
             self.counters[stream]
                 .accepted
@@ -205,9 +327,20 @@ impl Ingest {
         })
     }
 
-    /// The partition of a valid record and the record as the log stores it.
-    fn route(&self, schema: &StreamSchema, value: &Value) -> (u32, NewRecord) {
-        let rr = self.round_robin.fetch_add(1, Ordering::Relaxed);
+    /// The partition of a valid record and the record as the log stores it. Records
+    /// without a key go round robin, except under an idempotency key: then the turn
+    /// comes from the key and the record's index, so a retry routes them alike.
+    fn route(
+        &self,
+        schema: &StreamSchema,
+        value: &Value,
+        key: Option<&IdempotencyKey>,
+        index: usize,
+    ) -> (u32, NewRecord) {
+        let rr = match key {
+            Some(k) => k.turn().wrapping_add(index as u64),
+            None => self.round_robin.fetch_add(1, Ordering::Relaxed),
+        };
         let p = schema.partition_for(value, rr);
         let bytes = serde_json::to_vec(value).expect("a Value always serializes");
         (
@@ -219,19 +352,34 @@ impl Ingest {
         )
     }
 
+    /// Append each partition's records; returns the partitions that committed and the
+    /// first failure, if any (the others may have committed meanwhile).
     async fn append(
         &self,
         stream: &str,
         by_partition: BTreeMap<u32, Vec<NewRecord>>,
-    ) -> Result<(), IngestError> {
-        let appends = by_partition
-            .into_iter()
-            .map(|(p, records)| self.log.append_records(stream, p, records));
-        try_join_all(appends).await.map_err(|e| match e {
-            CoreError::LogUnavailable(m) | CoreError::Log(m) => IngestError::LogUnavailable(m),
-            other => IngestError::Core(other),
-        })?;
-        Ok(())
+    ) -> (BTreeSet<u32>, Option<IngestError>) {
+        let appends = by_partition.into_iter().map(|(p, records)| async move {
+            (p, self.log.append_records(stream, p, records).await)
+        });
+        let mut committed = BTreeSet::new();
+        let mut failed = None;
+        for (p, result) in join_all(appends).await {
+            match result {
+                Ok(_) => {
+                    committed.insert(p);
+                }
+                Err(e) => {
+                    failed.get_or_insert(match e {
+                        CoreError::LogUnavailable(m) | CoreError::Log(m) => {
+                            IngestError::LogUnavailable(m)
+                        }
+                        other => IngestError::Core(other),
+                    });
+                }
+            }
+        }
+        (committed, failed)
     }
 }
 

@@ -68,6 +68,8 @@ async fn a_log_that_cannot_write_gives_503_with_retry_after() {
             partitions: 1,
             id_field: None,
             dedup_horizon_ms: 0,
+            max_string_bytes: 16 * 1024,
+            max_event_lead_ms: 300_000,
         },
         "streams[0]",
     )
@@ -77,7 +79,7 @@ async fn a_log_that_cannot_write_gives_503_with_retry_after() {
         vec![stream],
         Arc::new(BrokenLog),
         DeadLetterSink::new(storage, ["s".to_string()]),
-        1000,
+        tributary_ingest::IngestLimits::default(),
     ));
     let app = tributary_ingest::http::router(ingest, 1 << 20);
     let resp = app

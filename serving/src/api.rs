@@ -33,6 +33,9 @@ pub struct AppState {
     pub live_interval_ms: u64,
     /// The event log (recent-event samples, lag).
     pub log: Arc<dyn tributary_core::log::EventLog>,
+    /// One permit per live (SSE) client; when none is left, new ones get 503
+    /// (`http.max-live-clients`).
+    pub live_clients: Arc<tokio::sync::Semaphore>,
 }
 
 #[utoipa::path(get, path = "/api/v1/views", tag = "views",
@@ -402,7 +405,9 @@ pub async fn post_sql(
         }
     };
     let as_of = request.as_of()?;
-    let result = crate::sql::run(&state.merger, &request.sql, &state.sql, as_of.as_ref()).await?;
+    let cap = (!arrow).then_some(state.sql.max_rows);
+    let result =
+        crate::sql::run(&state.merger, &request.sql, &state.sql, as_of.as_ref(), cap).await?;
     if arrow {
         let bytes = tributary_speed::source::to_ipc(&result.schema, &result.batches)
             .map_err(|e| ServingError::Server(e.to_string()))?;

@@ -24,6 +24,8 @@ pub const COOKIE: &str = "tributary_token";
 #[derive(Clone, Default)]
 pub struct Auth {
     tokens: Arc<Vec<Token>>,
+    /// Session cookies carry `Secure` (the server speaks HTTPS).
+    secure_cookies: bool,
 }
 
 struct Token {
@@ -46,6 +48,22 @@ impl Auth {
                     })
                     .collect(),
             ),
+            secure_cookies: false,
+        }
+    }
+
+    /// Mark session cookies `Secure`, for a server that speaks HTTPS only.
+    pub fn with_secure_cookies(mut self, secure: bool) -> Self {
+        self.secure_cookies = secure;
+        self
+    }
+
+    /// The attributes of the dashboard's session cookie.
+    pub fn cookie_attributes(&self) -> &'static str {
+        if self.secure_cookies {
+            "Path=/; HttpOnly; SameSite=Strict; Secure"
+        } else {
+            "Path=/; HttpOnly; SameSite=Strict"
         }
     }
 
@@ -96,6 +114,10 @@ impl Auth {
     }
 
     fn verify(&self, presented: &str, scope: Scope) -> Result<(), (StatusCode, String)> {
+        if presented.is_empty() {
+            // Configured tokens are never empty (checked at start), but say it plainly.
+            return Err((StatusCode::UNAUTHORIZED, "empty API token".into()));
+        }
         // Compare against every token, so timing does not tell which one nearly matched.
         let mut found: Option<&Token> = None;
         for t in self.tokens.iter() {

@@ -42,6 +42,11 @@ pub enum ServingError {
     SqlMemory { limit_mb: usize, detail: String },
     #[error("the query ran past its time limit of {0} ms and was cancelled")]
     SqlTimeout(u64),
+    #[error("{0}")]
+    SqlAnswerTooLarge(String),
+    /// A limit on concurrent clients is reached; retrying later may succeed.
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Ingest(#[from] tributary_ingest::IngestError),
     /// The request needs a role this process does not run.
@@ -66,6 +71,8 @@ impl ServingError {
             ServingError::Forbidden(_) => StatusCode::FORBIDDEN,
             ServingError::SqlMemory { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ServingError::SqlTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ServingError::SqlAnswerTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ServingError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServingError::Batch(BatchError::RunInProgress) | ServingError::Unavailable(_) => {
                 StatusCode::CONFLICT
             }

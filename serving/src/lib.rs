@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod guard;
 pub mod json;
 pub mod limit;
 pub mod live;
@@ -14,6 +15,7 @@ pub mod merge;
 pub mod openapi;
 pub mod ops;
 pub mod sql;
+mod sql_guard;
 mod sql_tables;
 pub mod streams;
 pub mod web;
@@ -137,6 +139,7 @@ pub fn with_cors(app: Router, origins: &[String]) -> Result<Router, ServingError
 /// Serve `app` on `http.addr` until shutdown: HTTPS when `http.tls-cert` and
 /// `http.tls-key` are set, with `http.rate-limit-per-second` applied per client address.
 pub async fn run(http: HttpConfig, app: Router, shutdown: Shutdown) -> Result<(), ServingError> {
+    let app = guard::with_guard(app, &http);
     let app = limit::with_rate_limit(app, http.rate_limit_per_second, http.rate_limit_burst)
         .into_make_service_with_connect_info::<SocketAddr>();
     let bind_err = |e: std::io::Error| ServingError::Bind {

@@ -30,10 +30,12 @@ pub async fn live_view(
             "time travel is for GET /api/v1/views/{view}, not its live stream",
         ));
     }
+    let permit = live_permit(&state)?;
     let merger = state.merger.clone();
     let shutdown = state.shutdown.clone();
     let interval = Duration::from_millis(state.live_interval_ms.max(1));
     let stream = async_stream(move |tx| async move {
+        let _permit = permit;
         let mut last_rows = None;
         let mut ticker = tokio::time::interval(interval);
         loop {
@@ -77,10 +79,12 @@ pub async fn live_view(
     responses((status = 200, description = "Server-sent events: the status document on every change", content_type = "text/event-stream", body = String)))]
 pub async fn live_status(
     State(state): State<AppState>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ServingError> {
+    let permit = live_permit(&state)?;
     let shutdown = state.shutdown.clone();
     let interval = Duration::from_millis(state.live_interval_ms.max(1000));
     let stream = async_stream(move |tx| async move {
+        let _permit = permit;
         let mut ticker = tokio::time::interval(interval);
         loop {
             // A client that left is noticed here, not only at the next change: its
@@ -99,7 +103,14 @@ pub async fn live_status(
             }
         }
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// A live client's place, held for as long as its stream runs.
+fn live_permit(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ServingError> {
+    state.live_clients.clone().try_acquire_owned().map_err(|_| {
+        ServingError::Busy("too many live clients (http.max-live-clients); retry later".into())
+    })
 }
 
 /// A stream fed by a task; the task ends when the client goes away.

@@ -56,6 +56,7 @@ pub async fn status_value(state: &AppState) -> Result<Value, ServingError> {
                 json!({
                     "accepted": c.accepted.load(Ordering::Relaxed),
                     "rejected": c.rejected.load(Ordering::Relaxed),
+                    "dead_letter_failures": c.dead_letter_failures.load(Ordering::Relaxed),
                 })
             });
         // The archiver's lag reads the master table's log; a failure is shown, not fatal.
@@ -87,6 +88,11 @@ pub async fn status_value(state: &AppState) -> Result<Value, ServingError> {
             "state_bytes": stats.map(|s| s.state_bytes),
             "state_rows": stats.map(|s| s.state_rows),
             "segments": stats.map(|s| s.segments),
+            // running, degraded (some records quarantined) or failed (none of its last
+            // micro-batches' records could be processed); the others keep running.
+            "state": stats.map(|s| s.state),
+            "quarantined": stats.map(|s| s.quarantined),
+            "last_error": stats.and_then(|s| s.last_error.clone()),
         }));
     }
     let history = state.batch.history();
@@ -102,6 +108,7 @@ pub async fn status_value(state: &AppState) -> Result<Value, ServingError> {
         "views": views,
         "speed": { "recovery_ms": speed.recovery_ms, "restored_from_snapshot": speed.restored_from_snapshot },
         "batch": { "running": running, "last_run": last },
+        "log": { "retention": state.batch.retention() },
     }))
 }
 

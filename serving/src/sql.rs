@@ -79,6 +79,8 @@ pub struct SqlResult {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
     pub elapsed: Duration,
+    /// More rows followed than `sql.max-rows`; they were not computed.
+    pub truncated: bool,
 }
 
 /// Refuse anything but one read-only query, saying what it is.
@@ -114,12 +116,16 @@ pub fn check_read_only(sql: &str) -> Result<(), ServingError> {
 }
 
 /// Run `sql` under `limits` over the merged views and the stored tables.
+/// `row_cap`: stop reading after this many rows (a JSON answer's `sql.max-rows`); an
+/// Arrow answer is bounded by `sql.max-answer-bytes` alone.
 pub async fn run(
     merger: &Arc<Merger>,
     sql: &str,
     limits: &SqlConfig,
     as_of: Option<&AsOf>,
+    row_cap: Option<usize>,
 ) -> Result<SqlResult, ServingError> {
+    crate::sql_guard::check_limits(sql, limits)?;
     check_read_only(sql)?;
     let started = Instant::now();
     let runtime = RuntimeEnvBuilder::new()
@@ -155,39 +161,79 @@ pub async fn run(
         .with_allow_ddl(false)
         .with_allow_dml(false)
         .with_allow_statements(false);
+    let memory_limit = limits.memory_limit_mb.max(1) * 1024 * 1024;
+    crate::sql_guard::register_guards(&ctx, memory_limit);
     let timeout = Duration::from_millis(limits.timeout_ms.max(1));
-    let work = async {
-        let df = ctx.sql_with_options(sql, options).await?;
+    let (max_rows, max_bytes) = (row_cap.unwrap_or(usize::MAX), limits.max_answer_bytes);
+    let text = sql.to_string();
+    // On the SQL runtime (see sql_guard): the deadline below fires on time however
+    // long the query computes between yields, and aborting the task stops it at its
+    // next one.
+    let task = crate::sql_guard::runtime().spawn(async move {
+        use futures::StreamExt;
+        let df = ctx.sql_with_options(&text, options).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await?;
-        Ok::<_, DataFusionError>((schema, batches))
-    };
-    let (schema, batches) = tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| ServingError::SqlTimeout(limits.timeout_ms))?
-        .map_err(|e| {
-            if let Some(failure) = tables.failure() {
-                return failure;
+        // The answer is bounded as it streams, not after it is all in memory.
+        let mut stream = df.execute_stream().await?;
+        let (mut batches, mut rows, mut bytes, mut truncated) = (Vec::new(), 0usize, 0usize, false);
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            bytes += batch.get_array_memory_size();
+            if bytes > max_bytes {
+                return Err(DataFusionError::ResourcesExhausted(format!(
+                    "{ANSWER_TOO_LARGE} {max_bytes} bytes (sql.max-answer-bytes)"
+                )));
             }
-            let text = e.to_string();
-            match tables
-                .missing()
-                .into_iter()
-                .find(|(table, _)| text.contains(table.as_str()))
-            {
-                Some((_, reason)) => ServingError::bad("as_of", reason),
-                None => query_error(e, limits),
+            rows += batch.num_rows();
+            batches.push(batch);
+            if rows > max_rows {
+                truncated = true;
+                break;
             }
-        })?;
+        }
+        Ok::<_, DataFusionError>((schema, batches, truncated))
+    });
+    let abort = task.abort_handle();
+    let (schema, batches, truncated) = match tokio::time::timeout(timeout, task).await {
+        Err(_) => {
+            abort.abort();
+            return Err(ServingError::SqlTimeout(limits.timeout_ms));
+        }
+        Ok(Err(join)) => {
+            return Err(ServingError::Server(format!("the query stopped: {join}")));
+        }
+        Ok(Ok(result)) => result,
+    }
+    .map_err(|e| {
+        if let Some(failure) = tables.failure() {
+            return failure;
+        }
+        let text = e.to_string();
+        match tables
+            .missing()
+            .into_iter()
+            .find(|(table, _)| text.contains(table.as_str()))
+        {
+            Some((_, reason)) => ServingError::bad("as_of", reason),
+            None => query_error(e, limits),
+        }
+    })?;
     Ok(SqlResult {
         schema,
         batches,
         elapsed: started.elapsed(),
+        truncated,
     })
 }
 
+/// How an answer over `sql.max-answer-bytes` is reported.
+const ANSWER_TOO_LARGE: &str = "the answer is larger than";
+
 fn query_error(e: DataFusionError, limits: &SqlConfig) -> ServingError {
     match e.find_root() {
+        DataFusionError::ResourcesExhausted(m) if m.starts_with(ANSWER_TOO_LARGE) => {
+            ServingError::SqlAnswerTooLarge(m.clone())
+        }
         DataFusionError::ResourcesExhausted(m) => ServingError::SqlMemory {
             limit_mb: limits.memory_limit_mb,
             detail: m.clone(),
@@ -260,7 +306,7 @@ pub fn to_json(result: &SqlResult, max_rows: usize) -> Value {
         "columns": columns,
         "rows": rows,
         "row_count": total,
-        "truncated": total > rows.len(),
+        "truncated": result.truncated || total > rows.len(),
         "elapsed_ms": result.elapsed.as_millis() as u64,
     })
 }
@@ -300,6 +346,7 @@ pub async fn dead_letters(
         schema,
         batches,
         elapsed: Duration::ZERO,
+        truncated: false,
     };
     let rows = to_json(&result, limit)["rows"]
         .as_array()

@@ -118,7 +118,14 @@ async fn overview(
 ) -> Response {
     // Links from before the dashboard had pages.
     if let Some((_, v)) = params.iter().find(|(k, _)| k == "view") {
-        return Redirect::to(&format!("/views/{v}")).into_response();
+        // Any text may arrive here: percent-encode it into one path segment, so the
+        // Location header is always valid (CR/LF in it panicked the handler).
+        let mut url = url::Url::parse("http://localhost/views/").expect("a valid base");
+        url.path_segments_mut()
+            .expect("an http URL has segments")
+            .pop_if_empty()
+            .push(v);
+        return Redirect::to(url.path()).into_response();
     }
     if !s.allowed(&req) {
         return Redirect::to("/login").into_response();
@@ -247,12 +254,12 @@ async fn login(State(s): State<WebState>, body: Bytes) -> Response {
         );
     }
     let value: String = url::form_urlencoded::byte_serialize(token.as_bytes()).collect();
-    let cookie = format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict");
+    let cookie = format!("{COOKIE}={value}; {}", s.auth.cookie_attributes());
     session_cookie(Redirect::to("/").into_response(), &cookie)
 }
 
-async fn logout() -> Response {
-    let cookie = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+async fn logout(State(s): State<WebState>) -> Response {
+    let cookie = format!("{COOKIE}=; {}; Max-Age=0", s.auth.cookie_attributes());
     session_cookie(Redirect::to("/login").into_response(), &cookie)
 }
 

@@ -17,7 +17,8 @@ const PARALLEL_FROM: usize = 4096;
 
 #[derive(Debug, Default)]
 pub struct Decoded {
-    /// Per bucket, one batch per partition that had records in it.
+    /// Per bucket, one batch per partition that had records in it, in the master
+    /// layout (the view schema's columns first, then `_partition`, `_offset`, ...).
     pub buckets: BTreeMap<i64, Vec<RecordBatch>>,
     pub invalid: u64,
     pub duplicates: u64,
@@ -104,7 +105,9 @@ fn decode_partition(
         let bucket = r.ingest_ts - r.ingest_ts.rem_euclid(segment_width);
         let dec = decoders
             .entry(bucket)
-            .or_insert_with(|| BatchDecoder::new(stream, false));
+            // With log positions (the master layout), so a record a view cannot
+            // process can be dead-lettered with its partition and offset.
+            .or_insert_with(|| BatchDecoder::new(stream, true));
         let at = LogPosition {
             partition,
             offset: r.offset,

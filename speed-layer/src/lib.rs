@@ -26,8 +26,10 @@ use serde::Serialize;
 use thiserror::Error;
 use tributary_core::CoreError;
 use tributary_core::config::SpeedConfig;
+use tributary_core::dead_letter::{DeadLetter, DeadLetterSink};
 use tributary_core::log::{EventLog, retry_unavailable};
 use tributary_core::pipeline::Pipeline;
+use tributary_core::quarantine;
 use tributary_core::shutdown::Shutdown;
 use tributary_core::view::{SOURCE_SPEED, tag_source};
 
@@ -116,6 +118,8 @@ pub struct SpeedLayer {
     recovery_ms: Arc<AtomicU64>,
     /// Whether the layer resumed from a snapshot at start.
     restored: Arc<std::sync::atomic::AtomicBool>,
+    /// Where records a view cannot process are dead-lettered (none: only counted).
+    dead_letters: Option<DeadLetterSink>,
 }
 
 impl SpeedLayer {
@@ -133,7 +137,15 @@ impl SpeedLayer {
             segment_width: config.segment_width_ms.max(1) as i64 * 1000,
             recovery_ms: Arc::new(AtomicU64::new(u64::MAX)),
             restored: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            dead_letters: None,
         }
+    }
+
+    /// Dead-letter the records a view cannot process into `sink` (with their log
+    /// partition and offset), besides counting them.
+    pub fn with_dead_letters(mut self, sink: DeadLetterSink) -> Self {
+        self.dead_letters = Some(sink);
+        self
     }
 
     /// Newest `_ingest_ts` the layer has processed for `stream`.
@@ -314,11 +326,12 @@ pub async fn run(
             progress
                 .duplicates
                 .fetch_add(decoded.duplicates, Ordering::Relaxed);
+            let view_columns: Vec<usize> = (0..s.view_schema().fields().len()).collect();
             for (bucket, batches) in decoded.buckets {
                 let n: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
                 let max_event_ts = batches
                     .iter()
-                    .filter_map(|b| max_event_time(b, &s.event_time))
+                    .filter_map(|b| max_event_time(b, &s.event_time, s.max_event_lead_us))
                     .max();
                 for view in pipeline.views_of(&s.name) {
                     let store = layer.store.view(&view.name).expect("store per view");
@@ -328,20 +341,50 @@ pub async fn run(
                     }
                     let watermark = store.watermark();
                     let late = batches.iter().map(|b| view.count_late(b, watermark)).sum();
-                    let view_err = |source| SpeedError::View {
-                        view: view.name.clone(),
-                        source,
+                    let to_input = |b: &RecordBatch| {
+                        let b = b.project(&view_columns)?;
+                        tag_source(&b, SOURCE_SPEED, &view.input_schema)
                     };
-                    let inputs = batches
-                        .iter()
-                        .map(|b| tag_source(b, SOURCE_SPEED, &view.input_schema))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(view_err)?;
-                    let states = view.run_partial_batches(inputs).await.map_err(view_err)?;
+                    // A record the view cannot process is set aside, never allowed to
+                    // stop this view, the others or the process.
+                    let (states, refused) = match quarantine::partial_isolating(
+                        view,
+                        batches.clone(),
+                        to_input,
+                    )
+                    .await
+                    {
+                        Ok(done) => done,
+                        Err(error) => {
+                            let all = batches
+                                .iter()
+                                .flat_map(|b| (0..b.num_rows()).map(move |i| b.slice(i, 1)))
+                                .map(|row| quarantine::Refused {
+                                    row,
+                                    error: CoreError::View {
+                                        view: view.name.clone(),
+                                        message: error.to_string(),
+                                    },
+                                })
+                                .collect();
+                            (Vec::new(), all)
+                        }
+                    };
+                    if refused.is_empty() {
+                        store.processed_cleanly();
+                    } else {
+                        let last = refused
+                            .last()
+                            .map(|r| r.error.to_string())
+                            .unwrap_or_default();
+                        tracing::warn!(view = %view.name, records = refused.len(), error = %last, "records quarantined");
+                        store.quarantine(refused.len() as u64, n, last);
+                        dead_letter(&layer, log.clone(), &s.name, &view.name, refused);
+                    }
                     store.add(bucket, states, n, max_event_ts, late);
                 }
             }
-            compact(&layer, &s.name, &pipeline).await?;
+            compact(&layer, &s.name, &pipeline).await;
             let progress = &layer.progress[&s.name];
             progress.events.fetch_add(read_events, Ordering::Relaxed);
             progress
@@ -405,25 +448,96 @@ async fn report(
     }
 }
 
-fn max_event_time(batch: &RecordBatch, column: &str) -> Option<i64> {
-    let c = batch.column_by_name(column)?;
-    datafusion::arrow::compute::max(c.as_any().downcast_ref::<TimestampMicrosecondArray>()?)
+/// The batch's contribution to the watermark: event times capped at ingest time plus
+/// the stream's lead, the rule the batch layer's meter applies too.
+fn max_event_time(batch: &RecordBatch, column: &str, lead_us: i64) -> Option<i64> {
+    let ts = |name: &str| {
+        batch
+            .column_by_name(name)?
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+    };
+    tributary_core::schema::newest_watermark_time(
+        ts(column)?,
+        ts(tributary_core::schema::INGEST_TS),
+        lead_us,
+    )
 }
 
-async fn compact(layer: &SpeedLayer, stream: &str, pipeline: &Pipeline) -> Result<(), SpeedError> {
+/// Merge the state batches of full segments. A failure leaves the segment as it is
+/// (still exact, only bigger) rather than stopping the layer.
+async fn compact(layer: &SpeedLayer, stream: &str, pipeline: &Pipeline) {
     for view in pipeline.views_of(stream) {
         let store = layer.store.view(&view.name).expect("store per view");
         for (bucket, states) in store.to_compact() {
             let n = states.len();
-            let reduced = view
-                .reduce(states)
-                .await
-                .map_err(|source| SpeedError::View {
-                    view: view.name.clone(),
-                    source,
-                })?;
-            store.replace(bucket, n, reduced);
+            match view.reduce(states).await {
+                Ok(reduced) => store.replace(bucket, n, reduced),
+                Err(e) => {
+                    tracing::warn!(view = %view.name, error = %e, "could not compact a segment");
+                }
+            }
         }
     }
-    Ok(())
+}
+
+/// Dead-letter `refused` records of `view` in the background (with the raw record read
+/// back from the log by partition and offset): rare, and not worth holding up the
+/// micro-batch for a Delta commit. The records stay in the log and the master table.
+fn dead_letter(
+    layer: &SpeedLayer,
+    log: Arc<dyn EventLog>,
+    stream: &str,
+    view: &str,
+    refused: Vec<quarantine::Refused>,
+) {
+    let Some(sink) = layer.dead_letters.clone() else {
+        return;
+    };
+    let (stream, view) = (stream.to_string(), view.to_string());
+    tokio::spawn(async move {
+        let mut letters = Vec::with_capacity(refused.len());
+        for r in refused {
+            let position = |name: &str| {
+                r.row
+                    .column_by_name(name)
+                    .and_then(|c| {
+                        datafusion::arrow::compute::cast(
+                            c,
+                            &datafusion::arrow::datatypes::DataType::Int64,
+                        )
+                        .ok()
+                    })
+                    .and_then(|c| {
+                        c.as_any()
+                            .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                            .map(|a| a.value(0))
+                    })
+            };
+            let (partition, offset) = (
+                position(tributary_core::schema::PARTITION),
+                position(tributary_core::schema::OFFSET),
+            );
+            let raw = match (partition, offset) {
+                (Some(p), Some(o)) => log
+                    .read(&stream, p as u32, o as u64, 1)
+                    .await
+                    .ok()
+                    .and_then(|b| b.records.into_iter().find(|r| r.offset == o as u64))
+                    .map(|r| String::from_utf8_lossy(&r.payload).into_owned()),
+                _ => None,
+            };
+            letters.push(DeadLetter {
+                source: format!("view:{view}"),
+                index: offset,
+                partition,
+                field: None,
+                reason: format!("view `{view}` cannot process this record: {}", r.error),
+                raw: raw.unwrap_or_default(),
+            });
+        }
+        if let Err(e) = sink.write(&stream, letters).await {
+            tracing::error!(view, error = %e, "could not dead-letter quarantined records");
+        }
+    });
 }

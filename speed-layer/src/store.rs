@@ -40,6 +40,27 @@ struct ViewInner {
     late_events: u64,
     /// Changes whenever the states change: equal generations, equal answers.
     generation: u64,
+    /// Records this view could not process (quarantined, dead-lettered).
+    quarantined: u64,
+    /// Micro-batches in a row of which the view could process no record at all.
+    failing_batches: u32,
+    /// The newest error the view met on a record.
+    last_error: Option<String>,
+}
+
+/// After this many micro-batches in a row in which every record failed, a view is
+/// reported `failed` (it keeps trying; one good record makes it `running` again).
+pub const FAILED_AFTER: u32 = 3;
+
+/// A view's health as status reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ViewState {
+    Running,
+    /// Running, but some records were quarantined.
+    Degraded,
+    /// No record of its last micro-batches could be processed.
+    Failed,
 }
 
 /// What serving takes from the speed layer for one view.
@@ -65,9 +86,38 @@ pub struct ViewStats {
     /// Newest event time seen minus the view's allowed lateness.
     pub watermark: Option<i64>,
     pub late_events: u64,
+    #[serde(default)]
+    pub quarantined: u64,
+    #[serde(default = "running")]
+    pub state: ViewState,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+fn running() -> ViewState {
+    ViewState::Running
 }
 
 impl ViewStore {
+    /// Count `count` quarantined records of a micro-batch of `of` records, with the
+    /// error of the last.
+    pub fn quarantine(&self, count: u64, of: u64, error: String) {
+        let mut inner = self.inner.write().expect("store lock");
+        inner.quarantined += count;
+        inner.last_error = Some(error);
+        if count >= of && of > 0 {
+            inner.failing_batches = inner.failing_batches.saturating_add(1);
+        } else {
+            inner.failing_batches = 0;
+        }
+    }
+
+    /// A micro-batch went through without a failure.
+    pub fn processed_cleanly(&self) {
+        let mut inner = self.inner.write().expect("store lock");
+        inner.failing_batches = 0;
+    }
+
     pub fn new(view: Arc<CompiledView>, cutoff: i64) -> Self {
         ViewStore {
             view,
@@ -220,6 +270,15 @@ impl ViewStore {
             max_event_ts: inner.max_event_ts,
             watermark: self.view.watermark(inner.max_event_ts),
             late_events: inner.late_events,
+            quarantined: inner.quarantined,
+            state: if inner.failing_batches >= FAILED_AFTER {
+                ViewState::Failed
+            } else if inner.quarantined > 0 {
+                ViewState::Degraded
+            } else {
+                ViewState::Running
+            },
+            last_error: inner.last_error.clone(),
         }
     }
 }
@@ -276,6 +335,8 @@ mod tests {
                 partitions: 1,
                 id_field: None,
                 dedup_horizon_ms: 0,
+                max_string_bytes: 16 * 1024,
+                max_event_lead_ms: 300_000,
             },
             "streams[0]",
         )

@@ -102,11 +102,15 @@ impl ViewInfo {
     }
 }
 
-/// The bootstrap as JSON safe to embed in a `<script>` element.
+/// The bootstrap as JSON safe to embed in a `<script>` element: every `<`, `>` and `&`
+/// becomes a `\u003c`-style escape (they only occur inside JSON strings), so no event string can
+/// end the element (`</script>`) or open a comment (`<!--`) that swallows the page.
 pub fn bootstrap_json(boot: &Bootstrap) -> String {
     serde_json::to_string(boot)
         .expect("bootstrap serializes")
-        .replace("</", "<\\/")
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
 }
 
 /// Whether the page's connection to the server works, shown in the header.

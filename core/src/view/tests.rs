@@ -24,6 +24,8 @@ fn readings() -> StreamSchema {
             partitions: 2,
             id_field: None,
             dedup_horizon_ms: 0,
+            max_string_bytes: 16 * 1024,
+            max_event_lead_ms: 300_000,
         },
         "streams[0]",
     )

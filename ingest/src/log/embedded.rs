@@ -42,6 +42,8 @@ struct AppendRequest {
 
 pub struct EmbeddedLog {
     db: Arc<Database>,
+    /// The database file, whose size retention bounds.
+    path: std::path::PathBuf,
     /// `None` only while dropping, so the writer thread sees the channel close.
     writer: Option<std::sync::mpsc::Sender<AppendRequest>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
@@ -54,7 +56,8 @@ impl EmbeddedLog {
     /// Open (or create) the log in `dir` for the given streams and partition counts.
     pub fn open(dir: &Path, streams: &[(String, u32)]) -> Result<EmbeddedLog> {
         std::fs::create_dir_all(dir).map_err(log_err)?;
-        let db = Database::create(dir.join("events.redb")).map_err(|e| {
+        let path = dir.join("events.redb");
+        let db = Database::create(&path).map_err(|e| {
             CoreError::Log(format!(
                 "cannot open the embedded log at {}: {e} (is another tributary process using this storage root?)",
                 dir.display()
@@ -90,6 +93,7 @@ impl EmbeddedLog {
             .map_err(log_err)?;
         Ok(EmbeddedLog {
             db,
+            path,
             writer: Some(tx),
             writer_thread: Some(writer_thread),
             clock,
@@ -212,6 +216,48 @@ fn commit_group(db: &Database, ts: i64, group: &[AppendRequest]) -> Result<Vec<A
 
 #[async_trait]
 impl EventLog for EmbeddedLog {
+    async fn truncate(
+        &self,
+        stream: &str,
+        partition: u32,
+        before: u64,
+        ingested_before: i64,
+    ) -> Result<u64> {
+        self.check(stream, partition)?;
+        let name = partition_table(stream, partition);
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(log_err)?;
+            let mut removed = 0u64;
+            {
+                let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
+                let mut table = match txn.open_table(def) {
+                    Ok(t) => t,
+                    Err(TableError::TableDoesNotExist(_)) => return Ok(0),
+                    Err(e) => return Err(log_err(e)),
+                };
+                // The newest record stays: the next offset is derived from it.
+                let Some(last) = table.last().map_err(log_err)?.map(|(k, _)| k.value()) else {
+                    return Ok(0);
+                };
+                let end = before.min(last);
+                table
+                    .retain_in(..end, |_, v| {
+                        let keep = decode_ts(v) >= ingested_before;
+                        removed += u64::from(!keep);
+                        keep
+                    })
+                    .map_err(log_err)?;
+            }
+            txn.commit().map_err(log_err)?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    fn disk_bytes(&self) -> Option<u64> {
+        std::fs::metadata(&self.path).ok().map(|m| m.len())
+    }
+
     async fn append_records(
         &self,
         stream: &str,

@@ -102,10 +102,19 @@ pub fn Overview(status: Option<Value>, streams: Vec<String>, views: Vec<String>)
             let base = format!("/views/{i}");
             let wm = base.clone();
             let cut = base.clone();
+            let health = base.clone();
+            let health_class = base.clone();
+            let quarantined = base.clone();
+            let error = base.clone();
             view! {
                 <article class="card" data-view=v.clone()>
                     <h3><a href=format!("/views/{v}")>{format!("view {v}")}</a></h3>
                     <div class="metrics">
+                        <div class="metric" title=move || at(&status.get(), &format!("{error}/last_error"))>
+                            <span class="label">"state"</span>
+                            <span class=move || format!("value small view-state-{}", at(&status.get(), &format!("{health_class}/state")))
+                                id=format!("view-{v}-health")>{move || at(&status.get(), &format!("{health}/state"))}</span>
+                            <span class="label" id=format!("view-{v}-quarantined")>{move || format!("{} quarantined", at(&status.get(), &format!("{quarantined}/quarantined")))}</span></div>
                         <div class="metric"><span class="label">"speed watermark"</span>
                             <span class="value small" id=format!("view-{v}-watermark")>{move || at(&status.get(), &format!("{wm}/watermark"))}</span></div>
                         <Metric label="speed state" id=format!("view-{v}-state") status history pointer=format!("{base}/state_bytes") kind=Kind::Bytes/>
