@@ -124,7 +124,10 @@ async fn merged_answers_are_exact_before_and_after_batch_runs() {
     ];
     let (status, report) = t.post("readings", &to_json(&first)).await;
     assert_eq!(status, 200, "{report}");
-    assert_eq!(report, json!({"accepted": 7, "rejected": 0, "errors": []}));
+    assert_eq!(
+        report,
+        json!({"accepted": 7, "rejected": 0, "errors": [], "dead_letters_stored": true})
+    );
 
     let answer = t
         .wait_for(VIEW, |v| v["rows"].as_array().is_some_and(|r| r.len() == 4))

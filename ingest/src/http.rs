@@ -42,7 +42,8 @@ async fn post_events(
     Path(stream): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<IngestReport>, IngestError> {
+) -> Result<axum::response::Response, IngestError> {
+    use axum::response::IntoResponse;
     if !state.ingest.has_stream(&stream) {
         return Err(IngestError::UnknownStream(stream));
     }
@@ -82,7 +83,14 @@ async fn post_events(
     } else {
         parse_json(&bytes, max)?
     };
-    Ok(Json(state.ingest.ingest_once(&stream, records, key).await?))
+    let report: IngestReport = state.ingest.ingest_once(&stream, records, key).await?;
+    // Nothing valid at all: a 400 that still names every record's problem.
+    let status = if report.accepted == 0 && report.rejected > 0 {
+        axum::http::StatusCode::BAD_REQUEST
+    } else {
+        axum::http::StatusCode::OK
+    };
+    Ok((status, Json(report)).into_response())
 }
 
 enum Media {

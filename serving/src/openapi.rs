@@ -38,12 +38,16 @@ pub struct ViewParams {
 
 /// Records for a stream: a JSON array of objects, one object, or NDJSON.
 #[utoipa::path(post, path = "/api/v1/streams/{stream}/events", tag = "ingest",
-    params(("stream" = String, Path, description = "Stream name")),
+    params(("stream" = String, Path, description = "Stream name"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Makes the request idempotent: a retry with the same key and body adds nothing")),
     request_body(content = Vec<Object>, description = "Records", content_type = "application/json"),
     responses((status = 200, description = "Accepted and rejected records, with each rejection's field and reason", body = Object),
-              (status = 400, description = "Not JSON, or no valid record", body = crate::error::ErrorBody),
+              (status = 400, description = "Not JSON, no valid record (the same report, every reason named), or too many event dates", body = crate::error::ErrorBody),
               (status = 404, description = "No such stream", body = crate::error::ErrorBody),
+              (status = 409, description = "A request with this Idempotency-Key is still in progress", body = crate::error::ErrorBody),
               (status = 413, description = "Body or record count over the limit", body = crate::error::ErrorBody),
+              (status = 415, description = "Not a JSON or NDJSON content type", body = crate::error::ErrorBody),
+              (status = 422, description = "The Idempotency-Key was used for another body", body = crate::error::ErrorBody),
               (status = 503, description = "The log cannot take the write now", body = crate::error::ErrorBody)))]
 #[allow(dead_code)]
 fn post_events() {}

@@ -1,0 +1,445 @@
+//! Nothing a client sends can stop, poison or slow the pipeline (issue 13), each class
+//! checked against the real binary: event times no layer can hold are refused; a
+//! record a view cannot process is quarantined while every other view (and the
+//! batch layer) keeps going; a far-future event cannot move the watermark; SQL that
+//! would overflow the stack, allocate without bound or run for ever is refused or
+//! cut off while `/health` answers; cross-site and rebound requests are refused;
+//! weak tokens stop the start; retries with an idempotency key add nothing; the
+//! embedded log is truncated once its records are archived and behind a cutoff.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Tributary, total_readings};
+use serde_json::{Value, json};
+
+const VIEW: &str = "/api/v1/views/signal_by_type";
+
+fn reading(device: &str, ts: &str) -> Value {
+    json!({"device": device, "device_type": "pump", "signal": 30.0, "ts": ts})
+}
+
+#[tokio::test]
+async fn event_times_no_layer_can_hold_are_refused_and_the_pipeline_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tributary::start(dir.path(), "").await;
+    for ts in [
+        "0000-01-01T00:00:00Z",
+        "2300-01-01T00:00:00Z",
+        "1600-06-01T00:00:00Z",
+    ] {
+        let (status, report) = t.post("readings", &json!([reading("bad", ts)])).await;
+        assert_eq!(status, 400, "{ts}: {report}");
+        assert_eq!(report["errors"][0]["field"], "ts", "{report}");
+        let reason = report["errors"][0]["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("out of range") && reason.contains("1678-01-01"),
+            "{reason}"
+        );
+        assert_eq!(report["dead_letters_stored"], true, "{report}");
+    }
+    // Epoch milliseconds far out are refused the same way.
+    let (status, _) = t
+        .post("readings", &json!([{"device": "e", "device_type": "pump", "signal": 30.0, "ts": 9_000_000_000_000_000i64}]))
+        .await;
+    assert_eq!(status, 400);
+    // The edges of the range are accepted and processed by every layer.
+    let events = json!([
+        reading("a", "1678-01-01T00:00:00Z"),
+        reading("b", "2261-12-31T23:59:59Z"),
+        reading("c", "2026-01-01T00:00:00Z"),
+    ]);
+    let (status, report) = t.post("readings", &events).await;
+    assert_eq!(status, 200, "{report}");
+    t.wait_for(VIEW, |v| total_readings(v) == 3).await;
+    t.run_batch().await;
+    let (_, answer) = t.get(VIEW).await;
+    assert_eq!(total_readings(&answer), 3, "{answer}");
+    assert_eq!(t.get("/health").await.0, 200);
+    let (_, letters) = t.get("/api/v1/streams/readings/dead-letters").await;
+    assert!(letters["total"].as_u64().unwrap() >= 4, "{letters}");
+}
+
+const DIVIDING: &str = r#"
+[[streams]]
+name = "m"
+event-time = "ts"
+partitions = 2
+fields = [
+  { name = "n", type = "int64" },
+  { name = "ts", type = "timestamp" },
+]
+
+[[views]]
+name = "ratio"
+sql = """
+SELECT date_bin(INTERVAL '1 hour', ts) AS w, sum(100 / n) AS q, count(*) AS c
+FROM m GROUP BY w
+"""
+
+[[views]]
+name = "plain"
+sql = """
+SELECT date_bin(INTERVAL '1 hour', ts) AS w, count(*) AS c FROM m GROUP BY w
+"""
+"#;
+
+fn count(answer: &Value) -> i64 {
+    answer["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["c"].as_i64().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_record_a_view_cannot_process_is_quarantined_and_every_view_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Tributary::configure_pipeline(dir.path(), "", 200, DIVIDING);
+    let mut t = Tributary::start_config(dir.path(), config).await;
+    // n = 0 divides by zero in `ratio` only.
+    let events: Vec<Value> = (0..20)
+        .map(|i| json!({"n": if i % 5 == 0 { 0 } else { i }, "ts": "2026-01-01T00:10:00Z"}))
+        .collect();
+    let (status, report) = t.post("m", &Value::Array(events)).await;
+    assert_eq!(status, 200, "{report}");
+    t.wait_for("/api/v1/views/plain", |v| count(v) == 20).await;
+    t.wait_for("/api/v1/views/ratio", |v| count(v) == 16).await;
+    let status = t
+        .wait_for("/api/v1/status", |s| s["views"][0]["quarantined"] == 4)
+        .await;
+    assert_eq!(status["views"][0]["state"], "degraded", "{status}");
+    assert!(
+        status["views"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("zero"),
+        "{status}"
+    );
+    assert_eq!(status["views"][1]["state"], "running", "{status}");
+    // The batch layer leaves out the same records instead of failing every run.
+    let run = t.run_batch().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let (_, ratio) = t.get("/api/v1/views/ratio").await;
+    assert_eq!(count(&ratio), 16, "{ratio}");
+    let (_, plain) = t.get("/api/v1/views/plain").await;
+    assert_eq!(count(&plain), 20, "{plain}");
+    // Quarantined records are dead letters with their view, partition and offset.
+    let letters = t
+        .wait_for("/api/v1/streams/m/dead-letters", |l| l["total"] == 4)
+        .await;
+    for letter in letters["rows"].as_array().unwrap() {
+        assert_eq!(letter["source"], "view:ratio", "{letters}");
+        assert!(
+            letter["reason"].as_str().unwrap().contains("zero"),
+            "{letters}"
+        );
+        assert!(
+            letter["raw"].as_str().unwrap().contains("\"n\":0"),
+            "{letters}"
+        );
+    }
+    // A crash and restart replay the same log without stopping on the same records.
+    t.kill9();
+    t.restart().await;
+    t.wait_for("/api/v1/views/ratio", |v| count(v) == 16).await;
+    assert_eq!(t.get("/health").await.0, 200);
+}
+
+#[tokio::test]
+async fn a_far_future_event_counts_but_does_not_move_the_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tributary::start(dir.path(), "").await;
+    let now = chrono::Utc::now();
+    let at = |d: chrono::TimeDelta| (now + d).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let events = json!([
+        reading("a", &at(chrono::TimeDelta::minutes(-30))),
+        reading("future", "2200-01-01T00:00:00Z"),
+    ]);
+    let (status, report) = t.post("readings", &events).await;
+    assert_eq!(status, 200, "{report}");
+    t.wait_for(VIEW, |v| total_readings(v) == 2).await;
+    t.run_batch().await;
+    let (_, answer) = t.get(VIEW).await;
+    let limit = (now + chrono::TimeDelta::hours(1)).to_rfc3339();
+    for key in ["speed_watermark", "watermark"] {
+        if let Some(w) = answer[key].as_str() {
+            assert!(w < limit.as_str(), "{key} {w} moved past {limit}: {answer}");
+        }
+    }
+    let (_, status) = t.get("/api/v1/status").await;
+    let w = status["views"][0]["watermark"].as_str().unwrap();
+    assert!(w < limit.as_str(), "watermark {w}: {status}");
+}
+
+#[tokio::test]
+async fn no_sql_query_can_stop_the_process_or_outrun_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tributary::start(dir.path(), "[sql]\ntimeout-ms = 2000").await;
+    let deep = format!("SELECT 1{}", "+1".repeat(100_000));
+    let nested = format!("SELECT {}1{}", "(".repeat(5_000), ")".repeat(5_000));
+    for (what, sql, expected) in [
+        ("a chain of 100,000 operators", deep.as_str(), 400),
+        ("5,000 nested parentheses", nested.as_str(), 400),
+        (
+            "a 2 GB string",
+            "SELECT length(repeat('x', 2000000000)) AS n",
+            400,
+        ),
+        (
+            "a 1 GB pad",
+            "SELECT length(lpad('x', 1000000000)) AS n",
+            400,
+        ),
+    ] {
+        let started = Instant::now();
+        let (status, body) = t.post_json("/api/v1/sql", &json!({ "sql": sql })).await;
+        assert_eq!(status, expected, "{what}: {body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{what} took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(t.get("/health").await.0, 200, "after {what}");
+    }
+    // A big answer is cut at max-rows for JSON, not materialised.
+    let (status, body) = t
+        .post_json(
+            "/api/v1/sql",
+            &json!({ "sql": "SELECT value FROM range(1, 100000000)" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["truncated"], true);
+    assert_eq!(body["rows"].as_array().unwrap().len(), 100_000);
+    for (what, sql) in [
+        (
+            "a cross join of two large series",
+            "SELECT count(*) AS n FROM generate_series(1, 200000) a, generate_series(1, 200000) b",
+        ),
+        (
+            "a billion-row range",
+            "SELECT sum(value) AS s FROM range(1, 1000000000000)",
+        ),
+    ] {
+        let started = Instant::now();
+        let (status, body) = t.post_json("/api/v1/sql", &json!({ "sql": sql })).await;
+        let took = started.elapsed();
+        assert!(status == 408 || status == 422, "{what}: {status} {body}");
+        assert!(
+            took < Duration::from_secs(5),
+            "{what} answered after {took:?} (timeout 2 s)"
+        );
+        assert_eq!(t.get("/health").await.0, 200, "after {what}");
+    }
+}
+
+#[tokio::test]
+async fn cross_site_and_rebound_requests_are_refused_in_loopback_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tributary::start(dir.path(), "").await;
+    let url = format!("{}/api/v1/streams/readings/events", t.base);
+    let body = json!([reading("x", "2026-01-01T00:00:00Z")]).to_string();
+    // A page on another site can send text/plain without a preflight: refused.
+    let r = t
+        .client
+        .post(&url)
+        .header("content-type", "text/plain")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let r = t.client.post(&url).body(body.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 415, "no content type");
+    // A cross-site write carries its Origin: refused, even as JSON.
+    let r = t
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("origin", "https://evil.example")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = t
+        .client
+        .post(format!("{}/api/v1/batch/runs", t.base))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "starting runs cross-site");
+    // A rebound name reads nothing.
+    let r = t
+        .client
+        .get(format!("{}{VIEW}", t.base))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 421);
+    // The same origin and plain clients pass.
+    let r = t
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("origin", t.base.clone())
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // CR/LF in a redirect target is encoded, not a panic.
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{}/?view=%0d%0aSet-Cookie:%20x=1", t.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "{:?}", r.status());
+    assert!(r.headers().get("set-cookie").is_none());
+}
+
+#[test]
+fn empty_or_weak_tokens_stop_the_start() {
+    for token in ["", "weak-tok", "has spaces in it, long enough"] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Tributary::configure(
+            dir.path(),
+            &format!(
+                "[auth]\ntokens = [{{ name = \"ops\", token = \"{token}\", scopes = [\"admin\"] }}]"
+            ),
+        );
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .args(["up", "--config", config.to_str().unwrap()])
+            .env(
+                "TRIBUTARY_HTTP__ADDR",
+                format!("127.0.0.1:{}", common::free_port()),
+            )
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "`{token}` was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("auth.tokens[0].token"), "{err}");
+        assert!(
+            token.is_empty() || !err.contains(token),
+            "the token is never printed: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_idempotency_key_adds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tributary::start(dir.path(), "").await;
+    let body = json!(
+        (0..10)
+            .map(|i| reading(&format!("d{i}"), "2026-01-01T00:00:00Z"))
+            .collect::<Vec<_>>()
+    )
+    .to_string();
+    let send = |key: &str, body: String| {
+        t.client
+            .post(format!("{}/api/v1/streams/readings/events", t.base))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body)
+            .send()
+    };
+    let first: Value = send("req-1", body.clone())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let again: Value = send("req-1", body.clone())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    let other = send("req-1", "[]".into()).await.unwrap();
+    assert_eq!(other.status(), 422, "the key names another body");
+    t.wait_for(VIEW, |v| total_readings(v) == 10).await;
+    send("req-2", body).await.unwrap();
+    t.wait_for(VIEW, |v| total_readings(v) == 20).await;
+}
+
+#[tokio::test]
+async fn dead_letters_are_group_committed_and_keep_ingest_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tributary::start(dir.path(), "").await;
+    let started = Instant::now();
+    let posts = (0..100).map(|i| {
+        let t = &t;
+        async move {
+            t.post(
+                "readings",
+                &json!([reading("ok", "2026-01-01T00:00:00Z"), {"device": i, "ts": "x"}]),
+            )
+            .await
+        }
+    });
+    for (status, report) in futures::future::join_all(posts).await {
+        assert_eq!(status, 200, "{report}");
+        assert_eq!(report["dead_letters_stored"], true, "{report}");
+    }
+    let took = started.elapsed();
+    let (_, letters) = t.get("/api/v1/streams/readings/dead-letters").await;
+    assert_eq!(letters["total"], 100, "{letters}");
+    let commits = std::fs::read_dir(dir.path().join("data/dead_letters/readings/_delta_log"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "json")
+        })
+        .count();
+    assert!(
+        commits < 50,
+        "100 requests made {commits} dead-letter commits"
+    );
+    assert!(took < Duration::from_secs(20), "100 requests took {took:?}");
+}
+
+#[tokio::test]
+async fn the_embedded_log_is_truncated_once_archived_and_below_the_cutoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tributary::start(dir.path(), "[log]\nretention-mb = 1").await;
+    let events: Vec<Value> = (0..2000)
+        .map(|i| reading(&format!("d{}", i % 40), "2026-01-01T00:00:00Z"))
+        .collect();
+    for _ in 0..5 {
+        assert_eq!(
+            t.post("readings", &Value::Array(events.clone())).await.0,
+            200
+        );
+    }
+    t.wait_for(VIEW, |v| total_readings(v) == 10_000).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    t.run_batch().await;
+    let status = t
+        .wait_for("/api/v1/status", |s| {
+            s["log"]["retention"]["removed_records"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0
+        })
+        .await;
+    assert!(
+        status["log"]["retention"]["disk_bytes"].as_u64().is_some(),
+        "{status}"
+    );
+    // Nothing needed was removed: the answer is the same.
+    let (_, answer) = t.get(VIEW).await;
+    assert_eq!(total_readings(&answer), 10_000, "{answer}");
+}
