@@ -277,9 +277,6 @@ pub struct HttpConfig {
     /// Most idempotency keys remembered at once (the oldest are forgotten first).
     #[serde(default = "default_idempotency_max_keys")]
     pub idempotency_max_keys: usize,
-    /// Most connections served at once; further ones wait to be accepted.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
     /// Most live (server-sent events) clients at once; further ones get 503.
     #[serde(default = "default_max_live_clients")]
     pub max_live_clients: usize,
@@ -298,9 +295,6 @@ fn default_idempotency_window_ms() -> u64 {
 }
 fn default_idempotency_max_keys() -> usize {
     100_000
-}
-fn default_max_connections() -> usize {
-    4_096
 }
 fn default_max_live_clients() -> usize {
     1_024
@@ -340,7 +334,6 @@ impl Default for HttpConfig {
             max_event_dates_per_request: default_max_event_dates(),
             idempotency_window_ms: default_idempotency_window_ms(),
             idempotency_max_keys: default_idempotency_max_keys(),
-            max_connections: default_max_connections(),
             max_live_clients: default_max_live_clients(),
             allowed_hosts: Vec::new(),
         }
@@ -528,19 +521,6 @@ pub struct BatchConfig {
     /// files (those of slow periods) into files of about this size.
     #[serde(default = "default_target_file_mb")]
     pub target_file_mb: u64,
-    /// Finished runs the run history keeps (in memory and in `batch-runs.jsonl`).
-    #[serde(default = "default_history_limit")]
-    pub history_limit: usize,
-    /// Most event-date files the archiver keeps open at once; more commit what it holds.
-    #[serde(default = "default_max_open_files")]
-    pub max_open_files: usize,
-}
-
-fn default_history_limit() -> usize {
-    1_000
-}
-fn default_max_open_files() -> usize {
-    64
 }
 
 fn default_maintenance_schedule() -> Option<String> {
@@ -578,8 +558,6 @@ impl Default for BatchConfig {
             maintenance_schedule: default_maintenance_schedule(),
             retention_hours: default_retention_hours(),
             target_file_mb: default_target_file_mb(),
-            history_limit: default_history_limit(),
-            max_open_files: default_max_open_files(),
         }
     }
 }
