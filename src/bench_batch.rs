@@ -13,11 +13,11 @@ use rand::{Rng, SeedableRng};
 use tributary_batch::archiver::{archived_positions, open_master};
 use tributary_batch::{Batch, RunKind};
 use tributary_core::config::BatchConfig;
+use tributary_core::dead_letter::DeadLetterSink;
 use tributary_core::log::EventLog;
 use tributary_core::schema::StreamSchema;
 use tributary_core::shutdown::Shutdown;
 use tributary_core::storage::Storage;
-use tributary_ingest::dead_letter::DeadLetterSink;
 use tributary_ingest::log::EmbeddedLog;
 
 /// Records generated and appended at a time (memory stays flat at any event count).

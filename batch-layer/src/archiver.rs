@@ -26,11 +26,11 @@ use deltalake::operations::write::{SchemaMode, WriteBuilder};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use tributary_core::config::BatchConfig;
+use tributary_core::dead_letter::{DeadLetter, DeadLetterSink};
 use tributary_core::log::{EventLog, retry_unavailable};
 use tributary_core::schema::{BatchDecoder, EVENT_DATE, LogPosition, StreamSchema};
 use tributary_core::shutdown::Shutdown;
 use tributary_core::storage::Storage;
-use tributary_ingest::dead_letter::{DeadLetter, DeadLetterSink};
 
 use crate::error::BatchError;
 
@@ -47,7 +47,7 @@ pub async fn open_master(
     storage: &Storage,
     stream: &str,
 ) -> Result<Option<DeltaTable>, BatchError> {
-    let table = tributary_ingest::delta::open(storage.master_table(stream))
+    let table = tributary_core::delta::open(storage.master_table(stream))
         .await
         .map_err(|e| BatchError::delta(format!("master table of `{stream}`"), e))?;
     Ok(table.version().is_some().then_some(table))
@@ -291,7 +291,7 @@ pub async fn run_stream(
     shutdown: Shutdown,
 ) -> Result<(), BatchError> {
     let what = || format!("master table of `{}`", stream.name);
-    let mut table = tributary_ingest::delta::open(storage.master_table(&stream.name))
+    let mut table = tributary_core::delta::open(storage.master_table(&stream.name))
         .await
         .map_err(|e| BatchError::delta(what(), e))?;
     // Committed positions (in the table) and read positions (committed + the window).
@@ -322,7 +322,7 @@ pub async fn run_stream(
             // At start and after every rebalance the table is the truth, not the
             // group's committed offsets nor what this process remembers.
             window.discard();
-            table = tributary_ingest::delta::open(storage.master_table(&stream.name))
+            table = tributary_core::delta::open(storage.master_table(&stream.name))
                 .await
                 .map_err(|e| BatchError::delta(what(), e))?;
             if table.version().is_none() {

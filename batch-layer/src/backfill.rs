@@ -25,10 +25,10 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use tributary_core::dead_letter::{DeadLetter, DeadLetterSink};
 use tributary_core::schema::{BatchDecoder, FieldType, LogPosition, StreamSchema};
 use tributary_core::storage::Storage;
 use tributary_core::time::{now_micros, rfc3339};
-use tributary_ingest::dead_letter::{DeadLetter, DeadLetterSink};
 
 use crate::archiver::Layout;
 use crate::error::BatchError;
@@ -115,7 +115,7 @@ pub async fn run(
     progress(0, total);
 
     let what = || format!("master table of `{}`", stream.name);
-    let mut table = tributary_ingest::delta::open(storage.master_table(&stream.name))
+    let mut table = tributary_core::delta::open(storage.master_table(&stream.name))
         .await
         .map_err(|e| BatchError::delta(what(), e))?;
     let mut layout = Layout::of(&table, stream)?;

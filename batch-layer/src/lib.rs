@@ -21,11 +21,11 @@ pub mod views;
 use std::sync::Arc;
 
 use tributary_core::config::BatchConfig;
+use tributary_core::dead_letter::DeadLetterSink;
 use tributary_core::log::EventLog;
 use tributary_core::pipeline::Pipeline;
 use tributary_core::shutdown::{Shutdown, Tasks};
 use tributary_core::storage::Storage;
-use tributary_ingest::dead_letter::DeadLetterSink;
 
 pub use error::BatchError;
 pub use recompute::{Batch, Progress, RunKind, RunProgress, RunRecord, RunStatus};

@@ -97,7 +97,7 @@ async fn maintain(
     settings: Settings,
 ) -> Result<Option<TableReport>, BatchError> {
     let err = |e: deltalake::DeltaTableError| BatchError::delta(format!("maintaining {name}"), e);
-    let table = tributary_ingest::delta::open(url).await.map_err(err)?;
+    let table = tributary_core::delta::open(url).await.map_err(err)?;
     let Some(before) = table.version() else {
         return Ok(None);
     };

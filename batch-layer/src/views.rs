@@ -187,7 +187,7 @@ pub async fn write(
         batches.push(RecordBatch::new_empty(storage_schema(view)));
     }
     let what = || format!("batch view `{}`", view.name);
-    let table = tributary_ingest::delta::open(storage.batch_view_table(&view.name))
+    let table = tributary_core::delta::open(storage.batch_view_table(&view.name))
         .await
         .map_err(|e| BatchError::delta(what(), e))?;
     let mut props = CommitProperties::default()
@@ -256,7 +256,7 @@ pub struct Stamp<'a> {
 /// Load a view's latest batch states, or `None` if no batch run has written any.
 pub async fn load(storage: &Storage, view: &CompiledView) -> Result<Option<BatchView>, BatchError> {
     let what = || format!("batch view `{}`", view.name);
-    let table = tributary_ingest::delta::open(storage.batch_view_table(&view.name))
+    let table = tributary_core::delta::open(storage.batch_view_table(&view.name))
         .await
         .map_err(|e| BatchError::delta(what(), e))?;
     load_table(table, view).await
@@ -267,10 +267,10 @@ pub async fn load(storage: &Storage, view: &CompiledView) -> Result<Option<Batch
 pub async fn load_as_of(
     storage: &Storage,
     view: &CompiledView,
-    as_of: &tributary_ingest::delta::AsOf,
+    as_of: &tributary_core::delta::AsOf,
 ) -> Result<Option<BatchView>, BatchError> {
     let what = || format!("batch view `{}` as of {as_of}", view.name);
-    match tributary_ingest::delta::open_as_of(storage.batch_view_table(&view.name), as_of)
+    match tributary_core::delta::open_as_of(storage.batch_view_table(&view.name), as_of)
         .await
         .map_err(|e| BatchError::delta(what(), e))?
     {
@@ -310,7 +310,7 @@ pub struct Head {
 /// A view's latest batch commit, without its states (`None`: no run wrote any).
 pub async fn head(storage: &Storage, view: &CompiledView) -> Result<Option<Head>, BatchError> {
     let what = || format!("batch view `{}`", view.name);
-    let table = tributary_ingest::delta::open(storage.batch_view_table(&view.name))
+    let table = tributary_core::delta::open(storage.batch_view_table(&view.name))
         .await
         .map_err(|e| BatchError::delta(what(), e))?;
     read_head(&table, view).await
@@ -358,7 +358,7 @@ pub async fn load_days(
     days: Option<&[i32]>,
 ) -> Result<Vec<RecordBatch>, BatchError> {
     let what = || format!("batch view `{}`", view.name);
-    let table = tributary_ingest::delta::open(storage.batch_view_table(&view.name))
+    let table = tributary_core::delta::open(storage.batch_view_table(&view.name))
         .await
         .map_err(|e| BatchError::delta(what(), e))?;
     if table.version().is_none() {
@@ -412,7 +412,7 @@ pub async fn load_cutoff(
     view: &CompiledView,
 ) -> Result<Option<i64>, BatchError> {
     let what = || format!("batch view `{}`", view.name);
-    let table = tributary_ingest::delta::open(storage.batch_view_table(&view.name))
+    let table = tributary_core::delta::open(storage.batch_view_table(&view.name))
         .await
         .map_err(|e| BatchError::delta(what(), e))?;
     if table.version().is_none() {

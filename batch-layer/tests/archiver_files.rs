@@ -11,12 +11,12 @@ use datafusion::prelude::SessionContext;
 use rand::Rng;
 use tributary_batch::archiver::{archived_positions, open_master};
 use tributary_core::config::{self, BatchConfig};
+use tributary_core::dead_letter::DeadLetterSink;
 use tributary_core::log::EventLog;
 use tributary_core::pipeline::Pipeline;
 use tributary_core::schema::StreamSchema;
 use tributary_core::shutdown::Shutdown;
 use tributary_core::storage::Storage;
-use tributary_ingest::dead_letter::DeadLetterSink;
 use tributary_ingest::log::EmbeddedLog;
 
 const CONFIG: &str = r#"

@@ -8,11 +8,11 @@ use std::time::Duration;
 use tributary_batch::archiver::{archived_positions, open_master};
 use tributary_batch::{Batch, RunKind, views};
 use tributary_core::config::{self, BatchConfig};
+use tributary_core::dead_letter::DeadLetterSink;
 use tributary_core::log::EventLog;
 use tributary_core::pipeline::Pipeline;
 use tributary_core::shutdown::Shutdown;
 use tributary_core::storage::Storage;
-use tributary_ingest::dead_letter::DeadLetterSink;
 use tributary_ingest::log::EmbeddedLog;
 
 const CONFIG: &str = r#"
@@ -318,7 +318,7 @@ fn click_at(page: &str, ts: &str) -> Vec<u8> {
 
 /// The batch-view table's data files, as `(window day, path)`.
 async fn view_files(storage: &Storage) -> Vec<(String, String)> {
-    let table = tributary_ingest::delta::open(storage.batch_view_table("per_page"))
+    let table = tributary_core::delta::open(storage.batch_view_table("per_page"))
         .await
         .unwrap();
     let mut files: Vec<(String, String)> = table

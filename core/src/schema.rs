@@ -492,7 +492,7 @@ fn is_identifier(s: &str) -> bool {
 }
 
 /// FNV-1a: stable across processes and releases, unlike std's randomised hasher.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in bytes {
         h ^= *b as u64;

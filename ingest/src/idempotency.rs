@@ -12,6 +12,8 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use tributary_core::schema::fnv1a;
+
 use crate::error::IngestError;
 use crate::service::IngestReport;
 
@@ -202,16 +204,6 @@ impl Idempotency {
             }
         }
     }
-}
-
-/// FNV-1a: stable across processes, unlike std's randomised hasher.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
 }
 
 #[cfg(test)]

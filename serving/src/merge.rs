@@ -16,12 +16,12 @@ use datafusion::arrow::compute::cast;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tributary_batch::views::{self, BatchView};
+use tributary_core::delta::AsOf;
 use tributary_core::pipeline::Pipeline;
 use tributary_core::schema::timestamp_type;
 use tributary_core::storage::Storage;
 use tributary_core::time::{now_micros, rfc3339};
 use tributary_core::view::{CompiledView, SOURCE_COLUMN};
-use tributary_ingest::delta::AsOf;
 use tributary_speed::SpeedSource;
 
 use crate::error::ServingError;

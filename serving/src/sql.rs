@@ -30,7 +30,7 @@ use crate::error::ServingError;
 use crate::json::cell;
 use crate::merge::Merger;
 use crate::sql_tables::Tables;
-use tributary_ingest::delta::AsOf;
+use tributary_core::delta::AsOf;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -256,7 +256,7 @@ pub(crate) async fn stored_table(
     url: url::Url,
 ) -> Result<Option<Arc<dyn datafusion::catalog::TableProvider>>, ServingError> {
     let server = |e: &dyn std::fmt::Display| ServingError::Server(e.to_string());
-    let table = tributary_ingest::delta::open(url)
+    let table = tributary_core::delta::open(url)
         .await
         .map_err(|e| server(&e))?;
     if table.version().is_none() {

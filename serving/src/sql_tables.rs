@@ -11,7 +11,7 @@ use datafusion::datasource::MemTable;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::TableType;
-use tributary_ingest::delta::AsOf;
+use tributary_core::delta::AsOf;
 use url::Url;
 
 use crate::error::ServingError;
@@ -146,7 +146,7 @@ impl Tables {
                 .await
                 .map_err(|e| self.failed(e));
         };
-        let table = match tributary_ingest::delta::open_as_of(url, at).await {
+        let table = match tributary_core::delta::open_as_of(url, at).await {
             Ok(Some(table)) => table,
             Ok(None) => return Ok(None),
             Err(e) => {
