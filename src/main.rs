@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_batch;
+mod bench_ingest;
 mod bench_serve;
 mod wiring;
 
@@ -109,6 +110,8 @@ enum BenchTarget {
     /// The batch layer: archiving, a full and an incremental recompute of the IoT view,
     /// with DuckDB and polars over the same Parquet files (Python `duckdb`, `polars`).
     Batch(bench_batch::Args),
+    /// HTTP ingest into the embedded log with 0% and with some bad records, in one run.
+    Ingest(bench_ingest::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -197,6 +200,9 @@ fn main() -> anyhow::Result<()> {
             Command::Bench {
                 target: BenchTarget::Batch(args),
             } => bench_batch::batch(args).await,
+            Command::Bench {
+                target: BenchTarget::Ingest(args),
+            } => bench_ingest::ingest(args).await,
         }
     })
 }

@@ -19,6 +19,7 @@ use tributary_core::storage::Storage;
 use tributary_ingest::log::{EmbeddedLog, KafkaLog};
 use tributary_ingest::{Ingest, generator};
 use tributary_serving::auth::Auth;
+use tributary_serving::live::LiveFeeds;
 use tributary_serving::{AppState, Merger};
 use tributary_speed::SpeedLayer;
 
@@ -219,7 +220,7 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
                 ingest: None,
                 live_interval_ms: config.http.live_interval_ms,
                 log: log.clone(),
-                live_clients: Arc::new(tokio::sync::Semaphore::new(config.http.max_live_clients)),
+                live_feeds: Arc::new(LiveFeeds::new(config.http.max_live_clients)),
             };
             tasks.spawn(
                 "batch-view-refresh",
@@ -348,7 +349,7 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
         ingest: Some(ingest.clone()),
         live_interval_ms: config.http.live_interval_ms,
         log: log.clone(),
-        live_clients: Arc::new(tokio::sync::Semaphore::new(config.http.max_live_clients)),
+        live_feeds: Arc::new(LiveFeeds::new(config.http.max_live_clients)),
     };
     let auth = Auth::new(&config.auth).with_secure_cookies(config.http.tls_cert.is_some());
     let app = tributary_serving::router(state.clone(), &auth)
@@ -472,7 +473,8 @@ fn batch_layer(
             log.clone(),
             config.speed.segment_width_ms,
         )
-        .with_maintenance(maintenance),
+        .with_maintenance(maintenance)
+        .with_history_limit(config.batch.history_limit),
     )
 }
 

@@ -443,3 +443,92 @@ async fn the_embedded_log_is_truncated_once_archived_and_below_the_cutoff() {
     let (_, answer) = t.get(VIEW).await;
     assert_eq!(total_readings(&answer), 10_000, "{answer}");
 }
+
+#[tokio::test]
+async fn live_clients_of_one_question_share_one_feed_and_their_number_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tributary::start(dir.path(), "[http]\nmax-live-clients = 6").await;
+    let url = format!("{}{VIEW}/live?device_type=pump", t.base);
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let r = t.client.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        clients.push(r);
+    }
+    let status = t
+        .wait_for("/api/v1/status", |s| s["live"]["clients"] == 5)
+        .await;
+    assert_eq!(
+        status["live"]["feeds"], 1,
+        "five clients, one question: {status}"
+    );
+    // Another question is another feed; past the limit, 503.
+    let other = t
+        .client
+        .get(format!("{}{VIEW}/live", t.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    let refused = t.client.get(&url).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let status = t
+        .wait_for("/api/v1/status", |s| s["live"]["feeds"] == 2)
+        .await;
+    assert_eq!(status["live"]["clients"], 6, "{status}");
+    // Clients that leave give their places back, and idle feeds stop.
+    drop(clients);
+    drop(other);
+    t.wait_for("/api/v1/status", |s| {
+        s["live"]["clients"] == 0 && s["live"]["feeds"] == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn records_straight_into_kafka_cannot_stop_the_pipeline_either() {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("bad-{}-", std::process::id());
+    let extra = format!(
+        "[log]\nkind = \"kafka\"\nbrokers = \"{}\"\ntopic-prefix = \"{prefix}\"\ntick-interval-ms = 200",
+        common::kafka_brokers()
+    );
+    let config = Tributary::configure_pipeline(dir.path(), &extra, 200, DIVIDING);
+    let t = Tributary::start_config(dir.path(), config).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", common::kafka_brokers())
+        .create()
+        .unwrap();
+    let topic = format!("{prefix}m");
+    for payload in [
+        r#"{"n":4,"ts":"2026-01-01T00:10:00Z"}"#,
+        r#"{"n":0,"ts":"2026-01-01T00:10:00Z"}"#,
+        r#"{"n":2,"ts":"0000-01-01T00:00:00Z"}"#,
+        r#"{"n":2,"ts":"2300-01-01T00:00:00Z"}"#,
+        r#"{"n":5,"ts":"2026-01-01T00:20:00Z"}"#,
+    ] {
+        let record: FutureRecord<'_, (), str> =
+            FutureRecord::to(&topic).partition(0).payload(payload);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    // Out-of-range records are invalid for every layer; n = 0 is quarantined by `ratio`.
+    t.wait_for("/api/v1/views/plain", |v| count(v) == 3).await;
+    t.wait_for("/api/v1/views/ratio", |v| count(v) == 2).await;
+    t.run_batch().await;
+    let (_, ratio) = t.get("/api/v1/views/ratio").await;
+    assert_eq!(count(&ratio), 2, "{ratio}");
+    let letters = t
+        .wait_for("/api/v1/streams/m/dead-letters", |l| l["total"] == 3)
+        .await;
+    let text = letters.to_string();
+    assert!(
+        text.contains("out of range") && text.contains("view:ratio"),
+        "{letters}"
+    );
+    assert_eq!(t.get("/health").await.0, 200);
+}

@@ -231,6 +231,9 @@ struct Window {
     rows: usize,
     /// Partition → the position after the window's records (what the commit records).
     next: BTreeMap<u32, u64>,
+    /// The event dates (days since the epoch) of its records: one open file each, so
+    /// the window commits once it holds `batch.max-open-files` of them.
+    dates: std::collections::BTreeSet<i32>,
 }
 
 impl Window {
@@ -240,6 +243,28 @@ impl Window {
             opened: None,
             rows: 0,
             next: BTreeMap::new(),
+            dates: Default::default(),
+        }
+    }
+
+    /// Note the event dates of `batch` (master layout).
+    fn add_dates(&mut self, batch: &RecordBatch) {
+        let Some(days) = batch
+            .column_by_name(tributary_core::schema::EVENT_DATE)
+            .and_then(|c| {
+                c.as_any()
+                    .downcast_ref::<deltalake::arrow::array::Date32Array>()
+            })
+        else {
+            return;
+        };
+        let mut last = None;
+        // Records of a micro-batch mostly share a date: insert only where it changes.
+        for day in days.values().iter().copied() {
+            if last != Some(day) {
+                self.dates.insert(day);
+                last = Some(day);
+            }
         }
     }
 
@@ -272,6 +297,7 @@ impl Window {
         self.opened = None;
         self.rows = 0;
         self.next.clear();
+        self.dates.clear();
     }
 }
 
@@ -397,6 +423,7 @@ pub async fn run_stream(
             let batch = layout.prepare(batch)?;
             window.opened.get_or_insert_with(Instant::now);
             window.rows += batch.num_rows();
+            window.add_dates(&batch);
             if layout.merge_schema {
                 // Merging new fields into the schema goes through a whole write (the
                 // streaming writer cannot widen a partitioned table); the next records
@@ -438,6 +465,7 @@ pub async fn run_stream(
         let buffered = window.writer.as_ref().map_or(0, |w| w.buffer_len());
         let due = window.opened.is_some_and(|t| t.elapsed() >= flush)
             || buffered >= file_bytes
+            || window.dates.len() >= config.max_open_files.max(1)
             || window.rows >= config.archive_flush_records
             // On shutdown, commit only once the log is drained: a graceful stop leaves
             // nothing behind for the next start.

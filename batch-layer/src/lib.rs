@@ -10,6 +10,7 @@ pub mod archiver;
 pub mod backfill;
 pub mod dedup;
 pub mod error;
+mod history;
 mod isolate;
 pub mod maintenance;
 pub mod recompute;

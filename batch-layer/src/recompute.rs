@@ -27,6 +27,7 @@ use tributary_core::view::{CompiledView, SOURCE_BATCH, SOURCE_COLUMN};
 use crate::archiver::{archived_positions, open_master};
 use crate::dedup::without_repeats;
 use crate::error::BatchError;
+use crate::history::{append_history, load_history};
 use crate::isolate::{is_storage_error, partial_isolating_stream};
 use crate::scan::{Meter, MeteredTable, range_files};
 use crate::views;
@@ -140,6 +141,8 @@ pub struct Batch {
     maintenance: crate::maintenance::Settings,
     /// The last log-retention pass, for status.
     retention: std::sync::Mutex<Option<crate::retention::RetentionReport>>,
+    /// Finished runs kept in the history (`batch.history-limit`).
+    history_limit: usize,
 }
 
 impl Batch {
@@ -172,7 +175,7 @@ impl Batch {
         segment_width_ms: u64,
     ) -> Self {
         let (committed, _) = watch::channel(0);
-        let history = load_history(&storage);
+        let history = load_history(&storage, crate::history::DEFAULT_LIMIT);
         let history_len = history.len() as u64;
         Batch {
             pipeline,
@@ -185,7 +188,17 @@ impl Batch {
             committed,
             maintenance: Default::default(),
             retention: std::sync::Mutex::new(None),
+            history_limit: crate::history::DEFAULT_LIMIT,
         }
+    }
+
+    /// Keep at most `limit` finished runs in the history (older ones are forgotten,
+    /// in memory and in the history file).
+    pub fn with_history_limit(mut self, limit: usize) -> Self {
+        self.history_limit = limit.max(1);
+        let history = load_history(&self.storage, self.history_limit);
+        *self.history.lock().expect("history lock") = history;
+        self
     }
 
     /// How [`Batch::maintain`] compacts and vacuums.
@@ -295,7 +308,11 @@ impl Batch {
             progress: None,
             attempts: 1,
         };
-        self.history.lock().expect("history lock").push(record);
+        {
+            let mut history = self.history.lock().expect("history lock");
+            history.push(record);
+            crate::history::trim(&mut history, self.history_limit);
+        }
         let this = self.clone();
         let run_id = id.clone();
         let fut = async move {
@@ -668,32 +685,4 @@ impl Batch {
         let (rows, max_event_ts) = meter.read();
         Ok((states, rows, max_event_ts))
     }
-}
-
-/// The run history file: one JSON record per finished run, appended.
-fn history_path(storage: &Storage) -> std::path::PathBuf {
-    storage.root().join("batch-runs.jsonl")
-}
-
-/// Finished runs of earlier processes (a run cut short by a crash never committed and
-/// is not listed).
-fn load_history(storage: &Storage) -> Vec<RunRecord> {
-    let Ok(text) = std::fs::read_to_string(history_path(storage)) else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<RunRecord>(l).ok())
-        .collect()
-}
-
-fn append_history(storage: &Storage, record: &RunRecord) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(history_path(storage))?;
-    let mut line = serde_json::to_vec(record)?;
-    line.push(b'\n');
-    f.write_all(&line)?;
-    f.sync_data()
 }

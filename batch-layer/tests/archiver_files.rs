@@ -290,3 +290,33 @@ async fn file_statistics_sort_files_into_inside_edge_and_outside_a_range() {
     // Before everything: nothing.
     assert_eq!(files(None, t1 - 2_000), (0, 0));
 }
+
+#[tokio::test]
+async fn records_over_many_event_dates_commit_at_max_open_files_not_at_the_interval() {
+    let s = setup().await;
+    let shutdown = Shutdown::new();
+    let config = BatchConfig {
+        archive_flush_ms: 600_000,
+        max_open_files: 3,
+        schedule: None,
+        maintenance_schedule: None,
+        ..BatchConfig::default()
+    };
+    let task = s.archive(config, &shutdown);
+    // Ten records on ten different days: each day is a file the archiver holds open.
+    let records = (0..10)
+        .map(|d| {
+            format!(
+                "{{\"n\":{d},\"noise\":\"x\",\"ts\":\"2026-01-{:02}T00:00:00Z\"}}",
+                d + 1
+            )
+            .into_bytes()
+        })
+        .collect();
+    s.log.append("blobs", 0, records).await.unwrap();
+    // Far before the ten-minute interval: committed because of the dates.
+    s.wait_archived(10).await;
+    assert_eq!(s.rows_and_distinct().await, (10, 10));
+    shutdown.cancel();
+    task.await.unwrap();
+}

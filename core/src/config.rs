@@ -521,6 +521,20 @@ pub struct BatchConfig {
     /// files (those of slow periods) into files of about this size.
     #[serde(default = "default_target_file_mb")]
     pub target_file_mb: u64,
+    /// The archiver holds one open file per event date; once it holds this many, it
+    /// commits (so records spread over many dates cannot exhaust memory or handles).
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: usize,
+    /// Finished runs the run history keeps (in memory and in `batch-runs.jsonl`).
+    #[serde(default = "default_history_limit")]
+    pub history_limit: usize,
+}
+
+fn default_max_open_files() -> usize {
+    64
+}
+fn default_history_limit() -> usize {
+    1_000
 }
 
 fn default_maintenance_schedule() -> Option<String> {
@@ -558,6 +572,8 @@ impl Default for BatchConfig {
             maintenance_schedule: default_maintenance_schedule(),
             retention_hours: default_retention_hours(),
             target_file_mb: default_target_file_mb(),
+            max_open_files: default_max_open_files(),
+            history_limit: default_history_limit(),
         }
     }
 }

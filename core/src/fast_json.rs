@@ -249,4 +249,82 @@ mod tests {
         assert!(parse(&s, records[0].as_bytes()).is_some());
         assert!(parse(&s, records[1].as_bytes()).is_some());
     }
+
+    use proptest::prelude::*;
+
+    /// A JSON value for one field: mostly of the right shape, often not, with the
+    /// edges that matter (out-of-range times, huge and fractional numbers, long
+    /// strings, nulls, nesting).
+    fn field_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("null".to_string()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            any::<i64>().prop_map(|i| i.to_string()),
+            any::<u64>().prop_map(|i| i.to_string()),
+            any::<f64>()
+                .prop_filter("JSON has no NaN or infinity", |x| x.is_finite())
+                .prop_map(|x| format!("{x:?}")),
+            (-20_000_000_000_000i64..20_000_000_000_000i64).prop_map(|ms| ms.to_string()),
+            (0u32..10_000, 1u32..13, 1u32..29)
+                .prop_map(|(y, m, d)| format!("\"{y:04}-{m:02}-{d:02}T00:00:00Z\"")),
+            "[a-z\\\\\"é]{0,20}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+            (0usize..40_000).prop_map(|n| format!("\"{}\"", "x".repeat(n))),
+            Just("[1,2]".to_string()),
+            Just("{\"a\":1}".to_string()),
+        ]
+    }
+
+    fn record() -> impl Strategy<Value = String> {
+        let names = prop_oneof![
+            Just("s"),
+            Just("i"),
+            Just("x"),
+            Just("b"),
+            Just("ts"),
+            Just("zz")
+        ];
+        prop::collection::vec((names, field_value()), 0..8).prop_map(|fields| {
+            let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            format!("{{{}}}", body.join(","))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever the bytes, the fast path never accepts what the validator refuses,
+        /// agrees with it on the values, and the decoder accepts exactly what the
+        /// validator accepts; accepted timestamps are in the range every layer holds.
+        #[test]
+        fn fast_path_and_validator_agree_on_any_record(r in record()) {
+            let s = schema();
+            let fast = parse(&s, r.as_bytes());
+            let slow = serde_json::from_str::<serde_json::Value>(&r).ok().and_then(|v| s.parse(&v).ok());
+            if let Some(f) = &fast {
+                prop_assert_eq!(Some(f), slow.as_ref(), "{}", r);
+            }
+            if let Some(values) = &slow {
+                for v in values {
+                    if let Scalar::Ts(us) = v {
+                        prop_assert!(crate::schema::timestamp_in_range(*us), "{}", r);
+                    }
+                    if let Scalar::Str(text) = v {
+                        prop_assert!(text.len() <= s.max_string_bytes, "{}", r);
+                    }
+                }
+            }
+            let at = LogPosition { partition: 0, offset: 0, ingest_ts: 0 };
+            let mut d = BatchDecoder::new(&s, true);
+            prop_assert_eq!(d.push_bytes(r.as_bytes(), at).is_ok(), slow.is_some(), "{}", r);
+        }
+
+        /// Arbitrary bytes never panic either path.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let s = schema();
+            let _ = parse(&s, &bytes);
+            let at = LogPosition { partition: 0, offset: 0, ingest_ts: 0 };
+            let _ = BatchDecoder::new(&s, true).push_bytes(&bytes, at);
+        }
+    }
 }

@@ -33,9 +33,9 @@ pub struct AppState {
     pub live_interval_ms: u64,
     /// The event log (recent-event samples, lag).
     pub log: Arc<dyn tributary_core::log::EventLog>,
-    /// One permit per live (SSE) client; when none is left, new ones get 503
-    /// (`http.max-live-clients`).
-    pub live_clients: Arc<tokio::sync::Semaphore>,
+    /// Live clients (at most `http.max-live-clients`) and the feeds they share (one
+    /// computation per change per view and query).
+    pub live_feeds: Arc<crate::live::LiveFeeds>,
 }
 
 #[utoipa::path(get, path = "/api/v1/views", tag = "views",

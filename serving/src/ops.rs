@@ -109,6 +109,12 @@ pub async fn status_value(state: &AppState) -> Result<Value, ServingError> {
         "speed": { "recovery_ms": speed.recovery_ms, "restored_from_snapshot": speed.restored_from_snapshot },
         "batch": { "running": running, "last_run": last },
         "log": { "retention": state.batch.retention() },
+        // Live (SSE) clients of views and status, and the shared view feeds serving them.
+        "live": {
+            "clients": state.live_feeds.clients(),
+            "feeds": state.live_feeds.running(),
+            "computations": state.live_feeds.computations.load(Ordering::Relaxed),
+        },
     }))
 }
 

@@ -335,8 +335,8 @@ pub async fn dead_letters(
         .map_err(|e| server(&e))? as u64;
     let df = ctx
         .sql(&format!(
-            "SELECT received_at, source, \"index\", field, reason, raw FROM dead_letters \
-             ORDER BY received_at DESC LIMIT {limit}"
+            // `*`: tables written before quarantine have no `partition` column.
+            "SELECT * FROM dead_letters ORDER BY received_at DESC LIMIT {limit}"
         ))
         .await
         .map_err(|e| server(&e))?;

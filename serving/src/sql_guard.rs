@@ -215,4 +215,27 @@ mod tests {
         let e = check_limits(&long, &limits).unwrap_err().to_string();
         assert!(e.contains("max-statement-bytes"), "{e}");
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any text is either refused with a reason or passed on; the guard itself never
+        /// panics, and whatever it passes parses without running out of stack.
+        #[test]
+        fn the_guard_never_panics_and_what_it_passes_is_bounded(
+            sql in prop_oneof![
+                any::<String>(),
+                "(SELECT|select|[()+*/,'1a -]){0,400}",
+                (1usize..2000).prop_map(|n| format!("SELECT {}1{}", "(".repeat(n), ")".repeat(n))),
+                (1usize..2000).prop_map(|n| format!("SELECT 1{}", " OR 1".repeat(n))),
+            ]
+        ) {
+            let limits = SqlConfig::default();
+            if check_limits(&sql, &limits).is_ok() {
+                let _ = crate::sql::check_read_only(&sql);
+            }
+        }
+    }
 }
