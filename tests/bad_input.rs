@@ -532,3 +532,35 @@ async fn records_straight_into_kafka_cannot_stop_the_pipeline_either() {
     );
     assert_eq!(t.get("/health").await.0, 200);
 }
+
+#[tokio::test]
+async fn event_strings_cannot_break_out_of_the_dashboards_bootstrap() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tributary::start(dir.path(), "").await;
+    let nasty = "<!--<script></script></script>&";
+    let event = json!([{"device": "d", "device_type": nasty, "signal": 30.0, "ts": "2026-01-01T00:00:00Z"}]);
+    assert_eq!(t.post("readings", &event).await.0, 200);
+    t.wait_for(VIEW, |v| total_readings(v) == 1).await;
+    let html = t
+        .client
+        .get(format!("{}/views/signal_by_type", t.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let open = "id=\"tributary-bootstrap\">";
+    let start = html.find(open).expect("the page has its bootstrap") + open.len();
+    let end = start + html[start..].find("</script>").unwrap();
+    let bootstrap = &html[start..end];
+    assert!(
+        !bootstrap.contains('<') && !bootstrap.contains('>'),
+        "{bootstrap}"
+    );
+    let parsed: Value = serde_json::from_str(bootstrap).unwrap();
+    assert!(
+        parsed.to_string().contains(nasty),
+        "the string survives intact"
+    );
+}
