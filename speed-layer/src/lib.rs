@@ -341,46 +341,9 @@ pub async fn run(
                     }
                     let watermark = store.watermark();
                     let late = batches.iter().map(|b| view.count_late(b, watermark)).sum();
-                    let to_input = |b: &RecordBatch| {
-                        let b = b.project(&view_columns)?;
-                        tag_source(&b, SOURCE_SPEED, &view.input_schema)
-                    };
-                    // A record the view cannot process is set aside, never allowed to
-                    // stop this view, the others or the process.
-                    let (states, refused) = match quarantine::partial_isolating(
-                        view,
-                        batches.clone(),
-                        to_input,
-                    )
-                    .await
-                    {
-                        Ok(done) => done,
-                        Err(error) => {
-                            let all = batches
-                                .iter()
-                                .flat_map(|b| (0..b.num_rows()).map(move |i| b.slice(i, 1)))
-                                .map(|row| quarantine::Refused {
-                                    row,
-                                    error: CoreError::View {
-                                        view: view.name.clone(),
-                                        message: error.to_string(),
-                                    },
-                                })
-                                .collect();
-                            (Vec::new(), all)
-                        }
-                    };
-                    if refused.is_empty() {
-                        store.processed_cleanly();
-                    } else {
-                        let last = refused
-                            .last()
-                            .map(|r| r.error.to_string())
-                            .unwrap_or_default();
-                        tracing::warn!(view = %view.name, records = refused.len(), error = %last, "records quarantined");
-                        store.quarantine(refused.len() as u64, n, last);
-                        dead_letter(&layer, log.clone(), &s.name, &view.name, refused);
-                    }
+                    let states =
+                        states_setting_aside(&layer, &log, &s.name, view, &batches, &view_columns)
+                            .await;
                     store.add(bucket, states, n, max_event_ts, late);
                 }
             }
@@ -462,6 +425,56 @@ fn max_event_time(batch: &RecordBatch, column: &str, lead_us: i64) -> Option<i64
         ts(tributary_core::schema::INGEST_TS),
         lead_us,
     )
+}
+
+/// The view's partial states over one bucket's `batches` (master layout; the view reads
+/// `view_columns` of them). A record the view cannot process is set aside, counted and
+/// dead-lettered, never allowed to stop this view, the others or the process.
+async fn states_setting_aside(
+    layer: &SpeedLayer,
+    log: &Arc<dyn EventLog>,
+    stream: &str,
+    view: &Arc<tributary_core::view::CompiledView>,
+    batches: &[RecordBatch],
+    view_columns: &[usize],
+) -> Vec<RecordBatch> {
+    let store = layer.store.view(&view.name).expect("store per view");
+    let to_input = |b: &RecordBatch| {
+        let b = b.project(view_columns)?;
+        tag_source(&b, SOURCE_SPEED, &view.input_schema)
+    };
+    let (states, refused) =
+        match quarantine::partial_isolating(view, batches.to_vec(), to_input).await {
+            Ok(done) => done,
+            // Even the good records' states would not merge: set the batch aside whole.
+            Err(error) => {
+                let all = batches
+                    .iter()
+                    .flat_map(|b| (0..b.num_rows()).map(move |i| b.slice(i, 1)))
+                    .map(|row| quarantine::Refused {
+                        row,
+                        error: CoreError::View {
+                            view: view.name.clone(),
+                            message: error.to_string(),
+                        },
+                    })
+                    .collect();
+                (Vec::new(), all)
+            }
+        };
+    if refused.is_empty() {
+        store.processed_cleanly();
+    } else {
+        let last = refused
+            .last()
+            .map(|r| r.error.to_string())
+            .unwrap_or_default();
+        tracing::warn!(view = %view.name, records = refused.len(), error = %last, "records quarantined");
+        let of = batches.iter().map(|b| b.num_rows() as u64).sum();
+        store.quarantine(refused.len() as u64, of, last);
+        dead_letter(layer, log.clone(), stream, &view.name, refused);
+    }
+    states
 }
 
 /// Merge the state batches of full segments. A failure leaves the segment as it is
