@@ -57,6 +57,9 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
+/// Dead-letter tables are checkpointed at every this many versions.
+const CHECKPOINT_EVERY: u64 = 100;
+
 /// Letters waiting for the next group commit, each batch with the writer to tell.
 type Pending = Vec<(Vec<StoredLetter>, oneshot::Sender<Result<(), String>>)>;
 
@@ -65,8 +68,10 @@ type Pending = Vec<(Vec<StoredLetter>, oneshot::Sender<Result<(), String>>)>;
 struct StreamQueue {
     pending: std::sync::Mutex<Pending>,
     /// Held by the writer committing the queue, and by a replay while it reads and
-    /// rewrites the table, so no write slips between.
-    commit: Arc<Mutex<()>>,
+    /// rewrites the table, so no write slips between. It guards the open table: a
+    /// commit brings it up to date incrementally instead of replaying the whole Delta
+    /// log, which cost more with every commit.
+    commit: Arc<Mutex<Option<deltalake::DeltaTable>>>,
 }
 
 /// Writes dead letters; one commit per stream at a time, shared by concurrent writers.
@@ -103,7 +108,10 @@ impl DeadLetterSink {
     }
 
     /// Held while a replay reads and rewrites the table, so no write slips between.
-    pub async fn lock(&self, stream: &str) -> Result<MutexGuard<'_, ()>, CoreError> {
+    pub async fn lock(
+        &self,
+        stream: &str,
+    ) -> Result<MutexGuard<'_, Option<deltalake::DeltaTable>>, CoreError> {
         Ok(self.queue(stream)?.commit.lock().await)
     }
 
@@ -142,7 +150,7 @@ impl DeadLetterSink {
                         Err(_) => Err(dl_err(stream, "the commit was abandoned")),
                     };
                 }
-                guard = queue.commit.clone().lock_owned() => {
+                mut guard = queue.commit.clone().lock_owned() => {
                     let batch = std::mem::take(&mut *queue.pending.lock().expect("dead-letter queue"));
                     if batch.is_empty() {
                         // An earlier leader took ours; its outcome is on the channel.
@@ -157,7 +165,7 @@ impl DeadLetterSink {
                         let (letters, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
                         let letters: Vec<StoredLetter> = letters.into_iter().flatten().collect();
                         let outcome = sink
-                            .commit(&name, &letters, SaveMode::Append)
+                            .commit_with(&name, &letters, SaveMode::Append, &mut guard)
                             .await
                             .map_err(|e| e.to_string());
                         for w in waiters {
@@ -235,16 +243,25 @@ impl DeadLetterSink {
     }
 
     /// Replace the table's rows by `letters` in one commit (earlier versions stay
-    /// readable by time travel). The caller holds [`Self::lock`].
-    pub async fn rewrite(&self, stream: &str, letters: &[StoredLetter]) -> Result<(), CoreError> {
-        self.commit(stream, letters, SaveMode::Overwrite).await
+    /// readable by time travel). The caller holds [`Self::lock`] and passes its guard.
+    pub async fn rewrite(
+        &self,
+        stream: &str,
+        letters: &[StoredLetter],
+        table: &mut Option<deltalake::DeltaTable>,
+    ) -> Result<(), CoreError> {
+        self.commit_with(stream, letters, SaveMode::Overwrite, table)
+            .await
     }
 
-    async fn commit(
+    /// Commit `letters` to the table held in `cached` (opened on first use, brought up
+    /// to date incrementally, checkpointed every [`CHECKPOINT_EVERY`] versions).
+    async fn commit_with(
         &self,
         stream: &str,
         letters: &[StoredLetter],
         mode: SaveMode,
+        cached: &mut Option<deltalake::DeltaTable>,
     ) -> Result<(), CoreError> {
         let batch = RecordBatch::try_new(
             schema(),
@@ -272,16 +289,34 @@ impl DeadLetterSink {
             ],
         )
         .map_err(|e| dl_err(stream, e))?;
-        let table = crate::delta::open(self.storage.dead_letter_table(stream))
-            .await
-            .map_err(|e| dl_err(stream, e))?;
+        let table = match cached.take() {
+            // Another process may have committed meanwhile.
+            Some(mut t) => match t.update_incremental(None).await {
+                Ok(()) => t,
+                Err(_) => crate::delta::open(self.storage.dead_letter_table(stream))
+                    .await
+                    .map_err(|e| dl_err(stream, e))?,
+            },
+            None => crate::delta::open(self.storage.dead_letter_table(stream))
+                .await
+                .map_err(|e| dl_err(stream, e))?,
+        };
         let write = table.write(vec![batch]).with_save_mode(mode);
         // A table from before the partition column gains it (nullable, no rewrite).
         let write = match mode {
             SaveMode::Append => write.with_schema_mode(SchemaMode::Merge),
             _ => write.with_schema_mode(SchemaMode::Overwrite),
         };
-        write.await.map_err(|e| dl_err(stream, e))?;
+        let table = write.await.map_err(|e| dl_err(stream, e))?;
+        // A checkpoint now and then keeps opening the table (readers, a restart) cheap.
+        if table
+            .version()
+            .is_some_and(|v| v > 0 && v % CHECKPOINT_EVERY == 0)
+            && let Err(e) = deltalake::checkpoints::create_checkpoint(&table, None).await
+        {
+            tracing::warn!(stream, error = %e, "could not checkpoint the dead-letter table");
+        }
+        *cached = Some(table);
         Ok(())
     }
 }

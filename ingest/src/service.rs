@@ -286,7 +286,7 @@ impl Ingest {
             .streams
             .get(stream)
             .ok_or_else(|| IngestError::UnknownStream(stream.to_string()))?;
-        let _guard = self.dead_letters.lock(stream).await?;
+        let mut table = self.dead_letters.lock(stream).await?;
         let letters = self.dead_letters.read_all(stream).await?;
         let mut by_partition: BTreeMap<u32, Vec<NewRecord>> = BTreeMap::new();
         let mut keep = Vec::new();
@@ -315,7 +315,7 @@ impl Ingest {
             if let (_, Some(e)) = self.append(stream, by_partition).await {
                 return Err(e);
             }
-            self.dead_letters.rewrite(stream, &keep).await?;
+            self.dead_letters.rewrite(stream, &keep, &mut table).await?;
             self.counters[stream]
                 .accepted
                 .fetch_add(replayed as u64, Ordering::Relaxed);
