@@ -69,10 +69,12 @@ async fn pass(args: &Args, bad_percent: f64) -> anyhow::Result<Pass> {
         &storage.log_dir(),
         &[(stream.name.clone(), stream.partitions)],
     )?);
+    let dead_letters = DeadLetterSink::new(storage.clone(), [stream.name.clone()])
+        .with_spool(&storage.spool_dir(), "bench")?;
     let ingest = Arc::new(Ingest::new(
         pipeline.streams.clone(),
         log,
-        DeadLetterSink::new(storage, [stream.name.clone()]),
+        dead_letters.clone(),
         IngestLimits::default(),
     ));
     let app = tributary_ingest::http::router(ingest, 64 << 20);
@@ -123,6 +125,14 @@ async fn pass(args: &Args, bad_percent: f64) -> anyhow::Result<Pass> {
     }
     pass.seconds = started.elapsed().as_secs_f64();
     server.abort();
+    // Answered as stored means stored: every letter reaches the Delta table.
+    dead_letters.flush(&stream.name).await?;
+    let stored = dead_letters.read_all(&stream.name).await?.len();
+    anyhow::ensure!(
+        stored == pass.rejected,
+        "{} records were rejected but {stored} dead letters are in Delta",
+        pass.rejected
+    );
     Ok(pass)
 }
 

@@ -125,7 +125,8 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
     let dead_letters = DeadLetterSink::new(
         storage.clone(),
         pipeline.streams.iter().map(|s| s.name.clone()),
-    );
+    )
+    .with_spool(&storage.spool_dir(), role)?;
     let tick_every = Duration::from_millis(config.log.tick_interval_ms.max(10));
     let app = match role {
         "ingest" => {
@@ -218,6 +219,7 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
                 shutdown: shutdown.clone(),
                 sql: config.sql.clone(),
                 ingest: None,
+                dead_letters: None,
                 live_interval_ms: config.http.live_interval_ms,
                 log: log.clone(),
                 live_feeds: Arc::new(LiveFeeds::new(config.http.max_live_clients)),
@@ -302,7 +304,8 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
     let dead_letters = DeadLetterSink::new(
         storage.clone(),
         pipeline.streams.iter().map(|s| s.name.clone()),
-    );
+    )
+    .with_spool(&storage.spool_dir(), "up")?;
     let ingest = Arc::new(Ingest::new(
         pipeline.streams.clone(),
         log.clone(),
@@ -347,6 +350,7 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         sql: config.sql.clone(),
         ingest: Some(ingest.clone()),
+        dead_letters: Some(dead_letters.clone()),
         live_interval_ms: config.http.live_interval_ms,
         log: log.clone(),
         live_feeds: Arc::new(LiveFeeds::new(config.http.max_live_clients)),

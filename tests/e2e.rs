@@ -499,7 +499,10 @@ async fn invalid_input_gets_precise_errors_and_valid_records_still_land() {
     assert_eq!(answer["rows"].as_array().unwrap().len(), 2);
     assert_eq!(t.get("/health").await.0, 200);
 
-    // Every rejected record is in the dead-letter table with its reason.
+    // Every rejected record is in the dead-letter table with its reason. They were
+    // answered once in the spool; the listing moves them into Delta first.
+    let (_, listed) = t.get("/api/v1/streams/readings/dead-letters").await;
+    assert_eq!(listed["total"], 6, "{listed}");
     let dead: Vec<String> = common::delta_rows(
         &dir.path().join("data/dead_letters/readings"),
         "SELECT raw FROM t",

@@ -151,3 +151,59 @@ async fn log_lines_are_json_when_asked() {
     );
     assert!(!logs.contains(" INFO "), "text lines left: {logs}");
 }
+
+/// One request on a new connection; returns its status line and body.
+async fn raw_get(addr: &str, path: &str) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    (s, String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_get_503_and_the_cap_frees_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tributary::start(dir.path(), "[http]\nmax-connections = 4").await;
+    let addr = t.base.trim_start_matches("http://").to_string();
+    // Keep-alive connections stay open while held here (the launcher's client may hold
+    // one more, idle).
+    let mut held = Vec::new();
+    let mut refusal = None;
+    for _ in 0..6 {
+        let (socket, answer) = raw_get(&addr, "/api/v1/views").await;
+        held.push(socket);
+        if answer.starts_with("HTTP/1.1 503") {
+            refusal = Some(answer);
+            break;
+        }
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let refusal = refusal.expect("a connection over the cap of 4 is refused");
+    assert!(refusal.contains("http.max-connections = 4"), "{refusal}");
+    assert!(
+        refusal.to_lowercase().contains("connection: close"),
+        "{refusal}"
+    );
+    assert!(refusal.to_lowercase().contains("retry-after"), "{refusal}");
+    drop(held);
+    // Closed connections give their places back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, answer) = raw_get(&addr, "/api/v1/views").await;
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cap never freed up: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

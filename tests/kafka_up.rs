@@ -122,7 +122,10 @@ async fn up_on_kafka_counts_http_and_direct_records_exactly_once() {
         "the invalid direct record is not archived"
     );
 
-    // The invalid direct record is a dead letter with its reason and position.
+    // The invalid direct record is a dead letter with its reason and position (in
+    // Delta once the spool is flushed, which the listing does).
+    t.wait_for("/api/v1/streams/readings/dead-letters", |l| l["total"] == 1)
+        .await;
     let letters: Vec<String> = delta_rows(
         &dir.path().join("data/dead_letters/readings"),
         "SELECT field, reason FROM t",

@@ -277,6 +277,10 @@ pub struct HttpConfig {
     /// Most idempotency keys remembered at once (the oldest are forgotten first).
     #[serde(default = "default_idempotency_max_keys")]
     pub idempotency_max_keys: usize,
+    /// Most open connections at once; requests on further ones get 503 and the
+    /// connection is closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Most live (server-sent events) clients at once; further ones get 503.
     #[serde(default = "default_max_live_clients")]
     pub max_live_clients: usize,
@@ -295,6 +299,9 @@ fn default_idempotency_window_ms() -> u64 {
 }
 fn default_idempotency_max_keys() -> usize {
     100_000
+}
+fn default_max_connections() -> usize {
+    4_096
 }
 fn default_max_live_clients() -> usize {
     1_024
@@ -335,6 +342,7 @@ impl Default for HttpConfig {
             idempotency_window_ms: default_idempotency_window_ms(),
             idempotency_max_keys: default_idempotency_max_keys(),
             max_live_clients: default_max_live_clients(),
+            max_connections: default_max_connections(),
             allowed_hosts: Vec::new(),
         }
     }

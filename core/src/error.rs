@@ -26,6 +26,9 @@ pub enum CoreError {
     /// The dead-letter table of a stream could not be read or written.
     #[error("dead-letter table for `{stream}`: {message}")]
     DeadLetter { stream: String, message: String },
+    /// The local spool that holds dead letters until they reach Delta.
+    #[error("dead-letter spool {path}: {message}")]
+    DeadLetterSpool { path: String, message: String },
     #[error("query engine: {0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error("arrow: {0}")]

@@ -42,6 +42,12 @@ impl Storage {
         self.root.join("log")
     }
 
+    /// The local directory of the files where processes' dead letters wait for
+    /// their Delta table (one file per process; see `dead_letter::DeadLetterSink::with_spool`).
+    pub fn spool_dir(&self) -> PathBuf {
+        self.root.join("spool")
+    }
+
     /// The master Delta table of a stream: every accepted event, exactly once.
     pub fn master_table(&self, stream: &str) -> Url {
         self.table_url(&["master", stream])

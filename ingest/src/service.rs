@@ -287,6 +287,8 @@ impl Ingest {
             .get(stream)
             .ok_or_else(|| IngestError::UnknownStream(stream.to_string()))?;
         let mut table = self.dead_letters.lock(stream).await?;
+        // Letters still in the spool are replayed too.
+        self.dead_letters.flush_locked(stream, &mut table).await?;
         let letters = self.dead_letters.read_all(stream).await?;
         let mut by_partition: BTreeMap<u32, Vec<NewRecord>> = BTreeMap::new();
         let mut keep = Vec::new();

@@ -29,6 +29,9 @@ pub struct AppState {
     pub sql: tributary_core::config::SqlConfig,
     /// Ingest, when it runs in this process (its counters feed status and metrics).
     pub ingest: Option<Arc<tributary_ingest::Ingest>>,
+    /// This process's dead-letter sink, when it writes dead letters: its spool is
+    /// flushed before a listing, so a listing shows every letter already answered.
+    pub dead_letters: Option<tributary_core::dead_letter::DeadLetterSink>,
     /// Live push checks for changes this often.
     pub live_interval_ms: u64,
     /// The event log (recent-event samples, lag).
@@ -459,10 +462,30 @@ pub async fn dead_letters(
     let limit = limit_param(&params, 100)?;
     // More than this in one answer is a job for the SQL endpoint.
     let limit = limit.min(10_000);
+    flush_dead_letters(&state, &stream).await;
     let rows = crate::sql::dead_letters(&state.merger, &stream, limit).await?;
     Ok(Json(
         json!({ "stream": stream, "total": rows.0, "rows": rows.1 }),
     ))
+}
+
+/// Move this process's spooled letters of `stream` into Delta before they are listed.
+/// The listing goes on without them when that fails or takes long (they stay spooled
+/// and durable, and appear once the background flush succeeds).
+pub(crate) async fn flush_dead_letters(state: &AppState, stream: &str) {
+    let Some(sink) = &state.dead_letters else {
+        return;
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), sink.flush(stream)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(stream, error = %e, "listing dead letters without the spooled ones")
+        }
+        Err(_) => tracing::warn!(
+            stream,
+            "listing dead letters without the spooled ones: the flush took over 5 s"
+        ),
+    }
 }
 
 /// `POST /api/v1/batch/maintenance`: compact, checkpoint and vacuum every table now.

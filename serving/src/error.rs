@@ -47,6 +47,9 @@ pub enum ServingError {
     /// A limit on concurrent clients is reached; retrying later may succeed.
     #[error("{0}")]
     Busy(String),
+    /// The connection is over `http.max-connections`.
+    #[error("too many open connections (http.max-connections = {0}); retry shortly")]
+    TooManyConnections(usize),
     #[error(transparent)]
     Ingest(#[from] tributary_ingest::IngestError),
     /// The request needs a role this process does not run.
@@ -72,7 +75,9 @@ impl ServingError {
             ServingError::SqlMemory { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ServingError::SqlTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ServingError::SqlAnswerTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ServingError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ServingError::Busy(_) | ServingError::TooManyConnections(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ServingError::Batch(BatchError::RunInProgress) | ServingError::Unavailable(_) => {
                 StatusCode::CONFLICT
             }

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+mod connections;
 pub mod error;
 pub mod guard;
 pub mod json;
@@ -142,6 +143,7 @@ pub async fn run(http: HttpConfig, app: Router, shutdown: Shutdown) -> Result<()
     let app = guard::with_guard(app, &http);
     let app = limit::with_rate_limit(app, http.rate_limit_per_second, http.rate_limit_burst)
         .into_make_service_with_connect_info::<SocketAddr>();
+    let app = connections::ConnectionCap::new(app, http.max_connections.max(1));
     let bind_err = |e: std::io::Error| ServingError::Bind {
         addr: http.addr.clone(),
         message: e.to_string(),

@@ -59,6 +59,14 @@ pub async fn status_value(state: &AppState) -> Result<Value, ServingError> {
                     "dead_letter_failures": c.dead_letter_failures.load(Ordering::Relaxed),
                 })
             });
+        // Letters answered as stored that wait in this process's spool for Delta.
+        let spooled = match &state.dead_letters {
+            Some(sink) => match sink.spooled(&s.name).await {
+                Ok(n) => json!(n),
+                Err(e) => json!({ "error": e.to_string() }),
+            },
+            None => Value::Null,
+        };
         // The archiver's lag reads the master table's log; a failure is shown, not fatal.
         let (archiver_lag, archiver_by_partition) = match state.batch.archiver_lag(s).await {
             Ok(by) => (json!(by.iter().sum::<u64>()), json!(by)),
@@ -68,6 +76,7 @@ pub async fn status_value(state: &AppState) -> Result<Value, ServingError> {
             s.name.clone(),
             json!({
                 "ingest": ingest,
+                "dead_letters_spooled": spooled,
                 "speed": speed.streams.get(&s.name),
                 "archiver_lag": archiver_lag,
                 "archiver_lag_by_partition": archiver_by_partition,

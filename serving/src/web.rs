@@ -213,6 +213,7 @@ async fn stream_page(
     )
     .and_then(|v| v.as_array().cloned())
     .unwrap_or_default();
+    crate::api::flush_dead_letters(&s.app, &name).await;
     let dead_letters = json_or_null(
         crate::sql::dead_letters(&s.app.merger, &name, 100).await,
         "dead letters",
