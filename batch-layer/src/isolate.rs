@@ -42,7 +42,7 @@ pub(crate) async fn partial_isolating_stream(
     let verr = |e: tributary_core::CoreError| BatchError::View(view.name.clone(), e.to_string());
     let dferr =
         |e: datafusion::error::DataFusionError| BatchError::View(view.name.clone(), e.to_string());
-    let ctx = datafusion::prelude::SessionContext::new();
+    let ctx = tributary_core::cloud::session_context();
     let mut rows = ctx
         .read_table(table)
         .map_err(dferr)?

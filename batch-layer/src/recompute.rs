@@ -588,7 +588,10 @@ impl Batch {
             .execution
             .parquet
             .schema_force_view_types = false;
-        let reader = datafusion::prelude::SessionContext::new_with_config(config);
+        let reader = datafusion::prelude::SessionContext::new_with_config_rt(
+            config,
+            tributary_core::cloud::runtime(),
+        );
         master
             .update_datafusion_session(&reader.state())
             .map_err(|e| BatchError::delta(what(), e))?;

@@ -314,7 +314,6 @@ mod tests {
     use datafusion::arrow::array::{Float64Array, RecordBatch};
     use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     use datafusion::datasource::MemTable;
-    use datafusion::prelude::SessionContext;
 
     #[tokio::test]
     async fn counts_every_row_below_a_filter_and_keeps_the_newest_time() {
@@ -341,10 +340,10 @@ mod tests {
             ],
         )
         .unwrap();
-        let inner = SessionContext::new();
+        let inner = tributary_core::cloud::session_context();
         let df = inner.read_table(Arc::new(table)).unwrap();
         let meter = Arc::new(Meter::default());
-        let outer = SessionContext::new();
+        let outer = tributary_core::cloud::session_context();
         outer
             .register_table("t", Arc::new(MeteredTable::new(df, "ts", 0, meter.clone())))
             .unwrap();

@@ -35,9 +35,12 @@ impl std::fmt::Display for ConfigSource {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
-    /// Root of every table and of the embedded log: a local directory.
+    /// Root of every table: a local directory, or an object-store URL (`s3://`,
+    /// `abfss://`/`az://`, `gs://`) with `[storage]` saying where local state goes.
     #[serde(default = "default_storage_root")]
     pub storage_root: PathBuf,
+    #[serde(default)]
+    pub storage: crate::storage::StorageConfig,
     #[serde(default)]
     pub http: HttpConfig,
     #[serde(default)]
@@ -226,6 +229,16 @@ pub enum DimensionFormat {
     Csv,
     Parquet,
     Delta,
+}
+
+impl Config {
+    /// The storage this configuration names, with the object stores registered (their
+    /// options checked) when the root is one.
+    pub fn open_storage(&self) -> Result<crate::storage::Storage> {
+        let root = self.storage_root.to_string_lossy();
+        crate::cloud::register(&self.storage.options)?;
+        crate::storage::Storage::open_location(&root, self.storage.local_dir.as_deref())
+    }
 }
 
 fn default_storage_root() -> PathBuf {

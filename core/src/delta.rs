@@ -1,4 +1,5 @@
-//! Opening Delta tables under the storage root.
+//! Opening Delta tables under the storage root, on local disk or in an object store
+//! (see `cloud.rs` for the stores).
 
 use deltalake::{DeltaResult, DeltaTable, DeltaTableBuilder, DeltaTableError};
 use url::Url;
@@ -8,15 +9,25 @@ use url::Url;
 /// A table that does not exist yet is not loaded at all: loading it would only fail
 /// (and log the failure) before the first write.
 pub async fn open(url: Url) -> DeltaResult<DeltaTable> {
-    let exists = match url.to_file_path() {
-        Ok(path) => path.join("_delta_log").exists(),
-        Err(()) => true,
-    };
-    if exists {
+    if exists(&url).await? {
         DeltaTable::try_from_url(url).await
     } else {
         DeltaTableBuilder::from_url(url)?.build()
     }
+}
+
+/// Whether the table at `url` has a Delta log.
+pub async fn exists(url: &Url) -> DeltaResult<bool> {
+    if url.scheme() == "file" {
+        return Ok(url
+            .to_file_path()
+            .is_ok_and(|p| p.join("_delta_log").exists()));
+    }
+    DeltaTableBuilder::from_url(url.clone())?
+        .build()?
+        .log_store()
+        .is_delta_table_location()
+        .await
 }
 
 /// A past state of a table: a Delta version, or the latest version at a time.
@@ -38,9 +49,7 @@ impl std::fmt::Display for AsOf {
 
 /// The table at `url` as it was at `as_of`; `None` when the table does not exist yet.
 pub async fn open_as_of(url: Url, as_of: &AsOf) -> DeltaResult<Option<DeltaTable>> {
-    if let Ok(path) = url.to_file_path()
-        && !path.join("_delta_log").exists()
-    {
+    if !exists(&url).await? {
         return Ok(None);
     }
     let builder = DeltaTableBuilder::from_url(url.clone())?;

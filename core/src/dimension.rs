@@ -15,7 +15,7 @@ use crate::config::DimensionFormat;
 use crate::error::{CoreError, Result};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
+use datafusion::prelude::{CsvReadOptions, ParquetReadOptions};
 
 /// How often a table is checked for changes.
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
@@ -187,7 +187,7 @@ async fn read(
     path: &Path,
     format: DimensionFormat,
 ) -> Result<(Vec<RecordBatch>, SchemaRef, Version)> {
-    let ctx = SessionContext::new();
+    let ctx = crate::cloud::session_context();
     let file = path.to_string_lossy().to_string();
     let v = version(path, format).await?;
     let df = match format {

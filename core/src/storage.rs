@@ -1,35 +1,102 @@
 //! Where everything lives under the storage root.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 use url::Url;
 
 use crate::error::{CoreError, Result};
 
+/// `[storage]`: where local state goes and how object stores are reached.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StorageConfig {
+    /// This machine's directory for the embedded log, speed snapshots, dead-letter
+    /// spools and the run history; required when `storage-root` is an object store
+    /// (for a local root it defaults to the root).
+    #[serde(default)]
+    pub local_dir: Option<PathBuf>,
+    /// Passed to object_store as they are (`aws_endpoint`, `aws_region`,
+    /// `azure_storage_account_name`, `google_service_account`, …), over the
+    /// environment's `AWS_*`, `AZURE_*`, `GOOGLE_*`; `-` may stand for `_`.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
 /// The storage root and the layout of the tables beneath it.
+///
+/// Tables live under the root, a local directory or an object-store URL (`s3://…`,
+/// `abfss://…`, `gs://…`). What must stay on one machine (the embedded log, speed
+/// snapshots, dead-letter spools, the run history) lives in the local directory: the
+/// root itself when it is local.
 #[derive(Debug, Clone)]
 pub struct Storage {
+    /// The tables' root as a URL with a trailing slash, so that joins stay beneath it.
+    tables: Url,
+    /// This machine's directory.
     root: PathBuf,
 }
 
 impl Storage {
     /// Create the root directory if needed and resolve it to an absolute path.
     pub fn open(root: &Path) -> Result<Storage> {
-        std::fs::create_dir_all(root).map_err(|e| CoreError::Config {
-            source_name: "storage-root".into(),
-            key: "storage-root".into(),
-            message: format!("cannot create {}: {e}", root.display()),
-        })?;
-        let root = root.canonicalize().map_err(|e| CoreError::Config {
-            source_name: "storage-root".into(),
-            key: "storage-root".into(),
-            message: format!("cannot resolve {}: {e}", root.display()),
-        })?;
-        Ok(Storage { root })
+        let root = local_dir(root, "storage-root")?;
+        let tables = Url::from_directory_path(&root).expect("the root is absolute");
+        Ok(Storage { tables, root })
     }
 
+    /// `location` a local path or an object-store URL; `local` the local directory
+    /// (for a local root, the root itself when not given).
+    pub fn open_location(location: &str, local: Option<&Path>) -> Result<Storage> {
+        if !crate::cloud::is_cloud_url(location) {
+            let mut storage = Storage::open(Path::new(location))?;
+            if let Some(dir) = local {
+                storage.root = local_dir(dir, "storage.local-dir")?;
+            }
+            return Ok(storage);
+        }
+        let with_slash = if location.ends_with('/') {
+            location.to_string()
+        } else {
+            format!("{location}/")
+        };
+        let tables = Url::parse(&with_slash).map_err(|e| CoreError::Config {
+            source_name: "storage-root".into(),
+            key: "storage-root".into(),
+            message: format!("`{location}` is not a URL: {e}"),
+        })?;
+        let dir = local.ok_or_else(|| CoreError::Config {
+            source_name: "storage-root".into(),
+            key: "storage.local-dir".into(),
+            message: format!(
+                "storage-root `{location}` is an object store: set storage.local-dir to a local \
+                 directory for the embedded log, snapshots and spools"
+            ),
+        })?;
+        Ok(Storage {
+            tables,
+            root: local_dir(dir, "storage.local-dir")?,
+        })
+    }
+
+    /// This machine's directory (the root itself when the root is local).
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Where the tables are, for messages: a directory or a URL.
+    pub fn location(&self) -> String {
+        match self.tables.to_file_path() {
+            Ok(p) if self.tables.scheme() == "file" => p.display().to_string(),
+            _ => self.tables.to_string(),
+        }
+    }
+
+    /// Whether the tables are in an object store.
+    pub fn is_remote(&self) -> bool {
+        self.tables.scheme() != "file"
     }
 
     /// Directory of the speed layer's state snapshots.
@@ -64,12 +131,75 @@ impl Storage {
     }
 
     fn table_url(&self, parts: &[&str]) -> Url {
-        let mut path = self.root.clone();
+        if self.is_remote() {
+            let mut url = self.tables.clone();
+            for p in parts {
+                url = url
+                    .join(&format!("{}/", percent_segment(p)))
+                    .expect("a path segment joins");
+            }
+            return url;
+        }
+        let mut path = self.tables.to_file_path().expect("a local root");
         for p in parts {
             path.push(p);
         }
         // Delta needs the directory to exist to resolve a local URL.
         let _ = std::fs::create_dir_all(&path);
         Url::from_directory_path(&path).expect("storage root is absolute")
+    }
+}
+
+/// `name` as one URL path segment (stream and view names are identifiers, but a `/`
+/// or `%` must not change the layout).
+fn percent_segment(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            '/' | '%' | '?' | '#' | ' ' => format!("%{:02X}", c as u32),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+fn local_dir(dir: &Path, key: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|e| CoreError::Config {
+        source_name: key.into(),
+        key: key.into(),
+        message: format!("cannot create {}: {e}", dir.display()),
+    })?;
+    dir.canonicalize().map_err(|e| CoreError::Config {
+        source_name: key.into(),
+        key: key.into(),
+        message: format!("cannot resolve {}: {e}", dir.display()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_sit_beneath_the_root_locally_and_in_an_object_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Storage::open(dir.path()).unwrap();
+        let url = local.master_table("readings");
+        assert_eq!(url.scheme(), "file");
+        assert!(url.to_file_path().unwrap().ends_with("master/readings"));
+        assert!(url.to_file_path().unwrap().is_dir());
+        assert!(!local.is_remote());
+
+        let remote = Storage::open_location("s3://bucket/prefix", Some(dir.path())).unwrap();
+        assert_eq!(
+            remote.master_table("readings").as_str(),
+            "s3://bucket/prefix/master/readings/"
+        );
+        assert_eq!(
+            remote.dead_letter_table("a b").as_str(),
+            "s3://bucket/prefix/dead_letters/a%20b/"
+        );
+        assert!(remote.is_remote());
+        assert_eq!(remote.root(), dir.path().canonicalize().unwrap());
+        let e = Storage::open_location("s3://bucket/prefix", None).unwrap_err();
+        assert!(e.to_string().contains("storage.local-dir"), "{e}");
     }
 }

@@ -113,6 +113,7 @@ pub fn session() -> SessionContext {
         .with_information_schema(false);
     let state = SessionStateBuilder::new()
         .with_config(config)
+        .with_runtime_env(crate::cloud::runtime())
         .with_default_features()
         .with_physical_optimizer_rules(vec![])
         .build();
@@ -133,6 +134,7 @@ pub fn parallel_session() -> SessionContext {
         .skip_partial_aggregation_probe_rows_threshold = usize::MAX;
     let state = SessionStateBuilder::new()
         .with_config(config)
+        .with_runtime_env(crate::cloud::runtime())
         .with_default_features()
         .build();
     let rules = state

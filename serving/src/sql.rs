@@ -128,13 +128,14 @@ pub async fn run(
     crate::sql_guard::check_limits(sql, limits)?;
     check_read_only(sql)?;
     let started = Instant::now();
-    let runtime = RuntimeEnvBuilder::new()
-        .with_memory_limit(limits.memory_limit_mb.max(1) * 1024 * 1024, 1.0)
-        .with_disk_manager_builder(
-            DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
-        )
-        .build_arc()
-        .map_err(|e| ServingError::Server(e.to_string()))?;
+    let runtime = tributary_core::cloud::runtime_with(
+        RuntimeEnvBuilder::new()
+            .with_memory_limit(limits.memory_limit_mb.max(1) * 1024 * 1024, 1.0)
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            ),
+    )
+    .map_err(|e| ServingError::Server(e.to_string()))?;
     let ctx = SessionContext::new_with_config_rt(
         SessionConfig::new().with_information_schema(true),
         runtime.clone(),
@@ -318,7 +319,7 @@ pub async fn dead_letters(
     limit: usize,
 ) -> Result<(u64, Vec<Value>), ServingError> {
     let server = |e: &dyn std::fmt::Display| ServingError::Server(e.to_string());
-    let ctx = SessionContext::new();
+    let ctx = tributary_core::cloud::session_context();
     let Some(provider) =
         stored_table(&ctx.state(), merger.storage().dead_letter_table(stream)).await?
     else {

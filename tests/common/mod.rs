@@ -173,11 +173,12 @@ impl Tributary {
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }
+        cmd.arg(&self.role)
+            .env("TRIBUTARY_HTTP__ADDR", format!("127.0.0.1:{port}"))
+            .env("TRIBUTARY_STORAGE_ROOT", self.dir.join("data"));
+        // The instance's own environment comes last, so it may override the above.
         cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let child = cmd
-            .arg(&self.role)
-            .env("TRIBUTARY_HTTP__ADDR", format!("127.0.0.1:{port}"))
-            .env("TRIBUTARY_STORAGE_ROOT", self.dir.join("data"))
             .current_dir(&self.dir)
             .stdout(Stdio::null())
             .stderr(log)
@@ -380,6 +381,55 @@ pub fn python_json(script: &str) -> Value {
             String::from_utf8_lossy(&out.stdout)
         )
     })
+}
+
+/// The S3-protocol server the object-store tests use (deploy/test.sh installs and
+/// starts SeaweedFS): its endpoint, a bucket, and the credentials.
+pub struct S3 {
+    pub endpoint: String,
+    pub bucket: String,
+    pub key_id: String,
+    pub secret: String,
+}
+
+pub fn s3() -> S3 {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!(
+                "{name} is not set: these tests need an S3-protocol server; \
+                 ./deploy/test.sh installs and starts SeaweedFS"
+            )
+        })
+    };
+    S3 {
+        endpoint: var("S3_TEST_ENDPOINT"),
+        bucket: var("S3_TEST_BUCKET"),
+        key_id: var("S3_TEST_KEY_ID"),
+        secret: var("S3_TEST_SECRET"),
+    }
+}
+
+impl S3 {
+    /// `[storage]` for a Tributary on this server, local state in `local`.
+    pub fn storage_section(&self, local: &Path) -> String {
+        format!(
+            "[storage]\nlocal-dir = \"{}\"\n[storage.options]\naws_endpoint = \"{}\"\naws_allow_http = \"true\"\n\
+             aws_region = \"us-east-1\"\naws_access_key_id = \"{}\"\naws_secret_access_key = \"{}\"\n",
+            local.display(),
+            self.endpoint,
+            self.key_id,
+            self.secret
+        )
+    }
+
+    /// The same options for the Python reader (`storage_options=`), as a Python dict.
+    pub fn python_options(&self) -> String {
+        format!(
+            "{{'AWS_ENDPOINT_URL': '{}', 'AWS_ALLOW_HTTP': 'true', 'AWS_REGION': 'us-east-1', \
+             'AWS_ACCESS_KEY_ID': '{}', 'AWS_SECRET_ACCESS_KEY': '{}'}}",
+            self.endpoint, self.key_id, self.secret
+        )
+    }
 }
 
 /// The Kafka-protocol broker the Kafka tests use (deploy/test.sh starts tansu).

@@ -7,7 +7,7 @@ use deltalake::arrow::array::{
 };
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{DataType, Int64Type};
-use deltalake::datafusion::prelude::{SessionContext, col};
+use deltalake::datafusion::prelude::col;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::write::SchemaMode;
@@ -25,7 +25,7 @@ impl DeadLetterSink {
         if table.version().is_none() {
             return Ok(Vec::new());
         }
-        let ctx = SessionContext::new();
+        let ctx = crate::cloud::session_context();
         table
             .update_datafusion_session(&ctx.state())
             .map_err(|e| dl_err(stream, e))?;
