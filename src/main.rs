@@ -4,6 +4,7 @@ mod bench;
 mod bench_batch;
 mod bench_ingest;
 mod bench_serve;
+mod probe;
 mod wiring;
 
 use std::path::PathBuf;
@@ -77,6 +78,14 @@ enum Command {
     },
     /// Check the configuration and print each view's compiled shape.
     Check,
+    /// Exit 0 when URL (e.g. http://127.0.0.1:8080/health) answers 2xx: a container
+    /// health check that needs no curl.
+    Probe {
+        url: String,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 3_000)]
+        timeout_ms: u64,
+    },
     /// Measure a layer on this machine, beside a reference engine on the same data.
     Bench {
         #[command(subcommand)]
@@ -175,6 +184,7 @@ fn main() -> anyhow::Result<()> {
                 source,
             } => wiring::backfill(config, stream, source, format).await,
             Command::Check => wiring::check(config).await,
+            Command::Probe { url, timeout_ms } => probe::probe(&url, timeout_ms).await,
             Command::Bench {
                 target:
                     BenchTarget::Speed {

@@ -81,7 +81,9 @@ async fn tick(log: Arc<KafkaLog>, every: Duration, shutdown: Shutdown) -> anyhow
 }
 
 pub async fn check(path: Option<PathBuf>) -> anyhow::Result<()> {
-    let (_, source, pipeline) = load(path).await?;
+    let (config, source, pipeline) = load(path).await?;
+    // Object-store options are checked by name here too, without touching the store.
+    tributary_core::cloud::register(&config.storage.options)?;
     println!("configuration {source}: OK");
     for s in &pipeline.streams {
         println!(

@@ -207,3 +207,27 @@ async fn connections_over_the_cap_get_503_and_the_cap_frees_up() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn probe_exits_zero_on_a_healthy_server_and_says_why_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tributary::start(dir.path(), "").await;
+    let probe = |url: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .args(["probe", &url, "--timeout-ms", "2000"])
+            .output()
+            .unwrap()
+    };
+    let ok = probe(format!("{}/health", t.base));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let missing = probe(format!("{}/no-such-page", t.base));
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
+    let closed = probe(format!("http://127.0.0.1:{}/health", free_port()));
+    assert!(!closed.status.success());
+    assert!(String::from_utf8_lossy(&closed.stderr).contains("no answer"));
+}

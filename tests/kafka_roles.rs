@@ -4,7 +4,8 @@
 //! `speed` process over its internal endpoint and the batch views through the shared
 //! storage root; the archiver (`batch`) is SIGKILLed and restarted mid-stream and the
 //! master table still holds each event exactly once. Two archivers share the partitions
-//! through their consumer group and resume from the table after every rebalance.
+//! through their consumer group and resume from the table after every rebalance. The
+//! same topology runs with its tables on S3 (SeaweedFS), as deploy/compose/ wires it.
 
 mod common;
 
@@ -37,17 +38,63 @@ fn by_type(v: &Value) -> BTreeMap<String, (f64, f64, i64, String)> {
         .collect()
 }
 
+/// Where the four processes keep their tables.
+enum Tables {
+    /// The shared local storage root.
+    Local,
+    /// An S3 root on the test server (SeaweedFS), as in deploy/compose/compose.yaml.
+    S3,
+}
+
 #[tokio::test]
 async fn four_processes_serve_exact_answers_and_survive_an_archiver_kill() {
+    four_processes(Tables::Local).await;
+}
+
+#[tokio::test]
+async fn four_processes_on_s3_serve_exact_answers_and_survive_an_archiver_kill() {
+    four_processes(Tables::S3).await;
+}
+
+async fn four_processes(tables: Tables) {
     let dir = tempfile::tempdir().unwrap();
-    let prefix = format!("roles-{}-", std::process::id());
-    let config = Tributary::configure_kafka(dir.path(), &prefix);
-    let ingest = Tributary::start_role(dir.path(), &config, "ingest", &[]).await;
-    let speed = Tributary::start_role(dir.path(), &config, "speed", &[]).await;
-    let mut batch = Tributary::start_role(dir.path(), &config, "batch", &[]).await;
+    let (tag, storage, root) = match tables {
+        Tables::Local => ("local", String::new(), None),
+        Tables::S3 => {
+            let s3 = common::s3();
+            let root = format!(
+                "s3://{}/roles-{}-{}",
+                s3.bucket,
+                std::process::id(),
+                chrono::Utc::now().timestamp_micros()
+            );
+            (
+                "s3",
+                s3.storage_section(&dir.path().join("local")),
+                Some(root),
+            )
+        }
+    };
+    let prefix = format!("roles-{tag}-{}-", std::process::id());
+    let config = Tributary::configure_kafka_with(dir.path(), &prefix, &storage);
+    let env: Vec<(&str, &str)> = root
+        .as_deref()
+        .map(|r| ("TRIBUTARY_STORAGE_ROOT", r))
+        .into_iter()
+        .collect();
+    let ingest = Tributary::start_role(dir.path(), &config, "ingest", &env).await;
+    let speed = Tributary::start_role(dir.path(), &config, "speed", &env).await;
+    let mut batch = Tributary::start_role(dir.path(), &config, "batch", &env).await;
     // A second archiver in the same consumer group: the partitions are shared out.
-    let batch2 = Tributary::start_role(dir.path(), &config, "batch", &[]).await;
-    let serve = Tributary::start_serve(dir.path(), &config, &speed).await;
+    let batch2 = Tributary::start_role(dir.path(), &config, "batch", &env).await;
+    let mut serve_env = env.clone();
+    serve_env.push(("TRIBUTARY_SPEED__URL", &speed.base));
+    let serve = Tributary::start_role(dir.path(), &config, "serve", &serve_env).await;
+    // Every role answers the orchestrator's readiness probe (deploy/k8s/), serve once
+    // it has caught up.
+    for role in [&ingest, &speed, &batch, &batch2, &serve] {
+        role.wait_for("/ready", |_| true).await;
+    }
 
     // Over HTTP to the ingest process, and straight into the topic.
     let (status, report) = ingest
@@ -122,7 +169,10 @@ async fn four_processes_serve_exact_answers_and_survive_an_archiver_kill() {
     assert_eq!(total_readings(&answer), want);
 
     // The master table: each event once (c is archived too: filters apply in views).
-    let counts = master_counts(dir.path()).await;
+    let counts = match &root {
+        None => master_counts(dir.path()).await,
+        Some(root) => common::python_master_counts_s3(root),
+    };
     assert_eq!(
         counts.len() as i64,
         want + 1,

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Tributary, python_json, s3, total_readings};
+use common::{Tributary, s3, total_readings};
 use serde_json::{Value, json};
 
 const VIEW: &str = "/api/v1/views/signal_by_type";
@@ -46,20 +46,8 @@ async fn start_on_s3(dir: &Path, root: &str) -> Tributary {
     Tributary::start_role(dir, &config, "up", &[("TRIBUTARY_STORAGE_ROOT", root)]).await
 }
 
-/// Rows per device in the master table, read by the Python `deltalake` reader.
 fn python_master_counts(root: &str) -> BTreeMap<String, i64> {
-    let script = format!(
-        "from deltalake import DeltaTable\nimport json, collections\n\
-         t = DeltaTable('{root}/master/readings', storage_options={})\n\
-         print(json.dumps(collections.Counter(t.to_pyarrow_table().column('device').to_pylist())))",
-        s3().python_options()
-    );
-    let v = python_json(&script);
-    v.as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, n)| (k.clone(), n.as_i64().unwrap()))
-        .collect()
+    common::python_master_counts_s3(root)
 }
 
 #[tokio::test]

@@ -84,10 +84,15 @@ pub fn health_router(
     roles: Vec<(String, std::sync::Arc<std::sync::atomic::AtomicBool>)>,
 ) -> Router {
     let roles = std::sync::Arc::new(roles);
-    Router::new().route(
-        "/health",
-        get(move || async move { api::health_of(&roles) }),
-    )
+    let ready = roles.clone();
+    // A single-role process is ready when its role is up: the same answer on both
+    // paths, so orchestrators can probe every role alike.
+    Router::new()
+        .route(
+            "/health",
+            get(move || async move { api::health_of(&roles) }),
+        )
+        .route("/ready", get(move || async move { api::health_of(&ready) }))
 }
 
 /// Keep serving's batch views current: reload whenever the batch layer commits, and

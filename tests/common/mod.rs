@@ -81,8 +81,13 @@ impl Tributary {
     /// Write a configuration on the Kafka test broker (deploy/test.sh starts it), with
     /// topics under a prefix of their own so concurrent tests never share one.
     pub fn configure_kafka(dir: &Path, topic_prefix: &str) -> PathBuf {
+        Self::configure_kafka_with(dir, topic_prefix, "")
+    }
+
+    /// [`Self::configure_kafka`] with more configuration (`[storage]`, say).
+    pub fn configure_kafka_with(dir: &Path, topic_prefix: &str, more: &str) -> PathBuf {
         let extra = format!(
-            "[log]\nkind = \"kafka\"\nbrokers = \"{}\"\ntopic-prefix = \"{topic_prefix}\"\ntick-interval-ms = 200",
+            "[log]\nkind = \"kafka\"\nbrokers = \"{}\"\ntopic-prefix = \"{topic_prefix}\"\ntick-interval-ms = 200\n{more}",
             kafka_brokers()
         );
         Self::configure(dir, &extra)
@@ -430,6 +435,23 @@ impl S3 {
             self.endpoint, self.key_id, self.secret
         )
     }
+}
+
+/// Rows per device in the master table under the S3 `root`, read by the Python
+/// `deltalake` reader.
+pub fn python_master_counts_s3(root: &str) -> std::collections::BTreeMap<String, i64> {
+    let script = format!(
+        "from deltalake import DeltaTable\nimport json, collections\n\
+         t = DeltaTable('{root}/master/readings', storage_options={})\n\
+         print(json.dumps(collections.Counter(t.to_pyarrow_table().column('device').to_pylist())))",
+        s3().python_options()
+    );
+    python_json(&script)
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, n)| (k.clone(), n.as_i64().unwrap()))
+        .collect()
 }
 
 /// The Kafka-protocol broker the Kafka tests use (deploy/test.sh starts tansu).

