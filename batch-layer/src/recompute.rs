@@ -1,7 +1,7 @@
 //! Batch runs: pick a provably complete cutoff T, run every view's partial plan over
 //! the master table's events with `_ingest_ts < T`, and commit the states with T.
 //!
-//! Choosing T (DESIGN.md): `_ingest_ts` never decreases within a partition, so for a
+//! Choosing T (ARCHITECTURE.md, "The merge invariant"): `_ingest_ts` never decreases within a partition, so for a
 //! partition whose archived position is `a` (from the master table's `txn` actions),
 //! every event below the log's `ingest_ts_bound(a)` is archived: the stamp of the
 //! first unarchived record, or, if there is none, a time every later append is

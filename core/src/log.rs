@@ -2,7 +2,7 @@
 //!
 //! A log holds, per stream, a fixed number of partitions; each is an append-only
 //! sequence of records addressed by offset. Every record carries `_ingest_ts`, assigned
-//! in log order so that it never decreases within a partition (DESIGN.md): that is what
+//! in log order so that it never decreases within a partition (ARCHITECTURE.md, "The merge invariant"): that is what
 //! makes "every event below T is archived" decidable from the archiver's positions.
 
 use async_trait::async_trait;
