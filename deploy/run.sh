@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # Run Tributary on its embedded defaults: every role in one process, the built-in IoT
 # example with its event generator, the dashboard at http://127.0.0.1:8080/.
-# Builds what it needs first (dashboard browser code, then the binary).
+# Builds what it needs first (OpenSSL's headers when missing, dashboard browser code,
+# then the binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# librdkafka's TLS (Kafka over SSL/SASL_SSL) links the system's OpenSSL.
+if ! pkg-config --exists openssl 2>/dev/null; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends libssl-dev pkg-config
+fi
 ./deploy/build-web.sh
 cargo build --bin tributary
 exec "${CARGO_TARGET_DIR:-target}/debug/tributary" up "$@"

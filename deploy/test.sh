@@ -16,6 +16,12 @@ if ! .venv/bin/python -c 'import deltalake, pyarrow, schemathesis' 2>/dev/null; 
 fi
 export DELTA_READER_PYTHON="$PWD/.venv/bin/python"
 
+# librdkafka's TLS (Kafka over SSL/SASL_SSL) links the system's OpenSSL.
+if ! pkg-config --exists openssl 2>/dev/null; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends libssl-dev pkg-config
+fi
 if [ ! -x /usr/bin/chromium ]; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
   $sudo apt-get update -qq

@@ -397,8 +397,11 @@ pub struct LogConfig {
     /// How long a produce may wait for the broker before ingest answers 503.
     #[serde(default = "default_produce_timeout_ms")]
     pub produce_timeout_ms: u64,
-    /// Passed to librdkafka as they are (SASL, SSL, tuning), e.g.
-    /// `"security.protocol" = "SASL_PLAINTEXT"`.
+    /// TLS and SASL to the brokers (`[log.security]`), checked at start-up.
+    #[serde(default)]
+    pub security: crate::kafka_security::KafkaSecurity,
+    /// Passed to librdkafka as they are (tuning, or what `[log.security]` does not
+    /// cover), after `[log.security]`'s properties, e.g. `"client.id" = "tributary"`.
     #[serde(default)]
     pub options: std::collections::BTreeMap<String, String>,
     /// Embedded log: records older than this (by `_ingest_ts`) are removed once the
@@ -447,6 +450,7 @@ impl Default for LogConfig {
             max_timestamp_lead_ms: default_lead_ms(),
             tick_interval_ms: default_tick_ms(),
             produce_timeout_ms: default_produce_timeout_ms(),
+            security: Default::default(),
             options: Default::default(),
             retention_hours: default_retention_hours_log(),
             retention_mb: 0,

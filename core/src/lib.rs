@@ -11,6 +11,7 @@ pub mod delta;
 pub mod dimension;
 pub mod error;
 mod fast_json;
+pub mod kafka_security;
 pub mod log;
 pub mod pipeline;
 pub mod quarantine;

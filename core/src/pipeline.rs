@@ -30,6 +30,13 @@ impl Pipeline {
         if let Some((i, message)) = config.auth.weak_token() {
             return Err(fail(format!("auth.tokens[{i}].token"), message));
         }
+        if config.log.kind == crate::config::LogKind::Kafka {
+            config
+                .log
+                .security
+                .validate()
+                .map_err(|(key, message)| fail(key, message))?;
+        }
         let mut streams: Vec<StreamSchema> = Vec::new();
         for (i, s) in config.streams.iter().enumerate() {
             let key = format!("streams[{i}]");

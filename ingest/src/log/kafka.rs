@@ -303,13 +303,21 @@ impl KafkaLog {
         result.map(|b| (b, state))
     }
 
+    /// The Kafka consumer group of `consumer` (`tributary-archiver`, …): scoped by the
+    /// topic prefix, so that two deployments sharing a cluster (or tests sharing a
+    /// broker) never share a group, whose rebalances would hand one's partitions to
+    /// the other's members.
+    fn group_id(&self, consumer: &str) -> String {
+        format!("{}{consumer}", self.config.topic_prefix)
+    }
+
     fn group(&self, consumer: &str) -> Result<Arc<BaseConsumer>> {
         let mut groups = self.groups.lock().expect("group lock");
         if let Some(c) = groups.get(consumer) {
             return Ok(c.clone());
         }
         let c: BaseConsumer = client_config(&self.config)
-            .set("group.id", consumer)
+            .set("group.id", self.group_id(consumer))
             .set("enable.auto.commit", "false")
             .create()
             .map_err(|e| kafka_err("consumer group", e))?;
@@ -354,6 +362,9 @@ fn new_producer(config: &LogConfig) -> Result<FutureProducer> {
 fn client_config(config: &LogConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.brokers);
+    for (k, v) in config.security.properties() {
+        c.set(k, v);
+    }
     for (k, v) in &config.options {
         c.set(k, v);
     }
@@ -578,7 +589,7 @@ impl EventLog for KafkaLog {
                         .collect();
                     let m = Arc::new(Membership::join(
                         client_config(&self.config),
-                        group,
+                        &self.group_id(group),
                         &topics,
                     )?);
                     members.insert(group.to_string(), m.clone());
