@@ -299,3 +299,101 @@ async fn backfill_reads_a_source_on_s3_into_a_master_table_on_s3() {
     assert_eq!(counts.len(), 40, "{again}");
     assert!(counts.values().all(|n| *n == 1), "{counts:?}");
 }
+
+#[tokio::test]
+async fn a_dimension_table_on_s3_joins_in_both_layers() {
+    use deltalake::logstore::object_store::{ObjectStore, PutPayload};
+    register_test_store();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = fresh_prefix("dimension");
+    let root = format!("s3://{}/{prefix}/tables", s3().bucket);
+    let csv = url::Url::parse(&format!("s3://{}/{prefix}/devices.csv", s3().bucket)).unwrap();
+    let (store, path) = tributary_core::cloud::store_for(&csv).unwrap();
+    store
+        .put_opts(
+            &path,
+            PutPayload::from("device,site\ns00000,plant-a\ns00001,plant-b\n"),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let pipeline = format!(
+        r#"
+[[tables]]
+name = "devices"
+path = "{csv}"
+
+[[streams]]
+name = "readings"
+event-time = "ts"
+key = "device"
+partitions = 2
+fields = [
+  {{ name = "device", type = "string" }},
+  {{ name = "device_type", type = "string" }},
+  {{ name = "signal", type = "float64" }},
+  {{ name = "ts", type = "timestamp" }},
+]
+
+[[views]]
+name = "by_site"
+sql = """
+SELECT d.site, date_bin(INTERVAL '10 minutes', r.ts) AS window_start, count(*) AS readings
+FROM readings r JOIN devices d ON r.device = d.device
+GROUP BY d.site, window_start
+"""
+"#
+    );
+    let config = Tributary::configure_pipeline(
+        dir.path(),
+        &s3().storage_section(&dir.path().join("local")),
+        200,
+        &pipeline,
+    );
+    let t = Tributary::start_role(
+        dir.path(),
+        &config,
+        "up",
+        &[("TRIBUTARY_STORAGE_ROOT", &root)],
+    )
+    .await;
+    // Two known devices (one reading each) and one the table does not know.
+    let (status, report) = t.post("readings", &readings(0, 3)).await;
+    assert_eq!(status, 200, "{report}");
+    let sites = |v: &Value| -> BTreeMap<String, i64> {
+        v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["site"].as_str().unwrap().to_string(),
+                    r["readings"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let want = BTreeMap::from([("plant-a".to_string(), 1), ("plant-b".to_string(), 1)]);
+    let view = "/api/v1/views/by_site";
+    t.wait_for(view, |v| sites(v) == want).await;
+    // The batch layer joins with the same table on S3.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        t.run_batch().await;
+        let (_, v) = t.get(view).await;
+        if v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["_source"] == "batch")
+        {
+            assert_eq!(sites(&v), want, "{v}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the batch never covered the events: {v}"
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! Static dimension tables a view may join its stream with: a CSV or Parquet file, or a
-//! Delta table, under the storage root. Each is held in memory and reloaded when it
-//! changes (a file's modification time, a Delta table's version), checked at most every
-//! [`CHECK_EVERY`].
+//! Delta table, under the storage root or at an object-store URL (`s3://…`). Each is
+//! held in memory and reloaded when it changes (a file's modification time, a Delta
+//! table's version), checked at most every [`CHECK_EVERY`].
 //!
 //! Both layers join with the table as it is when they compute: the speed layer per
 //! micro-batch, the batch layer per run. A change therefore reaches windows the speed
@@ -16,6 +16,7 @@ use crate::error::{CoreError, Result};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions};
+use object_store::ObjectStoreExt;
 
 /// How often a table is checked for changes.
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
@@ -56,7 +57,7 @@ impl DimensionTable {
         root: &Path,
         key: &str,
     ) -> std::result::Result<DimensionTable, String> {
-        let path = if path.is_absolute() {
+        let path = if path.is_absolute() || cloud_url(path).is_some() {
             path.to_path_buf()
         } else {
             root.join(path)
@@ -143,7 +144,23 @@ impl DimensionTable {
     }
 }
 
+/// `path` as an object-store URL, when it is one (a file or a Delta table there).
+fn cloud_url(path: &Path) -> Option<url::Url> {
+    let text = path.to_str()?;
+    crate::cloud::is_cloud_url(text)
+        .then(|| url::Url::parse(text).ok())
+        .flatten()
+}
+
 fn infer_format(path: &Path) -> Option<DimensionFormat> {
+    if let Some(url) = cloud_url(path) {
+        // No directory to look into: a file's extension names it, else a Delta table.
+        return Some(match url.path().rsplit('.').next() {
+            Some("csv") => DimensionFormat::Csv,
+            Some("parquet") => DimensionFormat::Parquet,
+            _ => DimensionFormat::Delta,
+        });
+    }
     if path.join("_delta_log").is_dir() {
         return Some(DimensionFormat::Delta);
     }
@@ -166,15 +183,35 @@ async fn version(path: &Path, format: DimensionFormat) -> Result<Version> {
         DimensionFormat::Delta => {
             Version::Delta(open_delta(path).await?.version().map_or(-1, |v| v as i64))
         }
-        _ => Version::Modified(
-            std::fs::metadata(path)
-                .and_then(|m| m.modified())
-                .map_err(|e| table_error(path, e))?,
-        ),
+        _ => match cloud_url(path) {
+            Some(url) => {
+                let (store, location) = crate::cloud::store_for(&url)?;
+                let meta = store
+                    .head(&location)
+                    .await
+                    .map_err(|e| table_error(path, e))?;
+                Version::Modified(SystemTime::from(meta.last_modified))
+            }
+            None => Version::Modified(
+                std::fs::metadata(path)
+                    .and_then(|m| m.modified())
+                    .map_err(|e| table_error(path, e))?,
+            ),
+        },
     })
 }
 
 async fn open_delta(path: &Path) -> Result<deltalake::DeltaTable> {
+    if let Some(url) = cloud_url(path) {
+        let dir = if url.path().ends_with('/') {
+            url
+        } else {
+            url::Url::parse(&format!("{url}/")).map_err(|e| table_error(path, e))?
+        };
+        return crate::delta::open(dir)
+            .await
+            .map_err(|e| table_error(path, e));
+    }
     let absolute = std::path::absolute(path).map_err(|e| table_error(path, e))?;
     let url = url::Url::from_directory_path(absolute)
         .map_err(|_| table_error(path, "not a usable directory path"))?;

@@ -30,6 +30,8 @@ impl Pipeline {
         if let Some((i, message)) = config.auth.weak_token() {
             return Err(fail(format!("auth.tokens[{i}].token"), message));
         }
+        // Dimension tables below may live in an object store: reach it as configured.
+        crate::cloud::register(&config.storage.options)?;
         if config.log.kind == crate::config::LogKind::Kafka {
             config
                 .log
