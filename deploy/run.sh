@@ -5,12 +5,8 @@
 # then the binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# librdkafka's TLS (Kafka over SSL/SASL_SSL) links the system's OpenSSL.
-if ! pkg-config --exists openssl 2>/dev/null; then
-  sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
-  $sudo apt-get update -qq
-  $sudo apt-get install -y -qq --no-install-recommends libssl-dev pkg-config
-fi
+. deploy/lib.sh
+ensure_openssl_headers
 ./deploy/build-web.sh
 cargo build --bin tributary
 exec "${CARGO_TARGET_DIR:-target}/debug/tributary" up "$@"

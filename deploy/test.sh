@@ -9,6 +9,7 @@
 # docker-compose config).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. deploy/lib.sh
 
 if ! .venv/bin/python -c 'import deltalake, pyarrow, schemathesis' 2>/dev/null; then
   python3 -m venv .venv
@@ -16,17 +17,8 @@ if ! .venv/bin/python -c 'import deltalake, pyarrow, schemathesis' 2>/dev/null; 
 fi
 export DELTA_READER_PYTHON="$PWD/.venv/bin/python"
 
-# librdkafka's TLS (Kafka over SSL/SASL_SSL) links the system's OpenSSL.
-if ! pkg-config --exists openssl 2>/dev/null; then
-  sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
-  $sudo apt-get update -qq
-  $sudo apt-get install -y -qq --no-install-recommends libssl-dev pkg-config
-fi
-if [ ! -x /usr/bin/chromium ]; then
-  sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
-  $sudo apt-get update -qq
-  $sudo apt-get install -y -qq --no-install-recommends chromium
-fi
+ensure_openssl_headers
+[ -x /usr/bin/chromium ] || apt_install chromium
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --silent)
 fi
@@ -43,11 +35,7 @@ kafka_port="${KAFKA_TEST_PORT:-19092}"
   --storage-engine memory://tansu/ > "${TMPDIR:-/tmp}/tributary-test-tansu.log" 2>&1 &
 tansu_pid=$!
 trap 'kill $tansu_pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$kafka_port") 2>/dev/null && break
-  kill -0 $tansu_pid 2>/dev/null || { cat "${TMPDIR:-/tmp}/tributary-test-tansu.log" >&2; exit 1; }
-  sleep 0.1
-done
+wait_for_port "$kafka_port" $tansu_pid "${TMPDIR:-/tmp}/tributary-test-tansu.log" 100
 export KAFKA_TEST_BROKERS="127.0.0.1:$kafka_port"
 export TANSU_BIN="$tools/bin/tansu"
 
@@ -67,11 +55,7 @@ AWS_ACCESS_KEY_ID="$S3_TEST_KEY_ID" AWS_SECRET_ACCESS_KEY="$S3_TEST_SECRET" \
 weed_pid=$!
 # SeaweedFS takes seconds to honour SIGTERM: kill it outright.
 trap 'kill $tansu_pid 2>/dev/null || true; kill -9 $weed_pid 2>/dev/null || true; rm -rf "$s3_dir"' EXIT
-for _ in $(seq 1 300); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$s3_port") 2>/dev/null && break
-  kill -0 $weed_pid 2>/dev/null || { cat "${TMPDIR:-/tmp}/tributary-test-s3.log" >&2; exit 1; }
-  sleep 0.1
-done
+wait_for_port "$s3_port" $weed_pid "${TMPDIR:-/tmp}/tributary-test-s3.log" 300
 for _ in $(seq 1 50); do
   echo "s3.bucket.create -name $S3_TEST_BUCKET" | .venv/bin/weed shell -master="127.0.0.1:$s3_master_port" 2>&1 \
     | grep -q "created bucket\|already exist" && break

@@ -10,21 +10,28 @@ fn repo(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-#[test]
-fn the_deploy_configuration_passes_check_with_its_documented_secrets() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+/// `tributary check` on the deploy configuration with `env` set.
+fn check(env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
         .arg("--config")
         .arg(repo("deploy/tributary.toml"))
         .arg("check")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_deploy_configuration_passes_check_with_its_documented_secrets() {
+    let out = check(&[
         // The form the compose file's header and the Secret show.
-        .env(
+        (
             "TRIBUTARY_AUTH__TOKENS",
             r#"[{name = "ops", token = "0123456789abcdef0123456789abcdef", scopes = ["ingest", "read", "admin"]}]"#,
-        )
-        .env("TRIBUTARY_LOG__BROKERS", "kafka.kafka.svc:9092")
-        .env("TRIBUTARY_STORAGE__OPTIONS__AWS_REGION", "eu-west-1")
-        .output()
-        .unwrap();
+        ),
+        ("TRIBUTARY_LOG__BROKERS", "kafka.kafka.svc:9092"),
+        ("TRIBUTARY_STORAGE__OPTIONS__AWS_REGION", "eu-west-1"),
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -37,16 +44,10 @@ fn the_deploy_configuration_passes_check_with_its_documented_secrets() {
     );
 
     // A weak token in that form is refused by `check` as at start-up.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
-        .arg("--config")
-        .arg(repo("deploy/tributary.toml"))
-        .arg("check")
-        .env(
-            "TRIBUTARY_AUTH__TOKENS",
-            r#"[{name = "ops", token = "short", scopes = ["admin"]}]"#,
-        )
-        .output()
-        .unwrap();
+    let out = check(&[(
+        "TRIBUTARY_AUTH__TOKENS",
+        r#"[{name = "ops", token = "short", scopes = ["admin"]}]"#,
+    )]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("token `ops`"),

@@ -89,15 +89,7 @@ async fn compaction_and_vacuum_leave_every_answer_unchanged() {
         "expected many small files, got {files_before}"
     );
 
-    let (status, report) = t.post_path("/api/v1/batch/maintenance").await;
-    assert_eq!(status, 200, "{report}");
-    let m = report["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["table"] == "master/readings")
-        .unwrap_or_else(|| panic!("no master table in {report}"))
-        .clone();
+    let m = t.maintain("master/readings").await;
     assert!(m["files_compacted"].as_u64().unwrap() > 5, "{m}");
     assert_eq!(m["files_after"], 1, "{m}");
     assert!(m["files_vacuumed"].as_u64().unwrap() > 5, "{m}");

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Tributary, s3, total_readings};
+use common::{Tributary, python_master_counts_s3, s3, total_readings};
 use serde_json::{Value, json};
 
 const VIEW: &str = "/api/v1/views/signal_by_type";
@@ -44,10 +44,6 @@ async fn start_on_s3(dir: &Path, root: &str) -> Tributary {
     let extra = s3().storage_section(&dir.join("local"));
     let config = Tributary::configure(dir, &extra);
     Tributary::start_role(dir, &config, "up", &[("TRIBUTARY_STORAGE_ROOT", root)]).await
-}
-
-fn python_master_counts(root: &str) -> BTreeMap<String, i64> {
-    common::python_master_counts_s3(root)
 }
 
 #[tokio::test]
@@ -81,7 +77,7 @@ async fn up_on_s3_archives_every_event_once_through_sigkills_and_serves_exact_vi
     // Archived exactly once, as an independent reader sees the table on S3.
     let deadline = Instant::now() + Duration::from_secs(90);
     let counts = loop {
-        let counts = python_master_counts(&root);
+        let counts = python_master_counts_s3(&root);
         if acked
             .iter()
             .all(|i| counts.contains_key(&format!("s{i:05}")))
@@ -133,19 +129,11 @@ async fn up_on_s3_archives_every_event_once_through_sigkills_and_serves_exact_vi
     assert_eq!((status, n(&past)), (200, acked.len() as i64), "{past}");
 
     // Maintenance compacts and vacuums on S3; the answer stays the same.
-    let (status, report) = t.post_path("/api/v1/batch/maintenance").await;
-    assert_eq!(status, 200, "{report}");
-    let master = report["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["table"] == "master/readings")
-        .unwrap_or_else(|| panic!("no master table in {report}"))
-        .clone();
+    let master = t.maintain("master/readings").await;
     assert_eq!(master["files_after"], 1, "{master}");
     t.run_batch().await;
     t.wait_for(VIEW, |v| total_readings(v) == total).await;
-    assert_eq!(python_master_counts(&root).len() as i64, total);
+    assert_eq!(python_master_counts_s3(&root).len() as i64, total);
 
     let (_, letters) = t.get("/api/v1/streams/readings/dead-letters").await;
     assert_eq!(letters["total"], 1, "{letters}");
@@ -233,17 +221,9 @@ async fn put_if_absent_lets_exactly_one_of_racing_commits_win() {
     assert_eq!(table.version(), Some(2));
 }
 
-/// The S3 options the tests pass to `cloud::register` (as `[storage.options]` does).
+/// Reach the test server from this process as `[storage.options]` would.
 fn register_test_store() {
-    let s3 = s3();
-    let options = BTreeMap::from([
-        ("aws_endpoint".to_string(), s3.endpoint.clone()),
-        ("aws_allow_http".to_string(), "true".to_string()),
-        ("aws_region".to_string(), "us-east-1".to_string()),
-        ("aws_access_key_id".to_string(), s3.key_id.clone()),
-        ("aws_secret_access_key".to_string(), s3.secret.clone()),
-    ]);
-    tributary_core::cloud::register(&options).unwrap();
+    tributary_core::cloud::register(&s3().options()).unwrap();
 }
 
 #[tokio::test]
@@ -295,7 +275,7 @@ async fn backfill_reads_a_source_on_s3_into_a_master_table_on_s3() {
     );
     // Run again: the chunks' `txn` actions make it add nothing.
     let again: Value = serde_json::from_slice(&run().stdout).unwrap();
-    let counts = python_master_counts(&root);
+    let counts = python_master_counts_s3(&root);
     assert_eq!(counts.len(), 40, "{again}");
     assert!(counts.values().all(|n| *n == 1), "{counts:?}");
 }

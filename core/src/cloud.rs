@@ -216,34 +216,21 @@ impl Stores {
         let cloud = cloud_of(url.as_str()).expect("registered schemes only");
         // Keys a store does not know are skipped here: they were checked at `register`
         // against all three, and belong to another one.
+        macro_rules! configured {
+            ($builder:ty, $key:ty) => {{
+                let mut b = <$builder>::from_env().with_url(url.as_str());
+                for (k, v) in options {
+                    if let Ok(key) = k.parse::<$key>() {
+                        b = b.with_config(key, v);
+                    }
+                }
+                Arc::new(b.build()?) as ObjectStoreRef
+            }};
+        }
         Ok(match cloud {
-            Cloud::S3 => {
-                let mut b = AmazonS3Builder::from_env().with_url(url.as_str());
-                for (k, v) in options {
-                    if let Ok(key) = k.parse::<AmazonS3ConfigKey>() {
-                        b = b.with_config(key, v);
-                    }
-                }
-                Arc::new(b.build()?)
-            }
-            Cloud::Azure => {
-                let mut b = MicrosoftAzureBuilder::from_env().with_url(url.as_str());
-                for (k, v) in options {
-                    if let Ok(key) = k.parse::<AzureConfigKey>() {
-                        b = b.with_config(key, v);
-                    }
-                }
-                Arc::new(b.build()?)
-            }
-            Cloud::Gcs => {
-                let mut b = GoogleCloudStorageBuilder::from_env().with_url(url.as_str());
-                for (k, v) in options {
-                    if let Ok(key) = k.parse::<GoogleConfigKey>() {
-                        b = b.with_config(key, v);
-                    }
-                }
-                Arc::new(b.build()?)
-            }
+            Cloud::S3 => configured!(AmazonS3Builder, AmazonS3ConfigKey),
+            Cloud::Azure => configured!(MicrosoftAzureBuilder, AzureConfigKey),
+            Cloud::Gcs => configured!(GoogleCloudStorageBuilder, GoogleConfigKey),
         })
     }
 }

@@ -133,10 +133,11 @@ impl Storage {
     fn table_url(&self, parts: &[&str]) -> Url {
         if self.is_remote() {
             let mut url = self.tables.clone();
-            for p in parts {
-                url = url
-                    .join(&format!("{}/", percent_segment(p)))
-                    .expect("a path segment joins");
+            {
+                // Each part one segment, escaped by `url`; the empty last one keeps the
+                // trailing slash a table root needs.
+                let mut segments = url.path_segments_mut().expect("a hierarchical URL");
+                segments.pop_if_empty().extend(parts).push("");
             }
             return url;
         }
@@ -148,17 +149,6 @@ impl Storage {
         let _ = std::fs::create_dir_all(&path);
         Url::from_directory_path(&path).expect("storage root is absolute")
     }
-}
-
-/// `name` as one URL path segment (stream and view names are identifiers, but a `/`
-/// or `%` must not change the layout).
-fn percent_segment(name: &str) -> String {
-    name.chars()
-        .map(|c| match c {
-            '/' | '%' | '?' | '#' | ' ' => format!("%{:02X}", c as u32),
-            c => c.to_string(),
-        })
-        .collect()
 }
 
 fn local_dir(dir: &Path, key: &str) -> Result<PathBuf> {

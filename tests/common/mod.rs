@@ -310,6 +310,20 @@ impl Tributary {
         self.run_batch_kind("full").await
     }
 
+    /// Run table maintenance now (it must succeed); returns what it did to `table`
+    /// (`master/readings`, …).
+    pub async fn maintain(&self, table: &str) -> Value {
+        let (status, report) = self.post_path("/api/v1/batch/maintenance").await;
+        assert_eq!(status, 200, "{report}");
+        report["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["table"] == table)
+            .unwrap_or_else(|| panic!("no {table} in {report}"))
+            .clone()
+    }
+
     /// A batch run of `kind` (`full` or `incremental`), waited for; it must succeed.
     pub async fn run_batch_kind(&self, kind: &str) -> Value {
         let r = self
@@ -415,15 +429,30 @@ pub fn s3() -> S3 {
 }
 
 impl S3 {
+    /// The object_store options that reach this server (as `[storage.options]`).
+    pub fn options(&self) -> std::collections::BTreeMap<String, String> {
+        [
+            ("aws_endpoint", self.endpoint.as_str()),
+            ("aws_allow_http", "true"),
+            ("aws_region", "us-east-1"),
+            ("aws_access_key_id", self.key_id.as_str()),
+            ("aws_secret_access_key", self.secret.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
     /// `[storage]` for a Tributary on this server, local state in `local`.
     pub fn storage_section(&self, local: &Path) -> String {
+        let options: String = self
+            .options()
+            .iter()
+            .map(|(k, v)| format!("{k} = \"{v}\"\n"))
+            .collect();
         format!(
-            "[storage]\nlocal-dir = \"{}\"\n[storage.options]\naws_endpoint = \"{}\"\naws_allow_http = \"true\"\n\
-             aws_region = \"us-east-1\"\naws_access_key_id = \"{}\"\naws_secret_access_key = \"{}\"\n",
-            local.display(),
-            self.endpoint,
-            self.key_id,
-            self.secret
+            "[storage]\nlocal-dir = \"{}\"\n[storage.options]\n{options}",
+            local.display()
         )
     }
 

@@ -319,14 +319,15 @@ impl DeadLetterSink {
                 .collect();
             if !letters.is_empty() {
                 let version = i64::try_from(last).map_err(|e| dl_err(stream, e))?;
-                self.commit_with(
-                    stream,
-                    &letters,
-                    SaveMode::Append,
-                    table,
-                    Some((spool.app_id(), version)),
-                )
-                .await?;
+                // `committed_version` has just brought the table up to date.
+                let fresh = table
+                    .take()
+                    .expect("committed_version leaves the table open");
+                let txn = Some((spool.app_id(), version));
+                *table = Some(
+                    self.write_to(stream, &letters, SaveMode::Append, fresh, txn)
+                        .await?,
+                );
             }
             spool.remove_through(stream, last).await?;
         }

@@ -103,6 +103,20 @@ impl DeadLetterSink {
         cached: &mut Option<deltalake::DeltaTable>,
         txn: Option<(&str, i64)>,
     ) -> Result<(), CoreError> {
+        let table = self.fresh_table(stream, cached.take()).await?;
+        *cached = Some(self.write_to(stream, letters, mode, table, txn).await?);
+        Ok(())
+    }
+
+    /// [`Self::commit_with`] on a `table` the caller has just brought up to date.
+    pub(super) async fn write_to(
+        &self,
+        stream: &str,
+        letters: &[StoredLetter],
+        mode: SaveMode,
+        table: deltalake::DeltaTable,
+        txn: Option<(&str, i64)>,
+    ) -> Result<deltalake::DeltaTable, CoreError> {
         let batch = RecordBatch::try_new(
             schema(),
             vec![
@@ -129,7 +143,6 @@ impl DeadLetterSink {
             ],
         )
         .map_err(|e| dl_err(stream, e))?;
-        let table = self.fresh_table(stream, cached.take()).await?;
         let mut props = CommitProperties::default();
         if let Some((app_id, version)) = txn {
             props = props.with_application_transaction(Transaction::new(app_id, version));
@@ -152,8 +165,7 @@ impl DeadLetterSink {
         {
             tracing::warn!(stream, error = %e, "could not checkpoint the dead-letter table");
         }
-        *cached = Some(table);
-        Ok(())
+        Ok(table)
     }
 
     /// The table as of now: `cached` brought up to date (another process may have

@@ -26,10 +26,7 @@ async fn concurrent_writers_share_commits_and_every_letter_is_stored() {
     for w in futures::future::join_all(writers).await {
         w.unwrap().unwrap();
     }
-    let stored = sink.read_all("s").await.unwrap();
-    let mut indexes: Vec<i64> = stored.iter().filter_map(|l| l.index).collect();
-    indexes.sort();
-    assert_eq!(indexes, (0..64).collect::<Vec<_>>());
+    assert_eq!(stored_indexes(&sink).await, (0..64).collect::<Vec<_>>());
     let table = crate::delta::open(storage.dead_letter_table("s"))
         .await
         .unwrap();
@@ -55,6 +52,19 @@ async fn stored_count(sink: &DeadLetterSink) -> usize {
     sink.read_all("s").await.unwrap().len()
 }
 
+/// The request indexes of every letter in the table, sorted.
+async fn stored_indexes(sink: &DeadLetterSink) -> Vec<i64> {
+    let mut indexes: Vec<i64> = sink
+        .read_all("s")
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.index)
+        .collect();
+    indexes.sort();
+    indexes
+}
+
 #[tokio::test]
 async fn spooled_letters_are_durable_before_delta_and_reach_it_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -72,15 +82,7 @@ async fn spooled_letters_are_durable_before_delta_and_reach_it_once() {
     assert_eq!(stored_count(&sink).await, 0, "acknowledged before Delta");
     sink.flush("s").await.unwrap();
     assert_eq!(sink.spooled("s").await.unwrap(), 0);
-    let mut indexes: Vec<i64> = sink
-        .read_all("s")
-        .await
-        .unwrap()
-        .iter()
-        .filter_map(|l| l.index)
-        .collect();
-    indexes.sort();
-    assert_eq!(indexes, (0..32).collect::<Vec<_>>());
+    assert_eq!(stored_indexes(&sink).await, (0..32).collect::<Vec<_>>());
     let table = crate::delta::open(storage.dead_letter_table("s"))
         .await
         .unwrap();
@@ -122,15 +124,7 @@ async fn a_crash_between_the_delta_commit_and_the_spool_cleanup_adds_nothing_twi
     assert_eq!(sink.spooled("s").await.unwrap(), 5);
     sink.write("s", vec![letter(5)]).await.unwrap();
     sink.flush("s").await.unwrap();
-    let mut indexes: Vec<i64> = sink
-        .read_all("s")
-        .await
-        .unwrap()
-        .iter()
-        .filter_map(|l| l.index)
-        .collect();
-    indexes.sort();
-    assert_eq!(indexes, (0..6).collect::<Vec<_>>());
+    assert_eq!(stored_indexes(&sink).await, (0..6).collect::<Vec<_>>());
     assert_eq!(sink.spooled("s").await.unwrap(), 0);
 }
 
