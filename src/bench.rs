@@ -85,75 +85,8 @@ pub async fn speed(args: Args) -> anyhow::Result<()> {
             .await?;
     }
 
-    // Where the time goes: each stage alone, on the same records.
-    let t = Instant::now();
-    let mut read = 0;
-    for p in 0..stream.partitions {
-        let mut from = 0;
-        loop {
-            let b = log.read(&stream.name, p, from, args.batch).await?;
-            if b.records.is_empty() {
-                break;
-            }
-            read += b.records.len();
-            from = b.next_offset;
-        }
-    }
-    let read_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let mut batches = Vec::new();
-    for chunk in data.chunks(args.batch) {
-        let mut dec = BatchDecoder::new(&stream, false);
-        for (i, r) in chunk.iter().enumerate() {
-            let at = LogPosition {
-                partition: 0,
-                offset: i as u64,
-                ingest_ts: 1,
-            };
-            dec.push_bytes(r, at)
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        }
-        batches.push(tag_source(&dec.flush()?, SOURCE_SPEED, &view.input_schema)?);
-    }
-    let decode_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    for b in &batches {
-        view.run_partial_batches(vec![b.clone()]).await?;
-    }
-    let partial_s = t.elapsed().as_secs_f64();
-    assert_eq!(read, args.events);
-
-    // The speed layer itself, end to end.
-    let config = SpeedConfig {
-        max_batch_records: args.batch,
-        decode_threads: args.threads,
-        ..SpeedConfig::default()
-    };
-    let layer = SpeedLayer::new(&pipeline, &config, &HashMap::new());
-    let shutdown = Shutdown::new();
-    let started = Instant::now();
-    let task = tokio::spawn(tributary_speed::run(
-        config,
-        pipeline.clone(),
-        log.clone(),
-        layer.clone(),
-        None,
-        shutdown.clone(),
-    ));
-    loop {
-        let done: u64 = layer.stats().streams.values().map(|s| s.events).sum();
-        if done as usize >= args.events {
-            break;
-        }
-        if task.is_finished() {
-            bail!("the speed layer stopped early");
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let speed_s = started.elapsed().as_secs_f64();
-    shutdown.cancel();
-    task.await??;
-    let state_rows: usize = layer.stats().views.iter().map(|v| v.state_rows).sum();
+    let (read_s, decode_s, partial_s) = stages(&log, &stream, &view, &data, args.batch).await?;
+    let (speed_s, state_rows) = end_to_end(&pipeline, log, &args).await?;
 
     let rate = |s: f64| args.events as f64 / s;
     println!(
@@ -184,6 +117,98 @@ pub async fn speed(args: Args) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Where the time goes: each stage alone on the same records (log read, JSON to
+/// Arrow, the partial plan), in seconds.
+async fn stages(
+    log: &Arc<dyn EventLog>,
+    stream: &tributary_core::schema::StreamSchema,
+    view: &tributary_core::view::CompiledView,
+    data: &[Vec<u8>],
+    batch: usize,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let t = Instant::now();
+    let mut read = 0;
+    for p in 0..stream.partitions {
+        let mut from = 0;
+        loop {
+            let b = log.read(&stream.name, p, from, batch).await?;
+            if b.records.is_empty() {
+                break;
+            }
+            read += b.records.len();
+            from = b.next_offset;
+        }
+    }
+    let read_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut batches = Vec::new();
+    for chunk in data.chunks(batch) {
+        let mut dec = BatchDecoder::new(stream, false);
+        for (i, r) in chunk.iter().enumerate() {
+            let at = LogPosition {
+                partition: 0,
+                offset: i as u64,
+                ingest_ts: 1,
+            };
+            dec.push_bytes(r, at)
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        }
+        batches.push(tag_source(&dec.flush()?, SOURCE_SPEED, &view.input_schema)?);
+    }
+    let decode_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for b in &batches {
+        view.run_partial_batches(vec![b.clone()]).await?;
+    }
+    let partial_s = t.elapsed().as_secs_f64();
+    if read != data.len() {
+        bail!(
+            "read {read} records back from the log, wrote {}",
+            data.len()
+        );
+    }
+    Ok((read_s, decode_s, partial_s))
+}
+
+/// The speed layer itself from the loaded log to states: seconds, and state rows.
+async fn end_to_end(
+    pipeline: &Pipeline,
+    log: Arc<dyn EventLog>,
+    args: &Args,
+) -> anyhow::Result<(f64, usize)> {
+    let config = SpeedConfig {
+        max_batch_records: args.batch,
+        decode_threads: args.threads,
+        ..SpeedConfig::default()
+    };
+    let layer = SpeedLayer::new(pipeline, &config, &HashMap::new());
+    let shutdown = Shutdown::new();
+    let started = Instant::now();
+    let task = tokio::spawn(tributary_speed::run(
+        config,
+        pipeline.clone(),
+        log,
+        layer.clone(),
+        None,
+        shutdown.clone(),
+    ));
+    loop {
+        let done: u64 = layer.stats().streams.values().map(|s| s.events).sum();
+        if done as usize >= args.events {
+            break;
+        }
+        if task.is_finished() {
+            bail!("the speed layer stopped early");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let speed_s = started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    task.await??;
+    let state_rows: usize = layer.stats().views.iter().map(|v| v.state_rows).sum();
+    Ok((speed_s, state_rows))
 }
 
 /// Seconds DuckDB needs for the IoT view over `path`.

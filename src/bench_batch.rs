@@ -180,28 +180,15 @@ pub async fn batch(args: Args) -> anyhow::Result<()> {
         args.devices,
         root.display()
     );
-    // The same log is archived into each place: local disk, then the object store.
-    let mut places = vec![Place {
-        name: "local disk".into(),
-        storage: storage.clone(),
-        batch: batch.clone(),
-    }];
-    if let Some(url) = &args.storage_root {
-        tributary_core::cloud::register(&args.storage_options.iter().cloned().collect())?;
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-        let url = format!("{}/bench-{}", url.trim_end_matches('/'), nanos.as_micros());
-        let remote = Storage::open_location(&url, Some(&root.join("remote-local")))?;
-        places.push(Place {
-            name: url,
-            batch: Arc::new(Batch::new(
-                pipeline.clone(),
-                remote.clone(),
-                log.clone(),
-                cfg.speed.segment_width_ms,
-            )),
-            storage: remote,
-        });
-    }
+    let places = places(
+        &args,
+        &pipeline,
+        &storage,
+        &batch,
+        &log,
+        &root,
+        cfg.speed.segment_width_ms,
+    )?;
 
     let t = Instant::now();
     fill(&log, &stream, 0, n, n + extra, args.devices).await?;
@@ -252,6 +239,40 @@ pub async fn batch(args: Args) -> anyhow::Result<()> {
         (n + extra) as u64,
         full[0].1 * (n + extra) as f64 / n as f64,
     )
+}
+
+/// The same log is archived into each place: local disk, then the object store.
+fn places(
+    args: &Args,
+    pipeline: &tributary_core::pipeline::Pipeline,
+    storage: &Storage,
+    batch: &Arc<Batch>,
+    log: &Arc<dyn EventLog>,
+    root: &std::path::Path,
+    segment_width_ms: u64,
+) -> anyhow::Result<Vec<Place>> {
+    let mut places = vec![Place {
+        name: "local disk".into(),
+        storage: storage.clone(),
+        batch: batch.clone(),
+    }];
+    if let Some(url) = &args.storage_root {
+        tributary_core::cloud::register(&args.storage_options.iter().cloned().collect())?;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+        let url = format!("{}/bench-{}", url.trim_end_matches('/'), nanos.as_micros());
+        let remote = Storage::open_location(&url, Some(&root.join("remote-local")))?;
+        places.push(Place {
+            name: url,
+            batch: Arc::new(Batch::new(
+                pipeline.clone(),
+                remote.clone(),
+                log.clone(),
+                segment_width_ms,
+            )),
+            storage: remote,
+        });
+    }
+    Ok(places)
 }
 
 /// Where the tables of one pass live.

@@ -84,118 +84,12 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
     let post_url = format!("{}/api/v1/streams/{}/events", args.url, args.stream);
     let stop = Arc::new(AtomicBool::new(false));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
-
-    // Ingest at a steady rate, in batches of 500.
     let ingested = Arc::new(AtomicU64::new(0));
-    let ingest = {
-        let (client, url, stop, ingested) = (
-            client.clone(),
-            post_url.clone(),
-            stop.clone(),
-            ingested.clone(),
-        );
-        let kinds = ["pump", "fan", "valve"];
-        let per_second = args.ingest_rate.max(1);
-        tokio::spawn(async move {
-            let batch = 500u64;
-            let mut tick =
-                tokio::time::interval(Duration::from_secs_f64(batch as f64 / per_second as f64));
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                tick.tick().await;
-                let events: Vec<Value> = (0..batch)
-                    .map(|i| event(kinds[((n + i) % 3) as usize], n + i))
-                    .collect();
-                n += batch;
-                let (client, url, ingested) = (client.clone(), url.clone(), ingested.clone());
-                tokio::spawn(async move {
-                    if let Ok(r) = client.post(&url).json(&events).send().await
-                        && r.status().is_success()
-                    {
-                        ingested.fetch_add(batch, Ordering::Relaxed);
-                    }
-                });
-            }
-        })
-    };
-
-    // Open-loop queries: each is sent on schedule whether or not earlier ones returned.
+    let ingest = spawn_ingest(&client, &post_url, args.ingest_rate, &stop, &ingested);
     let latencies = Arc::new(Mutex::new(Vec::<u64>::new()));
     let errors = Arc::new(AtomicU64::new(0));
-    let permits = Arc::new(tokio::sync::Semaphore::new(args.connections));
-    let queries = {
-        let (client, stop, latencies, errors, permits) = (
-            client.clone(),
-            stop.clone(),
-            latencies.clone(),
-            errors.clone(),
-            permits.clone(),
-        );
-        let every = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            while !stop.load(Ordering::Relaxed) {
-                tick.tick().await;
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    // Every connection busy: count it as a miss, keep the schedule.
-                    errors.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
-                let (client, url, latencies, errors) = (
-                    client.clone(),
-                    query_url.clone(),
-                    latencies.clone(),
-                    errors.clone(),
-                );
-                tokio::spawn(async move {
-                    let t = Instant::now();
-                    let ok = match client.get(&url).send().await {
-                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                        Err(_) => false,
-                    };
-                    let us = t.elapsed().as_micros() as u64;
-                    drop(permit);
-                    if ok {
-                        latencies.lock().await.push(us);
-                    } else {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                });
-            }
-        })
-    };
-
-    // Freshness: one probe event at a time, polled until the view counts it.
-    let mut freshness = Vec::new();
-    let mut seen = count(&client, &probe_url).await;
-    let mut n = 0;
-    while Instant::now() < deadline {
-        let sent = Instant::now();
-        let r = client
-            .post(&post_url)
-            .json(&json!([event("bench-probe", n)]))
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            bail!("the probe event was refused: {}", r.status());
-        }
-        let accepted = Instant::now();
-        n += 1;
-        loop {
-            let c = count(&client, &probe_url).await;
-            if c > seen {
-                seen = c;
-                freshness.push(accepted.elapsed().as_micros() as u64);
-                break;
-            }
-            if sent.elapsed() > Duration::from_secs(10) {
-                bail!("a probe event did not show in the view within 10 s");
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let queries = spawn_queries(&client, query_url, &args, &stop, &latencies, &errors);
+    let mut freshness = probe_freshness(&client, &post_url, &probe_url, deadline).await?;
     stop.store(true, Ordering::Relaxed);
     let _ = tokio::join!(ingest, queries);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -227,6 +121,136 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         percentile(&freshness, 0.99)
     );
     Ok(())
+}
+
+/// Ingest at a steady rate, in batches of 500.
+fn spawn_ingest(
+    client: &reqwest::Client,
+    url: &str,
+    rate: u64,
+    stop: &Arc<AtomicBool>,
+    ingested: &Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    let (client, url, stop, ingested) = (
+        client.clone(),
+        url.to_string(),
+        stop.clone(),
+        ingested.clone(),
+    );
+    let kinds = ["pump", "fan", "valve"];
+    let per_second = rate.max(1);
+    tokio::spawn(async move {
+        let batch = 500u64;
+        let mut tick =
+            tokio::time::interval(Duration::from_secs_f64(batch as f64 / per_second as f64));
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            let events: Vec<Value> = (0..batch)
+                .map(|i| event(kinds[((n + i) % 3) as usize], n + i))
+                .collect();
+            n += batch;
+            let (client, url, ingested) = (client.clone(), url.clone(), ingested.clone());
+            tokio::spawn(async move {
+                if let Ok(r) = client.post(&url).json(&events).send().await
+                    && r.status().is_success()
+                {
+                    ingested.fetch_add(batch, Ordering::Relaxed);
+                }
+            });
+        }
+    })
+}
+
+/// Open-loop queries: each is sent on schedule whether or not earlier ones returned.
+fn spawn_queries(
+    client: &reqwest::Client,
+    query_url: String,
+    args: &Args,
+    stop: &Arc<AtomicBool>,
+    latencies: &Arc<Mutex<Vec<u64>>>,
+    errors: &Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(args.connections));
+    let (client, stop, latencies, errors) = (
+        client.clone(),
+        stop.clone(),
+        latencies.clone(),
+        errors.clone(),
+    );
+    let every = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        while !stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                // Every connection busy: count it as a miss, keep the schedule.
+                errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let (client, url, latencies, errors) = (
+                client.clone(),
+                query_url.clone(),
+                latencies.clone(),
+                errors.clone(),
+            );
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let ok = match client.get(&url).send().await {
+                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                let us = t.elapsed().as_micros() as u64;
+                drop(permit);
+                if ok {
+                    latencies.lock().await.push(us);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    })
+}
+
+/// Freshness: one probe event at a time, polled until the view counts it; microseconds
+/// from the POST's answer to the view's.
+async fn probe_freshness(
+    client: &reqwest::Client,
+    post_url: &str,
+    probe_url: &str,
+    deadline: Instant,
+) -> anyhow::Result<Vec<u64>> {
+    let mut freshness = Vec::new();
+    let mut seen = count(client, probe_url).await;
+    let mut n = 0;
+    while Instant::now() < deadline {
+        let sent = Instant::now();
+        let r = client
+            .post(post_url)
+            .json(&json!([event("bench-probe", n)]))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("the probe event was refused: {}", r.status());
+        }
+        let accepted = Instant::now();
+        n += 1;
+        loop {
+            let c = count(client, probe_url).await;
+            if c > seen {
+                seen = c;
+                freshness.push(accepted.elapsed().as_micros() as u64);
+                break;
+            }
+            if sent.elapsed() > Duration::from_secs(10) {
+                bail!("a probe event did not show in the view within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(freshness)
 }
 
 async fn count(client: &reqwest::Client, url: &str) -> i64 {

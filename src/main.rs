@@ -4,12 +4,15 @@ mod bench;
 mod bench_batch;
 mod bench_ingest;
 mod bench_serve;
+mod commands;
 mod probe;
 mod wiring;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use tributary_core::shutdown::StopOutcome;
+use wiring::Role;
 
 /// Tributary: lambda-architecture analytics. Events come in once; a speed layer and a
 /// Delta Lake batch layer compute the same SQL views; serving merges both into one
@@ -123,7 +126,7 @@ enum BenchTarget {
     Ingest(bench_ingest::Args),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
@@ -163,56 +166,78 @@ fn main() -> anyhow::Result<()> {
         .thread_name("tributary")
         .build()?;
     let config = wiring::config_path(cli.config);
-    runtime.block_on(async move {
-        match cli.command {
-            Command::Up => wiring::up(config).await,
-            Command::Ingest => wiring::single_role("ingest", config).await,
-            Command::Speed => wiring::single_role("speed", config).await,
-            Command::Batch => wiring::single_role("batch", config).await,
-            Command::Serve => wiring::single_role("serve", config).await,
-            Command::Recompute { incremental, view } => {
-                let kind = if incremental {
-                    tributary_batch::RunKind::Incremental
-                } else {
-                    tributary_batch::RunKind::Full
-                };
-                wiring::recompute(config, kind, view).await
-            }
-            Command::Backfill {
-                stream,
-                format,
-                source,
-            } => wiring::backfill(config, stream, source, format).await,
-            Command::Check => wiring::check(config).await,
-            Command::Probe { url, timeout_ms } => probe::probe(&url, timeout_ms).await,
-            Command::Bench {
-                target:
-                    BenchTarget::Speed {
-                        events,
-                        devices,
-                        batch,
-                        threads,
-                        python,
-                    },
-            } => {
-                bench::speed(bench::Args {
-                    events,
-                    devices,
-                    batch,
-                    threads,
-                    python,
-                })
-                .await
-            }
-            Command::Bench {
-                target: BenchTarget::Serve(args),
-            } => bench_serve::serve(args).await,
-            Command::Bench {
-                target: BenchTarget::Batch(args),
-            } => bench_batch::batch(args).await,
-            Command::Bench {
-                target: BenchTarget::Ingest(args),
-            } => bench_ingest::ingest(args).await,
+    let outcome = runtime.block_on(dispatch(cli.command, config))?;
+    Ok(exit_code(outcome))
+}
+
+/// Run a role subcommand until it stops, or a one-shot subcommand to its end.
+async fn dispatch(command: Command, config: Option<PathBuf>) -> anyhow::Result<StopOutcome> {
+    let done = match command {
+        Command::Up => return wiring::run(&Role::ALL, config).await,
+        Command::Ingest => return wiring::run(&[Role::Ingest], config).await,
+        Command::Speed => return wiring::run(&[Role::Speed], config).await,
+        Command::Batch => return wiring::run(&[Role::Batch], config).await,
+        Command::Serve => return wiring::run(&[Role::Serve], config).await,
+        Command::Recompute { incremental, view } => {
+            let kind = if incremental {
+                tributary_batch::RunKind::Incremental
+            } else {
+                tributary_batch::RunKind::Full
+            };
+            commands::recompute(config, kind, view).await
         }
-    })
+        Command::Backfill {
+            stream,
+            format,
+            source,
+        } => commands::backfill(config, stream, source, format).await,
+        Command::Check => commands::check(config).await,
+        Command::Probe { url, timeout_ms } => probe::probe(&url, timeout_ms).await,
+        Command::Bench { target } => bench(target).await,
+    };
+    done.map(|()| StopOutcome::Clean)
+}
+
+/// How a long-running process's stop maps to its exit status: 0 only for a clean stop
+/// on a signal, so a supervisor can tell a crash or an unclean stop from a requested one.
+fn exit_code(outcome: StopOutcome) -> std::process::ExitCode {
+    match outcome {
+        StopOutcome::Clean => std::process::ExitCode::SUCCESS,
+        StopOutcome::TaskEnded(why) => {
+            eprintln!("tributary: {why}");
+            std::process::ExitCode::from(1)
+        }
+        StopOutcome::Unclean(problems) => {
+            eprintln!("tributary: stopped uncleanly: {}", problems.join("; "));
+            std::process::ExitCode::from(2)
+        }
+        StopOutcome::Forced => {
+            eprintln!("tributary: a second signal: exiting without waiting for tasks");
+            std::process::ExitCode::from(130)
+        }
+    }
+}
+
+async fn bench(target: BenchTarget) -> anyhow::Result<()> {
+    match target {
+        BenchTarget::Speed {
+            events,
+            devices,
+            batch,
+            threads,
+            python,
+        } => {
+            bench::speed(bench::Args {
+                events,
+                devices,
+                batch,
+                threads,
+                python,
+            })
+            .await
+        }
+        BenchTarget::Serve(args) => bench_serve::serve(args).await,
+        BenchTarget::Batch(args) => bench_batch::batch(args).await,
+        BenchTarget::Ingest(args) => bench_ingest::ingest(args).await,
+    }
 }

@@ -1,4 +1,5 @@
-//! How the roles are put together for each subcommand.
+//! How the roles are put together: one [`Role`] enum, one `start_<role>` each, and
+//! [`run`], which starts the roles a subcommand asks for in one process (`up` is all four).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -7,23 +8,46 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use indicatif::{ProgressBar, ProgressStyle};
+use axum::Router;
 use tributary_batch::{Batch, views};
-use tributary_core::config::Scope;
-use tributary_core::config::{self, Config, ConfigSource, LogKind};
+use tributary_core::config::{self, Config, ConfigSource, LogKind, Scope};
 use tributary_core::dead_letter::DeadLetterSink;
+use tributary_core::ingest_handle::IngestHandle;
 use tributary_core::log::EventLog;
 use tributary_core::pipeline::Pipeline;
-use tributary_core::shutdown::{Shutdown, Tasks, signal};
+use tributary_core::shutdown::{Shutdown, StopOutcome, Tasks};
 use tributary_core::storage::Storage;
 use tributary_ingest::log::{EmbeddedLog, KafkaLog};
 use tributary_ingest::{Ingest, generator};
 use tributary_serving::auth::Auth;
-use tributary_serving::live::LiveFeeds;
+use tributary_serving::feeds::LiveFeeds;
 use tributary_serving::{AppState, Merger};
 use tributary_speed::SpeedLayer;
+use tributary_speed::source::SpeedSource;
 
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A role a process can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Ingest,
+    Speed,
+    Batch,
+    Serve,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Ingest, Role::Speed, Role::Batch, Role::Serve];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Ingest => "ingest",
+            Role::Speed => "speed",
+            Role::Batch => "batch",
+            Role::Serve => "serve",
+        }
+    }
+}
 
 /// `--config` if given, else `./tributary.toml` if it exists, else the embedded default.
 pub fn config_path(flag: Option<PathBuf>) -> Option<PathBuf> {
@@ -33,14 +57,14 @@ pub fn config_path(flag: Option<PathBuf>) -> Option<PathBuf> {
     })
 }
 
-async fn load(path: Option<PathBuf>) -> anyhow::Result<(Config, ConfigSource, Pipeline)> {
+pub async fn load(path: Option<PathBuf>) -> anyhow::Result<(Config, ConfigSource, Pipeline)> {
     let (config, source) = config::load(path.as_deref())?;
     let pipeline = Pipeline::from_config(&config, &source).await?;
     Ok((config, source, pipeline))
 }
 
 /// The configured event log, and the Kafka handle when it is Kafka (for ticks).
-async fn open_log(
+pub async fn open_log(
     config: &Config,
     storage: &Storage,
     pipeline: &Pipeline,
@@ -66,6 +90,279 @@ async fn open_log(
     }
 }
 
+/// What the roles of one process share, and the tasks they spawn.
+struct Process {
+    config: Config,
+    pipeline: Pipeline,
+    storage: Storage,
+    log: Arc<dyn EventLog>,
+    /// The dead-letter sink of this process (its spool is named after the process).
+    dead_letters: DeadLetterSink,
+    auth: Auth,
+    shutdown: Shutdown,
+    tasks: Tasks,
+    /// Each role this process runs and whether it is up (`/health`, `/ready`).
+    roles: Vec<(String, Arc<AtomicBool>)>,
+    /// The batch run coordinator, made on first use: serving starts runs through it and
+    /// the embedded log's retention asks it what the archiver has committed, and status
+    /// reports both from the same one.
+    batch: Option<Arc<Batch>>,
+}
+
+impl Process {
+    fn batch(&mut self) -> Arc<Batch> {
+        let (config, pipeline, storage, log) =
+            (&self.config, &self.pipeline, &self.storage, &self.log);
+        self.batch
+            .get_or_insert_with(|| batch_layer(config, pipeline, storage, log))
+            .clone()
+    }
+
+    fn flag(&self, role: Role) -> Arc<AtomicBool> {
+        self.roles
+            .iter()
+            .find(|(n, _)| n == role.name())
+            .map(|(_, f)| f.clone())
+            .unwrap_or_default()
+    }
+
+    /// Spawn `fut` as role `role`'s task, its flag up while it runs.
+    fn spawn_role<E: std::fmt::Display>(
+        &mut self,
+        role: Role,
+        fut: impl Future<Output = Result<(), E>> + Send + 'static,
+    ) {
+        let flag = self.flag(role);
+        self.tasks.spawn(role.name(), async move {
+            flag.store(true, Ordering::Release);
+            let result = fut.await;
+            flag.store(false, Ordering::Release);
+            result
+        });
+    }
+}
+
+/// Run `roles` in this process until SIGINT/SIGTERM or a task ends; `up` is every role.
+pub async fn run(roles: &[Role], path: Option<PathBuf>) -> anyhow::Result<StopOutcome> {
+    let (config, source, pipeline) = load(path).await?;
+    let all = roles.len() == Role::ALL.len();
+    if !all && config.log.kind == LogKind::Embedded {
+        bail!(
+            "`tributary {}` runs one role against a shared event log, but {source} uses the \
+             embedded log, which lives inside one process: run `tributary up`, or set \
+             log.kind = \"kafka\"",
+            roles[0].name()
+        );
+    }
+    check_exposure(&config)?;
+    let storage = config.open_storage()?;
+    let (log, kafka) = open_log(&config, &storage, &pipeline).await?;
+    let process_name = if all { "up" } else { roles[0].name() };
+    let dead_letters = DeadLetterSink::new(
+        storage.clone(),
+        pipeline.streams.iter().map(|s| s.name.clone()),
+    )
+    .with_spool(&storage.spool_dir(), process_name)?;
+    let mut p = Process {
+        auth: Auth::new(&config.auth).with_secure_cookies(config.http.tls_cert.is_some()),
+        roles: roles
+            .iter()
+            .map(|r| (r.name().to_string(), Arc::new(AtomicBool::new(false))))
+            .collect(),
+        config,
+        pipeline,
+        storage,
+        log,
+        dead_letters,
+        shutdown: Shutdown::new(),
+        tasks: Tasks::new(),
+        batch: None,
+    };
+    if let Some(kafka) = kafka
+        && (roles.contains(&Role::Ingest) || roles.contains(&Role::Batch))
+    {
+        let every = Duration::from_millis(p.config.log.tick_interval_ms.max(10));
+        p.tasks
+            .spawn("log-ticker", tick(kafka, every, p.shutdown.clone()));
+    }
+    let app = start_roles(&mut p, roles).await?;
+    let app = tributary_serving::with_cors(app, &p.config.http.cors_origins)
+        .context("http.cors-origins")?;
+    let http = tributary_serving::run(p.config.http.clone(), app, p.shutdown.clone());
+    if roles.contains(&Role::Serve) {
+        p.spawn_role(Role::Serve, http);
+    } else {
+        p.tasks.spawn("http", http);
+    }
+    let names: Vec<_> = roles.iter().map(|r| r.name()).collect();
+    eprintln!(
+        "Tributary {} is up ({source}): http://{}/ — storage under {}, log {}",
+        names.join(" + "),
+        p.config.http.addr,
+        p.storage.location(),
+        match p.config.log.kind {
+            LogKind::Embedded => "embedded".to_string(),
+            LogKind::Kafka => format!("on Kafka at {}", p.config.log.brokers),
+        }
+    );
+    Ok(p.tasks.supervise(p.shutdown, SHUTDOWN_DEADLINE).await)
+}
+
+/// Start each role of `roles` and return the HTTP routes they answer.
+async fn start_roles(p: &mut Process, roles: &[Role]) -> anyhow::Result<Router> {
+    let mut app = Router::new();
+    let mut ingest = None;
+    if roles.contains(&Role::Ingest) {
+        let (handle, routes) = start_ingest(p);
+        ingest = Some(handle);
+        app = app.merge(routes);
+    }
+    // With serving in the process, the batch views it loads also give the speed layer
+    // its cutoffs; a speed process alone reads only the cutoffs.
+    let loaded = match roles.contains(&Role::Serve) {
+        true => Some(load_batch_views(&p.pipeline, &p.storage).await?),
+        false => None,
+    };
+    let mut speed: Option<Arc<dyn SpeedSource>> = None;
+    if roles.contains(&Role::Speed) {
+        let cutoffs = match &loaded {
+            Some(l) => l.iter().map(|(n, bv)| (n.clone(), bv.cutoff)).collect(),
+            None => load_cutoffs(&p.pipeline, &p.storage).await?,
+        };
+        let layer = start_speed(p, &cutoffs);
+        if !roles.contains(&Role::Serve) {
+            // Serving processes call this with a token of scope `admin` (a no-op
+            // without tokens).
+            let routes = tributary_speed::server::router(layer.clone());
+            app = app.merge(p.auth.require(Scope::Admin, routes));
+        }
+        speed = Some(Arc::new(layer));
+    }
+    if roles.contains(&Role::Batch) {
+        start_batch(p);
+    }
+    if let Some(loaded) = loaded {
+        let speed = match speed {
+            Some(local) => local,
+            None => Arc::new(
+                tributary_speed::remote::RemoteSpeed::new(&p.config.speed.url)
+                    .with_token(speed_token(&p.config.auth)?),
+            ),
+        };
+        let ingest = ingest.map(|i| i as Arc<dyn IngestHandle>);
+        app = app.merge(start_serve(p, speed, loaded, ingest)?);
+    } else {
+        // Serving's router has its own `/health` and `/ready`.
+        app = app.merge(tributary_serving::health_router(p.roles.clone()));
+    }
+    Ok(app)
+}
+
+/// Ingest: validation into the log, dead letters, the event generator if switched on.
+fn start_ingest(p: &mut Process) -> (Arc<Ingest>, Router) {
+    let ingest = Arc::new(Ingest::new(
+        p.pipeline.streams.clone(),
+        p.log.clone(),
+        p.dead_letters.clone(),
+        tributary_ingest::IngestLimits::from_config(&p.config.http),
+    ));
+    if p.config.generator.enabled {
+        let generator = generator::run(
+            p.config.generator.clone(),
+            ingest.clone(),
+            p.shutdown.clone(),
+        );
+        p.tasks.spawn("generator", generator);
+    }
+    p.flag(Role::Ingest).store(true, Ordering::Release);
+    let routes = tributary_ingest::http::router(ingest.clone(), p.config.http.max_body_bytes);
+    (ingest.clone(), p.auth.require(Scope::Ingest, routes))
+}
+
+/// The speed layer, reading the log from each view's batch cutoff.
+fn start_speed(p: &mut Process, cutoffs: &HashMap<String, i64>) -> SpeedLayer {
+    let layer = SpeedLayer::new(&p.pipeline, &p.config.speed, cutoffs)
+        .with_dead_letters(p.dead_letters.clone());
+    let run = tributary_speed::run(
+        p.config.speed.clone(),
+        p.pipeline.clone(),
+        p.log.clone(),
+        layer.clone(),
+        Some(p.storage.speed_snapshot_dir()),
+        p.shutdown.clone(),
+    );
+    p.spawn_role(Role::Speed, run);
+    layer
+}
+
+/// The batch layer's archiver, and the embedded log's retention (which waits for it).
+fn start_batch(p: &mut Process) {
+    let archiver = tributary_batch::run(
+        p.config.batch.clone(),
+        p.pipeline.clone(),
+        p.storage.clone(),
+        p.log.clone(),
+        p.dead_letters.clone(),
+        p.shutdown.clone(),
+    );
+    p.spawn_role(Role::Batch, archiver);
+    if p.config.log.kind == LogKind::Embedded {
+        let retention = tributary_batch::retention::run(
+            p.batch(),
+            p.config.log.retention_hours,
+            p.config.log.retention_mb,
+            p.shutdown.clone(),
+        );
+        p.tasks.spawn("log-retention", retention);
+    }
+}
+
+/// Serving: the merge, the API, live push, the dashboard, and the batch runs it starts
+/// (on demand and on schedule).
+fn start_serve(
+    p: &mut Process,
+    speed: Arc<dyn SpeedSource>,
+    loaded: HashMap<String, views::BatchView>,
+    ingest: Option<Arc<dyn IngestHandle>>,
+) -> anyhow::Result<Router> {
+    let merger = Arc::new(Merger::new(
+        p.pipeline.clone(),
+        p.storage.clone(),
+        speed,
+        loaded,
+    ));
+    let batch = p.batch();
+    let requests = p.tasks.requests();
+    let state = AppState {
+        merger,
+        batch: batch.clone(),
+        roles: Arc::new(p.roles.clone()),
+        shutdown: p.shutdown.clone(),
+        sql: p.config.sql.clone(),
+        // The spool to flush before a listing is this process's only when ingest or
+        // the speed layer here writes letters.
+        dead_letters: ingest.is_some().then(|| p.dead_letters.clone()),
+        ingest,
+        live_interval_ms: p.config.http.live_interval_ms,
+        log: p.log.clone(),
+        live_feeds: Arc::new(LiveFeeds::new(
+            p.config.http.max_live_clients,
+            requests.clone(),
+        )),
+        requests,
+    };
+    let poll = Duration::from_millis(p.config.batch.view_poll_ms.max(10));
+    let refresh = tributary_serving::refresh_loop(state.clone(), poll, p.shutdown.clone());
+    p.tasks.spawn("batch-view-refresh", refresh);
+    spawn_schedule(&mut p.tasks, &p.config, &batch, &p.shutdown)?;
+    let web = tributary_serving::web::router(
+        state.clone(),
+        p.config.http.site_dir.clone(),
+        p.auth.clone(),
+    );
+    Ok(tributary_serving::router(state, &p.auth).merge(web))
+}
+
 /// Keep idle partitions' derived ingest time moving (see ingest/src/log/kafka.rs).
 async fn tick(log: Arc<KafkaLog>, every: Duration, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut interval = tokio::time::interval(every);
@@ -77,204 +374,6 @@ async fn tick(log: Arc<KafkaLog>, every: Duration, shutdown: Shutdown) -> anyhow
         if let Err(e) = log.tick().await {
             tracing::warn!(error = %e, "could not write ticks");
         }
-    }
-}
-
-pub async fn check(path: Option<PathBuf>) -> anyhow::Result<()> {
-    let (config, source, pipeline) = load(path).await?;
-    // Object-store options are checked by name here too, without touching the store.
-    tributary_core::cloud::register(&config.storage.options)?;
-    println!("configuration {source}: OK");
-    for s in &pipeline.streams {
-        println!(
-            "stream {}: {} fields, {} partitions",
-            s.name,
-            s.fields.len(),
-            s.partitions
-        );
-    }
-    for v in &pipeline.views {
-        println!(
-            "view {} over {}: keys [{}], window {}, values [{}]",
-            v.name,
-            v.stream,
-            v.keys.join(", "),
-            v.window,
-            v.values.join(", ")
-        );
-    }
-    Ok(())
-}
-
-/// Run one role as its own process against a shared (Kafka) log.
-pub async fn single_role(role: &str, path: Option<PathBuf>) -> anyhow::Result<()> {
-    let (config, source, pipeline) = load(path).await?;
-    if config.log.kind == LogKind::Embedded {
-        bail!(
-            "`tributary {role}` runs one role against a shared event log, but {source} uses the \
-             embedded log, which lives inside one process: run `tributary up`, or set \
-             log.kind = \"kafka\""
-        );
-    }
-    check_exposure(&config)?;
-    let auth = Auth::new(&config.auth).with_secure_cookies(config.http.tls_cert.is_some());
-    let storage = config.open_storage()?;
-    let (log, kafka) = open_log(&config, &storage, &pipeline).await?;
-    let shutdown = Shutdown::new();
-    let mut tasks = Tasks::new();
-    let up = Arc::new(AtomicBool::new(false));
-    let roles = vec![(role.to_string(), up.clone())];
-    let dead_letters = DeadLetterSink::new(
-        storage.clone(),
-        pipeline.streams.iter().map(|s| s.name.clone()),
-    )
-    .with_spool(&storage.spool_dir(), role)?;
-    let tick_every = Duration::from_millis(config.log.tick_interval_ms.max(10));
-    let app = match role {
-        "ingest" => {
-            let ingest = Arc::new(Ingest::new(
-                pipeline.streams.clone(),
-                log.clone(),
-                dead_letters,
-                tributary_ingest::IngestLimits::from_config(&config.http),
-            ));
-            if let Some(k) = kafka {
-                tasks.spawn("log-ticker", tick(k, tick_every, shutdown.clone()));
-            }
-            if config.generator.enabled {
-                tasks.spawn(
-                    "generator",
-                    generator::run(config.generator.clone(), ingest.clone(), shutdown.clone()),
-                );
-            }
-            up.store(true, Ordering::Release);
-            tributary_serving::health_router(roles).merge(auth.require(
-                Scope::Ingest,
-                tributary_ingest::http::router(ingest, config.http.max_body_bytes),
-            ))
-        }
-        "speed" => {
-            let mut cutoffs = HashMap::new();
-            for v in &pipeline.views {
-                if let Some(c) = views::load_cutoff(&storage, v).await? {
-                    cutoffs.insert(v.name.clone(), c);
-                }
-            }
-            let speed = SpeedLayer::new(&pipeline, &config.speed, &cutoffs)
-                .with_dead_letters(dead_letters.clone());
-            tasks.spawn(
-                "speed",
-                with_flag(
-                    up,
-                    tributary_speed::run(
-                        config.speed.clone(),
-                        pipeline.clone(),
-                        log.clone(),
-                        speed.clone(),
-                        Some(storage.speed_snapshot_dir()),
-                        shutdown.clone(),
-                    ),
-                ),
-            );
-            // Serving processes call this with a token of scope `admin` (a no-op
-            // without tokens).
-            tributary_serving::health_router(roles)
-                .merge(auth.require(Scope::Admin, tributary_speed::server::router(speed)))
-        }
-        "batch" => {
-            if let Some(k) = kafka {
-                tasks.spawn("log-ticker", tick(k, tick_every, shutdown.clone()));
-            }
-            tasks.spawn(
-                "batch",
-                with_flag(
-                    up,
-                    tributary_batch::run(
-                        config.batch.clone(),
-                        pipeline.clone(),
-                        storage.clone(),
-                        log.clone(),
-                        dead_letters,
-                        shutdown.clone(),
-                    ),
-                ),
-            );
-            tributary_serving::health_router(roles)
-        }
-        "serve" => {
-            let loaded = load_batch_views(&pipeline, &storage).await?;
-            let speed = Arc::new(
-                tributary_speed::remote::RemoteSpeed::new(&config.speed.url)
-                    .with_token(speed_token(&config.auth)?),
-            );
-            let merger = Arc::new(Merger::new(
-                pipeline.clone(),
-                storage.clone(),
-                speed,
-                loaded,
-            ));
-            let batch = batch_layer(&config, &pipeline, &storage, &log);
-            let state = AppState {
-                merger,
-                batch,
-                roles: Arc::new(roles),
-                shutdown: shutdown.clone(),
-                sql: config.sql.clone(),
-                ingest: None,
-                dead_letters: None,
-                live_interval_ms: config.http.live_interval_ms,
-                log: log.clone(),
-                live_feeds: Arc::new(LiveFeeds::new(config.http.max_live_clients)),
-            };
-            tasks.spawn(
-                "batch-view-refresh",
-                tributary_serving::refresh_loop(
-                    state.clone(),
-                    Duration::from_secs(2),
-                    shutdown.clone(),
-                ),
-            );
-            spawn_schedule(&mut tasks, &config, &state.batch, &shutdown)?;
-            up.store(true, Ordering::Release);
-            tributary_serving::router(state.clone(), &auth).merge(tributary_serving::web::router(
-                state,
-                config.http.site_dir.clone(),
-                auth.clone(),
-            ))
-        }
-        other => bail!("unknown role `{other}`"),
-    };
-    let app = tributary_serving::with_cors(app, &config.http.cors_origins)
-        .context("http.cors-origins")?;
-    tasks.spawn(
-        "http",
-        tributary_serving::run(config.http.clone(), app, shutdown.clone()),
-    );
-    eprintln!(
-        "Tributary {role} is up ({source}) on http://{}/ with Kafka at {}",
-        config.http.addr, config.log.brokers
-    );
-    supervise(tasks, shutdown).await
-}
-
-/// Wait for SIGINT/SIGTERM or the first task to end; then stop everything in time.
-async fn supervise(mut tasks: Tasks, shutdown: Shutdown) -> anyhow::Result<()> {
-    let outcome = tokio::select! {
-        exit = tasks.first_exit(&shutdown) => exit,
-        _ = signal() => None,
-    };
-    shutdown.cancel();
-    let failure = outcome.map(|(name, result)| match result {
-        Err(e) => format!("task `{name}` failed: {e}"),
-        Ok(()) => format!("task `{name}` stopped unexpectedly"),
-    });
-    let problems = tasks.join(SHUTDOWN_DEADLINE).await;
-    for p in &problems {
-        tracing::warn!("shutdown: {p}");
-    }
-    match failure {
-        Some(f) => bail!(f),
-        None => Ok(()),
     }
 }
 
@@ -297,152 +396,6 @@ fn check_exposure(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Run every role in this process until SIGINT/SIGTERM.
-pub async fn up(path: Option<PathBuf>) -> anyhow::Result<()> {
-    let (config, source, pipeline) = load(path).await?;
-    check_exposure(&config)?;
-    let storage = config.open_storage()?;
-    let (log, kafka) = open_log(&config, &storage, &pipeline).await?;
-    let dead_letters = DeadLetterSink::new(
-        storage.clone(),
-        pipeline.streams.iter().map(|s| s.name.clone()),
-    )
-    .with_spool(&storage.spool_dir(), "up")?;
-    let ingest = Arc::new(Ingest::new(
-        pipeline.streams.clone(),
-        log.clone(),
-        dead_letters.clone(),
-        tributary_ingest::IngestLimits::from_config(&config.http),
-    ));
-
-    // Serving and the speed layer start from the batch views already committed.
-    let loaded = load_batch_views(&pipeline, &storage).await?;
-    let cutoffs = loaded
-        .iter()
-        .map(|(name, bv)| (name.clone(), bv.cutoff))
-        .collect();
-    let speed =
-        SpeedLayer::new(&pipeline, &config.speed, &cutoffs).with_dead_letters(dead_letters.clone());
-    let batch = batch_layer(&config, &pipeline, &storage, &log);
-    let merger = Arc::new(Merger::new(
-        pipeline.clone(),
-        storage.clone(),
-        Arc::new(speed.clone()),
-        loaded,
-    ));
-
-    let role_names = ["ingest", "speed", "batch", "serve"];
-    let roles: Vec<(String, Arc<AtomicBool>)> = role_names
-        .iter()
-        .map(|r| (r.to_string(), Arc::new(AtomicBool::new(false))))
-        .collect();
-    let flag = |name: &str| {
-        roles
-            .iter()
-            .find(|(n, _)| n == name)
-            .expect("role")
-            .1
-            .clone()
-    };
-    let shutdown = Shutdown::new();
-    let state = AppState {
-        merger: merger.clone(),
-        batch: batch.clone(),
-        roles: Arc::new(roles.clone()),
-        shutdown: shutdown.clone(),
-        sql: config.sql.clone(),
-        ingest: Some(ingest.clone()),
-        dead_letters: Some(dead_letters.clone()),
-        live_interval_ms: config.http.live_interval_ms,
-        log: log.clone(),
-        live_feeds: Arc::new(LiveFeeds::new(config.http.max_live_clients)),
-    };
-    let auth = Auth::new(&config.auth).with_secure_cookies(config.http.tls_cert.is_some());
-    let app = tributary_serving::router(state.clone(), &auth)
-        .merge(auth.require(
-            Scope::Ingest,
-            tributary_ingest::http::router(ingest.clone(), config.http.max_body_bytes),
-        ))
-        .merge(tributary_serving::web::router(
-            state.clone(),
-            config.http.site_dir.clone(),
-            auth.clone(),
-        ));
-
-    let mut tasks = Tasks::new();
-    tasks.spawn(
-        "speed",
-        with_flag(
-            flag("speed"),
-            tributary_speed::run(
-                config.speed.clone(),
-                pipeline.clone(),
-                log.clone(),
-                speed,
-                Some(storage.speed_snapshot_dir()),
-                shutdown.clone(),
-            ),
-        ),
-    );
-    tasks.spawn(
-        "batch",
-        with_flag(
-            flag("batch"),
-            tributary_batch::run(
-                config.batch.clone(),
-                pipeline.clone(),
-                storage.clone(),
-                log.clone(),
-                dead_letters,
-                shutdown.clone(),
-            ),
-        ),
-    );
-    tasks.spawn(
-        "batch-view-refresh",
-        tributary_serving::refresh_loop(state, Duration::from_secs(5), shutdown.clone()),
-    );
-    flag("ingest").store(true, Ordering::Release);
-    let app = tributary_serving::with_cors(app, &config.http.cors_origins)
-        .context("http.cors-origins")?;
-    tasks.spawn(
-        "serve",
-        with_flag(
-            flag("serve"),
-            tributary_serving::run(config.http.clone(), app, shutdown.clone()),
-        ),
-    );
-    if let Some(kafka) = kafka {
-        let every = Duration::from_millis(config.log.tick_interval_ms.max(10));
-        tasks.spawn("log-ticker", tick(kafka, every, shutdown.clone()));
-    }
-    spawn_schedule(&mut tasks, &config, &batch, &shutdown)?;
-    if config.log.kind == LogKind::Embedded {
-        tasks.spawn(
-            "log-retention",
-            tributary_batch::retention::run(
-                batch.clone(),
-                config.log.retention_hours,
-                config.log.retention_mb,
-                shutdown.clone(),
-            ),
-        );
-    }
-    if config.generator.enabled {
-        tasks.spawn(
-            "generator",
-            generator::run(config.generator.clone(), ingest.clone(), shutdown.clone()),
-        );
-    }
-    eprintln!(
-        "Tributary is up ({source}): dashboard and API at http://{}/ — storage under {}",
-        config.http.addr,
-        storage.location()
-    );
-
-    supervise(tasks, shutdown).await
-}
-
 /// Every view's committed batch states, by view name.
 async fn load_batch_views(
     pipeline: &Pipeline,
@@ -460,9 +413,25 @@ async fn load_batch_views(
     Ok(loaded)
 }
 
-/// Scheduled batch runs, when `batch.schedule` is set.
+/// Every view's committed cutoff, without its states.
+async fn load_cutoffs(
+    pipeline: &Pipeline,
+    storage: &Storage,
+) -> anyhow::Result<HashMap<String, i64>> {
+    let mut cutoffs = HashMap::new();
+    for v in &pipeline.views {
+        if let Some(c) = views::load_cutoff(storage, v)
+            .await
+            .with_context(|| format!("loading the cutoff of view `{}`", v.name))?
+        {
+            cutoffs.insert(v.name.clone(), c);
+        }
+    }
+    Ok(cutoffs)
+}
+
 /// The batch layer's run coordinator as the configuration sets it up.
-fn batch_layer(
+pub fn batch_layer(
     config: &Config,
     pipeline: &Pipeline,
     storage: &Storage,
@@ -484,6 +453,7 @@ fn batch_layer(
     )
 }
 
+/// Scheduled batch runs and maintenance, where the configuration sets a schedule.
 fn spawn_schedule(
     tasks: &mut Tasks,
     config: &Config,
@@ -520,112 +490,6 @@ fn spawn_schedule(
             tributary_batch::schedule::maintenance(batch.clone(), schedule, shutdown.clone()),
         );
     }
-    Ok(())
-}
-
-/// Mark a role up while its future runs.
-async fn with_flag<E>(
-    flag: Arc<AtomicBool>,
-    fut: impl Future<Output = Result<(), E>>,
-) -> Result<(), E> {
-    flag.store(true, Ordering::Release);
-    let result = fut.await;
-    flag.store(false, Ordering::Release);
-    result
-}
-
-/// One batch run from the command line.
-pub async fn recompute(
-    path: Option<PathBuf>,
-    kind: tributary_batch::RunKind,
-    views: Vec<String>,
-) -> anyhow::Result<()> {
-    let (config, _, pipeline) = load(path).await?;
-    let storage = config.open_storage()?;
-    let opened = open_log(&config, &storage, &pipeline).await;
-    let (log, _) = match config.log.kind {
-        LogKind::Embedded => opened.context(
-            "a running `tributary up` holds the embedded log; trigger the run there with \
-             `curl -X POST 'http://ADDR/api/v1/batch/runs?wait=true'`",
-        )?,
-        LogKind::Kafka => opened?,
-    };
-    let batch = batch_layer(&config, &pipeline, &storage, &log);
-    let bar = ProgressBar::new(1);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-            .expect("static template"),
-    );
-    let progress_bar = bar.clone();
-    let progress = Arc::new(move |msg: &str, done: u64, total: u64| {
-        progress_bar.set_length(total);
-        progress_bar.set_position(done);
-        progress_bar.set_message(msg.to_string());
-    });
-    let only = (!views.is_empty()).then_some(views);
-    let (_, run) = batch.try_start_views(kind, only, progress)?;
-    let result = run.await;
-    bar.finish_and_clear();
-    let record = result?;
-    println!("{}", serde_json_pretty(&record));
-    Ok(())
-}
-
-fn serde_json_pretty(record: &tributary_batch::RunRecord) -> String {
-    format!(
-        "run {}: {:?}, cutoff {}, {} rows in, {} state rows out, {} ms",
-        record.id,
-        record.status,
-        record.cutoff.as_deref().unwrap_or("-"),
-        record.rows_in,
-        record.rows_out,
-        record.duration_ms.unwrap_or(0)
-    )
-}
-
-/// `tributary backfill`: load a file of historical events into a stream's master table.
-pub async fn backfill(
-    path: Option<PathBuf>,
-    stream: String,
-    source: String,
-    format: Option<String>,
-) -> anyhow::Result<()> {
-    use tributary_batch::backfill::{self, Format};
-    let (config, _, pipeline) = load(path).await?;
-    let Some(schema) = pipeline.stream(&stream).cloned() else {
-        let known: Vec<_> = pipeline.streams.iter().map(|s| s.name.as_str()).collect();
-        bail!(
-            "unknown stream `{stream}`; the configuration has: {}",
-            known.join(", ")
-        );
-    };
-    let format =
-        match format {
-            None => None,
-            Some(f) => Some(Format::parse(&f).with_context(|| {
-                format!("--format `{f}`: expected json, ndjson, csv or parquet")
-            })?),
-        };
-    let storage = config.open_storage()?;
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} rows ({per_sec}, {eta} left)",
-        )
-        .expect("static template"),
-    );
-    let progress_bar = bar.clone();
-    let progress = move |done: u64, total: u64| {
-        progress_bar.set_length(total);
-        progress_bar.set_position(done);
-    };
-    let report = backfill::run(&storage, &schema, &source, format, &progress).await;
-    bar.finish_and_clear();
-    let report = report?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&report).expect("the report serializes")
-    );
     Ok(())
 }
 

@@ -1,5 +1,8 @@
 //! End to end: the real binary, events over HTTP, answers before and after batch runs.
 
+// A scenario test reads top to bottom as one story against one running process.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -3,6 +3,9 @@
 //! binary, and all three must equal the case's `expected.json` and DataFusion's
 //! one-pass answer over the same events. See `tests/golden/README.md`.
 
+// A scenario test reads top to bottom as one story against one running process.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -7,6 +7,9 @@
 //! through their consumer group and resume from the table after every rebalance. The
 //! same topology runs with its tables on S3 (SeaweedFS), as deploy/compose/ wires it.
 
+// A scenario test reads top to bottom as one story against one running process.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::collections::BTreeMap;

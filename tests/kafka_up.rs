@@ -3,6 +3,9 @@
 //! topic end up in the view exactly once, invalid direct records in the dead letters,
 //! and a SIGKILL loses or duplicates nothing.
 
+// A scenario test reads top to bottom as one story against one running process.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -2,15 +2,16 @@
 //! and wherever batch runs fall between them, the merged answer of every view equals
 //! DataFusion running the view's SQL in one pass over every accepted event.
 //!
-//! One real `tributary up` serves all cases: each case adds events, so the reference is
-//! over every event accepted since the start.
+//! Every case, and every step of shrinking a failure, runs against a fresh `tributary
+//! up` of its own, so a reported case reproduces alone. Failures are kept in
+//! `tests/merge_property.proptest-regressions` and replayed first on the next run.
 
 mod common;
 
 use common::Tributary;
 use common::views::{api_rows, pipeline, reference, same_rows};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
 use serde_json::{Value, json};
 
 const PIPELINE: &str = r#"
@@ -119,73 +120,82 @@ fn merged_answers_equal_one_pass_sql_over_accepted_events() {
         .enable_all()
         .build()
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let t = rt.block_on(async {
-        let config = Tributary::configure_pipeline(dir.path(), "", 50, PIPELINE);
-        Tributary::start_config(dir.path(), config).await
-    });
     let p = rt.block_on(pipeline(PIPELINE));
-    let accepted = std::cell::RefCell::new(Vec::<Value>::new());
-
     let mut runner = TestRunner::new(Config {
         cases: 20,
         max_shrink_iters: 16,
-        failure_persistence: None,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "tests/merge_property.proptest-regressions",
+        ))),
         ..Config::default()
     });
+    // The last failing instance's log, to show beside the minimal case.
+    let last_log = std::cell::RefCell::new(String::new());
     let result = runner.run(&steps(), |steps| {
-        let mut taken = accepted.take();
-        let result = rt.block_on(async {
-            let accepted = &mut taken;
-            for (step, valid) in steps {
-                match step {
-                    Step::Post(events) => {
-                        let (status, body) =
-                            t.post("readings", &Value::Array(events.clone())).await;
-                        let want = valid.iter().filter(|v| **v).count();
-                        prop_assert!(status == 200 || status == 400, "{status}: {body}");
-                        prop_assert_eq!(body["accepted"].as_u64(), Some(want as u64), "{}", body);
-                        accepted.extend(
-                            events
-                                .into_iter()
-                                .zip(valid)
-                                .filter(|(_, v)| *v)
-                                .map(|(e, _)| e),
-                        );
-                    }
-                    Step::Duplicate(i) => {
-                        if accepted.is_empty() {
-                            continue;
-                        }
-                        let e = accepted[i % accepted.len()].clone();
-                        let (status, body) = t.post("readings", &json!([e])).await;
-                        prop_assert_eq!(status, 200, "{}", body);
-                        accepted.push(e);
-                    }
-                    Step::BatchRun => {
-                        t.run_batch().await;
-                    }
-                }
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let config = Tributary::configure_pipeline(dir.path(), "", 50, PIPELINE);
+            let t = Tributary::start_config(dir.path(), config).await;
+            let outcome = one_case(&t, &p, steps).await;
+            if outcome.is_err() {
+                *last_log.borrow_mut() = t.logs();
             }
-            let n = accepted.len() as u64;
-            t.wait_for("/api/v1/speed/stats", |s| {
-                s["streams"]["readings"]["events"].as_u64() == Some(n)
-            })
-            .await;
-            for v in &p.views {
-                let (status, answer) = t.get(&format!("/api/v1/views/{}", v.name)).await;
-                prop_assert_eq!(status, 200, "{}", answer);
-                let want = reference(&p, v, accepted).await;
-                let got = api_rows(v, &answer);
-                same_rows(&format!("view {} after {n} events", v.name), &got, &want)
-                    .map_err(TestCaseError::fail)?;
-            }
-            Ok(())
-        });
-        accepted.replace(taken);
-        result
+            outcome
+        })
     });
     if let Err(e) = result {
-        panic!("{e}\n--- tributary log ---\n{}", t.logs());
+        panic!("{e}\n--- tributary log ---\n{}", last_log.borrow());
     }
+}
+
+/// Play `steps` against `t`, then compare every view with the one-pass reference.
+async fn one_case(
+    t: &Tributary,
+    p: &tributary_core::pipeline::Pipeline,
+    steps: Vec<(Step, Vec<bool>)>,
+) -> Result<(), TestCaseError> {
+    let mut accepted = Vec::<Value>::new();
+    for (step, valid) in steps {
+        match step {
+            Step::Post(events) => {
+                let (status, body) = t.post("readings", &Value::Array(events.clone())).await;
+                let want = valid.iter().filter(|v| **v).count();
+                prop_assert!(status == 200 || status == 400, "{status}: {body}");
+                prop_assert_eq!(body["accepted"].as_u64(), Some(want as u64), "{}", body);
+                accepted.extend(
+                    events
+                        .into_iter()
+                        .zip(valid)
+                        .filter(|(_, v)| *v)
+                        .map(|(e, _)| e),
+                );
+            }
+            Step::Duplicate(i) => {
+                if accepted.is_empty() {
+                    continue;
+                }
+                let e = accepted[i % accepted.len()].clone();
+                let (status, body) = t.post("readings", &json!([e])).await;
+                prop_assert_eq!(status, 200, "{}", body);
+                accepted.push(e);
+            }
+            Step::BatchRun => {
+                t.run_batch().await;
+            }
+        }
+    }
+    let n = accepted.len() as u64;
+    t.wait_for("/api/v1/speed/stats", |s| {
+        s["streams"]["readings"]["events"].as_u64() == Some(n)
+    })
+    .await;
+    for v in &p.views {
+        let (status, answer) = t.get(&format!("/api/v1/views/{}", v.name)).await;
+        prop_assert_eq!(status, 200, "{}", answer);
+        let want = reference(p, v, &accepted).await;
+        let got = api_rows(v, &answer);
+        same_rows(&format!("view {} after {n} events", v.name), &got, &want)
+            .map_err(TestCaseError::fail)?;
+    }
+    Ok(())
 }

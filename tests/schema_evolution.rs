@@ -6,6 +6,9 @@
 //! count them. An incompatible change (a type change) stops start-up with the field and
 //! the reason.
 
+// A scenario test reads top to bottom as one story against one running process.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::time::Duration;

@@ -3,6 +3,9 @@
 //! statement kind, file access, several statements, memory limit, time limit, bad
 //! requests) is a 4xx with a reason, never a 5xx.
 
+// A scenario test reads top to bottom as one story against one running process.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use common::{Tributary, total_readings};

@@ -120,17 +120,7 @@ pub async fn run(
         .map_err(|e| BatchError::delta(what(), e))?;
     let mut layout = Layout::of(&table, stream)?;
     let app_id = format!("backfill-{}-{identity:016x}", stream.name);
-    let done_chunks = match table.version() {
-        Some(_) => table
-            .snapshot()
-            .map_err(|e| BatchError::delta(what(), e))?
-            .transaction_version(table.log_store().as_ref(), &app_id)
-            .await
-            .map_err(|e| BatchError::delta(what(), e))?
-            .unwrap_or(0)
-            .max(0) as usize,
-        None => 0,
-    };
+    let done_chunks = committed_chunks(&table, &app_id, &stream.name).await?;
     let sink = DeadLetterSink::new(storage.clone(), [stream.name.clone()]);
     let mut report = BackfillReport {
         stream: stream.name.clone(),
@@ -152,45 +142,13 @@ pub async fn run(
         }
         let stamp = now_micros();
         report.stamped.get_or_insert_with(|| rfc3339(stamp));
-        let mut decoder = BatchDecoder::new(stream, true);
-        let mut letters = Vec::new();
-        for (j, row) in chunk.iter().enumerate() {
-            let index = (first_row + j) as u64;
-            let refused = match row {
-                Ok(value) => {
-                    let pos = LogPosition {
-                        partition: BACKFILL_PARTITION,
-                        offset: index,
-                        ingest_ts: stamp,
-                    };
-                    match decoder.push(value, pos) {
-                        Ok(()) => None,
-                        Err(e) => Some((
-                            (!e.field.is_empty()).then_some(e.field),
-                            e.reason,
-                            value.to_string(),
-                        )),
-                    }
-                }
-                Err((field, reason, raw)) => Some((field.clone(), reason.clone(), raw.clone())),
-            };
-            if let Some((field, reason, raw)) = refused {
-                letters.push(DeadLetter {
-                    source: "backfill".into(),
-                    index: Some(index as i64),
-                    partition: None,
-                    field,
-                    reason,
-                    raw,
-                });
-            }
-        }
+        let (mut decoder, letters) = decode_chunk(stream, chunk, first_row, stamp);
         report.rejected += letters.len() as u64;
         // Dead letters first, as the archiver does: a crash before the data commit
         // repeats a dead letter, never an event.
         sink.write(&stream.name, letters)
             .await
-            .map_err(|e| BatchError::DeadLetter(e.to_string()))?;
+            .map_err(BatchError::DeadLetter)?;
         let batch = decoder
             .flush()
             .map_err(|e| BatchError::Log(stream.name.clone(), e))?;
@@ -213,6 +171,68 @@ pub async fn run(
         progress((first_row + chunk.len()) as u64, total);
     }
     Ok(report)
+}
+
+/// Chunks of this file a run before committed (the `txn` version of its app id).
+async fn committed_chunks(
+    table: &deltalake::DeltaTable,
+    app_id: &str,
+    stream: &str,
+) -> Result<usize, BatchError> {
+    if table.version().is_none() {
+        return Ok(0);
+    }
+    let what = || format!("master table of `{stream}`");
+    let version = table
+        .snapshot()
+        .map_err(|e| BatchError::delta(what(), e))?
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await
+        .map_err(|e| BatchError::delta(what(), e))?;
+    Ok(version.unwrap_or(0).max(0) as usize)
+}
+
+/// One chunk's rows decoded at ingest time `stamp`; the refused ones as dead letters.
+fn decode_chunk(
+    stream: &StreamSchema,
+    chunk: &[Row],
+    first_row: usize,
+    stamp: i64,
+) -> (BatchDecoder, Vec<DeadLetter>) {
+    let mut decoder = BatchDecoder::new(stream, true);
+    let mut letters = Vec::new();
+    for (j, row) in chunk.iter().enumerate() {
+        let index = (first_row + j) as u64;
+        let refused = match row {
+            Ok(value) => {
+                let pos = LogPosition {
+                    partition: BACKFILL_PARTITION,
+                    offset: index,
+                    ingest_ts: stamp,
+                };
+                match decoder.push(value, pos) {
+                    Ok(()) => None,
+                    Err(e) => Some((
+                        (!e.field.is_empty()).then_some(e.field),
+                        e.reason,
+                        value.to_string(),
+                    )),
+                }
+            }
+            Err((field, reason, raw)) => Some((field.clone(), reason.clone(), raw.clone())),
+        };
+        if let Some((field, reason, raw)) = refused {
+            letters.push(DeadLetter {
+                source: "backfill".into(),
+                index: Some(index as i64),
+                partition: None,
+                field,
+                reason,
+                raw,
+            });
+        }
+    }
+    (decoder, letters)
 }
 
 /// The bytes of `source` and an id for it (location, size, modification time).

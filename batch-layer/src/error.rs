@@ -5,14 +5,27 @@ use tributary_core::CoreError;
 
 #[derive(Debug, Error)]
 pub enum BatchError {
-    #[error("{what}: {message}")]
-    Delta { what: String, message: String },
+    /// A Delta table (or its object store) failed; worth retrying.
+    #[error("{what}: {source}")]
+    Delta {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("stream `{0}`: {1}")]
-    Log(String, CoreError),
+    Log(String, #[source] CoreError),
+    /// A view that cannot run as asked (no such view, states of another shape).
     #[error("view `{0}`: {1}")]
     View(String, String),
+    /// A view's plan failed while running; transient when the cause is storage.
+    #[error("view `{view}`: {source}")]
+    Query {
+        view: String,
+        #[source]
+        source: CoreError,
+    },
     #[error("dead letters: {0}")]
-    DeadLetter(String),
+    DeadLetter(#[source] CoreError),
     #[error("task `{0}` failed: {1}")]
     Task(String, String),
     #[error("stream `{stream}`: field `{field}` {reason}")]
@@ -31,13 +44,28 @@ impl BatchError {
     /// Errors of storage or the log, which may pass; a view, schema or input error will
     /// not, and a retry would only repeat it.
     pub fn is_transient(&self) -> bool {
-        matches!(self, BatchError::Delta { .. } | BatchError::Log(..))
+        match self {
+            BatchError::Delta { .. } | BatchError::Log(..) => true,
+            BatchError::Query { source, .. } => crate::isolate::is_storage_error(source),
+            _ => false,
+        }
     }
 
-    pub fn delta(what: impl Into<String>, e: impl std::fmt::Display) -> Self {
+    pub fn delta(
+        what: impl Into<String>,
+        e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         BatchError::Delta {
             what: what.into(),
-            message: e.to_string(),
+            source: e.into(),
+        }
+    }
+
+    /// A view's plan failed while running (its cause kept, to tell storage from data).
+    pub fn query(view: &str, e: impl Into<CoreError>) -> Self {
+        BatchError::Query {
+            view: view.to_string(),
+            source: e.into(),
         }
     }
 }
@@ -53,6 +81,14 @@ mod tests {
             BatchError::Log("s".into(), CoreError::LogUnavailable("down".into())).is_transient()
         );
         assert!(!BatchError::View("v".into(), "bad plan".into()).is_transient());
+        let plan = datafusion::error::DataFusionError::Plan("no such column".into());
+        assert!(!BatchError::query("v", plan).is_transient());
+        // An object-store failure inside a plan is storage, and passes.
+        let timeout = datafusion::error::DataFusionError::IoError(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "read timed out",
+        ));
+        assert!(BatchError::query("v", timeout).is_transient());
         assert!(!BatchError::RunInProgress.is_transient());
     }
 }

@@ -6,7 +6,7 @@ use std::io::Write;
 
 use tributary_core::storage::Storage;
 
-use crate::recompute::{RunRecord, RunStatus};
+use crate::run::{RunRecord, RunStatus};
 
 /// Runs kept when nothing else is configured.
 pub const DEFAULT_LIMIT: usize = 1_000;

@@ -25,9 +25,17 @@ pub(crate) fn is_storage_error(e: &tributary_core::CoreError) -> bool {
             _ => false,
         }
     }
+    use tributary_core::CoreError as C;
     match e {
-        tributary_core::CoreError::DataFusion(d) => storage(d),
-        tributary_core::CoreError::Arrow(_) => false,
+        C::DataFusion(d) => storage(d),
+        // What the view or its states are: a retry would only repeat it.
+        C::Arrow(_)
+        | C::View { .. }
+        | C::Config { .. }
+        | C::UnknownStream(_)
+        | C::UnknownView(_)
+        | C::StateShape(_) => false,
+        // The log, tables, dead letters: outside this process, and may answer again.
         _ => true,
     }
 }
@@ -39,9 +47,8 @@ pub(crate) async fn partial_isolating_stream(
     table: Arc<dyn datafusion::catalog::TableProvider>,
 ) -> Result<Vec<RecordBatch>, BatchError> {
     use futures::StreamExt;
-    let verr = |e: tributary_core::CoreError| BatchError::View(view.name.clone(), e.to_string());
-    let dferr =
-        |e: datafusion::error::DataFusionError| BatchError::View(view.name.clone(), e.to_string());
+    let verr = |e: tributary_core::CoreError| BatchError::query(&view.name, e);
+    let dferr = |e: datafusion::error::DataFusionError| BatchError::query(&view.name, e);
     let ctx = tributary_core::cloud::session_context();
     let mut rows = ctx
         .read_table(table)

@@ -13,8 +13,10 @@ pub mod error;
 mod history;
 mod isolate;
 pub mod maintenance;
+mod read;
 pub mod recompute;
 pub mod retention;
+pub mod run;
 pub mod scan;
 pub mod schedule;
 pub mod views;
@@ -29,7 +31,8 @@ use tributary_core::shutdown::{Shutdown, Tasks};
 use tributary_core::storage::Storage;
 
 pub use error::BatchError;
-pub use recompute::{Batch, Progress, RunKind, RunProgress, RunRecord, RunStatus};
+pub use recompute::{ArchiverLag, Batch, RetentionGap};
+pub use run::{Progress, RunKind, RunProgress, RunRecord, RunStatus};
 
 /// Run the archiver of every stream until shutdown.
 pub async fn run(

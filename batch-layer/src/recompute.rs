@@ -11,100 +11,58 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::collections::HashMap;
+
 use chrono::Utc;
-use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::prelude::{cast, col, lit};
-use datafusion::scalar::ScalarValue;
-use serde::Serialize;
 use tokio::sync::{Mutex, watch};
 use tributary_core::log::EventLog;
 use tributary_core::pipeline::Pipeline;
-use tributary_core::schema::{INGEST_TS, StreamSchema, UTC};
+use tributary_core::schema::StreamSchema;
 use tributary_core::storage::Storage;
-use tributary_core::time::{now_micros, rfc3339};
-use tributary_core::view::{CompiledView, SOURCE_BATCH, SOURCE_COLUMN};
+use tributary_core::time::rfc3339;
+use tributary_core::view::CompiledView;
 
 use crate::archiver::{archived_positions, open_master};
-use crate::dedup::without_repeats;
 use crate::error::BatchError;
 use crate::history::{append_history, load_history};
-use crate::isolate::{is_storage_error, partial_isolating_stream};
-use crate::scan::{Meter, MeteredTable, range_files};
+use crate::read::partial_over_master;
+use crate::run::{Progress, RunKind, RunProgress, RunRecord, RunStatus};
 use crate::views;
 
-/// A full run recomputes every view from the whole master table; an incremental one
-/// merges the states of the events since each view's last cutoff into its states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunKind {
-    Full,
-    Incremental,
+/// The archiver's distance to the log's end, and where it fell behind retention.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ArchiverLag {
+    /// Records not yet archived, per partition.
+    pub by_partition: Vec<u64>,
+    /// Partitions whose log no longer holds the next record to archive.
+    pub behind_retention: Vec<RetentionGap>,
 }
 
-impl RunKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            RunKind::Full => "full",
-            RunKind::Incremental => "incremental",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<RunKind> {
-        match s {
-            "full" => Some(RunKind::Full),
-            "incremental" => Some(RunKind::Incremental),
-            _ => None,
-        }
-    }
+/// Records `archived..first_retained` of a partition expired before they were archived.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RetentionGap {
+    pub partition: u32,
+    pub archived: u64,
+    pub first_retained: u64,
 }
 
-/// Progress of a run, reported as it goes (for progress bars and the API).
-pub trait Progress: Send + Sync {
-    fn stage(&self, message: &str, done: u64, total: u64);
+/// A view's cutoff in a run, and what it builds on.
+struct ViewCutoff {
+    cutoff: i64,
+    definition: i64,
+    /// The states an incremental run merges into; `None`: a full recompute.
+    base: Option<views::Head>,
+    /// Why the run is full (for the progress line).
+    why_full: &'static str,
 }
 
-impl<F: Fn(&str, u64, u64) + Send + Sync> Progress for F {
-    fn stage(&self, message: &str, done: u64, total: u64) {
-        self(message, done, total)
-    }
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum RunStatus {
-    Running,
-    Succeeded,
-    Failed,
-}
-
-/// One batch run, as the run history shows it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct RunRecord {
-    pub id: String,
-    pub kind: String,
-    pub views: Vec<String>,
-    pub status: RunStatus,
-    pub cutoff: Option<String>,
-    pub cutoff_micros: Option<i64>,
-    /// Events the run read from the master table.
-    pub rows_in: u64,
-    /// State rows it wrote (an incremental run: those of the window days it replaced).
-    pub rows_out: u64,
-    /// Data files it wrote to the batch-view tables.
-    #[serde(default)]
-    pub files: u64,
-    pub started_at: String,
-    pub duration_ms: Option<u64>,
-    pub error: Option<String>,
-    /// Where a running run is; the last stage reached once it has ended.
-    #[serde(default)]
-    pub progress: Option<RunProgress>,
-    /// How many times it ran: transient storage errors are retried with backoff.
-    #[serde(default = "one")]
-    pub attempts: u32,
-}
-
-fn one() -> u32 {
-    1
+/// The states one view's run writes, and what it read to make them.
+struct ViewStates {
+    batches: Vec<datafusion::arrow::record_batch::RecordBatch>,
+    scope: views::Scope,
+    rows_in: u64,
+    max_event_ts: Option<i64>,
+    kind: &'static str,
 }
 
 /// What a successful run did: its (smallest) cutoff and its counts.
@@ -118,14 +76,6 @@ struct Done {
 /// A run is tried this many times at most, waiting [`RETRY_BACKOFF`], then twice that, …
 const RUN_ATTEMPTS: u32 = 3;
 const RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// A run's current stage, out of `total`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct RunProgress {
-    pub stage: String,
-    pub done: u64,
-    pub total: u64,
-}
 
 /// The batch layer's run coordinator: one run at a time, a history of runs, and a
 /// signal for readers when a run commits.
@@ -264,24 +214,7 @@ impl Batch {
         ),
         BatchError,
     > {
-        let names: Vec<String> = match only {
-            None => self.pipeline.views.iter().map(|v| v.name.clone()).collect(),
-            Some(names) => {
-                if let Some(unknown) = names.iter().find(|n| self.pipeline.view(n).is_none()) {
-                    let known: Vec<_> = self
-                        .pipeline
-                        .views
-                        .iter()
-                        .map(|v| v.name.as_str())
-                        .collect();
-                    return Err(BatchError::View(
-                        unknown.clone(),
-                        format!("no such view; there are: {}", known.join(", ")),
-                    ));
-                }
-                names
-            }
-        };
+        let names = self.view_names(only)?;
         let guard = self
             .running
             .clone()
@@ -292,25 +225,9 @@ impl Batch {
             Utc::now().format("%Y%m%dT%H%M%S"),
             self.next_id.fetch_add(1, Ordering::Relaxed)
         );
-        let record = RunRecord {
-            id: id.clone(),
-            kind: kind.name().into(),
-            views: names.clone(),
-            status: RunStatus::Running,
-            cutoff: None,
-            cutoff_micros: None,
-            rows_in: 0,
-            rows_out: 0,
-            files: 0,
-            started_at: rfc3339(now_micros()),
-            duration_ms: None,
-            error: None,
-            progress: None,
-            attempts: 1,
-        };
         {
             let mut history = self.history.lock().expect("history lock");
-            history.push(record);
+            history.push(RunRecord::started(&id, kind, names.clone()));
             crate::history::trim(&mut history, self.history_limit);
         }
         let this = self.clone();
@@ -322,53 +239,97 @@ impl Batch {
                 this.set_progress(&run_id, stage, done, total);
                 progress.stage(stage, done, total);
             };
-            let mut attempt = 1;
-            let result = loop {
-                match this.run(&run_id, kind, &names, &tracked).await {
-                    // Storage and log hiccups pass; a run is all-or-nothing (each view's
-                    // states commit with their cutoff), so trying again is safe.
-                    Err(e) if e.is_transient() && attempt < RUN_ATTEMPTS => {
-                        let wait = RETRY_BACKOFF * 2u32.pow(attempt - 1);
-                        tracing::warn!(run = %run_id, attempt, error = %e, ?wait, "batch run failed; retrying");
-                        tracked(&format!("retrying in {wait:?} after: {e}"), 0, 1);
-                        tokio::time::sleep(wait).await;
-                        attempt += 1;
-                    }
-                    other => break other,
-                }
-            };
-            let mut history = this.history.lock().expect("history lock");
-            let rec = history
-                .iter_mut()
-                .find(|r| r.id == run_id)
-                .expect("run recorded at start");
-            rec.duration_ms = Some(started.elapsed().as_millis() as u64);
-            rec.attempts = attempt;
-            match &result {
-                Ok(done) => {
-                    rec.status = RunStatus::Succeeded;
-                    rec.cutoff = Some(rfc3339(done.cutoff));
-                    rec.cutoff_micros = Some(done.cutoff);
-                    rec.rows_in = done.rows_in;
-                    rec.rows_out = done.rows_out;
-                    rec.files = done.files;
-                }
-                Err(e) => {
-                    rec.status = RunStatus::Failed;
-                    rec.error = Some(e.to_string());
-                }
-            }
-            let rec = rec.clone();
-            drop(history);
-            if let Err(e) = append_history(&this.storage, &rec) {
-                tracing::warn!(error = %e, run = %rec.id, "could not record the run in the history file");
-            }
-            if result.is_ok() {
-                this.committed.send_modify(|n| *n += 1);
-            }
+            let (result, attempts) = this.run_with_retries(&run_id, kind, &names, &tracked).await;
+            let rec = this.finish(&run_id, started, attempts, &result);
             result.map(|_| rec)
         };
         Ok((id, fut))
+    }
+
+    /// The views a run covers: `only`, each checked, or every view.
+    fn view_names(&self, only: Option<Vec<String>>) -> Result<Vec<String>, BatchError> {
+        let Some(names) = only else {
+            return Ok(self.pipeline.views.iter().map(|v| v.name.clone()).collect());
+        };
+        if let Some(unknown) = names.iter().find(|n| self.pipeline.view(n).is_none()) {
+            let known: Vec<_> = self
+                .pipeline
+                .views
+                .iter()
+                .map(|v| v.name.as_str())
+                .collect();
+            return Err(BatchError::View(
+                unknown.clone(),
+                format!("no such view; there are: {}", known.join(", ")),
+            ));
+        }
+        Ok(names)
+    }
+
+    /// The run, tried again after transient failures; its result and the attempts made.
+    async fn run_with_retries(
+        &self,
+        run_id: &str,
+        kind: RunKind,
+        names: &[String],
+        progress: &dyn Progress,
+    ) -> (Result<Done, BatchError>, u32) {
+        let mut attempt = 1;
+        loop {
+            match self.run(run_id, kind, names, progress).await {
+                // Storage and log hiccups pass; a run is all-or-nothing (each view's
+                // states commit with their cutoff), so trying again is safe.
+                Err(e) if e.is_transient() && attempt < RUN_ATTEMPTS => {
+                    let wait = RETRY_BACKOFF * 2u32.pow(attempt - 1);
+                    tracing::warn!(run = %run_id, attempt, error = %e, ?wait, "batch run failed; retrying");
+                    progress.stage(&format!("retrying in {wait:?} after: {e}"), 0, 1);
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                other => return (other, attempt),
+            }
+        }
+    }
+
+    /// Record how the run ended (in memory and in the history file) and tell readers
+    /// when it committed.
+    fn finish(
+        &self,
+        run_id: &str,
+        started: std::time::Instant,
+        attempts: u32,
+        result: &Result<Done, BatchError>,
+    ) -> RunRecord {
+        let mut history = self.history.lock().expect("history lock");
+        let rec = history
+            .iter_mut()
+            .find(|r| r.id == run_id)
+            .expect("run recorded at start");
+        rec.duration_ms = Some(started.elapsed().as_millis() as u64);
+        rec.attempts = attempts;
+        match result {
+            Ok(done) => {
+                rec.status = RunStatus::Succeeded;
+                rec.cutoff = Some(rfc3339(done.cutoff));
+                rec.cutoff_micros = Some(done.cutoff);
+                rec.rows_in = done.rows_in;
+                rec.rows_out = done.rows_out;
+                rec.files = done.files;
+            }
+            Err(e) => {
+                rec.status = RunStatus::Failed;
+                rec.error = Some(e.to_string());
+            }
+        }
+        let rec = rec.clone();
+        drop(history);
+        if let Err(e) = append_history(&self.storage, &rec) {
+            tracing::warn!(error = %e, run = %rec.id, "could not record the run in the history file");
+        }
+        if result.is_ok() {
+            self.committed.send_modify(|n| *n += 1);
+        }
+        rec
     }
 
     fn set_progress(&self, id: &str, stage: &str, done: u64, total: u64) {
@@ -387,19 +348,33 @@ impl Batch {
         }
     }
 
-    /// How many records of `stream` the log holds that the archiver has not yet
-    /// committed to the master table, per partition.
-    pub async fn archiver_lag(&self, stream: &StreamSchema) -> Result<Vec<u64>, BatchError> {
+    /// How far the archiver of `stream` is behind the log, per partition: records the
+    /// log holds that are not yet in the master table, and whether the log's retention
+    /// has already removed records it had not archived (they are lost).
+    pub async fn archiver_lag(&self, stream: &StreamSchema) -> Result<ArchiverLag, BatchError> {
         let master = open_master(&self.storage, &stream.name).await?;
         let archived = archived_positions(master.as_ref(), stream).await?;
-        let mut lag = Vec::with_capacity(archived.len());
+        let log_err = |e| BatchError::Log(stream.name.clone(), e);
+        let mut lag = ArchiverLag::default();
         for (p, pos) in archived.iter().enumerate() {
             let end = self
                 .log
                 .end_offset(&stream.name, p as u32)
                 .await
-                .map_err(|e| BatchError::Log(stream.name.clone(), e))?;
-            lag.push(end.saturating_sub(*pos));
+                .map_err(log_err)?;
+            lag.by_partition.push(end.saturating_sub(*pos));
+            let first = self
+                .log
+                .first_offset(&stream.name, p as u32)
+                .await
+                .map_err(log_err)?;
+            if first > *pos {
+                lag.behind_retention.push(RetentionGap {
+                    partition: p as u32,
+                    archived: *pos,
+                    first_retained: first,
+                });
+            }
         }
         Ok(lag)
     }
@@ -429,7 +404,7 @@ impl Batch {
         let total = views.len() as u64 + 1;
         progress.stage("choosing the cutoff", 0, total);
         self.pipeline.refresh_tables().await;
-        let mut cutoffs = std::collections::HashMap::new();
+        let mut cutoffs = HashMap::new();
         for s in &self.pipeline.streams {
             cutoffs.insert(s.name.clone(), self.stream_cutoff(s).await?);
         }
@@ -440,91 +415,122 @@ impl Batch {
             files: 0,
         };
         for (i, view) in views.into_iter().enumerate() {
-            let stream = self.stream_of(view);
-            let definition = views::definition_hash(view, stream.dedup.as_ref());
-            let previous = match kind {
-                RunKind::Full => None,
-                RunKind::Incremental => views::head(&self.storage, view).await?,
+            let step = |what: &str| {
+                progress.stage(&format!("view {}: {what}", view.name), i as u64 + 1, total)
             };
-            // Incremental only on top of states of the same definition; anything else
-            // (no states yet, SQL or dedup rule changed) is a full recompute of the view.
-            let (base, why_full) = match previous {
-                _ if kind == RunKind::Full => (None, "requested"),
-                None => (None, "no batch states yet"),
-                Some(p) if p.definition != Some(definition) => (None, "definition changed"),
-                Some(p) => (Some(p), ""),
+            let cutoff = self.view_cutoff(view, kind, cutoffs[&view.stream]).await?;
+            done.cutoff = done.cutoff.min(cutoff.cutoff);
+            let Some(states) = self.view_states(view, &cutoff, &step).await? else {
+                continue;
             };
-            let mut cutoff = cutoffs[&view.stream];
-            // Never move a view's cutoff backwards (a clock step back could).
-            let prev_cutoff = match &base {
-                Some(b) => Some(b.cutoff),
-                None => views::load_cutoff(&self.storage, view).await?,
-            };
-            if let Some(prev) = prev_cutoff {
-                cutoff = cutoff.max(prev);
-            }
-            done.cutoff = done.cutoff.min(cutoff);
-            let verr =
-                |e: tributary_core::CoreError| BatchError::View(view.name.clone(), e.to_string());
-            let (states, scope, n, max_event_ts, view_kind) = match base {
-                Some(b) if b.cutoff == cutoff => {
-                    progress.stage(
-                        &format!("view {}: nothing new", view.name),
-                        i as u64 + 1,
-                        total,
-                    );
-                    continue;
-                }
-                Some(b) => {
-                    progress.stage(
-                        &format!("view {}: incremental", view.name),
-                        i as u64 + 1,
-                        total,
-                    );
-                    let (new, n, max) = self
-                        .partial_over_master(view, Some(b.cutoff), cutoff)
-                        .await?;
-                    // Only the window days the new events fall in are read, merged and
-                    // replaced (all of a table from before the day partitions).
-                    let scope = if b.by_day {
-                        views::Scope::Days(views::days_of(view, &new)?)
-                    } else {
-                        views::Scope::All
-                    };
-                    let days = match &scope {
-                        views::Scope::Days(d) => Some(d.as_slice()),
-                        views::Scope::All => None,
-                    };
-                    let mut all = views::load_days(&self.storage, view, days).await?;
-                    all.extend(new);
-                    let merged = view.reduce(all).await.map_err(verr)?;
-                    (merged, scope, n, max.max(b.max_event_ts), "incremental")
-                }
-                None => {
-                    progress.stage(
-                        &format!("view {}: full ({why_full})", view.name),
-                        i as u64 + 1,
-                        total,
-                    );
-                    let (states, n, max) = self.partial_over_master(view, None, cutoff).await?;
-                    (states, views::Scope::All, n, max, "full")
-                }
-            };
-            done.rows_in += n;
-            done.rows_out += states.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+            done.rows_in += states.rows_in;
+            done.rows_out += states
+                .batches
+                .iter()
+                .map(|b| b.num_rows() as u64)
+                .sum::<u64>();
             let stamp = views::Stamp {
-                cutoff,
-                max_event_ts,
-                definition,
+                cutoff: cutoff.cutoff,
+                max_event_ts: states.max_event_ts,
+                definition: cutoff.definition,
                 run_id,
-                kind: view_kind,
+                kind: states.kind,
             };
-            done.files += views::write(&self.storage, view, stamp, scope, states)
+            done.files += views::write(&self.storage, view, stamp, states.scope, states.batches)
                 .await?
                 .files;
         }
         progress.stage("done", total, total);
         Ok(done)
+    }
+
+    /// Where a view's run stands: its cutoff, its definition, and the states it builds on.
+    async fn view_cutoff(
+        &self,
+        view: &CompiledView,
+        kind: RunKind,
+        stream_cutoff: i64,
+    ) -> Result<ViewCutoff, BatchError> {
+        let stream = self.stream_of(view);
+        let definition = views::definition_hash(view, stream.dedup.as_ref());
+        let previous = match kind {
+            RunKind::Full => None,
+            RunKind::Incremental => views::head(&self.storage, view).await?,
+        };
+        // Incremental only on top of states of the same definition; anything else
+        // (no states yet, SQL or dedup rule changed) is a full recompute of the view.
+        let (base, why_full) = match previous {
+            _ if kind == RunKind::Full => (None, "requested"),
+            None => (None, "no batch states yet"),
+            Some(p) if p.definition != Some(definition) => (None, "definition changed"),
+            Some(p) => (Some(p), ""),
+        };
+        // Never move a view's cutoff backwards (a clock step back could).
+        let prev_cutoff = match &base {
+            Some(b) => Some(b.cutoff),
+            None => views::load_cutoff(&self.storage, view).await?,
+        };
+        Ok(ViewCutoff {
+            cutoff: prev_cutoff.map_or(stream_cutoff, |p| stream_cutoff.max(p)),
+            definition,
+            base,
+            why_full,
+        })
+    }
+
+    /// The states a view's run writes: merged into its base (incremental), or computed
+    /// anew (full); `None` when nothing is new since the base.
+    async fn view_states(
+        &self,
+        view: &CompiledView,
+        at: &ViewCutoff,
+        step: &(dyn Fn(&str) + Sync),
+    ) -> Result<Option<ViewStates>, BatchError> {
+        let stream = self.stream_of(view);
+        let cutoff = at.cutoff;
+        let Some(b) = &at.base else {
+            step(&format!("full ({})", at.why_full));
+            let (batches, rows_in, max) =
+                partial_over_master(&self.storage, stream, view, None, cutoff).await?;
+            return Ok(Some(ViewStates {
+                batches,
+                scope: views::Scope::All,
+                rows_in,
+                max_event_ts: max,
+                kind: "full",
+            }));
+        };
+        if b.cutoff == cutoff {
+            step("nothing new");
+            return Ok(None);
+        }
+        step("incremental");
+        let (new, rows_in, max) =
+            partial_over_master(&self.storage, stream, view, Some(b.cutoff), cutoff).await?;
+        // Only the window days the new events fall in are read, merged and replaced
+        // (all of a table from before the day partitions).
+        let scope = if b.by_day {
+            views::Scope::Days(views::days_of(view, &new)?)
+        } else {
+            views::Scope::All
+        };
+        let days = match &scope {
+            views::Scope::Days(d) => Some(d.as_slice()),
+            views::Scope::All => None,
+        };
+        let mut all = views::load_days(&self.storage, view, days).await?;
+        all.extend(new);
+        let merged = view
+            .reduce(all)
+            .await
+            .map_err(|e| BatchError::query(&view.name, e))?;
+        Ok(Some(ViewStates {
+            batches: merged,
+            scope,
+            rows_in,
+            max_event_ts: max.max(b.max_event_ts),
+            kind: "incremental",
+        }))
     }
 
     /// The largest T (aligned to segment width) such that every event of `stream`
@@ -542,150 +548,5 @@ impl Batch {
             bound = bound.min(b);
         }
         Ok(bound - bound.rem_euclid(self.segment_width))
-    }
-
-    /// The view's partial states over the master table's events with `_ingest_ts` in
-    /// `[from, cutoff)` (from the beginning when `from` is `None`), how many events that
-    /// was, and the newest event time among them.
-    async fn partial_over_master(
-        &self,
-        view: &CompiledView,
-        from: Option<i64>,
-        cutoff: i64,
-    ) -> Result<(Vec<RecordBatch>, u64, Option<i64>), BatchError> {
-        let verr = |e: datafusion::error::DataFusionError| {
-            BatchError::View(view.name.clone(), e.to_string())
-        };
-        let Some(master) = open_master(&self.storage, &view.stream).await? else {
-            return Ok((Vec::new(), 0, None));
-        };
-        let stream = self.stream_of(view);
-        let ts = |t: i64| lit(ScalarValue::TimestampMicrosecond(Some(t), Some(UTC.into())));
-        let cutoff_lit = ts(cutoff);
-        let in_range = match from {
-            Some(f) => col(INGEST_TS)
-                .gt_eq(ts(f))
-                .and(col(INGEST_TS).lt(cutoff_lit.clone())),
-            None => col(INGEST_TS).lt(cutoff_lit.clone()),
-        };
-        let columns: Vec<_> = view
-            .input_schema
-            .fields()
-            .iter()
-            .filter(|f| f.name() != SOURCE_COLUMN)
-            // Exactly the speed layer's input types: Parquet hands strings back as
-            // views, and some sketches (approx_distinct) hash views and strings apart.
-            .map(|f| cast(col(f.name().as_str()), f.data_type().clone()).alias(f.name()))
-            .chain(std::iter::once(lit(SOURCE_BATCH).alias(SOURCE_COLUMN)))
-            .collect();
-        let what = || format!("master table of `{}`", view.stream);
-        // An ordinary session plans the read (the file scan split over every core, the
-        // dedup rule's sort); strings come as plain Utf8, the speed layer's type, so
-        // sketches hash them alike.
-        let mut config = datafusion::prelude::SessionConfig::new();
-        config
-            .options_mut()
-            .execution
-            .parquet
-            .schema_force_view_types = false;
-        let reader = datafusion::prelude::SessionContext::new_with_config_rt(
-            config,
-            tributary_core::cloud::runtime(),
-        );
-        master
-            .update_datafusion_session(&reader.state())
-            .map_err(|e| BatchError::delta(what(), e))?;
-        let provider = |files: Option<Vec<String>>| {
-            let mut builder = master
-                .table_provider()
-                .with_session(Arc::new(reader.state()));
-            if let Some(files) = files {
-                builder = builder.with_file_paths(files);
-            }
-            builder
-        };
-        let df = match &stream.dedup {
-            None => {
-                // Files wholly inside the range skip the range filter; only those on
-                // its edges go through it.
-                let files =
-                    range_files(&master, from, cutoff).map_err(|e| BatchError::delta(what(), e))?;
-                let mut parts = Vec::new();
-                for (paths, filtered) in [(files.inside, false), (files.edge, true)] {
-                    if paths.is_empty() {
-                        continue;
-                    }
-                    let table = provider(Some(paths))
-                        .await
-                        .map_err(|e| BatchError::delta(what(), e))?;
-                    let part = reader.read_table(table).map_err(verr)?;
-                    let part = if filtered {
-                        part.filter(in_range.clone()).map_err(verr)?
-                    } else {
-                        part
-                    };
-                    parts.push(part.select(columns.clone()).map_err(verr)?);
-                }
-                let mut parts = parts.into_iter();
-                let Some(first) = parts.next() else {
-                    return Ok((Vec::new(), 0, None));
-                };
-                parts
-                    .try_fold(first, |all, part| all.union(part))
-                    .map_err(verr)?
-            }
-            Some(spec) => {
-                let rows = reader
-                    .read_table(
-                        provider(None)
-                            .await
-                            .map_err(|e| BatchError::delta(what(), e))?,
-                    )
-                    .map_err(verr)?;
-                // The rule looks back one horizon: an incremental run reads that much
-                // before its range so a repeat of an older copy is still dropped.
-                let window = match from.map(|f| f - spec.horizon_us) {
-                    Some(f) => col(INGEST_TS)
-                        .gt_eq(ts(f))
-                        .and(col(INGEST_TS).lt(cutoff_lit.clone())),
-                    None => col(INGEST_TS).lt(cutoff_lit.clone()),
-                };
-                rows.filter(window)
-                    .and_then(|df| without_repeats(df, spec))
-                    .and_then(|df| df.filter(in_range))
-                    .and_then(|df| df.select(columns))
-                    .map_err(verr)?
-            }
-        };
-        let meter = Arc::new(Meter::default());
-        let table = MeteredTable::new(
-            df.clone(),
-            &view.event_time,
-            stream.max_event_lead_us,
-            meter.clone(),
-        );
-        let states = match view.run_partial(Arc::new(table)).await {
-            Ok(states) => states,
-            Err(e) if !is_storage_error(&e) => {
-                // A row the view cannot process must not fail every run for ever: go
-                // through the rows again, setting aside those that fail alone, as the
-                // speed layer does (core::quarantine), so both layers leave out the
-                // same records.
-                tracing::warn!(view = %view.name, error = %e, "batch run failed on its rows; isolating them");
-                let meter = Arc::new(Meter::default());
-                let table = MeteredTable::new(
-                    df,
-                    &view.event_time,
-                    stream.max_event_lead_us,
-                    meter.clone(),
-                );
-                let states = partial_isolating_stream(view, Arc::new(table)).await?;
-                let (rows, max_event_ts) = meter.read();
-                return Ok((states, rows, max_event_ts));
-            }
-            Err(e) => return Err(BatchError::View(view.name.clone(), e.to_string())),
-        };
-        let (rows, max_event_ts) = meter.read();
-        Ok((states, rows, max_event_ts))
     }
 }

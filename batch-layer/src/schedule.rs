@@ -9,7 +9,8 @@ use tributary_core::config::Schedule;
 use tributary_core::shutdown::Shutdown;
 
 use crate::error::BatchError;
-use crate::recompute::{Batch, RunKind};
+use crate::recompute::Batch;
+use crate::run::RunKind;
 
 pub async fn run(
     batch: Arc<Batch>,

@@ -101,9 +101,7 @@ fn to_storage(
     view: &CompiledView,
     states: Vec<RecordBatch>,
 ) -> Result<Vec<RecordBatch>, BatchError> {
-    let err = |e: datafusion::arrow::error::ArrowError| {
-        BatchError::View(view.name.clone(), e.to_string())
-    };
+    let err = |e: datafusion::arrow::error::ArrowError| BatchError::query(&view.name, e);
     let schema = storage_schema(view);
     let mut out = Vec::with_capacity(states.len());
     for b in states {
@@ -129,8 +127,8 @@ pub fn days_of(view: &CompiledView, states: &[RecordBatch]) -> Result<Vec<i32>, 
     };
     let mut days = std::collections::BTreeSet::new();
     for b in states {
-        let d = cast(b.column(w), &DataType::Date32)
-            .map_err(|e| BatchError::View(view.name.clone(), e.to_string()))?;
+        let d =
+            cast(b.column(w), &DataType::Date32).map_err(|e| BatchError::query(&view.name, e))?;
         let d = d
             .as_any()
             .downcast_ref::<Date32Array>()
@@ -375,8 +373,7 @@ async fn read_states(
     days: Option<&[i32]>,
 ) -> Result<Vec<RecordBatch>, BatchError> {
     let what = || format!("batch view `{}`", view.name);
-    let verr =
-        |e: datafusion::error::DataFusionError| BatchError::View(view.name.clone(), e.to_string());
+    let verr = |e: datafusion::error::DataFusionError| BatchError::query(&view.name, e);
     let ctx = session();
     table
         .update_datafusion_session(&ctx.state())
@@ -403,7 +400,7 @@ async fn read_states(
         .await
         .map_err(verr)?;
     view.conform(batches)
-        .map_err(|e| BatchError::View(view.name.clone(), e.to_string()))
+        .map_err(|e| BatchError::query(&view.name, e))
 }
 
 /// The cutoff of a view's latest batch states, without loading them.

@@ -17,6 +17,11 @@ pub enum CoreError {
     View { view: String, message: String },
     #[error("unknown stream `{0}`")]
     UnknownStream(String),
+    #[error("unknown view `{0}`")]
+    UnknownView(String),
+    /// States whose layout is not the view's (another version of its SQL wrote them).
+    #[error("states of another shape: {0}")]
+    StateShape(String),
     #[error("event log: {0}")]
     Log(String),
     #[error("event log is unavailable: {0}")]

@@ -10,7 +10,7 @@ pub mod dead_letter;
 pub mod delta;
 pub mod dimension;
 pub mod error;
-mod fast_json;
+pub mod ingest_handle;
 pub mod kafka_security;
 pub mod log;
 pub mod pipeline;

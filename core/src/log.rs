@@ -40,6 +40,10 @@ pub struct Assignment {
 pub struct LogBatch {
     pub records: Vec<LogRecord>,
     pub next_offset: u64,
+    /// Offsets at or after the read's start that the log no longer holds: retention
+    /// removed them before this reader got there. Readers must say so loudly; the
+    /// records are lost to them.
+    pub expired: Option<std::ops::Range<u64>>,
 }
 
 /// What an append returns once the records are durable.
@@ -80,6 +84,9 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// The offset the next append to this partition will get.
     async fn end_offset(&self, stream: &str, partition: u32) -> Result<u64>;
+
+    /// The oldest offset the log still holds (retention removed what is below it).
+    async fn first_offset(&self, stream: &str, partition: u32) -> Result<u64>;
 
     /// The first offset whose `_ingest_ts` is `>= ts` (the end offset if none is).
     async fn offset_for_ingest_ts(&self, stream: &str, partition: u32, ts: i64) -> Result<u64>;

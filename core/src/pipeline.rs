@@ -39,87 +39,13 @@ impl Pipeline {
                 .validate()
                 .map_err(|(key, message)| fail(key, message))?;
         }
-        let mut streams: Vec<StreamSchema> = Vec::new();
-        for (i, s) in config.streams.iter().enumerate() {
-            let key = format!("streams[{i}]");
-            let schema = StreamSchema::from_config(s, &key).map_err(|m| fail(key.clone(), m))?;
-            if streams.iter().any(|x| x.name == schema.name) {
-                return Err(fail(
-                    format!("{key}.name"),
-                    format!("stream `{}` is declared twice", schema.name),
-                ));
-            }
-            streams.push(schema);
-        }
-        if streams.is_empty() {
-            return Err(fail("streams".into(), "declare at least one stream".into()));
-        }
-        let mut tables: Vec<Arc<DimensionTable>> = Vec::new();
-        for (i, t) in config.tables.iter().enumerate() {
-            let key = format!("tables[{i}]");
-            if !t
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-                || t.name.is_empty()
-            {
-                return Err(fail(
-                    format!("{key}.name"),
-                    format!(
-                        "`{}` is not a valid table name (letters, digits and _ only)",
-                        t.name
-                    ),
-                ));
-            }
-            if streams.iter().any(|s| s.name == t.name) || tables.iter().any(|x| x.name == t.name) {
-                return Err(fail(
-                    format!("{key}.name"),
-                    format!("`{}` is already the name of a stream or table", t.name),
-                ));
-            }
-            let table =
-                DimensionTable::load(&t.name, &t.path, t.format, &config.storage_root, &key)
-                    .await
-                    .map_err(|m| fail(key.clone(), m))?;
-            tables.push(Arc::new(table));
-        }
-        let mut views: Vec<Arc<CompiledView>> = Vec::new();
-        for (i, v) in config.views.iter().enumerate() {
-            let key = format!("views[{i}]");
-            if views.iter().any(|x| x.name == v.name) {
-                return Err(fail(
-                    format!("{key}.name"),
-                    format!("view `{}` is declared twice", v.name),
-                ));
-            }
-            if v.name.is_empty()
-                || !v
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
-                return Err(fail(
-                    format!("{key}.name"),
-                    format!(
-                        "`{}` is not a valid view name (letters, digits and _ only)",
-                        v.name
-                    ),
-                ));
-            }
-            let compiled = CompiledView::compile_with(v, &streams, &tables)
-                .await
-                .map_err(|e| {
-                    let message = match e {
-                        CoreError::View { message, .. } => message,
-                        other => other.to_string(),
-                    };
-                    fail(
-                        format!("{key}.sql"),
-                        format!("view `{}`: {message}", v.name),
-                    )
-                })?;
-            views.push(Arc::new(compiled));
-        }
+        let streams = streams(config).map_err(|(k, m)| fail(k, m))?;
+        let tables = tables(config, &streams)
+            .await
+            .map_err(|(k, m)| fail(k, m))?;
+        let views = views(config, &streams, &tables)
+            .await
+            .map_err(|(k, m)| fail(k, m))?;
         if config.generator.enabled && !streams.iter().any(|s| s.name == config.generator.stream) {
             return Err(fail(
                 "generator.stream".into(),
@@ -155,6 +81,102 @@ impl Pipeline {
     ) -> impl Iterator<Item = &'a Arc<CompiledView>> + 'a {
         self.views.iter().filter(move |v| v.stream == stream)
     }
+}
+
+/// A configuration problem: the key at fault and what is wrong.
+type Problem = (String, String);
+
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn streams(config: &Config) -> std::result::Result<Vec<StreamSchema>, Problem> {
+    let mut streams: Vec<StreamSchema> = Vec::new();
+    for (i, s) in config.streams.iter().enumerate() {
+        let key = format!("streams[{i}]");
+        let schema = StreamSchema::from_config(s, &key).map_err(|m| (key.clone(), m))?;
+        if streams.iter().any(|x| x.name == schema.name) {
+            return Err((
+                format!("{key}.name"),
+                format!("stream `{}` is declared twice", schema.name),
+            ));
+        }
+        streams.push(schema);
+    }
+    if streams.is_empty() {
+        return Err(("streams".into(), "declare at least one stream".into()));
+    }
+    Ok(streams)
+}
+
+async fn tables(
+    config: &Config,
+    streams: &[StreamSchema],
+) -> std::result::Result<Vec<Arc<DimensionTable>>, Problem> {
+    let mut tables: Vec<Arc<DimensionTable>> = Vec::new();
+    for (i, t) in config.tables.iter().enumerate() {
+        let key = format!("tables[{i}]");
+        if !is_plain_name(&t.name) {
+            return Err((
+                format!("{key}.name"),
+                format!(
+                    "`{}` is not a valid table name (letters, digits and _ only)",
+                    t.name
+                ),
+            ));
+        }
+        if streams.iter().any(|s| s.name == t.name) || tables.iter().any(|x| x.name == t.name) {
+            return Err((
+                format!("{key}.name"),
+                format!("`{}` is already the name of a stream or table", t.name),
+            ));
+        }
+        let table = DimensionTable::load(&t.name, &t.path, t.format, &config.storage_root, &key)
+            .await
+            .map_err(|m| (key.clone(), m))?;
+        tables.push(Arc::new(table));
+    }
+    Ok(tables)
+}
+
+async fn views(
+    config: &Config,
+    streams: &[StreamSchema],
+    tables: &[Arc<DimensionTable>],
+) -> std::result::Result<Vec<Arc<CompiledView>>, Problem> {
+    let mut views: Vec<Arc<CompiledView>> = Vec::new();
+    for (i, v) in config.views.iter().enumerate() {
+        let key = format!("views[{i}]");
+        if views.iter().any(|x| x.name == v.name) {
+            return Err((
+                format!("{key}.name"),
+                format!("view `{}` is declared twice", v.name),
+            ));
+        }
+        if !is_plain_name(&v.name) {
+            return Err((
+                format!("{key}.name"),
+                format!(
+                    "`{}` is not a valid view name (letters, digits and _ only)",
+                    v.name
+                ),
+            ));
+        }
+        let compiled = CompiledView::compile_with(v, streams, tables)
+            .await
+            .map_err(|e| {
+                let message = match e {
+                    CoreError::View { message, .. } => message,
+                    other => other.to_string(),
+                };
+                (
+                    format!("{key}.sql"),
+                    format!("view `{}`: {message}", v.name),
+                )
+            })?;
+        views.push(Arc::new(compiled));
+    }
+    Ok(views)
 }
 
 #[cfg(test)]

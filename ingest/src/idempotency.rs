@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tributary_core::schema::fnv1a;
 
 use crate::error::IngestError;
-use crate::service::IngestReport;
+use crate::report::IngestReport;
 
 /// Longest key accepted.
 pub const MAX_KEY_BYTES: usize = 256;

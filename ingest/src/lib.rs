@@ -11,10 +11,12 @@ pub mod generator;
 pub mod http;
 pub mod idempotency;
 pub mod log;
+mod report;
 pub mod service;
 
 pub use error::IngestError;
-pub use service::{Ingest, IngestLimits, IngestReport, RawRecord, ReplayReport};
+pub use service::{Ingest, IngestLimits, IngestReport, RawRecord};
+pub use tributary_core::ingest_handle::ReplayReport;
 /// Dead letters and Delta access live in core, where every layer reaches them; these
 /// re-exports keep `tributary_ingest::{dead_letter, delta}` paths working.
 pub use tributary_core::{dead_letter, delta};

@@ -6,51 +6,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::future::join_all;
-use serde::Serialize;
 use serde_json::Value;
 use tributary_core::CoreError;
+use tributary_core::ingest_handle::{ReplayReport, StreamCounters};
 use tributary_core::log::{EventLog, NewRecord};
 use tributary_core::schema::{FieldError, StreamSchema};
 
 use crate::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::error::IngestError;
 use crate::idempotency::{Claim, Idempotency, IdempotencyKey};
-
-/// One rejected record in a response.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct RecordError {
-    pub index: usize,
-    pub field: Option<String>,
-    pub reason: String,
-}
-
-/// What ingest answers for one request.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct IngestReport {
-    pub accepted: usize,
-    pub rejected: usize,
-    pub errors: Vec<RecordError>,
-    /// Whether the rejected records are stored in the stream's dead-letter table
-    /// (true when there were none). False means they are *not* stored: the reasons
-    /// above are then the only copy, and `dead_letter_error` says why.
-    pub dead_letters_stored: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dead_letter_error: Option<String>,
-}
+pub use crate::report::{IngestReport, RecordError};
 
 /// A record as it arrived: parsed, or the text that did not parse.
 pub enum RawRecord {
     Parsed(Value),
     Malformed { text: String, error: String },
-}
-
-/// Per-stream counters, for status pages.
-#[derive(Debug, Default)]
-pub struct StreamCounters {
-    pub accepted: AtomicU64,
-    pub rejected: AtomicU64,
-    /// Rejected records whose dead letter could not be stored.
-    pub dead_letter_failures: AtomicU64,
 }
 
 /// What one request may carry (from `[http]`).
@@ -116,10 +86,6 @@ impl Ingest {
     /// The most records one request may carry.
     pub fn max_records(&self) -> usize {
         self.limits.max_records
-    }
-
-    pub fn counters(&self, stream: &str) -> Option<&StreamCounters> {
-        self.counters.get(stream)
     }
 
     pub fn has_stream(&self, stream: &str) -> bool {
@@ -372,10 +338,10 @@ impl Ingest {
                     committed.insert(p);
                 }
                 Err(e) => {
+                    // Only a log that cannot take writes now is worth a retry (503); any
+                    // other log error is a fault here (500), and says so.
                     failed.get_or_insert(match e {
-                        CoreError::LogUnavailable(m) | CoreError::Log(m) => {
-                            IngestError::LogUnavailable(m)
-                        }
+                        CoreError::LogUnavailable(m) => IngestError::LogUnavailable(m),
                         other => IngestError::Core(other),
                     });
                 }
@@ -385,13 +351,18 @@ impl Ingest {
     }
 }
 
-/// What a dead-letter replay did.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct ReplayReport {
-    /// Records that passed validation this time and are now in the log.
-    pub replayed: usize,
-    /// Records still refused; they stay in the table.
-    pub still_invalid: usize,
-    /// The current reasons of (at most 20 of) the records still refused.
-    pub reasons: Vec<String>,
+#[async_trait::async_trait]
+impl tributary_core::ingest_handle::IngestHandle for Ingest {
+    fn counters(&self, stream: &str) -> Option<tributary_core::ingest_handle::CounterValues> {
+        self.counters.get(stream).map(StreamCounters::values)
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        stream: &str,
+    ) -> Result<ReplayReport, tributary_core::ingest_handle::BoxError> {
+        Ingest::replay_dead_letters(self, stream)
+            .await
+            .map_err(Into::into)
+    }
 }

@@ -27,9 +27,13 @@ impl EventLog for BrokenLog {
         Ok(LogBatch {
             records: Vec::new(),
             next_offset: from,
+            expired: None,
         })
     }
     async fn end_offset(&self, _: &str, _: u32) -> Result<u64> {
+        Ok(0)
+    }
+    async fn first_offset(&self, _: &str, _: u32) -> Result<u64> {
         Ok(0)
     }
     async fn offset_for_ingest_ts(&self, _: &str, _: u32, _: i64) -> Result<u64> {

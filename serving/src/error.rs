@@ -28,10 +28,34 @@ pub enum ServingError {
     Batch(#[from] BatchError),
     #[error("view `{view}`: {source}")]
     Query { view: String, source: CoreError },
-    #[error("cannot bind {addr}: {message}")]
-    Bind { addr: String, message: String },
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("http.tls-cert {} / http.tls-key {}: {source}", cert.display(), key.display())]
+    Tls {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP server's socket failed while serving.
+    #[error("serving HTTP: {0}")]
+    Io(#[source] std::io::Error),
     #[error("server: {0}")]
     Server(String),
+    /// The query engine failed where no user input is at fault.
+    #[error("query engine: {0}")]
+    Engine(#[source] datafusion::error::DataFusionError),
+    /// A stored Delta table could not be opened or read.
+    #[error("{what}: {source}")]
+    Table {
+        what: String,
+        #[source]
+        source: deltalake::DeltaTableError,
+    },
     /// A query that cannot run as written (parse, plan, unknown table).
     #[error("SQL: {0}")]
     Sql(String),
@@ -50,8 +74,13 @@ pub enum ServingError {
     /// The connection is over `http.max-connections`.
     #[error("too many open connections (http.max-connections = {0}); retry shortly")]
     TooManyConnections(usize),
-    #[error(transparent)]
-    Ingest(#[from] tributary_ingest::IngestError),
+    /// A dead-letter replay that failed part way (the letters stay where they were).
+    #[error("replaying the dead letters of `{stream}`: {source}")]
+    Replay {
+        stream: String,
+        #[source]
+        source: tributary_core::ingest_handle::BoxError,
+    },
     /// The request needs a role this process does not run.
     #[error("{0}")]
     Unavailable(String),
@@ -81,11 +110,16 @@ impl ServingError {
             ServingError::Batch(BatchError::RunInProgress) | ServingError::Unavailable(_) => {
                 StatusCode::CONFLICT
             }
-            ServingError::Ingest(e) => e.status(),
+            ServingError::Replay { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ServingError::Batch(_)
             | ServingError::Query { .. }
             | ServingError::Bind { .. }
+            | ServingError::Tls { .. }
+            | ServingError::Io(_)
+            | ServingError::Engine(_)
             | ServingError::Server(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            // Storage is outside this process: it may answer again shortly.
+            ServingError::Table { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

@@ -1,13 +1,15 @@
 //! Tributary serving layer.
 //!
 //! Owns the answer users see: the [`merge`] of batch states below the cutoff with
-//! speed states above it through each view's final plan, the REST API ([`api`]), live
+//! speed states above it through each view's final plan, the REST API (one module per resource: [`views`], [`runs`], [`streams`],
+//! [`dead_letters`], [`sql`], [`ops`]), live
 //! push ([`live`]), and the HTTP server that also hosts ingest and the dashboard.
 
-pub mod api;
 pub mod auth;
 mod connections;
+pub mod dead_letters;
 pub mod error;
+pub mod feeds;
 pub mod guard;
 pub mod json;
 pub mod limit;
@@ -15,10 +17,14 @@ pub mod live;
 pub mod merge;
 pub mod openapi;
 pub mod ops;
+pub mod params;
+pub mod runs;
 pub mod sql;
 mod sql_guard;
 mod sql_tables;
+pub mod state;
 pub mod streams;
+pub mod views;
 pub mod web;
 
 use std::time::Duration;
@@ -31,26 +37,26 @@ use tokio::net::TcpListener;
 use tributary_core::config::HttpConfig;
 use tributary_core::shutdown::Shutdown;
 
-pub use api::AppState;
 pub use error::ServingError;
 pub use merge::{Merger, ViewQuery};
+pub use state::AppState;
 
 /// The serving API routes, guarded by `auth` (`/health` stays open).
 pub fn router(state: AppState, auth: &auth::Auth) -> Router {
     use tributary_core::config::Scope;
     let admin = Router::new()
-        .route("/api/v1/batch/runs", axum::routing::post(api::start_run))
+        .route("/api/v1/batch/runs", axum::routing::post(runs::start_run))
         .route(
             "/api/v1/batch/maintenance",
-            axum::routing::post(api::maintain),
+            axum::routing::post(runs::maintain),
         )
         .route(
             "/api/v1/streams/{stream}/dead-letters/replay",
-            axum::routing::post(streams::replay),
+            axum::routing::post(dead_letters::replay),
         )
         .with_state(state.clone());
     let open = Router::new()
-        .route("/health", get(api::health))
+        .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/api/v1/openapi.json", get(openapi::document))
         .with_state(state.clone());
@@ -60,20 +66,20 @@ pub fn router(state: AppState, auth: &auth::Auth) -> Router {
 
 fn read_router(state: AppState) -> Router {
     Router::new()
-        .route("/api/v1/views", get(api::list_views))
-        .route("/api/v1/views/{view}", get(api::get_view))
+        .route("/api/v1/views", get(views::list_views))
+        .route("/api/v1/views/{view}", get(views::get_view))
         .route("/api/v1/views/{view}/live", get(live::live_view))
-        .route("/api/v1/batch/runs", get(api::list_runs))
-        .route("/api/v1/batch/runs/{id}", get(api::get_run))
-        .route("/api/v1/speed/stats", get(api::speed_stats))
-        .route("/api/v1/sql", axum::routing::post(api::post_sql))
+        .route("/api/v1/batch/runs", get(runs::list_runs))
+        .route("/api/v1/batch/runs/{id}", get(runs::get_run))
+        .route("/api/v1/speed/stats", get(ops::speed_stats))
+        .route("/api/v1/sql", axum::routing::post(sql::post_sql))
         .route("/api/v1/status", get(ops::status))
         .route("/api/v1/status/live", get(live::live_status))
         .route("/api/v1/streams", get(streams::list_streams))
         .route("/api/v1/streams/{stream}/recent", get(streams::recent))
         .route(
             "/api/v1/streams/{stream}/dead-letters",
-            get(api::dead_letters),
+            get(dead_letters::list),
         )
         .route("/metrics", get(ops::metrics))
         .with_state(state)
@@ -90,9 +96,9 @@ pub fn health_router(
     Router::new()
         .route(
             "/health",
-            get(move || async move { api::health_of(&roles) }),
+            get(move || async move { ops::health_of(&roles) }),
         )
-        .route("/ready", get(move || async move { api::health_of(&ready) }))
+        .route("/ready", get(move || async move { ops::health_of(&ready) }))
 }
 
 /// Keep serving's batch views current: reload whenever the batch layer commits, and
@@ -149,21 +155,19 @@ pub async fn run(http: HttpConfig, app: Router, shutdown: Shutdown) -> Result<()
     let app = limit::with_rate_limit(app, http.rate_limit_per_second, http.rate_limit_burst)
         .into_make_service_with_connect_info::<SocketAddr>();
     let app = connections::ConnectionCap::new(app, http.max_connections.max(1));
-    let bind_err = |e: std::io::Error| ServingError::Bind {
+    let bind_err = |source: std::io::Error| ServingError::Bind {
         addr: http.addr.clone(),
-        message: e.to_string(),
+        source,
     };
     let tls = match (&http.tls_cert, &http.tls_key) {
         (None, None) => None,
         (Some(cert), Some(key)) => Some(
             axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
-                .map_err(|e| {
-                    ServingError::Server(format!(
-                        "http.tls-cert {} / http.tls-key {}: {e}",
-                        cert.display(),
-                        key.display()
-                    ))
+                .map_err(|source| ServingError::Tls {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    source,
                 })?,
         ),
         _ => {
@@ -174,28 +178,26 @@ pub async fn run(http: HttpConfig, app: Router, shutdown: Shutdown) -> Result<()
     };
     let listener = std::net::TcpListener::bind(&http.addr).map_err(bind_err)?;
     listener.set_nonblocking(true).map_err(bind_err)?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| ServingError::Server(e.to_string()))?;
+    let local = listener.local_addr().map_err(bind_err)?;
     let Some(tls) = tls else {
         tracing::info!(%local, "serving HTTP");
         let listener = TcpListener::from_std(listener).map_err(bind_err)?;
         return axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
-            .map_err(|e| ServingError::Server(e.to_string()));
+            .map_err(ServingError::Io);
     };
     tracing::info!(%local, "serving HTTPS");
     let handle = axum_server::Handle::new();
-    let stopper = handle.clone();
-    tokio::spawn(async move {
-        shutdown.cancelled().await;
-        // Long-lived responses end on the shutdown signal themselves; others get this.
-        stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
-    });
-    axum_server::from_tcp_rustls(listener, tls)
-        .handle(handle)
-        .serve(app)
-        .await
-        .map_err(|e| ServingError::Server(e.to_string()))
+    let serve = axum_server::from_tcp_rustls(listener, tls)
+        .handle(handle.clone())
+        .serve(app);
+    tokio::pin!(serve);
+    tokio::select! {
+        ended = &mut serve => return ended.map_err(ServingError::Io),
+        _ = shutdown.cancelled() => {}
+    }
+    // Long-lived responses end on the shutdown signal themselves; others get this.
+    handle.graceful_shutdown(Some(Duration::from_secs(10)));
+    serve.await.map_err(ServingError::Io)
 }

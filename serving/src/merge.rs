@@ -21,7 +21,7 @@ use tributary_core::pipeline::Pipeline;
 use tributary_core::schema::timestamp_type;
 use tributary_core::storage::Storage;
 use tributary_core::time::{now_micros, rfc3339};
-use tributary_core::view::{CompiledView, SOURCE_COLUMN};
+use tributary_core::view::{CompiledView, Origin, SOURCE_COLUMN};
 use tributary_speed::SpeedSource;
 
 use crate::error::ServingError;
@@ -340,12 +340,10 @@ fn to_rows(
             for (c, f) in b.columns().iter().zip(schema.fields()) {
                 let v = cell(c.as_ref(), i);
                 if f.name() == SOURCE_COLUMN {
-                    let src = match v.as_i64() {
-                        Some(1) => "batch",
-                        Some(2) => "speed",
-                        Some(3) => "both",
-                        _ => "unknown",
-                    };
+                    let src = v
+                        .as_i64()
+                        .and_then(Origin::from_tags)
+                        .map_or("unknown", Origin::name);
                     obj.insert("_source".into(), Value::String(src.into()));
                     let complete = watermark.is_some_and(|wm| view.window_spec.end(w) <= wm);
                     obj.insert("complete".into(), Value::Bool(complete));

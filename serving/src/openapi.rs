@@ -5,37 +5,6 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 /// The view query's fixed parameters (key columns filter too, by their own names).
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-pub struct ViewParams {
-    /// Windows starting at or after this (RFC 3339).
-    from: Option<String>,
-    /// Windows starting before this (RFC 3339).
-    to: Option<String>,
-    /// Column to order by; a leading `-` for descending.
-    order: Option<String>,
-    /// Rows to skip.
-    #[param(minimum = 0)]
-    offset: Option<u64>,
-    /// Most rows to return.
-    #[param(minimum = 0)]
-    limit: Option<u64>,
-    /// The N rows with the largest `by`.
-    #[param(minimum = 0)]
-    top: Option<u64>,
-    /// The column `top` ranks by.
-    by: Option<String>,
-    /// `false` leaves out `_source` and `complete`.
-    meta: Option<bool>,
-    /// Time travel: the view as its batch-view table was at this Delta version (batch
-    /// layer only).
-    #[param(minimum = 0)]
-    as_of_version: Option<u64>,
-    /// Time travel: the view as its batch-view table was at this time (RFC 3339).
-    as_of: Option<String>,
-}
-
 /// Records for a stream: a JSON array of objects, one object, or NDJSON.
 #[utoipa::path(post, path = "/api/v1/streams/{stream}/events", tag = "ingest",
     params(("stream" = String, Path, description = "Stream name"),
@@ -57,24 +26,24 @@ fn post_events() {}
     info(title = "Tributary", description = "Lambda-architecture analytics: ingest, merged views, SQL, live push, batch runs."),
     paths(
         post_events,
-        crate::api::list_views,
-        crate::api::get_view,
+        crate::views::list_views,
+        crate::views::get_view,
         crate::live::live_view,
-        crate::api::post_sql,
-        crate::api::list_runs,
-        crate::api::get_run,
-        crate::api::start_run,
-        crate::api::maintain,
-        crate::api::speed_stats,
-        crate::api::dead_letters,
+        crate::sql::post_sql,
+        crate::runs::list_runs,
+        crate::runs::get_run,
+        crate::runs::start_run,
+        crate::runs::maintain,
+        crate::ops::speed_stats,
+        crate::dead_letters::list,
         crate::streams::list_streams,
         crate::streams::recent,
-        crate::streams::replay,
+        crate::dead_letters::replay,
         crate::ops::status,
         crate::live::live_status,
         crate::ops::metrics,
         crate::ops::ready,
-        crate::api::health,
+        crate::ops::health,
     ),
     modifiers(&Security),
 )]

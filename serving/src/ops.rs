@@ -6,7 +6,9 @@
 //! stats, the batch run history, the loaded batch views) into a fresh registry per
 //! scrape, so there is no second copy of any counter to keep in step.
 
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Json;
 use axum::extract::State;
@@ -21,8 +23,8 @@ use serde_json::{Value, json};
 use tributary_batch::RunStatus;
 use tributary_core::time::{now_micros, rfc3339};
 
-use crate::api::AppState;
 use crate::error::ServingError;
+use crate::state::AppState;
 
 type Labels = Vec<(String, String)>;
 
@@ -44,21 +46,14 @@ pub async fn status_value(state: &AppState) -> Result<Value, ServingError> {
         .speed()
         .stats()
         .await
-        .map_err(|e| ServingError::Server(e.to_string()))?;
+        .map_err(|source| ServingError::Query {
+            view: "*".into(),
+            source,
+        })?;
     let now = now_micros();
     let mut streams = serde_json::Map::new();
     for s in &state.merger.pipeline().streams {
-        let ingest = state
-            .ingest
-            .as_ref()
-            .and_then(|i| i.counters(&s.name))
-            .map(|c| {
-                json!({
-                    "accepted": c.accepted.load(Ordering::Relaxed),
-                    "rejected": c.rejected.load(Ordering::Relaxed),
-                    "dead_letter_failures": c.dead_letter_failures.load(Ordering::Relaxed),
-                })
-            });
+        let ingest = state.ingest.as_ref().and_then(|i| i.counters(&s.name));
         // Letters answered as stored that wait in this process's spool for Delta.
         let spooled = match &state.dead_letters {
             Some(sink) => match sink.spooled(&s.name).await {
@@ -68,10 +63,17 @@ pub async fn status_value(state: &AppState) -> Result<Value, ServingError> {
             None => Value::Null,
         };
         // The archiver's lag reads the master table's log; a failure is shown, not fatal.
-        let (archiver_lag, archiver_by_partition) = match state.batch.archiver_lag(s).await {
-            Ok(by) => (json!(by.iter().sum::<u64>()), json!(by)),
-            Err(e) => (json!({ "error": e.to_string() }), Value::Null),
-        };
+        // Records the log's retention removed before they were archived are lost: that
+        // is shown here, beside the dead letter the archiver writes for them.
+        let (archiver_lag, archiver_by_partition, behind_retention) =
+            match state.batch.archiver_lag(s).await {
+                Ok(lag) => (
+                    json!(lag.by_partition.iter().sum::<u64>()),
+                    json!(lag.by_partition),
+                    json!(lag.behind_retention),
+                ),
+                Err(e) => (json!({ "error": e.to_string() }), Value::Null, Value::Null),
+            };
         streams.insert(
             s.name.clone(),
             json!({
@@ -80,6 +82,7 @@ pub async fn status_value(state: &AppState) -> Result<Value, ServingError> {
                 "speed": speed.streams.get(&s.name),
                 "archiver_lag": archiver_lag,
                 "archiver_lag_by_partition": archiver_by_partition,
+                "archiver_behind_retention": behind_retention,
             }),
         );
     }
@@ -164,148 +167,48 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ServingE
         .speed()
         .stats()
         .await
-        .map_err(|e| ServingError::Server(e.to_string()))?;
-    let mut registry = Registry::with_prefix("tributary");
-    let counter = |registry: &mut Registry, name: &str, help: &str| {
-        let f = Family::<Labels, Counter>::default();
-        registry.register(name, help, f.clone());
-        f
-    };
-    let gauge = |registry: &mut Registry, name: &str, help: &str| {
-        let f = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-        registry.register(name, help, f.clone());
-        f
-    };
-
-    let accepted = counter(
-        &mut registry,
-        "ingest_accepted",
-        "Events ingest accepted over HTTP",
-    );
-    let rejected = counter(
-        &mut registry,
-        "ingest_rejected",
-        "Events ingest rejected (dead-lettered)",
-    );
+        .map_err(|source| ServingError::Query {
+            view: "*".into(),
+            source,
+        })?;
+    let mut sheet = Sheet::new();
     for s in &state.merger.pipeline().streams {
         if let Some(c) = state.ingest.as_ref().and_then(|i| i.counters(&s.name)) {
             let l = label("stream", &s.name);
-            accepted
-                .get_or_create(&l)
-                .inc_by(c.accepted.load(Ordering::Relaxed));
-            rejected
-                .get_or_create(&l)
-                .inc_by(c.rejected.load(Ordering::Relaxed));
+            sheet.count("ingest_accepted", &l, c.accepted);
+            sheet.count("ingest_rejected", &l, c.rejected);
         }
     }
-
-    let read = counter(
-        &mut registry,
-        "speed_events",
-        "Log records the speed layer read",
-    );
-    let invalid = counter(
-        &mut registry,
-        "speed_invalid",
-        "Invalid records in the log (dead-lettered by the archiver)",
-    );
-    let dups = counter(
-        &mut registry,
-        "speed_duplicates",
-        "Records counted once under a dedup rule",
-    );
-    let lag = gauge(
-        &mut registry,
-        "speed_lag_records",
-        "Records in the log the speed layer has not read",
-    );
-    let rate = gauge(
-        &mut registry,
-        "speed_events_per_second",
-        "Records read per second",
-    );
-    let mb_events = gauge(
-        &mut registry,
-        "speed_micro_batch_events",
-        "Records in the last micro-batch",
-    );
-    let mb_secs = gauge(
-        &mut registry,
-        "speed_micro_batch_seconds",
-        "Duration of the last micro-batch",
-    );
     for (name, s) in &speed.streams {
         let l = label("stream", name);
-        read.get_or_create(&l).inc_by(s.events);
-        invalid.get_or_create(&l).inc_by(s.invalid);
-        dups.get_or_create(&l).inc_by(s.duplicates);
-        lag.get_or_create(&l).set(s.lag as f64);
-        rate.get_or_create(&l).set(s.events_per_second as f64);
-        mb_events.get_or_create(&l).set(s.last_batch_events as f64);
-        mb_secs
-            .get_or_create(&l)
-            .set(s.last_batch_micros as f64 / 1e6);
+        sheet.count("speed_events", &l, s.events);
+        sheet.count("speed_invalid", &l, s.invalid);
+        sheet.count("speed_duplicates", &l, s.duplicates);
+        sheet.set("speed_lag_records", &l, s.lag as f64);
+        sheet.set("speed_events_per_second", &l, s.events_per_second as f64);
+        sheet.set("speed_micro_batch_events", &l, s.last_batch_events as f64);
+        sheet.set(
+            "speed_micro_batch_seconds",
+            &l,
+            s.last_batch_micros as f64 / 1e6,
+        );
     }
-
-    let bytes = gauge(
-        &mut registry,
-        "view_state_bytes",
-        "Speed-layer state held for a view",
-    );
-    let rows = gauge(
-        &mut registry,
-        "view_state_rows",
-        "Speed-layer state rows of a view",
-    );
-    let segments = gauge(
-        &mut registry,
-        "view_segments",
-        "Speed-layer segments of a view",
-    );
-    let late = counter(
-        &mut registry,
-        "view_late_events",
-        "Events that updated a window already complete",
-    );
-    let watermark = gauge(
-        &mut registry,
-        "view_watermark_seconds",
-        "A view's watermark (Unix time)",
-    );
-    let cutoff = gauge(
-        &mut registry,
-        "view_cutoff_seconds",
-        "A view's batch cutoff (Unix time)",
-    );
-    let cutoff_age = gauge(
-        &mut registry,
-        "view_cutoff_age_seconds",
-        "Age of a view's batch cutoff",
-    );
     let now = now_micros();
     for v in &speed.views {
         let l = label("view", &v.view);
-        bytes.get_or_create(&l).set(v.state_bytes as f64);
-        rows.get_or_create(&l).set(v.state_rows as f64);
-        segments.get_or_create(&l).set(v.segments as f64);
-        late.get_or_create(&l).inc_by(v.late_events);
+        sheet.set("view_state_bytes", &l, v.state_bytes as f64);
+        sheet.set("view_state_rows", &l, v.state_rows as f64);
+        sheet.set("view_segments", &l, v.segments as f64);
+        sheet.count("view_late_events", &l, v.late_events);
         if let Some(w) = v.watermark {
-            watermark.get_or_create(&l).set(w as f64 / 1e6);
+            sheet.set("view_watermark_seconds", &l, w as f64 / 1e6);
         }
         if let Some(b) = state.merger.batch_view(&v.view).await {
-            cutoff.get_or_create(&l).set(b.cutoff as f64 / 1e6);
-            cutoff_age
-                .get_or_create(&l)
-                .set((now - b.cutoff).max(0) as f64 / 1e6);
+            sheet.set("view_cutoff_seconds", &l, b.cutoff as f64 / 1e6);
+            let age = (now - b.cutoff).max(0) as f64 / 1e6;
+            sheet.set("view_cutoff_age_seconds", &l, age);
         }
     }
-
-    let runs = counter(&mut registry, "batch_runs", "Batch runs by outcome");
-    let last_secs = gauge(
-        &mut registry,
-        "batch_last_run_seconds",
-        "Duration of the last finished batch run",
-    );
     let history = state.batch.history();
     for r in &history {
         let status = match r.status {
@@ -313,22 +216,15 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ServingE
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
         };
-        runs.get_or_create(&label("status", status)).inc();
+        sheet.count("batch_runs", &label("status", status), 1);
     }
     if let Some(ms) = history.iter().find_map(|r| r.duration_ms) {
-        last_secs.get_or_create(&vec![]).set(ms as f64 / 1000.0);
+        sheet.set("batch_last_run_seconds", &vec![], ms as f64 / 1000.0);
     }
-    let recovery = gauge(
-        &mut registry,
-        "speed_recovery_seconds",
-        "Time the speed layer took to catch up after start",
-    );
     if let Some(ms) = speed.recovery_ms {
-        recovery.get_or_create(&vec![]).set(ms as f64 / 1000.0);
+        sheet.set("speed_recovery_seconds", &vec![], ms as f64 / 1000.0);
     }
-
-    let mut text = String::new();
-    encode(&mut text, &registry).map_err(|e| ServingError::Server(e.to_string()))?;
+    let text = sheet.encode()?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -337,4 +233,215 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ServingE
         text,
     )
         .into_response())
+}
+
+/// Whether a metric only grows (a counter) or is read as it is now (a gauge).
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// Every metric `/metrics` exposes: name (after the `tributary_` prefix), kind, help.
+const METRICS: &[(&str, Kind, &str)] = &[
+    (
+        "ingest_accepted",
+        Kind::Counter,
+        "Events ingest accepted over HTTP",
+    ),
+    (
+        "ingest_rejected",
+        Kind::Counter,
+        "Events ingest rejected (dead-lettered)",
+    ),
+    (
+        "speed_events",
+        Kind::Counter,
+        "Log records the speed layer read",
+    ),
+    (
+        "speed_invalid",
+        Kind::Counter,
+        "Invalid records in the log (dead-lettered by the archiver)",
+    ),
+    (
+        "speed_duplicates",
+        Kind::Counter,
+        "Records counted once under a dedup rule",
+    ),
+    (
+        "speed_lag_records",
+        Kind::Gauge,
+        "Records in the log the speed layer has not read",
+    ),
+    (
+        "speed_events_per_second",
+        Kind::Gauge,
+        "Records read per second",
+    ),
+    (
+        "speed_micro_batch_events",
+        Kind::Gauge,
+        "Records in the last micro-batch",
+    ),
+    (
+        "speed_micro_batch_seconds",
+        Kind::Gauge,
+        "Duration of the last micro-batch",
+    ),
+    (
+        "view_state_bytes",
+        Kind::Gauge,
+        "Speed-layer state held for a view",
+    ),
+    (
+        "view_state_rows",
+        Kind::Gauge,
+        "Speed-layer state rows of a view",
+    ),
+    (
+        "view_segments",
+        Kind::Gauge,
+        "Speed-layer segments of a view",
+    ),
+    (
+        "view_late_events",
+        Kind::Counter,
+        "Events that updated a window already complete",
+    ),
+    (
+        "view_watermark_seconds",
+        Kind::Gauge,
+        "A view's watermark (Unix time)",
+    ),
+    (
+        "view_cutoff_seconds",
+        Kind::Gauge,
+        "A view's batch cutoff (Unix time)",
+    ),
+    (
+        "view_cutoff_age_seconds",
+        Kind::Gauge,
+        "Age of a view's batch cutoff",
+    ),
+    ("batch_runs", Kind::Counter, "Batch runs by outcome"),
+    (
+        "batch_last_run_seconds",
+        Kind::Gauge,
+        "Duration of the last finished batch run",
+    ),
+    (
+        "speed_recovery_seconds",
+        Kind::Gauge,
+        "Time the speed layer took to catch up after start",
+    ),
+];
+
+type GaugeF64 = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// A fresh registry with every metric of [`METRICS`] registered, filled by name.
+struct Sheet {
+    registry: Registry,
+    counters: HashMap<&'static str, Family<Labels, Counter>>,
+    gauges: HashMap<&'static str, Family<Labels, GaugeF64>>,
+}
+
+impl Sheet {
+    fn new() -> Self {
+        let mut sheet = Sheet {
+            registry: Registry::with_prefix("tributary"),
+            counters: HashMap::new(),
+            gauges: HashMap::new(),
+        };
+        for &(name, kind, help) in METRICS {
+            match kind {
+                Kind::Counter => {
+                    let f = Family::<Labels, Counter>::default();
+                    sheet.registry.register(name, help, f.clone());
+                    sheet.counters.insert(name, f);
+                }
+                Kind::Gauge => {
+                    let f = Family::<Labels, GaugeF64>::default();
+                    sheet.registry.register(name, help, f.clone());
+                    sheet.gauges.insert(name, f);
+                }
+            }
+        }
+        sheet
+    }
+
+    /// Add `by` to counter `name`; a name missing from [`METRICS`] is a bug the tests catch.
+    fn count(&mut self, name: &str, labels: &Labels, by: u64) {
+        debug_assert!(
+            self.counters.contains_key(name),
+            "counter {name} not in METRICS"
+        );
+        if let Some(f) = self.counters.get(name) {
+            f.get_or_create(labels).inc_by(by);
+        }
+    }
+
+    fn set(&mut self, name: &str, labels: &Labels, value: f64) {
+        debug_assert!(
+            self.gauges.contains_key(name),
+            "gauge {name} not in METRICS"
+        );
+        if let Some(f) = self.gauges.get(name) {
+            f.get_or_create(labels).set(value);
+        }
+    }
+
+    fn encode(&self) -> Result<String, ServingError> {
+        let mut text = String::new();
+        encode(&mut text, &self.registry)
+            .map_err(|e| ServingError::Server(format!("encoding metrics: {e}")))?;
+        Ok(text)
+    }
+}
+
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "Every role up", body = Object),
+              (status = 503, description = "A role is down", body = Object)))]
+pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    health_of(&state.roles)
+}
+
+/// Each role, and 200 only when all of them are up.
+pub fn health_of(roles: &[(String, Arc<AtomicBool>)]) -> impl IntoResponse + use<> {
+    let states: serde_json::Map<String, Value> = roles
+        .iter()
+        .map(|(name, up)| {
+            let s = if up.load(Ordering::Acquire) {
+                "up"
+            } else {
+                "down"
+            };
+            (name.clone(), Value::String(s.into()))
+        })
+        .collect();
+    let all_up = roles.iter().all(|(_, up)| up.load(Ordering::Acquire));
+    let status = if all_up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "status": if all_up { "ok" } else { "degraded" }, "roles": states })),
+    )
+}
+
+#[utoipa::path(get, path = "/api/v1/speed/stats", tag = "operations",
+    responses((status = 200, description = "Speed-layer progress per stream and view", body = Object)))]
+pub async fn speed_stats(State(state): State<AppState>) -> Result<Json<Value>, ServingError> {
+    let stats = state
+        .merger
+        .speed()
+        .stats()
+        .await
+        .map_err(|source| ServingError::Query {
+            view: "*".into(),
+            source,
+        })?;
+    Ok(Json(json!(stats)))
 }

@@ -26,10 +26,15 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use tributary_core::config::SqlConfig;
 
-use crate::error::ServingError;
+use axum::Json;
+use axum::extract::State;
+use axum::response::IntoResponse;
+
+use crate::error::{ErrorBody, ServingError};
 use crate::json::cell;
 use crate::merge::Merger;
 use crate::sql_tables::Tables;
+use crate::state::AppState;
 use tributary_core::delta::AsOf;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -52,25 +57,7 @@ pub struct SqlRequest {
 impl SqlRequest {
     /// The time-travel point asked for, if any (not both ways at once).
     pub fn as_of(&self) -> Result<Option<AsOf>, ServingError> {
-        parse_as_of(self.as_of_version, self.as_of.as_deref())
-    }
-}
-
-/// A time-travel point from `as_of_version` or `as_of` (RFC 3339), not both.
-pub fn parse_as_of(version: Option<u64>, time: Option<&str>) -> Result<Option<AsOf>, ServingError> {
-    match (version, time) {
-        (None, None) => Ok(None),
-        (Some(v), None) => Ok(Some(AsOf::Version(v))),
-        (None, Some(t)) => {
-            tributary_core::time::parse_rfc3339(t).ok_or_else(|| {
-                ServingError::bad("as_of", format!("expected an RFC 3339 time, got `{t}`"))
-            })?;
-            Ok(Some(AsOf::Time(t.to_string())))
-        }
-        (Some(_), Some(_)) => Err(ServingError::bad(
-            "as_of",
-            "give as_of_version or as_of, not both",
-        )),
+        crate::params::parse_as_of(self.as_of_version, self.as_of.as_deref())
     }
 }
 
@@ -128,36 +115,7 @@ pub async fn run(
     crate::sql_guard::check_limits(sql, limits)?;
     check_read_only(sql)?;
     let started = Instant::now();
-    let runtime = tributary_core::cloud::runtime_with(
-        RuntimeEnvBuilder::new()
-            .with_memory_limit(limits.memory_limit_mb.max(1) * 1024 * 1024, 1.0)
-            .with_disk_manager_builder(
-                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
-            ),
-    )
-    .map_err(|e| ServingError::Server(e.to_string()))?;
-    let ctx = SessionContext::new_with_config_rt(
-        SessionConfig::new().with_information_schema(true),
-        runtime.clone(),
-    );
-    // Tables are made when the query names them; one with no state at the time-travel
-    // point is left out, and a query that names it is refused with that reason.
-    let tables = Arc::new(Tables::new(
-        merger.clone(),
-        as_of.cloned(),
-        SessionStateBuilder::new().with_runtime_env(runtime).build(),
-    ));
-    let catalog = ctx
-        .state()
-        .config()
-        .options()
-        .catalog
-        .default_catalog
-        .clone();
-    ctx.catalog(&catalog)
-        .ok_or_else(|| ServingError::Server(format!("no catalog `{catalog}`")))?
-        .register_schema("public", tables.clone())
-        .map_err(|e| ServingError::Server(e.to_string()))?;
+    let (ctx, tables) = session(merger, limits, as_of)?;
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
@@ -227,6 +185,46 @@ pub async fn run(
     })
 }
 
+/// A fresh session for one query: a memory pool of `sql.memory-limit-mb`, no spilling,
+/// and the views and stored tables in its default schema.
+fn session(
+    merger: &Arc<Merger>,
+    limits: &SqlConfig,
+    as_of: Option<&AsOf>,
+) -> Result<(SessionContext, Arc<Tables>), ServingError> {
+    let runtime = tributary_core::cloud::runtime_with(
+        RuntimeEnvBuilder::new()
+            .with_memory_limit(limits.memory_limit_mb.max(1) * 1024 * 1024, 1.0)
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            ),
+    )
+    .map_err(ServingError::Engine)?;
+    let ctx = SessionContext::new_with_config_rt(
+        SessionConfig::new().with_information_schema(true),
+        runtime.clone(),
+    );
+    // Tables are made when the query names them; one with no state at the time-travel
+    // point is left out, and a query that names it is refused with that reason.
+    let tables = Arc::new(Tables::new(
+        merger.clone(),
+        as_of.cloned(),
+        SessionStateBuilder::new().with_runtime_env(runtime).build(),
+    ));
+    let catalog = ctx
+        .state()
+        .config()
+        .options()
+        .catalog
+        .default_catalog
+        .clone();
+    ctx.catalog(&catalog)
+        .ok_or_else(|| ServingError::Server(format!("no catalog `{catalog}`")))?
+        .register_schema("public", tables.clone())
+        .map_err(ServingError::Engine)?;
+    Ok((ctx, tables))
+}
+
 /// How an answer over `sql.max-answer-bytes` is reported.
 const ANSWER_TOO_LARGE: &str = "the answer is larger than";
 
@@ -248,35 +246,6 @@ fn query_error(e: DataFusionError, limits: &SqlConfig) -> ServingError {
         }
         _ => ServingError::Sql(e.strip_backtrace()),
     }
-}
-
-/// The Delta table at `url` as a table of `session`'s queries, or `None` before its
-/// first commit.
-pub(crate) async fn stored_table(
-    session: &dyn datafusion::catalog::Session,
-    url: url::Url,
-) -> Result<Option<Arc<dyn datafusion::catalog::TableProvider>>, ServingError> {
-    let server = |e: &dyn std::fmt::Display| ServingError::Server(e.to_string());
-    let table = tributary_core::delta::open(url)
-        .await
-        .map_err(|e| server(&e))?;
-    if table.version().is_none() {
-        return Ok(None);
-    }
-    table_provider(session, &table).await.map(Some)
-}
-
-/// An open Delta table as a table of `session`'s queries (its object store registered
-/// with the session's runtime).
-pub(crate) async fn table_provider(
-    session: &dyn datafusion::catalog::Session,
-    table: &deltalake::DeltaTable,
-) -> Result<Arc<dyn datafusion::catalog::TableProvider>, ServingError> {
-    let server = |e: &dyn std::fmt::Display| ServingError::Server(e.to_string());
-    table
-        .update_datafusion_session(session)
-        .map_err(|e| server(&e))?;
-    table.table_provider().await.map_err(|e| server(&e))
 }
 
 /// JSON rows (at most `max_rows`). A view's `_src` column says which layer each row came
@@ -318,31 +287,31 @@ pub async fn dead_letters(
     stream: &str,
     limit: usize,
 ) -> Result<(u64, Vec<Value>), ServingError> {
-    let server = |e: &dyn std::fmt::Display| ServingError::Server(e.to_string());
     let ctx = tributary_core::cloud::session_context();
     let Some(provider) =
-        stored_table(&ctx.state(), merger.storage().dead_letter_table(stream)).await?
+        crate::sql_tables::stored_table(&ctx.state(), merger.storage().dead_letter_table(stream))
+            .await?
     else {
         return Ok((0, Vec::new()));
     };
     ctx.register_table("dead_letters", provider)
-        .map_err(|e| server(&e))?;
+        .map_err(ServingError::Engine)?;
     let total = ctx
         .table("dead_letters")
         .await
-        .map_err(|e| server(&e))?
+        .map_err(ServingError::Engine)?
         .count()
         .await
-        .map_err(|e| server(&e))? as u64;
+        .map_err(ServingError::Engine)? as u64;
     let df = ctx
         .sql(&format!(
             // `*`: tables written before quarantine have no `partition` column.
             "SELECT * FROM dead_letters ORDER BY received_at DESC LIMIT {limit}"
         ))
         .await
-        .map_err(|e| server(&e))?;
+        .map_err(ServingError::Engine)?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await.map_err(|e| server(&e))?;
+    let batches = df.collect().await.map_err(ServingError::Engine)?;
     let result = SqlResult {
         schema,
         batches,
@@ -354,4 +323,44 @@ pub async fn dead_letters(
         .cloned()
         .unwrap_or_default();
     Ok((total, rows))
+}
+
+#[utoipa::path(post, path = "/api/v1/sql", tag = "sql",
+    request_body = SqlRequest,
+    responses((status = 200, description = "Columns and rows (JSON), or an Arrow IPC stream", body = Object),
+              (status = 400, description = "SQL that does not parse or plan, or a bad format", body = ErrorBody),
+              (status = 403, description = "Not a read-only query", body = ErrorBody),
+              (status = 408, description = "Past the time limit, cancelled", body = ErrorBody),
+              (status = 422, description = "Over the memory limit", body = ErrorBody)))]
+/// `POST /api/v1/sql` with `{"sql": "...", "format": "json" | "arrow"}`.
+pub async fn post_sql(
+    State(state): State<AppState>,
+    Json(request): Json<SqlRequest>,
+) -> Result<axum::response::Response, ServingError> {
+    let arrow = match request.format.as_deref() {
+        None | Some("json") => false,
+        Some("arrow") => true,
+        Some(other) => {
+            return Err(ServingError::bad(
+                "format",
+                format!("expected `json` or `arrow`, got `{other}`"),
+            ));
+        }
+    };
+    let as_of = request.as_of()?;
+    let cap = (!arrow).then_some(state.sql.max_rows);
+    let result = run(&state.merger, &request.sql, &state.sql, as_of.as_ref(), cap).await?;
+    if arrow {
+        let bytes = tributary_speed::source::to_ipc(&result.schema, &result.batches)
+            .map_err(|e| ServingError::Server(e.to_string()))?;
+        return Ok((
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/vnd.apache.arrow.stream",
+            )],
+            bytes,
+        )
+            .into_response());
+    }
+    Ok(Json(to_json(&result, state.sql.max_rows)).into_response())
 }

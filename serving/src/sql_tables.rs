@@ -142,7 +142,7 @@ impl Tables {
 
     async fn stored(&self, name: &str, url: Url) -> Result<Option<Arc<dyn TableProvider>>> {
         let Some(at) = &self.as_of else {
-            return crate::sql::stored_table(&self.runtime, url)
+            return stored_table(&self.runtime, url)
                 .await
                 .map_err(|e| self.failed(e));
         };
@@ -154,7 +154,7 @@ impl Tables {
                 return Ok(None);
             }
         };
-        crate::sql::table_provider(&self.runtime, &table)
+        table_provider(&self.runtime, &table)
             .await
             .map(Some)
             .map_err(|e| self.failed(e))
@@ -185,4 +185,36 @@ impl SchemaProvider for Tables {
     fn table_exist(&self, name: &str) -> bool {
         self.kind(name).is_some()
     }
+}
+
+/// The Delta table at `url` as a table of `session`'s queries, or `None` before its
+/// first commit.
+pub(crate) async fn stored_table(
+    session: &dyn datafusion::catalog::Session,
+    url: url::Url,
+) -> Result<Option<Arc<dyn datafusion::catalog::TableProvider>>, ServingError> {
+    let what = format!("table at {url}");
+    let table = tributary_core::delta::open(url)
+        .await
+        .map_err(|source| ServingError::Table { what, source })?;
+    if table.version().is_none() {
+        return Ok(None);
+    }
+    table_provider(session, &table).await.map(Some)
+}
+
+/// An open Delta table as a table of `session`'s queries (its object store registered
+/// with the session's runtime).
+pub(crate) async fn table_provider(
+    session: &dyn datafusion::catalog::Session,
+    table: &deltalake::DeltaTable,
+) -> Result<Arc<dyn datafusion::catalog::TableProvider>, ServingError> {
+    let what = || format!("table at {}", table.table_url());
+    table
+        .update_datafusion_session(session)
+        .map_err(|source| ServingError::Table {
+            what: what(),
+            source,
+        })?;
+    table.table_provider().await.map_err(ServingError::Engine)
 }

@@ -1,13 +1,13 @@
-//! Stream endpoints: schemas and counters, a sample of the newest events in the log,
-//! and replay of dead letters.
+//! The stream resource: schemas and ingest counters, and a sample of the newest events
+//! in the log.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde_json::{Value, json};
 use tributary_core::time::rfc3339;
 
-use crate::api::AppState;
 use crate::error::{ErrorBody, ServingError};
+use crate::state::AppState;
 
 /// `GET /api/v1/streams`.
 #[utoipa::path(get, path = "/api/v1/streams", tag = "ingest",
@@ -24,12 +24,11 @@ pub fn stream_docs(state: &AppState) -> Vec<Value> {
         .streams
         .iter()
         .map(|s| {
-            let counters = state.ingest.as_ref().and_then(|i| i.counters(&s.name)).map(|c| {
-                json!({
-                    "accepted": c.accepted.load(std::sync::atomic::Ordering::Relaxed),
-                    "rejected": c.rejected.load(std::sync::atomic::Ordering::Relaxed),
-                })
-            });
+            let counters = state
+                .ingest
+                .as_ref()
+                .and_then(|i| i.counters(&s.name))
+                .map(|c| json!({ "accepted": c.accepted, "rejected": c.rejected }));
             json!({
                 "name": s.name,
                 "fields": s.fields,
@@ -59,7 +58,7 @@ pub async fn recent(
     let Some(schema) = state.merger.pipeline().stream(&stream).cloned() else {
         return Err(ServingError::UnknownStream(stream));
     };
-    let limit = crate::api::limit_param(&params, 20)?;
+    let limit = crate::params::limit_param(&params, 20)?;
     Ok(Json(
         json!({ "stream": stream, "rows": recent_rows(&state, &schema, limit.min(1_000)).await? }),
     ))
@@ -99,29 +98,4 @@ pub async fn recent_rows(
         })
         .collect();
     Ok(rows)
-}
-
-/// `POST /api/v1/streams/{stream}/dead-letters/replay`: validate every dead letter
-/// again; the ones that pass now join the stream.
-#[utoipa::path(post, path = "/api/v1/streams/{stream}/dead-letters/replay", tag = "ingest",
-    params(("stream" = String, Path, description = "Stream name")),
-    responses((status = 200, description = "How many were replayed and how many are still refused, with reasons", body = Object),
-              (status = 404, description = "No such stream", body = ErrorBody),
-              (status = 409, description = "Ingest does not run in this process", body = ErrorBody)))]
-pub async fn replay(
-    State(state): State<AppState>,
-    Path(stream): Path<String>,
-) -> Result<Json<Value>, ServingError> {
-    if state.merger.pipeline().stream(&stream).is_none() {
-        return Err(ServingError::UnknownStream(stream));
-    }
-    let Some(ingest) = state.ingest.as_ref() else {
-        return Err(ServingError::Unavailable(
-            "dead-letter replay runs where ingest runs; send it to the ingest process".into(),
-        ));
-    };
-    let report = ingest.replay_dead_letters(&stream).await?;
-    Ok(Json(
-        json!({ "stream": stream, "replayed": report.replayed, "still_invalid": report.still_invalid, "reasons": report.reasons }),
-    ))
 }

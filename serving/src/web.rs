@@ -21,9 +21,9 @@ use tower_http::services::ServeDir;
 use tributary_core::config::Scope;
 use tributary_web::{App, BOOTSTRAP_ID, Bootstrap, OUTPUT_NAME, Page, ViewInfo, bootstrap_json};
 
-use crate::api::AppState;
 use crate::auth::{Auth, COOKIE};
 use crate::merge::ViewQuery;
+use crate::state::AppState;
 
 const STYLE: &str = include_str!("../../web/style.css");
 
@@ -213,7 +213,7 @@ async fn stream_page(
     )
     .and_then(|v| v.as_array().cloned())
     .unwrap_or_default();
-    crate::api::flush_dead_letters(&s.app, &name).await;
+    crate::dead_letters::flush_dead_letters(&s.app, &name).await;
     let dead_letters = json_or_null(
         crate::sql::dead_letters(&s.app.merger, &name, 100).await,
         "dead letters",

@@ -13,8 +13,13 @@ const SWEEP_EVERY: usize = 100_000;
 pub struct Deduplicator {
     spec: DedupSpec,
     last_seen: HashMap<(u32, String), i64>,
-    newest: i64,
+    /// The newest ingest time seen per partition: an id older than its partition's
+    /// newest minus the horizon can never be a repeat's predecessor again (ingest time
+    /// never decreases within a partition), however far other partitions have run.
+    newest: HashMap<u32, i64>,
     since_sweep: usize,
+    /// Sweep forgotten ids once this many records passed and as many ids are held.
+    sweep_every: usize,
 }
 
 impl Deduplicator {
@@ -22,9 +27,17 @@ impl Deduplicator {
         Deduplicator {
             spec,
             last_seen: HashMap::new(),
-            newest: i64::MIN,
+            newest: HashMap::new(),
             since_sweep: 0,
+            sweep_every: SWEEP_EVERY,
         }
+    }
+
+    /// Sweep more often than the default (less memory, more time); the answers are the
+    /// same, which the dedup property test checks with a small value.
+    pub fn sweeping_every(mut self, records: usize) -> Self {
+        self.sweep_every = records.max(1);
+        self
     }
 
     /// Whether a valid record counts; records must come in log order per partition.
@@ -34,11 +47,13 @@ impl Deduplicator {
             Some(Value::String(s)) => s.clone(),
             Some(other) => other.to_string(),
         };
-        self.newest = self.newest.max(ingest_ts);
+        let newest = self.newest.entry(partition).or_insert(i64::MIN);
+        *newest = (*newest).max(ingest_ts);
         self.since_sweep += 1;
-        if self.since_sweep >= SWEEP_EVERY && self.last_seen.len() >= SWEEP_EVERY {
-            let horizon = self.newest.saturating_sub(self.spec.horizon_us);
-            self.last_seen.retain(|_, t| *t >= horizon);
+        if self.since_sweep >= self.sweep_every && self.last_seen.len() >= self.sweep_every {
+            let (newest, horizon) = (&self.newest, self.spec.horizon_us);
+            self.last_seen
+                .retain(|(p, _), t| *t >= newest[p].saturating_sub(horizon));
             self.since_sweep = 0;
         }
         let previous = self.last_seen.insert((partition, id), ingest_ts);

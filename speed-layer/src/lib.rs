@@ -7,6 +7,7 @@
 //! covers. It is disposable: on start it rebuilds from the log, starting at the batch
 //! cutoff.
 
+mod consume;
 pub mod decode;
 pub mod dedup;
 pub mod remote;
@@ -18,7 +19,6 @@ pub mod store;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
 
 use datafusion::arrow::array::TimestampMicrosecondArray;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -27,12 +27,12 @@ use thiserror::Error;
 use tributary_core::CoreError;
 use tributary_core::config::SpeedConfig;
 use tributary_core::dead_letter::{DeadLetter, DeadLetterSink};
-use tributary_core::log::{EventLog, retry_unavailable};
+use tributary_core::log::EventLog;
 use tributary_core::pipeline::Pipeline;
 use tributary_core::quarantine;
-use tributary_core::shutdown::Shutdown;
 use tributary_core::view::{SOURCE_SPEED, tag_source};
 
+pub use consume::run;
 pub use dedup::Deduplicator;
 pub use source::{Snapshot, SpeedSource};
 pub use store::{SpeedSnapshot, StateStore, ViewStats, ViewStore};
@@ -185,229 +185,6 @@ impl SpeedLayer {
             },
             restored_from_snapshot: self.restored.load(Ordering::Relaxed),
         }
-    }
-}
-
-/// Consume the log until shutdown, keeping `layer`'s states current.
-///
-/// With `speed.snapshot-interval-ms` set, states are snapshotted under `snapshots` that
-/// often and the newest snapshot is resumed from at start ([`snapshot`]).
-pub async fn run(
-    config: SpeedConfig,
-    pipeline: Pipeline,
-    log: Arc<dyn EventLog>,
-    layer: SpeedLayer,
-    snapshots: Option<std::path::PathBuf>,
-    shutdown: Shutdown,
-) -> Result<(), SpeedError> {
-    let snapshots = snapshots.filter(|_| config.snapshot_interval_ms > 0);
-    let restored = match &snapshots {
-        Some(dir) => snapshot::restore(dir, &layer, &pipeline).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "speed snapshot unusable; rebuilding from the log");
-            HashMap::new()
-        }),
-        None => HashMap::new(),
-    };
-    if !restored.is_empty() {
-        layer.restored.store(true, Ordering::Relaxed);
-        tracing::info!(streams = ?restored.keys().collect::<Vec<_>>(), "speed layer resumed from a snapshot");
-    }
-    // Start each partition at the oldest cutoff of the stream's views: everything
-    // below it is in every view's batch states already.
-    let mut positions: HashMap<(String, u32), u64> = HashMap::new();
-    // Per stream with an id field: the dedup state of each partition.
-    let mut dedups: HashMap<String, HashMap<u32, Deduplicator>> = HashMap::new();
-    let decode_threads = match config.decode_threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    for s in &pipeline.streams {
-        let mut start = pipeline
-            .views_of(&s.name)
-            .filter_map(|v| layer.store.view(&v.name).map(|st| st.cutoff()))
-            .min()
-            .unwrap_or(i64::MIN);
-        if let Some(spec) = &s.dedup {
-            // Ids seen within the horizon before the cutoff decide what counts above it.
-            start = start.saturating_sub(spec.horizon_us);
-            dedups.insert(
-                s.name.clone(),
-                (0..s.partitions)
-                    .map(|p| (p, Deduplicator::new(spec.clone())))
-                    .collect(),
-            );
-        }
-        for p in 0..s.partitions {
-            if let Some(offset) = restored.get(&s.name).and_then(|r| r.get(&p)) {
-                positions.insert((s.name.clone(), p), *offset);
-                continue;
-            }
-            let found = retry_unavailable("speed layer start", &shutdown, || {
-                log.offset_for_ingest_ts(&s.name, p, start)
-            })
-            .await
-            .map_err(|source| SpeedError::read(&s.name, p, source))?;
-            let Some(offset) = found else { return Ok(()) };
-            positions.insert((s.name.clone(), p), offset);
-        }
-    }
-    let idle = Duration::from_millis(config.poll_interval_ms.max(1));
-    let started = std::time::Instant::now();
-    let mut reported = std::time::Instant::now();
-    let mut snapshotted = std::time::Instant::now();
-    let mut events_at_report: HashMap<String, u64> = HashMap::new();
-    while !shutdown.is_cancelled() {
-        pipeline.refresh_tables().await;
-        if let Some(dir) = &snapshots
-            && snapshotted.elapsed() >= Duration::from_millis(config.snapshot_interval_ms)
-        {
-            // Between micro-batches: the states hold exactly the records before `positions`.
-            match snapshot::write(dir, &layer, &positions) {
-                Ok(path) => tracing::debug!(path = %path.display(), "speed snapshot written"),
-                Err(e) => tracing::warn!(error = %e, "speed snapshot failed"),
-            }
-            snapshotted = std::time::Instant::now();
-        }
-        if reported.elapsed() >= Duration::from_secs(1) {
-            report(
-                &layer,
-                log.as_ref(),
-                &positions,
-                &mut events_at_report,
-                reported,
-            )
-            .await;
-            reported = std::time::Instant::now();
-        }
-        let mut any = false;
-        for s in &pipeline.streams {
-            let started = std::time::Instant::now();
-            let mut reads = Vec::new();
-            let mut read_events = 0u64;
-            let mut newest = 0i64;
-            for p in 0..s.partitions {
-                let pos = positions
-                    .get_mut(&(s.name.clone(), p))
-                    .expect("position per partition");
-                let from = *pos;
-                let read = retry_unavailable("speed layer read", &shutdown, || {
-                    log.read(&s.name, p, from, config.max_batch_records)
-                })
-                .await
-                .map_err(|source| SpeedError::read(&s.name, p, source))?;
-                let Some(batch) = read else { return Ok(()) };
-                *pos = batch.next_offset;
-                let Some(last) = batch.records.last() else {
-                    continue;
-                };
-                newest = newest.max(last.ingest_ts);
-                read_events += batch.records.len() as u64;
-                reads.push((p, batch.records));
-            }
-            if read_events == 0 {
-                continue;
-            }
-            any = true;
-            let decoded = decode::decode(
-                s,
-                reads,
-                dedups.entry(s.name.clone()).or_default(),
-                layer.segment_width,
-                decode_threads,
-            )
-            .map_err(|source| SpeedError::View {
-                view: s.name.clone(),
-                source,
-            })?;
-            let progress = &layer.progress[&s.name];
-            progress
-                .invalid
-                .fetch_add(decoded.invalid, Ordering::Relaxed);
-            progress
-                .duplicates
-                .fetch_add(decoded.duplicates, Ordering::Relaxed);
-            let view_columns: Vec<usize> = (0..s.view_schema().fields().len()).collect();
-            for (bucket, batches) in decoded.buckets {
-                let n: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-                let max_event_ts = batches
-                    .iter()
-                    .filter_map(|b| max_event_time(b, &s.event_time, s.max_event_lead_us))
-                    .max();
-                for view in pipeline.views_of(&s.name) {
-                    let store = layer.store.view(&view.name).expect("store per view");
-                    if bucket < store.cutoff() {
-                        store.add(bucket, vec![], n, None, 0);
-                        continue;
-                    }
-                    let watermark = store.watermark();
-                    let late = batches.iter().map(|b| view.count_late(b, watermark)).sum();
-                    let states =
-                        states_setting_aside(&layer, &log, &s.name, view, &batches, &view_columns)
-                            .await;
-                    store.add(bucket, states, n, max_event_ts, late);
-                }
-            }
-            compact(&layer, &s.name, &pipeline).await;
-            let progress = &layer.progress[&s.name];
-            progress.events.fetch_add(read_events, Ordering::Relaxed);
-            progress
-                .last_batch_events
-                .store(read_events, Ordering::Relaxed);
-            progress
-                .last_batch_micros
-                .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-            progress.ingest_ts.fetch_max(newest, Ordering::AcqRel);
-        }
-        if !any {
-            if layer.recovery_ms.load(Ordering::Relaxed) == u64::MAX {
-                let ms = started.elapsed().as_millis() as u64;
-                layer.recovery_ms.store(ms, Ordering::Relaxed);
-                tracing::info!(recovery_ms = ms, "speed layer caught up with the log");
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(idle) => {}
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Record positions (for the log's own lag tools; the speed layer itself restarts from
-/// the batch cutoff), and sample lag and rate for health reporting.
-async fn report(
-    layer: &SpeedLayer,
-    log: &dyn EventLog,
-    positions: &HashMap<(String, u32), u64>,
-    events_at_report: &mut HashMap<String, u64>,
-    since: std::time::Instant,
-) {
-    let mut lag: HashMap<&str, std::collections::BTreeMap<u32, u64>> = HashMap::new();
-    for ((stream, p), pos) in positions {
-        if let Err(e) = log.commit_position(SPEED_GROUP, stream, *p, *pos).await {
-            tracing::debug!(error = %e, "could not record the speed layer's position");
-        }
-        if let Ok(end) = log.end_offset(stream, *p).await {
-            lag.entry(stream)
-                .or_default()
-                .insert(*p, end.saturating_sub(*pos));
-        }
-    }
-    let secs = since.elapsed().as_secs_f64().max(1e-3);
-    for (stream, progress) in layer.progress.iter() {
-        let by_partition: Vec<u64> = lag
-            .get(stream.as_str())
-            .map(|m| m.values().copied().collect())
-            .unwrap_or_default();
-        progress
-            .lag
-            .store(by_partition.iter().sum(), Ordering::Relaxed);
-        *progress.lag_by_partition.lock().expect("lag lock") = by_partition;
-        let now = progress.events.load(Ordering::Relaxed);
-        let before = events_at_report.insert(stream.clone(), now).unwrap_or(now);
-        progress
-            .events_per_second
-            .store(((now - before) as f64 / secs) as u64, Ordering::Relaxed);
     }
 }
 

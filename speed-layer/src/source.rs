@@ -1,5 +1,5 @@
 //! How serving reaches the speed layer's states: in the same process, or over HTTP
-//! from a separate `tributary speed` process ([`crate::remote`]).
+//! from a separate `tributary speed` process (`remote.rs`).
 
 use std::io::Cursor;
 
@@ -42,7 +42,7 @@ impl SpeedSource for SpeedLayer {
         let store = self
             .store
             .view(view)
-            .ok_or_else(|| CoreError::Log(format!("the speed layer has no view `{view}`")))?;
+            .ok_or_else(|| CoreError::UnknownView(view.to_string()))?;
         let s = store.snapshot(cutoff);
         Ok(Snapshot {
             generation: Some(s.generation),

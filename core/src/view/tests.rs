@@ -1,6 +1,7 @@
 use super::*;
 use crate::config::{FieldConfig, StreamConfig, ViewConfig};
 use crate::schema::{BatchDecoder, LogPosition, StreamSchema};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use serde_json::json;
 

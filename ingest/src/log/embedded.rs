@@ -293,6 +293,7 @@ impl EventLog for EmbeddedLog {
                     return Ok(LogBatch {
                         records: Vec::new(),
                         next_offset: from,
+                        expired: None,
                     });
                 }
                 Err(e) => return Err(log_err(e)),
@@ -308,9 +309,16 @@ impl EventLog for EmbeddedLog {
                 });
             }
             let next_offset = out.last().map_or(from, |r: &LogRecord| r.offset + 1);
+            // Offsets are dense here: a first record past `from` means truncation
+            // removed the ones between.
+            let expired = out
+                .first()
+                .filter(|r| r.offset > from)
+                .map(|r| from..r.offset);
             Ok(LogBatch {
                 records: out,
                 next_offset,
+                expired,
             })
         })
         .await
@@ -328,6 +336,21 @@ impl EventLog for EmbeddedLog {
                     .map_err(log_err)?
                     .map(|(k, _)| k.value() + 1)
                     .unwrap_or(0)),
+                Err(TableError::TableDoesNotExist(_)) => Ok(0),
+                Err(e) => Err(log_err(e)),
+            }
+        })
+        .await
+    }
+
+    async fn first_offset(&self, stream: &str, partition: u32) -> Result<u64> {
+        self.check(stream, partition)?;
+        let name = partition_table(stream, partition);
+        self.blocking(move |db| {
+            let read = db.begin_read().map_err(log_err)?;
+            let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
+            match read.open_table(def) {
+                Ok(t) => Ok(t.first().map_err(log_err)?.map_or(0, |(k, _)| k.value())),
                 Err(TableError::TableDoesNotExist(_)) => Ok(0),
                 Err(e) => Err(log_err(e)),
             }

@@ -39,6 +39,42 @@ fn follow(id: String, active: RwSignal<Option<Value>>, runs: RwSignal<Vec<Value>
     });
 }
 
+/// One run of the history as a table row.
+fn run_row(r: Value) -> impl IntoView {
+    let status = text(r.get("status"));
+    let duration = r
+        .get("duration_ms")
+        .and_then(Value::as_f64)
+        .map(duration_ms)
+        .unwrap_or_else(|| "—".into());
+    let views = r
+        .get("views")
+        .and_then(Value::as_array)
+        .map(|v| {
+            v.iter()
+                .map(|x| text(Some(x)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    let err = r.get("error").and_then(Value::as_str).map(str::to_string);
+    view! {
+        <tr class=format!("run {status}") data-id=text(r.get("id"))>
+            <td>{text(r.get("id"))}</td>
+            <td>{text(r.get("kind"))}</td>
+            <td>{views}</td>
+            <td><span class=format!("badge {status}")>{status.clone()}</span></td>
+            <td>{text(r.get("started_at"))}</td>
+            <td>{duration}</td>
+            <td>{text(r.get("cutoff"))}</td>
+            <td class="num">{text(r.get("rows_in"))}</td>
+            <td class="num">{text(r.get("rows_out"))}</td>
+            <td class="num">{text(r.get("files"))}</td>
+            <td>{err.map(|e| view! { <pre class="error">{e}</pre> })}</td>
+        </tr>
+    }
+}
+
 #[component]
 pub fn BatchPage(runs: Vec<Value>) -> impl IntoView {
     let conn = expect_context::<RwSignal<Conn>>();
@@ -92,45 +128,7 @@ pub fn BatchPage(runs: Vec<Value>) -> impl IntoView {
         })
     };
 
-    let table = move || {
-        runs.get()
-            .into_iter()
-            .map(|r| {
-                let status = text(r.get("status"));
-                let duration = r
-                    .get("duration_ms")
-                    .and_then(Value::as_f64)
-                    .map(duration_ms)
-                    .unwrap_or_else(|| "—".into());
-                let views = r
-                    .get("views")
-                    .and_then(Value::as_array)
-                    .map(|v| {
-                        v.iter()
-                            .map(|x| text(Some(x)))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    })
-                    .unwrap_or_default();
-                let err = r.get("error").and_then(Value::as_str).map(str::to_string);
-                view! {
-                    <tr class=format!("run {status}") data-id=text(r.get("id"))>
-                        <td>{text(r.get("id"))}</td>
-                        <td>{text(r.get("kind"))}</td>
-                        <td>{views}</td>
-                        <td><span class=format!("badge {status}")>{status.clone()}</span></td>
-                        <td>{text(r.get("started_at"))}</td>
-                        <td>{duration}</td>
-                        <td>{text(r.get("cutoff"))}</td>
-                        <td class="num">{text(r.get("rows_in"))}</td>
-                        <td class="num">{text(r.get("rows_out"))}</td>
-                        <td class="num">{text(r.get("files"))}</td>
-                        <td>{err.map(|e| view! { <pre class="error">{e}</pre> })}</td>
-                    </tr>
-                }
-            })
-            .collect_view()
-    };
+    let table = move || runs.get().into_iter().map(run_row).collect_view();
 
     view! {
         <section class="page batch">

@@ -58,6 +58,61 @@ enum Kind {
     Millis,
 }
 
+/// A stream's card: its rates, counters and lags, charted from the status history.
+fn stream_card(
+    s: String,
+    status: RwSignal<Option<Value>>,
+    history: RwSignal<Vec<Value>>,
+) -> impl IntoView {
+    let m = |label, field: &str, ptr: &str| {
+        view! { <Metric label id=format!("stream-{s}-{field}") status history pointer=format!("/streams/{s}/{ptr}")/> }
+    };
+    view! {
+        <article class="card" data-stream=s.clone()>
+            <h3>{format!("stream {s}")}</h3>
+            <div class="metrics">
+                {m("events/s in (speed layer)", "rate", "speed/events_per_second")}
+                {m("accepted", "accepted", "ingest/accepted")}
+                {m("dead letters", "rejected", "ingest/rejected")}
+                {m("log lag · speed", "speed-lag", "speed/lag")}
+                {m("log lag · archiver", "archiver-lag", "archiver_lag")}
+            </div>
+            <a href=format!("/streams/{s}")>"schema, recent events, dead letters →"</a>
+        </article>
+    }
+}
+
+/// The batch card's line: the last finished run, and how many run now.
+fn last_run_line(s: Option<Value>) -> impl IntoView {
+    let running = s
+        .as_ref()
+        .and_then(|s| s.pointer("/batch/running"))
+        .and_then(Value::as_array)
+        .map(Vec::len)
+        .unwrap_or(0);
+    let last = s
+        .as_ref()
+        .and_then(|s| s.pointer("/batch/last_run"))
+        .cloned();
+    let line = match &last {
+        Some(r) => format!(
+            "{} · {} · {} rows in · {}",
+            text(r.get("id")),
+            text(r.get("status")),
+            text(r.get("rows_in")),
+            r.get("duration_ms")
+                .and_then(Value::as_f64)
+                .map(duration_ms)
+                .unwrap_or_else(|| "—".into())
+        ),
+        None => "no run yet".into(),
+    };
+    view! {
+        <p><span id="last-run">{line}</span>
+           {(running > 0).then(|| view! { <span class="badge running">{format!("{running} running")}</span> })}</p>
+    }
+}
+
 #[component]
 pub fn Overview(status: Option<Value>, streams: Vec<String>, views: Vec<String>) -> impl IntoView {
     let conn = expect_context::<RwSignal<Conn>>();
@@ -76,24 +131,7 @@ pub fn Overview(status: Option<Value>, streams: Vec<String>, views: Vec<String>)
     });
     let stream_cards = streams
         .into_iter()
-        .map(|s| {
-            let m = |label, field: &str, ptr: &str| {
-                view! { <Metric label id=format!("stream-{s}-{field}") status history pointer=format!("/streams/{s}/{ptr}")/> }
-            };
-            view! {
-                <article class="card" data-stream=s.clone()>
-                    <h3>{format!("stream {s}")}</h3>
-                    <div class="metrics">
-                        {m("events/s in (speed layer)", "rate", "speed/events_per_second")}
-                        {m("accepted", "accepted", "ingest/accepted")}
-                        {m("dead letters", "rejected", "ingest/rejected")}
-                        {m("log lag · speed", "speed-lag", "speed/lag")}
-                        {m("log lag · archiver", "archiver-lag", "archiver_lag")}
-                    </div>
-                    <a href=format!("/streams/{s}")>"schema, recent events, dead letters →"</a>
-                </article>
-            }
-        })
+        .map(|s| stream_card(s, status, history))
         .collect_view();
     let view_cards = views
         .into_iter()
@@ -127,36 +165,7 @@ pub fn Overview(status: Option<Value>, streams: Vec<String>, views: Vec<String>)
             }
         })
         .collect_view();
-    let last_run = move || {
-        let s = status.get();
-        let running = s
-            .as_ref()
-            .and_then(|s| s.pointer("/batch/running"))
-            .and_then(Value::as_array)
-            .map(Vec::len)
-            .unwrap_or(0);
-        let last = s
-            .as_ref()
-            .and_then(|s| s.pointer("/batch/last_run"))
-            .cloned();
-        let line = match &last {
-            Some(r) => format!(
-                "{} · {} · {} rows in · {}",
-                text(r.get("id")),
-                text(r.get("status")),
-                text(r.get("rows_in")),
-                r.get("duration_ms")
-                    .and_then(Value::as_f64)
-                    .map(duration_ms)
-                    .unwrap_or_else(|| "—".into())
-            ),
-            None => "no run yet".into(),
-        };
-        view! {
-            <p><span id="last-run">{line}</span>
-               {(running > 0).then(|| view! { <span class="badge running">{format!("{running} running")}</span> })}</p>
-        }
-    };
+    let last_run = move || last_run_line(status.get());
     view! {
         <section class="page overview">
             <h2>"Overview"</h2>

@@ -38,6 +38,24 @@ fn load_dead(stream: String, dead: RwSignal<Option<Value>>) {
     );
 }
 
+/// The stream's fields as table rows, the event time and partition key named.
+fn schema_rows(stream: &Value) -> impl IntoView + use<> {
+    let event_time = text(stream.get("event_time"));
+    let key = text(stream.get("key"));
+    stream
+        .get("fields")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| {
+            let n = text(f.get("name"));
+            let role = if n == event_time { "event time" } else if n == key { "partition key" } else { "" };
+            view! { <tr><td>{n.clone()}</td><td>{text(f.get("type"))}</td><td>{if f.get("nullable").and_then(Value::as_bool) == Some(true) { "yes" } else { "no" }}</td><td>{role}</td></tr> }
+        })
+        .collect_view()
+}
+
 #[component]
 pub fn StreamsPage(
     streams: Vec<String>,
@@ -63,20 +81,7 @@ pub fn StreamsPage(
     let dead = RwSignal::new(dead_letters);
     let replay_result: RwSignal<Option<Result<Value, String>>> = RwSignal::new(None);
 
-    let event_time = text(stream.get("event_time"));
-    let key = text(stream.get("key"));
-    let fields = stream
-        .get("fields")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|f| {
-            let n = text(f.get("name"));
-            let role = if n == event_time { "event time" } else if n == key { "partition key" } else { "" };
-            view! { <tr><td>{n.clone()}</td><td>{text(f.get("type"))}</td><td>{if f.get("nullable").and_then(Value::as_bool) == Some(true) { "yes" } else { "no" }}</td><td>{role}</td></tr> }
-        })
-        .collect_view();
+    let fields = schema_rows(&stream);
 
     let recent_rows = move || {
         recent

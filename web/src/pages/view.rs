@@ -85,54 +85,11 @@ pub fn ViewPage(info: ViewInfo, answer: Option<Value>, views: Vec<ViewInfo>) -> 
     });
     // The rows in range and of the selected keys, newest first.
     let info_f = info.clone();
-    let shown = Memo::new(move |_| {
-        let window = info_f.window.clone();
-        let rows = rows.get();
-        let newest = rows
-            .iter()
-            .filter_map(|r| r.get(&window).and_then(Value::as_str).and_then(parse_ts))
-            .max()
-            .unwrap_or(0);
-        let span = RANGES
-            .iter()
-            .find(|(n, _)| *n == range.get())
-            .map(|(_, s)| *s)
-            .unwrap_or(0);
-        let keys = selected.get();
-        let mut out: Vec<(i64, Row)> = rows
-            .into_iter()
-            .filter(|r| keys.contains(&key_of(&info_f, r)))
-            .filter_map(|r| {
-                let t = r.get(&window).and_then(Value::as_str).and_then(parse_ts)?;
-                (span == 0 || t > newest - span).then_some((t, r))
-            })
-            .collect();
-        out.sort_by_key(|r| std::cmp::Reverse(r.0));
-        out
-    });
+    let shown = Memo::new(move |_| in_range(&info_f, rows.get(), &selected.get(), &range.get()));
 
     let info_c = info.clone();
     let chart = move || {
-        let metric = metric.get();
-        let mut by_key: BTreeMap<String, Vec<Point>> = BTreeMap::new();
-        for key in selected.get() {
-            by_key.entry(key).or_default();
-        }
-        for (t, r) in shown.get().iter().rev() {
-            let Some(y) = r.get(&metric).and_then(Value::as_f64) else {
-                continue;
-            };
-            by_key.entry(key_of(&info_c, r)).or_default().push(Point {
-                x: *t,
-                y,
-                source: text(r.get("_source")),
-                complete: r.get("complete").and_then(Value::as_bool).unwrap_or(true),
-            });
-        }
-        let series = by_key
-            .into_iter()
-            .map(|(label, points)| Series { label, points })
-            .collect();
+        let series = series_of(&info_c, &shown.get(), selected.get(), &metric.get());
         view! { <TimeChart series id="view-chart"/> }
     };
 
@@ -141,43 +98,7 @@ pub fn ViewPage(info: ViewInfo, answer: Option<Value>, views: Vec<ViewInfo>) -> 
         .iter()
         .map(|v| view! { <option value=v.clone()>{v.clone()}</option> })
         .collect_view();
-    let range_buttons = RANGES
-        .iter()
-        .map(|(n, _)| {
-            let n = n.to_string();
-            let m = n.clone();
-            view! {
-                <button class=move || if range.get() == m { "seg on" } else { "seg" } data-range=n.clone()
-                    on:click=move |_| { range.set(n.clone()); page.set(0); }>{n.clone()}</button>
-            }
-        })
-        .collect_view();
-    let chips = move || {
-        let chosen = selected.get();
-        ranked
-            .get()
-            .into_iter()
-            .take(MAX_CHIPS)
-            .map(|k| {
-                let on = chosen.contains(&k);
-                let key = k.clone();
-                view! {
-                    <button class=if on { "chip on" } else { "chip" } data-key=k.clone()
-                        on:click=move |_| {
-                            let mut keys = selected.get_untracked();
-                            if let Some(i) = keys.iter().position(|x| *x == key) {
-                                keys.remove(i);
-                            } else {
-                                keys.push(key.clone());
-                            }
-                            picked.set(Some(keys));
-                            page.set(0);
-                        }>{k.clone()}</button>
-                }
-            })
-            .collect_view()
-    };
-
+    let range_buttons = range_buttons(range, page);
     let columns = info.columns();
     let header = columns
         .iter()
@@ -203,34 +124,8 @@ pub fn ViewPage(info: ViewInfo, answer: Option<Value>, views: Vec<ViewInfo>) -> 
             .collect_view()
     };
     let pages = move || shown.get().len().div_ceil(PAGE).max(1);
-    let meta = move || {
-        let a = answer.get();
-        let get = |k: &str| text(a.as_ref().and_then(|a| a.get(k)));
-        let wm = a
-            .as_ref()
-            .and_then(|a| a.get("speed_watermark"))
-            .and_then(Value::as_str)
-            .and_then(parse_ts)
-            .map(|t| clock(t, true))
-            .unwrap_or_else(|| "—".into());
-        format!(
-            "batch cutoff {} · watermark {} · freshness {} ms",
-            get("cutoff"),
-            wm,
-            get("freshness_ms")
-        )
-    };
-    let others = views
-        .into_iter()
-        .map(|v| {
-            let class = if v.name == info.name {
-                "chip on"
-            } else {
-                "chip"
-            };
-            view! { <a class=class href=format!("/views/{}", v.name)>{v.name.clone()}</a> }
-        })
-        .collect_view();
+    let meta = move || meta_line(answer.get().as_ref());
+    let others = view_links(views, &info.name);
     view! {
         <section class="page view">
             <div class="view-list">{others}</div>
@@ -243,7 +138,7 @@ pub fn ViewPage(info: ViewInfo, answer: Option<Value>, views: Vec<ViewInfo>) -> 
                 </label>
                 <span class="segments">{range_buttons}</span>
             </div>
-            <div class="chips" id="keys">{chips}</div>
+            <div class="chips" id="keys"><KeyChips ranked selected picked page/></div>
             {chart}
             <div class="table-head">
                 <span><span id="shown-count">{move || shown.get().len()}</span>" rows shown"</span>
@@ -260,6 +155,137 @@ pub fn ViewPage(info: ViewInfo, answer: Option<Value>, views: Vec<ViewInfo>) -> 
                 </table>
             </div>
         </section>
+    }
+}
+
+/// The rows of `keys` whose window lies in `range` back from the newest, newest first.
+fn in_range(info: &ViewInfo, rows: Vec<Row>, keys: &[String], range: &str) -> Vec<(i64, Row)> {
+    let window = &info.window;
+    let newest = rows
+        .iter()
+        .filter_map(|r| r.get(window).and_then(Value::as_str).and_then(parse_ts))
+        .max()
+        .unwrap_or(0);
+    let span = RANGES
+        .iter()
+        .find(|(n, _)| *n == range)
+        .map(|(_, s)| *s)
+        .unwrap_or(0);
+    let mut out: Vec<(i64, Row)> = rows
+        .into_iter()
+        .filter(|r| keys.contains(&key_of(info, r)))
+        .filter_map(|r| {
+            let t = r.get(window).and_then(Value::as_str).and_then(parse_ts)?;
+            (span == 0 || t > newest - span).then_some((t, r))
+        })
+        .collect();
+    out.sort_by_key(|r| std::cmp::Reverse(r.0));
+    out
+}
+
+/// One chart series per selected key: `metric` over window time, oldest first.
+fn series_of(
+    info: &ViewInfo,
+    shown: &[(i64, Row)],
+    keys: Vec<String>,
+    metric: &str,
+) -> Vec<Series> {
+    let mut by_key: BTreeMap<String, Vec<Point>> = BTreeMap::new();
+    for key in keys {
+        by_key.entry(key).or_default();
+    }
+    for (t, r) in shown.iter().rev() {
+        let Some(y) = r.get(metric).and_then(Value::as_f64) else {
+            continue;
+        };
+        by_key.entry(key_of(info, r)).or_default().push(Point {
+            x: *t,
+            y,
+            source: text(r.get("_source")),
+            complete: r.get("complete").and_then(Value::as_bool).unwrap_or(true),
+        });
+    }
+    by_key
+        .into_iter()
+        .map(|(label, points)| Series { label, points })
+        .collect()
+}
+
+/// The line under the title: cutoff, watermark and freshness of the latest answer.
+fn meta_line(answer: Option<&Value>) -> String {
+    let get = |k: &str| text(answer.and_then(|a| a.get(k)));
+    let wm = answer
+        .and_then(|a| a.get("speed_watermark"))
+        .and_then(Value::as_str)
+        .and_then(parse_ts)
+        .map(|t| clock(t, true))
+        .unwrap_or_else(|| "—".into());
+    format!(
+        "batch cutoff {} · watermark {} · freshness {} ms",
+        get("cutoff"),
+        wm,
+        get("freshness_ms")
+    )
+}
+
+/// One button per time range; choosing one goes back to the first page.
+fn range_buttons(range: RwSignal<String>, page: RwSignal<usize>) -> impl IntoView {
+    RANGES
+        .iter()
+        .map(|(n, _)| {
+            let n = n.to_string();
+            let m = n.clone();
+            view! {
+                <button class=move || if range.get() == m { "seg on" } else { "seg" } data-range=n.clone()
+                    on:click=move |_| { range.set(n.clone()); page.set(0); }>{n.clone()}</button>
+            }
+        })
+        .collect_view()
+}
+
+/// Links to every view, the current one marked.
+fn view_links(views: Vec<ViewInfo>, current: &str) -> impl IntoView + use<> {
+    views
+        .into_iter()
+        .map(|v| {
+            let class = if v.name == current { "chip on" } else { "chip" };
+            view! { <a class=class href=format!("/views/{}", v.name)>{v.name.clone()}</a> }
+        })
+        .collect_view()
+}
+
+/// The key chips: the busiest keys, the selected ones on; a click toggles a key.
+#[component]
+fn KeyChips(
+    ranked: Memo<Vec<String>>,
+    selected: Memo<Vec<String>>,
+    picked: RwSignal<Option<Vec<String>>>,
+    page: RwSignal<usize>,
+) -> impl IntoView {
+    move || {
+        let chosen = selected.get();
+        ranked
+            .get()
+            .into_iter()
+            .take(MAX_CHIPS)
+            .map(|k| {
+                let on = chosen.contains(&k);
+                let key = k.clone();
+                view! {
+                    <button class=if on { "chip on" } else { "chip" } data-key=k.clone()
+                        on:click=move |_| {
+                            let mut keys = selected.get_untracked();
+                            if let Some(i) = keys.iter().position(|x| *x == key) {
+                                keys.remove(i);
+                            } else {
+                                keys.push(key.clone());
+                            }
+                            picked.set(Some(keys));
+                            page.set(0);
+                        }>{k.clone()}</button>
+                }
+            })
+            .collect_view()
     }
 }
 

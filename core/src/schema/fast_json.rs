@@ -12,7 +12,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
-use crate::schema::{FieldType, Scalar, StreamSchema, timestamp_in_range};
+use super::{FieldType, Scalar, StreamSchema, timestamp_in_range};
 
 /// The record's values in field order, or `None` to let the validator decide.
 pub(crate) fn parse(schema: &StreamSchema, payload: &[u8]) -> Option<Vec<Scalar>> {

@@ -16,57 +16,25 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Int32Array, RecordBatch, TimestampMicrosecondArray};
+use datafusion::arrow::array::{RecordBatch, TimestampMicrosecondArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::MemTable;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::{SessionStateBuilder, TaskContext};
-use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, collect};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::sql::sqlparser::ast::{
-    Expr as SqlExpr, Ident, Query, Select, SelectItem, SetExpr, Statement, TableFactor,
-    visit_expressions_mut,
-};
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::Parser;
-use std::ops::ControlFlow;
 
 use crate::config::ViewConfig;
 use crate::dimension::{DIMENSION_KEY, DimensionTable};
 use crate::error::{CoreError, Result};
 use crate::schema::StreamSchema;
-use crate::window::{
-    HOP_COLUMN, HOP_FUNCTION, HOP_SQL_NAME, Hop, WindowKind, WindowSpec, interval_micros,
-    timestamp_micros,
-};
-
-/// Hidden column that tags each input row with the layer that read it.
-pub const SOURCE_COLUMN: &str = "_src";
-pub const SOURCE_BATCH: i32 = 1;
-pub const SOURCE_SPEED: i32 = 2;
-
-/// Aggregates whose states merge across layers (exactly, or for the approximate ones
-/// within their sketch's own error).
-const SUPPORTED_AGGREGATES: &[&str] = &[
-    "count",
-    "sum",
-    "min",
-    "max",
-    "avg",
-    "approx_distinct",
-    "approx_percentile_cont",
-    "approx_median",
-];
-
-/// Aggregates written with `WITHIN GROUP (ORDER BY …)`, which is their argument.
-const ORDERED_AGGREGATES: &[&str] = &["approx_percentile_cont"];
+use crate::window::{Hop, WindowSpec};
 
 /// A view compiled once, shared by every layer.
 #[derive(Debug, Clone)]
@@ -154,25 +122,6 @@ pub fn parallel_session() -> SessionContext {
     let ctx = SessionContext::new_with_state(state);
     ctx.register_udf(Hop::udf());
     ctx
-}
-
-/// The stream schema the views plan against: view schema plus `_src`.
-pub fn input_schema(stream: &StreamSchema) -> SchemaRef {
-    let mut fields: Vec<Field> = stream
-        .view_schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(Field::new(SOURCE_COLUMN, DataType::Int32, false));
-    Arc::new(Schema::new(fields))
-}
-
-/// Append the `_src` column to a batch in view-schema layout.
-pub fn tag_source(batch: &RecordBatch, tag: i32, input: &SchemaRef) -> Result<RecordBatch> {
-    let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
-    cols.push(Arc::new(Int32Array::from(vec![tag; batch.num_rows()])));
-    Ok(RecordBatch::try_new(input.clone(), cols)?)
 }
 
 impl CompiledView {
@@ -406,7 +355,7 @@ pub fn conform_to(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<Vec<R
                 return Ok(b);
             }
             if b.num_columns() != schema.fields().len() {
-                return Err(CoreError::Log(format!(
+                return Err(CoreError::StateShape(format!(
                     "state batch has {} columns, expected {}",
                     b.num_columns(),
                     schema.fields().len()
@@ -480,398 +429,15 @@ fn strip_df(e: &datafusion::error::DataFusionError) -> String {
         .to_string()
 }
 
-/// Parse the view's SQL, check it is one plain SELECT, add `bit_or(_src) AS _src`, and
-/// turn a `hop(…)` window into a column of the stream unnested per window.
-fn rewrite(sql: &str) -> std::result::Result<String, String> {
-    let dialect = GenericDialect {};
-    let mut statements =
-        Parser::parse_sql(&dialect, sql).map_err(|e| format!("SQL does not parse: {e}"))?;
-    if statements.len() != 1 {
-        return Err(format!(
-            "expected exactly one SELECT statement, got {}",
-            statements.len()
-        ));
-    }
-    let mut statement = statements.remove(0);
-    let Statement::Query(query) = &mut statement else {
-        return Err("a view must be a SELECT query".into());
-    };
-    if query.with.is_some() {
-        return Err("WITH (common table expressions) is not supported in a view".into());
-    }
-    if query.order_by.is_some() {
-        return Err(
-            "ORDER BY is not supported in a view: order rows when you query it (`order`)".into(),
-        );
-    }
-    if query.limit_clause.is_some() || query.fetch.is_some() {
-        return Err("LIMIT/FETCH is not supported in a view: limit rows when you query it".into());
-    }
-    let hop_call = replace_hop_calls(query.as_mut())?;
-    let SetExpr::Select(select) = query.body.as_mut() else {
-        return Err(
-            "a view must be a single SELECT (no UNION, INTERSECT, EXCEPT or VALUES)".into(),
-        );
-    };
-    if select.distinct.is_some() {
-        return Err("SELECT DISTINCT is not supported in a view".into());
-    }
-    if let Some(call) = hop_call {
-        let [from] = select.from.as_mut_slice() else {
-            return Err("a view reads exactly one stream in FROM".into());
-        };
-        let TableFactor::Table { name, alias, .. } = &from.relation else {
-            return Err("hop(…) windows need the stream itself in FROM, not a subquery".into());
-        };
-        let alias = alias
-            .as_ref()
-            .map(|a| a.name.to_string())
-            .unwrap_or_else(|| name.0.last().map(|p| p.to_string()).unwrap_or_default());
-        let derived = format!(
-            "SELECT * FROM (SELECT *, unnest({call}) AS {HOP_COLUMN} FROM {name}) AS {alias}"
-        );
-        from.relation = first_select(&derived).from[0].relation.clone();
-    }
-    let hidden = first_select(&format!(
-        "SELECT bit_or({SOURCE_COLUMN}) AS {SOURCE_COLUMN}"
-    ));
-    let item: SelectItem = hidden.projection[0].clone();
-    select.projection.push(item);
-    Ok(statement.to_string())
-}
+mod rewrite;
+mod shape;
+mod source;
 
-/// Replace every `hop(ts, size, slide)` by the hopping-window column; return the call
-/// that computes it (all occurrences must be the same window).
-fn replace_hop_calls(query: &mut Query) -> std::result::Result<Option<String>, String> {
-    let mut call: Option<String> = None;
-    let mut problem: Option<String> = None;
-    let _ = visit_expressions_mut(query, |e| {
-        if let SqlExpr::Function(f) = e {
-            let name = f.name.to_string().to_lowercase();
-            if name == "session" || name == "session_window" {
-                problem = Some(
-                    "session windows are not supported: a late event can join two sessions whose \
-                     states were already kept apart, so merged answers could not stay exact; use \
-                     date_bin (tumbling) or hop (hopping) windows"
-                        .into(),
-                );
-            } else if name == HOP_SQL_NAME {
-                let this = format!("{HOP_FUNCTION}{}", f.args);
-                if call.as_ref().is_some_and(|c| c != &this) {
-                    problem = Some("a view may group by only one window".into());
-                }
-                call = Some(this);
-                *e = SqlExpr::Identifier(Ident::new(HOP_COLUMN));
-            }
-        }
-        ControlFlow::<()>::Continue(())
-    });
-    match problem {
-        Some(p) => Err(p),
-        None => Ok(call),
-    }
-}
-
-fn first_select(sql: &str) -> Select {
-    let parsed = Parser::parse_sql(&GenericDialect {}, sql).expect("generated SQL parses");
-    let Statement::Query(q) = &parsed[0] else {
-        unreachable!("generated SQL is a query")
-    };
-    let SetExpr::Select(s) = q.body.as_ref() else {
-        unreachable!("generated SQL is a SELECT")
-    };
-    s.as_ref().clone()
-}
-
-struct Shape {
-    stream: String,
-    keys: Vec<String>,
-    window: String,
-    window_spec: WindowSpec,
-    values: Vec<String>,
-}
-
-/// Check the logical plan is the supported shape: a projection (and HAVING filter)
-/// over one aggregate over filters/projections of one stream.
-fn check_shape(
-    plan: &LogicalPlan,
-    streams: &[StreamSchema],
-    tables: &[Arc<DimensionTable>],
-) -> std::result::Result<Shape, String> {
-    let LogicalPlan::Projection(projection) = plan else {
-        return Err(format!("unsupported query shape: {}", plan.display()));
-    };
-    // Walk down to the aggregate through HAVING filters.
-    let mut node = projection.input.as_ref();
-    let aggregate = loop {
-        match node {
-            LogicalPlan::Aggregate(a) => break a,
-            LogicalPlan::Filter(f) => node = f.input.as_ref(),
-            other => return Err(unsupported(other)),
-        }
-    };
-    // Below the aggregate: filters, projections and exactly one stream.
-    let mut node = aggregate.input.as_ref();
-    let stream_name = loop {
-        match node {
-            LogicalPlan::Filter(f) => node = f.input.as_ref(),
-            LogicalPlan::Projection(p) => node = p.input.as_ref(),
-            LogicalPlan::SubqueryAlias(s) => node = s.input.as_ref(),
-            // Only the one a hop(…) window is rewritten into.
-            LogicalPlan::Unnest(u) => node = u.input.as_ref(),
-            LogicalPlan::Join(j) => {
-                check_join(j, tables)?;
-                node = j.left.as_ref();
-            }
-            LogicalPlan::TableScan(scan) => break scan.table_name.table().to_string(),
-            other => return Err(unsupported(other)),
-        }
-    };
-    let stream = streams
-        .iter()
-        .find(|s| s.name == stream_name)
-        .ok_or_else(|| format!("view reads `{stream_name}`, which is not a declared stream"))?;
-
-    for e in &aggregate.aggr_expr {
-        check_aggregate(e)?;
-    }
-    if aggregate.group_expr.is_empty() {
-        return Err(
-            "a view needs GROUP BY with an event-time window, e.g. GROUP BY date_bin(INTERVAL '10 minutes', ts)"
-                .into(),
-        );
-    }
-    let mut window_idx = None;
-    let mut window_spec = None;
-    for (i, g) in aggregate.group_expr.iter().enumerate() {
-        if matches!(g, Expr::GroupingSet(_)) {
-            return Err("GROUPING SETS, CUBE and ROLLUP are not supported in a view".into());
-        }
-        if let Some((arg, spec)) = window_of(g, aggregate.input.as_ref())? {
-            if window_idx.is_some() {
-                return Err("a view may group by only one window (date_bin or hop)".into());
-            }
-            if arg != stream.event_time {
-                return Err(format!(
-                    "the window must bin the event-time field `{}`, not `{arg}`",
-                    stream.event_time
-                ));
-            }
-            window_idx = Some(i);
-            window_spec = Some(spec);
-        }
-    }
-    if let Some(unnest) = find_node(aggregate.input.as_ref(), &|n| {
-        matches!(n, LogicalPlan::Unnest(_))
-    }) && window_spec.is_none_or(|w| w.kind != WindowKind::Hopping)
-    {
-        return Err(unsupported(unnest));
-    }
-    let window_idx = window_idx.ok_or_else(|| {
-        format!(
-            "GROUP BY needs one event-time window: date_bin(INTERVAL '…', {})",
-            stream.event_time
-        )
-    })?;
-
-    let n_groups = aggregate.group_expr.len();
-    let agg_fields = aggregate.schema.fields();
-    let mut keys = Vec::new();
-    let mut window = None;
-    let mut values = Vec::new();
-    for (i, e) in projection.expr.iter().enumerate() {
-        let out = projection.schema.field(i).name().clone();
-        if out == SOURCE_COLUMN {
-            continue;
-        }
-        let group = match unalias(e) {
-            Expr::Column(c) => agg_fields[..n_groups]
-                .iter()
-                .position(|f| f.name() == &c.name),
-            _ => None,
-        };
-        match group {
-            Some(g) if g == window_idx => window = Some(out),
-            Some(_) => keys.push(out),
-            None => values.push(out),
-        }
-    }
-    let window = window.ok_or_else(|| {
-        "the window must appear in the SELECT list, e.g. date_bin(INTERVAL '10 minutes', ts) AS window_start"
-            .to_string()
-    })?;
-    Ok(Shape {
-        stream: stream.name.clone(),
-        keys,
-        window,
-        window_spec: window_spec.expect("set with window_idx"),
-        values,
-    })
-}
-
-/// A join must keep the stream on the left and a dimension table on the right, inner
-/// or left: each event then meets the table's rows as they are when it is computed.
-fn check_join(
-    j: &datafusion::logical_expr::Join,
-    tables: &[Arc<DimensionTable>],
-) -> std::result::Result<(), String> {
-    use datafusion::logical_expr::JoinType;
-    if !matches!(j.join_type, JoinType::Inner | JoinType::Left) {
-        return Err(format!(
-            "{} JOIN is not supported in a view: join the stream (left) with a dimension table using INNER or LEFT JOIN",
-            j.join_type
-        ));
-    }
-    let mut node = j.right.as_ref();
-    let name = loop {
-        match node {
-            LogicalPlan::SubqueryAlias(s) => node = s.input.as_ref(),
-            LogicalPlan::Projection(p) => node = p.input.as_ref(),
-            LogicalPlan::Filter(f) => node = f.input.as_ref(),
-            LogicalPlan::TableScan(scan) => break scan.table_name.table().to_string(),
-            _ => {
-                return Err(
-                    "the right side of a join must be a dimension table (declared under [[tables]])"
-                        .into(),
-                );
-            }
-        }
-    };
-    if !tables.iter().any(|t| t.name == name) {
-        return Err(format!(
-            "`{name}` on the right of the join is not a dimension table: a view reads one stream, joined only with tables declared under [[tables]] (the stream goes on the left)"
-        ));
-    }
-    Ok(())
-}
-
-fn unsupported(plan: &LogicalPlan) -> String {
-    let what = match plan {
-        LogicalPlan::Window(_) => "window functions (OVER) are not supported in a view".to_string(),
-        LogicalPlan::Sort(_) => "ORDER BY is not supported in a view".to_string(),
-        LogicalPlan::Limit(_) => "LIMIT is not supported in a view".to_string(),
-        LogicalPlan::Distinct(_) => "DISTINCT is not supported in a view".to_string(),
-        LogicalPlan::Union(_) => "UNION is not supported in a view".to_string(),
-        LogicalPlan::Aggregate(_) => "nested aggregates are not supported in a view".to_string(),
-        LogicalPlan::Subquery(_) | LogicalPlan::SubqueryAlias(_) => {
-            "subqueries are not supported in a view".to_string()
-        }
-        other => format!("`{}` is not supported in a view", other.display()),
-    };
-    format!("unsupported query shape: {what}")
-}
-
-fn unalias(e: &Expr) -> &Expr {
-    match e {
-        Expr::Alias(a) => unalias(&a.expr),
-        other => other,
-    }
-}
-
-fn check_aggregate(e: &Expr) -> std::result::Result<(), String> {
-    match unalias(e) {
-        Expr::AggregateFunction(af) => {
-            let name = af.func.name().to_lowercase();
-            let hidden = name == "bit_or"
-                && af.params.args.len() == 1
-                && matches!(&af.params.args[0], Expr::Column(c) if c.name == SOURCE_COLUMN);
-            if !hidden && !SUPPORTED_AGGREGATES.contains(&name.as_str()) {
-                return Err(format!(
-                    "aggregate `{name}` is not supported in a view (supported: {})",
-                    SUPPORTED_AGGREGATES.join(", ")
-                ));
-            }
-            if af.params.distinct {
-                return Err(format!("{name}(DISTINCT …) is not supported in a view"));
-            }
-            if !af.params.order_by.is_empty() && !ORDERED_AGGREGATES.contains(&name.as_str()) {
-                return Err(format!("{name}(… ORDER BY …) is not supported in a view"));
-            }
-            Ok(())
-        }
-        other => Err(format!("unsupported aggregate expression `{other}`")),
-    }
-}
-
-/// If `e` groups by a window: the column it bins and the window's widths.
-fn window_of(
-    e: &Expr,
-    input: &LogicalPlan,
-) -> std::result::Result<Option<(String, WindowSpec)>, String> {
-    match unalias(e) {
-        Expr::ScalarFunction(f) if f.func.name() == "date_bin" => {
-            let size_us = interval_micros(&f.args[0])
-                .map_err(|m| format!("date_bin's first argument: {m}"))?;
-            let origin_us = match f.args.get(2) {
-                Some(origin) => timestamp_micros(origin)?,
-                None => 0,
-            };
-            let spec = WindowSpec {
-                kind: WindowKind::Tumbling,
-                size_us,
-                slide_us: size_us,
-                origin_us,
-            };
-            Ok(Some((column_name(&f.args[1]), spec)))
-        }
-        Expr::Column(c) if c.name == HOP_COLUMN => {
-            let mut call = None;
-            let _ = input.apply(|node| {
-                for e in node.expressions() {
-                    let _ = e.apply(|x| {
-                        if let Expr::ScalarFunction(f) = x
-                            && f.func.name() == HOP_FUNCTION
-                        {
-                            call = Some(f.args.clone());
-                        }
-                        Ok(TreeNodeRecursion::Continue)
-                    });
-                }
-                Ok(TreeNodeRecursion::Continue)
-            });
-            let args = call.ok_or("internal: hop window without its function")?;
-            let [ts, size, slide] = args.as_slice() else {
-                return Err(
-                    "hop takes three arguments: hop(ts, INTERVAL size, INTERVAL slide)".into(),
-                );
-            };
-            let size_us = interval_micros(size).map_err(|m| format!("hop's size: {m}"))?;
-            let slide_us = interval_micros(slide).map_err(|m| format!("hop's slide: {m}"))?;
-            if slide_us > size_us {
-                return Err(
-                    "hop's slide must not exceed its size (windows would miss events)".into(),
-                );
-            }
-            let spec = WindowSpec {
-                kind: WindowKind::Hopping,
-                size_us,
-                slide_us,
-                origin_us: 0,
-            };
-            Ok(Some((column_name(ts), spec)))
-        }
-        _ => Ok(None),
-    }
-}
-
-fn column_name(e: &Expr) -> String {
-    match e {
-        Expr::Column(c) => c.name.clone(),
-        Expr::Cast(c) => column_name(&c.expr),
-        Expr::TryCast(c) => column_name(&c.expr),
-        other => other.to_string(),
-    }
-}
-
-fn find_node<'a>(
-    plan: &'a LogicalPlan,
-    pred: &dyn Fn(&LogicalPlan) -> bool,
-) -> Option<&'a LogicalPlan> {
-    if pred(plan) {
-        return Some(plan);
-    }
-    plan.inputs().into_iter().find_map(|p| find_node(p, pred))
-}
+use rewrite::rewrite;
+use shape::check_shape;
+pub use source::{
+    Layer, Origin, SOURCE_BATCH, SOURCE_COLUMN, SOURCE_SPEED, input_schema, tag_source,
+};
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,109 @@
+//! What a batch run is, as callers and the run history see it: its kind, its record
+//! (status, cutoff, counts, progress) and the progress callback.
+
+use serde::Serialize;
+
+/// A full run recomputes every view from the whole master table; an incremental one
+/// merges the states of the events since each view's last cutoff into its states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    Full,
+    Incremental,
+}
+
+impl RunKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RunKind::Full => "full",
+            RunKind::Incremental => "incremental",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunKind> {
+        match s {
+            "full" => Some(RunKind::Full),
+            "incremental" => Some(RunKind::Incremental),
+            _ => None,
+        }
+    }
+}
+
+/// Progress of a run, reported as it goes (for progress bars and the API).
+pub trait Progress: Send + Sync {
+    fn stage(&self, message: &str, done: u64, total: u64);
+}
+
+impl<F: Fn(&str, u64, u64) + Send + Sync> Progress for F {
+    fn stage(&self, message: &str, done: u64, total: u64) {
+        self(message, done, total)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// One batch run, as the run history shows it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub kind: String,
+    pub views: Vec<String>,
+    pub status: RunStatus,
+    pub cutoff: Option<String>,
+    pub cutoff_micros: Option<i64>,
+    /// Events the run read from the master table.
+    pub rows_in: u64,
+    /// State rows it wrote (an incremental run: those of the window days it replaced).
+    pub rows_out: u64,
+    /// Data files it wrote to the batch-view tables.
+    #[serde(default)]
+    pub files: u64,
+    pub started_at: String,
+    pub duration_ms: Option<u64>,
+    pub error: Option<String>,
+    /// Where a running run is; the last stage reached once it has ended.
+    #[serde(default)]
+    pub progress: Option<RunProgress>,
+    /// How many times it ran: transient storage errors are retried with backoff.
+    #[serde(default = "one")]
+    pub attempts: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl RunRecord {
+    /// The record of a run that starts now.
+    pub(crate) fn started(id: &str, kind: RunKind, views: Vec<String>) -> Self {
+        RunRecord {
+            id: id.to_string(),
+            kind: kind.name().into(),
+            views,
+            status: RunStatus::Running,
+            cutoff: None,
+            cutoff_micros: None,
+            rows_in: 0,
+            rows_out: 0,
+            files: 0,
+            started_at: tributary_core::time::rfc3339(tributary_core::time::now_micros()),
+            duration_ms: None,
+            error: None,
+            progress: None,
+            attempts: 1,
+        }
+    }
+}
+
+/// A run's current stage, out of `total`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct RunProgress {
+    pub stage: String,
+    pub done: u64,
+    pub total: u64,
+}

@@ -1,0 +1,289 @@
+//! Layered configuration: a TOML file, overridden by `TRIBUTARY_…` environment variables.
+//!
+//! Keys are kebab-case; nested keys are reached from the environment with a double
+//! underscore (`TRIBUTARY_HTTP__ADDR` overrides `http.addr`, `TRIBUTARY_STORAGE_ROOT`
+//! overrides `storage-root`). Unknown keys are refused, so a typo never silently falls
+//! back to a default.
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CoreError, Result};
+
+mod access;
+mod http;
+mod roles;
+
+pub use access::{AuthConfig, MIN_TOKEN_LEN, Scope, TokenConfig};
+pub use http::{HttpConfig, SqlConfig};
+pub use roles::{
+    BatchConfig, GeneratorConfig, LogConfig, LogKind, Schedule, SpeedConfig, parse_schedule,
+};
+
+/// The example pipeline `tributary up` runs when there is no configuration file.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../examples/iot.toml");
+
+/// Where a configuration came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    File(PathBuf),
+    EmbeddedDefault,
+}
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigSource::File(p) => write!(f, "{}", p.display()),
+            ConfigSource::EmbeddedDefault => write!(f, "<embedded default: examples/iot.toml>"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// Root of every table: a local directory, or an object-store URL (`s3://`,
+    /// `abfss://`/`az://`, `gs://`) with `[storage]` saying where local state goes.
+    #[serde(default = "default_storage_root")]
+    pub storage_root: PathBuf,
+    #[serde(default)]
+    pub storage: crate::storage::StorageConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub speed: SpeedConfig,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    #[serde(default)]
+    pub generator: GeneratorConfig,
+    #[serde(default)]
+    pub streams: Vec<StreamConfig>,
+    #[serde(default)]
+    pub views: Vec<ViewConfig>,
+    /// Static dimension tables views may join with.
+    #[serde(default)]
+    pub tables: Vec<TableConfig>,
+    #[serde(default)]
+    pub sql: SqlConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// How log lines are written to stderr: `text` for people, `json` (one object per
+    /// line) for log collectors. `--log-format` overrides it.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A dimension table: a CSV or Parquet file or a Delta table, reloaded when it changes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TableConfig {
+    pub name: String,
+    /// Relative paths are under `storage-root`.
+    pub path: PathBuf,
+    /// Inferred from the path (`.csv`, `.parquet`, a directory with `_delta_log`).
+    #[serde(default)]
+    pub format: Option<DimensionFormat>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DimensionFormat {
+    Csv,
+    Parquet,
+    Delta,
+}
+
+impl Config {
+    /// The storage this configuration names, with the object stores registered (their
+    /// options checked) when the root is one.
+    pub fn open_storage(&self) -> Result<crate::storage::Storage> {
+        let root = self.storage_root.to_string_lossy();
+        crate::cloud::register(&self.storage.options)?;
+        crate::storage::Storage::open_location(&root, self.storage.local_dir.as_deref())
+    }
+}
+
+fn default_storage_root() -> PathBuf {
+    PathBuf::from("./tributary-data")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StreamConfig {
+    pub name: String,
+    pub fields: Vec<FieldConfig>,
+    /// The field that holds each event's event time; must be a timestamp.
+    pub event_time: String,
+    /// Records with the same key go to the same partition.
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    /// A field that identifies an event: a record whose id was already seen in the
+    /// same partition within `dedup-horizon-ms` of ingest time counts once.
+    #[serde(default)]
+    pub id_field: Option<String>,
+    #[serde(default = "default_dedup_horizon_ms")]
+    pub dedup_horizon_ms: u64,
+    /// Longest string value a record may carry (bytes); longer ones are refused.
+    #[serde(default = "default_max_string_bytes")]
+    pub max_string_bytes: usize,
+    /// How far an event time may lead the time the log took the event, as far as
+    /// watermarks are concerned: a far-future event still counts in its window but moves
+    /// the watermark no further than its ingest time plus this.
+    #[serde(default = "default_max_event_lead_ms")]
+    pub max_event_lead_ms: u64,
+}
+
+fn default_partitions() -> u32 {
+    1
+}
+fn default_max_string_bytes() -> usize {
+    16 * 1024
+}
+fn default_max_event_lead_ms() -> u64 {
+    5 * 60 * 1000
+}
+fn default_dedup_horizon_ms() -> u64 {
+    3_600_000
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FieldConfig {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub field_type: String,
+    /// A nullable field may be missing or null; every other field is required.
+    #[serde(default)]
+    pub nullable: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ViewConfig {
+    pub name: String,
+    pub sql: String,
+    /// How far behind the newest event time a window stays open: the watermark is the
+    /// newest event time seen minus this, and a window is `complete` once the watermark
+    /// has passed its end. Later events still count (they are reported as late).
+    #[serde(default)]
+    pub allowed_lateness_ms: u64,
+    /// Incremental runs of this view alone on a cron schedule (UTC), besides any
+    /// `batch.schedule` for every view.
+    #[serde(default)]
+    pub schedule: Option<String>,
+}
+
+/// Load the configuration from `path` (or the embedded default when `path` is `None`),
+/// then apply `TRIBUTARY_…` environment overrides.
+pub fn load(path: Option<&Path>) -> Result<(Config, ConfigSource)> {
+    let (figment, source) = match path {
+        Some(p) => {
+            if !p.exists() {
+                return Err(CoreError::Config {
+                    source_name: p.display().to_string(),
+                    key: String::new(),
+                    message: "file not found".into(),
+                });
+            }
+            (
+                Figment::from(Toml::file_exact(p)),
+                ConfigSource::File(p.to_path_buf()),
+            )
+        }
+        None => {
+            // The embedded default switches the generator on: a newcomer sees data at once.
+            let generator = Toml::string("[generator]\nenabled = true\n");
+            (
+                Figment::from(Toml::string(EMBEDDED_DEFAULT)).merge(generator),
+                ConfigSource::EmbeddedDefault,
+            )
+        }
+    };
+    let figment = figment.merge(env_provider());
+    let config: Config = figment.extract().map_err(|e| figment_error(&source, e))?;
+    Ok((config, source))
+}
+
+/// Parse a configuration from TOML text (used by tests and by `load`).
+pub fn from_toml_str(text: &str) -> Result<Config> {
+    let source = ConfigSource::EmbeddedDefault;
+    Figment::from(Toml::string(text))
+        .extract()
+        .map_err(|e| figment_error(&source, e))
+}
+
+fn env_provider() -> Env {
+    Env::prefixed("TRIBUTARY_")
+        // TRIBUTARY_CONFIG names the file itself; it is not a key inside it.
+        .filter(|k| k.as_str() != "config")
+        .split("__")
+        .map(|k| k.as_str().replace('_', "-").into())
+}
+
+fn figment_error(source: &ConfigSource, err: figment::Error) -> CoreError {
+    let mut messages = Vec::new();
+    let mut key = String::new();
+    for e in err {
+        if key.is_empty() && !e.path.is_empty() {
+            key = e.path.join(".");
+        }
+        let origin = match &e.metadata {
+            Some(m) if m.name.contains("environment") => " (from the environment)".to_string(),
+            _ => String::new(),
+        };
+        messages.push(format!("{}{}", e.kind, origin));
+    }
+    CoreError::Config {
+        source_name: source.to_string(),
+        key,
+        message: messages.join("; "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses_and_enables_generator() {
+        let (config, source) = load(None).unwrap();
+        assert_eq!(source, ConfigSource::EmbeddedDefault);
+        assert!(config.generator.enabled);
+        assert_eq!(config.streams[0].name, "readings");
+        assert_eq!(config.views[0].name, "signal_by_type");
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_path() {
+        let err = from_toml_str("storage-root = 'x'\n[http]\nadress = '1'\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("http"), "{text}");
+        assert!(text.contains("adress"), "{text}");
+    }
+
+    #[test]
+    fn file_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[log]\nkind = 'carrier-pigeon'\n").unwrap();
+        let err = load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("bad.toml"), "{err}");
+        assert!(err.contains("log.kind"), "{err}");
+        assert!(err.contains("carrier-pigeon"), "{err}");
+    }
+}

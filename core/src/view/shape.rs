@@ -1,0 +1,346 @@
+//! Which queries a view may be: a projection (and HAVING filter) over one aggregate of
+//! mergeable functions, grouped by one event-time window, over one stream (joined only
+//! with dimension tables). The check names what is not supported.
+
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, Projection};
+
+use super::SOURCE_COLUMN;
+use crate::dimension::DimensionTable;
+use crate::schema::StreamSchema;
+use crate::window::{
+    HOP_COLUMN, HOP_FUNCTION, WindowKind, WindowSpec, interval_micros, timestamp_micros,
+};
+
+/// Aggregates whose states merge across layers (exactly, or for the approximate ones
+/// within their sketch's own error).
+const SUPPORTED_AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "approx_distinct",
+    "approx_percentile_cont",
+    "approx_median",
+];
+
+/// Aggregates written with `WITHIN GROUP (ORDER BY …)`, which is their argument.
+const ORDERED_AGGREGATES: &[&str] = &["approx_percentile_cont"];
+
+pub(super) struct Shape {
+    pub(super) stream: String,
+    pub(super) keys: Vec<String>,
+    pub(super) window: String,
+    pub(super) window_spec: WindowSpec,
+    pub(super) values: Vec<String>,
+}
+
+/// Check the logical plan is the supported shape: a projection (and HAVING filter)
+/// over one aggregate over filters/projections of one stream.
+pub(super) fn check_shape(
+    plan: &LogicalPlan,
+    streams: &[StreamSchema],
+    tables: &[Arc<DimensionTable>],
+) -> std::result::Result<Shape, String> {
+    let LogicalPlan::Projection(projection) = plan else {
+        return Err(format!("unsupported query shape: {}", plan.display()));
+    };
+    let (aggregate, stream_name) = aggregate_of(projection, tables)?;
+    let stream = streams
+        .iter()
+        .find(|s| s.name == stream_name)
+        .ok_or_else(|| format!("view reads `{stream_name}`, which is not a declared stream"))?;
+    for e in &aggregate.aggr_expr {
+        check_aggregate(e)?;
+    }
+    let (window_idx, window_spec) = window_group(aggregate, stream)?;
+    let (keys, window, values) = output_roles(projection, aggregate, window_idx)?;
+    Ok(Shape {
+        stream: stream.name.clone(),
+        keys,
+        window,
+        window_spec,
+        values,
+    })
+}
+
+/// The aggregate under the projection (through HAVING filters), and the stream below
+/// it (through filters, projections, the hop window's unnest and dimension joins).
+fn aggregate_of<'a>(
+    projection: &'a Projection,
+    tables: &[Arc<DimensionTable>],
+) -> std::result::Result<(&'a Aggregate, String), String> {
+    let mut node = projection.input.as_ref();
+    let aggregate = loop {
+        match node {
+            LogicalPlan::Aggregate(a) => break a,
+            LogicalPlan::Filter(f) => node = f.input.as_ref(),
+            other => return Err(unsupported(other)),
+        }
+    };
+    let mut node = aggregate.input.as_ref();
+    let stream = loop {
+        match node {
+            LogicalPlan::Filter(f) => node = f.input.as_ref(),
+            LogicalPlan::Projection(p) => node = p.input.as_ref(),
+            LogicalPlan::SubqueryAlias(s) => node = s.input.as_ref(),
+            // Only the one a hop(…) window is rewritten into.
+            LogicalPlan::Unnest(u) => node = u.input.as_ref(),
+            LogicalPlan::Join(j) => {
+                check_join(j, tables)?;
+                node = j.left.as_ref();
+            }
+            LogicalPlan::TableScan(scan) => break scan.table_name.table().to_string(),
+            other => return Err(unsupported(other)),
+        }
+    };
+    Ok((aggregate, stream))
+}
+
+/// The one group expression that is an event-time window: its index and its widths.
+fn window_group(
+    aggregate: &Aggregate,
+    stream: &StreamSchema,
+) -> std::result::Result<(usize, WindowSpec), String> {
+    if aggregate.group_expr.is_empty() {
+        return Err(
+            "a view needs GROUP BY with an event-time window, e.g. GROUP BY date_bin(INTERVAL '10 minutes', ts)"
+                .into(),
+        );
+    }
+    let mut window = None;
+    for (i, g) in aggregate.group_expr.iter().enumerate() {
+        if matches!(g, Expr::GroupingSet(_)) {
+            return Err("GROUPING SETS, CUBE and ROLLUP are not supported in a view".into());
+        }
+        let Some((arg, spec)) = window_of(g, aggregate.input.as_ref())? else {
+            continue;
+        };
+        if window.is_some() {
+            return Err("a view may group by only one window (date_bin or hop)".into());
+        }
+        if arg != stream.event_time {
+            return Err(format!(
+                "the window must bin the event-time field `{}`, not `{arg}`",
+                stream.event_time
+            ));
+        }
+        window = Some((i, spec));
+    }
+    let hopping = window.is_some_and(|(_, w)| w.kind == WindowKind::Hopping);
+    if let Some(unnest) = find_node(aggregate.input.as_ref(), &|n| {
+        matches!(n, LogicalPlan::Unnest(_))
+    }) && !hopping
+    {
+        return Err(unsupported(unnest));
+    }
+    window.ok_or_else(|| {
+        format!(
+            "GROUP BY needs one event-time window: date_bin(INTERVAL '…', {})",
+            stream.event_time
+        )
+    })
+}
+
+/// The output columns by role: group keys, the window, and aggregate values.
+#[allow(clippy::type_complexity)]
+fn output_roles(
+    projection: &Projection,
+    aggregate: &Aggregate,
+    window_idx: usize,
+) -> std::result::Result<(Vec<String>, String, Vec<String>), String> {
+    let n_groups = aggregate.group_expr.len();
+    let agg_fields = aggregate.schema.fields();
+    let mut keys = Vec::new();
+    let mut window = None;
+    let mut values = Vec::new();
+    for (i, e) in projection.expr.iter().enumerate() {
+        let out = projection.schema.field(i).name().clone();
+        if out == SOURCE_COLUMN {
+            continue;
+        }
+        let group = match unalias(e) {
+            Expr::Column(c) => agg_fields[..n_groups]
+                .iter()
+                .position(|f| f.name() == &c.name),
+            _ => None,
+        };
+        match group {
+            Some(g) if g == window_idx => window = Some(out),
+            Some(_) => keys.push(out),
+            None => values.push(out),
+        }
+    }
+    let window = window.ok_or_else(|| {
+        "the window must appear in the SELECT list, e.g. date_bin(INTERVAL '10 minutes', ts) AS window_start"
+            .to_string()
+    })?;
+    Ok((keys, window, values))
+}
+
+/// A join must keep the stream on the left and a dimension table on the right, inner
+/// or left: each event then meets the table's rows as they are when it is computed.
+fn check_join(
+    j: &datafusion::logical_expr::Join,
+    tables: &[Arc<DimensionTable>],
+) -> std::result::Result<(), String> {
+    use datafusion::logical_expr::JoinType;
+    if !matches!(j.join_type, JoinType::Inner | JoinType::Left) {
+        return Err(format!(
+            "{} JOIN is not supported in a view: join the stream (left) with a dimension table using INNER or LEFT JOIN",
+            j.join_type
+        ));
+    }
+    let mut node = j.right.as_ref();
+    let name = loop {
+        match node {
+            LogicalPlan::SubqueryAlias(s) => node = s.input.as_ref(),
+            LogicalPlan::Projection(p) => node = p.input.as_ref(),
+            LogicalPlan::Filter(f) => node = f.input.as_ref(),
+            LogicalPlan::TableScan(scan) => break scan.table_name.table().to_string(),
+            _ => {
+                return Err(
+                    "the right side of a join must be a dimension table (declared under [[tables]])"
+                        .into(),
+                );
+            }
+        }
+    };
+    if !tables.iter().any(|t| t.name == name) {
+        return Err(format!(
+            "`{name}` on the right of the join is not a dimension table: a view reads one stream, joined only with tables declared under [[tables]] (the stream goes on the left)"
+        ));
+    }
+    Ok(())
+}
+
+fn unsupported(plan: &LogicalPlan) -> String {
+    let what = match plan {
+        LogicalPlan::Window(_) => "window functions (OVER) are not supported in a view".to_string(),
+        LogicalPlan::Sort(_) => "ORDER BY is not supported in a view".to_string(),
+        LogicalPlan::Limit(_) => "LIMIT is not supported in a view".to_string(),
+        LogicalPlan::Distinct(_) => "DISTINCT is not supported in a view".to_string(),
+        LogicalPlan::Union(_) => "UNION is not supported in a view".to_string(),
+        LogicalPlan::Aggregate(_) => "nested aggregates are not supported in a view".to_string(),
+        LogicalPlan::Subquery(_) | LogicalPlan::SubqueryAlias(_) => {
+            "subqueries are not supported in a view".to_string()
+        }
+        other => format!("`{}` is not supported in a view", other.display()),
+    };
+    format!("unsupported query shape: {what}")
+}
+
+fn unalias(e: &Expr) -> &Expr {
+    match e {
+        Expr::Alias(a) => unalias(&a.expr),
+        other => other,
+    }
+}
+
+fn check_aggregate(e: &Expr) -> std::result::Result<(), String> {
+    match unalias(e) {
+        Expr::AggregateFunction(af) => {
+            let name = af.func.name().to_lowercase();
+            let hidden = name == "bit_or"
+                && af.params.args.len() == 1
+                && matches!(&af.params.args[0], Expr::Column(c) if c.name == SOURCE_COLUMN);
+            if !hidden && !SUPPORTED_AGGREGATES.contains(&name.as_str()) {
+                return Err(format!(
+                    "aggregate `{name}` is not supported in a view (supported: {})",
+                    SUPPORTED_AGGREGATES.join(", ")
+                ));
+            }
+            if af.params.distinct {
+                return Err(format!("{name}(DISTINCT …) is not supported in a view"));
+            }
+            if !af.params.order_by.is_empty() && !ORDERED_AGGREGATES.contains(&name.as_str()) {
+                return Err(format!("{name}(… ORDER BY …) is not supported in a view"));
+            }
+            Ok(())
+        }
+        other => Err(format!("unsupported aggregate expression `{other}`")),
+    }
+}
+
+/// If `e` groups by a window: the column it bins and the window's widths.
+fn window_of(
+    e: &Expr,
+    input: &LogicalPlan,
+) -> std::result::Result<Option<(String, WindowSpec)>, String> {
+    match unalias(e) {
+        Expr::ScalarFunction(f) if f.func.name() == "date_bin" => {
+            let size_us = interval_micros(&f.args[0])
+                .map_err(|m| format!("date_bin's first argument: {m}"))?;
+            let origin_us = match f.args.get(2) {
+                Some(origin) => timestamp_micros(origin)?,
+                None => 0,
+            };
+            let spec = WindowSpec {
+                kind: WindowKind::Tumbling,
+                size_us,
+                slide_us: size_us,
+                origin_us,
+            };
+            Ok(Some((column_name(&f.args[1]), spec)))
+        }
+        Expr::Column(c) if c.name == HOP_COLUMN => {
+            let mut call = None;
+            let _ = input.apply(|node| {
+                for e in node.expressions() {
+                    let _ = e.apply(|x| {
+                        if let Expr::ScalarFunction(f) = x
+                            && f.func.name() == HOP_FUNCTION
+                        {
+                            call = Some(f.args.clone());
+                        }
+                        Ok(TreeNodeRecursion::Continue)
+                    });
+                }
+                Ok(TreeNodeRecursion::Continue)
+            });
+            let args = call.ok_or("internal: hop window without its function")?;
+            let [ts, size, slide] = args.as_slice() else {
+                return Err(
+                    "hop takes three arguments: hop(ts, INTERVAL size, INTERVAL slide)".into(),
+                );
+            };
+            let size_us = interval_micros(size).map_err(|m| format!("hop's size: {m}"))?;
+            let slide_us = interval_micros(slide).map_err(|m| format!("hop's slide: {m}"))?;
+            if slide_us > size_us {
+                return Err(
+                    "hop's slide must not exceed its size (windows would miss events)".into(),
+                );
+            }
+            let spec = WindowSpec {
+                kind: WindowKind::Hopping,
+                size_us,
+                slide_us,
+                origin_us: 0,
+            };
+            Ok(Some((column_name(ts), spec)))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn column_name(e: &Expr) -> String {
+    match e {
+        Expr::Column(c) => c.name.clone(),
+        Expr::Cast(c) => column_name(&c.expr),
+        Expr::TryCast(c) => column_name(&c.expr),
+        other => other.to_string(),
+    }
+}
+
+fn find_node<'a>(
+    plan: &'a LogicalPlan,
+    pred: &dyn Fn(&LogicalPlan) -> bool,
+) -> Option<&'a LogicalPlan> {
+    if pred(plan) {
+        return Some(plan);
+    }
+    plan.inputs().into_iter().find_map(|p| find_node(p, pred))
+}

@@ -1,0 +1,343 @@
+//! The speed layer's consumer: micro-batches from the log into the view stores, as a
+//! struct with named steps ([`Consumer::start`], [`Consumer::snapshot_if_due`],
+//! [`Consumer::report_if_due`], [`Consumer::micro_batch`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tributary_core::config::SpeedConfig;
+use tributary_core::log::{EventLog, LogRecord, retry_unavailable};
+use tributary_core::pipeline::Pipeline;
+use tributary_core::schema::StreamSchema;
+use tributary_core::shutdown::Shutdown;
+
+use crate::{
+    Deduplicator, SPEED_GROUP, SpeedError, SpeedLayer, compact, decode, max_event_time, snapshot,
+    states_setting_aside,
+};
+
+/// Consume the log until shutdown, keeping `layer`'s states current.
+///
+/// With `speed.snapshot-interval-ms` set, states are snapshotted under `snapshots` that
+/// often and the newest snapshot is resumed from at start ([`snapshot`]).
+pub async fn run(
+    config: SpeedConfig,
+    pipeline: Pipeline,
+    log: Arc<dyn EventLog>,
+    layer: SpeedLayer,
+    snapshots: Option<std::path::PathBuf>,
+    shutdown: Shutdown,
+) -> Result<(), SpeedError> {
+    let snapshots = snapshots.filter(|_| config.snapshot_interval_ms > 0);
+    let decode_threads = match config.decode_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let mut consumer = Consumer {
+        idle: Duration::from_millis(config.poll_interval_ms.max(1)),
+        config,
+        pipeline,
+        log,
+        layer,
+        snapshots,
+        shutdown,
+        positions: HashMap::new(),
+        dedups: HashMap::new(),
+        decode_threads,
+        started: Instant::now(),
+        reported: Instant::now(),
+        snapshotted: Instant::now(),
+        events_at_report: HashMap::new(),
+    };
+    if !consumer.start().await? {
+        return Ok(());
+    }
+    while !consumer.shutdown.is_cancelled() {
+        consumer.pipeline.refresh_tables().await;
+        consumer.snapshot_if_due();
+        consumer.report_if_due().await;
+        let mut any = false;
+        for i in 0..consumer.pipeline.streams.len() {
+            match consumer.micro_batch(i).await? {
+                None => return Ok(()),
+                Some(read) => any |= read,
+            }
+        }
+        if !any && !consumer.caught_up().await {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The consumer's state between micro-batches.
+struct Consumer {
+    config: SpeedConfig,
+    pipeline: Pipeline,
+    log: Arc<dyn EventLog>,
+    layer: SpeedLayer,
+    /// Where snapshots go, when `speed.snapshot-interval-ms` is set.
+    snapshots: Option<std::path::PathBuf>,
+    shutdown: Shutdown,
+    /// The next offset to read, per (stream, partition).
+    positions: HashMap<(String, u32), u64>,
+    /// Per stream with an id field: the dedup state of each partition.
+    dedups: HashMap<String, HashMap<u32, Deduplicator>>,
+    decode_threads: usize,
+    /// Wait this long when the log has nothing new.
+    idle: Duration,
+    /// When the consumer started (recovery time is measured from here).
+    started: Instant,
+    reported: Instant,
+    snapshotted: Instant,
+    /// Events per stream at the last report, for the rate.
+    events_at_report: HashMap<String, u64>,
+}
+
+impl Consumer {
+    /// Resume from a snapshot, or start each partition at the oldest cutoff of the
+    /// stream's views: everything below it is in every view's batch states already.
+    /// `Ok(false)`: the log is shutting down.
+    async fn start(&mut self) -> Result<bool, SpeedError> {
+        let restored = match &self.snapshots {
+            Some(dir) => snapshot::restore(dir, &self.layer, &self.pipeline).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "speed snapshot unusable; rebuilding from the log");
+                HashMap::new()
+            }),
+            None => HashMap::new(),
+        };
+        if !restored.is_empty() {
+            self.layer.restored.store(true, Ordering::Relaxed);
+            tracing::info!(streams = ?restored.keys().collect::<Vec<_>>(), "speed layer resumed from a snapshot");
+        }
+        for s in &self.pipeline.streams {
+            let mut start = self
+                .pipeline
+                .views_of(&s.name)
+                .filter_map(|v| self.layer.store.view(&v.name).map(|st| st.cutoff()))
+                .min()
+                .unwrap_or(i64::MIN);
+            if let Some(spec) = &s.dedup {
+                // Ids seen within the horizon before the cutoff decide what counts above it.
+                start = start.saturating_sub(spec.horizon_us);
+                let partitions = (0..s.partitions).map(|p| (p, Deduplicator::new(spec.clone())));
+                self.dedups.insert(s.name.clone(), partitions.collect());
+            }
+            for p in 0..s.partitions {
+                if let Some(offset) = restored.get(&s.name).and_then(|r| r.get(&p)) {
+                    self.positions.insert((s.name.clone(), p), *offset);
+                    continue;
+                }
+                let found = retry_unavailable("speed layer start", &self.shutdown, || {
+                    self.log.offset_for_ingest_ts(&s.name, p, start)
+                })
+                .await
+                .map_err(|source| SpeedError::read(&s.name, p, source))?;
+                let Some(offset) = found else {
+                    return Ok(false);
+                };
+                self.positions.insert((s.name.clone(), p), offset);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Between micro-batches: the states hold exactly the records before `positions`.
+    fn snapshot_if_due(&mut self) {
+        let Some(dir) = &self.snapshots else { return };
+        if self.snapshotted.elapsed() < Duration::from_millis(self.config.snapshot_interval_ms) {
+            return;
+        }
+        match snapshot::write(dir, &self.layer, &self.positions) {
+            Ok(path) => tracing::debug!(path = %path.display(), "speed snapshot written"),
+            Err(e) => tracing::warn!(error = %e, "speed snapshot failed"),
+        }
+        self.snapshotted = Instant::now();
+    }
+
+    async fn report_if_due(&mut self) {
+        if self.reported.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        report(
+            &self.layer,
+            self.log.as_ref(),
+            &self.positions,
+            &mut self.events_at_report,
+            self.reported,
+        )
+        .await;
+        self.reported = Instant::now();
+    }
+
+    /// One micro-batch of stream `index`: read every partition, decode, and update each
+    /// of its views. `Some(true)` if there were records; `None`: the log is shutting down.
+    async fn micro_batch(&mut self, index: usize) -> Result<Option<bool>, SpeedError> {
+        let started = Instant::now();
+        let s = self.pipeline.streams[index].clone();
+        let Some((reads, read_events, newest)) = self.read(&s).await? else {
+            return Ok(None);
+        };
+        if read_events == 0 {
+            return Ok(Some(false));
+        }
+        let decoded = decode::decode(
+            &s,
+            reads,
+            self.dedups.entry(s.name.clone()).or_default(),
+            self.layer.segment_width,
+            self.decode_threads,
+        )
+        .map_err(|source| SpeedError::View {
+            view: s.name.clone(),
+            source,
+        })?;
+        let progress = &self.layer.progress[&s.name];
+        progress
+            .invalid
+            .fetch_add(decoded.invalid, Ordering::Relaxed);
+        progress
+            .duplicates
+            .fetch_add(decoded.duplicates, Ordering::Relaxed);
+        self.apply(&s, decoded.buckets).await;
+        compact(&self.layer, &s.name, &self.pipeline).await;
+        let progress = &self.layer.progress[&s.name];
+        progress.events.fetch_add(read_events, Ordering::Relaxed);
+        progress
+            .last_batch_events
+            .store(read_events, Ordering::Relaxed);
+        progress
+            .last_batch_micros
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        progress.ingest_ts.fetch_max(newest, Ordering::AcqRel);
+        Ok(Some(true))
+    }
+
+    /// Read each partition of `s` from its position: the records per partition, how
+    /// many, and the newest `_ingest_ts` among them (`None`: the log is shutting down).
+    #[allow(clippy::type_complexity)]
+    async fn read(
+        &mut self,
+        s: &StreamSchema,
+    ) -> Result<Option<(Vec<(u32, Vec<LogRecord>)>, u64, i64)>, SpeedError> {
+        let mut reads = Vec::new();
+        let mut read_events = 0u64;
+        let mut newest = 0i64;
+        for p in 0..s.partitions {
+            let pos = self
+                .positions
+                .get_mut(&(s.name.clone(), p))
+                .expect("position per partition");
+            let from = *pos;
+            let (log, max) = (&self.log, self.config.max_batch_records);
+            let read = retry_unavailable("speed layer read", &self.shutdown, || {
+                log.read(&s.name, p, from, max)
+            })
+            .await
+            .map_err(|source| SpeedError::read(&s.name, p, source))?;
+            let Some(batch) = read else { return Ok(None) };
+            if let Some(gone) = &batch.expired {
+                // Below the batch cutoff these are in the batch states already; above
+                // it the archiver reports them lost too.
+                tracing::warn!(stream = %s.name, partition = p, from = gone.start, to = gone.end, "the log's retention removed records before the speed layer read them");
+            }
+            *pos = batch.next_offset;
+            let Some(last) = batch.records.last() else {
+                continue;
+            };
+            newest = newest.max(last.ingest_ts);
+            read_events += batch.records.len() as u64;
+            reads.push((p, batch.records));
+        }
+        Ok(Some((reads, read_events, newest)))
+    }
+
+    /// Each segment bucket's records into every view of the stream: below a view's
+    /// cutoff they only count; above, their partial states join the bucket.
+    async fn apply(
+        &self,
+        s: &StreamSchema,
+        buckets: std::collections::BTreeMap<i64, Vec<datafusion::arrow::record_batch::RecordBatch>>,
+    ) {
+        let view_columns: Vec<usize> = (0..s.view_schema().fields().len()).collect();
+        for (bucket, batches) in buckets {
+            let n: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+            let max_event_ts = batches
+                .iter()
+                .filter_map(|b| max_event_time(b, &s.event_time, s.max_event_lead_us))
+                .max();
+            for view in self.pipeline.views_of(&s.name) {
+                let store = self.layer.store.view(&view.name).expect("store per view");
+                if bucket < store.cutoff() {
+                    store.add(bucket, vec![], n, None, 0);
+                    continue;
+                }
+                let watermark = store.watermark();
+                let late = batches.iter().map(|b| view.count_late(b, watermark)).sum();
+                let states = states_setting_aside(
+                    &self.layer,
+                    &self.log,
+                    &s.name,
+                    view,
+                    &batches,
+                    &view_columns,
+                )
+                .await;
+                store.add(bucket, states, n, max_event_ts, late);
+            }
+        }
+    }
+
+    /// Nothing new in the log: note the recovery time once, and wait. `false`: stop.
+    async fn caught_up(&self) -> bool {
+        if self.layer.recovery_ms.load(Ordering::Relaxed) == u64::MAX {
+            let ms = self.started.elapsed().as_millis() as u64;
+            self.layer.recovery_ms.store(ms, Ordering::Relaxed);
+            tracing::info!(recovery_ms = ms, "speed layer caught up with the log");
+        }
+        tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            _ = tokio::time::sleep(self.idle) => true,
+        }
+    }
+}
+
+/// Record positions (for the log's own lag tools; the speed layer itself restarts from
+/// the batch cutoff), and sample lag and rate for health reporting.
+async fn report(
+    layer: &SpeedLayer,
+    log: &dyn EventLog,
+    positions: &HashMap<(String, u32), u64>,
+    events_at_report: &mut HashMap<String, u64>,
+    since: std::time::Instant,
+) {
+    let mut lag: HashMap<&str, std::collections::BTreeMap<u32, u64>> = HashMap::new();
+    for ((stream, p), pos) in positions {
+        if let Err(e) = log.commit_position(SPEED_GROUP, stream, *p, *pos).await {
+            tracing::debug!(error = %e, "could not record the speed layer's position");
+        }
+        if let Ok(end) = log.end_offset(stream, *p).await {
+            lag.entry(stream)
+                .or_default()
+                .insert(*p, end.saturating_sub(*pos));
+        }
+    }
+    let secs = since.elapsed().as_secs_f64().max(1e-3);
+    for (stream, progress) in layer.progress.iter() {
+        let by_partition: Vec<u64> = lag
+            .get(stream.as_str())
+            .map(|m| m.values().copied().collect())
+            .unwrap_or_default();
+        progress
+            .lag
+            .store(by_partition.iter().sum(), Ordering::Relaxed);
+        *progress.lag_by_partition.lock().expect("lag lock") = by_partition;
+        let now = progress.events.load(Ordering::Relaxed);
+        let before = events_at_report.insert(stream.clone(), now).unwrap_or(now);
+        progress
+            .events_per_second
+            .store(((now - before) as f64 / secs) as u64, Ordering::Relaxed);
+    }
+}
