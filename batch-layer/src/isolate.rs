@@ -10,36 +10,6 @@ use tributary_core::view::CompiledView;
 
 use crate::error::BatchError;
 
-/// Whether a failed run failed on storage (worth retrying as it is) rather than on rows.
-pub(crate) fn is_storage_error(e: &tributary_core::CoreError) -> bool {
-    use datafusion::error::DataFusionError as D;
-    fn storage(e: &D) -> bool {
-        match e {
-            D::ObjectStore(_) | D::IoError(_) | D::ResourcesExhausted(_) => true,
-            D::Context(_, inner) => storage(inner),
-            D::Shared(inner) => storage(inner),
-            D::External(inner) => {
-                inner.downcast_ref::<D>().is_some_and(storage)
-                    || inner.downcast_ref::<std::io::Error>().is_some()
-            }
-            _ => false,
-        }
-    }
-    use tributary_core::CoreError as C;
-    match e {
-        C::DataFusion(d) => storage(d),
-        // What the view or its states are: a retry would only repeat it.
-        C::Arrow(_)
-        | C::View { .. }
-        | C::Config { .. }
-        | C::UnknownStream(_)
-        | C::UnknownView(_)
-        | C::StateShape(_) => false,
-        // The log, tables, dead letters: outside this process, and may answer again.
-        _ => true,
-    }
-}
-
 /// The view's partial states over `table`, read batch by batch, leaving out the rows
 /// the view cannot process (see [`tributary_core::quarantine`]).
 pub(crate) async fn partial_isolating_stream(

@@ -17,8 +17,8 @@ use tributary_core::view::{CompiledView, SOURCE_BATCH, SOURCE_COLUMN};
 
 use crate::archiver::open_master;
 use crate::dedup::without_repeats;
-use crate::error::BatchError;
-use crate::isolate::{is_storage_error, partial_isolating_stream};
+use crate::error::{BatchError, is_storage_error};
+use crate::isolate::partial_isolating_stream;
 use crate::scan::{Meter, MeteredTable, range_files};
 
 /// What a view's read produced: its states, the events read, the newest event time.
