@@ -41,15 +41,7 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, Servin
 
 /// The status document (also pushed live by `/api/v1/status/live`).
 pub async fn status_value(state: &AppState) -> Result<Value, ServingError> {
-    let speed = state
-        .merger
-        .speed()
-        .stats()
-        .await
-        .map_err(|source| ServingError::Query {
-            view: "*".into(),
-            source,
-        })?;
+    let speed = speed_stats_of(state).await?;
     let now = now_micros();
     let mut streams = serde_json::Map::new();
     for s in &state.merger.pipeline().streams {
@@ -162,15 +154,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ServingError> {
-    let speed = state
-        .merger
-        .speed()
-        .stats()
-        .await
-        .map_err(|source| ServingError::Query {
-            view: "*".into(),
-            source,
-        })?;
+    let speed = speed_stats_of(&state).await?;
     let mut sheet = Sheet::new();
     for s in &state.merger.pipeline().streams {
         if let Some(c) = state.ingest.as_ref().and_then(|i| i.counters(&s.name)) {
@@ -434,7 +418,13 @@ pub fn health_of(roles: &[(String, Arc<AtomicBool>)]) -> impl IntoResponse + use
 #[utoipa::path(get, path = "/api/v1/speed/stats", tag = "operations",
     responses((status = 200, description = "Speed-layer progress per stream and view", body = Object)))]
 pub async fn speed_stats(State(state): State<AppState>) -> Result<Json<Value>, ServingError> {
-    let stats = state
+    let stats = speed_stats_of(&state).await?;
+    Ok(Json(json!(stats)))
+}
+
+/// The speed layer's stats, as every operations endpoint reads them.
+async fn speed_stats_of(state: &AppState) -> Result<tributary_speed::SpeedStats, ServingError> {
+    state
         .merger
         .speed()
         .stats()
@@ -442,6 +432,5 @@ pub async fn speed_stats(State(state): State<AppState>) -> Result<Json<Value>, S
         .map_err(|source| ServingError::Query {
             view: "*".into(),
             source,
-        })?;
-    Ok(Json(json!(stats)))
+        })
 }
