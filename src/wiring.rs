@@ -158,10 +158,12 @@ pub async fn run(roles: &[Role], path: Option<PathBuf>) -> anyhow::Result<StopOu
     let storage = config.open_storage()?;
     let (log, kafka) = open_log(&config, &storage, &pipeline).await?;
     let process_name = if all { "up" } else { roles[0].name() };
+    let (shutdown, tasks) = (Shutdown::new(), Tasks::new());
     let dead_letters = DeadLetterSink::new(
         storage.clone(),
         pipeline.streams.iter().map(|s| s.name.clone()),
     )
+    .supervised(tasks.requests(), shutdown.clone())
     .with_spool(&storage.spool_dir(), process_name)?;
     let mut p = Process {
         auth: Auth::new(&config.auth).with_secure_cookies(config.http.tls_cert.is_some()),
@@ -174,8 +176,8 @@ pub async fn run(roles: &[Role], path: Option<PathBuf>) -> anyhow::Result<StopOu
         storage,
         log,
         dead_letters,
-        shutdown: Shutdown::new(),
-        tasks: Tasks::new(),
+        shutdown,
+        tasks,
         batch: None,
     };
     if let Some(kafka) = kafka

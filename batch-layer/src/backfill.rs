@@ -38,16 +38,22 @@ pub const BACKFILL_PARTITION: u32 = u32::MAX;
 /// Rows per Delta commit.
 const CHUNK: usize = 100_000;
 
+/// A backfill file's format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
+    /// A JSON array of records.
     Json,
+    /// One JSON record per line (`.ndjson`, `.jsonl`).
     Ndjson,
+    /// CSV with a header row; values are typed by the stream's schema.
     Csv,
+    /// Parquet, its columns named like the stream's fields.
     Parquet,
 }
 
 impl Format {
+    /// The format a name says (`json`, `ndjson`/`jsonl`, `csv`, `parquet`), any case.
     pub fn parse(s: &str) -> Option<Format> {
         match s.to_ascii_lowercase().as_str() {
             "json" => Some(Format::Json),
@@ -68,19 +74,25 @@ impl Format {
 /// What a backfill did.
 #[derive(Debug, Clone, Serialize)]
 pub struct BackfillReport {
+    /// The stream loaded into.
     pub stream: String,
+    /// The file or folder read.
     pub source: String,
+    /// Its format.
     pub format: Format,
     /// Rows in the file.
     pub rows: u64,
     /// Rows now in the master table (this run), and rows refused into dead letters.
     pub accepted: u64,
+    /// Rows refused into dead letters.
     pub rejected: u64,
     /// Chunks committed by an earlier run of the same backfill, skipped.
     pub chunks_skipped: u64,
+    /// Chunks committed by this run.
     pub chunks_committed: u64,
     /// `_ingest_ts` of the first chunk committed by this run.
     pub stamped: Option<String>,
+    /// The master table's version after the last commit.
     pub table_version: Option<i64>,
 }
 

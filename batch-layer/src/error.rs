@@ -3,15 +3,19 @@
 use thiserror::Error;
 use tributary_core::CoreError;
 
+/// What can go wrong in the batch layer; [`BatchError::is_transient`] says which to retry.
 #[derive(Debug, Error)]
 pub enum BatchError {
     /// A Delta table (or its object store) failed; worth retrying.
     #[error("{what}: {source}")]
     Delta {
+        /// What was being done.
         what: String,
+        /// The failure.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Reading a stream from the event log failed.
     #[error("stream `{0}`: {1}")]
     Log(String, #[source] CoreError),
     /// A view that cannot run as asked (no such view, states of another shape).
@@ -20,23 +24,38 @@ pub enum BatchError {
     /// A view's plan failed while running; transient when the cause is storage.
     #[error("view `{view}`: {source}")]
     Query {
+        /// The view.
         view: String,
+        /// The failure, as the core reports it.
         #[source]
         source: CoreError,
     },
+    /// Dead letters could not be stored.
     #[error("dead letters: {0}")]
     DeadLetter(#[source] CoreError),
+    /// A background task of the layer (named) ended with an error.
     #[error("task `{0}` failed: {1}")]
     Task(String, String),
     #[error("stream `{stream}`: field `{field}` {reason}")]
+    /// The master table's schema does not fit the stream's.
     Schema {
+        /// The stream.
         stream: String,
+        /// The field at fault.
         field: String,
+        /// What differs.
         reason: String,
     },
     #[error("backfill from `{from}`: {message}")]
-    Backfill { from: String, message: String },
+    /// A backfill source could not be read.
+    Backfill {
+        /// The file or folder read from.
+        from: String,
+        /// What is wrong with it.
+        message: String,
+    },
     #[error("a batch run is already in progress; wait for it to finish")]
+    /// A run was asked for while another one runs.
     RunInProgress,
 }
 
@@ -51,6 +70,7 @@ impl BatchError {
         }
     }
 
+    /// A Delta failure while doing `what`.
     pub fn delta(
         what: impl Into<String>,
         e: impl Into<Box<dyn std::error::Error + Send + Sync>>,

@@ -6,6 +6,8 @@
 //! partial plan over the master table below a provably complete cutoff T and
 //! [`views`] stores the states, with T, in a Delta table per view.
 
+#![warn(missing_docs)]
+
 pub mod archiver;
 pub mod backfill;
 pub mod dedup;

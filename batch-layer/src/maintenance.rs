@@ -22,7 +22,9 @@ use crate::error::BatchError;
 /// What maintenance does, from `[batch]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
+    /// How long removed files are kept before vacuum deletes them (time travel reaches this far).
     pub retention_hours: u64,
+    /// The file size compaction aims at.
     pub target_file_bytes: u64,
 }
 
@@ -38,13 +40,21 @@ impl Default for Settings {
 /// What maintenance did to one table.
 #[derive(Debug, Clone, Serialize)]
 pub struct TableReport {
+    /// The table's location.
     pub table: String,
+    /// Its version before maintenance.
     pub version_before: Option<i64>,
+    /// Its version after.
     pub version_after: Option<i64>,
+    /// Active files before.
     pub files_before: usize,
+    /// Active files after.
     pub files_after: usize,
+    /// Files compaction rewrote.
     pub files_compacted: u64,
+    /// Files compaction wrote.
     pub files_written: u64,
+    /// Files vacuum deleted.
     pub files_vacuumed: usize,
 }
 

@@ -41,8 +41,11 @@ pub struct ArchiverLag {
 /// Records `archived..first_retained` of a partition expired before they were archived.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RetentionGap {
+    /// The log partition.
     pub partition: u32,
+    /// Where the archiver's committed position is.
     pub archived: u64,
+    /// The log's first offset still held.
     pub first_retained: u64,
 }
 
@@ -118,6 +121,7 @@ impl Batch {
         self.retention.lock().expect("retention lock").clone()
     }
 
+    /// The coordinator of batch runs over `pipeline`'s views (cutoffs aligned to `segment_width_ms`).
     pub fn new(
         pipeline: Pipeline,
         storage: Storage,
@@ -169,12 +173,14 @@ impl Batch {
         self.committed.subscribe()
     }
 
+    /// Runs so far, newest first.
     pub fn history(&self) -> Vec<RunRecord> {
         let mut h = self.history.lock().expect("history lock").clone();
         h.reverse();
         h
     }
 
+    /// The run called `id`.
     pub fn run_record(&self, id: &str) -> Option<RunRecord> {
         self.history
             .lock()

@@ -26,6 +26,7 @@ use crate::views;
 pub struct RetentionReport {
     /// Bytes the log file occupies (redb reuses freed pages; the file does not shrink).
     pub disk_bytes: Option<u64>,
+    /// Log records removed by the last pass.
     pub removed_records: u64,
     /// Over `retention-mb` with nothing safe to remove: the archiver or the batch runs
     /// are behind, and the log keeps growing until they catch up.

@@ -7,11 +7,14 @@ use serde::Serialize;
 /// merges the states of the events since each view's last cutoff into its states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunKind {
+    /// Recompute every view from the whole master table.
     Full,
+    /// Merge the events since each view's last cutoff into its states.
     Incremental,
 }
 
 impl RunKind {
+    /// `full` or `incremental`.
     pub fn name(self) -> &'static str {
         match self {
             RunKind::Full => "full",
@@ -19,6 +22,7 @@ impl RunKind {
         }
     }
 
+    /// The kind a name says (`full`, `incremental`).
     pub fn parse(s: &str) -> Option<RunKind> {
         match s {
             "full" => Some(RunKind::Full),
@@ -30,6 +34,7 @@ impl RunKind {
 
 /// Progress of a run, reported as it goes (for progress bars and the API).
 pub trait Progress: Send + Sync {
+    /// The run reached `message`, `done` of `total` steps into it.
     fn stage(&self, message: &str, done: u64, total: u64);
 }
 
@@ -39,22 +44,32 @@ impl<F: Fn(&str, u64, u64) + Send + Sync> Progress for F {
     }
 }
 
+/// Where a run is.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
+    /// Still going.
     Running,
+    /// Ended with every view's states committed.
     Succeeded,
+    /// Ended with an error; every view keeps its previous states.
     Failed,
 }
 
 /// One batch run, as the run history shows it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RunRecord {
+    /// The run's id, as the API and the run history name it.
     pub id: String,
+    /// `full` or `incremental`.
     pub kind: String,
+    /// The views it computes.
     pub views: Vec<String>,
+    /// Where it is.
     pub status: RunStatus,
+    /// The cutoff it computes up to (RFC 3339), once chosen.
     pub cutoff: Option<String>,
+    /// The same in microseconds since the epoch.
     pub cutoff_micros: Option<i64>,
     /// Events the run read from the master table.
     pub rows_in: u64,
@@ -63,8 +78,11 @@ pub struct RunRecord {
     /// Data files it wrote to the batch-view tables.
     #[serde(default)]
     pub files: u64,
+    /// When it started (RFC 3339).
     pub started_at: String,
+    /// How long it took, once ended.
     pub duration_ms: Option<u64>,
+    /// Why it failed, when it did.
     pub error: Option<String>,
     /// Where a running run is; the last stage reached once it has ended.
     #[serde(default)]
@@ -103,7 +121,10 @@ impl RunRecord {
 /// A run's current stage, out of `total`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct RunProgress {
+    /// What it is doing.
     pub stage: String,
+    /// Steps done.
     pub done: u64,
+    /// Steps in all.
     pub total: u64,
 }

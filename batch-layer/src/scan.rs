@@ -3,7 +3,7 @@
 //!
 //! A run needs, besides the view's states, how many events it read and the newest event
 //! time among them (the batch half of the watermark). Those are taken from the rows as
-//! they stream past ([`MeterExec`]) rather than by a second scan of the master table;
+//! they stream past (`MeterExec`) rather than by a second scan of the master table;
 //! the view's own `WHERE` stays above the meter (filters are not pushed into this
 //! table), so every event in range is counted, kept by the view or not.
 
@@ -35,10 +35,13 @@ use tributary_core::schema::{INGEST_TS, newest_watermark_time};
 /// rows on both sides (read through the filter). Files wholly outside are left out.
 #[derive(Debug, Default)]
 pub struct RangeFiles {
+    /// Files wholly inside the range.
     pub inside: Vec<String>,
+    /// Files that may hold rows on both sides of an end of the range.
     pub edge: Vec<String>,
 }
 
+/// Split `table`'s files for a run over `_ingest_ts` in `[from, cutoff)` (`from` none: from the start).
 pub fn range_files(
     table: &deltalake::DeltaTable,
     from: Option<i64>,

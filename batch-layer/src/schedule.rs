@@ -12,6 +12,7 @@ use crate::error::BatchError;
 use crate::recompute::Batch;
 use crate::run::RunKind;
 
+/// Run incremental recomputes of every view on `schedule` until `shutdown`.
 pub async fn run(
     batch: Arc<Batch>,
     schedule: Schedule,

@@ -30,6 +30,7 @@ use tributary_core::view::{CompiledView, session};
 
 use crate::error::BatchError;
 
+/// The Delta `txn` app id whose version is the batch view's cutoff (microseconds).
 pub const CUTOFF_APP_ID: &str = "tributary-cutoff";
 /// The newest event time below the cutoff rides along the same way (version = micros).
 pub const MAX_EVENT_TS_APP_ID: &str = "tributary-max-event-ts";
@@ -60,7 +61,9 @@ pub fn definition_hash(
 pub struct BatchView {
     /// Every event with `_ingest_ts` below this is in `states`, and no other.
     pub cutoff: i64,
+    /// The batch-view table's version the states were read at.
     pub version: i64,
+    /// The states, in the view's state schema.
     pub states: Vec<RecordBatch>,
     /// Newest event time among the events below the cutoff.
     pub max_event_ts: Option<i64>,
@@ -159,6 +162,7 @@ fn day_filter(days: &[i32]) -> Expr {
 /// What a batch-view write committed.
 #[derive(Debug, Clone, Copy)]
 pub struct Written {
+    /// The version committed.
     pub version: i64,
     /// Data files the commit added.
     pub files: u64,
@@ -243,9 +247,13 @@ async fn files_added(table: &deltalake::DeltaTable) -> u64 {
 /// What a batch-view commit records beside the states.
 #[derive(Debug, Clone, Copy)]
 pub struct Stamp<'a> {
+    /// The cutoff the states cover up to.
     pub cutoff: i64,
+    /// Newest event time below the cutoff.
     pub max_event_ts: Option<i64>,
+    /// [`definition_hash`] of the view that computed the states.
     pub definition: i64,
+    /// The run that wrote them.
     pub run_id: &'a str,
     /// `full` or `incremental`.
     pub kind: &'a str,
@@ -297,9 +305,13 @@ async fn load_table(
 /// What the latest commit of a batch-view table says about its states.
 #[derive(Debug, Clone, Copy)]
 pub struct Head {
+    /// The latest version.
     pub version: i64,
+    /// Its cutoff.
     pub cutoff: i64,
+    /// Newest event time below the cutoff.
     pub max_event_ts: Option<i64>,
+    /// [`definition_hash`] of what computed the states (`None` for tables written before it was kept).
     pub definition: Option<i64>,
     /// Partitioned by [`WINDOW_DAY`], so a run can replace some days only.
     pub by_day: bool,

@@ -33,6 +33,7 @@ pub async fn exists(url: &Url) -> DeltaResult<bool> {
 /// A past state of a table: a Delta version, or the latest version at a time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AsOf {
+    /// A Delta version number.
     Version(u64),
     /// RFC 3339.
     Time(String),

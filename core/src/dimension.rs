@@ -24,10 +24,14 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// Schema metadata key that marks a dimension table's scan inside a view's plan.
 pub const DIMENSION_KEY: &str = "tributary.dimension";
 
+/// A dimension table as the pipeline declares it.
 #[derive(Debug)]
 pub struct DimensionTable {
+    /// The name views join with.
     pub name: String,
+    /// Where the file or table lives (resolved against the storage root).
     pub path: PathBuf,
+    /// How to read it.
     pub format: DimensionFormat,
     /// The schema of the first load; a reload must keep it.
     pub schema: SchemaRef,

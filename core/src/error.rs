@@ -2,40 +2,73 @@
 
 use thiserror::Error;
 
+/// A result whose error is the core crate's.
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;
 
+/// What can go wrong in the shared core: configuration, views, the log, tables.
 #[derive(Debug, Error)]
 pub enum CoreError {
     /// Configuration that cannot be used; names where it came from and which key.
     #[error("configuration error in {source_name}{}: {message}", key_suffix(.key))]
     Config {
+        /// The file (or `embedded default`) the configuration came from.
         source_name: String,
+        /// The key at fault (empty when the file as a whole is).
         key: String,
+        /// What is wrong and what was expected.
         message: String,
     },
+    /// A view's SQL or plan cannot be used.
     #[error("view `{view}`: {message}")]
-    View { view: String, message: String },
+    View {
+        /// The view's name.
+        view: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// No stream of this name is configured.
     #[error("unknown stream `{0}`")]
     UnknownStream(String),
+    /// No view of this name is configured.
     #[error("unknown view `{0}`")]
     UnknownView(String),
     /// States whose layout is not the view's (another version of its SQL wrote them).
     #[error("states of another shape: {0}")]
     StateShape(String),
+    /// The event log refused a request (a bad partition, a record it cannot hold).
     #[error("event log: {0}")]
     Log(String),
+    /// The event log cannot be reached now; retrying later may succeed.
     #[error("event log is unavailable: {0}")]
     LogUnavailable(String),
+    /// A Delta or dimension table could not be opened, read or written.
     #[error("table `{path}`: {message}")]
-    Table { path: String, message: String },
+    Table {
+        /// Where the table lives.
+        path: String,
+        /// What failed.
+        message: String,
+    },
     /// The dead-letter table of a stream could not be read or written.
     #[error("dead-letter table for `{stream}`: {message}")]
-    DeadLetter { stream: String, message: String },
+    DeadLetter {
+        /// The stream whose letters these are.
+        stream: String,
+        /// What failed.
+        message: String,
+    },
     /// The local spool that holds dead letters until they reach Delta.
     #[error("dead-letter spool {path}: {message}")]
-    DeadLetterSpool { path: String, message: String },
+    DeadLetterSpool {
+        /// The spool file or folder.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+    /// DataFusion failed planning or running a plan.
     #[error("query engine: {0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
+    /// Arrow failed building or converting data.
     #[error("arrow: {0}")]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
 }

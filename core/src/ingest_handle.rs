@@ -15,7 +15,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Per-stream counters, updated by ingest as requests are answered.
 #[derive(Debug, Default)]
 pub struct StreamCounters {
+    /// Records accepted into the log.
     pub accepted: AtomicU64,
+    /// Records refused (each a dead letter).
     pub rejected: AtomicU64,
     /// Rejected records whose dead letter could not be stored.
     pub dead_letter_failures: AtomicU64,
@@ -24,12 +26,16 @@ pub struct StreamCounters {
 /// A point-in-time copy of [`StreamCounters`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct CounterValues {
+    /// Records accepted into the log.
     pub accepted: u64,
+    /// Records refused.
     pub rejected: u64,
+    /// Refused records whose dead letter could not be stored.
     pub dead_letter_failures: u64,
 }
 
 impl StreamCounters {
+    /// The counters now.
     pub fn values(&self) -> CounterValues {
         CounterValues {
             accepted: self.accepted.load(Ordering::Relaxed),

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize, Serializer};
 pub struct Secret(String);
 
 impl Secret {
+    /// Wrap a secret value.
     pub fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }
@@ -49,10 +50,14 @@ impl Serialize for Secret {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Protocol {
+    /// No TLS, no SASL.
     #[default]
     Plaintext,
+    /// TLS.
     Ssl,
+    /// SASL without TLS.
     SaslPlaintext,
+    /// SASL over TLS.
     SaslSsl,
 }
 
@@ -78,12 +83,16 @@ impl Protocol {
 /// SASL mechanisms librdkafka has built in (no Kerberos library is linked).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub enum Mechanism {
+    /// User name and password in the clear (use with `sasl-ssl`).
     #[serde(rename = "PLAIN")]
     Plain,
+    /// SCRAM with SHA-256.
     #[serde(rename = "SCRAM-SHA-256")]
     ScramSha256,
+    /// SCRAM with SHA-512.
     #[serde(rename = "SCRAM-SHA-512")]
     ScramSha512,
+    /// OAuth bearer tokens, as librdkafka obtains them.
     #[serde(rename = "OAUTHBEARER")]
     OAuthBearer,
 }
@@ -99,6 +108,7 @@ impl Mechanism {
     }
 }
 
+/// `[log.security]`: TLS and SASL settings for the Kafka client, passed to librdkafka.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct KafkaSecurity {
@@ -123,6 +133,7 @@ pub struct KafkaSecurity {
     /// `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` or `OAUTHBEARER` (SASL protocols).
     #[serde(default)]
     pub sasl_mechanism: Option<Mechanism>,
+    /// The SASL user name.
     #[serde(default)]
     pub sasl_username: Option<String>,
     /// From the environment: `TRIBUTARY_LOG__SECURITY__SASL_PASSWORD`.

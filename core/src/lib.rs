@@ -4,6 +4,8 @@
 //! and record validation, dead letters and Delta table access, the compilation of a view's SQL into a partial and a final
 //! plan, the event-log trait, the storage layout, and the named-task shutdown helper.
 
+#![warn(missing_docs)]
+
 pub mod cloud;
 pub mod config;
 pub mod dead_letter;

@@ -12,6 +12,7 @@ use crate::error::Result;
 /// One record read back from the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogRecord {
+    /// The record's offset in its partition.
     pub offset: u64,
     /// Microseconds since the epoch, non-decreasing within a partition.
     pub ingest_ts: i64,
@@ -22,14 +23,18 @@ pub struct LogRecord {
 /// A record to append: its JSON, and the stream's key field (Kafka record key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRecord {
+    /// The Kafka record key (the stream's key field), if the stream has one.
     pub key: Option<Vec<u8>>,
+    /// The record as JSON bytes.
     pub payload: Vec<u8>,
 }
 
 /// A consumer-group assignment (see [`EventLog::assignment`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
+    /// The partitions this member owns.
     pub partitions: Vec<u32>,
+    /// Changes whenever the group rebalances.
     pub generation: u64,
 }
 
@@ -38,7 +43,9 @@ pub struct Assignment {
 /// (Kafka control records, Tributary's idle-partition ticks).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogBatch {
+    /// The records read, in offset order.
     pub records: Vec<LogRecord>,
+    /// Where the next read of this partition starts.
     pub next_offset: u64,
     /// Offsets at or after the read's start that the log no longer holds: retention
     /// removed them before this reader got there. Readers must say so loudly; the
@@ -49,12 +56,15 @@ pub struct LogBatch {
 /// What an append returns once the records are durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendAck {
+    /// The offset of the first record appended.
     pub first_offset: u64,
+    /// How many were appended (offsets `first_offset..first_offset + count`).
     pub count: usize,
     /// A lower bound of the records' `_ingest_ts` (the embedded log's exact stamp).
     pub ingest_ts: i64,
 }
 
+/// An append-only, partitioned event log: the embedded one or Kafka.
 #[async_trait]
 pub trait EventLog: Send + Sync + 'static {
     /// Append records to one partition; returns only once they are durable.
@@ -134,7 +144,7 @@ pub trait EventLog: Send + Sync + 'static {
     }
 }
 
-/// Run `op` until it succeeds, waiting out [`CoreError::LogUnavailable`] (a broker
+/// Run `op` until it succeeds, waiting out [`crate::CoreError::LogUnavailable`] (a broker
 /// that is down or unreachable) with backoff; other errors return at once. Returns
 /// `None` if `shutdown` fires first. Consumers use it so that an outage pauses them
 /// instead of stopping the process.

@@ -11,8 +11,11 @@ use crate::view::CompiledView;
 /// Streams and views of one configuration, validated and compiled.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
+    /// Every stream, validated.
     pub streams: Vec<StreamSchema>,
+    /// Every view, compiled for both layers.
     pub views: Vec<Arc<CompiledView>>,
+    /// Every dimension table views may join with.
     pub tables: Vec<Arc<DimensionTable>>,
 }
 
@@ -66,10 +69,12 @@ impl Pipeline {
         }
     }
 
+    /// The stream called `name`.
     pub fn stream(&self, name: &str) -> Option<&StreamSchema> {
         self.streams.iter().find(|s| s.name == name)
     }
 
+    /// The view called `name`.
     pub fn view(&self, name: &str) -> Option<&Arc<CompiledView>> {
         self.views.iter().find(|v| v.name == name)
     }

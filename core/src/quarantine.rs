@@ -17,7 +17,9 @@ use datafusion::arrow::record_batch::RecordBatch;
 /// One record a view could not process: a one-row batch as decoded, and why.
 #[derive(Debug)]
 pub struct Refused {
+    /// The record as decoded, one row in the stream's schema.
     pub row: RecordBatch,
+    /// What the view's plan said about it.
     pub error: CoreError,
 }
 

@@ -28,6 +28,7 @@ pub struct TaskSet {
 }
 
 impl TaskSet {
+    /// An empty set.
     pub fn new() -> Self {
         Self::default()
     }
@@ -46,6 +47,7 @@ impl TaskSet {
         self.tracker.len()
     }
 
+    /// Whether no task is running.
     pub fn is_empty(&self) -> bool {
         self.tracker.is_empty()
     }
@@ -66,6 +68,7 @@ pub enum StopOutcome {
 }
 
 impl Tasks {
+    /// No tasks yet.
     pub fn new() -> Self {
         Self::default()
     }

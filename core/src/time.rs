@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
+/// The time now, in microseconds since the epoch.
 pub fn now_micros() -> i64 {
     Utc::now().timestamp_micros()
 }

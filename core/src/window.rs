@@ -30,17 +30,22 @@ pub const HOP_FUNCTION: &str = "tributary_hop";
 /// The column holding a hopping window's start below the aggregate.
 pub const HOP_COLUMN: &str = "__window";
 
+/// How a view's windows tile event time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WindowKind {
+    /// Windows as wide as their step, each event in exactly one.
     Tumbling,
+    /// Windows wider than their step, each event in several (`tributary_hop`).
     Hopping,
 }
 
 /// A view's window: its kind, width and step, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct WindowSpec {
+    /// Tumbling or hopping.
     pub kind: WindowKind,
+    /// Window width.
     pub size_us: i64,
     /// Distance between window starts (equal to `size_us` for tumbling windows).
     pub slide_us: i64,
@@ -49,6 +54,7 @@ pub struct WindowSpec {
 }
 
 impl WindowSpec {
+    /// The end (exclusive) of the window starting at `start_us`.
     pub fn end(&self, start_us: i64) -> i64 {
         start_us.saturating_add(self.size_us)
     }
@@ -146,6 +152,7 @@ pub struct Hop {
 }
 
 impl Hop {
+    /// The `tributary_hop` function, to register with a session.
     pub fn udf() -> ScalarUDF {
         ScalarUDF::from(Hop {
             signature: Signature::any(3, Volatility::Immutable),

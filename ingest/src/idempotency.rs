@@ -56,15 +56,20 @@ pub enum Claim {
     Answered(IngestReport),
     /// Go ahead, skipping partitions a failed attempt already committed.
     Resume {
+        /// Partitions whose records the failed attempt appended.
         committed: BTreeSet<u32>,
+        /// Whether the failed attempt stored its dead letters.
         letters_stored: bool,
     },
 }
 
 /// What one attempt did, for [`Idempotency::settle`].
 pub struct Outcome {
+    /// Partitions whose records this attempt appended.
     pub committed: BTreeSet<u32>,
+    /// Whether it stored its dead letters.
     pub letters_stored: bool,
+    /// Its answer.
     pub result: Result<IngestReport, IngestError>,
 }
 
@@ -94,6 +99,7 @@ struct Entry {
     at: Instant,
 }
 
+/// Answers of recent requests per (stream, `Idempotency-Key`), so a retry appends nothing twice.
 pub struct Idempotency {
     window: Duration,
     max_keys: usize,
@@ -108,6 +114,7 @@ struct Inner {
 }
 
 impl Idempotency {
+    /// Keep answers for `window`, at most `max_keys` of them (the oldest forgotten first).
     pub fn new(window: Duration, max_keys: usize) -> Self {
         Idempotency {
             window,

@@ -6,6 +6,8 @@
 //! generator, and the event-log backends behind `tributary_core::log::EventLog`.
 //! An event is acknowledged only once the log holds it durably.
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod generator;
 pub mod http;

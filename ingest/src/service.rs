@@ -19,21 +19,32 @@ pub use crate::report::{IngestReport, RecordError};
 
 /// A record as it arrived: parsed, or the text that did not parse.
 pub enum RawRecord {
+    /// A JSON value.
     Parsed(Value),
-    Malformed { text: String, error: String },
+    /// A line or element that is not JSON: its text and the parser's error.
+    Malformed {
+        /// The text as it arrived.
+        text: String,
+        /// What the JSON parser said.
+        error: String,
+    },
 }
 
 /// What one request may carry (from `[http]`).
 #[derive(Debug, Clone)]
 pub struct IngestLimits {
+    /// Records per request.
     pub max_records: usize,
     /// Distinct UTC event dates per request (each is a master-table partition).
     pub max_event_dates: usize,
+    /// How long an `Idempotency-Key`'s answer is kept.
     pub idempotency_window: std::time::Duration,
+    /// How many keys' answers are kept at most.
     pub idempotency_max_keys: usize,
 }
 
 impl IngestLimits {
+    /// The limits `[http]` sets.
     pub fn from_config(http: &tributary_core::config::HttpConfig) -> Self {
         IngestLimits {
             max_records: http.max_records_per_request,
@@ -50,6 +61,7 @@ impl Default for IngestLimits {
     }
 }
 
+/// The ingest service: validates records, appends them to the log, dead-letters the rest.
 pub struct Ingest {
     streams: HashMap<String, StreamSchema>,
     log: Arc<dyn EventLog>,
@@ -62,6 +74,7 @@ pub struct Ingest {
 }
 
 impl Ingest {
+    /// Ingest for `streams` into `log`, refused records into `dead_letters`.
     pub fn new(
         streams: Vec<StreamSchema>,
         log: Arc<dyn EventLog>,
@@ -88,6 +101,7 @@ impl Ingest {
         self.limits.max_records
     }
 
+    /// Whether `stream` is configured.
     pub fn has_stream(&self, stream: &str) -> bool {
         self.streams.contains_key(stream)
     }

@@ -35,6 +35,7 @@ struct Token {
 }
 
 impl Auth {
+    /// The tokens `config` names (none: every request is let through).
     pub fn new(config: &AuthConfig) -> Self {
         Auth {
             tokens: Arc::new(
@@ -67,6 +68,7 @@ impl Auth {
         }
     }
 
+    /// Whether any token is configured.
     pub fn enabled(&self) -> bool {
         !self.tokens.is_empty()
     }

@@ -11,39 +11,65 @@ use tributary_core::CoreError;
 /// Every error answer: one sentence saying what is wrong.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
+    /// What is wrong, and what was expected where it applies.
     pub error: String,
 }
 
+/// What serving can answer with an error; [`IntoResponse`] maps each to its status once.
 #[derive(Debug, Error)]
 pub enum ServingError {
+    /// No view of this name.
     #[error("unknown view `{0}`")]
     UnknownView(String),
+    /// No batch run of this id in the history.
     #[error("unknown batch run `{0}`")]
     UnknownRun(String),
+    /// No stream of this name.
     #[error("unknown stream `{0}`")]
     UnknownStream(String),
     #[error("query parameter `{param}`: {reason}")]
-    BadParameter { param: String, reason: String },
+    /// A query parameter that cannot be used.
+    BadParameter {
+        /// The parameter's name.
+        param: String,
+        /// What was expected.
+        reason: String,
+    },
+    /// The batch layer failed (starting or reading a run).
     #[error(transparent)]
     Batch(#[from] BatchError),
     #[error("view `{view}`: {source}")]
-    Query { view: String, source: CoreError },
+    /// Merging a view's states failed.
+    Query {
+        /// The view.
+        view: String,
+        /// The failure.
+        source: CoreError,
+    },
     #[error("cannot bind {addr}: {source}")]
+    /// The listener could not be opened.
     Bind {
+        /// The address asked for.
         addr: String,
+        /// Why it could not be bound.
         #[source]
         source: std::io::Error,
     },
     #[error("http.tls-cert {} / http.tls-key {}: {source}", cert.display(), key.display())]
+    /// The TLS certificate or key could not be loaded.
     Tls {
+        /// The certificate file.
         cert: std::path::PathBuf,
+        /// The key file.
         key: std::path::PathBuf,
+        /// Why loading failed.
         #[source]
         source: std::io::Error,
     },
     /// The HTTP server's socket failed while serving.
     #[error("serving HTTP: {0}")]
     Io(#[source] std::io::Error),
+    /// The HTTP server stopped with an error.
     #[error("server: {0}")]
     Server(String),
     /// The query engine failed where no user input is at fault.
@@ -52,7 +78,9 @@ pub enum ServingError {
     /// A stored Delta table could not be opened or read.
     #[error("{what}: {source}")]
     Table {
+        /// What was being read.
         what: String,
+        /// The failure.
         #[source]
         source: deltalake::DeltaTableError,
     },
@@ -63,10 +91,18 @@ pub enum ServingError {
     #[error("forbidden: {0}")]
     Forbidden(String),
     #[error("the query needed more than its memory limit of {limit_mb} MB ({detail})")]
-    SqlMemory { limit_mb: usize, detail: String },
+    /// A SQL query ran out of its memory budget (`sql.memory-limit-mb`).
+    SqlMemory {
+        /// The budget.
+        limit_mb: usize,
+        /// What the engine said.
+        detail: String,
+    },
     #[error("the query ran past its time limit of {0} ms and was cancelled")]
+    /// A SQL query ran past `sql.timeout-ms`.
     SqlTimeout(u64),
     #[error("{0}")]
+    /// A SQL answer larger than the endpoint returns.
     SqlAnswerTooLarge(String),
     /// A limit on concurrent clients is reached; retrying later may succeed.
     #[error("{0}")]
@@ -77,7 +113,9 @@ pub enum ServingError {
     /// A dead-letter replay that failed part way (the letters stay where they were).
     #[error("replaying the dead letters of `{stream}`: {source}")]
     Replay {
+        /// The stream.
         stream: String,
+        /// Why it stopped.
         #[source]
         source: tributary_core::ingest_handle::BoxError,
     },
@@ -87,6 +125,7 @@ pub enum ServingError {
 }
 
 impl ServingError {
+    /// A bad query parameter `param`, and what was expected.
     pub fn bad(param: &str, reason: impl Into<String>) -> Self {
         ServingError::BadParameter {
             param: param.to_string(),

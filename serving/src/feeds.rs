@@ -14,6 +14,7 @@ use tributary_core::shutdown::TaskSet;
 pub enum Frame {
     /// The answer, serialised once for every client.
     View(String),
+    /// The answer could not be computed: the error's message.
     Error(String),
 }
 
@@ -32,6 +33,7 @@ pub struct LiveFeeds {
 }
 
 impl LiveFeeds {
+    /// Feeds for at most `max_clients` live clients, their tasks in `tasks`.
     pub fn new(max_clients: usize, tasks: TaskSet) -> Self {
         LiveFeeds {
             tasks,

@@ -5,6 +5,8 @@
 //! [`dead_letters`], [`sql`], [`ops`]), live
 //! push ([`live`]), and the HTTP server that also hosts ingest and the dashboard.
 
+#![warn(missing_docs)]
+
 pub mod auth;
 mod connections;
 pub mod dead_letters;

@@ -24,6 +24,7 @@ use tributary_core::shutdown::TaskSet;
     responses((status = 200, description = "Server-sent events: the answer on every change", content_type = "text/event-stream", body = String),
               (status = 400, description = "A malformed parameter, named", body = crate::error::ErrorBody),
               (status = 404, description = "No such view", body = crate::error::ErrorBody)))]
+/// Server-sent events: the view's merged answer, again on every change.
 pub async fn live_view(
     State(state): State<AppState>,
     Path(view): Path<String>,

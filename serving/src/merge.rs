@@ -38,7 +38,9 @@ pub struct ViewQuery {
     pub keys: Vec<(String, Vec<String>)>,
     /// Column to order by and whether descending; default window, then keys.
     pub order: Option<(String, bool)>,
+    /// Rows to skip, after ordering.
     pub offset: usize,
+    /// Most rows to return.
     pub limit: Option<usize>,
     /// Whether rows carry `_source` and `complete` beside their values.
     pub meta: bool,
@@ -61,8 +63,10 @@ impl Default for ViewQuery {
     }
 }
 
+/// A view's merged answer, as the API returns it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ViewAnswer {
+    /// The view's name.
     pub view: String,
     /// Batch cutoff T: events ingested before it come from the batch layer.
     pub cutoff: Option<String>,
@@ -75,6 +79,7 @@ pub struct ViewAnswer {
     pub speed_position: Option<String>,
     /// Age of the speed layer's position, in milliseconds.
     pub freshness_ms: Option<i64>,
+    /// The batch-view table's version the batch states were read at.
     pub batch_version: Option<i64>,
     /// Rows matching the filters, before `offset` and `limit`.
     pub total_rows: usize,
@@ -88,12 +93,17 @@ pub struct ViewAnswer {
 
 /// A view's merged rows and their sources.
 pub struct Merged {
+    /// The view.
     pub view: Arc<CompiledView>,
+    /// The merged rows: the final plan over batch and speed states, with `_src`.
     pub rows: Vec<RecordBatch>,
+    /// The batch states used, when a batch run has committed some.
     pub batch: Option<Arc<BatchView>>,
+    /// The speed states used.
     pub speed: tributary_speed::Snapshot,
 }
 
+/// Merges each view's batch states with its speed states into one exact answer.
 pub struct Merger {
     pipeline: Pipeline,
     storage: Storage,
@@ -107,6 +117,7 @@ pub struct Merger {
 type MergeKey = (Option<i64>, u64);
 
 impl Merger {
+    /// A merger over `pipeline`'s views, starting from the batch views `loaded` at start.
     pub fn new(
         pipeline: Pipeline,
         storage: Storage,
@@ -122,14 +133,17 @@ impl Merger {
         }
     }
 
+    /// The pipeline it serves.
     pub fn pipeline(&self) -> &Pipeline {
         &self.pipeline
     }
 
+    /// The storage its tables are in.
     pub fn storage(&self) -> &Storage {
         &self.storage
     }
 
+    /// The speed layer it reads.
     pub fn speed(&self) -> &Arc<dyn SpeedSource> {
         &self.speed
     }
@@ -223,6 +237,7 @@ impl Merger {
         })
     }
 
+    /// The merged answer of `view_name`, filtered, ordered and paged as `q` asks.
     pub async fn query(&self, view_name: &str, q: &ViewQuery) -> Result<ViewAnswer, ServingError> {
         if let Some(at) = &q.as_of {
             return self.query_as_of(view_name, q, at).await;

@@ -47,6 +47,7 @@ fn post_events() {}
     ),
     modifiers(&Security),
 )]
+/// The OpenAPI document of the REST API (served at `/api/v1/openapi.json`).
 pub struct ApiDoc;
 
 struct Security;

@@ -386,6 +386,7 @@ impl Sheet {
 #[utoipa::path(get, path = "/health", tag = "operations",
     responses((status = 200, description = "Every role up", body = Object),
               (status = 503, description = "A role is down", body = Object)))]
+/// Whether every role of this process is up.
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     health_of(&state.roles)
 }
@@ -417,6 +418,7 @@ pub fn health_of(roles: &[(String, Arc<AtomicBool>)]) -> impl IntoResponse + use
 
 #[utoipa::path(get, path = "/api/v1/speed/stats", tag = "operations",
     responses((status = 200, description = "Speed-layer progress per stream and view", body = Object)))]
+/// The speed layer's progress per stream and view.
 pub async fn speed_stats(State(state): State<AppState>) -> Result<Json<Value>, ServingError> {
     let stats = speed_stats_of(&state).await?;
     Ok(Json(json!(stats)))

@@ -15,6 +15,7 @@ use crate::state::AppState;
 
 #[utoipa::path(get, path = "/api/v1/batch/runs", tag = "batch",
     responses((status = 200, description = "Run history, newest first", body = Object)))]
+/// The batch-run history, newest first.
 pub async fn list_runs(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "runs": state.batch.history() }))
 }
@@ -23,6 +24,7 @@ pub async fn list_runs(State(state): State<AppState>) -> Json<Value> {
     params(("id" = String, Path, description = "Run id")),
     responses((status = 200, description = "One run", body = Object),
               (status = 404, description = "No such run", body = ErrorBody)))]
+/// One batch run.
 pub async fn get_run(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -37,6 +37,7 @@ use crate::sql_tables::Tables;
 use crate::state::AppState;
 use tributary_core::delta::AsOf;
 
+/// A query for the read-only SQL endpoint.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SqlRequest {
@@ -63,8 +64,11 @@ impl SqlRequest {
 
 /// A finished query.
 pub struct SqlResult {
+    /// The answer's schema.
     pub schema: SchemaRef,
+    /// The answer's rows.
     pub batches: Vec<RecordBatch>,
+    /// How long the query took.
     pub elapsed: Duration,
     /// More rows followed than `sql.max-rows`; they were not computed.
     pub truncated: bool,

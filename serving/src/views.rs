@@ -15,6 +15,7 @@ use crate::state::AppState;
 
 #[utoipa::path(get, path = "/api/v1/views", tag = "views",
     responses((status = 200, description = "Every view: SQL, keys, window, values, schema, cutoff", body = Object)))]
+/// Every view: its SQL, keys, window, values, schema and cutoff.
 pub async fn list_views(State(state): State<AppState>) -> Json<Value> {
     let mut batches = HashMap::new();
     for v in &state.merger.pipeline().views {
@@ -70,6 +71,7 @@ pub async fn list_views(State(state): State<AppState>) -> Json<Value> {
     responses((status = 200, description = "The merged answer", body = crate::merge::ViewAnswer),
               (status = 400, description = "A malformed parameter, named", body = ErrorBody),
               (status = 404, description = "No such view", body = ErrorBody)))]
+/// A view's merged answer: batch and speed states combined, every event once.
 pub async fn get_view(
     State(state): State<AppState>,
     Path(view): Path<String>,

@@ -15,12 +15,15 @@ use crate::dedup::Deduplicator;
 /// Below this many records a micro-batch is decoded on the calling thread.
 const PARALLEL_FROM: usize = 4096;
 
+/// One micro-batch decoded: state-ready batches per `_ingest_ts` bucket, and what was dropped.
 #[derive(Debug, Default)]
 pub struct Decoded {
     /// Per bucket, one batch per partition that had records in it, in the master
     /// layout (the view schema's columns first, then `_partition`, `_offset`, ...).
     pub buckets: BTreeMap<i64, Vec<RecordBatch>>,
+    /// Records that did not validate.
     pub invalid: u64,
+    /// Records dropped as repeats under the stream's dedup rule.
     pub duplicates: u64,
 }
 

@@ -9,6 +9,7 @@ use tributary_core::schema::DedupSpec;
 /// Forget ids this many records after the last sweep at the earliest.
 const SWEEP_EVERY: usize = 100_000;
 
+/// The speed layer's side of a stream's dedup rule: the last ingest time of each recent id per partition.
 #[derive(Debug)]
 pub struct Deduplicator {
     spec: DedupSpec,
@@ -23,6 +24,7 @@ pub struct Deduplicator {
 }
 
 impl Deduplicator {
+    /// A deduplicator for `spec`, holding no ids yet.
     pub fn new(spec: DedupSpec) -> Self {
         Deduplicator {
             spec,
@@ -65,6 +67,7 @@ impl Deduplicator {
         self.last_seen.len()
     }
 
+    /// Whether no id is held.
     pub fn is_empty(&self) -> bool {
         self.last_seen.is_empty()
     }

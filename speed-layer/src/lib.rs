@@ -7,6 +7,8 @@
 //! covers. It is disposable: on start it rebuilds from the log, starting at the batch
 //! cutoff.
 
+#![warn(missing_docs)]
+
 mod consume;
 pub mod decode;
 pub mod dedup;
@@ -37,16 +39,27 @@ pub use dedup::Deduplicator;
 pub use source::{Snapshot, SpeedSource};
 pub use store::{SpeedSnapshot, StateStore, ViewStats, ViewStore};
 
+/// Why the speed layer stopped.
 #[derive(Debug, Error)]
 pub enum SpeedError {
+    /// A partition of a stream could not be read from the log.
     #[error("reading stream `{stream}` partition {partition}: {source}")]
     Read {
+        /// The stream.
         stream: String,
+        /// The partition.
         partition: u32,
+        /// What the log said.
         source: CoreError,
     },
+    /// A view's partial plan could not be set up or run.
     #[error("view `{view}`: {source}")]
-    View { view: String, source: CoreError },
+    View {
+        /// The view.
+        view: String,
+        /// What failed.
+        source: CoreError,
+    },
 }
 
 impl SpeedError {
@@ -67,11 +80,15 @@ pub const SPEED_GROUP: &str = "tributary-speed";
 pub struct StreamProgress {
     /// Newest `_ingest_ts` processed.
     pub ingest_ts: AtomicI64,
+    /// Events read since start.
     pub events: AtomicU64,
+    /// Records that did not validate against the stream's schema.
     pub invalid: AtomicU64,
     /// Records counted once already under the stream's dedup rule.
     pub duplicates: AtomicU64,
+    /// Events in the last micro-batch.
     pub last_batch_events: AtomicU64,
+    /// How long the last micro-batch took, in microseconds.
     pub last_batch_micros: AtomicU64,
     /// Records in the log not yet read, over all partitions (sampled each second).
     pub lag: AtomicU64,
@@ -81,9 +98,12 @@ pub struct StreamProgress {
     pub events_per_second: AtomicU64,
 }
 
+/// The speed layer's figures: per stream and per view.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SpeedStats {
+    /// Per stream, by name.
     pub streams: BTreeMap<String, StreamStats>,
+    /// Per view.
     pub views: Vec<ViewStats>,
     /// How long the layer took from its start to reach the end of the log (rebuilding
     /// its states from the batch cutoff); `None` while it is still catching up.
@@ -93,24 +113,34 @@ pub struct SpeedStats {
     pub restored_from_snapshot: bool,
 }
 
+/// One stream's figures, as [`StreamProgress`] holds them at one moment.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct StreamStats {
+    /// Newest `_ingest_ts` processed (microseconds).
     pub ingest_ts: i64,
+    /// Events read since start.
     pub events: u64,
+    /// Records that did not validate.
     pub invalid: u64,
+    /// Records counted once already under the stream's dedup rule.
     pub duplicates: u64,
+    /// Events in the last micro-batch.
     pub last_batch_events: u64,
+    /// How long the last micro-batch took, in microseconds.
     pub last_batch_micros: u64,
+    /// Records in the log not yet read, over all partitions.
     pub lag: u64,
     /// Lag per partition, in partition order.
     #[serde(default)]
     pub lag_by_partition: Vec<u64>,
+    /// Events read per second over the last sampling interval.
     pub events_per_second: u64,
 }
 
 /// A handle on a running speed layer: its states and progress.
 #[derive(Debug, Clone)]
 pub struct SpeedLayer {
+    /// Every view's states.
     pub store: StateStore,
     progress: Arc<HashMap<String, StreamProgress>>,
     segment_width: i64,
@@ -156,6 +186,7 @@ impl SpeedLayer {
             .filter(|t| *t > 0)
     }
 
+    /// The layer's figures now.
     pub fn stats(&self) -> SpeedStats {
         SpeedStats {
             streams: self
@@ -285,7 +316,8 @@ fn dead_letter(
         return;
     };
     let (stream, view) = (stream.to_string(), view.to_string());
-    tokio::spawn(async move {
+    let writer = sink.clone();
+    writer.spawn_write(async move {
         let mut letters = Vec::with_capacity(refused.len());
         for r in refused {
             let position = |name: &str| {

@@ -7,6 +7,7 @@ use crate::SpeedStats;
 use crate::server::{INGEST_POSITION, MAX_EVENT_TS, SEGMENTS};
 use crate::source::{Snapshot, SpeedSource, from_ipc};
 
+/// A speed layer in another process, reached over its HTTP API (what `tributary serve` uses).
 pub struct RemoteSpeed {
     base: String,
     client: reqwest::Client,

@@ -14,8 +14,11 @@ use serde_json::json;
 use crate::SpeedLayer;
 use crate::source::{SpeedSource, to_ipc};
 
+/// Response header: the view's newest event time (microseconds), absent when none.
 pub const MAX_EVENT_TS: &str = "x-tributary-max-event-ts";
+/// Response header: the newest `_ingest_ts` processed from the view's stream.
 pub const INGEST_POSITION: &str = "x-tributary-ingest-position";
+/// Response header: how many segments the states came from.
 pub const SEGMENTS: &str = "x-tributary-segments";
 
 /// `GET /internal/v1/views/{view}/states?cutoff=T`, `POST …/release?cutoff=T`,

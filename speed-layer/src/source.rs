@@ -15,11 +15,13 @@ use crate::{SpeedLayer, SpeedStats};
 /// A view's speed states at or above a cutoff, and how far the speed layer has got.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
+    /// The states, in the view's state schema.
     pub states: Vec<RecordBatch>,
     /// Newest event time seen for the view.
     pub max_event_ts: Option<i64>,
     /// Newest `_ingest_ts` processed from the view's stream.
     pub ingest_position: Option<i64>,
+    /// How many segments the states came from.
     pub segments: usize,
     /// Identifies the states exactly (same generation, same states), when known: lets
     /// serving reuse a merged answer.
@@ -33,6 +35,7 @@ pub trait SpeedSource: Send + Sync {
     async fn snapshot(&self, view: &str, cutoff: i64) -> Result<Snapshot, CoreError>;
     /// Serving now answers from a batch view at `cutoff`: segments below it can go.
     async fn release(&self, view: &str, cutoff: i64) -> Result<(), CoreError>;
+    /// The speed layer's figures.
     async fn stats(&self) -> Result<SpeedStats, CoreError>;
 }
 
@@ -75,6 +78,7 @@ pub fn to_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, Co
     Ok(writer.into_inner()?)
 }
 
+/// Read state batches written by [`to_ipc`].
 pub fn from_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>, CoreError> {
     let reader = StreamReader::try_new(Cursor::new(bytes), None)?;
     Ok(reader.collect::<Result<Vec<_>, _>>()?)

@@ -15,14 +15,19 @@ use tributary_core::view::CompiledView;
 /// Compact a segment once it holds this many state batches.
 pub const COMPACT_AFTER: usize = 8;
 
+/// The partial states of one `_ingest_ts` bucket of a view.
 #[derive(Debug, Default, Clone)]
 pub struct Segment {
+    /// State batches in the view's state schema, not yet compacted into one.
     pub states: Vec<RecordBatch>,
+    /// Events that went into these states.
     pub events: u64,
 }
 
+/// One view's segments, cutoff and counters, behind one lock.
 #[derive(Debug)]
 pub struct ViewStore {
+    /// The compiled view whose partial plan made these states.
     pub view: Arc<CompiledView>,
     inner: RwLock<ViewInner>,
 }
@@ -56,6 +61,7 @@ pub const FAILED_AFTER: u32 = 3;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ViewState {
+    /// Every record of the last micro-batch was processed.
     Running,
     /// Running, but some records were quarantined.
     Degraded,
@@ -68,28 +74,44 @@ pub enum ViewState {
 pub struct SpeedSnapshot {
     /// The store's generation when the states were taken.
     pub generation: u64,
+    /// States of every segment at or above the cutoff asked for.
     pub states: Vec<RecordBatch>,
+    /// Newest event time the store has seen (microseconds), for the watermark.
     pub max_event_ts: Option<i64>,
+    /// How many segments the states came from.
     pub segments: usize,
 }
 
+/// One view's speed-layer figures, for status and metrics.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ViewStats {
+    /// The view's name.
     pub view: String,
+    /// Segments held (one per `_ingest_ts` bucket at or above the cutoff).
     pub segments: usize,
+    /// State rows over all segments.
     pub state_rows: usize,
+    /// Memory the state batches take, in bytes.
     pub state_bytes: usize,
+    /// Events that went into the states since start.
     pub events: u64,
+    /// Events read below the batch cutoff (the batch layer's), not counted here.
     pub ignored_below_cutoff: u64,
+    /// The batch cutoff the store holds states above (`_ingest_ts`, microseconds).
     pub cutoff: i64,
+    /// Newest event time seen (microseconds).
     pub max_event_ts: Option<i64>,
     /// Newest event time seen minus the view's allowed lateness.
     pub watermark: Option<i64>,
+    /// Events that updated a window the watermark had already closed.
     pub late_events: u64,
+    /// Records the view could not process (quarantined, dead-lettered).
     #[serde(default)]
     pub quarantined: u64,
+    /// The view's health.
     #[serde(default = "running")]
     pub state: ViewState,
+    /// The newest error the view met on a record.
     #[serde(default)]
     pub last_error: Option<String>,
 }
@@ -118,6 +140,7 @@ impl ViewStore {
         inner.failing_batches = 0;
     }
 
+    /// An empty store for `view`, holding states at or above `cutoff`.
     pub fn new(view: Arc<CompiledView>, cutoff: i64) -> Self {
         ViewStore {
             view,
@@ -128,6 +151,7 @@ impl ViewStore {
         }
     }
 
+    /// The batch cutoff: events below it belong to the batch layer.
     pub fn cutoff(&self) -> i64 {
         self.inner.read().expect("store lock").cutoff
     }
@@ -249,6 +273,7 @@ impl ViewStore {
         }
     }
 
+    /// The view's figures now.
     pub fn stats(&self) -> ViewStats {
         let inner = self.inner.read().expect("store lock");
         let mut state_rows = 0;
@@ -290,6 +315,8 @@ pub struct StateStore {
 }
 
 impl StateStore {
+    /// A store per view, each starting at its batch cutoff (all events are the speed
+    /// layer's when no batch run has committed one).
     pub fn new(views: &[Arc<CompiledView>], cutoffs: &HashMap<String, i64>) -> Self {
         let map = views
             .iter()
@@ -303,10 +330,12 @@ impl StateStore {
         }
     }
 
+    /// The store of view `name`.
     pub fn view(&self, name: &str) -> Option<&Arc<ViewStore>> {
         self.views.get(name)
     }
 
+    /// Every view's store.
     pub fn views(&self) -> impl Iterator<Item = &Arc<ViewStore>> {
         self.views.values()
     }

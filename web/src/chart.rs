@@ -22,14 +22,18 @@ const MAX_MARKERS: usize = 400;
 pub struct Point {
     /// Window start, microseconds since the epoch.
     pub x: i64,
+    /// The value.
     pub y: f64,
     /// `batch`, `speed` or `both`.
     pub source: String,
+    /// Whether the watermark has passed the window's end.
     pub complete: bool,
 }
 
+/// One line of a chart: a key's values over windows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {
+    /// The key (or value column) the line shows.
     pub label: String,
     /// Sorted by `x`.
     pub points: Vec<Point>,
@@ -110,7 +114,12 @@ fn runs(points: &[Point]) -> Vec<(String, Vec<&Point>)> {
 
 /// A time-series chart of several series (one per key).
 #[component]
-pub fn TimeChart(series: Vec<Series>, id: &'static str) -> impl IntoView {
+pub fn TimeChart(
+    /// The lines to draw.
+    series: Vec<Series>,
+    /// The chart element's id (tests find it by it).
+    id: &'static str,
+) -> impl IntoView {
     let total: usize = series.iter().map(|s| s.points.len()).sum();
     let Some(scale) = Scale::of(&series) else {
         return view! { <div id=id class="chart empty" data-points="0">"No windows in this range yet."</div> }
@@ -211,7 +220,14 @@ pub fn TimeChart(series: Vec<Series>, id: &'static str) -> impl IntoView {
 
 /// Bars for labelled values (SQL results).
 #[component]
-pub fn BarChart(labels: Vec<String>, values: Vec<f64>, id: &'static str) -> impl IntoView {
+pub fn BarChart(
+    /// A label per bar.
+    labels: Vec<String>,
+    /// A value per bar.
+    values: Vec<f64>,
+    /// The chart element's id.
+    id: &'static str,
+) -> impl IntoView {
     let n = values.len().max(1) as f64;
     let max = values.iter().cloned().fold(0.0_f64, f64::max).max(1e-12);
     let min = values.iter().cloned().fold(0.0_f64, f64::min);
@@ -254,7 +270,10 @@ pub fn BarChart(labels: Vec<String>, values: Vec<f64>, id: &'static str) -> impl
 
 /// A small line of recent values, newest on the right.
 #[component]
-pub fn Sparkline(values: Vec<f64>) -> impl IntoView {
+pub fn Sparkline(
+    /// The values, oldest first.
+    values: Vec<f64>,
+) -> impl IntoView {
     let (w, h) = (120.0, 28.0);
     let max = values.iter().cloned().fold(f64::MIN, f64::max);
     let min = values.iter().cloned().fold(f64::MAX, f64::min).min(0.0);

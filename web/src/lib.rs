@@ -7,6 +7,7 @@
 //! their updates from the serving layer's server-sent events (views, status) and send
 //! actions (recompute, SQL, replay) with `fetch` — no page reloads.
 
+#![warn(missing_docs)]
 // Leptos views are deeply nested types; the pages need more room than the default.
 #![recursion_limit = "256"]
 
@@ -29,8 +30,11 @@ pub const OUTPUT_NAME: &str = "tributary_web";
 /// What a page needs to render: identical on server and client.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Bootstrap {
+    /// The page and its first data.
     pub page: Page,
+    /// Every view, for the navigation.
     pub views: Vec<ViewInfo>,
+    /// Every stream's name, for the navigation.
     pub streams: Vec<String>,
     /// False when the browser code is missing: the page then says it is not live.
     pub live: bool,
@@ -42,28 +46,45 @@ pub struct Bootstrap {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Page {
+    /// The pipeline's health: roles, streams, views, lag.
     Overview {
+        /// `/api/v1/status`, when it could be read.
         status: Option<Value>,
     },
+    /// One view's merged answer, as a chart and a table.
     View {
+        /// The view.
         view: ViewInfo,
+        /// Its answer from the view API, when it could be read.
         answer: Option<Value>,
     },
+    /// Batch runs: history, progress, and buttons to start one.
     Batch {
+        /// The run history, newest first.
         runs: Vec<Value>,
     },
+    /// The read-only SQL console.
     Sql {
+        /// The tables a query may name.
         tables: Vec<String>,
     },
+    /// One stream: its counters, recent events and dead letters.
     Streams {
+        /// The stream's status, when it could be read.
         stream: Option<Value>,
+        /// Its most recent events.
         recent: Vec<Value>,
+        /// Its dead letters, when they could be read.
         dead_letters: Option<Value>,
     },
+    /// The token form (API tokens switched on, no session yet).
     Login {
+        /// Why the last attempt was refused.
         error: Option<String>,
     },
+    /// A path no page answers.
     NotFound {
+        /// What was not found.
         message: String,
     },
 }
@@ -81,12 +102,18 @@ impl Page {
     }
 }
 
+/// What the dashboard knows of a view to show it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ViewInfo {
+    /// The view's name.
     pub name: String,
+    /// The stream it reads.
     pub stream: String,
+    /// Its group-key columns.
     pub keys: Vec<String>,
+    /// Its window-start column.
     pub window: String,
+    /// Its aggregate columns.
     pub values: Vec<String>,
 }
 
@@ -118,6 +145,7 @@ pub fn bootstrap_json(boot: &Bootstrap) -> String {
 pub enum Conn {
     /// Rendered by the server; the browser code has not connected yet.
     Static,
+    /// Connected: answers arrive live.
     Live,
     /// The last request or live stream failed; the browser retries.
     Unreachable,
@@ -125,7 +153,10 @@ pub enum Conn {
 
 /// The whole page: header, navigation and the page's body.
 #[component]
-pub fn App(boot: Bootstrap) -> impl IntoView {
+pub fn App(
+    /// What the page starts from.
+    boot: Bootstrap,
+) -> impl IntoView {
     let conn = RwSignal::new(Conn::Static);
     provide_context(conn);
     let active = boot.page.nav_key();

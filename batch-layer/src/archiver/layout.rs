@@ -84,6 +84,7 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// The layout writes of `stream` into `table` need (nothing to merge for a new table).
     pub fn of(table: &DeltaTable, stream: &StreamSchema) -> Result<Layout, BatchError> {
         let Some(current) = table_schema(table, &stream.name)? else {
             return Ok(Layout {
@@ -124,6 +125,7 @@ impl Layout {
             .map_err(|e| BatchError::delta("master table layout", e))
     }
 
+    /// Set the write's partition columns and schema merge to this layout.
     pub fn apply(&self, write: WriteBuilder) -> WriteBuilder {
         let write = if self.dated {
             write.with_partition_columns([EVENT_DATE])

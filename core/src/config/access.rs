@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AuthConfig {
+    /// Bearer tokens and the scopes each grants.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
     /// Listen on a non-loopback address without tokens.
@@ -50,25 +51,32 @@ impl AuthConfig {
     }
 }
 
+/// One API token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct TokenConfig {
     /// Who holds it (named in refusals and logs, never the token itself).
     pub name: String,
+    /// The secret a client sends as `Authorization: Bearer …`.
     pub token: String,
+    /// What the token may do.
     pub scopes: Vec<Scope>,
 }
 
+/// What a token may do.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
+    /// Posting events.
     Ingest,
+    /// Reading views, status, runs and the SQL endpoint.
     Read,
     /// Starting batch runs; includes `ingest` and `read`.
     Admin,
 }
 
 impl Scope {
+    /// The scope's name as the configuration spells it.
     pub fn name(self) -> &'static str {
         match self {
             Scope::Ingest => "ingest",

@@ -63,9 +63,11 @@ impl Default for SqlConfig {
     }
 }
 
+/// `[http]`: where Tributary listens and what a request may carry.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct HttpConfig {
+    /// The address to listen on (`127.0.0.1:8080` by default).
     #[serde(default = "default_addr")]
     pub addr: String,
     /// Largest request body ingest accepts; larger bodies get 413.

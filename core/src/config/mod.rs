@@ -29,7 +29,9 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../../examples/iot.toml");
 /// Where a configuration came from, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigSource {
+    /// A TOML file.
     File(PathBuf),
+    /// The example built into the binary (`examples/iot.toml`).
     EmbeddedDefault,
 }
 
@@ -42,6 +44,7 @@ impl std::fmt::Display for ConfigSource {
     }
 }
 
+/// A whole Tributary configuration: one TOML file, overridden by `TRIBUTARY_…` variables.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
@@ -49,27 +52,37 @@ pub struct Config {
     /// `abfss://`/`az://`, `gs://`) with `[storage]` saying where local state goes.
     #[serde(default = "default_storage_root")]
     pub storage_root: PathBuf,
+    /// `[storage]`: local state and object-store options.
     #[serde(default)]
     pub storage: crate::storage::StorageConfig,
+    /// `[http]`: the listener, limits, TLS, CORS.
     #[serde(default)]
     pub http: HttpConfig,
+    /// `[log]`: the embedded log or Kafka.
     #[serde(default)]
     pub log: LogConfig,
+    /// `[speed]`: segments, polling, snapshots.
     #[serde(default)]
     pub speed: SpeedConfig,
+    /// `[batch]`: the archiver, schedules, retention, recompute options.
     #[serde(default)]
     pub batch: BatchConfig,
+    /// `[generator]`: the built-in IoT source.
     #[serde(default)]
     pub generator: GeneratorConfig,
+    /// `[[streams]]`: the event streams and their schemas.
     #[serde(default)]
     pub streams: Vec<StreamConfig>,
+    /// `[[views]]`: the views, one SQL each for both layers.
     #[serde(default)]
     pub views: Vec<ViewConfig>,
     /// Static dimension tables views may join with.
     #[serde(default)]
     pub tables: Vec<TableConfig>,
+    /// `[sql]`: the read-only SQL endpoint's limits.
     #[serde(default)]
     pub sql: SqlConfig,
+    /// `[auth]`: API tokens.
     #[serde(default)]
     pub auth: AuthConfig,
     /// How log lines are written to stderr: `text` for people, `json` (one object per
@@ -78,11 +91,14 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable lines.
     #[default]
     Text,
+    /// One JSON object per line.
     Json,
 }
 
@@ -90,6 +106,7 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct TableConfig {
+    /// The name views join with.
     pub name: String,
     /// Relative paths are under `storage-root`.
     pub path: PathBuf,
@@ -98,11 +115,15 @@ pub struct TableConfig {
     pub format: Option<DimensionFormat>,
 }
 
+/// The file format of a dimension table.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum DimensionFormat {
+    /// A CSV file with a header row.
     Csv,
+    /// A Parquet file.
     Parquet,
+    /// A Delta table (a directory with `_delta_log`).
     Delta,
 }
 
@@ -120,22 +141,27 @@ fn default_storage_root() -> PathBuf {
     PathBuf::from("./tributary-data")
 }
 
+/// A stream of events: its schema, event-time field, partitions and dedup rule.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct StreamConfig {
+    /// The stream's name (the `POST /streams/{name}/events` path and the SQL table name).
     pub name: String,
+    /// The fields of a record, in order.
     pub fields: Vec<FieldConfig>,
     /// The field that holds each event's event time; must be a timestamp.
     pub event_time: String,
     /// Records with the same key go to the same partition.
     #[serde(default)]
     pub key: Option<String>,
+    /// Log partitions of the stream; records with the same key share one.
     #[serde(default = "default_partitions")]
     pub partitions: u32,
     /// A field that identifies an event: a record whose id was already seen in the
     /// same partition within `dedup-horizon-ms` of ingest time counts once.
     #[serde(default)]
     pub id_field: Option<String>,
+    /// How long an id is remembered for deduplication, in ingest time.
     #[serde(default = "default_dedup_horizon_ms")]
     pub dedup_horizon_ms: u64,
     /// Longest string value a record may carry (bytes); longer ones are refused.
@@ -161,10 +187,13 @@ fn default_dedup_horizon_ms() -> u64 {
     3_600_000
 }
 
+/// One field of a stream's schema.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FieldConfig {
+    /// The field's name in the JSON record.
     pub name: String,
+    /// `string`, `int64`, `float64`, `bool` or `timestamp`.
     #[serde(rename = "type")]
     pub field_type: String,
     /// A nullable field may be missing or null; every other field is required.
@@ -172,10 +201,13 @@ pub struct FieldConfig {
     pub nullable: bool,
 }
 
+/// A view: one SQL query that both layers compute.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ViewConfig {
+    /// The view's name (its API path and SQL table name).
     pub name: String,
+    /// A windowed aggregate over one stream (and dimension tables), in DataFusion SQL.
     pub sql: String,
     /// How far behind the newest event time a window stays open: the watermark is the
     /// newest event time seen minus this, and a window is `complete` once the watermark

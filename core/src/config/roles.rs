@@ -2,17 +2,22 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Which event log the pipeline uses.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogKind {
+    /// The durable log inside the `tributary up` process (redb files under the storage root).
     #[default]
     Embedded,
+    /// An external Kafka-protocol cluster (Kafka, Redpanda, Event Hubs, tansu).
     Kafka,
 }
 
+/// `[log]`: the event log and how to reach it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct LogConfig {
+    /// The embedded log or Kafka.
     #[serde(default)]
     pub kind: LogKind,
     /// Kafka bootstrap servers (`log.kind = "kafka"`).
@@ -109,6 +114,7 @@ impl LogConfig {
     }
 }
 
+/// `[speed]`: how the speed layer reads the log and keeps its states.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct SpeedConfig {
@@ -161,6 +167,7 @@ impl Default for SpeedConfig {
     }
 }
 
+/// `[batch]`: the archiver, recompute schedules, retries and retention.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct BatchConfig {
@@ -257,12 +264,16 @@ impl Default for BatchConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct GeneratorConfig {
+    /// Whether the generator posts events at start.
     #[serde(default)]
     pub enabled: bool,
+    /// The stream it posts to (`readings` by default).
     #[serde(default = "default_gen_stream")]
     pub stream: String,
+    /// Events per second it posts.
     #[serde(default = "default_gen_rate")]
     pub events_per_second: u32,
+    /// How many devices its readings come from.
     #[serde(default = "default_gen_devices")]
     pub devices: u32,
 }

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, MutexGuard, oneshot};
 
 use crate::error::CoreError;
+use crate::shutdown::{Shutdown, TaskSet};
 use crate::storage::Storage;
 use crate::time::now_micros;
 use spool::Spool;
@@ -43,11 +44,15 @@ pub struct DeadLetter {
     pub index: Option<i64>,
     /// Its log partition, for records that were in the log.
     pub partition: Option<i64>,
+    /// The field at fault, when one is.
     pub field: Option<String>,
+    /// Why the record was refused: which field, what was expected.
     pub reason: String,
+    /// The record as it arrived (empty when it could not be read back).
     pub raw: String,
 }
 
+/// The dead-letter table's Arrow schema.
 pub fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new(
@@ -126,6 +131,20 @@ pub struct DeadLetterSink {
     queues: Arc<HashMap<String, Arc<StreamQueue>>>,
     /// Where letters wait for Delta, when this sink answers before the Delta commit.
     spool: Option<Arc<Spool>>,
+    /// Where the spool's background flushes run and when they must end.
+    background: Background,
+}
+
+/// The supervision of a sink's background work (spool flushes, writes handed off by
+/// callers that must not wait for them).
+#[derive(Clone, Default)]
+struct Background {
+    /// The process's request-task set: its shutdown waits for a flush in progress
+    /// (and aborts it at the deadline, which makes the stop unclean).
+    tasks: TaskSet,
+    /// Cancelled when the process stops: a flush stops waiting, moves what the spool
+    /// holds once, and ends; what it could not move stays durable for the next start.
+    stop: Shutdown,
 }
 
 impl std::fmt::Debug for DeadLetterSink {
@@ -148,7 +167,26 @@ impl DeadLetterSink {
             storage,
             queues: Arc::new(queues),
             spool: None,
+            background: Background::default(),
         }
+    }
+
+    /// Run this sink's background work in `tasks` and end it when `stop` fires.
+    /// Call it before [`Self::with_spool`], which starts the first flushes. Without
+    /// it the work runs in a task set nobody waits for (benches, tests).
+    #[must_use]
+    pub fn supervised(mut self, tasks: TaskSet, stop: Shutdown) -> Self {
+        self.background = Background { tasks, stop };
+        self
+    }
+
+    /// Run `fut`, a write to this sink that its caller must not wait for (a letter
+    /// found while a micro-batch runs), among the sink's supervised tasks.
+    pub fn spawn_write<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.background.tasks.spawn(fut);
     }
 
     /// Answer writes once the letters are durable in a spool file of `role` in `dir`
@@ -180,7 +218,9 @@ impl DeadLetterSink {
         let orphans = orphan_spools(dir, &own_path)?;
         if !orphans.is_empty() {
             let sink = self.clone();
-            tokio::spawn(async move { sink.drain_orphans(orphans).await });
+            self.background
+                .tasks
+                .spawn(async move { sink.drain_orphans(orphans).await });
         }
         Ok(self)
     }
@@ -351,7 +391,11 @@ impl DeadLetterSink {
                         Err(e) => {
                             tracing::warn!(stream, spool = %spool.path().display(), error = %e,
                                 retry_in = ?wait, "could not move a left-over dead-letter spool into Delta");
-                            tokio::time::sleep(wait).await;
+                            tokio::select! {
+                                () = tokio::time::sleep(wait) => {}
+                                // The spool stays on disk; the next start moves it.
+                                () = self.background.stop.cancelled() => return,
+                            }
                             wait = (wait * 2).min(FLUSH_BACKOFF_MAX);
                         }
                     }
@@ -378,7 +422,9 @@ impl DeadLetterSink {
             return;
         }
         let (sink, queue, stream) = (self.clone(), queue.clone(), stream.to_string());
-        tokio::spawn(async move { sink.drain(&queue, &stream).await });
+        self.background
+            .tasks
+            .spawn(async move { sink.drain(&queue, &stream).await });
     }
 
     /// The background flush: move the spool into Delta until it is empty, retrying
@@ -386,11 +432,22 @@ impl DeadLetterSink {
     async fn drain(&self, queue: &StreamQueue, stream: &str) {
         let mut wait = FLUSH_GATHER;
         loop {
-            tokio::time::sleep(wait).await;
+            let stopping = tokio::select! {
+                () = tokio::time::sleep(wait) => false,
+                () = self.background.stop.cancelled() => true,
+            };
             let outcome = {
                 let mut table = queue.commit.lock().await;
                 self.flush_locked(stream, &mut table).await
             };
+            if stopping {
+                if let Err(e) = outcome {
+                    tracing::warn!(stream, error = %e,
+                        "stopping with dead letters in the spool: the next start moves them into Delta");
+                }
+                queue.flushing.store(false, Ordering::SeqCst);
+                return;
+            }
             if let Err(e) = outcome {
                 wait = if wait < FLUSH_BACKOFF {
                     FLUSH_BACKOFF
@@ -419,11 +476,17 @@ impl DeadLetterSink {
 pub struct StoredLetter {
     /// Microseconds since the epoch.
     pub received_at: i64,
+    /// Where it came from (see [`DeadLetter::source`]).
     pub source: String,
+    /// Its index in the request, or its log offset.
     pub index: Option<i64>,
+    /// Its log partition, for records that were in the log.
     pub partition: Option<i64>,
+    /// The field at fault, when one is.
     pub field: Option<String>,
+    /// Why the record was refused.
     pub reason: String,
+    /// The record as it arrived.
     pub raw: String,
 }
 

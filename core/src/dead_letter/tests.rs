@@ -193,3 +193,26 @@ async fn processes_of_one_role_get_their_own_spools_and_orphans_are_moved() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(stored_count(&first).await, 7, "moved once");
 }
+
+#[tokio::test]
+async fn a_stop_moves_the_spool_once_and_the_shutdown_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(&dir.path().join("root")).unwrap();
+    let (tasks, stop) = (crate::shutdown::Tasks::new(), Shutdown::new());
+    let sink = DeadLetterSink::new(storage.clone(), ["s".to_string()])
+        .supervised(tasks.requests(), stop.clone())
+        .with_spool(dir.path(), "test")
+        .unwrap();
+    sink.write("s", (0..5).map(letter).collect()).await.unwrap();
+    assert!(
+        !tasks.requests().is_empty(),
+        "the flush runs among the supervised tasks"
+    );
+    // The stop comes before the flush's gathering wait is over: the flush must not
+    // wait it out, nor leave without moving the letters.
+    stop.cancel();
+    let problems = tasks.join(Duration::from_secs(30)).await;
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(sink.spooled("s").await.unwrap(), 0);
+    assert_eq!(stored_count(&sink).await, 5);
+}

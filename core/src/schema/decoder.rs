@@ -16,8 +16,11 @@ use crate::error::{CoreError, Result};
 /// Where a decoded record sits in the log.
 #[derive(Debug, Clone, Copy)]
 pub struct LogPosition {
+    /// The log partition.
     pub partition: u32,
+    /// The offset in that partition.
     pub offset: u64,
+    /// When the log took the record (microseconds since the epoch).
     pub ingest_ts: i64,
 }
 
@@ -77,10 +80,12 @@ impl BatchDecoder {
         }
     }
 
+    /// Records decoded so far.
     pub fn len(&self) -> usize {
         self.rows
     }
 
+    /// Whether no record has been decoded yet.
     pub fn is_empty(&self) -> bool {
         self.rows == 0
     }
@@ -118,6 +123,7 @@ impl BatchDecoder {
         Ok(true)
     }
 
+    /// Decode one parsed record; a record that does not validate is refused with the field at fault.
     pub fn push(&mut self, value: &Value, pos: LogPosition) -> std::result::Result<(), FieldError> {
         let scalars = self.schema.parse(value)?;
         self.append(scalars, pos);

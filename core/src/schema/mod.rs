@@ -20,10 +20,12 @@ pub use decoder::{BatchDecoder, LogPosition};
 pub const INGEST_TS: &str = "_ingest_ts";
 /// Master-table columns that locate an event in the log, for exactly-once audits.
 pub const PARTITION: &str = "_partition";
+/// The record's offset in its log partition.
 pub const OFFSET: &str = "_offset";
 /// The master table's partition column: the UTC date of the event time.
 pub const EVENT_DATE: &str = "_event_date";
 
+/// The time zone of every timestamp column.
 pub const UTC: &str = "UTC";
 
 /// Earliest timestamp a record may carry (inclusive): 1678-01-01T00:00:00Z.
@@ -64,21 +66,29 @@ pub fn timestamp_in_range(us: i64) -> bool {
     (MIN_TIMESTAMP_US..MAX_TIMESTAMP_US).contains(&us)
 }
 
+/// The Arrow type of every timestamp: microseconds, UTC.
 pub fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into()))
 }
 
+/// A field's type as a stream declares it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FieldType {
+    /// UTF-8 text (`string`).
     String,
+    /// A 64-bit integer (`int64`).
     Int64,
+    /// A 64-bit float (`float64`); integers in JSON are accepted.
     Float64,
+    /// `true` or `false` (`bool`).
     Bool,
+    /// An RFC 3339 string or epoch milliseconds (`timestamp`).
     Timestamp,
 }
 
 impl FieldType {
+    /// The type a configuration names (`string`, `int64`, `float64`, `bool`, `timestamp`).
     pub fn parse(name: &str) -> Option<FieldType> {
         Some(match name {
             "string" => FieldType::String,
@@ -90,6 +100,7 @@ impl FieldType {
         })
     }
 
+    /// The Arrow type this field is stored as.
     pub fn arrow(self) -> DataType {
         match self {
             FieldType::String => DataType::Utf8,
@@ -111,11 +122,15 @@ impl FieldType {
     }
 }
 
+/// One field of a validated stream.
 #[derive(Debug, Clone, Serialize)]
 pub struct FieldSpec {
+    /// The field's name in the JSON record.
     pub name: String,
+    /// Its type.
     #[serde(rename = "type")]
     pub field_type: FieldType,
+    /// Whether it may be missing or null.
     pub nullable: bool,
 }
 
@@ -124,6 +139,7 @@ pub struct FieldSpec {
 pub struct FieldError {
     /// The offending field, or empty when the record as a whole is wrong.
     pub field: String,
+    /// What was expected.
     pub reason: String,
 }
 
@@ -139,10 +155,15 @@ impl FieldError {
 /// A validated stream definition.
 #[derive(Debug, Clone)]
 pub struct StreamSchema {
+    /// The stream's name.
     pub name: String,
+    /// Its fields, in order.
     pub fields: Vec<FieldSpec>,
+    /// The field that holds the event time.
     pub event_time: String,
+    /// The field whose value is the record key (same key, same partition).
     pub key: Option<String>,
+    /// Log partitions.
     pub partitions: u32,
     /// Duplicates of an id within a horizon count once (see [`DedupSpec`]).
     pub dedup: Option<DedupSpec>,
@@ -162,7 +183,9 @@ pub struct StreamSchema {
 /// offset order) decide every record the same way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DedupSpec {
+    /// The field that identifies an event.
     pub field: String,
+    /// How long an id is remembered, in ingest time (microseconds).
     pub horizon_us: i64,
 }
 

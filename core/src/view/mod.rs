@@ -39,11 +39,13 @@ use crate::window::{Hop, WindowSpec};
 /// A view compiled once, shared by every layer.
 #[derive(Debug, Clone)]
 pub struct CompiledView {
+    /// The view's name.
     pub name: String,
     /// The SQL as the user wrote it.
     pub sql: String,
     /// The SQL every layer plans: the user's, plus the hidden `_src` aggregate.
     exec_sql: String,
+    /// The stream it reads.
     pub stream: String,
     /// Output columns that are group keys (besides the window).
     pub keys: Vec<String>,

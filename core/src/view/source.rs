@@ -16,11 +16,14 @@ pub const SOURCE_COLUMN: &str = "_src";
 /// The layer that read an input row; its tag is a bit, so tags OR together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layer {
+    /// The batch layer (stored states below the cutoff).
     Batch,
+    /// The speed layer (in-memory states at or above the cutoff).
     Speed,
 }
 
 impl Layer {
+    /// The layer's bit in `_src`.
     pub const fn tag(self) -> i32 {
         match self {
             Layer::Batch => 1,
@@ -29,14 +32,19 @@ impl Layer {
     }
 }
 
+/// The batch layer's `_src` tag.
 pub const SOURCE_BATCH: i32 = Layer::Batch.tag();
+/// The speed layer's `_src` tag.
 pub const SOURCE_SPEED: i32 = Layer::Speed.tag();
 
 /// Which layers a merged row came from, read back from its `_src`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
+    /// Only batch states went into the row.
     Batch,
+    /// Only speed states went into the row.
     Speed,
+    /// States of both layers went into the row (a window across the cutoff).
     Both,
 }
 

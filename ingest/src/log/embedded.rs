@@ -40,6 +40,7 @@ struct AppendRequest {
     reply: oneshot::Sender<Result<AppendAck>>,
 }
 
+/// The embedded event log: one redb database under the storage root, group-committed.
 pub struct EmbeddedLog {
     db: Arc<Database>,
     /// The database file, whose size retention bounds.

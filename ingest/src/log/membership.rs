@@ -15,6 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use tributary_core::error::{CoreError, Result};
 use tributary_core::log::Assignment;
 
+/// The consumer group's current generation, shared with the rebalance callbacks.
 pub struct MemberContext {
     generation: AtomicU64,
 }

@@ -22,7 +22,9 @@ const QUEUE_WAIT: Duration = Duration::from_millis(5);
 /// Running state of the `_ingest_ts` derivation after some prefix of a partition.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Derivation {
+    /// The derived `_ingest_ts` so far: never decreasing.
     pub max: Option<i64>,
+    /// The newest stamp of a record Tributary's own producer wrote (trusted clock).
     pub trusted: Option<i64>,
 }
 

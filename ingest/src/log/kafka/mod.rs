@@ -47,12 +47,15 @@ pub use cursor::Derivation;
 use cursor::{Cursor, META_TIMEOUT, advance, new_cursor};
 use tributary_core::time::now_micros;
 
+/// Header on records Tributary's ingest wrote: their timestamps are a clock it trusts.
 pub const TRUSTED_HEADER: &str = "tributary-trusted";
+/// Header on the idle-partition ticks: they move `_ingest_ts` on and carry no event.
 pub const TICK_HEADER: &str = "tributary-tick";
 fn kafka_err(what: &str, e: impl std::fmt::Display) -> CoreError {
     CoreError::LogUnavailable(format!("kafka {what}: {e}"))
 }
 
+/// The event log on a Kafka-protocol cluster: one topic per stream, rdkafka clients.
 pub struct KafkaLog {
     config: LogConfig,
     /// Replaced when it fails in a way librdkafka does not recover from by itself
