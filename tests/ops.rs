@@ -92,6 +92,13 @@ async fn status_metrics_and_readiness_report_the_pipeline() {
     assert_eq!(s["batch"]["last_run"]["status"], "succeeded", "{s}");
     assert!(s["batch"]["running"].as_array().unwrap().is_empty(), "{s}");
     assert_eq!(s["roles"]["speed"], true, "{s}");
+    // The process's memory as the kernel sees it from outside, read right after.
+    let reported = s["process"]["rss_bytes"].as_u64().unwrap();
+    let outside = t.rss_bytes();
+    assert!(
+        reported > 4 << 20 && reported / 2 <= outside && outside / 2 <= reported,
+        "status says {reported} bytes resident, /proc/<pid>/status {outside}"
+    );
 
     let r = t
         .client
@@ -115,10 +122,17 @@ async fn status_metrics_and_readiness_report_the_pipeline() {
         "# TYPE tributary_view_cutoff_seconds gauge",
         "tributary_view_cutoff_age_seconds{view=\"signal_by_type\"}",
         "tributary_batch_runs_total{status=\"succeeded\"}",
+        "# TYPE tributary_process_resident_memory_bytes gauge",
         "# EOF",
     ] {
         assert!(text.contains(line), "missing `{line}` in\n{text}");
     }
+    let rss: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tributary_process_resident_memory_bytes"))
+        .and_then(|v| v.trim_start_matches("{}").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no resident memory sample in\n{text}"));
+    assert!(rss > f64::from(4 << 20), "{rss} bytes resident");
 
     // CORS: the configured origin may call the API from a browser, another may not.
     let preflight = t

@@ -20,6 +20,7 @@ pub mod merge;
 pub mod openapi;
 pub mod ops;
 pub mod params;
+mod process;
 pub mod runs;
 pub mod sql;
 mod sql_guard;

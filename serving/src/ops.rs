@@ -113,6 +113,7 @@ pub async fn status_value(state: &AppState) -> Result<Value, ServingError> {
         "speed": { "recovery_ms": speed.recovery_ms, "restored_from_snapshot": speed.restored_from_snapshot },
         "batch": { "running": running, "last_run": last },
         "log": { "retention": state.batch.retention() },
+        "process": { "rss_bytes": crate::process::resident_bytes() },
         // Live (SSE) clients of views and status, and the shared view feeds serving them.
         "live": {
             "clients": state.live_feeds.clients(),
@@ -207,6 +208,9 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ServingE
     }
     if let Some(ms) = speed.recovery_ms {
         sheet.set("speed_recovery_seconds", &vec![], ms as f64 / 1000.0);
+    }
+    if let Some(rss) = crate::process::resident_bytes() {
+        sheet.set("process_resident_memory_bytes", &vec![], rss as f64);
     }
     let text = sheet.encode()?;
     Ok((
@@ -318,6 +322,11 @@ const METRICS: &[(&str, Kind, &str)] = &[
         "speed_recovery_seconds",
         Kind::Gauge,
         "Time the speed layer took to catch up after start",
+    ),
+    (
+        "process_resident_memory_bytes",
+        Kind::Gauge,
+        "Resident memory of this process (VmRSS)",
     ),
 ];
 
