@@ -160,7 +160,7 @@ try {
   await page.waitForFunction((prev) => {
     const p = document.querySelector('.run-progress');
     return p && p.dataset.status === 'succeeded' && !document.querySelector('#run-status').textContent.startsWith(prev);
-  }, runId, { timeout: 60000 }).catch(() => fail('the incremental run did not succeed'));
+  }, runId, { timeout: 60000 }).catch(async () => fail(`the incremental run did not succeed: status line "${await page.textContent('#run-status').catch(() => '?')}", progress "${await page.textContent('.run-progress').catch(() => 'none shown')}", runs ${JSON.stringify((await api('/api/v1/batch/runs')).runs.map((r) => [r.id, r.kind, r.status, r.error]))}`));
   const incId = (await page.textContent('#run-status')).split(' · ')[0];
   const inc = await api(`/api/v1/batch/runs/${incId}`);
   if (inc.kind !== 'incremental' || inc.status !== 'succeeded') await fail(`run ${incId}: ${JSON.stringify(inc)}`);
