@@ -10,9 +10,9 @@ pub fn resident_bytes() -> Option<u64> {
 
 /// `VmRSS` of a `/proc/<pid>/status` text, in bytes.
 fn vm_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line
-        .trim_start_matches("VmRSS:")
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
         .trim()
         .trim_end_matches("kB")
         .trim()
