@@ -2,15 +2,24 @@
 //! without bad records, in one run: requests/s and events/s for 0% bad records and for
 //! `--bad-percent`, and their ratio (issue 13 asks ≥ 0.8 at 1%). Each pass has its own
 //! fresh storage root; the server is the real ingest router on loopback.
+//!
+//! With `--speed` the clean pass also runs the speed layer over the same log while the
+//! client posts (as `tributary up` does), and reports events/s end to end: from the
+//! first POST until the speed layer's states hold every accepted event.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tributary_core::config::SpeedConfig;
 use tributary_core::dead_letter::DeadLetterSink;
+use tributary_core::pipeline::Pipeline;
+use tributary_core::shutdown::Shutdown;
 use tributary_core::storage::Storage;
 use tributary_ingest::log::EmbeddedLog;
 use tributary_ingest::{Ingest, IngestLimits};
+use tributary_speed::SpeedLayer;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -26,17 +35,24 @@ pub struct Args {
     /// Share of bad records in the second pass, in percent.
     #[arg(long, default_value_t = 1.0)]
     bad_percent: f64,
+    /// Also run the speed layer during the clean pass, and time until its states hold
+    /// every accepted event.
+    #[arg(long)]
+    speed: bool,
 }
 
 struct Pass {
     seconds: f64,
     events: usize,
     rejected: usize,
+    /// Seconds from the first POST until the speed layer held every accepted event
+    /// (`--speed`, clean pass only).
+    in_speed_states: Option<f64>,
 }
 
 pub async fn ingest(args: Args) -> anyhow::Result<()> {
-    let clean = pass(&args, 0.0).await?;
-    let bad = pass(&args, args.bad_percent).await?;
+    let clean = pass(&args, 0.0, args.speed).await?;
+    let bad = pass(&args, args.bad_percent, false).await?;
     let rate = |p: &Pass| {
         (
             args.requests as f64 / p.seconds,
@@ -50,6 +66,13 @@ pub async fn ingest(args: Args) -> anyhow::Result<()> {
         args.requests, args.batch, args.connections
     );
     println!("  0% bad:  {clean_rps:>9.0} requests/s  {clean_eps:>11.0} events/s");
+    if let Some(s) = clean.in_speed_states {
+        println!(
+            "  0% bad, POST → in the speed layer's states: {:>11.0} events/s ({:.0} ms after the last answer)",
+            clean.events as f64 / s,
+            (s - clean.seconds) * 1000.0
+        );
+    }
     println!(
         "  {}% bad: {bad_rps:>9.0} requests/s  {bad_eps:>11.0} events/s  ({} dead letters)",
         args.bad_percent, bad.rejected
@@ -61,7 +84,7 @@ pub async fn ingest(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn pass(args: &Args, bad_percent: f64) -> anyhow::Result<Pass> {
+async fn pass(args: &Args, bad_percent: f64, speed: bool) -> anyhow::Result<Pass> {
     let dir = tempfile::tempdir()?;
     let (_, pipeline, stream) = crate::bench::iot_pipeline().await?;
     let storage = Storage::open(dir.path())?;
@@ -69,6 +92,7 @@ async fn pass(args: &Args, bad_percent: f64) -> anyhow::Result<Pass> {
         &storage.log_dir(),
         &[(stream.name.clone(), stream.partitions)],
     )?);
+    let speed = speed.then(|| SpeedRun::start(&pipeline, log.clone()));
     let dead_letters = DeadLetterSink::new(storage.clone(), [stream.name.clone()])
         .with_spool(&storage.spool_dir(), "bench")?;
     let ingest = Arc::new(Ingest::new(
@@ -117,6 +141,7 @@ async fn pass(args: &Args, bad_percent: f64) -> anyhow::Result<Pass> {
         seconds: 0.0,
         events: 0,
         rejected: 0,
+        in_speed_states: None,
     };
     for w in futures::future::join_all(workers).await {
         let (e, r) = w.context("an ingest worker")??;
@@ -125,6 +150,10 @@ async fn pass(args: &Args, bad_percent: f64) -> anyhow::Result<Pass> {
     }
     pass.seconds = started.elapsed().as_secs_f64();
     server.abort();
+    if let Some(speed) = speed {
+        speed.wait_for(pass.events as u64).await?;
+        pass.in_speed_states = Some(started.elapsed().as_secs_f64());
+    }
     // Answered as stored means stored: every letter reaches the Delta table.
     dead_letters.flush(&stream.name).await?;
     let stored = dead_letters.read_all(&stream.name).await?.len();
@@ -134,6 +163,53 @@ async fn pass(args: &Args, bad_percent: f64) -> anyhow::Result<Pass> {
         pass.rejected
     );
     Ok(pass)
+}
+
+/// The speed layer reading the bench's log while the client posts.
+struct SpeedRun {
+    layer: SpeedLayer,
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<Result<(), tributary_speed::SpeedError>>,
+}
+
+impl SpeedRun {
+    fn start(pipeline: &Pipeline, log: Arc<EmbeddedLog>) -> SpeedRun {
+        let config = SpeedConfig::default();
+        let layer = SpeedLayer::new(pipeline, &config, &HashMap::new());
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(tributary_speed::run(
+            config,
+            pipeline.clone(),
+            log,
+            layer.clone(),
+            None,
+            shutdown.clone(),
+        ));
+        SpeedRun {
+            layer,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Until the states hold `events` events (polled every millisecond), then stop.
+    async fn wait_for(self, events: u64) -> anyhow::Result<()> {
+        while self
+            .layer
+            .stats()
+            .streams
+            .values()
+            .map(|s| s.events)
+            .sum::<u64>()
+            < events
+        {
+            anyhow::ensure!(!self.task.is_finished(), "the speed layer stopped early");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.shutdown.cancel();
+        self.task.await??;
+        Ok(())
+    }
 }
 
 /// A request body of `batch` IoT readings, every `every`-th of them invalid (a string

@@ -42,7 +42,7 @@ pub struct Args {
     pub seconds: u64,
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -50,7 +50,7 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-fn event(kind: &str, device: u64) -> Value {
+pub(crate) fn event(kind: &str, device: u64) -> Value {
     json!({
         "device": format!("bench-{device}"),
         "device_type": kind,
@@ -84,7 +84,7 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
     let post_url = format!("{}/api/v1/streams/{}/events", args.url, args.stream);
     let stop = Arc::new(AtomicBool::new(false));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let ingested = Arc::new(AtomicU64::new(0));
+    let ingested = Arc::new(IngestCounters::default());
     let ingest = spawn_ingest(&client, &post_url, args.ingest_rate, &stop, &ingested);
     let latencies = Arc::new(Mutex::new(Vec::<u64>::new()));
     let errors = Arc::new(AtomicU64::new(0));
@@ -110,9 +110,10 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         errors.load(Ordering::Relaxed)
     );
     println!(
-        "ingest meanwhile: {:.0} events/s accepted (target {})",
-        ingested.load(Ordering::Relaxed) as f64 / secs,
-        args.ingest_rate
+        "ingest meanwhile: {:.0} events/s accepted (target {}), {} batches failed",
+        ingested.accepted.load(Ordering::Relaxed) as f64 / secs,
+        args.ingest_rate,
+        ingested.failed.load(Ordering::Relaxed)
     );
     println!(
         "freshness (POST accepted → visible in the view API), {} probes: p50 {:.1} ms, p99 {:.1} ms",
@@ -123,13 +124,22 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Ingest at a steady rate, in batches of 500.
-fn spawn_ingest(
+/// What the steady ingest load achieved so far.
+#[derive(Default)]
+pub(crate) struct IngestCounters {
+    /// Events in batches ingest answered 2xx.
+    pub accepted: AtomicU64,
+    /// Batches refused, failed in transport, or not sent because 64 were in flight.
+    pub failed: AtomicU64,
+}
+
+/// Ingest at a steady rate, in batches of 500, at most 64 requests in flight.
+pub(crate) fn spawn_ingest(
     client: &reqwest::Client,
     url: &str,
     rate: u64,
     stop: &Arc<AtomicBool>,
-    ingested: &Arc<AtomicU64>,
+    ingested: &Arc<IngestCounters>,
 ) -> tokio::task::JoinHandle<()> {
     let (client, url, stop, ingested) = (
         client.clone(),
@@ -139,6 +149,7 @@ fn spawn_ingest(
     );
     let kinds = ["pump", "fan", "valve"];
     let per_second = rate.max(1);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(64));
     tokio::spawn(async move {
         let batch = 500u64;
         let mut tick =
@@ -150,13 +161,23 @@ fn spawn_ingest(
                 .map(|i| event(kinds[((n + i) % 3) as usize], n + i))
                 .collect();
             n += batch;
+            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                ingested.failed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
             let (client, url, ingested) = (client.clone(), url.clone(), ingested.clone());
             tokio::spawn(async move {
-                if let Ok(r) = client.post(&url).json(&events).send().await
-                    && r.status().is_success()
-                {
-                    ingested.fetch_add(batch, Ordering::Relaxed);
-                }
+                let ok = match client.post(&url).json(&events).send().await {
+                    Ok(r) => r.status().is_success(),
+                    Err(_) => false,
+                };
+                drop(permit);
+                let counter = if ok {
+                    &ingested.accepted
+                } else {
+                    &ingested.failed
+                };
+                counter.fetch_add(if ok { batch } else { 1 }, Ordering::Relaxed);
             });
         }
     })
@@ -253,7 +274,7 @@ async fn probe_freshness(
     Ok(freshness)
 }
 
-async fn count(client: &reqwest::Client, url: &str) -> i64 {
+pub(crate) async fn count(client: &reqwest::Client, url: &str) -> i64 {
     let Ok(r) = client.get(url).send().await else {
         return 0;
     };

@@ -4,6 +4,7 @@ mod bench;
 mod bench_batch;
 mod bench_ingest;
 mod bench_serve;
+mod bench_soak;
 mod commands;
 mod probe;
 mod wiring;
@@ -124,6 +125,9 @@ enum BenchTarget {
     Batch(bench_batch::Args),
     /// HTTP ingest into the embedded log with 0% and with some bad records, in one run.
     Ingest(bench_ingest::Args),
+    /// A long run against a running Tributary at a fixed ingest rate, sampling its
+    /// memory, lag, freshness and errors (does memory stay flat?).
+    Soak(bench_soak::Args),
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -239,5 +243,6 @@ async fn bench(target: BenchTarget) -> anyhow::Result<()> {
         BenchTarget::Serve(args) => bench_serve::serve(args).await,
         BenchTarget::Batch(args) => bench_batch::batch(args).await,
         BenchTarget::Ingest(args) => bench_ingest::ingest(args).await,
+        BenchTarget::Soak(args) => bench_soak::soak(args).await,
     }
 }

@@ -75,10 +75,17 @@ pub async fn open_log(
         .map(|s| (s.name.clone(), s.partitions))
         .collect();
     match config.log.kind {
-        LogKind::Embedded => Ok((
-            Arc::new(EmbeddedLog::open(&storage.log_dir(), &streams)?),
-            None,
-        )),
+        LogKind::Embedded => {
+            anyhow::ensure!(
+                config.log.cache_mb >= 1,
+                "log.cache-mb = 0: the embedded log needs at least 1 MB of page cache"
+            );
+            let cache = (config.log.cache_mb.checked_mul(1 << 20))
+                .and_then(|b| usize::try_from(b).ok())
+                .context("log.cache-mb: too large for this machine")?;
+            let log = EmbeddedLog::open_with_cache(&storage.log_dir(), &streams, cache)?;
+            Ok((Arc::new(log), None))
+        }
         LogKind::Kafka => {
             let log = Arc::new(
                 KafkaLog::open(config.log.clone(), &streams)

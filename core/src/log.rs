@@ -89,6 +89,12 @@ pub trait EventLog: Send + Sync + 'static {
         self.append_records(stream, partition, records).await
     }
 
+    /// A counter bumped after every append this log commits, for a reader in the same
+    /// process to wait on instead of polling (`None`: the log cannot tell; poll).
+    fn appended(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// Read up to `max` records of a partition starting at `from`.
     async fn read(&self, stream: &str, partition: u32, from: u64, max: usize) -> Result<LogBatch>;
 

@@ -127,6 +127,12 @@ fn parse_json(bytes: &[u8], max: usize) -> Result<Vec<RawRecord>, IngestError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Vec::new());
     }
+    // One object: its text is the record (from_slice also refuses anything after it).
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        let raw: &serde_json::value::RawValue =
+            serde_json::from_slice(bytes).map_err(|e| IngestError::NotJson(e.to_string()))?;
+        return Ok(vec![RawRecord::Text(raw.get().as_bytes().to_vec())]);
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let body = de
         .deserialize_any(BodyVisitor { max })
@@ -159,11 +165,13 @@ impl<'de> serde::de::Visitor<'de> for BodyVisitor {
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut out = Vec::new();
-        while let Some(v) = seq.next_element::<Value>()? {
+        // Each element's text, checked as JSON but not built into a tree: the service
+        // validates it from the bytes and the log stores it as it is.
+        while let Some(v) = seq.next_element::<&'de serde_json::value::RawValue>()? {
             if out.len() == self.max {
                 return Err(serde::de::Error::custom(TOO_MANY));
             }
-            out.push(RawRecord::Parsed(v));
+            out.push(RawRecord::Text(v.get().as_bytes().to_vec()));
         }
         Ok(out)
     }
@@ -194,10 +202,11 @@ fn parse_ndjson(bytes: &[u8], max: usize) -> Result<Vec<RawRecord>, IngestError>
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match serde_json::from_slice::<Value>(line) {
-            Ok(v) => {
+        // A syntax check only (no tree): the service validates the line's bytes.
+        match serde_json::from_slice::<serde::de::IgnoredAny>(line) {
+            Ok(_) => {
                 parsed_any = true;
-                out.push(RawRecord::Parsed(v));
+                out.push(RawRecord::Text(line.to_vec()));
             }
             Err(e) => out.push(RawRecord::Malformed {
                 text: String::from_utf8_lossy(line).into_owned(),
@@ -234,6 +243,23 @@ mod tests {
             parse_json(b"[{}] x", 10),
             Err(IngestError::NotJson(_))
         ));
+    }
+
+    #[test]
+    fn each_record_keeps_the_text_it_arrived_as() {
+        let text = |r: &RawRecord| match r {
+            RawRecord::Text(b) => String::from_utf8(b.clone()).unwrap(),
+            _ => panic!("not kept as text"),
+        };
+        let recs = parse_json(b" [ {\"a\" : 1} ,\n{\"b\":[2, 3]} ] ", 10).unwrap();
+        assert_eq!(
+            recs.iter().map(text).collect::<Vec<_>>(),
+            ["{\"a\" : 1}", "{\"b\":[2, 3]}"]
+        );
+        let one = parse_json(b"\n {\"a\": \"x\"}\n", 10).unwrap();
+        assert_eq!(text(&one[0]), "{\"a\": \"x\"}");
+        let lines = parse_ndjson(b"{\"a\" :1}\r\n", 10).unwrap();
+        assert_eq!(text(&lines[0]), "{\"a\" :1}");
     }
 
     #[test]

@@ -17,10 +17,13 @@ use crate::error::IngestError;
 use crate::idempotency::{Claim, Idempotency, IdempotencyKey};
 pub use crate::report::{IngestReport, RecordError};
 
-/// A record as it arrived: parsed, or the text that did not parse.
+/// A record as it arrived: parsed, its JSON text, or the text that did not parse.
 pub enum RawRecord {
     /// A JSON value.
     Parsed(Value),
+    /// The JSON text of one record, as it arrived: validated from these bytes, and stored
+    /// as them if valid (no tree built, nothing serialised again).
+    Text(Vec<u8>),
     /// A line or element that is not JSON: its text and the parser's error.
     Malformed {
         /// The text as it arrived.
@@ -28,6 +31,33 @@ pub enum RawRecord {
         /// What the JSON parser said.
         error: String,
     },
+}
+
+impl RawRecord {
+    /// The record as JSON text: what the log stores of a valid one, what a dead letter
+    /// keeps of the rest.
+    fn into_text(self) -> Vec<u8> {
+        match self {
+            RawRecord::Parsed(v) => serde_json::to_vec(&v).expect("a Value always serializes"),
+            RawRecord::Text(bytes) => bytes,
+            RawRecord::Malformed { text, .. } => text.into_bytes(),
+        }
+    }
+}
+
+/// A request's records, validated.
+#[derive(Default)]
+struct Sorted {
+    /// Valid records by partition, as the log stores them.
+    by_partition: BTreeMap<u32, Vec<NewRecord>>,
+    /// Each refused record's index and reason, for the answer.
+    errors: Vec<RecordError>,
+    /// The refused records, for the dead-letter table.
+    letters: Vec<DeadLetter>,
+    /// How many are valid.
+    accepted: usize,
+    /// The UTC event dates (days since the epoch) of the valid ones.
+    dates: BTreeSet<i64>,
 }
 
 /// What one request may carry (from `[http]`).
@@ -154,6 +184,57 @@ impl Ingest {
         outcome.result
     }
 
+    /// Validate every record: the valid ones by partition, as the log stores them (the
+    /// JSON text as it arrived, parsed once), the rest as errors and dead letters.
+    fn sort(
+        &self,
+        schema: &StreamSchema,
+        records: Vec<RawRecord>,
+        key: Option<&IdempotencyKey>,
+    ) -> Sorted {
+        let mut sorted = Sorted::default();
+        for (index, record) in records.into_iter().enumerate() {
+            let outcome = match &record {
+                RawRecord::Parsed(v) => schema.validate_record(v),
+                RawRecord::Text(bytes) => schema.validate_bytes(bytes),
+                RawRecord::Malformed { error, .. } => Err(FieldError {
+                    field: String::new(),
+                    reason: format!("malformed JSON: {error}"),
+                }),
+            };
+            match outcome {
+                Ok(valid) => {
+                    sorted
+                        .dates
+                        .insert(valid.event_ts.div_euclid(86_400_000_000));
+                    let p = self.partition(schema, valid.key.as_deref(), key, index);
+                    sorted.by_partition.entry(p).or_default().push(NewRecord {
+                        key: valid.key,
+                        payload: record.into_text(),
+                    });
+                    sorted.accepted += 1;
+                }
+                Err(e) => {
+                    let field = (!e.field.is_empty()).then(|| e.field.clone());
+                    sorted.letters.push(DeadLetter {
+                        source: "http".into(),
+                        index: Some(index as i64),
+                        partition: None,
+                        field: field.clone(),
+                        reason: e.reason.clone(),
+                        raw: String::from_utf8_lossy(&record.into_text()).into_owned(),
+                    });
+                    sorted.errors.push(RecordError {
+                        index,
+                        field,
+                        reason: e.reason,
+                    });
+                }
+            }
+        }
+        sorted
+    }
+
     async fn validate_and_append(
         &self,
         schema: &StreamSchema,
@@ -164,48 +245,13 @@ impl Ingest {
     ) -> crate::idempotency::Outcome {
         use crate::idempotency::Outcome;
         let stream = schema.name.as_str();
-        let mut by_partition: BTreeMap<u32, Vec<NewRecord>> = BTreeMap::new();
-        let mut errors = Vec::new();
-        let mut letters = Vec::new();
-        let mut accepted = 0;
-        let mut dates = BTreeSet::new();
-        for (index, record) in records.into_iter().enumerate() {
-            let outcome = match &record {
-                RawRecord::Parsed(v) => schema.validate_event_time(v).map(|ts| (v, ts)),
-                RawRecord::Malformed { error, .. } => Err(FieldError {
-                    field: String::new(),
-                    reason: format!("malformed JSON: {error}"),
-                }),
-            };
-            match outcome {
-                Ok((value, ts)) => {
-                    dates.insert(ts.div_euclid(86_400_000_000));
-                    let (p, record) = self.route(schema, value, key, index);
-                    by_partition.entry(p).or_default().push(record);
-                    accepted += 1;
-                }
-                Err(e) => {
-                    let field = (!e.field.is_empty()).then(|| e.field.clone());
-                    let raw = match &record {
-                        RawRecord::Parsed(v) => v.to_string(),
-                        RawRecord::Malformed { text, .. } => text.clone(),
-                    };
-                    letters.push(DeadLetter {
-                        source: "http".into(),
-                        index: Some(index as i64),
-                        partition: None,
-                        field: field.clone(),
-                        reason: e.reason.clone(),
-                        raw,
-                    });
-                    errors.push(RecordError {
-                        index,
-                        field,
-                        reason: e.reason,
-                    });
-                }
-            }
-        }
+        let Sorted {
+            mut by_partition,
+            errors,
+            letters,
+            accepted,
+            dates,
+        } = self.sort(schema, records, key);
         if dates.len() > self.limits.max_event_dates {
             return Outcome::refused(IngestError::TooManyEventDates {
                 count: dates.len(),
@@ -279,11 +325,14 @@ impl Ingest {
                     field: String::new(),
                     reason: format!("malformed JSON: {e}"),
                 })
-                .and_then(|v| schema.validate(&v).map(|_| v));
+                .and_then(|v| schema.validate_record(&v).map(|valid| (v, valid)));
             match outcome {
-                Ok(value) => {
-                    let (p, record) = self.route(schema, &value, None, 0);
-                    by_partition.entry(p).or_default().push(record);
+                Ok((value, valid)) => {
+                    let p = self.partition(schema, valid.key.as_deref(), None, 0);
+                    by_partition.entry(p).or_default().push(NewRecord {
+                        key: valid.key,
+                        payload: serde_json::to_vec(&value).expect("a Value always serializes"),
+                    });
                     replayed += 1;
                 }
                 Err(e) => {
@@ -309,29 +358,21 @@ impl Ingest {
         })
     }
 
-    /// The partition of a valid record and the record as the log stores it. Records
-    /// without a key go round robin, except under an idempotency key: then the turn
-    /// comes from the key and the record's index, so a retry routes them alike.
-    fn route(
+    /// The partition of a valid record with `record_key`. Records without a key go
+    /// round robin, except under an idempotency key: then the turn comes from the key
+    /// and the record's index, so a retry routes them alike.
+    fn partition(
         &self,
         schema: &StreamSchema,
-        value: &Value,
+        record_key: Option<&[u8]>,
         key: Option<&IdempotencyKey>,
         index: usize,
-    ) -> (u32, NewRecord) {
+    ) -> u32 {
         let rr = match key {
             Some(k) => k.turn().wrapping_add(index as u64),
             None => self.round_robin.fetch_add(1, Ordering::Relaxed),
         };
-        let p = schema.partition_for(value, rr);
-        let bytes = serde_json::to_vec(value).expect("a Value always serializes");
-        (
-            p,
-            NewRecord {
-                key: schema.key_of(value),
-                payload: bytes,
-            },
-        )
+        schema.partition_of(record_key, rr)
     }
 
     /// Append each partition's records; returns the partitions that committed and the

@@ -37,3 +37,49 @@ async fn second_open_of_the_same_log_is_refused_clearly() {
         .to_string();
     assert!(err.contains("another tributary process"), "{err}");
 }
+
+#[tokio::test]
+async fn every_commit_wakes_a_reader_waiting_on_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), &[("s".into(), 1)]).unwrap();
+    let mut appended = log
+        .appended()
+        .expect("the embedded log signals its appends");
+    let before = *appended.borrow_and_update();
+    log.append("s", 0, vec![b"{}".to_vec()]).await.unwrap();
+    // The append returned after the commit, so the signal is already there.
+    assert!(appended.has_changed().unwrap());
+    assert_ne!(*appended.borrow_and_update(), before);
+    // A reader that waits is woken by the next commit.
+    let waiter = tokio::spawn(async move { appended.changed().await.is_ok() });
+    log.append("s", 0, vec![b"{}".to_vec()]).await.unwrap();
+    let woken = tokio::time::timeout(std::time::Duration::from_secs(30), waiter).await;
+    assert!(woken.expect("woken").unwrap());
+}
+
+#[tokio::test]
+async fn a_page_cache_smaller_than_the_log_reads_every_record_back() {
+    let dir = tempfile::tempdir().unwrap();
+    // 1 MiB of cache under about 6 MB of records.
+    let log = EmbeddedLog::open_with_cache(dir.path(), &[("s".into(), 1)], 1 << 20).unwrap();
+    let record = |i: usize| format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(280)).into_bytes();
+    for chunk in (0..20_000).collect::<Vec<_>>().chunks(1_000) {
+        log.append("s", 0, chunk.iter().map(|i| record(*i)).collect())
+            .await
+            .unwrap();
+    }
+    let mut from = 0;
+    let mut n = 0;
+    loop {
+        let batch = log.read("s", 0, from, 5_000).await.unwrap();
+        if batch.records.is_empty() {
+            break;
+        }
+        for r in &batch.records {
+            assert_eq!(r.payload, record(n), "record {n}");
+            n += 1;
+        }
+        from = batch.next_offset;
+    }
+    assert_eq!(n, 20_000);
+}

@@ -101,6 +101,9 @@ pub struct Merged {
     pub batch: Option<Arc<BatchView>>,
     /// The speed states used.
     pub speed: tributary_speed::Snapshot,
+    /// The (batch version, speed generation) the rows were computed from, when the
+    /// speed source numbers its generations.
+    key: Option<MergeKey>,
 }
 
 /// Merges each view's batch states with its speed states into one exact answer.
@@ -112,9 +115,25 @@ pub struct Merger {
     /// Per view, the last merged rows and the (batch version, speed generation) they
     /// were computed from: requests between two micro-batches share one final plan.
     merged_cache: std::sync::Mutex<HashMap<String, (MergeKey, Vec<RecordBatch>)>>,
+    /// Per view, the merged rows as JSON (sorted by window, then keys) and the key they
+    /// were built from: a request then only filters, orders and pages them, instead of
+    /// converting every row of the view.
+    json_cache: std::sync::Mutex<HashMap<String, (MergeKey, Arc<JsonRows>)>>,
+}
+
+/// One merged row as the API shows it, with what it is ordered by.
+#[derive(Debug)]
+struct JsonRow {
+    /// Window start (micros).
+    window: i64,
+    /// The key columns' values as text, for the default order.
+    sort_keys: Vec<String>,
+    /// Keys, window start and values, with `_source` and `complete`.
+    obj: Map<String, Value>,
 }
 
 type MergeKey = (Option<i64>, u64);
+type JsonRows = Vec<JsonRow>;
 
 impl Merger {
     /// A merger over `pipeline`'s views, starting from the batch views `loaded` at start.
@@ -130,6 +149,7 @@ impl Merger {
             speed,
             batch_views: RwLock::new(loaded.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()),
             merged_cache: Default::default(),
+            json_cache: Default::default(),
         }
     }
 
@@ -234,7 +254,31 @@ impl Merger {
             rows,
             batch,
             speed,
+            key,
         })
+    }
+
+    /// The merged rows as JSON, built once per (batch version, speed generation).
+    fn json_rows(&self, merged: &Merged, watermark: Option<i64>) -> Arc<JsonRows> {
+        let name = &merged.view.name;
+        let cached = merged.key.and_then(|key| {
+            let cache = self.json_cache.lock().expect("json cache lock");
+            cache
+                .get(name)
+                .filter(|(k, _)| *k == key)
+                .map(|(_, rows)| rows.clone())
+        });
+        if let Some(rows) = cached {
+            return rows;
+        }
+        let rows = Arc::new(json_rows(&merged.view, &merged.rows, watermark));
+        if let Some(key) = merged.key {
+            self.json_cache
+                .lock()
+                .expect("json cache lock")
+                .insert(name.clone(), (key, rows.clone()));
+        }
+        rows
     }
 
     /// The merged answer of `view_name`, filtered, ordered and paged as `q` asks.
@@ -242,19 +286,18 @@ impl Merger {
         if let Some(at) = &q.as_of {
             return self.query_as_of(view_name, q, at).await;
         }
-        let Merged {
-            view,
-            rows: out,
-            batch,
-            speed,
-        } = self.merged(view_name).await?;
-        let max_event_ts = speed
+        let merged = self.merged(view_name).await?;
+        let max_event_ts = merged
+            .speed
             .max_event_ts
             .into_iter()
-            .chain(batch.as_ref().and_then(|b| b.max_event_ts))
+            .chain(merged.batch.as_ref().and_then(|b| b.max_event_ts))
             .max();
-        let watermark = view.watermark(max_event_ts);
-        let (total_rows, rows) = to_rows(&view, &out, q, watermark);
+        let watermark = merged.view.watermark(max_event_ts);
+        let (total_rows, rows) = to_rows(&self.json_rows(&merged, watermark), q);
+        let Merged {
+            view, batch, speed, ..
+        } = merged;
         let next = q.offset + rows.len();
         let position = speed.ingest_position;
         Ok(ViewAnswer {
@@ -308,7 +351,7 @@ impl Merger {
                 source,
             })?;
         let watermark = view.watermark(batch.max_event_ts);
-        let (total_rows, rows) = to_rows(view, &out, q, watermark);
+        let (total_rows, rows) = to_rows(&json_rows(view, &out, watermark), q);
         let next = q.offset + rows.len();
         Ok(ViewAnswer {
             view: view.name.clone(),
@@ -325,16 +368,10 @@ impl Merger {
     }
 }
 
-/// Final batches to JSON rows: filtered, ordered (by window then keys unless asked
-/// otherwise), paged; each row says which layers it came from and whether the watermark
-/// has passed its window. Returns the number of matching rows and the page.
-fn to_rows(
-    view: &CompiledView,
-    batches: &[RecordBatch],
-    q: &ViewQuery,
-    watermark: Option<i64>,
-) -> (usize, Vec<Map<String, Value>>) {
-    let mut rows: Vec<(i64, Vec<String>, Map<String, Value>)> = Vec::new();
+/// Final batches to JSON rows, ordered by window then keys; each row says which layers
+/// it came from and whether the watermark has passed its window.
+fn json_rows(view: &CompiledView, batches: &[RecordBatch], watermark: Option<i64>) -> Vec<JsonRow> {
+    let mut rows = Vec::new();
     for b in batches {
         let schema = b.schema();
         // date_bin keeps its input's unit only for some types: normalise to micros.
@@ -346,11 +383,8 @@ fn to_rows(
                     .downcast_ref::<TimestampMicrosecondArray>()
                     .cloned()
             });
-        'row: for i in 0..b.num_rows() {
+        for i in 0..b.num_rows() {
             let w = window.as_ref().map(|w| w.value(i)).unwrap_or(0);
-            if q.from.is_some_and(|f| w < f) || q.to.is_some_and(|t| w >= t) {
-                continue;
-            }
             let mut obj = Map::new();
             for (c, f) in b.columns().iter().zip(schema.fields()) {
                 let v = cell(c.as_ref(), i);
@@ -366,50 +400,67 @@ fn to_rows(
                     obj.insert(f.name().clone(), v);
                 }
             }
-            for (k, wanted) in &q.keys {
-                let matches = match obj.get(k) {
-                    Some(Value::String(s)) => wanted.iter().any(|w| w == s),
-                    Some(Value::Null) | None => false,
-                    Some(other) => {
-                        let text = other.to_string();
-                        wanted.contains(&text)
-                    }
-                };
-                if !matches {
-                    continue 'row;
-                }
-            }
             let sort_keys = view
                 .keys
                 .iter()
                 .map(|k| obj.get(k).map(|v| v.to_string()).unwrap_or_default())
                 .collect();
-            rows.push((w, sort_keys, obj));
+            rows.push(JsonRow {
+                window: w,
+                sort_keys,
+                obj,
+            });
         }
     }
-    rows.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    rows.sort_by(|a, b| (a.window, &a.sort_keys).cmp(&(b.window, &b.sort_keys)));
+    rows
+}
+
+/// The rows `q` asks for: filtered, ordered (by window then keys unless asked
+/// otherwise), paged. Returns the number of matching rows and the page.
+fn to_rows(rows: &[JsonRow], q: &ViewQuery) -> (usize, Vec<Map<String, Value>>) {
+    let mut matching: Vec<&JsonRow> = rows
+        .iter()
+        .filter(|r| !(q.from.is_some_and(|f| r.window < f) || q.to.is_some_and(|t| r.window >= t)))
+        .filter(|r| {
+            q.keys
+                .iter()
+                .all(|(k, wanted)| key_matches(r.obj.get(k), wanted))
+        })
+        .collect();
     if let Some((column, desc)) = &q.order {
         // Stable: ties keep window-then-keys order.
-        rows.sort_by(|a, b| {
-            let o = compare(a.2.get(column), b.2.get(column));
+        matching.sort_by(|a, b| {
+            let o = compare(a.obj.get(column), b.obj.get(column));
             if *desc { o.reverse() } else { o }
         });
     }
-    let total = rows.len();
+    let total = matching.len();
     let limit = q.limit.unwrap_or(usize::MAX);
-    let page = rows
+    let page = matching
         .into_iter()
         .skip(q.offset)
         .take(limit)
-        .map(|(_, _, mut r)| {
+        .map(|r| {
+            let mut obj = r.obj.clone();
             if !q.meta {
-                r.remove("_source");
-                r.remove("complete");
+                obj.remove("_source");
+                obj.remove("complete");
             }
-            r
+            obj
         })
         .collect();
     (total, page)
+}
+
+/// Whether a row's key value is one of the values a query names (text compared as is,
+/// other values as their JSON text).
+fn key_matches(value: Option<&Value>, wanted: &[String]) -> bool {
+    match value {
+        Some(Value::String(s)) => wanted.iter().any(|w| w == s),
+        Some(Value::Null) | None => false,
+        Some(other) => wanted.contains(&other.to_string()),
+    }
 }
 
 /// JSON values in a total order: nulls first, numbers by value, then text.

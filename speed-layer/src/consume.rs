@@ -37,6 +37,7 @@ pub async fn run(
     };
     let mut consumer = Consumer {
         idle: Duration::from_millis(config.poll_interval_ms.max(1)),
+        appended: log.appended(),
         config,
         pipeline,
         log,
@@ -86,8 +87,10 @@ struct Consumer {
     /// Per stream with an id field: the dedup state of each partition.
     dedups: HashMap<String, HashMap<u32, Deduplicator>>,
     decode_threads: usize,
-    /// Wait this long when the log has nothing new.
+    /// Wait this long when the log has nothing new ...
     idle: Duration,
+    /// ... unless the log (embedded, same process) says it took an append before.
+    appended: Option<tokio::sync::watch::Receiver<u64>>,
     /// When the consumer started (recovery time is measured from here).
     started: Instant,
     reported: Instant,
@@ -291,15 +294,28 @@ impl Consumer {
     }
 
     /// Nothing new in the log: note the recovery time once, and wait. `false`: stop.
-    async fn caught_up(&self) -> bool {
+    async fn caught_up(&mut self) -> bool {
         if self.layer.recovery_ms.load(Ordering::Relaxed) == u64::MAX {
             let ms = self.started.elapsed().as_millis() as u64;
             self.layer.recovery_ms.store(ms, Ordering::Relaxed);
             tracing::info!(recovery_ms = ms, "speed layer caught up with the log");
         }
+        let (slot, shutdown) = (&mut self.appended, &self.shutdown);
+        let appended = async {
+            match slot {
+                Some(rx) => {
+                    if rx.changed().await.is_err() {
+                        // The log is gone: poll from now on (and stop on shutdown).
+                        *slot = None;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = self.shutdown.cancelled() => false,
+            _ = shutdown.cancelled() => false,
             _ = tokio::time::sleep(self.idle) => true,
+            _ = appended => true,
         }
     }
 }

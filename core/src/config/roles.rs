@@ -60,6 +60,15 @@ pub struct LogConfig {
     /// the log can stay above it while the archiver is behind (status says so).
     #[serde(default)]
     pub retention_mb: u64,
+    /// Embedded log: megabytes of the log's page cache (redb's own default is a
+    /// gigabyte, which a long-running process fills with pages the readers passed long
+    /// ago; the operating system's page cache still holds the file).
+    #[serde(default = "default_log_cache_mb")]
+    pub cache_mb: u64,
+}
+
+fn default_log_cache_mb() -> u64 {
+    64
 }
 
 fn default_retention_hours_log() -> u64 {
@@ -100,6 +109,7 @@ impl Default for LogConfig {
             options: Default::default(),
             retention_hours: default_retention_hours_log(),
             retention_mb: 0,
+            cache_mb: default_log_cache_mb(),
         }
     }
 }

@@ -14,7 +14,9 @@ use crate::config::StreamConfig;
 
 mod decoder;
 mod fast_json;
+mod record;
 pub use decoder::{BatchDecoder, LogPosition};
+pub use record::ValidRecord;
 
 /// Column that holds the time the log accepted an event (microseconds, UTC).
 pub const INGEST_TS: &str = "_ingest_ts";
@@ -329,38 +331,6 @@ impl StreamSchema {
     /// Validate one JSON value as a record of this stream.
     pub fn validate(&self, value: &Value) -> std::result::Result<(), FieldError> {
         self.parse(value).map(|_| ())
-    }
-
-    /// Validate one JSON value and return its event time (microseconds).
-    pub fn validate_event_time(&self, value: &Value) -> std::result::Result<i64, FieldError> {
-        let scalars = self.parse(value)?;
-        let i = self
-            .fields
-            .iter()
-            .position(|f| f.name == self.event_time)
-            .expect("the event time is a field");
-        match scalars[i] {
-            Scalar::Ts(us) => Ok(us),
-            _ => unreachable!("the event time is a required timestamp"),
-        }
-    }
-
-    /// The record's key: its key field as bytes (text as is, other values as JSON).
-    pub fn key_of(&self, value: &Value) -> Option<Vec<u8>> {
-        let v = value.as_object()?.get(self.key.as_ref()?)?;
-        Some(match v {
-            Value::String(s) => s.as_bytes().to_vec(),
-            Value::Null => return None,
-            other => other.to_string().into_bytes(),
-        })
-    }
-
-    /// The partition a record goes to: by key (FNV-1a) when it has one, else in turn.
-    pub fn partition_for(&self, value: &Value, round_robin: u64) -> u32 {
-        match self.key_of(value) {
-            Some(k) => (fnv1a(&k) % self.partitions as u64) as u32,
-            None => (round_robin % self.partitions as u64) as u32,
-        }
     }
 
     pub(crate) fn parse(&self, value: &Value) -> std::result::Result<Vec<Scalar>, FieldError> {

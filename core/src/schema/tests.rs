@@ -95,8 +95,10 @@ fn epoch_millis_are_accepted_for_timestamps() {
 #[test]
 fn partitioning_by_key_is_stable() {
     let s = readings();
-    let r = json!({"device":"pump-7"});
-    let p = s.partition_for(&r, 0);
-    assert_eq!(p, s.partition_for(&r, 99));
+    let r = json!({"device":"pump-7","signal":1.5,"count":3,"ok":true,"ts":1_700_000_000_000i64});
+    let key = s.validate_record(&r).unwrap().key;
+    assert_eq!(key.as_deref(), Some(b"pump-7".as_slice()));
+    let p = s.partition_of(key.as_deref(), 0);
+    assert_eq!(p, s.partition_of(key.as_deref(), 99));
     assert!(p < 4);
 }

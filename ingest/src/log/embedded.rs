@@ -51,14 +51,35 @@ pub struct EmbeddedLog {
     /// Last `_ingest_ts` handed out; held while a group commit is in flight.
     clock: Arc<Mutex<i64>>,
     partitions: HashMap<String, u32>,
+    /// Bumped by the writer after each group commit: the speed layer in this process
+    /// wakes on it rather than at its next poll (freshness).
+    appended: tokio::sync::watch::Sender<u64>,
 }
 
+/// The page cache of [`EmbeddedLog::open`] (`log.cache-mb`'s default). Readers follow
+/// the tail, so a small cache holds what they re-read; redb's own default (1 GiB) only
+/// keeps pages nobody will read again resident in the process.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
 impl EmbeddedLog {
-    /// Open (or create) the log in `dir` for the given streams and partition counts.
+    /// Open (or create) the log in `dir` for the given streams and partition counts,
+    /// with the default page cache.
     pub fn open(dir: &Path, streams: &[(String, u32)]) -> Result<EmbeddedLog> {
+        EmbeddedLog::open_with_cache(dir, streams, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`EmbeddedLog::open`] with a page cache of `cache_bytes` (at least one page).
+    pub fn open_with_cache(
+        dir: &Path,
+        streams: &[(String, u32)],
+        cache_bytes: usize,
+    ) -> Result<EmbeddedLog> {
         std::fs::create_dir_all(dir).map_err(log_err)?;
         let path = dir.join("events.redb");
-        let db = Database::create(&path).map_err(|e| {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes.max(4096))
+            .create(&path)
+            .map_err(|e| {
             CoreError::Log(format!(
                 "cannot open the embedded log at {}: {e} (is another tributary process using this storage root?)",
                 dir.display()
@@ -88,9 +109,11 @@ impl EmbeddedLog {
         let (tx, rx) = std::sync::mpsc::channel::<AppendRequest>();
         let writer_db = db.clone();
         let writer_clock = clock.clone();
+        let appended = tokio::sync::watch::Sender::new(0u64);
+        let writer_appended = appended.clone();
         let writer_thread = std::thread::Builder::new()
             .name("log-writer".into())
-            .spawn(move || writer_loop(writer_db, writer_clock, rx))
+            .spawn(move || writer_loop(writer_db, writer_clock, rx, writer_appended))
             .map_err(log_err)?;
         Ok(EmbeddedLog {
             db,
@@ -99,6 +122,7 @@ impl EmbeddedLog {
             writer_thread: Some(writer_thread),
             clock,
             partitions: streams.iter().cloned().collect(),
+            appended,
         })
     }
 
@@ -150,6 +174,7 @@ fn writer_loop(
     db: Arc<Database>,
     clock: Arc<Mutex<i64>>,
     rx: std::sync::mpsc::Receiver<AppendRequest>,
+    appended: tokio::sync::watch::Sender<u64>,
 ) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
@@ -166,6 +191,7 @@ fn writer_loop(
                 for (req, ack) in group.into_iter().zip(acks) {
                     let _ = req.reply.send(Ok(ack));
                 }
+                appended.send_modify(|n| *n = n.wrapping_add(1));
             }
             Err(e) => {
                 drop(guard);
@@ -217,6 +243,10 @@ fn commit_group(db: &Database, ts: i64, group: &[AppendRequest]) -> Result<Vec<A
 
 #[async_trait]
 impl EventLog for EmbeddedLog {
+    fn appended(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.appended.subscribe())
+    }
+
     async fn truncate(
         &self,
         stream: &str,
