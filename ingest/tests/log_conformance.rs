@@ -83,3 +83,27 @@ async fn a_page_cache_smaller_than_the_log_reads_every_record_back() {
     }
     assert_eq!(n, 20_000);
 }
+
+#[tokio::test]
+async fn truncation_removes_the_prefix_ingested_before_the_bound_and_keeps_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), &[("s".into(), 1)]).unwrap();
+    let mut stamps = Vec::new();
+    for _ in 0..5 {
+        let ack = log.append("s", 0, vec![b"{}".to_vec(); 10]).await.unwrap();
+        stamps.push(ack.ingest_ts);
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    // Below offset 40, ingested before the third append: the first two appends go.
+    assert_eq!(log.truncate("s", 0, 40, stamps[2]).await.unwrap(), 20);
+    assert_eq!(log.first_offset("s", 0).await.unwrap(), 20);
+    // Again with the same bound: nothing left to remove.
+    assert_eq!(log.truncate("s", 0, 40, stamps[2]).await.unwrap(), 0);
+    // Everything ingested, but only below offset 45, and the newest record always stays.
+    assert_eq!(log.truncate("s", 0, 45, i64::MAX).await.unwrap(), 25);
+    assert_eq!(log.truncate("s", 0, u64::MAX, i64::MAX).await.unwrap(), 4);
+    assert_eq!(log.first_offset("s", 0).await.unwrap(), 49);
+    assert_eq!(log.end_offset("s", 0).await.unwrap(), 50);
+    let ack = log.append("s", 0, vec![b"{}".to_vec()]).await.unwrap();
+    assert_eq!(ack.first_offset, 50);
+}

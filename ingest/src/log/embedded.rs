@@ -170,6 +170,46 @@ fn decode_ts(value: &[u8]) -> i64 {
     )
 }
 
+/// Most records one truncation removes: a removal holds the write lock (appends wait),
+/// so a large backlog goes over several retention passes instead of in one long stall.
+const MAX_TRUNCATE: u64 = 1_000_000;
+
+/// The offsets `first..stop` a truncation removes: records below `before` (and below the
+/// newest, from which the next offset is derived) ingested before `ingested_before`.
+/// `_ingest_ts` never decreases within a partition, so they are a prefix: the scan reads
+/// up to its end only, in a read transaction, not every record below `before` (a full
+/// scan under the write lock every retention pass stalled appends as the log grew).
+fn removable_prefix(
+    db: &Database,
+    name: &str,
+    before: u64,
+    ingested_before: i64,
+) -> Result<Option<(u64, u64)>> {
+    let read = db.begin_read().map_err(log_err)?;
+    let def: TableDefinition<u64, &[u8]> = TableDefinition::new(name);
+    let table = match read.open_table(def) {
+        Ok(t) => t,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(log_err(e)),
+    };
+    let (Some(first), Some(last)) = (
+        table.first().map_err(log_err)?.map(|(k, _)| k.value()),
+        table.last().map_err(log_err)?.map(|(k, _)| k.value()),
+    ) else {
+        return Ok(None);
+    };
+    let end = before.min(last).min(first.saturating_add(MAX_TRUNCATE));
+    let mut stop = end;
+    for entry in table.range(first..end).map_err(log_err)? {
+        let (k, v) = entry.map_err(log_err)?;
+        if decode_ts(v.value()) >= ingested_before {
+            stop = k.value();
+            break;
+        }
+    }
+    Ok((stop > first).then_some((first, stop)))
+}
+
 fn writer_loop(
     db: Arc<Database>,
     clock: Arc<Mutex<i64>>,
@@ -188,10 +228,11 @@ fn writer_loop(
             Ok(acks) => {
                 *guard = ts;
                 drop(guard);
+                // Before the answers: once an append returns, readers can see the signal.
+                appended.send_modify(|n| *n = n.wrapping_add(1));
                 for (req, ack) in group.into_iter().zip(acks) {
                     let _ = req.reply.send(Ok(ack));
                 }
-                appended.send_modify(|n| *n = n.wrapping_add(1));
             }
             Err(e) => {
                 drop(guard);
@@ -257,30 +298,20 @@ impl EventLog for EmbeddedLog {
         self.check(stream, partition)?;
         let name = partition_table(stream, partition);
         self.blocking(move |db| {
+            let Some((first, stop)) = removable_prefix(db, &name, before, ingested_before)? else {
+                // Nothing to remove: no write transaction, so appends never wait for one.
+                return Ok(0);
+            };
             let txn = db.begin_write().map_err(log_err)?;
-            let mut removed = 0u64;
             {
                 let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
-                let mut table = match txn.open_table(def) {
-                    Ok(t) => t,
-                    Err(TableError::TableDoesNotExist(_)) => return Ok(0),
-                    Err(e) => return Err(log_err(e)),
-                };
-                // The newest record stays: the next offset is derived from it.
-                let Some(last) = table.last().map_err(log_err)?.map(|(k, _)| k.value()) else {
-                    return Ok(0);
-                };
-                let end = before.min(last);
+                let mut table = txn.open_table(def).map_err(log_err)?;
                 table
-                    .retain_in(..end, |_, v| {
-                        let keep = decode_ts(v) >= ingested_before;
-                        removed += u64::from(!keep);
-                        keep
-                    })
+                    .retain_in(first..stop, |_, _| false)
                     .map_err(log_err)?;
             }
             txn.commit().map_err(log_err)?;
-            Ok(removed)
+            Ok(stop - first)
         })
         .await
     }
