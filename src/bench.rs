@@ -183,32 +183,55 @@ async fn end_to_end(
         decode_threads: args.threads,
         ..SpeedConfig::default()
     };
-    let layer = SpeedLayer::new(pipeline, &config, &HashMap::new());
-    let shutdown = Shutdown::new();
     let started = Instant::now();
-    let task = tokio::spawn(tributary_speed::run(
-        config,
-        pipeline.clone(),
-        log,
-        layer.clone(),
-        None,
-        shutdown.clone(),
-    ));
-    loop {
-        let done: u64 = layer.stats().streams.values().map(|s| s.events).sum();
-        if done as usize >= args.events {
-            break;
-        }
-        if task.is_finished() {
-            bail!("the speed layer stopped early");
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let run = SpeedRun::start(pipeline, log, config);
+    let layer = run.layer.clone();
+    run.wait_for(args.events as u64).await?;
     let speed_s = started.elapsed().as_secs_f64();
-    shutdown.cancel();
-    task.await??;
     let state_rows: usize = layer.stats().views.iter().map(|v| v.state_rows).sum();
     Ok((speed_s, state_rows))
+}
+
+/// A speed layer reading a bench's log (as `tributary up` runs it), stopped once its
+/// states hold a given number of events.
+pub struct SpeedRun {
+    layer: SpeedLayer,
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<Result<(), tributary_speed::SpeedError>>,
+}
+
+impl SpeedRun {
+    pub fn start(pipeline: &Pipeline, log: Arc<dyn EventLog>, config: SpeedConfig) -> SpeedRun {
+        let layer = SpeedLayer::new(pipeline, &config, &HashMap::new());
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(tributary_speed::run(
+            config,
+            pipeline.clone(),
+            log,
+            layer.clone(),
+            None,
+            shutdown.clone(),
+        ));
+        SpeedRun {
+            layer,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Until the states hold `events` events (polled every millisecond), then stop.
+    pub async fn wait_for(self, events: u64) -> anyhow::Result<()> {
+        let held = || -> u64 { self.layer.stats().streams.values().map(|s| s.events).sum() };
+        while held() < events {
+            if self.task.is_finished() {
+                bail!("the speed layer stopped early");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.shutdown.cancel();
+        self.task.await??;
+        Ok(())
+    }
 }
 
 /// Seconds DuckDB needs for the IoT view over `path`.

@@ -7,19 +7,15 @@
 //! client posts (as `tributary up` does), and reports events/s end to end: from the
 //! first POST until the speed layer's states hold every accepted event.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use tributary_core::config::SpeedConfig;
 use tributary_core::dead_letter::DeadLetterSink;
-use tributary_core::pipeline::Pipeline;
-use tributary_core::shutdown::Shutdown;
 use tributary_core::storage::Storage;
 use tributary_ingest::log::EmbeddedLog;
 use tributary_ingest::{Ingest, IngestLimits};
-use tributary_speed::SpeedLayer;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -92,7 +88,8 @@ async fn pass(args: &Args, bad_percent: f64, speed: bool) -> anyhow::Result<Pass
         &storage.log_dir(),
         &[(stream.name.clone(), stream.partitions)],
     )?);
-    let speed = speed.then(|| SpeedRun::start(&pipeline, log.clone()));
+    let speed = speed
+        .then(|| crate::bench::SpeedRun::start(&pipeline, log.clone(), SpeedConfig::default()));
     let dead_letters = DeadLetterSink::new(storage.clone(), [stream.name.clone()])
         .with_spool(&storage.spool_dir(), "bench")?;
     let ingest = Arc::new(Ingest::new(
@@ -163,53 +160,6 @@ async fn pass(args: &Args, bad_percent: f64, speed: bool) -> anyhow::Result<Pass
         pass.rejected
     );
     Ok(pass)
-}
-
-/// The speed layer reading the bench's log while the client posts.
-struct SpeedRun {
-    layer: SpeedLayer,
-    shutdown: Shutdown,
-    task: tokio::task::JoinHandle<Result<(), tributary_speed::SpeedError>>,
-}
-
-impl SpeedRun {
-    fn start(pipeline: &Pipeline, log: Arc<EmbeddedLog>) -> SpeedRun {
-        let config = SpeedConfig::default();
-        let layer = SpeedLayer::new(pipeline, &config, &HashMap::new());
-        let shutdown = Shutdown::new();
-        let task = tokio::spawn(tributary_speed::run(
-            config,
-            pipeline.clone(),
-            log,
-            layer.clone(),
-            None,
-            shutdown.clone(),
-        ));
-        SpeedRun {
-            layer,
-            shutdown,
-            task,
-        }
-    }
-
-    /// Until the states hold `events` events (polled every millisecond), then stop.
-    async fn wait_for(self, events: u64) -> anyhow::Result<()> {
-        while self
-            .layer
-            .stats()
-            .streams
-            .values()
-            .map(|s| s.events)
-            .sum::<u64>()
-            < events
-        {
-            anyhow::ensure!(!self.task.is_finished(), "the speed layer stopped early");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        self.shutdown.cancel();
-        self.task.await??;
-        Ok(())
-    }
 }
 
 /// A request body of `batch` IoT readings, every `every`-th of them invalid (a string

@@ -101,9 +101,9 @@ pub struct Merged {
     pub batch: Option<Arc<BatchView>>,
     /// The speed states used.
     pub speed: tributary_speed::Snapshot,
-    /// The (batch version, speed generation) the rows were computed from, when the
-    /// speed source numbers its generations.
-    key: Option<MergeKey>,
+    /// The rows as JSON, built on first use and shared by every request of the same
+    /// (batch version, speed generation) when the speed source numbers its generations.
+    json: Arc<std::sync::OnceLock<Arc<JsonRows>>>,
 }
 
 /// Merges each view's batch states with its speed states into one exact answer.
@@ -112,14 +112,15 @@ pub struct Merger {
     storage: Storage,
     speed: Arc<dyn SpeedSource>,
     batch_views: RwLock<HashMap<String, Arc<BatchView>>>,
-    /// Per view, the last merged rows and the (batch version, speed generation) they
-    /// were computed from: requests between two micro-batches share one final plan.
-    merged_cache: std::sync::Mutex<HashMap<String, (MergeKey, Vec<RecordBatch>)>>,
-    /// Per view, the merged rows as JSON (sorted by window, then keys) and the key they
-    /// were built from: a request then only filters, orders and pages them, instead of
-    /// converting every row of the view.
-    json_cache: std::sync::Mutex<HashMap<String, (MergeKey, Arc<JsonRows>)>>,
+    /// Per view, the last merged rows, their JSON form (sorted by window, then keys,
+    /// built on first use) and the (batch version, speed generation) they were computed
+    /// from: requests between two micro-batches share one final plan and one conversion,
+    /// and each only filters, orders and pages the rows.
+    merged_cache: std::sync::Mutex<HashMap<String, (MergeKey, CachedRows)>>,
 }
+
+/// A view's merged rows and, once a request asked for it, their JSON form.
+type CachedRows = (Vec<RecordBatch>, Arc<std::sync::OnceLock<Arc<JsonRows>>>);
 
 /// One merged row as the API shows it, with what it is ordered by.
 #[derive(Debug)]
@@ -149,7 +150,6 @@ impl Merger {
             speed,
             batch_views: RwLock::new(loaded.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()),
             merged_cache: Default::default(),
-            json_cache: Default::default(),
         }
     }
 
@@ -228,8 +228,8 @@ impl Merger {
                 .filter(|(k, _)| *k == key)
                 .map(|(_, rows)| rows.clone())
         });
-        let rows = match cached {
-            Some(rows) => rows,
+        let (rows, json) = match cached {
+            Some(cached) => cached,
             None => {
                 let mut states = batch.as_ref().map(|b| b.states.clone()).unwrap_or_default();
                 states.extend(speed.states.iter().cloned());
@@ -240,13 +240,14 @@ impl Merger {
                         view: view.name.clone(),
                         source,
                     })?;
+                let cached: CachedRows = (rows, Default::default());
                 if let Some(key) = key {
                     self.merged_cache
                         .lock()
                         .expect("merge cache lock")
-                        .insert(view_name.to_string(), (key, rows.clone()));
+                        .insert(view_name.to_string(), (key, cached.clone()));
                 }
-                rows
+                cached
             }
         };
         Ok(Merged {
@@ -254,31 +255,8 @@ impl Merger {
             rows,
             batch,
             speed,
-            key,
+            json,
         })
-    }
-
-    /// The merged rows as JSON, built once per (batch version, speed generation).
-    fn json_rows(&self, merged: &Merged, watermark: Option<i64>) -> Arc<JsonRows> {
-        let name = &merged.view.name;
-        let cached = merged.key.and_then(|key| {
-            let cache = self.json_cache.lock().expect("json cache lock");
-            cache
-                .get(name)
-                .filter(|(k, _)| *k == key)
-                .map(|(_, rows)| rows.clone())
-        });
-        if let Some(rows) = cached {
-            return rows;
-        }
-        let rows = Arc::new(json_rows(&merged.view, &merged.rows, watermark));
-        if let Some(key) = merged.key {
-            self.json_cache
-                .lock()
-                .expect("json cache lock")
-                .insert(name.clone(), (key, rows.clone()));
-        }
-        rows
     }
 
     /// The merged answer of `view_name`, filtered, ordered and paged as `q` asks.
@@ -294,7 +272,12 @@ impl Merger {
             .chain(merged.batch.as_ref().and_then(|b| b.max_event_ts))
             .max();
         let watermark = merged.view.watermark(max_event_ts);
-        let (total_rows, rows) = to_rows(&self.json_rows(&merged, watermark), q);
+        let (total_rows, rows) = to_rows(
+            merged
+                .json
+                .get_or_init(|| Arc::new(json_rows(&merged.view, &merged.rows, watermark))),
+            q,
+        );
         let Merged {
             view, batch, speed, ..
         } = merged;
