@@ -10,6 +10,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::record_batch::RecordBatch;
 use serde_json::Value;
 
+use super::fast_json::{self, Scratch, Slot};
 use super::{FieldError, FieldType, Scalar, StreamSchema, UTC};
 use crate::error::{CoreError, Result};
 
@@ -37,6 +38,9 @@ pub struct BatchDecoder {
     /// Index of the event-time field among the stream's fields.
     event_index: usize,
     rows: usize,
+    /// The fast path's slots and string text, reused from record to record so that a
+    /// valid record is decoded without an allocation of its own.
+    scratch: Scratch,
 }
 
 enum ColumnBuilder {
@@ -77,6 +81,7 @@ impl BatchDecoder {
                 .position(|f| f.name == schema.event_time)
                 .unwrap_or(0),
             rows: 0,
+            scratch: Scratch::default(),
         }
     }
 
@@ -96,8 +101,8 @@ impl BatchDecoder {
         payload: &[u8],
         pos: LogPosition,
     ) -> std::result::Result<(), FieldError> {
-        if let Some(scalars) = super::fast_json::parse(&self.schema, payload) {
-            self.append(scalars, pos);
+        if fast_json::parse_into(&self.schema, payload, &mut self.scratch) {
+            self.append_scratch(pos);
             return Ok(());
         }
         let value: Value = serde_json::from_slice(payload)
@@ -130,6 +135,40 @@ impl BatchDecoder {
         Ok(())
     }
 
+    /// Append the record the fast path left in the scratch.
+    fn append_scratch(&mut self, pos: LogPosition) {
+        let scratch = &self.scratch;
+        let day = match scratch.slots.get(self.event_index) {
+            Some(Slot::Ts(us)) => us.div_euclid(86_400_000_000) as i32,
+            _ => 0,
+        };
+        self.event_date.append_value(day);
+        for (b, s) in self.columns.iter_mut().zip(&scratch.slots) {
+            match (b, *s) {
+                (ColumnBuilder::Str(b), Slot::Str(start, end)) => {
+                    b.append_value(scratch.str(start, end))
+                }
+                (ColumnBuilder::Int(b), Slot::Int(v)) => b.append_value(v),
+                (ColumnBuilder::Float(b), Slot::Float(v)) => b.append_value(v),
+                (ColumnBuilder::Bool(b), Slot::Bool(v)) => b.append_value(v),
+                (ColumnBuilder::Ts(b), Slot::Ts(v)) => b.append_value(v),
+                (ColumnBuilder::Str(b), _) => b.append_null(),
+                (ColumnBuilder::Int(b), _) => b.append_null(),
+                (ColumnBuilder::Float(b), _) => b.append_null(),
+                (ColumnBuilder::Bool(b), _) => b.append_null(),
+                (ColumnBuilder::Ts(b), _) => b.append_null(),
+            }
+        }
+        self.append_position(pos);
+    }
+
+    fn append_position(&mut self, pos: LogPosition) {
+        self.ingest_ts.append_value(pos.ingest_ts);
+        self.partition.append_value(pos.partition as i32);
+        self.offset.append_value(pos.offset as i64);
+        self.rows += 1;
+    }
+
     fn append(&mut self, scalars: Vec<Scalar>, pos: LogPosition) {
         // The event time is validated non-null; its UTC day partitions the master table.
         let day = match scalars.get(self.event_index) {
@@ -152,10 +191,7 @@ impl BatchDecoder {
                 _ => unreachable!("parse() returns scalars matching the schema's types"),
             }
         }
-        self.ingest_ts.append_value(pos.ingest_ts);
-        self.partition.append_value(pos.partition as i32);
-        self.offset.append_value(pos.offset as i64);
-        self.rows += 1;
+        self.append_position(pos);
     }
 
     /// Take the rows appended so far as one batch, leaving the decoder empty.

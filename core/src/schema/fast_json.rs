@@ -14,24 +14,91 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use super::{FieldType, Scalar, StreamSchema, timestamp_in_range};
 
-/// The record's values in field order, or `None` to let the validator decide.
-pub(crate) fn parse(schema: &StreamSchema, payload: &[u8]) -> Option<Vec<Scalar>> {
-    let mut de = serde_json::Deserializer::from_slice(payload);
-    let slots = RecordSeed { schema }.deserialize(&mut de).ok()?;
-    de.end().ok()?;
-    let mut out = Vec::with_capacity(slots.len());
-    for (f, slot) in schema.fields.iter().zip(slots) {
-        match slot {
-            Some(Scalar::Null) | None if f.nullable => out.push(Scalar::Null),
-            Some(Scalar::Null) | None => return None,
-            Some(v) => out.push(v),
+/// One field's value as the fast path read it. Strings are ranges of [`Scratch::text`],
+/// so a record costs no allocation once the scratch has grown to its size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Slot {
+    /// The record did not name the field.
+    Missing,
+    /// JSON `null`.
+    Null,
+    /// A string: `start..end` of the scratch's text.
+    Str(u32, u32),
+    /// An int64 field.
+    Int(i64),
+    /// A float64 field.
+    Float(f64),
+    /// A bool field.
+    Bool(bool),
+    /// A timestamp field, in microseconds.
+    Ts(i64),
+}
+
+/// What the fast path reads a record into, kept by its caller from one record to the
+/// next: a slot per field and the text of the record's strings.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    /// One per field of the schema, in field order.
+    pub(crate) slots: Vec<Slot>,
+    /// The string values, one after the other.
+    pub(crate) text: String,
+}
+
+impl Scratch {
+    /// The string a [`Slot::Str`] names.
+    pub(crate) fn str(&self, start: u32, end: u32) -> &str {
+        &self.text[start as usize..end as usize]
+    }
+
+    /// Slot `i` as the validator's [`Scalar`].
+    pub(crate) fn scalar(&self, i: usize) -> Scalar {
+        match self.slots[i] {
+            Slot::Missing | Slot::Null => Scalar::Null,
+            Slot::Str(a, b) => Scalar::Str(self.str(a, b).to_string()),
+            Slot::Int(v) => Scalar::Int(v),
+            Slot::Float(v) => Scalar::Float(v),
+            Slot::Bool(v) => Scalar::Bool(v),
+            Slot::Ts(v) => Scalar::Ts(v),
         }
     }
-    Some(out)
+}
+
+/// Read a valid record into `scratch` and say so, or return false to let the validator
+/// decide. After `true`, every slot holds a value or `Null` (of a nullable field).
+pub(crate) fn parse_into(schema: &StreamSchema, payload: &[u8], scratch: &mut Scratch) -> bool {
+    scratch.slots.clear();
+    scratch.slots.resize(schema.fields.len(), Slot::Missing);
+    scratch.text.clear();
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let read = RecordSeed { schema, scratch }.deserialize(&mut de);
+    if read.is_err() || de.end().is_err() {
+        return false;
+    }
+    for (f, slot) in schema.fields.iter().zip(scratch.slots.iter_mut()) {
+        if matches!(slot, Slot::Missing | Slot::Null) {
+            if !f.nullable {
+                return false;
+            }
+            *slot = Slot::Null;
+        }
+    }
+    true
+}
+
+/// The record's values in field order, or `None` to let the validator decide.
+#[cfg(test)]
+pub(crate) fn parse(schema: &StreamSchema, payload: &[u8]) -> Option<Vec<Scalar>> {
+    let mut scratch = Scratch::default();
+    parse_into(schema, payload, &mut scratch).then(|| {
+        (0..schema.fields.len())
+            .map(|i| scratch.scalar(i))
+            .collect()
+    })
 }
 
 struct RecordSeed<'s> {
     schema: &'s StreamSchema,
+    scratch: &'s mut Scratch,
 }
 
 /// A decline, carried through serde as an error.
@@ -45,46 +112,73 @@ impl fmt::Display for Decline {
 }
 
 impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
-    type Value = Vec<Option<Scalar>>;
+    type Value = ();
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_map(self)
     }
 }
 
 impl<'de> Visitor<'de> for RecordSeed<'_> {
-    type Value = Vec<Option<Scalar>>;
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut slots: Vec<Option<Scalar>> = vec![None; self.schema.fields.len()];
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            let Some(i) = self.schema.fields.iter().position(|f| f.name == *key) else {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key_seed(KeySeed(self.schema))? {
+            let Some(i) = key else {
                 // Unknown fields are an error the validator words.
                 let _ = map.next_value::<IgnoredAny>()?;
                 return Err(serde::de::Error::custom(Decline));
             };
             // Like a JSON object read into a map, the last of repeated keys wins.
-            slots[i] = Some(map.next_value_seed(FieldSeed {
+            let value = map.next_value_seed(FieldSeed {
                 field_type: self.schema.fields[i].field_type,
                 max_string_bytes: self.schema.max_string_bytes,
-            })?);
+                text: &mut self.scratch.text,
+            })?;
+            self.scratch.slots[i] = value;
         }
-        Ok(slots)
+        Ok(())
     }
 }
 
-struct FieldSeed {
+/// A key as the index of its field (`None`: not a field of the schema), read without
+/// copying it: serde's `Cow<str>` would allocate a `String` per key.
+struct KeySeed<'s>(&'s StreamSchema);
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(self.0.fields.iter().position(|f| f.name == v))
+    }
+}
+
+struct FieldSeed<'t> {
     field_type: FieldType,
     /// Longer strings are declined, so the validator words the refusal.
     max_string_bytes: usize,
+    /// Where a string value goes.
+    text: &'t mut String,
 }
 
-impl<'de> DeserializeSeed<'de> for FieldSeed {
-    type Value = Scalar;
+impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
+    type Value = Slot;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
@@ -95,70 +189,76 @@ fn decline<E: serde::de::Error>() -> E {
     E::custom(Decline)
 }
 
-impl<'de> Visitor<'de> for FieldSeed {
-    type Value = Scalar;
+impl<'de> Visitor<'de> for FieldSeed<'_> {
+    type Value = Slot;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a field value")
     }
 
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Scalar, E> {
-        Ok(Scalar::Null)
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Slot, E> {
+        Ok(Slot::Null)
     }
 
-    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Scalar, E> {
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Slot, E> {
         match self.field_type {
-            FieldType::Bool => Ok(Scalar::Bool(v)),
+            FieldType::Bool => Ok(Slot::Bool(v)),
             _ => Err(decline()),
         }
     }
 
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scalar, E> {
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Slot, E> {
         match self.field_type {
-            FieldType::Int64 => Ok(Scalar::Int(v)),
-            FieldType::Float64 => Ok(Scalar::Float(v as f64)),
+            FieldType::Int64 => Ok(Slot::Int(v)),
+            FieldType::Float64 => Ok(Slot::Float(v as f64)),
             FieldType::Timestamp => v
                 .checked_mul(1000)
                 .filter(|us| timestamp_in_range(*us))
-                .map(Scalar::Ts)
+                .map(Slot::Ts)
                 .ok_or_else(decline),
             _ => Err(decline()),
         }
     }
 
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scalar, E> {
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Slot, E> {
         match (self.field_type, i64::try_from(v)) {
-            (FieldType::Float64, _) => Ok(Scalar::Float(v as f64)),
+            (FieldType::Float64, _) => Ok(Slot::Float(v as f64)),
             (_, Ok(v)) => self.visit_i64(v),
             (_, Err(_)) => Err(decline()),
         }
     }
 
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Scalar, E> {
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Slot, E> {
         match self.field_type {
-            FieldType::Float64 => Ok(Scalar::Float(v)),
+            FieldType::Float64 => Ok(Slot::Float(v)),
             _ => Err(decline()),
         }
     }
 
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar, E> {
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Slot, E> {
         match self.field_type {
-            FieldType::String if v.len() <= self.max_string_bytes => Ok(Scalar::Str(v.to_string())),
+            // A scratch longer than u32 would need a record of 4 GiB; decline it anyway.
+            FieldType::String if v.len() <= self.max_string_bytes => {
+                let start = u32::try_from(self.text.len()).map_err(|_| decline())?;
+                self.text.push_str(v);
+                let end = u32::try_from(self.text.len()).map_err(|_| decline())?;
+                Ok(Slot::Str(start, end))
+            }
             FieldType::Timestamp => DateTime::parse_from_rfc3339(v)
                 .ok()
                 .map(|t| t.with_timezone(&Utc).timestamp_micros())
                 .filter(|us| timestamp_in_range(*us))
-                .map(Scalar::Ts)
+                .map(Slot::Ts)
                 .ok_or_else(decline),
             _ => Err(decline()),
         }
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Scalar, A::Error> {
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Slot, A::Error> {
         Err(decline())
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Scalar, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Slot, A::Error> {
         Err(decline())
     }
 }
@@ -316,6 +416,23 @@ mod tests {
             let at = LogPosition { partition: 0, offset: 0, ingest_ts: 0 };
             let mut d = BatchDecoder::new(&s, true);
             prop_assert_eq!(d.push_bytes(r.as_bytes(), at).is_ok(), slow.is_some(), "{}", r);
+            // The columns the fast path fills (from its scratch, between two other
+            // records so a stale slot would show) hold what the validator's values give.
+            if slow.is_some() {
+                let value: serde_json::Value = serde_json::from_str(&r).unwrap();
+                let other = r#"{"s":"zz","i":3,"x":0.5,"b":false,"ts":5}"#;
+                let mut fast = BatchDecoder::new(&s, true);
+                let mut reference = BatchDecoder::new(&s, true);
+                for d in [&mut fast, &mut reference] {
+                    d.push_bytes(other.as_bytes(), at).unwrap();
+                }
+                fast.push_bytes(r.as_bytes(), at).unwrap();
+                reference.push(&value, at).unwrap();
+                for d in [&mut fast, &mut reference] {
+                    d.push_bytes(other.as_bytes(), at).unwrap();
+                }
+                prop_assert_eq!(fast.flush().unwrap(), reference.flush().unwrap(), "{}", r);
+            }
         }
 
         /// Arbitrary bytes never panic either path.

@@ -2,9 +2,12 @@
 //! the bytes that arrived when the fast path can (no `serde_json::Value` tree), so a
 //! record is parsed once on its way into the log and its bytes are stored as they came.
 
+use std::cell::RefCell;
+
 use serde_json::Value;
 
-use super::{FieldError, Scalar, StreamSchema, fast_json, fnv1a};
+use super::fast_json::{self, Scratch, Slot};
+use super::{FieldError, Scalar, StreamSchema, fnv1a};
 
 /// A record that passed its stream's validation.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,8 +24,16 @@ impl StreamSchema {
     /// without building a tree; whenever it declines, the full validator decides and
     /// words the error (the same result either way, see `fast_json`).
     pub fn validate_bytes(&self, payload: &[u8]) -> Result<ValidRecord, FieldError> {
-        if let Some(scalars) = fast_json::parse(self, payload) {
-            return Ok(self.valid_record(&scalars));
+        thread_local! {
+            // Reused by every record validated on this thread, so the fast path does
+            // not allocate per record.
+            static SCRATCH: RefCell<Scratch> = RefCell::default();
+        }
+        let fast = SCRATCH.with_borrow_mut(|scratch| {
+            fast_json::parse_into(self, payload, scratch).then(|| self.valid_scratch(scratch))
+        });
+        if let Some(valid) = fast {
+            return Ok(valid);
         }
         let value: Value = serde_json::from_slice(payload)
             .map_err(|e| FieldError::new("", format!("malformed JSON: {e}")))?;
@@ -40,6 +51,25 @@ impl StreamSchema {
         match key {
             Some(k) => (fnv1a(k) % n) as u32,
             None => (round_robin % n) as u32,
+        }
+    }
+
+    fn valid_scratch(&self, scratch: &Scratch) -> ValidRecord {
+        let event_ts = self
+            .fields
+            .iter()
+            .zip(&scratch.slots)
+            .find_map(|(f, v)| match v {
+                Slot::Ts(us) if f.name == self.event_time => Some(*us),
+                _ => None,
+            });
+        let key = self.key.as_deref().and_then(|k| {
+            let i = self.fields.iter().position(|f| f.name == k)?;
+            key_bytes(&scratch.scalar(i))
+        });
+        ValidRecord {
+            event_ts: event_ts.expect("the event time is a required timestamp"),
+            key,
         }
     }
 

@@ -1,4 +1,5 @@
-//! The embedded event log: redb on local disk, one table per stream partition.
+//! The embedded event log: redb on local disk, one table per stream partition, whose
+//! values are chunks of records (see `chunk`: one insert per group commit and partition).
 //!
 //! redb gives crash-safe, checksummed transactions with fsync on commit, so a
 //! `kill -9` never loses a committed append or corrupts the file. Appends go through
@@ -24,13 +25,15 @@ use tributary_core::error::{CoreError, Result};
 use tributary_core::log::{AppendAck, Assignment, EventLog, LogBatch, LogRecord, NewRecord};
 use tributary_core::time::now_micros;
 
+use super::chunk::{self, ChunkBuilder, chunk_table};
+
 const POSITIONS: TableDefinition<&str, u64> = TableDefinition::new("positions");
 
 fn partition_table(stream: &str, partition: u32) -> String {
-    format!("p/{stream}/{partition}")
+    chunk_table(stream, partition)
 }
 
-fn log_err(e: impl std::fmt::Display) -> CoreError {
+pub(crate) fn log_err(e: impl std::fmt::Display) -> CoreError {
     CoreError::Log(e.to_string())
 }
 
@@ -86,6 +89,15 @@ impl EmbeddedLog {
             ))
         })?;
         let db = Arc::new(db);
+        {
+            // A log written before chunks: its records move into chunks once, here.
+            let txn = db.begin_write().map_err(log_err)?;
+            let moved = chunk::migrate_record_tables(&txn, streams)?;
+            txn.commit().map_err(log_err)?;
+            if moved > 0 {
+                tracing::info!(records = moved, "embedded log moved into the chunk layout");
+            }
+        }
         let mut last = 0i64;
         {
             let read = db.begin_read().map_err(log_err)?;
@@ -192,17 +204,17 @@ fn removable_prefix(
         Err(TableError::TableDoesNotExist(_)) => return Ok(None),
         Err(e) => return Err(log_err(e)),
     };
-    let (Some(first), Some(last)) = (
-        table.first().map_err(log_err)?.map(|(k, _)| k.value()),
-        table.last().map_err(log_err)?.map(|(k, _)| k.value()),
-    ) else {
+    let (first, next) = (chunk::first_offset(&table)?, chunk::end_offset(&table)?);
+    let Some(last) = next.checked_sub(1).filter(|l| *l >= first) else {
         return Ok(None);
     };
     let end = before.min(last).min(first.saturating_add(MAX_TRUNCATE));
     let mut stop = end;
+    // A chunk's records share one stamp: the first chunk stamped at or after the bound
+    // ends the prefix.
     for entry in table.range(first..end).map_err(log_err)? {
         let (k, v) = entry.map_err(log_err)?;
-        if decode_ts(v.value()) >= ingested_before {
+        if chunk::Chunk::parse(v.value())?.ts >= ingested_before {
             stop = k.value();
             break;
         }
@@ -255,19 +267,24 @@ fn commit_group(db: &Database, ts: i64, group: &[AppendRequest]) -> Result<Vec<A
             let mut table = txn.open_table(def).map_err(log_err)?;
             let start = match next.get(req.table.as_str()) {
                 Some(n) => *n,
-                None => table
-                    .last()
-                    .map_err(log_err)?
-                    .map(|(k, _)| k.value() + 1)
-                    .unwrap_or(0),
+                None => chunk::end_offset(&table)?,
             };
-            let mut buf = Vec::new();
-            for (i, p) in req.payloads.iter().enumerate() {
-                buf.clear();
-                buf.extend_from_slice(&ts.to_le_bytes());
-                buf.extend_from_slice(p);
+            // One chunk per request, a big request in several (see `chunk`'s size cap).
+            let mut chunk_start = start;
+            let mut chunk = ChunkBuilder::new(ts);
+            for p in &req.payloads {
+                chunk.push(p)?;
+                if chunk.is_full() {
+                    table
+                        .insert(chunk_start, chunk.finish().as_slice())
+                        .map_err(log_err)?;
+                    chunk_start += chunk.len();
+                    chunk = ChunkBuilder::new(ts);
+                }
+            }
+            if chunk.len() > 0 {
                 table
-                    .insert(start + i as u64, buf.as_slice())
+                    .insert(chunk_start, chunk.finish().as_slice())
                     .map_err(log_err)?;
             }
             next.insert(&req.table, start + req.payloads.len() as u64);
@@ -303,15 +320,10 @@ impl EventLog for EmbeddedLog {
                 return Ok(0);
             };
             let txn = db.begin_write().map_err(log_err)?;
-            {
-                let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
-                let mut table = txn.open_table(def).map_err(log_err)?;
-                table
-                    .retain_in(first..stop, |_, _| false)
-                    .map_err(log_err)?;
-            }
+            let removed = chunk::remove_prefix(&txn, &name, stop)?;
             txn.commit().map_err(log_err)?;
-            Ok(stop - first)
+            debug_assert_eq!(removed, stop - first, "offsets are dense");
+            Ok(removed)
         })
         .await
     }
@@ -360,16 +372,7 @@ impl EventLog for EmbeddedLog {
                 }
                 Err(e) => return Err(log_err(e)),
             };
-            let mut out = Vec::new();
-            for item in table.range(from..).map_err(log_err)?.take(max) {
-                let (k, v) = item.map_err(log_err)?;
-                let v = v.value();
-                out.push(LogRecord {
-                    offset: k.value(),
-                    ingest_ts: decode_ts(v),
-                    payload: v[8..].to_vec(),
-                });
-            }
+            let out = chunk::read(&table, from, max)?;
             let next_offset = out.last().map_or(from, |r: &LogRecord| r.offset + 1);
             // Offsets are dense here: a first record past `from` means truncation
             // removed the ones between.
@@ -393,11 +396,7 @@ impl EventLog for EmbeddedLog {
             let read = db.begin_read().map_err(log_err)?;
             let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
             match read.open_table(def) {
-                Ok(t) => Ok(t
-                    .last()
-                    .map_err(log_err)?
-                    .map(|(k, _)| k.value() + 1)
-                    .unwrap_or(0)),
+                Ok(t) => chunk::end_offset(&t),
                 Err(TableError::TableDoesNotExist(_)) => Ok(0),
                 Err(e) => Err(log_err(e)),
             }
@@ -412,7 +411,7 @@ impl EventLog for EmbeddedLog {
             let read = db.begin_read().map_err(log_err)?;
             let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
             match read.open_table(def) {
-                Ok(t) => Ok(t.first().map_err(log_err)?.map_or(0, |(k, _)| k.value())),
+                Ok(t) => chunk::first_offset(&t),
                 Err(TableError::TableDoesNotExist(_)) => Ok(0),
                 Err(e) => Err(log_err(e)),
             }
@@ -431,20 +430,13 @@ impl EventLog for EmbeddedLog {
                 Err(TableError::TableDoesNotExist(_)) => return Ok(0),
                 Err(e) => return Err(log_err(e)),
             };
-            let end = table
-                .last()
-                .map_err(log_err)?
-                .map(|(k, _)| k.value() + 1)
-                .unwrap_or(0);
-            // `_ingest_ts` is non-decreasing in offset order: binary search.
+            let end = chunk::end_offset(&table)?;
+            // `_ingest_ts` is non-decreasing in offset order: binary search. Offsets
+            // retention removed were ingested before every record still held.
             let (mut lo, mut hi) = (0u64, end);
             while lo < hi {
                 let mid = lo + (hi - lo) / 2;
-                let at = table
-                    .get(mid)
-                    .map_err(log_err)?
-                    .map(|v| decode_ts(v.value()))
-                    .ok_or_else(|| CoreError::Log(format!("offset {mid} missing")))?;
+                let at = chunk::ts_at(&table, mid)?.unwrap_or(i64::MIN);
                 if at < ts {
                     lo = mid + 1;
                 } else {

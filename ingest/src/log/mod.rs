@@ -1,6 +1,7 @@
 //! Event-log backends. The trait lives in `tributary_core::log`; [`conformance`] is the
 //! one test suite every backend must pass.
 
+mod chunk;
 pub mod conformance;
 pub mod embedded;
 pub mod kafka;
