@@ -128,11 +128,14 @@ impl ChunkBuilder {
     }
 }
 
-/// The chunk holding `offset`, as (its first offset, its value), if the table has one.
+/// A chunk's first offset and its value, borrowed from a table.
+type Located<'t> = (u64, redb::AccessGuard<'t, &'static [u8]>);
+
+/// The chunk holding `offset`, if the table has one.
 fn chunk_at(
     table: &impl ReadableTable<u64, &'static [u8]>,
     offset: u64,
-) -> Result<Option<(u64, redb::AccessGuard<'_, &'static [u8]>)>> {
+) -> Result<Option<Located<'_>>> {
     let Some(entry) = table.range(..=offset).map_err(log_err)?.next_back() else {
         return Ok(None);
     };
