@@ -204,30 +204,35 @@ impl Merger {
             .view(view_name)
             .ok_or_else(|| ServingError::UnknownView(view_name.to_string()))?
             .clone();
-        let (batch, speed) = {
+        let (batch, speed, held) = {
             let guard = self.batch_views.read().await;
             let batch = guard.get(view_name).cloned();
             let cutoff = batch.as_ref().map(|b| b.cutoff).unwrap_or(i64::MIN);
+            // The answer held for this batch version, if any: when the speed states are
+            // still of its generation they are not copied again, and this answer (not a
+            // later lookup, which another request may have replaced) is the one used.
+            let version = batch.as_ref().map(|b| b.version);
+            let held = self
+                .merged_cache
+                .lock()
+                .expect("merge cache lock")
+                .get(view_name)
+                .filter(|((v, _), _)| *v == version)
+                .cloned();
             let speed = self
                 .speed
-                .snapshot(view_name, cutoff)
+                .snapshot_since(view_name, cutoff, held.as_ref().map(|((_, g), _)| *g))
                 .await
                 .map_err(|source| ServingError::Query {
                     view: view_name.to_string(),
                     source,
                 })?;
-            (batch, speed)
+            (batch, speed, held)
         };
         let key: Option<MergeKey> = speed
             .generation
             .map(|g| (batch.as_ref().map(|b| b.version), g));
-        let cached = key.and_then(|key| {
-            let cache = self.merged_cache.lock().expect("merge cache lock");
-            cache
-                .get(view_name)
-                .filter(|(k, _)| *k == key)
-                .map(|(_, rows)| rows.clone())
-        });
+        let cached = held.filter(|(k, _)| Some(*k) == key).map(|(_, rows)| rows);
         let (rows, json) = match cached {
             Some(cached) => cached,
             None => {

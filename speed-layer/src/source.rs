@@ -33,6 +33,18 @@ pub struct Snapshot {
 pub trait SpeedSource: Send + Sync {
     /// States of `view` in segments at or above `cutoff`.
     async fn snapshot(&self, view: &str, cutoff: i64) -> Result<Snapshot, CoreError>;
+    /// [`SpeedSource::snapshot`], except that when the states are still those of
+    /// generation `known` they are left out (`states` empty, `generation` = `known`):
+    /// the caller holds what it computed from them.
+    async fn snapshot_since(
+        &self,
+        view: &str,
+        cutoff: i64,
+        known: Option<u64>,
+    ) -> Result<Snapshot, CoreError> {
+        let _ = known;
+        self.snapshot(view, cutoff).await
+    }
     /// Serving now answers from a batch view at `cutoff`: segments below it can go.
     async fn release(&self, view: &str, cutoff: i64) -> Result<(), CoreError>;
     /// The speed layer's figures.
@@ -42,11 +54,20 @@ pub trait SpeedSource: Send + Sync {
 #[async_trait]
 impl SpeedSource for SpeedLayer {
     async fn snapshot(&self, view: &str, cutoff: i64) -> Result<Snapshot, CoreError> {
+        self.snapshot_since(view, cutoff, None).await
+    }
+
+    async fn snapshot_since(
+        &self,
+        view: &str,
+        cutoff: i64,
+        known: Option<u64>,
+    ) -> Result<Snapshot, CoreError> {
         let store = self
             .store
             .view(view)
             .ok_or_else(|| CoreError::UnknownView(view.to_string()))?;
-        let s = store.snapshot(cutoff);
+        let s = store.snapshot_since(cutoff, known);
         Ok(Snapshot {
             generation: Some(s.generation),
             states: s.states,

@@ -216,11 +216,21 @@ impl ViewStore {
 
     /// States of every segment at or above `cutoff`.
     pub fn snapshot(&self, cutoff: i64) -> SpeedSnapshot {
+        self.snapshot_since(cutoff, None)
+    }
+
+    /// [`ViewStore::snapshot`], but without the states when the store is still at
+    /// generation `known`: a reader that holds an answer computed from them need not
+    /// copy them again (serving asks this on every request).
+    pub fn snapshot_since(&self, cutoff: i64, known: Option<u64>) -> SpeedSnapshot {
         let inner = self.inner.read().expect("store lock");
         let mut states = Vec::new();
         let mut segments = 0;
+        let unchanged = known == Some(inner.generation);
         for seg in inner.segments.range(cutoff..).map(|(_, s)| s) {
-            states.extend(seg.states.iter().cloned());
+            if !unchanged {
+                states.extend(seg.states.iter().cloned());
+            }
             segments += 1;
         }
         SpeedSnapshot {
@@ -430,6 +440,25 @@ mod tests {
             2,
             "compacted batch plus the one added meanwhile"
         );
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_since_the_current_generation_leaves_the_states_out() {
+        let store = ViewStore::new(view().await, i64::MIN);
+        store.add(1_000, states(1), 1, Some(5), 0);
+        store.add(2_000, states(2), 2, Some(9), 0);
+        let full = store.snapshot(1_000);
+        let same = store.snapshot_since(1_000, Some(full.generation));
+        assert_eq!(same.generation, full.generation);
+        assert!(same.states.is_empty(), "the caller holds them");
+        assert_eq!((same.segments, same.max_event_ts), (2, Some(9)));
+        // Another generation (older, or any change since): the states are all there.
+        let stale = store.snapshot_since(1_000, Some(full.generation.wrapping_sub(1)));
+        assert_eq!(stale.states.len(), 2);
+        store.add(2_000, states(3), 1, None, 0);
+        let after = store.snapshot_since(1_000, Some(full.generation));
+        assert_ne!(after.generation, full.generation);
+        assert_eq!(after.states.len(), 3);
     }
 
     #[tokio::test]
