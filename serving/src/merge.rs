@@ -221,7 +221,7 @@ impl Merger {
                 .cloned();
             let speed = self
                 .speed
-                .snapshot_since(view_name, cutoff, held.as_ref().map(|((_, g), _)| *g))
+                .snapshot(view_name, cutoff, held.as_ref().map(|((_, g), _)| *g))
                 .await
                 .map_err(|source| ServingError::Query {
                     view: view_name.to_string(),

@@ -70,7 +70,13 @@ impl RemoteSpeed {
 
 #[async_trait]
 impl SpeedSource for RemoteSpeed {
-    async fn snapshot(&self, view: &str, cutoff: i64) -> Result<Snapshot, CoreError> {
+    async fn snapshot(
+        &self,
+        view: &str,
+        cutoff: i64,
+        // Another process's generations are not trusted across the wire (see below).
+        _known: Option<u64>,
+    ) -> Result<Snapshot, CoreError> {
         let url = format!(
             "{}/internal/v1/views/{view}/states?cutoff={cutoff}",
             self.base

@@ -71,7 +71,7 @@ async fn states(
         .view(&view)
         .ok_or_else(|| Refusal::UnknownView(view.clone()))?;
     let schema = store.view.partial_schema.clone();
-    let snap = SpeedSource::snapshot(&layer, &view, cutoff)
+    let snap = SpeedSource::snapshot(&layer, &view, cutoff, None)
         .await
         .map_err(|e| Refusal::Internal(e.to_string()))?;
     let body = to_ipc(&schema, &snap.states).map_err(|e| Refusal::Internal(e.to_string()))?;

@@ -31,20 +31,15 @@ pub struct Snapshot {
 /// The speed layer as serving sees it.
 #[async_trait]
 pub trait SpeedSource: Send + Sync {
-    /// States of `view` in segments at or above `cutoff`.
-    async fn snapshot(&self, view: &str, cutoff: i64) -> Result<Snapshot, CoreError>;
-    /// [`SpeedSource::snapshot`], except that when the states are still those of
+    /// States of `view` in segments at or above `cutoff`. When they are still those of
     /// generation `known` they are left out (`states` empty, `generation` = `known`):
     /// the caller holds what it computed from them.
-    async fn snapshot_since(
+    async fn snapshot(
         &self,
         view: &str,
         cutoff: i64,
         known: Option<u64>,
-    ) -> Result<Snapshot, CoreError> {
-        let _ = known;
-        self.snapshot(view, cutoff).await
-    }
+    ) -> Result<Snapshot, CoreError>;
     /// Serving now answers from a batch view at `cutoff`: segments below it can go.
     async fn release(&self, view: &str, cutoff: i64) -> Result<(), CoreError>;
     /// The speed layer's figures.
@@ -53,11 +48,7 @@ pub trait SpeedSource: Send + Sync {
 
 #[async_trait]
 impl SpeedSource for SpeedLayer {
-    async fn snapshot(&self, view: &str, cutoff: i64) -> Result<Snapshot, CoreError> {
-        self.snapshot_since(view, cutoff, None).await
-    }
-
-    async fn snapshot_since(
+    async fn snapshot(
         &self,
         view: &str,
         cutoff: i64,

@@ -169,29 +169,11 @@ impl BatchDecoder {
         self.rows += 1;
     }
 
+    /// Append a record the validator read: through the scratch, so both paths fill
+    /// the columns the same way.
     fn append(&mut self, scalars: Vec<Scalar>, pos: LogPosition) {
-        // The event time is validated non-null; its UTC day partitions the master table.
-        let day = match scalars.get(self.event_index) {
-            Some(Scalar::Ts(us)) => us.div_euclid(86_400_000_000) as i32,
-            _ => 0,
-        };
-        self.event_date.append_value(day);
-        for (b, s) in self.columns.iter_mut().zip(scalars) {
-            match (b, s) {
-                (ColumnBuilder::Str(b), Scalar::Str(v)) => b.append_value(v),
-                (ColumnBuilder::Str(b), Scalar::Null) => b.append_null(),
-                (ColumnBuilder::Int(b), Scalar::Int(v)) => b.append_value(v),
-                (ColumnBuilder::Int(b), Scalar::Null) => b.append_null(),
-                (ColumnBuilder::Float(b), Scalar::Float(v)) => b.append_value(v),
-                (ColumnBuilder::Float(b), Scalar::Null) => b.append_null(),
-                (ColumnBuilder::Bool(b), Scalar::Bool(v)) => b.append_value(v),
-                (ColumnBuilder::Bool(b), Scalar::Null) => b.append_null(),
-                (ColumnBuilder::Ts(b), Scalar::Ts(v)) => b.append_value(v),
-                (ColumnBuilder::Ts(b), Scalar::Null) => b.append_null(),
-                _ => unreachable!("parse() returns scalars matching the schema's types"),
-            }
-        }
-        self.append_position(pos);
+        self.scratch.set(scalars);
+        self.append_scratch(pos);
     }
 
     /// Take the rows appended so far as one batch, leaving the decoder empty.

@@ -50,6 +50,28 @@ impl Scratch {
         &self.text[start as usize..end as usize]
     }
 
+    /// Hold the validator's values instead (a record the fast path declined).
+    pub(crate) fn set(&mut self, scalars: Vec<Scalar>) {
+        self.slots.clear();
+        self.text.clear();
+        for v in scalars {
+            let slot = match v {
+                Scalar::Null => Slot::Null,
+                Scalar::Str(s) => {
+                    // Strings are bounded by `max_string_bytes` (validated), far below 4 GiB.
+                    let start = self.text.len() as u32;
+                    self.text.push_str(&s);
+                    Slot::Str(start, self.text.len() as u32)
+                }
+                Scalar::Int(v) => Slot::Int(v),
+                Scalar::Float(v) => Slot::Float(v),
+                Scalar::Bool(v) => Slot::Bool(v),
+                Scalar::Ts(v) => Slot::Ts(v),
+            };
+            self.slots.push(slot);
+        }
+    }
+
     /// Slot `i` as the validator's [`Scalar`].
     pub(crate) fn scalar(&self, i: usize) -> Scalar {
         match self.slots[i] {
