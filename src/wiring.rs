@@ -458,7 +458,8 @@ pub fn batch_layer(
             config.speed.segment_width_ms,
         )
         .with_maintenance(maintenance)
-        .with_history_limit(config.batch.history_limit),
+        .with_history_limit(config.batch.history_limit)
+        .with_engine(tributary_batch::engine::Engine::from_config(&config.batch)),
     )
 }
 

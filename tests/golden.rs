@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::Tributary;
+use common::cluster::Cluster;
 use common::views::{Row, api_rows, assert_same_rows, late_events, pipeline, reference, sources};
 use serde_json::{Map, Value, json};
 use tributary_core::pipeline::Pipeline;
@@ -127,7 +128,9 @@ fn cases() -> Vec<Case> {
     dirs.iter().map(|d| Case::load(d)).collect()
 }
 
-async fn start(case: &Case) -> (tempfile::TempDir, Tributary) {
+/// Start `up` on the case's pipeline; with `cluster`, batch runs go to that Ballista
+/// cluster.
+async fn start(case: &Case, cluster: Option<&Cluster>) -> (tempfile::TempDir, Tributary) {
     let dir = tempfile::tempdir().unwrap();
     // Dimension tables of the case live beside it; Tributary finds them under its root.
     std::fs::create_dir_all(dir.path().join("data")).unwrap();
@@ -138,7 +141,9 @@ async fn start(case: &Case) -> (tempfile::TempDir, Tributary) {
         }
     }
     let config = Tributary::configure_pipeline(dir.path(), "", 50, &case.pipeline_text);
-    let t = Tributary::start_config(dir.path(), config).await;
+    let env = cluster.map(Cluster::env).unwrap_or_default();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let t = Tributary::start_role(dir.path(), &config, "up", &env).await;
     (dir, t)
 }
 
@@ -218,9 +223,19 @@ macro_rules! golden_cases {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                run_case(stringify!($name)).await;
+                run_case(stringify!($name), false).await;
             }
         )*
+        /// The same cases with the batch layer on a Ballista cluster (a scheduler and
+        /// two executors of this binary): the same answers, from the cluster's states.
+        mod on_ballista {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::run_case(stringify!($name), true).await;
+                }
+            )*
+        }
     };
 }
 
@@ -238,7 +253,7 @@ fn every_case_directory_has_its_test() {
     assert_eq!(names, CASES, "add the new case to golden_cases! above");
 }
 
-async fn run_case(name: &str) {
+async fn run_case(name: &str, on_ballista: bool) {
     let bless = std::env::var("GOLDEN_BLESS").is_ok();
     let case = cases()
         .into_iter()
@@ -295,7 +310,9 @@ async fn run_case(name: &str) {
         }
 
         // Speed layer alone, then batch layer alone.
-        let (_dir, t) = start(&case).await;
+        let cluster_dir = tempfile::tempdir().unwrap();
+        let cluster = on_ballista.then(|| Cluster::start(cluster_dir.path(), 2));
+        let (_dir, t) = start(&case, cluster.as_ref()).await;
         let stream = p.streams[0].name.clone();
         let mut accepted = 0;
         for item in &case.items {
@@ -352,7 +369,7 @@ async fn run_case(name: &str) {
 
         // Merged: an incremental batch run at each mark (the first finds no states and
         // computes them in full), the rest from the speed layer.
-        let (_dir, t) = start(&case).await;
+        let (_dir, t) = start(&case, cluster.as_ref()).await;
         let mut covered = 0;
         let mut n = 0;
         let mut counted = 0;
@@ -410,6 +427,14 @@ async fn run_case(name: &str) {
                 &api_rows(v, &answer),
                 &expected_rows(&v.name),
             );
+        }
+        // Every run went where the configuration sent it.
+        let engine = if on_ballista { "ballista" } else { "local" };
+        let (_, runs) = t.get("/api/v1/batch/runs").await;
+        let runs = runs["runs"].as_array().unwrap();
+        assert!(!runs.is_empty());
+        for run in runs {
+            assert_eq!(run["engine"], engine, "{}: {run}", case.name);
         }
         if bless {
             std::fs::write(

@@ -54,6 +54,27 @@ pub enum BatchError {
         /// What is wrong with it.
         message: String,
     },
+    /// A plan submitted to the Ballista scheduler failed (the scheduler unreachable, a
+    /// task failed more often than the scheduler retries it, or the plan cannot ship).
+    #[error("view `{view}` on the Ballista scheduler at {scheduler}: {source}")]
+    Ballista {
+        /// The scheduler's address.
+        scheduler: String,
+        /// The view whose plan it was.
+        view: String,
+        /// The failure, as Ballista reports it.
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
+    /// A Ballista scheduler or executor of this process could not start or stopped.
+    #[error("Ballista {role}: {source}")]
+    Cluster {
+        /// `scheduler` or `executor`.
+        role: &'static str,
+        /// What went wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("a batch run is already in progress; wait for it to finish")]
     /// A run was asked for while another one runs.
     RunInProgress,
@@ -67,6 +88,19 @@ impl BatchError {
             BatchError::Delta { .. } | BatchError::Log(..) => true,
             BatchError::Query { source, .. } => is_storage_error(source),
             _ => false,
+        }
+    }
+
+    /// A failure of `view`'s plan on the scheduler at `scheduler`.
+    pub fn ballista(
+        scheduler: &str,
+        view: &str,
+        source: datafusion::error::DataFusionError,
+    ) -> Self {
+        BatchError::Ballista {
+            scheduler: scheduler.to_string(),
+            view: view.to_string(),
+            source,
         }
     }
 

@@ -10,7 +10,9 @@
 
 pub mod archiver;
 pub mod backfill;
+pub mod ballista;
 pub mod dedup;
+pub mod engine;
 pub mod error;
 mod history;
 mod isolate;

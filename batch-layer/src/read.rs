@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::TableProvider;
 use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::Expr;
 use datafusion::prelude::{SessionContext, cast, col, lit};
@@ -17,6 +18,7 @@ use tributary_core::view::{CompiledView, SOURCE_BATCH, SOURCE_COLUMN};
 
 use crate::archiver::open_master;
 use crate::dedup::without_repeats;
+use crate::engine::Engine;
 use crate::error::{BatchError, is_storage_error};
 use crate::isolate::partial_isolating_stream;
 use crate::scan::{Meter, MeteredTable, range_files};
@@ -47,14 +49,53 @@ pub(crate) async fn partial_over_master(
     view: &CompiledView,
     from: Option<i64>,
     cutoff: i64,
+    engine: &Engine,
 ) -> Result<Partial, BatchError> {
     let Some(master) = open_master(storage, &view.stream).await? else {
         return Ok((Vec::new(), 0, None));
     };
-    match master_rows(&master, stream, view, from, cutoff).await? {
-        Some(df) => partial_states(view, stream, df).await,
-        None => Ok((Vec::new(), 0, None)),
+    let Some(df) = master_rows(&master, stream, view, from, cutoff, engine).await? else {
+        return Ok((Vec::new(), 0, None));
+    };
+    match engine {
+        Engine::Local => partial_states(view, stream, df).await,
+        Engine::Ballista(cluster) => cluster.partial_states(view, stream, df).await,
     }
+}
+
+/// The master table's `files` (every file of its snapshot when `None`) as a table the
+/// engine can scan: Delta's own provider here; plain Parquet files for Ballista, whose
+/// executors cannot run Delta's scan (the snapshot already chose the files).
+async fn files_table(
+    master: &DeltaTable,
+    reader: &SessionContext,
+    engine: &Engine,
+    files: Option<Vec<String>>,
+) -> Result<Arc<dyn TableProvider>, BatchError> {
+    let what = || "master table".to_string();
+    if let Engine::Ballista(_) = engine {
+        let files = match files {
+            Some(files) => files,
+            None => all_files(master).map_err(|e| BatchError::delta(what(), e))?,
+        };
+        return crate::ballista::parquet_files_table(master, files).await;
+    }
+    let mut builder = master
+        .table_provider()
+        .with_session(Arc::new(reader.state()));
+    if let Some(files) = files {
+        builder = builder.with_file_paths(files);
+    }
+    builder.await.map_err(|e| BatchError::delta(what(), e))
+}
+
+fn all_files(master: &DeltaTable) -> deltalake::DeltaResult<Vec<String>> {
+    Ok(master
+        .snapshot()?
+        .log_data()
+        .iter()
+        .map(|f| f.path().to_string())
+        .collect())
 }
 
 /// The rows a run over `[from, cutoff)` reads, as the view's input columns (plus
@@ -65,6 +106,7 @@ async fn master_rows(
     view: &CompiledView,
     from: Option<i64>,
     cutoff: i64,
+    engine: &Engine,
 ) -> Result<Option<DataFrame>, BatchError> {
     let verr = |e: datafusion::error::DataFusionError| BatchError::query(&view.name, e);
     let what = || format!("master table of `{}`", view.stream);
@@ -82,15 +124,7 @@ async fn master_rows(
     master
         .update_datafusion_session(&reader.state())
         .map_err(|e| BatchError::delta(what(), e))?;
-    let provider = |files: Option<Vec<String>>| {
-        let mut builder = master
-            .table_provider()
-            .with_session(Arc::new(reader.state()));
-        if let Some(files) = files {
-            builder = builder.with_file_paths(files);
-        }
-        builder
-    };
+    let provider = |files: Option<Vec<String>>| files_table(master, &reader, engine, files);
     let in_range = ingest_range(from, cutoff);
     let Some(spec) = &stream.dedup else {
         // Files wholly inside the range skip the range filter; only those on its
@@ -101,9 +135,7 @@ async fn master_rows(
             if paths.is_empty() {
                 continue;
             }
-            let table = provider(Some(paths))
-                .await
-                .map_err(|e| BatchError::delta(what(), e))?;
+            let table = provider(Some(paths)).await?;
             let mut part = reader.read_table(table).map_err(verr)?;
             if filtered {
                 part = part.filter(in_range.clone()).map_err(verr)?;
@@ -119,9 +151,7 @@ async fn master_rows(
             .map(Some)
             .map_err(verr);
     };
-    let table = provider(None)
-        .await
-        .map_err(|e| BatchError::delta(what(), e))?;
+    let table = provider(None).await?;
     let rows = reader.read_table(table).map_err(verr)?;
     // The rule looks back one horizon: an incremental run reads that much before its
     // range so a repeat of an older copy is still dropped.

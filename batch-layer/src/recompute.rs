@@ -23,6 +23,7 @@ use tributary_core::time::rfc3339;
 use tributary_core::view::CompiledView;
 
 use crate::archiver::{archived_positions, open_master};
+use crate::engine::Engine;
 use crate::error::BatchError;
 use crate::history::{append_history, load_history};
 use crate::read::partial_over_master;
@@ -96,6 +97,8 @@ pub struct Batch {
     retention: std::sync::Mutex<Option<crate::retention::RetentionReport>>,
     /// Finished runs kept in the history (`batch.history-limit`).
     history_limit: usize,
+    /// Where runs execute their partial plans (`batch.engine`).
+    engine: Engine,
 }
 
 impl Batch {
@@ -143,7 +146,14 @@ impl Batch {
             maintenance: Default::default(),
             retention: std::sync::Mutex::new(None),
             history_limit: crate::history::DEFAULT_LIMIT,
+            engine: Engine::Local,
         }
+    }
+
+    /// Run partial plans on `engine` rather than in this process.
+    pub fn with_engine(mut self, engine: Engine) -> Self {
+        self.engine = engine;
+        self
     }
 
     /// Keep at most `limit` finished runs in the history (older ones are forgotten,
@@ -233,7 +243,12 @@ impl Batch {
         );
         {
             let mut history = self.history.lock().expect("history lock");
-            history.push(RunRecord::started(&id, kind, names.clone()));
+            history.push(RunRecord::started(
+                &id,
+                kind,
+                names.clone(),
+                self.engine.name(),
+            ));
             crate::history::trim(&mut history, self.history_limit);
         }
         let this = self.clone();
@@ -497,7 +512,8 @@ impl Batch {
         let Some(b) = &at.base else {
             step(&format!("full ({})", at.why_full));
             let (batches, rows_in, max) =
-                partial_over_master(&self.storage, stream, view, None, cutoff).await?;
+                partial_over_master(&self.storage, stream, view, None, cutoff, &self.engine)
+                    .await?;
             return Ok(Some(ViewStates {
                 batches,
                 scope: views::Scope::All,
@@ -511,8 +527,15 @@ impl Batch {
             return Ok(None);
         }
         step("incremental");
-        let (new, rows_in, max) =
-            partial_over_master(&self.storage, stream, view, Some(b.cutoff), cutoff).await?;
+        let (new, rows_in, max) = partial_over_master(
+            &self.storage,
+            stream,
+            view,
+            Some(b.cutoff),
+            cutoff,
+            &self.engine,
+        )
+        .await?;
         // Only the window days the new events fall in are read, merged and replaced
         // (all of a table from before the day partitions).
         let scope = if b.by_day {

@@ -90,6 +90,13 @@ pub struct RunRecord {
     /// How many times it ran: transient storage errors are retried with backoff.
     #[serde(default = "one")]
     pub attempts: u32,
+    /// Where its partial plans ran: `local` or `ballista`.
+    #[serde(default = "local")]
+    pub engine: String,
+}
+
+fn local() -> String {
+    "local".into()
 }
 
 fn one() -> u32 {
@@ -98,7 +105,7 @@ fn one() -> u32 {
 
 impl RunRecord {
     /// The record of a run that starts now.
-    pub(crate) fn started(id: &str, kind: RunKind, views: Vec<String>) -> Self {
+    pub(crate) fn started(id: &str, kind: RunKind, views: Vec<String>, engine: &str) -> Self {
         RunRecord {
             id: id.to_string(),
             kind: kind.name().into(),
@@ -114,6 +121,7 @@ impl RunRecord {
             error: None,
             progress: None,
             attempts: 1,
+            engine: engine.into(),
         }
     }
 }

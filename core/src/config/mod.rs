@@ -20,7 +20,8 @@ mod roles;
 pub use access::{AuthConfig, MIN_TOKEN_LEN, Scope, TokenConfig};
 pub use http::{HttpConfig, SqlConfig};
 pub use roles::{
-    BatchConfig, GeneratorConfig, LogConfig, LogKind, Schedule, SpeedConfig, parse_schedule,
+    BallistaConfig, BatchConfig, BatchEngine, GeneratorConfig, LogConfig, LogKind, Schedule,
+    SpeedConfig, parse_schedule,
 };
 
 /// The example pipeline `tributary up` runs when there is no configuration file.

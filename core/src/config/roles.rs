@@ -215,6 +215,65 @@ pub struct BatchConfig {
     /// commits, and looks for commits of other processes this often.
     #[serde(default = "default_view_poll_ms")]
     pub view_poll_ms: u64,
+    /// Where batch runs compute views' states: `local` (this process, every core) or
+    /// `ballista` (a recompute cluster, `[batch.ballista]`).
+    #[serde(default)]
+    pub engine: BatchEngine,
+    /// The Ballista cluster batch runs use when `engine = "ballista"`.
+    #[serde(default)]
+    pub ballista: BallistaConfig,
+}
+
+/// `batch.engine`: where a batch run's partial plans execute.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BatchEngine {
+    /// DataFusion in this process.
+    #[default]
+    Local,
+    /// An Apache Ballista scheduler and its executors (`tributary ballista-scheduler`,
+    /// `tributary ballista-executor`), which run DataFusion's own accumulators, so the
+    /// states they return are the ones a local run writes.
+    Ballista,
+}
+
+impl BatchEngine {
+    /// The engine's name, as the run history shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            BatchEngine::Local => "local",
+            BatchEngine::Ballista => "ballista",
+        }
+    }
+}
+
+/// `[batch.ballista]`: the recompute cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BallistaConfig {
+    /// The scheduler's gRPC address, `host:port`.
+    #[serde(default = "default_ballista_scheduler")]
+    pub scheduler: String,
+    /// Tasks a run's scan is split into (file groups): the cluster's parallelism. It
+    /// should be at least the executors' cores together.
+    #[serde(default = "default_ballista_partitions")]
+    pub partitions: usize,
+}
+
+fn default_ballista_scheduler() -> String {
+    "127.0.0.1:50050".into()
+}
+fn default_ballista_partitions() -> usize {
+    8
+}
+
+impl Default for BallistaConfig {
+    fn default() -> Self {
+        BallistaConfig {
+            scheduler: default_ballista_scheduler(),
+            partitions: default_ballista_partitions(),
+        }
+    }
 }
 
 fn default_view_poll_ms() -> u64 {
@@ -266,6 +325,8 @@ impl Default for BatchConfig {
             max_open_files: default_max_open_files(),
             history_limit: default_history_limit(),
             view_poll_ms: default_view_poll_ms(),
+            engine: BatchEngine::Local,
+            ballista: BallistaConfig::default(),
         }
     }
 }

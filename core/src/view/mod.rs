@@ -97,7 +97,15 @@ pub fn session() -> SessionContext {
 /// final phases or answer an aggregate from statistics. Partial aggregation is never
 /// skipped: states of single rows would only move the work into [`CompiledView::reduce`].
 pub fn parallel_session() -> SessionContext {
+    parallel_session_with(None)
+}
+
+/// [`parallel_session`] with the scan split into `partitions` (default: one per core).
+pub fn parallel_session_with(partitions: Option<usize>) -> SessionContext {
     let mut config = SessionConfig::new().with_information_schema(false);
+    if let Some(n) = partitions {
+        config = config.with_target_partitions(n.max(1));
+    }
     config
         .options_mut()
         .execution
@@ -197,7 +205,23 @@ impl CompiledView {
     /// partitions are aggregated side by side and their states merged with
     /// [`CompiledView::reduce`]. Returns states in [`CompiledView::partial_schema`].
     pub async fn run_partial(&self, source: Arc<dyn TableProvider>) -> Result<Vec<RecordBatch>> {
-        let ctx = parallel_session();
+        let (partial, task_ctx) = self.plan_partial(source, None).await?;
+        let partitions = partial.output_partitioning().partition_count();
+        self.finish_partial(collect(partial, task_ctx).await?, partitions)
+            .await
+    }
+
+    /// The partial side over `source` as a physical plan on every core, with the task
+    /// context to run it in: what [`CompiledView::run_partial`] executes here, and what
+    /// an engine that runs plans elsewhere (Ballista) ships. Its partitions' states go
+    /// through [`CompiledView::finish_partial`]. `partitions`: how many file groups the
+    /// scan is split into (default: one per core here).
+    pub async fn plan_partial(
+        &self,
+        source: Arc<dyn TableProvider>,
+        partitions: Option<usize>,
+    ) -> Result<(Arc<dyn ExecutionPlan>, Arc<TaskContext>)> {
+        let ctx = parallel_session_with(partitions);
         ctx.register_table(self.stream.as_str(), source)?;
         register_tables(&ctx, &self.tables)?;
         let logical = ctx.state().create_logical_plan(&self.exec_sql).await?;
@@ -206,9 +230,17 @@ impl CompiledView {
             view: self.name.clone(),
             message: "internal: no partial aggregate in the physical plan".into(),
         })?;
-        let partitions = partial.output_partitioning().partition_count();
-        let states = self.conform(collect(partial, ctx.task_ctx()).await?)?;
-        // Each partition holds states of the same groups: one row per group again.
+        Ok((partial, ctx.task_ctx()))
+    }
+
+    /// The states of a partial plan's `partitions` partitions as one row per group:
+    /// each partition holds states of the same groups, so more than one are reduced.
+    pub async fn finish_partial(
+        &self,
+        batches: Vec<RecordBatch>,
+        partitions: usize,
+    ) -> Result<Vec<RecordBatch>> {
+        let states = self.conform(batches)?;
         if partitions > 1 {
             self.reduce(states).await
         } else {
