@@ -106,26 +106,7 @@ enum Command {
     },
     /// Run a Ballista executor of the scheduler at `--scheduler`; it reads the tables
     /// the configuration's `[storage]` names.
-    BallistaExecutor {
-        /// The scheduler's gRPC address.
-        #[arg(long, default_value = "127.0.0.1:50050")]
-        scheduler: std::net::SocketAddr,
-        /// The address to bind and advertise.
-        #[arg(long, default_value = "127.0.0.1")]
-        bind_host: String,
-        /// Arrow Flight port (results and shuffles are fetched there).
-        #[arg(long, default_value_t = 50051)]
-        flight_port: u16,
-        /// gRPC port (the scheduler hands tasks out there).
-        #[arg(long, default_value_t = 50052)]
-        grpc_port: u16,
-        /// Tasks at once; 0: one per core.
-        #[arg(long, default_value_t = 0)]
-        vcores: usize,
-        /// Where shuffle files go (default: a temporary directory).
-        #[arg(long)]
-        work_dir: Option<PathBuf>,
-    },
+    BallistaExecutor(cluster::ExecutorArgs),
     /// Measure a layer on this machine, beside a reference engine on the same data.
     Bench {
         #[command(subcommand)]
@@ -232,24 +213,7 @@ async fn dispatch(command: Command, config: Option<PathBuf>) -> anyhow::Result<S
             source,
         } => commands::backfill(config, stream, source, format).await,
         Command::BallistaScheduler { bind } => return cluster::scheduler(config, bind).await,
-        Command::BallistaExecutor {
-            scheduler,
-            bind_host,
-            flight_port,
-            grpc_port,
-            vcores,
-            work_dir,
-        } => {
-            let settings = tributary_batch::ballista::process::ExecutorSettings {
-                scheduler,
-                bind_host,
-                flight_port,
-                grpc_port,
-                vcores,
-                work_dir,
-            };
-            return cluster::executor(config, settings).await;
-        }
+        Command::BallistaExecutor(args) => return cluster::executor(config, args).await,
         Command::Check => commands::check(config).await,
         Command::Probe { url, timeout_ms } => probe::probe(&url, timeout_ms).await,
         Command::Bench { target } => bench(target).await,
