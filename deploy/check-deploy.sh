@@ -17,4 +17,8 @@ command -v docker-compose >/dev/null || apt_install docker-compose
 .venv/bin/kubernetes-validate --strict deploy/k8s/tributary.yaml
 TRIBUTARY_AUTH__TOKENS='[{name = "check", token = "0123456789abcdef0123", scopes = ["admin"]}]' \
   docker-compose -f deploy/compose/compose.yaml config --quiet
+# ... and with the recompute cluster's profile.
+TRIBUTARY_AUTH__TOKENS='[{name = "check", token = "0123456789abcdef0123", scopes = ["admin"]}]' \
+  TRIBUTARY_BATCH_ENGINE=ballista \
+  docker-compose -f deploy/compose/compose.yaml --profile ballista config --quiet
 echo "deploy kit: Dockerfile, Kubernetes manifests and compose file check out" >&2

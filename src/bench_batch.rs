@@ -50,6 +50,29 @@ pub struct Args {
     /// `aws_endpoint=http://127.0.0.1:8333`.
     #[arg(long = "storage-option", value_parser = key_value)]
     pub storage_options: Vec<(String, String)>,
+    /// `ballista`: also run the full recompute on a Ballista cluster started on this
+    /// machine, over the same table in the same run (the local engine is the
+    /// reference).
+    #[arg(long, value_enum, default_value = "local")]
+    pub engine: BenchEngine,
+    /// Executors of that cluster.
+    #[arg(long, default_value_t = 2)]
+    pub executors: usize,
+    /// Task slots per executor.
+    #[arg(long, default_value_t = 1)]
+    pub vcores: usize,
+    /// Tasks each view's scan is split into on the cluster.
+    #[arg(long, default_value_t = 8)]
+    pub partitions: usize,
+}
+
+/// Engines `bench batch` times.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchEngine {
+    /// The local engine only.
+    Local,
+    /// The local engine, then Ballista over the same table.
+    Ballista,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -154,23 +177,17 @@ pub async fn batch(args: Args) -> anyhow::Result<()> {
         log.clone(),
         cfg.speed.segment_width_ms,
     ));
-    let python = args
-        .python
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python")));
+    let setup = crate::bench_ballista::Setup {
+        pipeline: &pipeline,
+        storage: &storage,
+        log: &log,
+        segment_width_ms: cfg.speed.segment_width_ms,
+        dir: &root,
+    };
+    let python = args.python.clone().unwrap_or_else(default_python);
     let files = root.join("master").join(&stream.name);
     if args.recompute_only {
-        let master = open_master(&storage, &stream.name).await?;
-        let n: u64 = archived_positions(master.as_ref(), &stream)
-            .await?
-            .iter()
-            .sum();
-        println!(
-            "IoT view over the {n} events archived under {}",
-            root.display()
-        );
-        let full_s = full_recompute(&batch, n).await?;
-        return references(&python, &files, n, full_s);
+        return recompute_only(&args, &setup, &batch, &stream, &python).await;
     }
     let n = args.events;
     let extra = (n / 100).max(1);
@@ -208,6 +225,7 @@ pub async fn batch(args: Args) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(1_100)).await;
         full.push((secs, full_recompute(&place.batch, n as u64).await?));
     }
+    on_ballista(&args, &setup, n as u64, full[0].1).await?;
 
     fill(&log, &stream, n, extra, n + extra, args.devices).await?;
     for (place, (_, full_s)) in places.iter().zip(&full) {
@@ -239,6 +257,55 @@ pub async fn batch(args: Args) -> anyhow::Result<()> {
         (n + extra) as u64,
         full[0].1 * (n + extra) as f64 / n as f64,
     )
+}
+
+/// `--recompute-only`: time the full recompute of what an earlier run archived.
+async fn recompute_only(
+    args: &Args,
+    setup: &crate::bench_ballista::Setup<'_>,
+    batch: &Arc<Batch>,
+    stream: &StreamSchema,
+    python: &Path,
+) -> anyhow::Result<()> {
+    let master = open_master(setup.storage, &stream.name).await?;
+    let n: u64 = archived_positions(master.as_ref(), stream)
+        .await?
+        .iter()
+        .sum();
+    println!(
+        "IoT view over the {n} events archived under {}",
+        setup.dir.display()
+    );
+    let full_s = full_recompute(batch, n).await?;
+    on_ballista(args, setup, n, full_s).await?;
+    let files = setup.dir.join("master").join(&stream.name);
+    references(python, &files, n, full_s)
+}
+
+fn default_python() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python"))
+}
+
+/// With `--engine ballista`, the full recompute of the local disk's table again on a
+/// cluster of this machine, against `local_s`.
+async fn on_ballista(
+    args: &Args,
+    setup: &crate::bench_ballista::Setup<'_>,
+    n: u64,
+    local_s: f64,
+) -> anyhow::Result<()> {
+    if args.engine != BenchEngine::Ballista {
+        return Ok(());
+    }
+    crate::bench_ballista::compare(
+        setup,
+        n,
+        local_s,
+        args.executors,
+        args.vcores,
+        args.partitions,
+    )
+    .await
 }
 
 /// The same log is archived into each place: local disk, then the object store.

@@ -7,21 +7,40 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tributary_batch::BatchError;
-use tributary_batch::ballista::process::{ExecutorSettings, run_executor, run_scheduler};
+use tributary_batch::ballista::process::{
+    ExecutorSettings, SchedulerSettings, run_executor, run_scheduler,
+};
 use tributary_core::shutdown::{Shutdown, StopOutcome, Tasks};
 
 /// How long the cluster's tasks get to stop after a signal.
 const DEADLINE: Duration = Duration::from_secs(10);
 
+/// `tributary ballista-scheduler`'s flags.
+#[derive(clap::Args, Debug)]
+pub struct SchedulerArgs {
+    /// The gRPC address to listen on.
+    #[arg(long, default_value = "127.0.0.1:50050")]
+    bind: SocketAddr,
+    /// Seconds without a heartbeat after which an executor counts as lost and its
+    /// tasks run again on the others (Ballista's default is 180).
+    #[arg(long, default_value_t = 20)]
+    executor_timeout_secs: u64,
+}
+
 /// `tributary ballista-executor`'s flags.
 #[derive(clap::Args, Debug)]
 pub struct ExecutorArgs {
-    /// The scheduler's gRPC address.
-    #[arg(long, default_value = "127.0.0.1:50050")]
-    scheduler: SocketAddr,
-    /// The address to bind and advertise.
+    /// The scheduler's gRPC address, `HOST:PORT` (a name such as
+    /// `ballista-scheduler:50050` or an address).
+    #[arg(long, default_value = "127.0.0.1:50050", value_parser = host_port)]
+    scheduler: (String, u16),
+    /// The address to bind.
     #[arg(long, default_value = "127.0.0.1")]
     bind_host: String,
+    /// The host the scheduler, the client and other executors reach this executor at
+    /// (default: `--bind-host`); set it when binding `0.0.0.0`.
+    #[arg(long)]
+    external_host: Option<String>,
     /// Arrow Flight port (results and shuffles are fetched there).
     #[arg(long, default_value_t = 50051)]
     flight_port: u16,
@@ -34,12 +53,23 @@ pub struct ExecutorArgs {
     /// Where shuffle files go (default: a temporary directory).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Seconds between heartbeats to the scheduler; keep it well under the
+    /// scheduler's `--executor-timeout-secs` (Ballista's default is 60).
+    #[arg(long, default_value_t = 5)]
+    heartbeat_secs: u64,
 }
 
-/// Serve a scheduler on `bind` until a signal.
-pub async fn scheduler(config: Option<PathBuf>, bind: SocketAddr) -> anyhow::Result<StopOutcome> {
+/// Serve a scheduler as `args` say until a signal.
+pub async fn scheduler(
+    config: Option<PathBuf>,
+    args: SchedulerArgs,
+) -> anyhow::Result<StopOutcome> {
+    let settings = SchedulerSettings {
+        bind: args.bind,
+        executor_timeout: Duration::from_secs(args.executor_timeout_secs.max(1)),
+    };
     supervise(config, "ballista-scheduler", |shutdown| {
-        run_scheduler(bind, shutdown)
+        run_scheduler(settings, shutdown)
     })
     .await
 }
@@ -47,17 +77,34 @@ pub async fn scheduler(config: Option<PathBuf>, bind: SocketAddr) -> anyhow::Res
 /// Run an executor for the scheduler `args` names until a signal.
 pub async fn executor(config: Option<PathBuf>, args: ExecutorArgs) -> anyhow::Result<StopOutcome> {
     let settings = ExecutorSettings {
-        scheduler: args.scheduler,
+        scheduler_host: args.scheduler.0,
+        scheduler_port: args.scheduler.1,
         bind_host: args.bind_host,
+        external_host: args.external_host,
         flight_port: args.flight_port,
         grpc_port: args.grpc_port,
         vcores: args.vcores,
         work_dir: args.work_dir,
+        heartbeat: Duration::from_secs(args.heartbeat_secs.max(1)),
     };
     supervise(config, "ballista-executor", |shutdown| {
         run_executor(settings, shutdown)
     })
     .await
+}
+
+/// `HOST:PORT`, where HOST may be a name.
+fn host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected HOST:PORT, got `{s}`"))?;
+    let port = port
+        .parse()
+        .map_err(|_| format!("expected a port number after `:`, got `{port}`"))?;
+    if host.is_empty() {
+        return Err(format!("expected a host before `:{port}`"));
+    }
+    Ok((host.trim_matches(['[', ']']).to_string(), port))
 }
 
 /// Register the object stores `[storage]` configures (so executors read the tables the
@@ -77,4 +124,26 @@ where
     let mut tasks = Tasks::new();
     tasks.spawn(name, role(shutdown.clone()));
     Ok(tasks.supervise(shutdown, DEADLINE).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_port;
+
+    #[test]
+    fn a_scheduler_address_may_be_a_name_or_an_address() {
+        assert_eq!(
+            host_port("ballista-scheduler:50050"),
+            Ok(("ballista-scheduler".into(), 50050))
+        );
+        assert_eq!(host_port("10.0.0.7:1"), Ok(("10.0.0.7".into(), 1)));
+        assert_eq!(host_port("[::1]:50050"), Ok(("::1".into(), 50050)));
+        assert!(host_port("scheduler").unwrap_err().contains("HOST:PORT"));
+        assert!(
+            host_port("scheduler:http")
+                .unwrap_err()
+                .contains("port number")
+        );
+        assert!(host_port(":50050").unwrap_err().contains("host"));
+    }
 }

@@ -23,6 +23,19 @@ pub async fn check(path: Option<PathBuf>) -> anyhow::Result<()> {
             s.partitions
         );
     }
+    match config.batch.engine {
+        tributary_core::config::BatchEngine::Local => println!("batch runs: local"),
+        tributary_core::config::BatchEngine::Ballista => println!(
+            "batch runs: ballista at {} ({} tasks per scan{})",
+            config.batch.ballista.scheduler,
+            config.batch.ballista.partitions,
+            if config.batch.ballista.fallback_to_local {
+                ", local when unreachable"
+            } else {
+                ""
+            }
+        ),
+    }
     for v in &pipeline.views {
         println!(
             "view {} over {}: keys [{}], window {}, values [{}]",

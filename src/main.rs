@@ -7,6 +7,7 @@
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod bench;
+mod bench_ballista;
 mod bench_batch;
 mod bench_ingest;
 mod bench_serve;
@@ -89,8 +90,9 @@ enum Command {
     },
     /// Check the configuration and print each view's compiled shape.
     Check,
-    /// Exit 0 when URL (e.g. http://127.0.0.1:8080/health) answers 2xx: a container
-    /// health check that needs no curl.
+    /// Exit 0 when URL (e.g. http://127.0.0.1:8080/health) answers 2xx, or when a
+    /// `tcp://HOST:PORT` URL accepts a connection: a container health check that needs
+    /// no curl.
     Probe {
         url: String,
         /// Give up after this many milliseconds.
@@ -99,11 +101,7 @@ enum Command {
     },
     /// Run a Ballista scheduler for batch runs on a recompute cluster
     /// (`batch.engine = "ballista"`, `batch.ballista.scheduler` = this address).
-    BallistaScheduler {
-        /// The gRPC address to listen on.
-        #[arg(long, default_value = "127.0.0.1:50050")]
-        bind: std::net::SocketAddr,
-    },
+    BallistaScheduler(cluster::SchedulerArgs),
     /// Run a Ballista executor of the scheduler at `--scheduler`; it reads the tables
     /// the configuration's `[storage]` names.
     BallistaExecutor(cluster::ExecutorArgs),
@@ -212,7 +210,7 @@ async fn dispatch(command: Command, config: Option<PathBuf>) -> anyhow::Result<S
             format,
             source,
         } => commands::backfill(config, stream, source, format).await,
-        Command::BallistaScheduler { bind } => return cluster::scheduler(config, bind).await,
+        Command::BallistaScheduler(args) => return cluster::scheduler(config, args).await,
         Command::BallistaExecutor(args) => return cluster::executor(config, args).await,
         Command::Check => commands::check(config).await,
         Command::Probe { url, timeout_ms } => probe::probe(&url, timeout_ms).await,

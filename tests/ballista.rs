@@ -56,6 +56,7 @@ async fn runs_on_ballista_write_the_states_of_a_local_run() {
     let run = t.run_batch().await;
     assert_eq!(run["engine"], "ballista", "{run}\n{}", cluster.logs());
     assert_eq!(run["rows_in"], 300, "{run}");
+    assert_cluster_usage(&run, 2);
     let (_, view) = t.get(VIEW).await;
     let merged = total_readings(&view);
     assert!(
@@ -106,6 +107,20 @@ async fn runs_on_ballista_write_the_states_of_a_local_run() {
     let (_, view) = local.get(VIEW).await;
     assert_eq!(total_readings(&view), total_readings(&after));
     drop(cluster);
+}
+
+/// The run's record says what ran where: two jobs per view (states and meter), each
+/// task by one of the cluster's executors, none falling back.
+fn assert_cluster_usage(run: &Value, executors: usize) {
+    let usage = &run["cluster"];
+    let views = run["views"].as_array().unwrap().len() as u64;
+    assert_eq!(usage["jobs"].as_u64(), Some(2 * views), "{run}");
+    let tasks = usage["tasks"].as_object().expect("tasks by executor");
+    assert!(!tasks.is_empty() && tasks.len() <= executors, "{run}");
+    let total: u64 = tasks.values().map(|n| n.as_u64().unwrap()).sum();
+    // Each view's states job has one task per file group (4 here), the meter one.
+    assert!(total >= 2 * views, "{run}");
+    assert!(usage.get("fell_back").is_none(), "{run}");
 }
 
 /// Events of `readings(0, n)` the view counts (`signal > 15`).
@@ -166,4 +181,89 @@ async fn an_unreachable_scheduler_fails_the_run_with_the_reason() {
     // The merged view still answers (from the speed layer), exactly.
     let (_, view) = t.get(VIEW).await;
     assert!(total_readings(&view) > 0, "{view}");
+    drop(t);
+
+    // Told to, a run falls back to this process, and its record says why.
+    let mut env = env;
+    env.push((
+        "TRIBUTARY_BATCH__BALLISTA__FALLBACK_TO_LOCAL",
+        "true".into(),
+    ));
+    let t = start(dir.path(), &env).await;
+    let run = t.run_batch().await;
+    assert_eq!(
+        (&run["engine"], &run["rows_in"]),
+        (&json!("local"), &json!(10)),
+        "{run}"
+    );
+    let why = run["cluster"]["fell_back"].as_str().unwrap_or_default();
+    assert!(why.contains(&nobody), "{run}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_lost_mid_run_never_half_writes_a_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 2);
+    let mut env = cluster.env();
+    env.push(("TRIBUTARY_BATCH__BALLISTA__JOB_TIMEOUT_MS", "60000".into()));
+    let t = start(dir.path(), &env).await;
+    let (status, report) = t.post("readings", &readings(0, 600)).await;
+    assert_eq!(status, 200, "{report}");
+    t.wait_for(VIEW, |v| total_readings(v) > 0).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let run = t.run_batch().await;
+    assert_eq!(run["rows_in"], 600, "{run}\n{}", cluster.logs());
+    let before = states(dir.path()).await;
+    let (status, report) = t.post("readings", &readings(600, 60)).await;
+    assert_eq!(status, 200, "{report}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    // Executor 0 stops answering while the run's tasks are handed out, then dies.
+    cluster.signal_executor(0, "STOP");
+    let run = {
+        let base = t.base.clone();
+        let run = tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("{base}/api/v1/batch/runs?wait=true&kind=full"))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        });
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        cluster.signal_executor(0, "KILL");
+        run.await.unwrap()
+    };
+    // Whether the scheduler had handed executor 0 a task it then gave to executor 1.
+    let moved = cluster.logs().matches("on lost Executor").count();
+    eprintln!("run with executor 0 lost: {run}; tasks moved off it: {moved}");
+    match run["status"].as_str() {
+        // Its tasks ran again on executor 1: the states cover every event.
+        Some("succeeded") => {
+            assert_eq!(run["rows_in"], 660, "{run}");
+            t.wait_for(VIEW, |v| total_readings(v) == counted(660))
+                .await;
+        }
+        // Or the run failed, saying so, and wrote nothing.
+        Some("failed") => {
+            let error = run["error"].as_str().unwrap();
+            assert!(error.contains("job"), "{error}");
+            assert_eq!(states(dir.path()).await, before, "the view kept its states");
+        }
+        _ => panic!("{run}\n{}", cluster.logs()),
+    }
+
+    // With a new executor the next run covers every event.
+    cluster.add_executor();
+    let run = t.run_batch().await;
+    assert_eq!(
+        (&run["status"], &run["rows_in"]),
+        (&json!("succeeded"), &json!(660)),
+        "{run}\n{}",
+        cluster.logs()
+    );
+    let (_, view) = t.get(VIEW).await;
+    assert_eq!(total_readings(&view), counted(660), "{view}");
 }

@@ -31,6 +31,12 @@ fn the_deploy_configuration_passes_check_with_its_documented_secrets() {
         ),
         ("TRIBUTARY_LOG__BROKERS", "kafka.kafka.svc:9092"),
         ("TRIBUTARY_STORAGE__OPTIONS__AWS_REGION", "eu-west-1"),
+        // What the batch and serve roles get where a recompute cluster runs.
+        ("TRIBUTARY_BATCH__ENGINE", "ballista"),
+        (
+            "TRIBUTARY_BATCH__BALLISTA__SCHEDULER",
+            "ballista-scheduler.tributary.svc:50050",
+        ),
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -40,6 +46,10 @@ fn the_deploy_configuration_passes_check_with_its_documented_secrets() {
     );
     assert!(
         stdout.contains("view signal_by_type over readings"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("batch runs: ballista at ballista-scheduler.tributary.svc:50050"),
         "{stdout}"
     );
 

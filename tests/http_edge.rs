@@ -230,4 +230,14 @@ async fn probe_exits_zero_on_a_healthy_server_and_says_why_otherwise() {
     let closed = probe(format!("http://127.0.0.1:{}/health", free_port()));
     assert!(!closed.status.success());
     assert!(String::from_utf8_lossy(&closed.stderr).contains("no answer"));
+    // tcp://: a port that accepts connections (the cluster roles' gRPC) or one that does not.
+    let open = probe(format!("tcp://{}", t.base.trim_start_matches("http://")));
+    assert!(
+        open.status.success(),
+        "{}",
+        String::from_utf8_lossy(&open.stderr)
+    );
+    let shut = probe(format!("tcp://127.0.0.1:{}", free_port()));
+    assert!(!shut.status.success());
+    assert!(String::from_utf8_lossy(&shut.stderr).contains("no answer from tcp://"));
 }

@@ -9,6 +9,7 @@
 mod common;
 
 use common::Tributary;
+use common::cluster::Cluster;
 use common::views::{api_rows, pipeline, reference, same_rows};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
@@ -115,6 +116,23 @@ fn steps() -> impl Strategy<Value = Vec<(Step, Vec<bool>)>> {
 
 #[test]
 fn merged_answers_equal_one_pass_sql_over_accepted_events() {
+    property(20, None);
+}
+
+/// The same property with every batch run on a Ballista cluster (a scheduler and two
+/// executors shared by the cases): the states it writes merge as a local run's do.
+#[test]
+fn merged_answers_stay_exact_with_the_batch_layer_on_ballista() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 2);
+    property(10, Some(&cluster));
+}
+
+/// Run `cases` cases, each against a fresh `tributary up` (batch runs on `cluster`
+/// when given).
+fn property(cases: u32, cluster: Option<&Cluster>) {
+    let env = cluster.map(Cluster::env).unwrap_or_default();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -122,7 +140,7 @@ fn merged_answers_equal_one_pass_sql_over_accepted_events() {
         .unwrap();
     let p = rt.block_on(pipeline(PIPELINE));
     let mut runner = TestRunner::new(Config {
-        cases: 20,
+        cases,
         max_shrink_iters: 16,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
             "tests/merge_property.proptest-regressions",
@@ -135,8 +153,8 @@ fn merged_answers_equal_one_pass_sql_over_accepted_events() {
         rt.block_on(async {
             let dir = tempfile::tempdir().unwrap();
             let config = Tributary::configure_pipeline(dir.path(), "", 50, PIPELINE);
-            let t = Tributary::start_config(dir.path(), config).await;
-            let outcome = one_case(&t, &p, steps).await;
+            let t = Tributary::start_role(dir.path(), &config, "up", &env).await;
+            let outcome = one_case(&t, &p, steps, cluster.is_some()).await;
             if outcome.is_err() {
                 *last_log.borrow_mut() = t.logs();
             }
@@ -153,6 +171,7 @@ async fn one_case(
     t: &Tributary,
     p: &tributary_core::pipeline::Pipeline,
     steps: Vec<(Step, Vec<bool>)>,
+    on_ballista: bool,
 ) -> Result<(), TestCaseError> {
     let mut accepted = Vec::<Value>::new();
     for (step, valid) in steps {
@@ -180,7 +199,9 @@ async fn one_case(
                 accepted.push(e);
             }
             Step::BatchRun => {
-                t.run_batch().await;
+                let run = t.run_batch().await;
+                let engine = if on_ballista { "ballista" } else { "local" };
+                prop_assert_eq!(&run["engine"], engine, "{}", run);
             }
         }
     }

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::cluster::Cluster;
 use common::{Tributary, python_master_counts_s3, s3, total_readings};
 use serde_json::{Value, json};
 
@@ -286,6 +287,17 @@ async fn backfill_reads_a_source_on_s3_into_a_master_table_on_s3() {
 
 #[tokio::test]
 async fn a_dimension_table_on_s3_joins_in_both_layers() {
+    dimension_join_on_s3(false).await;
+}
+
+/// The same on a Ballista cluster whose executors read the master table's files and the
+/// dimension table from the object store.
+#[tokio::test]
+async fn batch_runs_on_ballista_read_the_tables_on_s3() {
+    dimension_join_on_s3(true).await;
+}
+
+async fn dimension_join_on_s3(on_ballista: bool) {
     use deltalake::logstore::object_store::{ObjectStore, PutPayload};
     register_test_store();
     let dir = tempfile::tempdir().unwrap();
@@ -334,13 +346,12 @@ GROUP BY d.site, window_start
         200,
         &pipeline,
     );
-    let t = Tributary::start_role(
-        dir.path(),
-        &config,
-        "up",
-        &[("TRIBUTARY_STORAGE_ROOT", &root)],
-    )
-    .await;
+    let cluster = on_ballista.then(|| Cluster::start_with(dir.path(), 2, Some(&config)));
+    let mut env = cluster.as_ref().map(Cluster::env).unwrap_or_default();
+    env.push(("TRIBUTARY_STORAGE_ROOT", root.clone()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let t = Tributary::start_role(dir.path(), &config, "up", &env).await;
+    let engine = if on_ballista { "ballista" } else { "local" };
     // Two known devices (one reading each) and one the table does not know.
     let (status, report) = t.post("readings", &readings(0, 3)).await;
     assert_eq!(status, 200, "{report}");
@@ -364,7 +375,8 @@ GROUP BY d.site, window_start
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        t.run_batch().await;
+        let run = t.run_batch().await;
+        assert_eq!(run["engine"], engine, "{run}");
         let (_, v) = t.get(view).await;
         if v["rows"]
             .as_array()

@@ -62,9 +62,9 @@ pub enum BatchError {
         scheduler: String,
         /// The view whose plan it was.
         view: String,
-        /// The failure, as Ballista reports it.
+        /// What failed: the plan, the submission or the job.
         #[source]
-        source: datafusion::error::DataFusionError,
+        source: crate::ballista::JobError,
     },
     /// A Ballista scheduler or executor of this process could not start or stopped.
     #[error("Ballista {role}: {source}")]
@@ -87,16 +87,15 @@ impl BatchError {
         match self {
             BatchError::Delta { .. } | BatchError::Log(..) => true,
             BatchError::Query { source, .. } => is_storage_error(source),
+            // A job that ran and failed (an executor lost with its outputs) may pass on
+            // the executors left; the run writes nothing until every view succeeded.
+            BatchError::Ballista { source, .. } => source.may_pass(),
             _ => false,
         }
     }
 
     /// A failure of `view`'s plan on the scheduler at `scheduler`.
-    pub fn ballista(
-        scheduler: &str,
-        view: &str,
-        source: datafusion::error::DataFusionError,
-    ) -> Self {
+    pub fn ballista(scheduler: &str, view: &str, source: crate::ballista::JobError) -> Self {
         BatchError::Ballista {
             scheduler: scheduler.to_string(),
             view: view.to_string(),

@@ -57,9 +57,19 @@ pub(crate) async fn partial_over_master(
     let Some(df) = master_rows(&master, stream, view, from, cutoff, engine).await? else {
         return Ok((Vec::new(), 0, None));
     };
-    match engine {
-        Engine::Local => partial_states(view, stream, df).await,
-        Engine::Ballista(cluster) => cluster.partial_states(view, stream, df).await,
+    let Engine::Ballista(cluster) = engine else {
+        return partial_states(view, stream, df).await;
+    };
+    match cluster.partial_states(view, stream, df).await {
+        Err(e) if cluster.falls_back(&e) => {
+            cluster.note_fallback(&e);
+            let local = master_rows(&master, stream, view, from, cutoff, &Engine::Local).await?;
+            match local {
+                Some(df) => partial_states(view, stream, df).await,
+                None => Ok((Vec::new(), 0, None)),
+            }
+        }
+        other => other,
     }
 }
 

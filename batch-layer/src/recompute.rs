@@ -256,6 +256,10 @@ impl Batch {
         let fut = async move {
             let _guard = guard;
             let started = std::time::Instant::now();
+            if let Engine::Ballista(cluster) = &this.engine {
+                // Jobs of a run that was refused before this one started are not its.
+                cluster.take_usage();
+            }
             let tracked = |stage: &str, done: u64, total: u64| {
                 this.set_progress(&run_id, stage, done, total);
                 progress.stage(stage, done, total);
@@ -328,6 +332,13 @@ impl Batch {
             .expect("run recorded at start");
         rec.duration_ms = Some(started.elapsed().as_millis() as u64);
         rec.attempts = attempts;
+        if let Engine::Ballista(cluster) = &self.engine {
+            let usage = cluster.take_usage();
+            if usage.fell_back.is_some() {
+                rec.engine = Engine::Local.name().into();
+            }
+            rec.cluster = Some(usage);
+        }
         match result {
             Ok(done) => {
                 rec.status = RunStatus::Succeeded;

@@ -93,6 +93,10 @@ pub struct RunRecord {
     /// Where its partial plans ran: `local` or `ballista`.
     #[serde(default = "local")]
     pub engine: String,
+    /// On Ballista: its jobs, the tasks each executor ran, where the time went, and
+    /// whether the run fell back to this process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::ballista::Usage>,
 }
 
 fn local() -> String {
@@ -122,6 +126,7 @@ impl RunRecord {
             progress: None,
             attempts: 1,
             engine: engine.into(),
+            cluster: None,
         }
     }
 }

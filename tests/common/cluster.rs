@@ -11,13 +11,19 @@ pub struct Cluster {
     /// The scheduler's `host:port`, for `[batch.ballista] scheduler`.
     pub scheduler: String,
     dir: PathBuf,
+    /// The configuration the executors read `[storage]` from (object store options).
+    config: Option<PathBuf>,
     scheduler_child: Child,
     pub executors: Vec<Child>,
 }
 
-fn spawn(dir: &Path, name: &str, args: &[String]) -> Child {
+fn spawn(dir: &Path, name: &str, config: Option<&Path>, args: &[String]) -> Child {
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_tributary"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tributary"));
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    command
         .args(args)
         .current_dir(dir)
         .env("TRIBUTARY_STORAGE_ROOT", dir.join("data"))
@@ -31,16 +37,26 @@ impl Cluster {
     /// A scheduler and `executors` executors, logs under `dir`; returns once the
     /// scheduler accepts connections.
     pub fn start(dir: &Path, executors: usize) -> Cluster {
+        Self::start_with(dir, executors, None)
+    }
+
+    /// The same, every role reading `config` (its `[storage]` options reach the
+    /// object store the tables are on).
+    pub fn start_with(dir: &Path, executors: usize, config: Option<&Path>) -> Cluster {
         let dir = dir.join("cluster");
         std::fs::create_dir_all(&dir).unwrap();
         let scheduler = format!("127.0.0.1:{}", free_port());
         let scheduler_child = spawn(
             &dir,
             "scheduler",
+            config,
             &[
                 "ballista-scheduler".into(),
                 "--bind".into(),
                 scheduler.clone(),
+                // A lost executor's tasks move within seconds, not the default 20.
+                "--executor-timeout-secs".into(),
+                "4".into(),
             ],
         );
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -54,6 +70,7 @@ impl Cluster {
         let mut cluster = Cluster {
             scheduler,
             dir,
+            config: config.map(Path::to_path_buf),
             scheduler_child,
             executors: Vec::new(),
         };
@@ -71,6 +88,7 @@ impl Cluster {
         let child = spawn(
             &self.dir,
             &format!("executor-{i}"),
+            self.config.as_deref(),
             &[
                 "ballista-executor".into(),
                 "--scheduler".into(),
@@ -83,9 +101,21 @@ impl Cluster {
                 "2".into(),
                 "--work-dir".into(),
                 work.display().to_string(),
+                "--heartbeat-secs".into(),
+                "1".into(),
             ],
         );
         self.executors.push(child);
+    }
+
+    /// Send `signal` (`STOP`, `KILL`, …) to executor `i`.
+    pub fn signal_executor(&self, i: usize, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.executors[i].id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} executor {i}");
     }
 
     /// The environment that sends a Tributary's batch runs to this cluster.

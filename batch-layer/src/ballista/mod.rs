@@ -11,13 +11,14 @@
 //! are a second, ordinary aggregate on the cluster). [`process`] runs the scheduler and
 //! executors as roles of this binary, with Tributary's functions and object stores.
 
+pub mod client;
 pub mod process;
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use ballista_core::execution_plans::execute_physical_plan;
-use ballista_core::extension::SessionConfigExt;
 use ballista_core::serde::BallistaPhysicalExtensionCodec;
 use datafusion::arrow::array::{Array, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Schema};
@@ -32,17 +33,18 @@ use datafusion::error::DataFusionError;
 use datafusion::functions_aggregate::expr_fn::{count, max};
 use datafusion::logical_expr::{Expr, when};
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
-use datafusion::prelude::{SessionConfig, cast, col, lit};
+use datafusion::prelude::{cast, col, lit};
 use datafusion::scalar::ScalarValue;
+use datafusion_proto::physical_plan::AsExecutionPlan;
 use datafusion_proto::protobuf::PhysicalPlanNode;
 use deltalake::DeltaTable;
-use futures::TryStreamExt;
 use tributary_core::config::BallistaConfig;
 use tributary_core::schema::{INGEST_TS, StreamSchema};
 use tributary_core::view::CompiledView;
 
 use crate::error::BatchError;
 use crate::read::Partial;
+pub use client::{JobError, JobOutput};
 
 /// A Ballista scheduler batch runs submit their plans to.
 #[derive(Debug)]
@@ -51,8 +53,46 @@ pub struct Cluster {
     scheduler: String,
     /// File groups a run's scan is split into: the tasks the executors share.
     partitions: usize,
+    /// How long one job may take before it is cancelled and the run fails.
+    job_timeout: Duration,
+    /// Run locally when the scheduler cannot be reached (`fallback-to-local`).
+    fallback_to_local: bool,
     /// Each submission gets a session of its own on the scheduler.
     sessions: AtomicU64,
+    /// What the jobs since the last [`Cluster::take_usage`] cost: a run reads it into
+    /// its record (runs of one batch layer never overlap).
+    usage: Mutex<Usage>,
+}
+
+/// What a run's jobs cost on the cluster.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Usage {
+    /// Jobs submitted.
+    pub jobs: u64,
+    /// Tasks run, by executor id.
+    pub tasks: BTreeMap<String, u64>,
+    /// Time jobs waited in the scheduler (stage planning included), in milliseconds.
+    pub queued_ms: u64,
+    /// Time their tasks ran, in milliseconds.
+    pub running_ms: u64,
+    /// Time their results took to fetch, in milliseconds.
+    pub fetching_ms: u64,
+    /// Why the run's plans ran in this process instead, when the scheduler could not
+    /// be reached and `fallback-to-local` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fell_back: Option<String>,
+}
+
+impl Usage {
+    fn add(&mut self, job: &JobOutput) {
+        self.jobs += 1;
+        for (executor, n) in &job.tasks {
+            *self.tasks.entry(executor.clone()).or_default() += n;
+        }
+        self.queued_ms += job.queued.as_millis() as u64;
+        self.running_ms += job.running.as_millis() as u64;
+        self.fetching_ms += job.fetching.as_millis() as u64;
+    }
 }
 
 impl Cluster {
@@ -61,8 +101,39 @@ impl Cluster {
         Cluster {
             scheduler: config.scheduler.clone(),
             partitions: config.partitions.max(1),
+            job_timeout: Duration::from_millis(config.job_timeout_ms.max(1)),
+            fallback_to_local: config.fallback_to_local,
             sessions: AtomicU64::new(0),
+            usage: Mutex::new(Usage::default()),
         }
+    }
+
+    /// The scheduler's address.
+    pub fn scheduler(&self) -> &str {
+        &self.scheduler
+    }
+
+    /// Whether a run whose scheduler is unreachable runs its plans locally instead.
+    pub fn falls_back(&self, e: &BatchError) -> bool {
+        self.fallback_to_local
+            && matches!(
+                e,
+                BatchError::Ballista {
+                    source: JobError::Submit(_),
+                    ..
+                }
+            )
+    }
+
+    /// Note that a run fell back to local execution, and why.
+    pub(crate) fn note_fallback(&self, e: &BatchError) {
+        tracing::warn!(error = %e, "Ballista unreachable; running the plans locally");
+        self.usage.lock().expect("usage lock").fell_back = Some(e.to_string());
+    }
+
+    /// What the jobs since the last call cost; starts a new tally.
+    pub fn take_usage(&self) -> Usage {
+        std::mem::take(&mut *self.usage.lock().expect("usage lock"))
     }
 
     /// The view's states over `df` (the rows a run reads), computed on the cluster,
@@ -97,7 +168,9 @@ impl Cluster {
         stream: &StreamSchema,
         df: DataFrame,
     ) -> Result<(u64, Option<i64>), BatchError> {
-        let failed = |e: DataFusionError| BatchError::ballista(&self.scheduler, &view.name, e);
+        let failed = |e: DataFusionError| {
+            BatchError::ballista(&self.scheduler, &view.name, JobError::Plan(e))
+        };
         let has_ingest = df.schema().has_column_with_unqualified_name(INGEST_TS);
         let newest = newest_watermark_time(&view.event_time, has_ingest, stream.max_event_lead_us);
         let plan = df
@@ -139,24 +212,22 @@ impl Cluster {
         view: &str,
         plan: Arc<dyn ExecutionPlan>,
     ) -> Result<Vec<RecordBatch>, BatchError> {
-        let failed = |e: DataFusionError| BatchError::ballista(&self.scheduler, view, e);
-        let config = SessionConfig::new_with_ballista();
+        let failed = |source| BatchError::ballista(&self.scheduler, view, source);
+        let codec = BallistaPhysicalExtensionCodec::default();
+        let mut encoded = Vec::new();
+        PhysicalPlanNode::try_from_physical_plan(plan, &codec)
+            .and_then(|node| node.try_encode(&mut encoded))
+            .map_err(|e| failed(JobError::Plan(e)))?;
         let session = format!(
             "tributary-{}-{}",
             std::process::id(),
             self.sessions.fetch_add(1, Ordering::Relaxed)
         );
-        let stream = execute_physical_plan::<PhysicalPlanNode>(
-            format!("http://{}", self.scheduler),
-            &config.ballista_config(),
-            plan,
-            &BallistaPhysicalExtensionCodec::default(),
-            session,
-            config,
-        )
-        .await
-        .map_err(failed)?;
-        stream.try_collect().await.map_err(failed)
+        let job = client::run_job(&self.scheduler, encoded, session, self.job_timeout)
+            .await
+            .map_err(failed)?;
+        self.usage.lock().expect("usage lock").add(&job);
+        Ok(job.batches)
     }
 }
 

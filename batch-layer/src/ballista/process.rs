@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
@@ -39,13 +40,31 @@ fn failed(role: &'static str) -> impl Fn(ballista_core::error::BallistaError) ->
     }
 }
 
-/// Serve a Ballista scheduler on `bind` until shutdown.
-pub async fn run_scheduler(bind: SocketAddr, shutdown: Shutdown) -> Result<(), BatchError> {
+/// Where a scheduler listens and when it gives an executor up.
+#[derive(Debug, Clone)]
+pub struct SchedulerSettings {
+    /// The gRPC address it binds (and advertises).
+    pub bind: SocketAddr,
+    /// Time without a heartbeat after which an executor is lost and its running tasks
+    /// go to the others; a job waits at most about this long for them.
+    pub executor_timeout: Duration,
+}
+
+/// Serve a Ballista scheduler as `settings` say until shutdown.
+pub async fn run_scheduler(
+    settings: SchedulerSettings,
+    shutdown: Shutdown,
+) -> Result<(), BatchError> {
+    let bind = settings.bind;
+    let timeout = settings.executor_timeout.as_secs().max(1);
     let mut config = SchedulerConfig::default()
         .with_hostname(bind.ip().to_string())
         .with_port(bind.port())
         .with_override_session_builder(Arc::new(session_state));
     config.bind_host = bind.ip().to_string();
+    config.executor_timeout_seconds = timeout;
+    // Look for lost executors a few times per timeout, not every 15 s.
+    config.expire_dead_executor_interval_seconds = (timeout / 4).max(1);
     let cluster = BallistaCluster::new_from_config(&config)
         .await
         .map_err(failed("scheduler"))?;
@@ -59,10 +78,16 @@ pub async fn run_scheduler(bind: SocketAddr, shutdown: Shutdown) -> Result<(), B
 /// Where an executor listens and which scheduler it serves.
 #[derive(Debug, Clone)]
 pub struct ExecutorSettings {
-    /// The scheduler's gRPC address.
-    pub scheduler: SocketAddr,
-    /// The address it binds (and advertises) for its Flight and gRPC services.
+    /// The scheduler's gRPC host (a name or an address).
+    pub scheduler_host: String,
+    /// The scheduler's gRPC port.
+    pub scheduler_port: u16,
+    /// The address it binds for its Flight and gRPC services.
     pub bind_host: String,
+    /// The host it tells the scheduler (and so the client and other executors) to
+    /// reach it at; `bind_host` when `None`. In a container that binds `0.0.0.0`, this
+    /// is the pod's or container's address.
+    pub external_host: Option<String>,
     /// Its Arrow Flight port (other executors and the client fetch results there).
     pub flight_port: u16,
     /// Its gRPC port (the scheduler hands it tasks there).
@@ -71,6 +96,8 @@ pub struct ExecutorSettings {
     pub vcores: usize,
     /// Where it keeps shuffle files; a temporary directory when `None`.
     pub work_dir: Option<PathBuf>,
+    /// Time between its heartbeats to the scheduler.
+    pub heartbeat: Duration,
 }
 
 /// Run a Ballista executor until shutdown (or until the scheduler stops it).
@@ -82,23 +109,36 @@ pub async fn run_executor(
         role: "executor",
         source: Box::new(e),
     })?;
+    if let Some(dir) = &settings.work_dir {
+        // Ballista writes task outputs there without creating it.
+        std::fs::create_dir_all(dir).map_err(|e| BatchError::Cluster {
+            role: "executor",
+            source: Box::new(e),
+        })?;
+    }
     let config = ExecutorProcessConfig {
         bind_host: settings.bind_host.clone(),
-        external_host: Some(settings.bind_host.clone()),
+        external_host: Some(
+            settings
+                .external_host
+                .clone()
+                .unwrap_or_else(|| settings.bind_host.clone()),
+        ),
         port: settings.flight_port,
         grpc_port: settings.grpc_port,
-        scheduler_host: settings.scheduler.ip().to_string(),
-        scheduler_port: settings.scheduler.port(),
+        scheduler_host: settings.scheduler_host.clone(),
+        scheduler_port: settings.scheduler_port,
         scheduler_connect_timeout_seconds: 30,
         vcores: settings.vcores,
         work_dir: settings.work_dir.map(|d| d.to_string_lossy().into_owned()),
         print_thread_info: false,
+        executor_heartbeat_interval_seconds: settings.heartbeat.as_secs().max(1),
         override_function_registry: Some(Arc::new(BallistaFunctionRegistry::from(&functions))),
         override_runtime_producer: Some(Arc::new(|_| Ok(tributary_core::cloud::runtime()))),
         ..Default::default()
     };
     tracing::info!(
-        scheduler = %settings.scheduler,
+        scheduler = %format!("{}:{}", settings.scheduler_host, settings.scheduler_port),
         flight_port = settings.flight_port,
         grpc_port = settings.grpc_port,
         "Ballista executor starting"

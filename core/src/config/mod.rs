@@ -310,6 +310,23 @@ mod tests {
     }
 
     #[test]
+    fn a_scheduler_address_without_a_port_is_refused_at_load() {
+        let ok = from_toml_str(
+            "storage-root = 'x'\n[batch]\nengine = 'ballista'\n\
+             [batch.ballista]\nscheduler = 'ballista-scheduler.svc:50050'\n",
+        )
+        .unwrap();
+        assert_eq!(ok.batch.ballista.scheduler, "ballista-scheduler.svc:50050");
+        for bad in ["ballista-scheduler", ":50050", "host:http", "host:70000"] {
+            let text = format!("storage-root = 'x'\n[batch.ballista]\nscheduler = '{bad}'\n");
+            let err = from_toml_str(&text).unwrap_err().to_string();
+            assert!(err.contains("batch.ballista.scheduler"), "{err}");
+            assert!(err.contains("HOST:PORT"), "{err}");
+            assert!(err.contains(&format!("`{bad}`")), "{err}");
+        }
+    }
+
+    #[test]
     fn file_errors_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");

@@ -251,13 +251,39 @@ impl BatchEngine {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct BallistaConfig {
-    /// The scheduler's gRPC address, `host:port`.
-    #[serde(default = "default_ballista_scheduler")]
+    /// The scheduler's gRPC address, `host:port` (the host a name or an address).
+    #[serde(
+        default = "default_ballista_scheduler",
+        deserialize_with = "scheduler_address"
+    )]
     pub scheduler: String,
     /// Tasks a run's scan is split into (file groups): the cluster's parallelism. It
     /// should be at least the executors' cores together.
     #[serde(default = "default_ballista_partitions")]
     pub partitions: usize,
+    /// How long one job (a view's plan) may run before it is cancelled and the run
+    /// fails; it must cover the scheduler's executor timeout, after which the tasks of
+    /// a lost executor run again elsewhere.
+    #[serde(default = "default_ballista_job_timeout_ms")]
+    pub job_timeout_ms: u64,
+    /// When the scheduler cannot be reached, run the plans in this process instead of
+    /// failing the run (the run history says so).
+    #[serde(default)]
+    pub fallback_to_local: bool,
+}
+
+/// A scheduler address is `HOST:PORT`: refused at load, not at the first run.
+fn scheduler_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = String::deserialize(d)?;
+    let valid = text
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !valid {
+        return Err(serde::de::Error::custom(format!(
+            "expected the scheduler's HOST:PORT (e.g. ballista-scheduler:50050), got `{text}`"
+        )));
+    }
+    Ok(text)
 }
 
 fn default_ballista_scheduler() -> String {
@@ -266,12 +292,17 @@ fn default_ballista_scheduler() -> String {
 fn default_ballista_partitions() -> usize {
     8
 }
+fn default_ballista_job_timeout_ms() -> u64 {
+    600_000
+}
 
 impl Default for BallistaConfig {
     fn default() -> Self {
         BallistaConfig {
             scheduler: default_ballista_scheduler(),
             partitions: default_ballista_partitions(),
+            job_timeout_ms: default_ballista_job_timeout_ms(),
+            fallback_to_local: false,
         }
     }
 }
