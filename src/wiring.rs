@@ -162,6 +162,17 @@ pub async fn run(roles: &[Role], path: Option<PathBuf>) -> anyhow::Result<StopOu
         );
     }
     check_exposure(&config)?;
+    if roles.contains(&Role::Speed)
+        && roles.contains(&Role::Serve)
+        && !config.speed.shard.is_whole()
+    {
+        bail!(
+            "speed.shard = \"{}\": a process that serves reads only its own speed layer, which \
+             would hold only part of the partitions; run `tributary speed` once per shard and \
+             `tributary serve` with speed.urls naming them all",
+            config.speed.shard
+        );
+    }
     let storage = config.open_storage()?;
     let (log, kafka) = open_log(&config, &storage, &pipeline).await?;
     let process_name = if all { "up" } else { roles[0].name() };
@@ -253,10 +264,7 @@ async fn start_roles(p: &mut Process, roles: &[Role]) -> anyhow::Result<Router> 
     if let Some(loaded) = loaded {
         let speed = match speed {
             Some(local) => local,
-            None => Arc::new(
-                tributary_speed::remote::RemoteSpeed::new(&p.config.speed.url)
-                    .with_token(speed_token(&p.config.auth)?),
-            ),
+            None => remote_speed(&p.config, &p.pipeline)?,
         };
         let ingest = ingest.map(|i| i as Arc<dyn IngestHandle>);
         app = app.merge(start_serve(p, speed, loaded, ingest)?);
@@ -288,6 +296,22 @@ fn start_ingest(p: &mut Process) -> (Arc<Ingest>, Router) {
     (ingest.clone(), p.auth.require(Scope::Ingest, routes))
 }
 
+/// The speed process (`speed.url`) or processes (`speed.urls`, one per shard) a
+/// separate serving process merges with.
+fn remote_speed(config: &Config, pipeline: &Pipeline) -> anyhow::Result<Arc<dyn SpeedSource>> {
+    let token = speed_token(&config.auth)?;
+    let mut shards: Vec<tributary_speed::remote::RemoteSpeed> = config
+        .speed
+        .speed_urls()
+        .iter()
+        .map(|url| tributary_speed::remote::RemoteSpeed::new(url).with_token(token.clone()))
+        .collect();
+    Ok(match shards.len() {
+        1 => Arc::new(shards.remove(0)),
+        _ => Arc::new(tributary_speed::ShardedSpeed::new(shards, pipeline)),
+    })
+}
+
 /// The speed layer, reading the log from each view's batch cutoff.
 fn start_speed(p: &mut Process, cutoffs: &HashMap<String, i64>) -> SpeedLayer {
     let layer = SpeedLayer::new(&p.pipeline, &p.config.speed, cutoffs)
@@ -297,11 +321,21 @@ fn start_speed(p: &mut Process, cutoffs: &HashMap<String, i64>) -> SpeedLayer {
         p.pipeline.clone(),
         p.log.clone(),
         layer.clone(),
-        Some(p.storage.speed_snapshot_dir()),
+        Some(snapshot_dir(&p.storage, p.config.speed.shard)),
         p.shutdown.clone(),
     );
     p.spawn_role(Role::Speed, run);
     layer
+}
+
+/// Where a speed process keeps its snapshots: one folder per shard, so processes that
+/// share a machine (and its local state folder) never resume from each other's.
+fn snapshot_dir(storage: &Storage, shard: tributary_core::config::Shard) -> std::path::PathBuf {
+    let dir = storage.speed_snapshot_dir();
+    match shard.is_whole() {
+        true => dir,
+        false => dir.join(format!("shard-{}-of-{}", shard.index, shard.count)),
+    }
 }
 
 /// The batch layer's archiver, and the embedded log's retention (which waits for it).

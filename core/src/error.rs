@@ -65,6 +65,35 @@ pub enum CoreError {
         /// What failed.
         message: String,
     },
+    /// Speed states were asked for above a batch cutoff older than one the speed layer
+    /// has already dropped segments below: the asker must load the newer batch view.
+    #[error(
+        "view `{view}`: the speed layer released its states below {released} (asked from \
+         {requested}); the batch view in use is older than the newest"
+    )]
+    StaleCutoff {
+        /// The view.
+        view: String,
+        /// The cutoff of the batch view the asker holds (microseconds).
+        requested: i64,
+        /// The cutoff the speed layer released segments below.
+        released: i64,
+    },
+    /// Two speed processes hold the same partition, so their states cannot be added.
+    #[error(
+        "stream `{stream}` partition {partition} is held by two speed processes ({first} and \
+         {second}); give each its own `speed.shard`"
+    )]
+    SpeedOverlap {
+        /// The stream.
+        stream: String,
+        /// The partition both hold.
+        partition: u32,
+        /// Where the first is reached.
+        first: String,
+        /// Where the second is reached.
+        second: String,
+    },
     /// DataFusion failed planning or running a plan.
     #[error("query engine: {0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),

@@ -150,6 +150,15 @@ impl ServingError {
                 StatusCode::CONFLICT
             }
             ServingError::Replay { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            // The speed layer (another process) down, its processes disagreeing on who
+            // holds a partition, or a batch view still moving: another try may succeed.
+            ServingError::Query {
+                source:
+                    CoreError::LogUnavailable(_)
+                    | CoreError::SpeedOverlap { .. }
+                    | CoreError::StaleCutoff { .. },
+                ..
+            } => StatusCode::SERVICE_UNAVAILABLE,
             ServingError::Batch(_)
             | ServingError::Query { .. }
             | ServingError::Bind { .. }

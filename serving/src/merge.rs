@@ -81,6 +81,11 @@ pub struct ViewAnswer {
     pub freshness_ms: Option<i64>,
     /// The batch-view table's version the batch states were read at.
     pub batch_version: Option<i64>,
+    /// Partitions of the view's stream whose speed states are not in this answer: no
+    /// speed process that answered holds them, or the one that does is still
+    /// rebuilding them. Rows may then undercount events at or above the cutoff, and
+    /// none is `complete`. Empty when the answer is whole.
+    pub speed_missing_partitions: Vec<u32>,
     /// Rows matching the filters, before `offset` and `limit`.
     pub total_rows: usize,
     /// Where the next page starts, if there is one.
@@ -199,6 +204,25 @@ impl Merger {
     /// The merged rows of a view (final plan over batch and speed states, `_src` last),
     /// with what the answer was read from.
     pub async fn merged(&self, view_name: &str) -> Result<Merged, ServingError> {
+        match self.merged_once(view_name).await {
+            // Another serving process moved to a newer batch view and the speed layer
+            // dropped what this one's older view still needed: load the newer one.
+            Err(ServingError::Query {
+                source: tributary_core::CoreError::StaleCutoff { .. },
+                ..
+            }) => {
+                tracing::info!(
+                    view = view_name,
+                    "the speed layer released states below a newer cutoff; loading the newer batch view"
+                );
+                self.refresh().await?;
+                self.merged_once(view_name).await
+            }
+            other => other,
+        }
+    }
+
+    async fn merged_once(&self, view_name: &str) -> Result<Merged, ServingError> {
         let view = self
             .pipeline
             .view(view_name)
@@ -277,10 +301,13 @@ impl Merger {
             .chain(merged.batch.as_ref().and_then(|b| b.max_event_ts))
             .max();
         let watermark = merged.view.watermark(max_event_ts);
+        let missing = self.missing_partitions(&merged);
+        // With a partition's speed states absent, no window can be called complete.
+        let complete_below = watermark.filter(|_| missing.is_empty());
         let (total_rows, rows) = to_rows(
             merged
                 .json
-                .get_or_init(|| Arc::new(json_rows(&merged.view, &merged.rows, watermark))),
+                .get_or_init(|| Arc::new(json_rows(&merged.view, &merged.rows, complete_below))),
             q,
         );
         let Merged {
@@ -296,10 +323,20 @@ impl Merger {
             speed_position: position.map(rfc3339),
             freshness_ms: position.map(|p| (now_micros() - p).max(0) / 1000),
             batch_version: batch.as_ref().map(|b| b.version),
+            speed_missing_partitions: missing,
             total_rows,
             next_offset: (next < total_rows).then_some(next),
             rows,
         })
+    }
+
+    /// The partitions of `merged`'s stream its speed states do not cover.
+    pub fn missing_partitions(&self, merged: &Merged) -> Vec<u32> {
+        let partitions = self
+            .pipeline
+            .stream(&merged.view.stream)
+            .map_or(0, |s| s.partitions);
+        merged.speed.missing_partitions(partitions)
     }
 }
 
@@ -349,6 +386,8 @@ impl Merger {
             speed_position: None,
             freshness_ms: None,
             batch_version: Some(batch.version),
+            // A past batch version is whole by itself: no speed states join it.
+            speed_missing_partitions: Vec::new(),
             total_rows,
             next_offset: (next < total_rows).then_some(next),
             rows,

@@ -110,7 +110,7 @@ pub async fn status_value(state: &AppState) -> Result<Value, ServingError> {
         "roles": state.roles.iter().map(|(n, up)| (n.clone(), up.load(Ordering::Acquire))).collect::<std::collections::BTreeMap<_, _>>(),
         "streams": streams,
         "views": views,
-        "speed": { "recovery_ms": speed.recovery_ms, "restored_from_snapshot": speed.restored_from_snapshot },
+        "speed": { "recovery_ms": speed.recovery_ms, "restored_from_snapshot": speed.restored_from_snapshot, "shards": speed.shards },
         "batch": { "running": running, "last_run": last },
         "log": { "retention": state.batch.retention() },
         "process": { "rss_bytes": crate::process::resident_bytes() },

@@ -128,7 +128,8 @@ impl Consumer {
                 let partitions = (0..s.partitions).map(|p| (p, Deduplicator::new(spec.clone())));
                 self.dedups.insert(s.name.clone(), partitions.collect());
             }
-            for p in 0..s.partitions {
+            let shard = self.layer.shard();
+            for p in (0..s.partitions).filter(|p| shard.owns(*p)) {
                 if let Some(offset) = restored.get(&s.name).and_then(|r| r.get(&p)) {
                     self.positions.insert((s.name.clone(), p), *offset);
                     continue;
@@ -143,8 +144,23 @@ impl Consumer {
                 };
                 self.positions.insert((s.name.clone(), p), offset);
             }
+            self.publish_positions(&s.name);
         }
         Ok(true)
+    }
+
+    /// Let snapshots say which partitions and positions `stream`'s states cover.
+    fn publish_positions(&self, stream: &str) {
+        let held: std::collections::BTreeMap<u32, u64> = self
+            .positions
+            .iter()
+            .filter(|((s, _), _)| s == stream)
+            .map(|((_, p), offset)| (*p, *offset))
+            .collect();
+        *self.layer.progress[stream]
+            .positions
+            .lock()
+            .expect("positions lock") = held;
     }
 
     /// Between micro-batches: the states hold exactly the records before `positions`.
@@ -184,6 +200,8 @@ impl Consumer {
             return Ok(None);
         };
         if read_events == 0 {
+            // Positions may still have moved (past records the log no longer holds).
+            self.publish_positions(&s.name);
             return Ok(Some(false));
         }
         let decoded = decode::decode(
@@ -205,6 +223,7 @@ impl Consumer {
             .duplicates
             .fetch_add(decoded.duplicates, Ordering::Relaxed);
         self.apply(&s, decoded.buckets).await;
+        self.publish_positions(&s.name);
         compact(&self.layer, &s.name, &self.pipeline).await;
         let progress = &self.layer.progress[&s.name];
         progress.events.fetch_add(read_events, Ordering::Relaxed);
@@ -228,7 +247,8 @@ impl Consumer {
         let mut reads = Vec::new();
         let mut read_events = 0u64;
         let mut newest = 0i64;
-        for p in 0..s.partitions {
+        let shard = self.layer.shard();
+        for p in (0..s.partitions).filter(|p| shard.owns(*p)) {
             let pos = self
                 .positions
                 .get_mut(&(s.name.clone(), p))

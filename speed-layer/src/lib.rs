@@ -14,6 +14,7 @@ pub mod decode;
 pub mod dedup;
 pub mod remote;
 pub mod server;
+pub mod sharded;
 pub mod snapshot;
 pub mod source;
 pub mod store;
@@ -27,7 +28,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use serde::Serialize;
 use thiserror::Error;
 use tributary_core::CoreError;
-use tributary_core::config::SpeedConfig;
+use tributary_core::config::{Shard, SpeedConfig};
 use tributary_core::dead_letter::{DeadLetter, DeadLetterSink};
 use tributary_core::log::EventLog;
 use tributary_core::pipeline::Pipeline;
@@ -36,7 +37,8 @@ use tributary_core::view::{SOURCE_SPEED, tag_source};
 
 pub use consume::run;
 pub use dedup::Deduplicator;
-pub use source::{Snapshot, SpeedSource};
+pub use sharded::ShardedSpeed;
+pub use source::{Coverage, Snapshot, SpeedSource};
 pub use store::{SpeedSnapshot, StateStore, ViewStats, ViewStore};
 
 /// Why the speed layer stopped.
@@ -96,6 +98,9 @@ pub struct StreamProgress {
     pub lag_by_partition: std::sync::Mutex<Vec<u64>>,
     /// Events read per second over the last sampling interval.
     pub events_per_second: AtomicU64,
+    /// Per partition this process holds, the next offset after the records its states
+    /// hold (published once a micro-batch's states are in).
+    pub positions: std::sync::Mutex<BTreeMap<u32, u64>>,
 }
 
 /// The speed layer's figures: per stream and per view.
@@ -111,6 +116,28 @@ pub struct SpeedStats {
     /// Whether it resumed from a snapshot rather than from the batch cutoff alone.
     #[serde(default)]
     pub restored_from_snapshot: bool,
+    /// The partitions each process holds (`speed.shard`), by shard; one entry for
+    /// a single speed process. Each says where its process is reached (`None`:
+    /// in this process) and whether it answered.
+    #[serde(default)]
+    pub shards: Vec<ShardStats>,
+}
+
+/// One speed process as serving sees it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ShardStats {
+    /// Its `speed.shard`, `I/N`.
+    pub shard: String,
+    /// Where serving reaches it (`None`: in this process).
+    pub url: Option<String>,
+    /// Whether it answered the last time it was asked.
+    pub reachable: bool,
+    /// Whether it has reached the end of the log since it started.
+    pub caught_up: bool,
+    /// How long it took to get there (see [`SpeedStats::recovery_ms`]).
+    pub recovery_ms: Option<u64>,
+    /// Per stream, the partitions it holds.
+    pub partitions: BTreeMap<String, Vec<u32>>,
 }
 
 /// One stream's figures, as [`StreamProgress`] holds them at one moment.
@@ -150,6 +177,8 @@ pub struct SpeedLayer {
     restored: Arc<std::sync::atomic::AtomicBool>,
     /// Where records a view cannot process are dead-lettered (none: only counted).
     dead_letters: Option<DeadLetterSink>,
+    /// The partitions of every stream this process holds (`speed.shard`).
+    shard: Shard,
 }
 
 impl SpeedLayer {
@@ -168,6 +197,31 @@ impl SpeedLayer {
             recovery_ms: Arc::new(AtomicU64::new(u64::MAX)),
             restored: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             dead_letters: None,
+            shard: config.shard,
+        }
+    }
+
+    /// The partitions of every stream this process holds.
+    pub fn shard(&self) -> Shard {
+        self.shard
+    }
+
+    /// Whether the layer has reached the end of the log since it started: before, the
+    /// states of its partitions are still being rebuilt.
+    pub fn caught_up(&self) -> bool {
+        self.recovery_ms.load(Ordering::Relaxed) != u64::MAX
+    }
+
+    /// What the states of `stream` cover now: the partitions held and their positions.
+    pub fn coverage(&self, stream: &str) -> Coverage {
+        let partitions = self
+            .progress
+            .get(stream)
+            .map(|p| p.positions.lock().expect("positions lock").clone())
+            .unwrap_or_default();
+        Coverage {
+            partitions,
+            caught_up: self.caught_up(),
         }
     }
 
@@ -184,6 +238,13 @@ impl SpeedLayer {
             .get(stream)
             .map(|p| p.ingest_ts.load(Ordering::Acquire))
             .filter(|t| *t > 0)
+    }
+
+    fn recovery(&self) -> Option<u64> {
+        match self.recovery_ms.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            ms => Some(ms),
+        }
     }
 
     /// The layer's figures now.
@@ -210,11 +271,23 @@ impl SpeedLayer {
                 })
                 .collect(),
             views: self.store.views().map(|v| v.stats()).collect(),
-            recovery_ms: match self.recovery_ms.load(Ordering::Relaxed) {
-                u64::MAX => None,
-                ms => Some(ms),
-            },
+            recovery_ms: self.recovery(),
             restored_from_snapshot: self.restored.load(Ordering::Relaxed),
+            shards: vec![ShardStats {
+                shard: self.shard.to_string(),
+                url: None,
+                reachable: true,
+                caught_up: self.caught_up(),
+                recovery_ms: self.recovery(),
+                partitions: self
+                    .progress
+                    .iter()
+                    .map(|(s, p)| {
+                        let held = p.positions.lock().expect("positions lock");
+                        (s.clone(), held.keys().copied().collect())
+                    })
+                    .collect(),
+            }],
         }
     }
 }

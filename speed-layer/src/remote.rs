@@ -4,8 +4,8 @@ use async_trait::async_trait;
 use tributary_core::CoreError;
 
 use crate::SpeedStats;
-use crate::server::{INGEST_POSITION, MAX_EVENT_TS, SEGMENTS};
-use crate::source::{Snapshot, SpeedSource, from_ipc};
+use crate::server::{COVERAGE, INGEST_POSITION, MAX_EVENT_TS, RELEASED_CUTOFF, SEGMENTS};
+use crate::source::{Coverage, Snapshot, SpeedSource, from_ipc};
 
 /// A speed layer in another process, reached over its HTTP API (what `tributary serve` uses).
 pub struct RemoteSpeed {
@@ -36,6 +36,11 @@ impl RemoteSpeed {
     pub fn with_token(mut self, token: Option<String>) -> Self {
         self.token = token;
         self
+    }
+
+    /// Where the process is reached.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 }
 
@@ -81,8 +86,35 @@ impl SpeedSource for RemoteSpeed {
             "{}/internal/v1/views/{view}/states?cutoff={cutoff}",
             self.base
         );
-        let resp = self.call(self.client.get(url)).await?;
+        let request = match &self.token {
+            Some(t) => self.client.get(url).bearer_auth(t),
+            None => self.client.get(url),
+        };
+        let resp = request
+            .send()
+            .await
+            .map_err(|e| unavailable(&self.base, e))?;
+        if resp.status() == reqwest::StatusCode::CONFLICT
+            && let Some(released) = header_i64(&resp, RELEASED_CUTOFF)
+        {
+            return Err(CoreError::StaleCutoff {
+                view: view.to_string(),
+                requested: cutoff,
+                released,
+            });
+        }
+        if !resp.status().is_success() {
+            return Err(unavailable(
+                &self.base,
+                format!("answered {}", resp.status()),
+            ));
+        }
         let max_event_ts = header_i64(&resp, MAX_EVENT_TS);
+        let coverage: Coverage = resp
+            .headers()
+            .get(COVERAGE)
+            .and_then(|v| serde_json::from_slice(v.as_bytes()).ok())
+            .ok_or_else(|| unavailable(&self.base, "answered without its coverage"))?;
         let ingest_position = header_i64(&resp, INGEST_POSITION);
         let segments = header_i64(&resp, SEGMENTS).unwrap_or(0) as usize;
         let bytes = resp.bytes().await.map_err(|e| unavailable(&self.base, e))?;
@@ -93,6 +125,7 @@ impl SpeedSource for RemoteSpeed {
             segments,
             // Another process's states: no generation to trust across the wire.
             generation: None,
+            coverage: vec![coverage],
         })
     }
 

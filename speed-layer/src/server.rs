@@ -10,6 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
+use tributary_core::CoreError;
 
 use crate::SpeedLayer;
 use crate::source::{SpeedSource, to_ipc};
@@ -20,6 +21,10 @@ pub const MAX_EVENT_TS: &str = "x-tributary-max-event-ts";
 pub const INGEST_POSITION: &str = "x-tributary-ingest-position";
 /// Response header: how many segments the states came from.
 pub const SEGMENTS: &str = "x-tributary-segments";
+/// Response header: what the states cover ([`crate::Coverage`] as JSON).
+pub const COVERAGE: &str = "x-tributary-coverage";
+/// Response header of a refusal (409): the cutoff the speed layer released below.
+pub const RELEASED_CUTOFF: &str = "x-tributary-released-cutoff";
 
 /// `GET /internal/v1/views/{view}/states?cutoff=T`, `POST …/release?cutoff=T`,
 /// `GET /internal/v1/stats`.
@@ -35,18 +40,34 @@ pub fn router(layer: SpeedLayer) -> Router {
 enum Refusal {
     BadCutoff,
     UnknownView(String),
+    /// The asker's batch cutoff is older than what was released (it must reload).
+    Stale {
+        message: String,
+        released: i64,
+    },
     Internal(String),
 }
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
+        if let Refusal::Stale { message, released } = self {
+            let mut resp = (
+                StatusCode::CONFLICT,
+                axum::Json(json!({ "error": message })),
+            )
+                .into_response();
+            resp.headers_mut().insert(RELEASED_CUTOFF, released.into());
+            return resp;
+        }
         let (status, message) = match self {
             Refusal::BadCutoff => (
                 StatusCode::BAD_REQUEST,
                 "query parameter `cutoff`: expected microseconds since the epoch".to_string(),
             ),
             Refusal::UnknownView(v) => (StatusCode::NOT_FOUND, format!("unknown view `{v}`")),
-            Refusal::Internal(e) => (StatusCode::INTERNAL_SERVER_ERROR, e),
+            Refusal::Internal(e) | Refusal::Stale { message: e, .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, e)
+            }
         };
         (status, axum::Json(json!({ "error": message }))).into_response()
     }
@@ -73,6 +94,14 @@ async fn states(
     let schema = store.view.partial_schema.clone();
     let snap = SpeedSource::snapshot(&layer, &view, cutoff, None)
         .await
+        .map_err(|e| match e {
+            CoreError::StaleCutoff { released, .. } => Refusal::Stale {
+                message: e.to_string(),
+                released,
+            },
+            e => Refusal::Internal(e.to_string()),
+        })?;
+    let coverage = serde_json::to_string(&snap.coverage.first().cloned().unwrap_or_default())
         .map_err(|e| Refusal::Internal(e.to_string()))?;
     let body = to_ipc(&schema, &snap.states).map_err(|e| Refusal::Internal(e.to_string()))?;
     let mut resp = Response::new(Body::from(body));
@@ -90,6 +119,12 @@ async fn states(
         h.insert(INGEST_POSITION, t.into());
     }
     h.insert(SEGMENTS, snap.segments.into());
+    h.insert(
+        COVERAGE,
+        coverage
+            .parse()
+            .map_err(|_| Refusal::Internal("coverage header".into()))?,
+    );
     Ok(resp)
 }
 

@@ -123,8 +123,15 @@ pub fn restore(
     let mut manifest: Manifest = serde_json::from_slice(&text).map_err(|e| io(&path, e))?;
     let mut restored = HashMap::new();
     for s in &pipeline.streams {
+        let shard = layer.shard();
+        // A snapshot of other partitions (another `speed.shard`) would count them twice.
+        let same_partitions = manifest.positions.get(&s.name).is_some_and(|held| {
+            held.keys()
+                .copied()
+                .eq((0..s.partitions).filter(|p| shard.owns(*p)))
+        });
         let usable = s.dedup.is_none()
-            && manifest.positions.contains_key(&s.name)
+            && same_partitions
             && pipeline
                 .views_of(&s.name)
                 .all(|v| manifest.views.get(&v.name).is_some_and(|m| m.sql == v.sql));

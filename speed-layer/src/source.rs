@@ -1,6 +1,7 @@
 //! How serving reaches the speed layer's states: in the same process, or over HTTP
 //! from a separate `tributary speed` process (`remote.rs`).
 
+use std::collections::BTreeMap;
 use std::io::Cursor;
 
 use async_trait::async_trait;
@@ -26,6 +27,34 @@ pub struct Snapshot {
     /// Identifies the states exactly (same generation, same states), when known: lets
     /// serving reuse a merged answer.
     pub generation: Option<u64>,
+    /// What the states cover, one entry per speed process they came from.
+    pub coverage: Vec<Coverage>,
+}
+
+/// Which part of a stream's log one speed process's states hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Coverage {
+    /// The partitions it holds, each with its position: the states hold at least the
+    /// records before that offset (read before the states, so never more than they hold).
+    pub partitions: BTreeMap<u32, u64>,
+    /// Whether the process has reached the end of the log since it started; before
+    /// that, the states of its partitions are still being rebuilt and undercount.
+    pub caught_up: bool,
+}
+
+impl Snapshot {
+    /// The partitions of a stream of `partitions` whose states are not all there: held
+    /// by no process that answered, or by one still rebuilding them.
+    pub fn missing_partitions(&self, partitions: u32) -> Vec<u32> {
+        (0..partitions)
+            .filter(|p| {
+                !self
+                    .coverage
+                    .iter()
+                    .any(|c| c.caught_up && c.partitions.contains_key(p))
+            })
+            .collect()
+    }
 }
 
 /// The speed layer as serving sees it.
@@ -58,13 +87,28 @@ impl SpeedSource for SpeedLayer {
             .store
             .view(view)
             .ok_or_else(|| CoreError::UnknownView(view.to_string()))?;
-        let s = store.snapshot_since(cutoff, known);
+        // Read before the states: they hold at least what the positions say.
+        let coverage = self.coverage(&store.view.stream);
+        let released = store.cutoff();
+        if cutoff < released {
+            // Segments between the two are gone: the asker's older batch view does not
+            // hold them either, so the sum would miss them.
+            return Err(CoreError::StaleCutoff {
+                view: view.to_string(),
+                requested: cutoff,
+                released,
+            });
+        }
+        let s = store.snapshot_since(cutoff, known.filter(|_| coverage.caught_up));
         Ok(Snapshot {
-            generation: Some(s.generation),
+            // While rebuilding, states may change under an unchanged generation's
+            // coverage: nothing computed from them is kept.
+            generation: coverage.caught_up.then_some(s.generation),
             states: s.states,
             max_event_ts: s.max_event_ts,
             ingest_position: self.ingest_position(&store.view.stream),
             segments: s.segments,
+            coverage: vec![coverage],
         })
     }
 

@@ -20,7 +20,7 @@ mod roles;
 pub use access::{AuthConfig, MIN_TOKEN_LEN, Scope, TokenConfig};
 pub use http::{HttpConfig, SqlConfig};
 pub use roles::{
-    BallistaConfig, BatchConfig, BatchEngine, GeneratorConfig, LogConfig, LogKind, Schedule,
+    BallistaConfig, BatchConfig, BatchEngine, GeneratorConfig, LogConfig, LogKind, Schedule, Shard,
     SpeedConfig, parse_schedule,
 };
 
@@ -323,6 +323,26 @@ mod tests {
             assert!(err.contains("batch.ballista.scheduler"), "{err}");
             assert!(err.contains("HOST:PORT"), "{err}");
             assert!(err.contains(&format!("`{bad}`")), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_speed_shard_is_i_of_n_and_owns_every_nth_partition() {
+        let c = from_toml_str("storage-root = 'x'\n[speed]\nshard = '1/3'\n").unwrap();
+        let owned: Vec<u32> = (0..8).filter(|p| c.speed.shard.owns(*p)).collect();
+        assert_eq!(owned, [1, 4, 7]);
+        assert!(
+            from_toml_str("storage-root = 'x'\n")
+                .unwrap()
+                .speed
+                .shard
+                .is_whole()
+        );
+        for bad in ["2/2", "1", "a/2", "0/0", "-1/2"] {
+            let text = format!("storage-root = 'x'\n[speed]\nshard = '{bad}'\n");
+            let err = from_toml_str(&text).unwrap_err().to_string();
+            assert!(err.contains("speed.shard"), "{err}");
+            assert!(err.contains(&format!("got `{bad}`")), "{err}");
         }
     }
 

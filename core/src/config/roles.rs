@@ -148,6 +148,88 @@ pub struct SpeedConfig {
     /// resume from the newest at start (0: never; a restart rebuilds from the cutoff).
     #[serde(default)]
     pub snapshot_interval_ms: u64,
+    /// Which partitions of every stream this speed process holds, as `"I/N"`: those
+    /// whose number modulo N is I. Several speed processes (one per I) share the
+    /// partitions; the default `"0/1"` holds them all.
+    #[serde(default)]
+    pub shard: Shard,
+    /// Where a separate `tributary serve` reaches the speed processes when there are
+    /// several (one per shard; order does not matter). Empty: `url` alone.
+    #[serde(default)]
+    pub urls: Vec<String>,
+}
+
+impl SpeedConfig {
+    /// Every speed process a separate serving process gathers states from.
+    pub fn speed_urls(&self) -> Vec<String> {
+        if self.urls.is_empty() {
+            vec![self.url.clone()]
+        } else {
+            self.urls.clone()
+        }
+    }
+}
+
+/// `speed.shard`: partition `p` belongs to shard `p % count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This process's shard, below `count`.
+    pub index: u32,
+    /// How many speed processes share the partitions.
+    pub count: u32,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard { index: 0, count: 1 }
+    }
+}
+
+impl Shard {
+    /// Whether partition `p` is this shard's.
+    pub fn owns(&self, partition: u32) -> bool {
+        partition % self.count == self.index
+    }
+
+    /// Whether it is the only shard (it holds every partition).
+    pub fn is_whole(&self) -> bool {
+        self.count == 1
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let expected = || format!("expected \"I/N\" with 0 <= I < N (e.g. \"0/2\"), got `{s}`");
+        let (index, count) = s.split_once('/').ok_or_else(expected)?;
+        let index: u32 = index.trim().parse().map_err(|_| expected())?;
+        let count: u32 = count.trim().parse().map_err(|_| expected())?;
+        if count == 0 || index >= count {
+            return Err(expected());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl Serialize for Shard {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Shard {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 fn default_speed_url() -> String {
@@ -173,6 +255,8 @@ impl Default for SpeedConfig {
             url: default_speed_url(),
             decode_threads: 0,
             snapshot_interval_ms: 0,
+            shard: Shard::default(),
+            urls: Vec::new(),
         }
     }
 }

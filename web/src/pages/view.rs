@@ -220,11 +220,24 @@ fn meta_line(answer: Option<&Value>) -> String {
         .and_then(parse_ts)
         .map(|t| clock(t, true))
         .unwrap_or_else(|| "—".into());
-    format!(
+    let missing: Vec<String> = answer
+        .and_then(|a| a.get("speed_missing_partitions"))
+        .and_then(Value::as_array)
+        .map(|ps| ps.iter().map(|p| p.to_string()).collect())
+        .unwrap_or_default();
+    let line = format!(
         "batch cutoff {} · watermark {} · freshness {} ms",
         get("cutoff"),
         wm,
         get("freshness_ms")
+    );
+    if missing.is_empty() {
+        return line;
+    }
+    // A speed process down or rebuilding: say so rather than show short counts as whole.
+    format!(
+        "{line} · speed partitions {} missing: recent counts are short, no window complete",
+        missing.join(", ")
     )
 }
 
@@ -293,6 +306,18 @@ fn KeyChips(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_meta_line_names_missing_speed_partitions() {
+        let whole = json!({"cutoff": "c", "freshness_ms": 3, "speed_missing_partitions": []});
+        assert!(!meta_line(Some(&whole)).contains("missing"));
+        let short = json!({"cutoff": "c", "freshness_ms": 3, "speed_missing_partitions": [0, 2]});
+        assert!(
+            meta_line(Some(&short)).contains("speed partitions 0, 2 missing"),
+            "{}",
+            meta_line(Some(&short))
+        );
+    }
 
     #[test]
     fn keys_rank_by_windows_and_join_several_key_columns() {
