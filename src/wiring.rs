@@ -87,11 +87,14 @@ pub async fn open_log(
             Ok((Arc::new(log), None))
         }
         LogKind::Kafka => {
-            let log = Arc::new(
-                KafkaLog::open(config.log.clone(), &streams)
-                    .await
-                    .with_context(|| format!("connecting to Kafka at {}", config.log.brokers))?,
-            );
+            let mut log = KafkaLog::open(config.log.clone(), &streams)
+                .await
+                .with_context(|| format!("connecting to Kafka at {}", config.log.brokers))?;
+            if config.log.derivation_checkpoint_ms > 0 {
+                let every = Duration::from_millis(config.log.derivation_checkpoint_ms);
+                log = log.with_checkpoints(storage.derivation_dir(), every);
+            }
+            let log = Arc::new(log);
             Ok((log.clone(), Some(log)))
         }
     }

@@ -1,5 +1,6 @@
 //! Several speed and serving processes on a real Kafka-protocol broker (tansu, started
-//! by deploy/test.sh): two `speed` processes share the stream's partitions
+//! by deploy/test.sh), beside two `ingest` and two `batch` processes: two `speed`
+//! processes share the stream's partitions
 //! (`speed.shard` 0/2 and 1/2), two `serve` processes gather both, and every answer is
 //! checked against DataFusion's one-pass answer over the accepted events. One speed
 //! process is SIGKILLed mid-stream: while its partition has no caught-up holder every
@@ -119,8 +120,13 @@ async fn two_speed_and_two_serving_processes_stay_exact_through_kills() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("shards-{}-", std::process::id());
     let config = Tributary::configure_kafka(dir.path(), &prefix);
-    let ingest = Tributary::start_role(dir.path(), &config, "ingest", &[]).await;
-    let batch = Tributary::start_role(dir.path(), &config, "batch", &[]).await;
+    // Two of every role: ingest processes share the load, archivers the partitions.
+    let mut ingests = Vec::new();
+    let mut batches = Vec::new();
+    for _ in 0..2 {
+        ingests.push(Tributary::start_role(dir.path(), &config, "ingest", &[]).await);
+        batches.push(Tributary::start_role(dir.path(), &config, "batch", &[]).await);
+    }
     let mut speeds = Vec::new();
     for shard in ["0/2", "1/2"] {
         let env = [("TRIBUTARY_SPEED__SHARD", shard)];
@@ -146,7 +152,10 @@ async fn two_speed_and_two_serving_processes_stay_exact_through_kills() {
         ],
     )
     .await;
-    for role in [&ingest, &batch, &speeds[0], &speeds[1], &serve_a, &serve_b] {
+    for role in ingests.iter().chain(&batches).chain(&speeds) {
+        role.wait_for("/ready", |_| true).await;
+    }
+    for role in [&serve_a, &serve_b] {
         role.wait_for("/ready", |_| true).await;
     }
     let held = partitions_of(&serve_a).await;
@@ -166,6 +175,7 @@ async fn two_speed_and_two_serving_processes_stay_exact_through_kills() {
     let post = |from: usize, n: usize| (from..from + n).map(event).collect::<Vec<_>>();
     for round in 0..4 {
         let events = post(round * 50, 50);
+        let ingest = &ingests[round % 2];
         let (status, report) = ingest.post("readings", &Value::Array(events.clone())).await;
         assert_eq!(status, 200, "{report}");
         accepted.extend(events);
@@ -192,6 +202,7 @@ async fn two_speed_and_two_serving_processes_stay_exact_through_kills() {
     let killed = Instant::now();
     for round in 4..8 {
         let events = post(round * 50, 50);
+        let ingest = &ingests[round % 2];
         let (status, report) = ingest.post("readings", &Value::Array(events.clone())).await;
         assert_eq!(status, 200, "{report}");
         accepted.extend(events);
@@ -246,7 +257,9 @@ async fn two_speed_and_two_serving_processes_stay_exact_through_kills() {
     // SIGKILL serve A: serve B answers on, exactly, with events still coming.
     serve_a.kill9();
     let events = post(2000, 40);
-    let (status, report) = ingest.post("readings", &Value::Array(events.clone())).await;
+    let (status, report) = ingests[1]
+        .post("readings", &Value::Array(events.clone()))
+        .await;
     assert_eq!(status, 200, "{report}");
     accepted.extend(events);
     let want = reference(&p, &view, &accepted).await;

@@ -104,6 +104,11 @@ impl Storage {
         self.root.join("speed-snapshots")
     }
 
+    /// Directory of the Kafka log's `_ingest_ts` derivation checkpoints.
+    pub fn derivation_dir(&self) -> PathBuf {
+        self.root.join("kafka-derivation")
+    }
+
     /// Directory of the embedded event log.
     pub fn log_dir(&self) -> PathBuf {
         self.root.join("log")

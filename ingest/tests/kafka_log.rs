@@ -174,3 +174,97 @@ async fn records_carry_their_key() {
         .unwrap();
     assert_eq!(msg.key(), Some(&b"pump-7"[..]));
 }
+
+#[tokio::test]
+async fn a_restarted_reader_starts_from_the_newest_derivation_checkpoint() {
+    let cfg = config("checkpoint");
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoints = dir.path().join("kafka-derivation");
+    let opened = || async {
+        KafkaLog::open(cfg.clone(), &[("s".into(), 1)])
+            .await
+            .unwrap()
+    };
+    // Tributary's clock and direct records far in the future and behind, so the
+    // derivation is more than the record timestamps; a tick after each round (where
+    // checkpoints go).
+    let log = opened()
+        .await
+        .with_checkpoints(checkpoints.clone(), Duration::ZERO);
+    let topic = cfg.topic("s");
+    for i in 0..5 {
+        let records = (0..80).map(|j| format!("{{\"i\":{}}}", i * 100 + j).into_bytes());
+        log.append("s", 0, records.collect()).await.unwrap();
+        raw_send(&cfg, &topic, 0, 4_102_444_800_000, &[], "{\"future\":1}").await;
+        raw_send(&cfg, &topic, 0, 1_000, &[], "{\"past\":1}").await;
+        log.tick().await.unwrap();
+    }
+    // One pass in reads of 100: each keeps a checkpoint after the last tick it passed.
+    let mut truth = Vec::new();
+    let mut from = 0;
+    while from < 415 {
+        let batch = log.read("s", 0, from, 100).await.unwrap();
+        truth.extend(batch.records.iter().map(|r| (r.offset, r.ingest_ts)));
+        from = batch.next_offset;
+    }
+    assert_eq!(truth.len(), 410, "five ticks are not events");
+    let after = |from: u64| -> Vec<(u64, i64)> {
+        truth.iter().copied().filter(|(o, _)| *o >= from).collect()
+    };
+
+    // A restarted process reading from 300 starts at the tick before it (offset 249):
+    // it replays about 50 records; a process without checkpoints replays all 300.
+    let restarted = opened()
+        .await
+        .with_checkpoints(checkpoints.clone(), Duration::ZERO);
+    let plain = opened().await;
+    for reader in [&restarted, &plain] {
+        let mid = reader.read("s", 0, 300, 200).await.unwrap();
+        let got: Vec<(u64, i64)> = mid
+            .records
+            .iter()
+            .map(|r| (r.offset, r.ingest_ts))
+            .collect();
+        assert_eq!(got, after(300), "the same _ingest_ts either way");
+    }
+    assert_eq!(
+        restarted.replayed(),
+        300 - 249,
+        "from the tick at offset 248"
+    );
+    assert_eq!(plain.replayed(), 300);
+    // Finding where an ingest time starts: the same answer, without the replay.
+    let ts = truth[240].1;
+    let restarted = opened()
+        .await
+        .with_checkpoints(checkpoints.clone(), Duration::ZERO);
+    let at = restarted.offset_for_ingest_ts("s", 0, ts).await.unwrap();
+    assert_eq!(at, plain.offset_for_ingest_ts("s", 0, ts).await.unwrap());
+    assert_eq!(at, truth.iter().find(|(_, t)| *t >= ts).unwrap().0);
+
+    // A checkpoint that no longer matches the topic (as after it was deleted and
+    // created again) is dropped, and the reader replays: still the same values.
+    let file = checkpoints.join(format!("{topic}-0.json"));
+    let mut points: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    for p in &mut points {
+        p["last_ts_ms"] = serde_json::json!(7);
+    }
+    std::fs::write(&file, serde_json::to_vec(&points).unwrap()).unwrap();
+    let stale = opened()
+        .await
+        .with_checkpoints(checkpoints.clone(), Duration::ZERO);
+    let mid = stale.read("s", 0, 300, 200).await.unwrap();
+    let got: Vec<(u64, i64)> = mid
+        .records
+        .iter()
+        .map(|r| (r.offset, r.ingest_ts))
+        .collect();
+    assert_eq!(got, after(300));
+    assert_eq!(stale.replayed(), 300);
+    assert_eq!(
+        stale.offset_for_ingest_ts("s", 0, ts).await.unwrap(),
+        at,
+        "a stale checkpoint never shortens the scan"
+    );
+}

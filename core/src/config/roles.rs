@@ -65,6 +65,16 @@ pub struct LogConfig {
     /// ago; the operating system's page cache still holds the file).
     #[serde(default = "default_log_cache_mb")]
     pub cache_mb: u64,
+    /// Kafka: checkpoint each partition's `_ingest_ts` derivation this often (in the
+    /// local state folder), so a reader that opens a partition starts from the newest
+    /// checkpoint before where it reads instead of from the first retained offset
+    /// (0: never; start-up then replays the whole retention).
+    #[serde(default = "default_derivation_checkpoint_ms")]
+    pub derivation_checkpoint_ms: u64,
+}
+
+fn default_derivation_checkpoint_ms() -> u64 {
+    10_000
 }
 
 fn default_log_cache_mb() -> u64 {
@@ -108,6 +118,7 @@ impl Default for LogConfig {
             security: Default::default(),
             options: Default::default(),
             retention_hours: default_retention_hours_log(),
+            derivation_checkpoint_ms: default_derivation_checkpoint_ms(),
             retention_mb: 0,
             cache_mb: default_log_cache_mb(),
         }

@@ -11,6 +11,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tributary_core::error::Result;
 use tributary_core::log::{LogBatch, LogRecord};
 
+use super::checkpoint::Point;
 use super::{TICK_HEADER, TRUSTED_HEADER, kafka_err};
 
 pub(super) const META_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,28 +50,93 @@ pub(super) struct Cursor {
     pub(super) consumer: BaseConsumer,
     pub(super) next: u64,
     pub(super) state: Derivation,
+    /// The state right after the newest tick read: where a checkpoint can go. A tick
+    /// is a record of its own, usually a batch of its own, and a broker that cannot
+    /// start a fetch inside a batch (tansu 0.6 starts at the next one) can still start
+    /// at a batch's first record.
+    pub(super) tick_point: Option<Point>,
+    /// Records read only to compute the derivation (before where a read starts).
+    pub(super) replayed: u64,
 }
 
-pub(super) fn new_cursor(mut client: ClientConfig, topic: &str, partition: u32) -> Result<Cursor> {
-    let consumer: BaseConsumer = client
+fn consumer(mut client: ClientConfig) -> Result<BaseConsumer> {
+    client
         .set("group.id", "tributary-reader")
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "true")
         .create()
-        .map_err(|e| kafka_err("consumer", e))?;
+        .map_err(|e| kafka_err("consumer", e))
+}
+
+fn assign(consumer: &BaseConsumer, topic: &str, partition: u32, at: Offset) -> Result<()> {
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition as i32, Offset::Beginning)
+    tpl.add_partition_offset(topic, partition as i32, at)
         .map_err(|e| kafka_err("assign", e))?;
-    consumer.assign(&tpl).map_err(|e| kafka_err("assign", e))?;
+    consumer.assign(&tpl).map_err(|e| kafka_err("assign", e))
+}
+
+/// A cursor at the first of `starts` (checkpoints, newest first) whose record before
+/// it is still the one the checkpoint saw and where the broker can start a fetch, else
+/// at the partition's first retained offset. Also says which start was used.
+pub(super) fn new_cursor(
+    client: ClientConfig,
+    topic: &str,
+    partition: u32,
+    starts: &[Point],
+) -> Result<(Cursor, Option<Point>)> {
+    for point in starts {
+        let c = consumer(client.clone())?;
+        if let Some(cursor) = resume(c, topic, partition, *point)? {
+            return Ok((cursor, Some(*point)));
+        }
+    }
+    let consumer = consumer(client)?;
+    assign(&consumer, topic, partition, Offset::Beginning)?;
     let (low, _) = consumer
         .fetch_watermarks(topic, partition as i32, META_TIMEOUT)
         .map_err(|e| kafka_err("watermarks", e))?;
-    Ok(Cursor {
+    let cursor = Cursor {
         consumer,
         next: low.max(0) as u64,
         state: Derivation::default(),
-    })
+        tick_point: None,
+        replayed: 0,
+    };
+    Ok((cursor, None))
+}
+
+/// Position `consumer` at `point` if the record at `point.offset - 1` is still there
+/// with the checkpoint's timestamp (read, not applied: the state already holds it).
+fn resume(
+    consumer: BaseConsumer,
+    topic: &str,
+    partition: u32,
+    point: Point,
+) -> Result<Option<Cursor>> {
+    let Some(before) = point.offset.checked_sub(1) else {
+        return Ok(None);
+    };
+    assign(&consumer, topic, partition, Offset::Offset(before as i64))?;
+    let msg = loop {
+        match consumer.poll(FETCH_WAIT) {
+            None | Some(Err(KafkaError::PartitionEOF(_))) => return Ok(None),
+            Some(Err(e)) => return Err(kafka_err("fetch", e)),
+            // A broker may hand back the whole batch the offset is in.
+            Some(Ok(m)) if m.offset() < before as i64 => continue,
+            Some(Ok(m)) => break (m.offset(), m.timestamp().to_millis().unwrap_or(0)),
+        }
+    };
+    if msg != (before as i64, point.last_ts_ms) {
+        return Ok(None);
+    }
+    Ok(Some(Cursor {
+        consumer,
+        next: point.offset,
+        state: point.state(),
+        tick_point: Some(point),
+        replayed: 0,
+    }))
 }
 
 /// Move `cursor` to `from` (folding skipped records into its state), then collect up
@@ -130,6 +196,17 @@ pub(super) fn advance(
             .state
             .apply(ts_ms.saturating_mul(1000), trusted, lead);
         cursor.next = offset + 1;
+        if tick {
+            cursor.tick_point = Some(Point {
+                offset: cursor.next,
+                max: cursor.state.max,
+                trusted: cursor.state.trusted,
+                last_ts_ms: ts_ms,
+            });
+        }
+        if offset < from {
+            cursor.replayed += 1;
+        }
         if offset < from || tick || max.is_none() {
             continue;
         }

@@ -42,7 +42,9 @@ use tributary_core::log::{AppendAck, Assignment, EventLog, LogBatch, NewRecord};
 
 use super::membership::Membership;
 
+pub mod checkpoint;
 mod cursor;
+use checkpoint::Checkpoints;
 pub use cursor::Derivation;
 use cursor::{Cursor, META_TIMEOUT, advance, new_cursor};
 use tributary_core::time::now_micros;
@@ -65,6 +67,10 @@ pub struct KafkaLog {
     cursors: Mutex<HashMap<(String, u32), Vec<Cursor>>>,
     groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
     members: Mutex<HashMap<String, Arc<Membership>>>,
+    /// Derivation checkpoints new cursors start from (none: from the first offset).
+    checkpoints: Option<Arc<Checkpoints>>,
+    /// Records read only to compute the derivation, since the log was opened.
+    replayed: std::sync::atomic::AtomicU64,
 }
 
 impl KafkaLog {
@@ -82,9 +88,47 @@ impl KafkaLog {
             cursors: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             members: Mutex::new(HashMap::new()),
+            checkpoints: None,
+            replayed: std::sync::atomic::AtomicU64::new(0),
         };
         log.ensure_topics().await?;
         Ok(log)
+    }
+
+    /// Keep derivation checkpoints under `dir` (one per partition per `every`), and
+    /// start readers from them.
+    pub fn with_checkpoints(mut self, dir: std::path::PathBuf, every: Duration) -> Self {
+        self.checkpoints = Some(Arc::new(Checkpoints::new(dir, every)));
+        self
+    }
+
+    /// Records read only to compute `_ingest_ts` (before where a read started) since
+    /// the log was opened: what checkpoints save.
+    pub fn replayed(&self) -> u64 {
+        self.replayed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The first offset at or after `from` whose record is stamped at or after `ts`
+    /// (the end when none is yet).
+    async fn scan_for_ingest_ts(
+        &self,
+        stream: &str,
+        partition: u32,
+        ts: i64,
+        mut from: u64,
+    ) -> Result<u64> {
+        loop {
+            let (batch, _) = self
+                .read_inner(stream, partition, from, Some(10_000))
+                .await?;
+            if let Some(r) = batch.records.iter().find(|r| r.ingest_ts >= ts) {
+                return Ok(r.offset);
+            }
+            if batch.next_offset == from || batch.records.is_empty() {
+                return Ok(batch.next_offset);
+            }
+            from = batch.next_offset;
+        }
     }
 
     fn producer(&self) -> FutureProducer {
@@ -250,23 +294,33 @@ impl KafkaLog {
         let lead = self.config.max_timestamp_lead_ms.saturating_mul(1000);
         // Everything that talks to the broker runs off the async workers: a broker
         // that is down must not stall the runtime (and with it HTTP ingest).
+        let checkpoints = self.checkpoints.clone();
         let (cursor, result) = tokio::task::spawn_blocking(move || {
             let mut cursor = match found {
                 Some(c) => c,
-                None => match new_cursor(client, &topic, partition) {
-                    Ok(c) => c,
-                    Err(e) => return (None, Err(e)),
-                },
+                None => {
+                    match open_cursor(client, &topic, partition, from, checkpoints.as_deref()) {
+                        Ok(c) => c,
+                        Err(e) => return (None, Err(e)),
+                    }
+                }
             };
             let result = advance(&mut cursor, &topic, partition, from, max, lead);
+            if let (Ok(_), Some(c), Some(point)) = (&result, &checkpoints, cursor.tick_point) {
+                c.offer(&topic, partition, point);
+            }
             (Some(cursor), result)
         })
         .await
         .map_err(|e| kafka_err("read", e))?;
-        let Some(cursor) = cursor else {
+        let Some(mut cursor) = cursor else {
             return result.map(|b| (b, Derivation::default()));
         };
         let state = cursor.state;
+        self.replayed.fetch_add(
+            std::mem::take(&mut cursor.replayed),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if result.is_ok() {
             self.put_cursor(stream, partition, cursor);
         }
@@ -295,6 +349,45 @@ impl KafkaLog {
         groups.insert(consumer.to_string(), c.clone());
         Ok(c)
     }
+}
+
+/// Checkpoints a new cursor tries before it replays from the first offset.
+const TRIED_CHECKPOINTS: usize = 4;
+
+/// A new cursor at `from`'s newest checkpoint that still holds, else at the
+/// partition's first offset.
+fn open_cursor(
+    client: ClientConfig,
+    topic: &str,
+    partition: u32,
+    from: u64,
+    checkpoints: Option<&Checkpoints>,
+) -> Result<Cursor> {
+    let starts = checkpoints.map_or_else(Vec::new, |c| {
+        c.candidates(topic, partition, from, TRIED_CHECKPOINTS)
+    });
+    let (cursor, used) = new_cursor(client, topic, partition, &starts)?;
+    match (used, checkpoints) {
+        (Some(point), _) => {
+            tracing::debug!(
+                topic,
+                partition,
+                offset = point.offset,
+                "derivation resumed from a checkpoint"
+            );
+        }
+        (None, Some(c)) if !starts.is_empty() => {
+            // None holds: the topic is not the one they were taken on any more.
+            tracing::warn!(
+                topic,
+                partition,
+                "derivation checkpoints no longer match the topic; replaying"
+            );
+            c.discard(topic, partition);
+        }
+        _ => {}
+    }
+    Ok(cursor)
 }
 
 fn new_producer(config: &LogConfig) -> Result<FutureProducer> {
@@ -390,8 +483,8 @@ impl EventLog for KafkaLog {
         let (cursor, low) = tokio::task::spawn_blocking(move || {
             let cursor = match found {
                 Some(c) => c,
-                None => match new_cursor(client, &topic, partition) {
-                    Ok(c) => c,
+                None => match new_cursor(client, &topic, partition, &[]) {
+                    Ok((c, _)) => c,
                     Err(e) => return (None, Err(e)),
                 },
             };
@@ -411,19 +504,27 @@ impl EventLog for KafkaLog {
     }
 
     async fn offset_for_ingest_ts(&self, stream: &str, partition: u32, ts: i64) -> Result<u64> {
-        let mut from = 0;
-        loop {
-            let (batch, _) = self
-                .read_inner(stream, partition, from, Some(10_000))
-                .await?;
-            if let Some(r) = batch.records.iter().find(|r| r.ingest_ts >= ts) {
-                return Ok(r.offset);
-            }
-            if batch.next_offset == from || batch.records.is_empty() {
-                return Ok(batch.next_offset);
-            }
-            from = batch.next_offset;
+        // Records before a checkpoint whose state is below `ts` are all below it.
+        let topic = self.topic(stream, partition)?;
+        let start = self
+            .checkpoints
+            .as_ref()
+            .and_then(|c| c.below_ingest_ts(&topic, partition, ts));
+        let found = self
+            .scan_for_ingest_ts(stream, partition, ts, start.map_or(0, |p| p.offset))
+            .await?;
+        // The checkpoint was found stale (and dropped) on the way: scan from the start.
+        let stale = start.is_some_and(|p| {
+            let checkpoints = self
+                .checkpoints
+                .as_ref()
+                .expect("a checkpoint came from them");
+            checkpoints.at_or_before(&topic, partition, p.offset) != Some(p)
+        });
+        if stale {
+            return self.scan_for_ingest_ts(stream, partition, ts, 0).await;
         }
+        Ok(found)
     }
 
     async fn ingest_ts_bound(&self, stream: &str, partition: u32, offset: u64) -> Result<i64> {
