@@ -3,13 +3,12 @@
 //! the local engine over the same master table in the same run, with where the
 //! cluster's time goes.
 
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use crate::bench_procs::{Procs, free_port, wait_listening};
 use tributary_batch::ballista::Cluster;
 use tributary_batch::engine::Engine;
 use tributary_batch::{Batch, RunKind};
@@ -22,61 +21,36 @@ use tributary_core::storage::Storage;
 pub struct LocalCluster {
     /// The scheduler's `host:port`.
     scheduler: String,
-    /// Every process started, the scheduler first.
-    children: Vec<Child>,
+    /// The scheduler and every executor.
+    _procs: Procs,
 }
 
 impl LocalCluster {
     /// `executors` executors of `vcores` task slots each; logs under `dir`.
     pub fn start(dir: &Path, executors: usize, vcores: usize) -> anyhow::Result<LocalCluster> {
-        std::fs::create_dir_all(dir)?;
-        let exe = std::env::current_exe()?;
-        let spawn = |name: &str, args: Vec<String>| -> anyhow::Result<Child> {
-            let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-            Command::new(&exe)
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("starting the Ballista {name}"))
-        };
+        let mut procs = Procs::new(dir)?;
         let scheduler = format!("127.0.0.1:{}", free_port()?);
-        let mut cluster = LocalCluster {
-            children: vec![spawn(
-                "scheduler",
-                vec![
-                    "ballista-scheduler".into(),
-                    "--bind".into(),
-                    scheduler.clone(),
-                ],
-            )?],
-            scheduler,
-        };
-        wait_listening(&cluster.scheduler)?;
+        let args = ["ballista-scheduler", "--bind", &scheduler].map(String::from);
+        procs.spawn("scheduler", &args, &[])?;
+        wait_listening(&scheduler)?;
         let mut flights = Vec::new();
         for i in 0..executors {
             let flight = free_port()?;
             let work = dir.join(format!("work-{i}"));
-            std::fs::create_dir_all(&work)?;
             let args = [
-                "ballista-executor",
-                "--scheduler",
-                &cluster.scheduler,
-                "--flight-port",
-                &flight.to_string(),
-                "--grpc-port",
-                &free_port()?.to_string(),
-                "--vcores",
-                &vcores.to_string(),
-                "--work-dir",
-                &work.display().to_string(),
+                "ballista-executor".to_string(),
+                "--scheduler".into(),
+                scheduler.clone(),
+                "--flight-port".into(),
+                flight.to_string(),
+                "--grpc-port".into(),
+                free_port()?.to_string(),
+                "--vcores".into(),
+                vcores.to_string(),
+                "--work-dir".into(),
+                work.display().to_string(),
             ];
-            let child = spawn(
-                &format!("executor-{i}"),
-                args.iter().map(|a| a.to_string()).collect(),
-            )?;
-            cluster.children.push(child);
+            procs.spawn(&format!("executor-{i}"), &args, &[])?;
             flights.push(format!("127.0.0.1:{flight}"));
         }
         for flight in &flights {
@@ -85,34 +59,11 @@ impl LocalCluster {
         // An executor listens before it has registered: give registration a moment,
         // or the first job's queue time would include it.
         std::thread::sleep(Duration::from_secs(1));
-        Ok(cluster)
+        Ok(LocalCluster {
+            scheduler,
+            _procs: procs,
+        })
     }
-}
-
-impl Drop for LocalCluster {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn wait_listening(address: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(address).is_err() {
-        if Instant::now() > deadline {
-            bail!("nothing listens on {address} after 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
 }
 
 /// What the comparison needs of the bench's setup.

@@ -10,6 +10,8 @@ mod bench;
 mod bench_ballista;
 mod bench_batch;
 mod bench_ingest;
+mod bench_procs;
+mod bench_scale;
 mod bench_serve;
 mod bench_soak;
 mod cluster;
@@ -143,6 +145,9 @@ enum BenchTarget {
     /// A long run against a running Tributary at a fixed ingest rate, sampling its
     /// memory, lag, freshness and errors (does memory stay flat?).
     Soak(bench_soak::Args),
+    /// One against two speed processes over the same Kafka topic, and one against two
+    /// serving processes over them, in one run (needs a broker, e.g. tansu).
+    Scale(bench_scale::Args),
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -261,5 +266,6 @@ async fn bench(target: BenchTarget) -> anyhow::Result<()> {
         BenchTarget::Batch(args) => bench_batch::batch(args).await,
         BenchTarget::Ingest(args) => bench_ingest::ingest(args).await,
         BenchTarget::Soak(args) => bench_soak::soak(args).await,
+        BenchTarget::Scale(args) => bench_scale::scale(args).await,
     }
 }

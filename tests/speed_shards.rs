@@ -16,6 +16,8 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::views::{Row, api_rows, pipeline, reference, same_rows};
@@ -197,6 +199,33 @@ async fn two_speed_and_two_serving_processes_stay_exact_through_kills() {
         until_exact(&p, &want, serve, "both speed processes up").await;
     }
 
+    // From here to the end a sampler asks both serving processes all the time; every
+    // answer is checked at the end against the reference over every accepted event
+    // (events only accumulate, so no answer may ever count more than it).
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let bases = [serve_a.base.clone(), serve_b.base.clone()];
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut sampled = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                for base in &bases {
+                    let Ok(r) = client.get(format!("{base}{VIEW}")).send().await else {
+                        continue;
+                    };
+                    if r.status() == 200
+                        && let Ok(answer) = r.json::<Value>().await
+                    {
+                        sampled.push(answer);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            sampled
+        })
+    };
+
     // SIGKILL speed 0 mid-stream: events keep coming while it is down and rebuilding.
     speeds[0].kill9();
     let killed = Instant::now();
@@ -266,6 +295,21 @@ async fn two_speed_and_two_serving_processes_stay_exact_through_kills() {
     until_exact(&p, &want, &serve_b, "serve A killed").await;
     serve_a.restart().await;
     until_exact(&p, &want, &serve_a, "serve A restarted").await;
+
+    stop.store(true, Ordering::Relaxed);
+    let sampled = sampler.await.unwrap();
+    let mut flagged = 0;
+    for answer in &sampled {
+        match check(&p, &want, answer, "sampled") {
+            Ok(_) => flagged += usize::from(answer["speed_missing_partitions"] != json!([])),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    eprintln!(
+        "{} answers sampled, {flagged} of them naming missing partitions, none wrong",
+        sampled.len()
+    );
+    assert!(flagged > 0, "the sampler never saw speed 0 missing");
 }
 
 #[tokio::test]
