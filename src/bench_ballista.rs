@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use crate::bench_procs::{Procs, free_port, wait_listening};
+use anyhow::{Context, bail};
 use tributary_batch::ballista::Cluster;
 use tributary_batch::engine::Engine;
 use tributary_batch::{Batch, RunKind};

@@ -27,7 +27,12 @@ impl Procs {
     }
 
     /// Start this binary as `name` with `args` and `env`.
-    pub fn spawn(&mut self, name: &str, args: &[String], env: &[(&str, String)]) -> anyhow::Result<()> {
+    pub fn spawn(
+        &mut self,
+        name: &str,
+        args: &[String],
+        env: &[(&str, String)],
+    ) -> anyhow::Result<()> {
         let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
         let child = Command::new(std::env::current_exe()?)
             .args(args)
@@ -52,7 +57,8 @@ impl Procs {
 
     /// The last lines of `name`'s log, for an error message.
     pub fn log_tail(&self, name: &str) -> String {
-        let text = std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
+        let text =
+            std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }

@@ -83,9 +83,15 @@ pub async fn scale(args: Args) -> anyhow::Result<()> {
     let mut procs = Procs::new(&dir.path().join("logs"))?;
     let cfg = config.display().to_string();
 
-    println!("speed layer over {} events in {} partitions:", args.events, args.partitions);
+    println!(
+        "speed layer over {} events in {} partitions:",
+        args.events, args.partitions
+    );
     let one = speed_processes(&mut procs, &cfg, &args, 1, "one").await?;
-    println!("  one speed process:  {:>10.0} events/s ({:.2} s)", one.1, one.0);
+    println!(
+        "  one speed process:  {:>10.0} events/s ({:.2} s)",
+        one.1, one.0
+    );
     procs.kill("speed-one-0");
     let two = speed_processes(&mut procs, &cfg, &args, 2, "two").await?;
     println!(
@@ -96,19 +102,33 @@ pub async fn scale(args: Args) -> anyhow::Result<()> {
     );
 
     // Serving over the two speed processes: one serving process, then two.
-    let urls = format!("[{}]", two.2.iter().map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", "));
+    let urls = format!(
+        "[{}]",
+        two.2
+            .iter()
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let mut serves = Vec::new();
-    println!("serving (view query over both speed processes, {} connections, {} s each):", args.connections, args.seconds);
+    println!(
+        "serving (view query over both speed processes, {} connections, {} s each):",
+        args.connections, args.seconds
+    );
     let mut first = None;
     for n in 1..=2 {
         serves.push(start_serve(&mut procs, &cfg, &urls, n)?);
         for s in &serves {
-            wait_ready(s).await.with_context(|| procs.log_tail(&format!("serve-{n}")))?;
+            wait_ready(s)
+                .await
+                .with_context(|| procs.log_tail(&format!("serve-{n}")))?;
         }
         let (rate, p50, p99) = load(&serves, args.connections, args.seconds).await?;
         let ratio = first.map_or(String::new(), |r: f64| format!(" = {:.2}× one", rate / r));
         first.get_or_insert(rate);
-        println!("  {n} serving process(es): {rate:>8.0} req/s, p50 {p50:.2} ms, p99 {p99:.2} ms{ratio}");
+        println!(
+            "  {n} serving process(es): {rate:>8.0} req/s, p50 {p50:.2} ms, p99 {p99:.2} ms{ratio}"
+        );
     }
     Ok(())
 }
@@ -196,7 +216,10 @@ async fn speed_processes(
             return Ok((secs, args.events as f64 / secs, urls));
         }
         if Instant::now() > deadline {
-            bail!("{n} speed process(es) read {events} of {} events in 600 s", args.events);
+            bail!(
+                "{n} speed process(es) read {events} of {} events in 600 s",
+                args.events
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -233,12 +256,19 @@ async fn wait_ready(base: &str) -> anyhow::Result<()> {
 
 /// `connections` closed-loop clients, shared out over `serves`, for `seconds`:
 /// requests per second and latency percentiles (ms) of the answered ones.
-async fn load(serves: &[String], connections: usize, seconds: u64) -> anyhow::Result<(f64, f64, f64)> {
+async fn load(
+    serves: &[String],
+    connections: usize,
+    seconds: u64,
+) -> anyhow::Result<(f64, f64, f64)> {
     let stop = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for c in 0..connections {
-        let url = format!("{}/api/v1/views/signal_by_type?device_type=pump", serves[c % serves.len()]);
+        let url = format!(
+            "{}/api/v1/views/signal_by_type?device_type=pump",
+            serves[c % serves.len()]
+        );
         let (stop, failed) = (stop.clone(), failed.clone());
         tasks.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
