@@ -264,6 +264,15 @@ async fn two_speed_and_two_serving_processes_stay_exact_through_kills() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let run = serve_a.run_batch().await;
     assert_eq!(run["status"], "succeeded", "{run}");
+    // Serve A loads the new batch view and releases the speed segments it covers.
+    let cutoff = run["cutoff_micros"].as_i64().expect("the run's cutoff");
+    for speed in &speeds {
+        speed
+            .wait_for("/internal/v1/stats", |st| {
+                st["views"][0]["cutoff"].as_i64() == Some(cutoff)
+            })
+            .await;
+    }
     let (_, a) = serve_a.get(VIEW).await;
     let (status, b) = serve_b.get(VIEW).await;
     assert_eq!(status, 200, "{b}");

@@ -480,12 +480,16 @@ impl S3 {
 }
 
 /// Rows per device in the master table under the S3 `root`, read by the Python
-/// `deltalake` reader.
+/// `deltalake` reader; none while the archiver has not committed the table yet (callers
+/// poll until the counts they expect are there).
 pub fn python_master_counts_s3(root: &str) -> std::collections::BTreeMap<String, i64> {
     let script = format!(
-        "from deltalake import DeltaTable\nimport json, collections\n\
-         t = DeltaTable('{root}/master/readings', storage_options={})\n\
-         print(json.dumps(collections.Counter(t.to_pyarrow_table().column('device').to_pylist())))",
+        "from deltalake import DeltaTable\nfrom deltalake.exceptions import TableNotFoundError\n\
+         import json, collections\n\
+         try:\n    t = DeltaTable('{root}/master/readings', storage_options={})\n\
+         \x20   rows = t.to_pyarrow_table().column('device').to_pylist()\n\
+         except TableNotFoundError:\n    rows = []\n\
+         print(json.dumps(collections.Counter(rows)))",
         s3().python_options()
     );
     python_json(&script)
