@@ -199,6 +199,25 @@ async fn two_speed_and_two_serving_processes_stay_exact_through_kills() {
         until_exact(&p, &want, serve, "both speed processes up").await;
     }
 
+    // Unchanged states are not sent again: asked with the generation it gave, a speed
+    // process answers with that generation and no states.
+    let states = format!("{}/internal/v1/views/signal_by_type/states", speeds[1].base);
+    let first = reqwest::get(&states).await.unwrap();
+    let generation = first.headers()["x-tributary-generation"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let full = first.bytes().await.unwrap().len();
+    let again = reqwest::get(format!("{states}?known={generation}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.headers()["x-tributary-generation"],
+        generation.as_str()
+    );
+    let empty = again.bytes().await.unwrap().len();
+    assert!(empty < full, "{empty} bytes again, {full} the first time");
+
     // From here to the end a sampler asks both serving processes all the time; every
     // answer is checked at the end against the reference over every accepted event
     // (events only accumulate, so no answer may ever count more than it).

@@ -179,6 +179,10 @@ pub struct SpeedLayer {
     dead_letters: Option<DeadLetterSink>,
     /// The partitions of every stream this process holds (`speed.shard`).
     shard: Shard,
+    /// Random per start: added to the store's generations where other processes see
+    /// them, so a restarted process (whose generations start again) never matches a
+    /// generation a serving process kept from before.
+    instance: u64,
 }
 
 impl SpeedLayer {
@@ -198,7 +202,23 @@ impl SpeedLayer {
             restored: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             dead_letters: None,
             shard: config.shard,
+            instance: {
+                use std::hash::{BuildHasher, Hasher};
+                std::collections::hash_map::RandomState::new()
+                    .build_hasher()
+                    .finish()
+            },
         }
+    }
+
+    /// A store generation as other processes see it (unique to this start).
+    pub fn published_generation(&self, generation: u64) -> u64 {
+        generation.wrapping_add(self.instance)
+    }
+
+    /// The store generation behind a published one (garbage for another start's).
+    pub fn local_generation(&self, published: u64) -> u64 {
+        published.wrapping_sub(self.instance)
     }
 
     /// The partitions of every stream this process holds.

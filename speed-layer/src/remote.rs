@@ -4,7 +4,9 @@ use async_trait::async_trait;
 use tributary_core::CoreError;
 
 use crate::SpeedStats;
-use crate::server::{COVERAGE, INGEST_POSITION, MAX_EVENT_TS, RELEASED_CUTOFF, SEGMENTS};
+use crate::server::{
+    COVERAGE, GENERATION, INGEST_POSITION, MAX_EVENT_TS, RELEASED_CUTOFF, SEGMENTS,
+};
 use crate::source::{Coverage, Snapshot, SpeedSource, from_ipc};
 
 /// A speed layer in another process, reached over its HTTP API (what `tributary serve` uses).
@@ -79,13 +81,15 @@ impl SpeedSource for RemoteSpeed {
         &self,
         view: &str,
         cutoff: i64,
-        // Another process's generations are not trusted across the wire (see below).
-        _known: Option<u64>,
+        known: Option<u64>,
     ) -> Result<Snapshot, CoreError> {
-        let url = format!(
+        let mut url = format!(
             "{}/internal/v1/views/{view}/states?cutoff={cutoff}",
             self.base
         );
+        if let Some(k) = known {
+            url.push_str(&format!("&known={k}"));
+        }
         let request = match &self.token {
             Some(t) => self.client.get(url).bearer_auth(t),
             None => self.client.get(url),
@@ -110,6 +114,11 @@ impl SpeedSource for RemoteSpeed {
             ));
         }
         let max_event_ts = header_i64(&resp, MAX_EVENT_TS);
+        let resp_generation = resp
+            .headers()
+            .get(GENERATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         let coverage: Coverage = resp
             .headers()
             .get(COVERAGE)
@@ -123,8 +132,8 @@ impl SpeedSource for RemoteSpeed {
             max_event_ts,
             ingest_position,
             segments,
-            // Another process's states: no generation to trust across the wire.
-            generation: None,
+            // Unique to the speed process's start (see `SpeedLayer::published_generation`).
+            generation: resp_generation,
             coverage: vec![coverage],
         })
     }

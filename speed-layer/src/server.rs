@@ -25,8 +25,12 @@ pub const SEGMENTS: &str = "x-tributary-segments";
 pub const COVERAGE: &str = "x-tributary-coverage";
 /// Response header of a refusal (409): the cutoff the speed layer released below.
 pub const RELEASED_CUTOFF: &str = "x-tributary-released-cutoff";
+/// Response header: the states' generation (absent while the process is rebuilding).
+/// Asked again with `known=` that generation, the process leaves the states out while
+/// they are unchanged.
+pub const GENERATION: &str = "x-tributary-generation";
 
-/// `GET /internal/v1/views/{view}/states?cutoff=T`, `POST …/release?cutoff=T`,
+/// `GET /internal/v1/views/{view}/states?cutoff=T[&known=G]`, `POST …/release?cutoff=T`,
 /// `GET /internal/v1/stats`.
 pub fn router(layer: SpeedLayer) -> Router {
     Router::new()
@@ -39,6 +43,7 @@ pub fn router(layer: SpeedLayer) -> Router {
 /// The endpoint's refusals, mapped to HTTP in one place.
 enum Refusal {
     BadCutoff,
+    BadKnown,
     UnknownView(String),
     /// The asker's batch cutoff is older than what was released (it must reload).
     Stale {
@@ -63,6 +68,10 @@ impl IntoResponse for Refusal {
             Refusal::BadCutoff => (
                 StatusCode::BAD_REQUEST,
                 "query parameter `cutoff`: expected microseconds since the epoch".to_string(),
+            ),
+            Refusal::BadKnown => (
+                StatusCode::BAD_REQUEST,
+                "query parameter `known`: expected a generation this endpoint gave".to_string(),
             ),
             Refusal::UnknownView(v) => (StatusCode::NOT_FOUND, format!("unknown view `{v}`")),
             Refusal::Internal(e) | Refusal::Stale { message: e, .. } => {
@@ -92,7 +101,12 @@ async fn states(
         .view(&view)
         .ok_or_else(|| Refusal::UnknownView(view.clone()))?;
     let schema = store.view.partial_schema.clone();
-    let snap = SpeedSource::snapshot(&layer, &view, cutoff, None)
+    let known = match params.get("known").map(|k| k.parse::<u64>()) {
+        None => None,
+        Some(Ok(k)) => Some(layer.local_generation(k)),
+        Some(Err(_)) => return Err(Refusal::BadKnown),
+    };
+    let snap = SpeedSource::snapshot(&layer, &view, cutoff, known)
         .await
         .map_err(|e| match e {
             CoreError::StaleCutoff { released, .. } => Refusal::Stale {
@@ -119,6 +133,9 @@ async fn states(
         h.insert(INGEST_POSITION, t.into());
     }
     h.insert(SEGMENTS, snap.segments.into());
+    if let Some(g) = snap.generation {
+        h.insert(GENERATION, layer.published_generation(g).into());
+    }
     h.insert(
         COVERAGE,
         coverage

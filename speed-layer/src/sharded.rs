@@ -10,8 +10,10 @@
 //! being silently short.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use async_trait::async_trait;
+use datafusion::arrow::record_batch::RecordBatch;
 use futures::future::join_all;
 use tributary_core::CoreError;
 use tributary_core::pipeline::Pipeline;
@@ -27,6 +29,18 @@ pub struct ShardedSpeed {
     shards: Vec<RemoteSpeed>,
     /// Each view's stream, to name it in an overlap error.
     streams: HashMap<String, String>,
+    /// Per view, each shard's last states and their generation: a shard whose states
+    /// have not changed since leaves them out of its answer, and these stand in.
+    held: Mutex<HashMap<String, Vec<Option<Held>>>>,
+}
+
+/// A shard's states at or above a cutoff, as of one of its generations.
+#[derive(Clone)]
+struct Held {
+    generation: u64,
+    /// The cutoff they were asked above: at another cutoff they are other states.
+    cutoff: i64,
+    states: Vec<RecordBatch>,
 }
 
 impl ShardedSpeed {
@@ -39,8 +53,28 @@ impl ShardedSpeed {
                 .iter()
                 .map(|v| (v.name.clone(), v.stream.clone()))
                 .collect(),
+            held: Mutex::new(HashMap::new()),
         }
     }
+
+    /// Each shard's held states of `view`, one slot per shard.
+    fn held(&self, view: &str) -> Vec<Option<Held>> {
+        let held = self.held.lock().expect("held lock");
+        held.get(view)
+            .cloned()
+            .unwrap_or_else(|| vec![None; self.shards.len()])
+    }
+}
+
+/// One generation for the answers of every shard (only when each has one).
+fn combined(generations: &[Option<u64>]) -> Option<u64> {
+    let all: Option<Vec<u64>> = generations.iter().copied().collect();
+    all.map(|g| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        g.hash(&mut h);
+        h.finish()
+    })
 }
 
 #[async_trait]
@@ -49,15 +83,28 @@ impl SpeedSource for ShardedSpeed {
         &self,
         view: &str,
         cutoff: i64,
-        _known: Option<u64>,
+        known: Option<u64>,
     ) -> Result<Snapshot, CoreError> {
-        let answers = join_all(self.shards.iter().map(|s| s.snapshot(view, cutoff, None))).await;
+        let mut held = self.held(view);
+        for slot in held.iter_mut() {
+            if slot.as_ref().is_some_and(|h| h.cutoff != cutoff) {
+                *slot = None;
+            }
+        }
+        let answers = join_all(
+            self.shards
+                .iter()
+                .zip(&held)
+                .map(|(s, h)| s.snapshot(view, cutoff, h.as_ref().map(|h| h.generation))),
+        )
+        .await;
         let mut out = Snapshot::default();
         let mut holders: BTreeMap<u32, &str> = BTreeMap::new();
         let mut unreachable = None;
         let mut answered = 0;
-        for (shard, answer) in self.shards.iter().zip(answers) {
-            let snap = match answer {
+        let mut generations = Vec::new();
+        for ((shard, answer), slot) in self.shards.iter().zip(answers).zip(held.iter_mut()) {
+            let mut snap = match answer {
                 Ok(snap) => snap,
                 // The asker must reload; a view no process knows is unknown everywhere.
                 Err(e @ (CoreError::StaleCutoff { .. } | CoreError::UnknownView(_))) => {
@@ -66,10 +113,25 @@ impl SpeedSource for ShardedSpeed {
                 Err(e) => {
                     tracing::warn!(speed = shard.base(), error = %e, "a speed process did not answer; its partitions are missing");
                     unreachable = Some(e);
+                    generations.push(None);
+                    *slot = None;
                     continue;
                 }
             };
             answered += 1;
+            match (snap.generation, slot.as_ref()) {
+                // Unchanged since the states held: the answer left them out.
+                (Some(g), Some(h)) if h.generation == g => snap.states = h.states.clone(),
+                (Some(g), _) => {
+                    *slot = Some(Held {
+                        generation: g,
+                        cutoff,
+                        states: snap.states.clone(),
+                    });
+                }
+                (None, _) => *slot = None,
+            }
+            generations.push(snap.generation);
             for partition in snap.coverage.iter().flat_map(|c| c.partitions.keys()) {
                 if let Some(first) = holders.insert(*partition, shard.base()) {
                     return Err(CoreError::SpeedOverlap {
@@ -86,10 +148,19 @@ impl SpeedSource for ShardedSpeed {
             out.segments += snap.segments;
             out.coverage.extend(snap.coverage);
         }
-        match unreachable {
-            Some(e) if answered == 0 => Err(e),
-            _ => Ok(out),
+        if let Some(e) = unreachable.filter(|_| answered == 0) {
+            return Err(e);
         }
+        self.held
+            .lock()
+            .expect("held lock")
+            .insert(view.to_string(), held);
+        out.generation = combined(&generations);
+        if out.generation.is_some() && out.generation == known {
+            // The caller holds what it computed from these very states.
+            out.states.clear();
+        }
+        Ok(out)
     }
 
     async fn release(&self, view: &str, cutoff: i64) -> Result<(), CoreError> {
