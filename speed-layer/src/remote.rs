@@ -46,7 +46,7 @@ impl RemoteSpeed {
     }
 }
 
-fn header_i64(resp: &reqwest::Response, name: &str) -> Option<i64> {
+fn header<T: std::str::FromStr>(resp: &reqwest::Response, name: &str) -> Option<T> {
     resp.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -54,16 +54,21 @@ fn header_i64(resp: &reqwest::Response, name: &str) -> Option<i64> {
 }
 
 impl RemoteSpeed {
-    /// Send a request to the speed process; anything but a 2xx answer is an error.
-    async fn call(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, CoreError> {
+    /// Send a request to the speed process with the token; any answer.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, CoreError> {
         let request = match &self.token {
             Some(t) => request.bearer_auth(t),
             None => request,
         };
-        let resp = request
-            .send()
-            .await
-            .map_err(|e| unavailable(&self.base, e))?;
+        request.send().await.map_err(|e| unavailable(&self.base, e))
+    }
+
+    /// Send a request to the speed process; anything but a 2xx answer is an error.
+    async fn call(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, CoreError> {
+        self.expect_success(self.send(request).await?)
+    }
+
+    fn expect_success(&self, resp: reqwest::Response) -> Result<reqwest::Response, CoreError> {
         if resp.status().is_success() {
             Ok(resp)
         } else {
@@ -90,16 +95,9 @@ impl SpeedSource for RemoteSpeed {
         if let Some(k) = known {
             url.push_str(&format!("&known={k}"));
         }
-        let request = match &self.token {
-            Some(t) => self.client.get(url).bearer_auth(t),
-            None => self.client.get(url),
-        };
-        let resp = request
-            .send()
-            .await
-            .map_err(|e| unavailable(&self.base, e))?;
+        let resp = self.send(self.client.get(url)).await?;
         if resp.status() == reqwest::StatusCode::CONFLICT
-            && let Some(released) = header_i64(&resp, RELEASED_CUTOFF)
+            && let Some(released) = header(&resp, RELEASED_CUTOFF)
         {
             return Err(CoreError::StaleCutoff {
                 view: view.to_string(),
@@ -107,25 +105,16 @@ impl SpeedSource for RemoteSpeed {
                 released,
             });
         }
-        if !resp.status().is_success() {
-            return Err(unavailable(
-                &self.base,
-                format!("answered {}", resp.status()),
-            ));
-        }
-        let max_event_ts = header_i64(&resp, MAX_EVENT_TS);
-        let resp_generation = resp
-            .headers()
-            .get(GENERATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let resp = self.expect_success(resp)?;
+        let max_event_ts = header(&resp, MAX_EVENT_TS);
+        let generation = header(&resp, GENERATION);
         let coverage: Coverage = resp
             .headers()
             .get(COVERAGE)
             .and_then(|v| serde_json::from_slice(v.as_bytes()).ok())
             .ok_or_else(|| unavailable(&self.base, "answered without its coverage"))?;
-        let ingest_position = header_i64(&resp, INGEST_POSITION);
-        let segments = header_i64(&resp, SEGMENTS).unwrap_or(0) as usize;
+        let ingest_position = header(&resp, INGEST_POSITION);
+        let segments = header(&resp, SEGMENTS).unwrap_or(0);
         let bytes = resp.bytes().await.map_err(|e| unavailable(&self.base, e))?;
         Ok(Snapshot {
             states: from_ipc(&bytes)?,
@@ -133,7 +122,7 @@ impl SpeedSource for RemoteSpeed {
             ingest_position,
             segments,
             // Unique to the speed process's start (see `SpeedLayer::published_generation`).
-            generation: resp_generation,
+            generation,
             coverage: vec![coverage],
         })
     }

@@ -55,15 +55,7 @@ enum Refusal {
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        if let Refusal::Stale { message, released } = self {
-            let mut resp = (
-                StatusCode::CONFLICT,
-                axum::Json(json!({ "error": message })),
-            )
-                .into_response();
-            resp.headers_mut().insert(RELEASED_CUTOFF, released.into());
-            return resp;
-        }
+        let mut released_below = None;
         let (status, message) = match self {
             Refusal::BadCutoff => (
                 StatusCode::BAD_REQUEST,
@@ -74,11 +66,17 @@ impl IntoResponse for Refusal {
                 "query parameter `known`: expected a generation this endpoint gave".to_string(),
             ),
             Refusal::UnknownView(v) => (StatusCode::NOT_FOUND, format!("unknown view `{v}`")),
-            Refusal::Internal(e) | Refusal::Stale { message: e, .. } => {
-                (StatusCode::INTERNAL_SERVER_ERROR, e)
+            Refusal::Stale { message, released } => {
+                released_below = Some(released);
+                (StatusCode::CONFLICT, message)
             }
+            Refusal::Internal(e) => (StatusCode::INTERNAL_SERVER_ERROR, e),
         };
-        (status, axum::Json(json!({ "error": message }))).into_response()
+        let mut resp = (status, axum::Json(json!({ "error": message }))).into_response();
+        if let Some(released) = released_below {
+            resp.headers_mut().insert(RELEASED_CUTOFF, released.into());
+        }
+        resp
     }
 }
 
