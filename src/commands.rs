@@ -46,6 +46,29 @@ pub async fn check(path: Option<PathBuf>) -> anyhow::Result<()> {
             v.values.join(", ")
         );
     }
+    for s in &config.sinks {
+        let target = match s.kind {
+            tributary_core::config::SinkKind::Webhook => s.url.clone().unwrap_or_default(),
+            tributary_core::config::SinkKind::Kafka => s.topic.clone().unwrap_or_default(),
+            tributary_core::config::SinkKind::Delta => s
+                .path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        };
+        println!(
+            "sink {}: view {} -> {} {target}, {} mode{}",
+            s.name,
+            s.view,
+            s.kind.name(),
+            s.mode.name(),
+            if config.run_sinks {
+                ""
+            } else {
+                " (run-sinks = false: not delivered by this process)"
+            }
+        );
+    }
     Ok(())
 }
 

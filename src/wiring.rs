@@ -396,7 +396,12 @@ fn start_serve(
             requests.clone(),
         )),
         requests,
+        sinks: tributary_serving::sinks::statuses(match p.config.run_sinks {
+            true => &p.config.sinks,
+            false => &[],
+        }),
     };
+    start_sinks(p, &state);
     let poll = Duration::from_millis(p.config.batch.view_poll_ms.max(10));
     let refresh = tributary_serving::refresh_loop(state.clone(), poll, p.shutdown.clone());
     p.tasks.spawn("batch-view-refresh", refresh);
@@ -407,6 +412,23 @@ fn start_serve(
         p.auth.clone(),
     );
     Ok(tributary_serving::router(state, &p.auth).merge(web))
+}
+
+/// One task per sink this process delivers (`run-sinks`), each named after its sink.
+fn start_sinks(p: &mut Process, state: &AppState) {
+    for status in state.sinks.iter() {
+        let Some(config) = p.config.sinks.iter().find(|s| s.name == status.name) else {
+            continue;
+        };
+        let sink = tributary_serving::sinks::run(
+            config.clone(),
+            status.clone(),
+            state.merger.clone(),
+            p.config.log.clone(),
+            p.shutdown.clone(),
+        );
+        p.tasks.spawn(format!("sink:{}", config.name), sink);
+    }
 }
 
 /// Keep idle partitions' derived ingest time moving (see ingest/src/log/kafka.rs).

@@ -398,8 +398,8 @@ async fn scheduled_batch_runs_absorb_events_without_a_request() {
 }
 
 #[test]
-fn both_examples_are_valid_configurations() {
-    for example in ["iot", "clickstream"] {
+fn every_example_is_a_valid_configuration() {
+    for example in ["iot", "clickstream", "payments_alerts"] {
         let path = format!("{}/examples/{example}.toml", env!("CARGO_MANIFEST_DIR"));
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
             .args(["--config", &path, "check"])

@@ -49,6 +49,7 @@ impl Pipeline {
         let views = views(config, &streams, &tables)
             .await
             .map_err(|(k, m)| fail(k, m))?;
+        sinks(config, &views).map_err(|(k, m)| fail(k, m))?;
         if config.generator.enabled && !streams.iter().any(|s| s.name == config.generator.stream) {
             return Err(fail(
                 "generator.stream".into(),
@@ -184,6 +185,38 @@ async fn views(
     Ok(views)
 }
 
+fn sinks(config: &Config, views: &[Arc<CompiledView>]) -> std::result::Result<(), Problem> {
+    let mut names: Vec<&str> = Vec::new();
+    for (i, s) in config.sinks.iter().enumerate() {
+        let key = format!("sinks[{i}]");
+        if !is_plain_name(&s.name) {
+            return Err((
+                format!("{key}.name"),
+                format!(
+                    "`{}` is not a valid sink name (letters, digits and _ only)",
+                    s.name
+                ),
+            ));
+        }
+        if names.contains(&s.name.as_str()) {
+            return Err((
+                format!("{key}.name"),
+                format!("sink `{}` is declared twice", s.name),
+            ));
+        }
+        names.push(&s.name);
+        if !views.iter().any(|v| v.name == s.view) {
+            return Err((
+                format!("{key}.view"),
+                format!("`{}` is not a declared view", s.view),
+            ));
+        }
+        s.validate()
+            .map_err(|(field, message)| (format!("{key}.{field}"), message))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,5 +256,25 @@ mod tests {
             e.contains("streams[0].event-time") && e.contains("when"),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn bad_sinks_name_their_key() {
+        let view = "[[views]]\nname='v'\nsql=\"SELECT k, date_bin(INTERVAL '1 minute', ts) AS w, count(*) AS n FROM r GROUP BY k, w\"\n";
+        let e = check(&format!(
+            "{STREAM}{view}[[sinks]]\nname='s'\nview='nope'\nkind='delta'\npath='x'\n"
+        ))
+        .await;
+        assert!(e.contains("sinks[0].view") && e.contains("nope"), "{e}");
+        let e = check(&format!(
+            "{STREAM}{view}[[sinks]]\nname='s'\nview='v'\nkind='webhook'\nurl='http://h/'\n"
+        ))
+        .await;
+        assert!(e.contains("sinks[0].secret"), "{e}");
+        let e = check(&format!(
+            "{STREAM}{view}[[sinks]]\nname='s'\nview='v'\nkind='delta'\npath='a'\n[[sinks]]\nname='s'\nview='v'\nkind='delta'\npath='b'\n"
+        ))
+        .await;
+        assert!(e.contains("sinks[1].name") && e.contains("twice"), "{e}");
     }
 }

@@ -135,6 +135,43 @@ impl Storage {
         self.table_url(&["dead_letters", stream])
     }
 
+    /// Where a sink keeps its progress (`state.json`: what it has delivered).
+    pub fn sink_dir(&self, sink: &str) -> Url {
+        self.table_url(&["_sinks", sink])
+    }
+
+    /// A table named by configuration: an object-store URL as it is, an absolute local
+    /// path, or a path relative to the root.
+    pub fn table_at(&self, path: &Path) -> Result<Url> {
+        let text = path.to_string_lossy();
+        let bad = |message: String| CoreError::Config {
+            source_name: text.to_string(),
+            key: String::new(),
+            message,
+        };
+        if crate::cloud::is_cloud_url(&text) {
+            let with_slash = match text.ends_with('/') {
+                true => text.to_string(),
+                false => format!("{text}/"),
+            };
+            return Url::parse(&with_slash).map_err(|e| bad(format!("not a URL: {e}")));
+        }
+        if path.is_absolute() {
+            let _ = std::fs::create_dir_all(path);
+            return Url::from_directory_path(path)
+                .map_err(|()| bad("not a usable directory".into()));
+        }
+        let parts: Vec<String> = path
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        if parts.iter().any(|p| p == ".." || p == ".") {
+            return Err(bad("`.` and `..` are not allowed in a table path".into()));
+        }
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        Ok(self.table_url(&parts))
+    }
+
     fn table_url(&self, parts: &[&str]) -> Url {
         if self.is_remote() {
             let mut url = self.tables.clone();
@@ -193,6 +230,15 @@ mod tests {
             "s3://bucket/prefix/dead_letters/a%20b/"
         );
         assert!(remote.is_remote());
+        assert_eq!(
+            remote.table_at(Path::new("out/alerts")).unwrap().as_str(),
+            "s3://bucket/prefix/out/alerts/"
+        );
+        assert!(remote.table_at(Path::new("../x")).is_err());
+        assert_eq!(
+            remote.sink_dir("s").as_str(),
+            "s3://bucket/prefix/_sinks/s/"
+        );
         assert_eq!(remote.root(), dir.path().canonicalize().unwrap());
         let e = Storage::open_location("s3://bucket/prefix", None).unwrap_err();
         assert!(e.to_string().contains("storage.local-dir"), "{e}");

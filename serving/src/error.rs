@@ -122,6 +122,17 @@ pub enum ServingError {
     /// The request needs a role this process does not run.
     #[error("{0}")]
     Unavailable(String),
+    /// A sink could not reach its target or record its progress (it retries).
+    #[error("sink `{sink}`: {message}: {source}")]
+    Sink {
+        /// The sink.
+        sink: String,
+        /// What it was doing.
+        message: String,
+        /// What failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl ServingError {
@@ -166,6 +177,7 @@ impl ServingError {
             | ServingError::Io(_)
             | ServingError::Engine(_)
             | ServingError::Server(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServingError::Sink { .. } => StatusCode::SERVICE_UNAVAILABLE,
             // Storage is outside this process: it may answer again shortly.
             ServingError::Table { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }

@@ -22,6 +22,7 @@ pub mod ops;
 pub mod params;
 mod process;
 pub mod runs;
+pub mod sinks;
 pub mod sql;
 mod sql_guard;
 mod sql_tables;
@@ -77,6 +78,7 @@ fn read_router(state: AppState) -> Router {
         .route("/api/v1/speed/stats", get(ops::speed_stats))
         .route("/api/v1/sql", axum::routing::post(sql::post_sql))
         .route("/api/v1/status", get(ops::status))
+        .route("/api/v1/sinks", get(ops::sinks))
         .route("/api/v1/status/live", get(live::live_status))
         .route("/api/v1/streams", get(streams::list_streams))
         .route("/api/v1/streams/{stream}/recent", get(streams::recent))

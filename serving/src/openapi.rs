@@ -40,6 +40,7 @@ fn post_events() {}
         crate::streams::recent,
         crate::dead_letters::replay,
         crate::ops::status,
+        crate::ops::sinks,
         crate::live::live_status,
         crate::ops::metrics,
         crate::ops::ready,

@@ -113,6 +113,7 @@ pub async fn status_value(state: &AppState) -> Result<Value, ServingError> {
         "speed": { "recovery_ms": speed.recovery_ms, "restored_from_snapshot": speed.restored_from_snapshot, "shards": speed.shards },
         "batch": { "running": running, "last_run": last },
         "log": { "retention": state.batch.retention() },
+        "sinks": state.sinks.iter().map(|s| s.report()).collect::<Vec<_>>(),
         "process": { "rss_bytes": crate::process::resident_bytes() },
         // Live (SSE) clients of views and status, and the shared view feeds serving them.
         "live": {
@@ -212,6 +213,14 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ServingE
     if let Some(rss) = crate::process::resident_bytes() {
         sheet.set("process_resident_memory_bytes", &vec![], rss as f64);
     }
+    for s in state.sinks.iter().map(|s| s.report()) {
+        let l = label("sink", &s.name);
+        sheet.count("sink_rows", &l, s.rows);
+        sheet.count("sink_deliveries", &l, s.deliveries);
+        sheet.count("sink_failures", &l, s.failures);
+        sheet.set("sink_pending_rows", &l, s.pending_rows as f64);
+        sheet.set("sink_lag_seconds", &l, s.lag_ms as f64 / 1000.0);
+    }
     let text = sheet.encode()?;
     Ok((
         [(
@@ -230,8 +239,36 @@ enum Kind {
     Gauge,
 }
 
+/// `GET /api/v1/sinks`: each sink this process delivers, its progress and lag.
+#[utoipa::path(get, path = "/api/v1/sinks", tag = "operations",
+    responses((status = 200, description = "Sinks", body = Vec<crate::sinks::SinkReport>)))]
+pub async fn sinks(State(state): State<AppState>) -> Json<Vec<crate::sinks::SinkReport>> {
+    Json(state.sinks.iter().map(|s| s.report()).collect())
+}
+
 /// Every metric `/metrics` exposes: name (after the `tributary_` prefix), kind, help.
 const METRICS: &[(&str, Kind, &str)] = &[
+    ("sink_rows", Kind::Counter, "Rows a sink delivered"),
+    (
+        "sink_deliveries",
+        Kind::Counter,
+        "Deliveries a sink had acknowledged",
+    ),
+    (
+        "sink_failures",
+        Kind::Counter,
+        "Failed delivery attempts of a sink",
+    ),
+    (
+        "sink_pending_rows",
+        Kind::Gauge,
+        "Rows a sink planned and has not delivered",
+    ),
+    (
+        "sink_lag_seconds",
+        Kind::Gauge,
+        "Age of a sink's oldest undelivered row",
+    ),
     (
         "ingest_accepted",
         Kind::Counter,

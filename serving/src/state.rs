@@ -41,4 +41,6 @@ pub struct AppState {
     /// Tasks requests start (batch runs, live streams), so that shutdown waits for them
     /// (or says it left some) instead of dropping them unseen.
     pub requests: tributary_core::shutdown::TaskSet,
+    /// The sinks this process delivers (empty when it runs none).
+    pub sinks: crate::sinks::SinkStatuses,
 }

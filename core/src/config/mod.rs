@@ -16,6 +16,7 @@ use crate::error::{CoreError, Result};
 mod access;
 mod http;
 mod roles;
+mod sinks;
 
 pub use access::{AuthConfig, MIN_TOKEN_LEN, Scope, TokenConfig};
 pub use http::{HttpConfig, SqlConfig};
@@ -23,6 +24,7 @@ pub use roles::{
     BallistaConfig, BatchConfig, BatchEngine, GeneratorConfig, LogConfig, LogKind, Schedule, Shard,
     SpeedConfig, parse_schedule,
 };
+pub use sinks::{MIN_SECRET_LEN, OutputMode, SinkConfig, SinkKind};
 
 /// The example pipeline `tributary up` runs when there is no configuration file.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../../examples/iot.toml");
@@ -80,6 +82,13 @@ pub struct Config {
     /// Static dimension tables views may join with.
     #[serde(default)]
     pub tables: Vec<TableConfig>,
+    /// `[[sinks]]`: views' rows delivered to webhooks, Kafka topics, Delta tables.
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
+    /// Whether a serving process here delivers `[[sinks]]` (keep it on in exactly one
+    /// serving process: two would deliver every row twice, with the same keys).
+    #[serde(default = "default_true")]
+    pub run_sinks: bool,
     /// `[sql]`: the read-only SQL endpoint's limits.
     #[serde(default)]
     pub sql: SqlConfig,
@@ -136,6 +145,10 @@ impl Config {
         crate::cloud::register(&self.storage.options)?;
         crate::storage::Storage::open_location(&root, self.storage.local_dir.as_deref())
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_storage_root() -> PathBuf {
