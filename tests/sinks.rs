@@ -374,3 +374,88 @@ async fn delta_sink_is_exactly_once_through_sigkills() {
         .collect();
     assert_delivered(&answer, &emitted, |_| true);
 }
+
+/// Chaining: a Kafka sink produces into the topic of a stream declared `from-view`, and
+/// a view over that stream counts the upstream view's complete windows per hour.
+#[tokio::test]
+async fn a_kafka_sink_feeds_a_stream_and_its_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("chain{}.", free_port());
+    let more = format!(
+        r#"
+[[sinks]]
+name = "windows_out"
+view = "signal_by_type"
+kind = "kafka"
+mode = "append"
+topic = "{prefix}type_windows"
+every-ms = 100
+
+[[streams]]
+name = "type_windows"
+from-view = "signal_by_type"
+
+[[views]]
+name = "windows_per_hour"
+sql = """
+SELECT device_type, date_bin(INTERVAL '1 hour', window_start) AS hour,
+       count(*) AS windows, sum(readings) AS readings
+FROM type_windows WHERE NOT _correction
+GROUP BY device_type, hour
+"""
+"#
+    );
+    let config = Tributary::configure_kafka_with(dir.path(), &prefix, &more);
+    let t = Tributary::start_config(dir.path(), config).await;
+    for minute in [1, 5, 12, 18, 21, 25, 33, 38, 44, 52, 61, 85] {
+        post(&t, &readings(minute, 2)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let upstream = t.get("/api/v1/views/signal_by_type").await.1;
+        let mut want: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+        for row in upstream["rows"].as_array().unwrap() {
+            if row["complete"] != json!(true) {
+                continue;
+            }
+            let ts = row["window_start"].as_str().unwrap();
+            let hour = format!("{}:00:00Z", &ts[..13]);
+            let e = want
+                .entry((row["device_type"].as_str().unwrap().into(), hour))
+                .or_default();
+            e.0 += 1;
+            e.1 += row["readings"].as_i64().unwrap();
+        }
+        let downstream = t.get("/api/v1/views/windows_per_hour").await.1;
+        let got: BTreeMap<(String, String), (i64, i64)> = downstream["rows"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        (
+                            (
+                                r["device_type"].as_str().unwrap().to_string(),
+                                r["hour"].as_str().unwrap().to_string(),
+                            ),
+                            (
+                                r["windows"].as_i64().unwrap(),
+                                r["readings"].as_i64().unwrap(),
+                            ),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        // 00:00-00:50 and 01:00 are complete (watermark 01:25): 7 windows per type.
+        let windows: i64 = want.values().map(|(w, _)| w).sum();
+        if windows == 21 && got == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the chained view never matched: want {want:?}, got {got:?}\n{}",
+            t.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

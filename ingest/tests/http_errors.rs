@@ -68,6 +68,7 @@ async fn a_log_that_cannot_write_gives_503_with_retry_after() {
                 nullable: false,
             }],
             event_time: "ts".into(),
+            from_view: None,
             key: None,
             partitions: 1,
             id_field: None,

@@ -26,6 +26,7 @@ fn stream() -> StreamSchema {
             name: "s".into(),
             fields: vec![f("k", "string"), f("v", "float64"), f("ts", "timestamp")],
             event_time: "ts".into(),
+            from_view: None,
             key: Some("k".into()),
             partitions: 4,
             id_field: None,

@@ -370,6 +370,7 @@ mod tests {
                 name: "s".into(),
                 fields: vec![f("k", "string"), f("ts", "timestamp")],
                 event_time: "ts".into(),
+                from_view: None,
                 key: None,
                 partitions: 1,
                 id_field: None,

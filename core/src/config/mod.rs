@@ -24,7 +24,7 @@ pub use roles::{
     BallistaConfig, BatchConfig, BatchEngine, GeneratorConfig, LogConfig, LogKind, Schedule, Shard,
     SpeedConfig, parse_schedule,
 };
-pub use sinks::{MIN_SECRET_LEN, OutputMode, SinkConfig, SinkKind};
+pub use sinks::{EMITTED_FIELDS, MIN_SECRET_LEN, OutputMode, SinkConfig, SinkKind};
 
 /// The example pipeline `tributary up` runs when there is no configuration file.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../../examples/iot.toml");
@@ -161,10 +161,18 @@ fn default_storage_root() -> PathBuf {
 pub struct StreamConfig {
     /// The stream's name (the `POST /streams/{name}/events` path and the SQL table name).
     pub name: String,
-    /// The fields of a record, in order.
+    /// The fields of a record, in order (none for a stream `from-view`).
+    #[serde(default)]
     pub fields: Vec<FieldConfig>,
-    /// The field that holds each event's event time; must be a timestamp.
+    /// The field that holds each event's event time; must be a timestamp (for a stream
+    /// `from-view`, the view's window unless set).
+    #[serde(default)]
     pub event_time: String,
+    /// A stream fed by a Kafka sink of this view (chaining): its fields are the view's
+    /// columns plus the emitted rows' own (`_key`, `_version`, `_correction`, …), its
+    /// event time the window, and `_key` its dedup id, so repeats count once.
+    #[serde(default)]
+    pub from_view: Option<String>,
     /// Records with the same key go to the same partition.
     #[serde(default)]
     pub key: Option<String>,

@@ -7,6 +7,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::kafka_security::Secret;
 
+/// The columns every emitted row carries besides the view's own, with their stream
+/// field types (a stream `from-view` declares them).
+pub const EMITTED_FIELDS: [(&str, &str); 7] = [
+    ("_key", "string"),
+    ("_view", "string"),
+    ("_version", "int64"),
+    ("_complete", "bool"),
+    ("_correction", "bool"),
+    ("_retracted", "bool"),
+    ("_emitted_at", "timestamp"),
+];
+
 /// Shortest webhook secret accepted: receivers verify signatures with it, so a short
 /// one could be guessed.
 pub const MIN_SECRET_LEN: usize = 16;

@@ -308,6 +308,7 @@ mod tests {
                     f("ts", "timestamp", false),
                 ],
                 event_time: "ts".into(),
+                from_view: None,
                 key: None,
                 partitions: 1,
                 id_field: None,

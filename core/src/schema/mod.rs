@@ -217,32 +217,14 @@ impl StreamSchema {
                 cfg.partitions
             ));
         }
-        let mut fields = Vec::new();
-        for (i, f) in cfg.fields.iter().enumerate() {
-            let fkey = format!("{key}.fields[{i}]");
-            if !is_identifier(&f.name) || f.name.starts_with('_') {
-                return Err(format!(
-                    "{fkey}.name: `{}` is not a valid field name (letters, digits and _, not starting with _ or a digit)",
-                    f.name
-                ));
-            }
-            if fields.iter().any(|x: &FieldSpec| x.name == f.name) {
-                return Err(format!("{fkey}.name: field `{}` is declared twice", f.name));
-            }
-            let field_type = FieldType::parse(&f.field_type).ok_or_else(|| {
-                format!(
-                    "{fkey}.type: unknown type `{}` (expected one of string, int64, float64, bool, timestamp)",
-                    f.field_type
-                )
-            })?;
-            fields.push(FieldSpec {
-                name: f.name.clone(),
-                field_type,
-                nullable: f.nullable,
-            });
-        }
+        let fields = field_specs(cfg, key)?;
         if fields.is_empty() {
             return Err(format!("{key}.fields: a stream needs at least one field"));
+        }
+        if cfg.event_time.is_empty() {
+            return Err(format!(
+                "{key}.event-time: required (the field holding each event's event time)"
+            ));
         }
         match fields.iter().find(|f| f.name == cfg.event_time) {
             None => {
@@ -490,6 +472,40 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x100000001b3);
     }
     h
+}
+
+/// A stream's declared fields, checked; `key` is the config path used in messages.
+fn field_specs(cfg: &StreamConfig, key: &str) -> std::result::Result<Vec<FieldSpec>, String> {
+    let mut fields = Vec::new();
+    for (i, f) in cfg.fields.iter().enumerate() {
+        let fkey = format!("{key}.fields[{i}]");
+        // A stream fed by a view's sink carries the emitted rows' own columns.
+        let emitted = cfg.from_view.is_some()
+            && crate::config::EMITTED_FIELDS
+                .iter()
+                .any(|(n, _)| *n == f.name);
+        if !is_identifier(&f.name) || (f.name.starts_with('_') && !emitted) {
+            return Err(format!(
+                "{fkey}.name: `{}` is not a valid field name (letters, digits and _, not starting with _ or a digit)",
+                f.name
+            ));
+        }
+        if fields.iter().any(|x: &FieldSpec| x.name == f.name) {
+            return Err(format!("{fkey}.name: field `{}` is declared twice", f.name));
+        }
+        let field_type = FieldType::parse(&f.field_type).ok_or_else(|| {
+                format!(
+                    "{fkey}.type: unknown type `{}` (expected one of string, int64, float64, bool, timestamp)",
+                    f.field_type
+                )
+            })?;
+        fields.push(FieldSpec {
+            name: f.name.clone(),
+            field_type,
+            nullable: f.nullable,
+        });
+    }
+    Ok(fields)
 }
 
 #[cfg(test)]

@@ -130,6 +130,7 @@ mod tests {
                     f("ts", "timestamp", false),
                 ],
                 event_time: "ts".into(),
+                from_view: None,
                 key: Some("k".into()),
                 partitions: 8,
                 id_field: None,

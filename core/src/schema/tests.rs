@@ -18,6 +18,7 @@ fn readings() -> StreamSchema {
             field("ts", "timestamp"),
         ],
         event_time: "ts".into(),
+        from_view: None,
         key: Some("device".into()),
         partitions: 4,
         id_field: None,

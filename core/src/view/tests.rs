@@ -21,6 +21,7 @@ fn readings() -> StreamSchema {
                 f("ts", "timestamp"),
             ],
             event_time: "ts".into(),
+            from_view: None,
             key: Some("device".into()),
             partitions: 2,
             id_field: None,

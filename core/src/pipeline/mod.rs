@@ -8,6 +8,8 @@ use crate::error::{CoreError, Result};
 use crate::schema::StreamSchema;
 use crate::view::CompiledView;
 
+mod resolve;
+
 /// Streams and views of one configuration, validated and compiled.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -42,11 +44,9 @@ impl Pipeline {
                 .validate()
                 .map_err(|(key, message)| fail(key, message))?;
         }
-        let streams = streams(config).map_err(|(k, m)| fail(k, m))?;
-        let tables = tables(config, &streams)
-            .await
-            .map_err(|(k, m)| fail(k, m))?;
-        let views = views(config, &streams, &tables)
+        let plain = streams(config).map_err(|(k, m)| fail(k, m))?;
+        let tables = tables(config).await.map_err(|(k, m)| fail(k, m))?;
+        let (streams, views) = resolve::resolve(config, plain, &tables)
             .await
             .map_err(|(k, m)| fail(k, m))?;
         sinks(config, &views).map_err(|(k, m)| fail(k, m))?;
@@ -96,29 +96,31 @@ fn is_plain_name(name: &str) -> bool {
     !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn streams(config: &Config) -> std::result::Result<Vec<StreamSchema>, Problem> {
-    let mut streams: Vec<StreamSchema> = Vec::new();
+/// The streams declared with their fields, by their index in the configuration (those
+/// `from-view` come from their view's shape: [`resolve`]).
+fn streams(config: &Config) -> std::result::Result<Vec<(usize, StreamSchema)>, Problem> {
+    let mut streams: Vec<(usize, StreamSchema)> = Vec::new();
     for (i, s) in config.streams.iter().enumerate() {
         let key = format!("streams[{i}]");
-        let schema = StreamSchema::from_config(s, &key).map_err(|m| (key.clone(), m))?;
-        if streams.iter().any(|x| x.name == schema.name) {
+        if config.streams[..i].iter().any(|x| x.name == s.name) {
             return Err((
                 format!("{key}.name"),
-                format!("stream `{}` is declared twice", schema.name),
+                format!("stream `{}` is declared twice", s.name),
             ));
         }
-        streams.push(schema);
+        if s.from_view.is_some() {
+            continue;
+        }
+        let schema = StreamSchema::from_config(s, &key).map_err(|m| (key.clone(), m))?;
+        streams.push((i, schema));
     }
-    if streams.is_empty() {
+    if config.streams.is_empty() {
         return Err(("streams".into(), "declare at least one stream".into()));
     }
     Ok(streams)
 }
 
-async fn tables(
-    config: &Config,
-    streams: &[StreamSchema],
-) -> std::result::Result<Vec<Arc<DimensionTable>>, Problem> {
+async fn tables(config: &Config) -> std::result::Result<Vec<Arc<DimensionTable>>, Problem> {
     let mut tables: Vec<Arc<DimensionTable>> = Vec::new();
     for (i, t) in config.tables.iter().enumerate() {
         let key = format!("tables[{i}]");
@@ -131,7 +133,9 @@ async fn tables(
                 ),
             ));
         }
-        if streams.iter().any(|s| s.name == t.name) || tables.iter().any(|x| x.name == t.name) {
+        if config.streams.iter().any(|s| s.name == t.name)
+            || tables.iter().any(|x| x.name == t.name)
+        {
             return Err((
                 format!("{key}.name"),
                 format!("`{}` is already the name of a stream or table", t.name),
@@ -143,46 +147,6 @@ async fn tables(
         tables.push(Arc::new(table));
     }
     Ok(tables)
-}
-
-async fn views(
-    config: &Config,
-    streams: &[StreamSchema],
-    tables: &[Arc<DimensionTable>],
-) -> std::result::Result<Vec<Arc<CompiledView>>, Problem> {
-    let mut views: Vec<Arc<CompiledView>> = Vec::new();
-    for (i, v) in config.views.iter().enumerate() {
-        let key = format!("views[{i}]");
-        if views.iter().any(|x| x.name == v.name) {
-            return Err((
-                format!("{key}.name"),
-                format!("view `{}` is declared twice", v.name),
-            ));
-        }
-        if !is_plain_name(&v.name) {
-            return Err((
-                format!("{key}.name"),
-                format!(
-                    "`{}` is not a valid view name (letters, digits and _ only)",
-                    v.name
-                ),
-            ));
-        }
-        let compiled = CompiledView::compile_with(v, streams, tables)
-            .await
-            .map_err(|e| {
-                let message = match e {
-                    CoreError::View { message, .. } => message,
-                    other => other.to_string(),
-                };
-                (
-                    format!("{key}.sql"),
-                    format!("view `{}`: {message}", v.name),
-                )
-            })?;
-        views.push(Arc::new(compiled));
-    }
-    Ok(views)
 }
 
 fn sinks(config: &Config, views: &[Arc<CompiledView>]) -> std::result::Result<(), Problem> {
@@ -213,8 +177,46 @@ fn sinks(config: &Config, views: &[Arc<CompiledView>]) -> std::result::Result<()
         }
         s.validate()
             .map_err(|(field, message)| (format!("{key}.{field}"), message))?;
+        chained(config, &key, s)?;
     }
     Ok(())
+}
+
+/// A Kafka sink producing into a stream's own topic feeds that stream: only a stream
+/// declared `from-view` of the sink's view has the shape its rows have.
+fn chained(
+    config: &Config,
+    key: &str,
+    sink: &crate::config::SinkConfig,
+) -> std::result::Result<(), Problem> {
+    let (Some(topic), crate::config::SinkKind::Kafka) = (&sink.topic, sink.kind) else {
+        return Ok(());
+    };
+    let same_cluster = sink
+        .brokers
+        .as_ref()
+        .is_none_or(|b| *b == config.log.brokers);
+    if config.log.kind != crate::config::LogKind::Kafka || !same_cluster {
+        return Ok(());
+    }
+    let Some(stream) = config
+        .streams
+        .iter()
+        .find(|s| &config.log.topic(&s.name) == topic)
+    else {
+        return Ok(());
+    };
+    match &stream.from_view {
+        Some(v) if *v == sink.view => Ok(()),
+        _ => Err((
+            format!("{key}.topic"),
+            format!(
+                "`{topic}` is the topic of stream `{}`, which is not fed by view `{}`: declare \
+                 that stream with from-view = \"{}\" (and no fields), or use another topic",
+                stream.name, sink.view, sink.view
+            ),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -276,5 +278,86 @@ mod tests {
         ))
         .await;
         assert!(e.contains("sinks[1].name") && e.contains("twice"), "{e}");
+    }
+
+    const KAFKA: &str = "[log]\nkind='kafka'\ntopic-prefix='t.'\n";
+    const UPSTREAM: &str = "[[views]]\nname='v'\nsql=\"SELECT k, date_bin(INTERVAL '1 minute', ts) AS w, count(*) AS n, avg(x) AS m FROM r GROUP BY k, w\"\n";
+    const STREAM_X: &str = "[[streams]]\nname='r'\nevent-time='ts'\nfields=[{name='k',type='string'},{name='x',type='float64'},{name='ts',type='timestamp'}]\n";
+
+    #[tokio::test]
+    async fn a_stream_from_a_view_takes_its_shape_and_feeds_views() {
+        let toml = format!(
+            "{KAFKA}[[sinks]]\nname='s'\nview='v'\nkind='kafka'\ntopic='t.c'\n{STREAM_X}[[streams]]\nname='c'\nfrom-view='v'\n{UPSTREAM}[[views]]\nname='d'\nsql=\"SELECT date_bin(INTERVAL '1 hour', w) AS h, count(*) AS windows, sum(n) AS n FROM c WHERE NOT _correction GROUP BY h\"\n"
+        );
+        let config = from_toml_str(&toml).unwrap();
+        let p = Pipeline::from_config(&config, &ConfigSource::File("t.toml".into()))
+            .await
+            .unwrap();
+        let c = p.stream("c").unwrap();
+        let names: Vec<&str> = c.fields.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "k",
+                "w",
+                "n",
+                "m",
+                "_key",
+                "_view",
+                "_version",
+                "_complete",
+                "_correction",
+                "_retracted",
+                "_emitted_at"
+            ]
+        );
+        assert_eq!(c.event_time, "w");
+        assert_eq!(c.dedup.as_ref().unwrap().field, "_key");
+        assert_eq!(p.view("d").unwrap().stream, "c");
+        assert_eq!(
+            p.streams
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>(),
+            ["r", "c"]
+        );
+    }
+
+    #[tokio::test]
+    async fn chaining_mistakes_name_their_key() {
+        let e = check(&format!(
+            "{STREAM_X}[[streams]]\nname='c'\nfrom-view='v'\n{UPSTREAM}"
+        ))
+        .await;
+        assert!(
+            e.contains("streams[1].from-view") && e.contains("kafka"),
+            "{e}"
+        );
+        let e = check(&format!(
+            "{KAFKA}{STREAM_X}[[streams]]\nname='c'\nfrom-view='nope'\n{UPSTREAM}"
+        ))
+        .await;
+        assert!(
+            e.contains("streams[1].from-view") && e.contains("nope"),
+            "{e}"
+        );
+        let e = check(&format!(
+            "{KAFKA}{STREAM_X}[[streams]]\nname='c'\nfrom-view='v2'\n{UPSTREAM}[[views]]\nname='v2'\nsql=\"SELECT date_bin(INTERVAL '1 hour', w) AS h, count(*) AS n FROM c GROUP BY h\"\n"
+        ))
+        .await;
+        assert!(e.contains("cycle"), "{e}");
+        let e = check(&format!(
+            "{KAFKA}[[sinks]]\nname='s'\nview='v'\nkind='kafka'\ntopic='t.r'\n{STREAM_X}{UPSTREAM}"
+        ))
+        .await;
+        assert!(
+            e.contains("sinks[0].topic") && e.contains("from-view"),
+            "{e}"
+        );
+        let e = check(&format!(
+            "{KAFKA}{STREAM_X}[[streams]]\nname='c'\nfrom-view='v'\nevent-time='w'\nfields=[{{name='w',type='timestamp'}}]\n{UPSTREAM}"
+        ))
+        .await;
+        assert!(e.contains("streams[1].fields"), "{e}");
     }
 }
