@@ -99,7 +99,11 @@ fn screenshots(name: &str) -> String {
 async fn every_page_shows_what_the_api_says_and_updates_live() {
     let (site, _) = prerequisites();
     let dir = tempfile::tempdir().unwrap();
-    let extra = format!("[http]\nsite-dir = \"{}\"", site.display());
+    // A Delta sink, so the overview has a sink to show.
+    let extra = format!(
+        "[[sinks]]\nname = \"archive\"\nview = \"signal_by_type\"\nkind = \"delta\"\nmode = \"update\"\npath = \"sinks/archive\"\nevery-ms = 200\n[http]\nsite-dir = \"{}\"",
+        site.display()
+    );
     let t = Tributary::start(dir.path(), &extra).await;
     let mut events = readings(6, 40);
     // One record the schema refuses, so the streams page has a dead letter to show.

@@ -101,6 +101,15 @@ try {
     const want = { accepted: String(s.ingest.accepted), rejected: String(s.ingest.rejected), lag: String(s.speed.lag) };
     return JSON.stringify(shown) === JSON.stringify(want) || { shown, want };
   });
+  // The sinks card: rows delivered as status says, once the sink has caught up.
+  await eventually('the sink card matches /api/v1/sinks', async () => {
+    const sinks = await api('/api/v1/sinks');
+    if (sinks.length === 0) return 'no sink configured';
+    const s = sinks[0];
+    if (s.rows === 0 || s.pending_rows !== 0) return { waiting: s };
+    const shown = await page.textContent(`#sink-${s.name}-rows`);
+    return shown === String(s.rows) || { shown, want: s.rows };
+  });
   await shoot('overview');
 
   // View page: the chart and the table change within a second of a POST.

@@ -1,6 +1,6 @@
 //! The overview: per stream, events in, dead letters and each consumer's log lag; per
 //! view, the speed layer's watermark and state and the batch cutoff and its age; the last
-//! batch run. Every number updates from `/api/v1/status/live` beside a chart of its
+//! batch run; each sink's deliveries and lag. Every number updates from `/api/v1/status/live` beside a chart of its
 //! recent values.
 
 use leptos::prelude::*;
@@ -113,6 +113,57 @@ fn last_run_line(s: Option<Value>) -> impl IntoView {
     }
 }
 
+/// The sinks card: per sink, where it delivers, rows delivered, rows waiting and how long
+/// the oldest has waited, failures and the last error (status `/sinks`).
+fn sinks_card(s: Option<Value>) -> impl IntoView {
+    let sinks = s
+        .as_ref()
+        .and_then(|s| s.get("sinks"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if sinks.is_empty() {
+        return None;
+    }
+    let rows = sinks
+        .into_iter()
+        .map(|k| {
+            let name = text(k.get("name"));
+            let lag = k
+                .get("lag_ms")
+                .and_then(Value::as_f64)
+                .map(duration_ms)
+                .unwrap_or_else(|| "—".into());
+            let error = k
+                .get("last_error")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            view! {
+                <tr data-sink=name.clone()>
+                    <td>{name.clone()}</td>
+                    <td>{format!("{} → {} {} ({})", text(k.get("view")), text(k.get("kind")), text(k.get("target")), text(k.get("mode")))}</td>
+                    <td id=format!("sink-{name}-rows")>{text(k.get("rows"))}</td>
+                    <td id=format!("sink-{name}-pending")>{text(k.get("pending_rows"))}</td>
+                    <td id=format!("sink-{name}-lag")>{lag}</td>
+                    <td id=format!("sink-{name}-failures")>{text(k.get("failures"))}</td>
+                    <td class="error" id=format!("sink-{name}-error")>{error}</td>
+                </tr>
+            }
+        })
+        .collect_view();
+    Some(view! {
+        <article class="card sinks">
+            <h3>"sinks"</h3>
+            <table>
+                <thead><tr><th>"sink"</th><th>"view → target"</th><th>"rows delivered"</th>
+                    <th>"pending"</th><th>"lag"</th><th>"failures"</th><th>"last error"</th></tr></thead>
+                <tbody>{rows}</tbody>
+            </table>
+        </article>
+    })
+}
+
 #[component]
 pub fn Overview(status: Option<Value>, streams: Vec<String>, views: Vec<String>) -> impl IntoView {
     let conn = expect_context::<RwSignal<Conn>>();
@@ -166,6 +217,7 @@ pub fn Overview(status: Option<Value>, streams: Vec<String>, views: Vec<String>)
         })
         .collect_view();
     let last_run = move || last_run_line(status.get());
+    let sinks = move || sinks_card(status.get());
     view! {
         <section class="page overview">
             <h2>"Overview"</h2>
@@ -175,6 +227,7 @@ pub fn Overview(status: Option<Value>, streams: Vec<String>, views: Vec<String>)
                 <h3><a href="/batch">"batch layer"</a></h3>
                 {last_run}
             </article>
+            {sinks}
         </section>
     }
 }
