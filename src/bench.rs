@@ -63,7 +63,7 @@ pub async fn iot_pipeline() -> anyhow::Result<(config::Config, Pipeline, StreamS
 
 pub async fn speed(args: Args) -> anyhow::Result<()> {
     let (_, pipeline, stream) = iot_pipeline().await?;
-    let view = pipeline.views[0].clone();
+    let view = pipeline.views.snapshot()[0].clone();
     let dir = tempfile::tempdir()?;
     let data = records(args.events, args.devices);
     let bytes: usize = data.iter().map(Vec::len).sum();

@@ -17,6 +17,7 @@ mod bench_soak;
 mod cluster;
 mod commands;
 mod probe;
+mod views_cli;
 mod wiring;
 
 use std::path::PathBuf;
@@ -92,6 +93,17 @@ enum Command {
     },
     /// Check the configuration and print each view's compiled shape.
     Check,
+    /// Create, replace, pause, resume, drop and list views of a running `tributary up`.
+    Views {
+        /// Where it listens (default: http:// + the configuration's http.addr).
+        #[arg(long)]
+        url: Option<String>,
+        /// An API token with scope `admin` (for changes) or `read`.
+        #[arg(long, env = "TRIBUTARY_TOKEN")]
+        token: Option<String>,
+        #[command(subcommand)]
+        command: views_cli::ViewsCommand,
+    },
     /// Exit 0 when URL (e.g. http://127.0.0.1:8080/health) answers 2xx, or when a
     /// `tcp://HOST:PORT` URL accepts a connection: a container health check that needs
     /// no curl.
@@ -218,6 +230,20 @@ async fn dispatch(command: Command, config: Option<PathBuf>) -> anyhow::Result<S
         Command::BallistaScheduler(args) => return cluster::scheduler(config, args).await,
         Command::BallistaExecutor(args) => return cluster::executor(config, args).await,
         Command::Check => commands::check(config).await,
+        Command::Views {
+            url,
+            token,
+            command,
+        } => {
+            let url = match url {
+                Some(u) => u,
+                None => {
+                    let (c, _) = tributary_core::config::load(config.as_deref())?;
+                    format!("http://{}", c.http.addr)
+                }
+            };
+            views_cli::run(views_cli::Target { url, token }, command).await
+        }
         Command::Probe { url, timeout_ms } => probe::probe(&url, timeout_ms).await,
         Command::Bench { target } => bench(target).await,
     };

@@ -117,6 +117,8 @@ struct Process {
     /// the embedded log's retention asks it what the archiver has committed, and status
     /// reports both from the same one.
     batch: Option<Arc<Batch>>,
+    /// What start-up made of the view catalog, until serving takes it.
+    reconciled: Option<tributary_core::catalog::Reconciled>,
 }
 
 impl Process {
@@ -177,6 +179,14 @@ pub async fn run(roles: &[Role], path: Option<PathBuf>) -> anyhow::Result<StopOu
         );
     }
     let storage = config.open_storage()?;
+    // The catalog's views, before any layer starts: every role computes the same ones.
+    let reconciled = tributary_core::catalog::Catalog::new(&storage)
+        .reconcile(&pipeline, &config.views, roles.contains(&Role::Serve))
+        .await
+        .context("reading the view catalog")?;
+    for (r, why) in &reconciled.failed {
+        tracing::error!(view = %r.name, error = %why, "a cataloged view does not compile; it does not run");
+    }
     let (log, kafka) = open_log(&config, &storage, &pipeline).await?;
     let process_name = if all { "up" } else { roles[0].name() };
     let (shutdown, tasks) = (Shutdown::new(), Tasks::new());
@@ -200,6 +210,7 @@ pub async fn run(roles: &[Role], path: Option<PathBuf>) -> anyhow::Result<StopOu
         shutdown,
         tasks,
         batch: None,
+        reconciled: Some(reconciled),
     };
     if let Some(kafka) = kafka
         && (roles.contains(&Role::Ingest) || roles.contains(&Role::Batch))
@@ -379,7 +390,23 @@ fn start_serve(
     ));
     let batch = p.batch();
     let requests = p.tasks.requests();
+    // Runtime changes need every layer of a view in this process: with roles apart, each
+    // would hold the view from a different point.
+    let refused = (p.roles.len() != Role::ALL.len()).then(|| {
+        "views are created, replaced, paused and dropped at runtime by `tributary up` only; \
+         with the roles in separate processes, change the view catalog's seed (the \
+         configuration file) and restart them"
+            .to_string()
+    });
+    let views = tributary_serving::lifecycle::ViewManager::new(
+        tributary_core::catalog::Catalog::new(&p.storage),
+        merger.clone(),
+        batch.clone(),
+        (requests.clone(), p.shutdown.clone()),
+        refused,
+    );
     let state = AppState {
+        views: views.clone(),
         merger,
         batch: batch.clone(),
         roles: Arc::new(p.roles.clone()),
@@ -402,6 +429,8 @@ fn start_serve(
         }),
     };
     start_sinks(p, &state);
+    let reconciled = p.reconciled.take().unwrap_or_default();
+    state.requests.spawn(views.start(reconciled));
     let poll = Duration::from_millis(p.config.batch.view_poll_ms.max(10));
     let refresh = tributary_serving::refresh_loop(state.clone(), poll, p.shutdown.clone());
     p.tasks.spawn("batch-view-refresh", refresh);
@@ -471,7 +500,7 @@ async fn load_batch_views(
 ) -> anyhow::Result<HashMap<String, views::BatchView>> {
     let mut loaded = HashMap::new();
     for v in &pipeline.views {
-        if let Some(bv) = views::load(storage, v)
+        if let Some(bv) = views::load(storage, &v)
             .await
             .with_context(|| format!("loading batch view `{}`", v.name))?
         {
@@ -488,7 +517,7 @@ async fn load_cutoffs(
 ) -> anyhow::Result<HashMap<String, i64>> {
     let mut cutoffs = HashMap::new();
     for v in &pipeline.views {
-        if let Some(c) = views::load_cutoff(storage, v)
+        if let Some(c) = views::load_cutoff(storage, &v)
             .await
             .with_context(|| format!("loading the cutoff of view `{}`", v.name))?
         {

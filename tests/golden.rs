@@ -270,7 +270,7 @@ async fn run_case(name: &str, on_ballista: bool) {
         let expected_path = case.dir.join("expected.json");
         // The one-pass reference first: the layers are held to it and to the file.
         let mut want = Map::new();
-        for v in &p.views {
+        for v in p.views.snapshot().iter() {
             want.insert(
                 v.name.clone(),
                 json!({
@@ -298,7 +298,7 @@ async fn run_case(name: &str, on_ballista: bool) {
         let expected_rows = |view: &str| -> Vec<Row> {
             serde_json::from_value(golden[view]["rows"].clone()).unwrap()
         };
-        for v in &p.views {
+        for v in p.views.snapshot().iter() {
             assert_same_rows(
                 &format!(
                     "{}: {} golden file vs one-pass DataFusion",
@@ -326,7 +326,7 @@ async fn run_case(name: &str, on_ballista: bool) {
             }
         }
         let (_, stats) = t.get("/api/v1/speed/stats").await;
-        for v in &p.views {
+        for v in p.views.snapshot().iter() {
             let answer = view_answer(&t, &v.name).await;
             assert!(
                 sources(&answer).iter().all(|s| s == "speed"),
@@ -352,7 +352,7 @@ async fn run_case(name: &str, on_ballista: bool) {
             );
         }
         batch_covers(&t, &p, &stream, events.len() as u64).await;
-        for v in &p.views {
+        for v in p.views.snapshot().iter() {
             let answer = view_answer(&t, &v.name).await;
             assert!(
                 sources(&answer).iter().all(|s| s == "batch"),
@@ -396,7 +396,7 @@ async fn run_case(name: &str, on_ballista: bool) {
             n += post(&t, &stream, &pending).await;
         }
         speed_has(&t, &stream, n).await;
-        for v in &p.views {
+        for v in p.views.snapshot().iter() {
             let answer = view_answer(&t, &v.name).await;
             assert!(answer["cutoff"].is_string(), "{}: {answer}", case.name);
             let from = sources(&answer);
@@ -415,7 +415,7 @@ async fn run_case(name: &str, on_ballista: bool) {
         // answer a full recompute gives (the batch-alone phase above).
         let total = case.counts(&p).iter().filter(|c| **c).count() as u64;
         batch_covers_incrementally(&t, &p, &stream, total, &mut covered).await;
-        for v in &p.views {
+        for v in p.views.snapshot().iter() {
             let answer = view_answer(&t, &v.name).await;
             assert!(
                 sources(&answer).iter().all(|s| s == "batch"),

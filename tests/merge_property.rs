@@ -213,8 +213,8 @@ async fn one_case(
     for v in &p.views {
         let (status, answer) = t.get(&format!("/api/v1/views/{}", v.name)).await;
         prop_assert_eq!(status, 200, "{}", answer);
-        let want = reference(p, v, &accepted).await;
-        let got = api_rows(v, &answer);
+        let want = reference(p, &v, &accepted).await;
+        let got = api_rows(&v, &answer);
         same_rows(&format!("view {} after {n} events", v.name), &got, &want)
             .map_err(TestCaseError::fail)?;
     }

@@ -44,7 +44,7 @@ fn event(i: usize) -> Value {
 /// How one sampled answer relates to the reference over every accepted event.
 fn check(p: &Pipeline, want: &[Row], answer: &Value, context: &str) -> Result<bool, String> {
     let view = p.view("signal_by_type").unwrap();
-    let got = api_rows(view, answer);
+    let got = api_rows(&view, answer);
     let missing = answer["speed_missing_partitions"]
         .as_array()
         .ok_or_else(|| format!("{context}: no speed_missing_partitions in {answer}"))?;

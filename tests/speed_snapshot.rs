@@ -76,7 +76,7 @@ async fn a_killed_speed_layer_resumes_from_its_snapshot_and_answers_exactly() {
         "after the restart the speed layer read {read} records: it re-read what the snapshot held"
     );
     let p = pipeline(IOT_STREAM).await;
-    let view = &p.views[0];
+    let view = &p.views.snapshot()[0].clone();
     assert_same_rows(
         "after resuming from a snapshot",
         &api_rows(view, &answer),

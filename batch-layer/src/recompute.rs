@@ -277,12 +277,7 @@ impl Batch {
             return Ok(self.pipeline.views.iter().map(|v| v.name.clone()).collect());
         };
         if let Some(unknown) = names.iter().find(|n| self.pipeline.view(n).is_none()) {
-            let known: Vec<_> = self
-                .pipeline
-                .views
-                .iter()
-                .map(|v| v.name.as_str())
-                .collect();
+            let known: Vec<_> = self.pipeline.views.iter().map(|v| v.name.clone()).collect();
             return Err(BatchError::View(
                 unknown.clone(),
                 format!("no such view; there are: {}", known.join(", ")),
@@ -426,13 +421,13 @@ impl Batch {
         only: &[String],
         progress: &dyn Progress,
     ) -> Result<Done, BatchError> {
-        let views: Vec<&CompiledView> = self
+        let held: Vec<Arc<CompiledView>> = self
             .pipeline
             .views
             .iter()
             .filter(|v| only.contains(&v.name))
-            .map(|v| v.as_ref())
             .collect();
+        let views: Vec<&CompiledView> = held.iter().map(|v| v.as_ref()).collect();
         let total = views.len() as u64 + 1;
         progress.stage("choosing the cutoff", 0, total);
         self.pipeline.refresh_tables().await;

@@ -62,7 +62,7 @@ pub async fn enforce(
     for stream in &pipeline.streams {
         let mut cutoff = i64::MAX;
         for v in pipeline.views_of(&stream.name) {
-            match views::load_cutoff(storage, v).await? {
+            match views::load_cutoff(storage, &v).await? {
                 Some(c) => cutoff = cutoff.min(c),
                 None => {
                     cutoff = i64::MIN;

@@ -104,7 +104,7 @@ async fn batch_run_covers_exactly_the_archived_events_below_its_cutoff() {
     let rec = run.await.unwrap();
     assert_eq!(rec.rows_in, 3, "{rec:?}");
     let view = pipeline.view("per_page").unwrap();
-    let stored = views::load(&storage, view).await.unwrap().unwrap();
+    let stored = views::load(&storage, &view).await.unwrap().unwrap();
     assert_eq!(Some(stored.cutoff), rec.cutoff_micros);
     let rows: usize = stored.states.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 2, "one state row per page");
@@ -163,7 +163,7 @@ async fn archived(
 /// The stored states of `per_page`, as sorted text rows.
 async fn stored_rows(storage: &Storage, pipeline: &Pipeline) -> Vec<String> {
     let view = pipeline.view("per_page").unwrap();
-    let stored = views::load(storage, view).await.unwrap().unwrap();
+    let stored = views::load(storage, &view).await.unwrap().unwrap();
     let text = datafusion::arrow::util::pretty::pretty_format_batches(&stored.states)
         .unwrap()
         .to_string();

@@ -74,3 +74,35 @@ pub async fn open_as_of(url: Url, as_of: &AsOf) -> DeltaResult<Option<DeltaTable
     };
     builder.load().await.map(Some)
 }
+
+/// Remove the table at `url` whole (its log and data files): a dropped or replaced
+/// view's states must never be read again under its name.
+pub async fn remove(url: &Url) -> Result<(), crate::error::CoreError> {
+    let fail = |e: &dyn std::fmt::Display| crate::error::CoreError::Table {
+        path: url.to_string(),
+        message: format!("removing: {e}"),
+    };
+    if url.scheme() == "file" {
+        let Ok(path) = url.to_file_path() else {
+            return Err(fail(&"not a local path"));
+        };
+        return match std::fs::remove_dir_all(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(fail(&e)),
+        };
+    }
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    let (store, prefix) = crate::cloud::store_for(url)?;
+    let objects: Vec<_> = store
+        .list(Some(&prefix))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await
+        .map_err(|e| fail(&e))?;
+    for location in objects {
+        store.delete(&location).await.map_err(|e| fail(&e))?;
+    }
+    Ok(())
+}

@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod catalog;
 pub mod cloud;
 pub mod config;
 pub mod dead_letter;

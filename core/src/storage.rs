@@ -135,6 +135,11 @@ impl Storage {
         self.table_url(&["dead_letters", stream])
     }
 
+    /// The Delta table of view definitions (see `catalog.rs`).
+    pub fn catalog_table(&self) -> Url {
+        self.table_url(&["_catalog", "views"])
+    }
+
     /// Where a sink keeps its progress (`state.json`: what it has delivered).
     pub fn sink_dir(&self, sink: &str) -> Url {
         self.table_url(&["_sinks", sink])

@@ -122,6 +122,30 @@ pub enum ServingError {
     /// The request needs a role this process does not run.
     #[error("{0}")]
     Unavailable(String),
+    /// The view exists but does not answer yet (backfilling); the reason says what
+    /// it waits for.
+    #[error("view `{view}` is {reason}")]
+    ViewNotReady {
+        /// The view.
+        view: String,
+        /// Its state and what it waits for.
+        reason: String,
+    },
+    /// The view exists but is not computed (paused, failed): it answers once changed.
+    #[error("view `{view}` is {reason}")]
+    ViewInactive {
+        /// The view.
+        view: String,
+        /// Its state and why.
+        reason: String,
+    },
+    /// Storage or the catalog failed where no user input is at fault.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// A runtime change that conflicts with the view's state (creating one that
+    /// exists, resuming one that runs, …).
+    #[error("{0}")]
+    ViewConflict(String),
     /// A sink could not reach its target or record its progress (it retries).
     #[error("sink `{sink}`: {message}: {source}")]
     Sink {
@@ -141,6 +165,17 @@ impl ServingError {
         ServingError::BadParameter {
             param: param.to_string(),
             reason: reason.into(),
+        }
+    }
+
+    /// The refusal of an answer of `view`, which is not ready for `why`.
+    pub fn not_ready(view: &str, why: crate::merge::NotReady) -> Self {
+        let view = view.to_string();
+        match why {
+            crate::merge::NotReady::Backfilling(reason) => {
+                ServingError::ViewNotReady { view, reason }
+            }
+            crate::merge::NotReady::Inactive(reason) => ServingError::ViewInactive { view, reason },
         }
     }
 
@@ -177,7 +212,13 @@ impl ServingError {
             | ServingError::Io(_)
             | ServingError::Engine(_)
             | ServingError::Server(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ServingError::Sink { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ServingError::Sink { .. } | ServingError::ViewNotReady { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ServingError::ViewConflict(_) | ServingError::ViewInactive { .. } => {
+                StatusCode::CONFLICT
+            }
+            ServingError::Core(_) => StatusCode::SERVICE_UNAVAILABLE,
             // Storage is outside this process: it may answer again shortly.
             ServingError::Table { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod feeds;
 pub mod guard;
 pub mod json;
+pub mod lifecycle;
 pub mod limit;
 pub mod live;
 pub mod merge;
@@ -28,6 +29,7 @@ mod sql_guard;
 mod sql_tables;
 pub mod state;
 pub mod streams;
+pub mod view_admin;
 pub mod views;
 pub mod web;
 
@@ -51,6 +53,22 @@ pub fn router(state: AppState, auth: &auth::Auth) -> Router {
     let admin = Router::new()
         .route("/api/v1/batch/runs", axum::routing::post(runs::start_run))
         .route(
+            "/api/v1/views",
+            axum::routing::post(view_admin::create_view),
+        )
+        .route(
+            "/api/v1/views/{view}",
+            axum::routing::put(view_admin::replace_view).delete(view_admin::drop_view),
+        )
+        .route(
+            "/api/v1/views/{view}/pause",
+            axum::routing::post(view_admin::pause_view),
+        )
+        .route(
+            "/api/v1/views/{view}/resume",
+            axum::routing::post(view_admin::resume_view),
+        )
+        .route(
             "/api/v1/batch/maintenance",
             axum::routing::post(runs::maintain),
         )
@@ -73,6 +91,7 @@ fn read_router(state: AppState) -> Router {
         .route("/api/v1/views", get(views::list_views))
         .route("/api/v1/views/{view}", get(views::get_view))
         .route("/api/v1/views/{view}/live", get(live::live_view))
+        .route("/api/v1/views/{view}/status", get(view_admin::view_status))
         .route("/api/v1/batch/runs", get(runs::list_runs))
         .route("/api/v1/batch/runs/{id}", get(runs::get_run))
         .route("/api/v1/speed/stats", get(ops::speed_stats))

@@ -96,6 +96,15 @@ pub struct ViewAnswer {
     pub rows: Vec<Map<String, Value>>,
 }
 
+/// Why a view does not answer.
+#[derive(Debug, Clone)]
+pub enum NotReady {
+    /// Its first batch run has not committed yet: asking again shortly will do.
+    Backfilling(String),
+    /// Paused or failed: it answers only once changed (resumed, replaced, fixed).
+    Inactive(String),
+}
+
 /// A view's merged rows and their sources.
 pub struct Merged {
     /// The view.
@@ -122,6 +131,9 @@ pub struct Merger {
     /// from: requests between two micro-batches share one final plan and one conversion,
     /// and each only filters, orders and pages the rows.
     merged_cache: std::sync::Mutex<HashMap<String, (MergeKey, CachedRows)>>,
+    /// Views that must not answer, and why (backfilling, paused, failed): their states
+    /// would not be exact.
+    not_ready: std::sync::RwLock<HashMap<String, NotReady>>,
 }
 
 /// A view's merged rows and, once a request asked for it, their JSON form.
@@ -155,6 +167,7 @@ impl Merger {
             speed,
             batch_views: RwLock::new(loaded.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()),
             merged_cache: Default::default(),
+            not_ready: Default::default(),
         }
     }
 
@@ -178,11 +191,39 @@ impl Merger {
         self.batch_views.read().await.get(view).cloned()
     }
 
+    /// Answers of view `name` are refused with `reason` (`None`: it answers again).
+    pub fn set_not_ready(&self, name: &str, reason: Option<NotReady>) {
+        let mut held = self.not_ready.write().expect("readiness lock");
+        match reason {
+            Some(r) => held.insert(name.to_string(), r),
+            None => held.remove(name),
+        };
+    }
+
+    /// Why view `name` does not answer, if it does not.
+    pub fn not_ready(&self, name: &str) -> Option<NotReady> {
+        self.not_ready
+            .read()
+            .expect("readiness lock")
+            .get(name)
+            .cloned()
+    }
+
+    /// Forget what is held for view `name` (its batch view, its last merged rows): it
+    /// was dropped, paused or replaced.
+    pub async fn forget(&self, name: &str) {
+        self.batch_views.write().await.remove(name);
+        self.merged_cache
+            .lock()
+            .expect("merge cache lock")
+            .remove(name);
+    }
+
     /// Load the newest batch views; then release speed segments they cover.
     pub async fn refresh(&self) -> Result<(), ServingError> {
         for view in &self.pipeline.views {
             let current = self.batch_view(&view.name).await.map(|b| b.version);
-            let Some(loaded) = views::load(&self.storage, view).await? else {
+            let Some(loaded) = views::load(&self.storage, &view).await? else {
                 continue;
             };
             if Some(loaded.version) == current {
@@ -223,6 +264,9 @@ impl Merger {
     }
 
     async fn merged_once(&self, view_name: &str) -> Result<Merged, ServingError> {
+        if let Some(why) = self.not_ready(view_name) {
+            return Err(ServingError::not_ready(view_name, why));
+        }
         let view = self
             .pipeline
             .view(view_name)
@@ -291,6 +335,9 @@ impl Merger {
     /// The merged answer of `view_name`, filtered, ordered and paged as `q` asks.
     pub async fn query(&self, view_name: &str, q: &ViewQuery) -> Result<ViewAnswer, ServingError> {
         if let Some(at) = &q.as_of {
+            if let Some(why) = self.not_ready(view_name) {
+                return Err(ServingError::not_ready(view_name, why));
+            }
             return self.query_as_of(view_name, q, at).await;
         }
         let merged = self.merged(view_name).await?;
@@ -353,7 +400,7 @@ impl Merger {
             .pipeline
             .view(view_name)
             .ok_or_else(|| ServingError::UnknownView(view_name.to_string()))?;
-        let batch = match views::load_as_of(&self.storage, view, at).await {
+        let batch = match views::load_as_of(&self.storage, &view, at).await {
             Ok(Some(b)) => b,
             Ok(None) => {
                 return Err(ServingError::bad(
@@ -376,7 +423,7 @@ impl Merger {
                 source,
             })?;
         let watermark = view.watermark(batch.max_event_ts);
-        let (total_rows, rows) = to_rows(&json_rows(view, &out, watermark), q);
+        let (total_rows, rows) = to_rows(&json_rows(&view, &out, watermark), q);
         let next = q.offset + rows.len();
         Ok(ViewAnswer {
             view: view.name.clone(),

@@ -114,6 +114,9 @@ pub fn parse_view_query(
     view: &str,
     params: &[(String, String)],
 ) -> Result<ViewQuery, ServingError> {
+    if let Some(why) = merger.not_ready(view) {
+        return Err(ServingError::not_ready(view, why));
+    }
     let v = merger
         .pipeline()
         .view(view)

@@ -118,7 +118,7 @@ impl Tables {
             }
             Some(at) => {
                 let storage = self.merger.storage();
-                let states = match tributary_batch::views::load_as_of(storage, view, at).await {
+                let states = match tributary_batch::views::load_as_of(storage, &view, at).await {
                     Ok(b) => b.map(|b| b.states).unwrap_or_default(),
                     Err(e) => {
                         self.travelled(name, at, &e);

@@ -41,6 +41,8 @@ pub struct AppState {
     /// Tasks requests start (batch runs, live streams), so that shutdown waits for them
     /// (or says it left some) instead of dropping them unseen.
     pub requests: tributary_core::shutdown::TaskSet,
+    /// Runtime changes to views and each view's state.
+    pub views: Arc<crate::lifecycle::ViewManager>,
     /// The sinks this process delivers (empty when it runs none).
     pub sinks: crate::sinks::SinkStatuses,
 }

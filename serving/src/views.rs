@@ -60,10 +60,18 @@ pub async fn list_views(State(state): State<AppState>) -> Json<Value> {
                 "schema": schema,
                 "cutoff": batch.as_ref().map(|b| rfc3339(b.cutoff)),
                 "batch_version": batch.as_ref().map(|b| b.version),
+                "state": state.views.state(&v.name).map_or("running".into(), |s| s.state),
             })
         })
         .collect();
-    Json(json!({ "views": views }))
+    // Views the catalog holds that no layer computes now (paused, failed).
+    let inactive: Vec<_> = state
+        .views
+        .states()
+        .into_iter()
+        .filter(|s| state.merger.pipeline().view(&s.name).is_none())
+        .collect();
+    Json(json!({ "views": views, "inactive": inactive }))
 }
 
 #[utoipa::path(get, path = "/api/v1/views/{view}", tag = "views",

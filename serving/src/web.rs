@@ -138,7 +138,7 @@ async fn view_page(State(s): State<WebState>, Path(view): Path<String>, req: Req
     if !s.allowed(&req) {
         return Redirect::to("/login").into_response();
     }
-    let Some(v) = s.app.merger.pipeline().view(&view).cloned() else {
+    let Some(v) = s.app.merger.pipeline().view(&view) else {
         let message = format!("There is no view `{view}`.");
         return s.render(StatusCode::NOT_FOUND, Page::NotFound { message });
     };

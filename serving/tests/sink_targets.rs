@@ -70,11 +70,11 @@ async fn a_resent_delivery_is_committed_once() {
     ];
     let (rows, marks) = plan::plan(OutputMode::Update, &shape, &progress, &first, now);
     progress.push(rows, marks);
-    let sink = DeltaSink::new("s", url.clone(), view);
+    let sink = DeltaSink::new("s", url.clone(), &view);
     sink.deliver(&progress.pending[0]).await.unwrap();
     assert_eq!(count(&url).await, 2);
     // The answer was lost (a crash before the progress file said so): sent again.
-    let again = DeltaSink::new("s", url.clone(), view);
+    let again = DeltaSink::new("s", url.clone(), &view);
     again.deliver(&progress.pending[0]).await.unwrap();
     assert_eq!(count(&url).await, 2, "a re-sent delivery was written twice");
     progress.acknowledge();

@@ -119,6 +119,7 @@ impl Consumer {
             let mut start = self
                 .pipeline
                 .views_of(&s.name)
+                .iter()
                 .filter_map(|v| self.layer.store.view(&v.name).map(|st| st.cutoff()))
                 .min()
                 .unwrap_or(i64::MIN);
@@ -196,6 +197,7 @@ impl Consumer {
     async fn micro_batch(&mut self, index: usize) -> Result<Option<bool>, SpeedError> {
         let started = Instant::now();
         let s = self.pipeline.streams[index].clone();
+        self.sync_views(&s);
         let Some((reads, read_events, newest)) = self.read(&s).await? else {
             return Ok(None);
         };
@@ -224,7 +226,7 @@ impl Consumer {
             .fetch_add(decoded.duplicates, Ordering::Relaxed);
         self.apply(&s, decoded.buckets).await;
         self.publish_positions(&s.name);
-        compact(&self.layer, &s.name, &self.pipeline).await;
+        compact(&self.layer, &s.name).await;
         let progress = &self.layer.progress[&s.name];
         progress.events.fetch_add(read_events, Ordering::Relaxed);
         progress
@@ -235,6 +237,39 @@ impl Consumer {
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         progress.ingest_ts.fetch_max(newest, Ordering::AcqRel);
         Ok(Some(true))
+    }
+
+    /// Views of `s` created, replaced or dropped at runtime since the last micro-batch.
+    /// A new view's store holds states from the first segment boundary above both the
+    /// clock and everything read of the stream so far: every event at or above it is
+    /// read from now on, and everything below is the batch layer's to cover. Until a batch
+    /// run's cutoff reaches it the store refuses older cutoffs, so the view answers only
+    /// once it is exact.
+    fn sync_views(&self, s: &StreamSchema) {
+        let wanted = self.pipeline.views_of(&s.name);
+        let store = &self.layer.store;
+        for held in store.views() {
+            let dropped =
+                held.view.stream == s.name && !wanted.iter().any(|v| Arc::ptr_eq(v, &held.view));
+            if dropped {
+                store.remove(&held.view.name);
+            }
+        }
+        let read = self.layer.progress[&s.name]
+            .ingest_ts
+            .load(Ordering::Acquire);
+        let w = self.layer.segment_width;
+        for v in wanted {
+            let current = store
+                .view(&v.name)
+                .is_some_and(|h| Arc::ptr_eq(&h.view, &v));
+            if !current {
+                let above = read.max(tributary_core::time::now_micros());
+                let cutoff = (above.div_euclid(w) + 1) * w;
+                tracing::info!(view = %v.name, cutoff, "speed layer holds a new view from this ingest time");
+                store.add(v, cutoff);
+            }
+        }
     }
 
     /// Read each partition of `s` from its position: the records per partition, how
@@ -291,8 +326,13 @@ impl Consumer {
                 .iter()
                 .filter_map(|b| max_event_time(b, &s.event_time, s.max_event_lead_us))
                 .max();
-            for view in self.pipeline.views_of(&s.name) {
-                let store = self.layer.store.view(&view.name).expect("store per view");
+            // The stores, not the pipeline: a view created since `sync_views` joins at
+            // the next micro-batch, with the cutoff chosen there.
+            for store in self.layer.store.views() {
+                if store.view.stream != s.name {
+                    continue;
+                }
+                let view = store.view.clone();
                 if bucket < store.cutoff() {
                     store.add(bucket, vec![], n, None, 0);
                     continue;
@@ -303,7 +343,7 @@ impl Consumer {
                     &self.layer,
                     &self.log,
                     &s.name,
-                    view,
+                    &view,
                     &batches,
                     &view_columns,
                 )

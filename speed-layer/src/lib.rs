@@ -189,7 +189,7 @@ impl SpeedLayer {
     /// `cutoffs` are the batch cutoffs per view known at start.
     pub fn new(pipeline: &Pipeline, config: &SpeedConfig, cutoffs: &HashMap<String, i64>) -> Self {
         SpeedLayer {
-            store: StateStore::new(&pipeline.views, cutoffs),
+            store: StateStore::new(&pipeline.views.snapshot(), cutoffs),
             progress: Arc::new(
                 pipeline
                     .streams
@@ -290,7 +290,7 @@ impl SpeedLayer {
                     )
                 })
                 .collect(),
-            views: self.store.views().map(|v| v.stats()).collect(),
+            views: self.store.views().iter().map(|v| v.stats()).collect(),
             recovery_ms: self.recovery(),
             restored_from_snapshot: self.restored.load(Ordering::Relaxed),
             shards: vec![ShardStats {
@@ -339,7 +339,10 @@ async fn states_setting_aside(
     batches: &[RecordBatch],
     view_columns: &[usize],
 ) -> Vec<RecordBatch> {
-    let store = layer.store.view(&view.name).expect("store per view");
+    let Some(store) = layer.store.view(&view.name) else {
+        // Dropped while this micro-batch ran.
+        return Vec::new();
+    };
     let to_input = |b: &RecordBatch| {
         let b = b.project(view_columns)?;
         tag_source(&b, SOURCE_SPEED, &view.input_schema)
@@ -380,9 +383,12 @@ async fn states_setting_aside(
 
 /// Merge the state batches of full segments. A failure leaves the segment as it is
 /// (still exact, only bigger) rather than stopping the layer.
-async fn compact(layer: &SpeedLayer, stream: &str, pipeline: &Pipeline) {
-    for view in pipeline.views_of(stream) {
-        let store = layer.store.view(&view.name).expect("store per view");
+async fn compact(layer: &SpeedLayer, stream: &str) {
+    for store in layer.store.views() {
+        if store.view.stream != stream {
+            continue;
+        }
+        let view = store.view.clone();
         for (bucket, states) in store.to_compact() {
             let n = states.len();
             match view.reduce(states).await {

@@ -33,9 +33,17 @@ struct Manifest {
 #[derive(Debug, Serialize, Deserialize)]
 struct ViewManifest {
     sql: String,
+    /// The store held states from here on: a snapshot taken while the view was newer
+    /// than the batch cutoff it restarts with lacks the events in between.
+    #[serde(default = "no_cutoff")]
+    cutoff: i64,
     max_event_ts: Option<i64>,
     /// (bucket, state batches, events) in file order.
     segments: Vec<(i64, usize, u64)>,
+}
+
+fn no_cutoff() -> i64 {
+    i64::MIN
 }
 
 fn io(path: &Path, e: impl std::fmt::Display) -> CoreError {
@@ -84,6 +92,7 @@ pub fn write(
             store.view.name.clone(),
             ViewManifest {
                 sql: store.view.sql.clone(),
+                cutoff: store.cutoff(),
                 max_event_ts,
                 segments: listed,
             },
@@ -132,9 +141,13 @@ pub fn restore(
         });
         let usable = s.dedup.is_none()
             && same_partitions
-            && pipeline
-                .views_of(&s.name)
-                .all(|v| manifest.views.get(&v.name).is_some_and(|m| m.sql == v.sql));
+            && pipeline.views_of(&s.name).iter().all(|v| {
+                let now = layer.store.view(&v.name).map_or(i64::MIN, |st| st.cutoff());
+                manifest
+                    .views
+                    .get(&v.name)
+                    .is_some_and(|m| m.sql == v.sql && m.cutoff <= now)
+            });
         if !usable {
             continue;
         }

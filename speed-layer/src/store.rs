@@ -318,10 +318,12 @@ impl ViewStore {
     }
 }
 
-/// Every view's store, shared between the speed layer's loop and its readers.
+/// Every view's store, shared between the speed layer's loop and its readers. Views
+/// created at runtime get a store when the loop next passes their stream
+/// ([`StateStore::add`]); dropped ones lose theirs ([`StateStore::remove`]).
 #[derive(Debug, Clone, Default)]
 pub struct StateStore {
-    views: Arc<HashMap<String, Arc<ViewStore>>>,
+    views: Arc<RwLock<HashMap<String, Arc<ViewStore>>>>,
 }
 
 impl StateStore {
@@ -336,18 +338,39 @@ impl StateStore {
             })
             .collect();
         StateStore {
-            views: Arc::new(map),
+            views: Arc::new(RwLock::new(map)),
         }
     }
 
     /// The store of view `name`.
-    pub fn view(&self, name: &str) -> Option<&Arc<ViewStore>> {
-        self.views.get(name)
+    pub fn view(&self, name: &str) -> Option<Arc<ViewStore>> {
+        self.views.read().expect("stores lock").get(name).cloned()
     }
 
     /// Every view's store.
-    pub fn views(&self) -> impl Iterator<Item = &Arc<ViewStore>> {
-        self.views.values()
+    pub fn views(&self) -> Vec<Arc<ViewStore>> {
+        self.views
+            .read()
+            .expect("stores lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// A store for `view`, holding states at or above `cutoff`, replacing any store of
+    /// its name.
+    pub fn add(&self, view: Arc<CompiledView>, cutoff: i64) -> Arc<ViewStore> {
+        let store = Arc::new(ViewStore::new(view.clone(), cutoff));
+        self.views
+            .write()
+            .expect("stores lock")
+            .insert(view.name.clone(), store.clone());
+        store
+    }
+
+    /// Forget the store of view `name`.
+    pub fn remove(&self, name: &str) {
+        self.views.write().expect("stores lock").remove(name);
     }
 }
 

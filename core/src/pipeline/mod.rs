@@ -15,8 +15,9 @@ mod resolve;
 pub struct Pipeline {
     /// Every stream, validated.
     pub streams: Vec<StreamSchema>,
-    /// Every view, compiled for both layers.
-    pub views: Vec<Arc<CompiledView>>,
+    /// Every running view, compiled for both layers; shared by every clone, so a view
+    /// created or dropped at runtime reaches every layer of the process at once.
+    pub views: ViewSet,
     /// Every dimension table views may join with.
     pub tables: Vec<Arc<DimensionTable>>,
 }
@@ -58,7 +59,7 @@ impl Pipeline {
         }
         Ok(Pipeline {
             streams,
-            views,
+            views: ViewSet::new(views),
             tables,
         })
     }
@@ -76,16 +77,96 @@ impl Pipeline {
     }
 
     /// The view called `name`.
-    pub fn view(&self, name: &str) -> Option<&Arc<CompiledView>> {
-        self.views.iter().find(|v| v.name == name)
+    pub fn view(&self, name: &str) -> Option<Arc<CompiledView>> {
+        self.views.get(name)
     }
 
-    /// Views that read `stream`.
-    pub fn views_of<'a>(
-        &'a self,
-        stream: &'a str,
-    ) -> impl Iterator<Item = &'a Arc<CompiledView>> + 'a {
-        self.views.iter().filter(move |v| v.stream == stream)
+    /// Views that read `stream`, as they are now.
+    pub fn views_of(&self, stream: &str) -> Vec<Arc<CompiledView>> {
+        self.views.iter().filter(|v| v.stream == stream).collect()
+    }
+
+    /// Compile a view defined at runtime, checked as start-up checks one: against the
+    /// streams and tables of this pipeline; the error says what is wrong with the SQL.
+    pub async fn compile_view(&self, cfg: &crate::config::ViewConfig) -> Result<CompiledView> {
+        if !is_plain_name(&cfg.name) {
+            return Err(CoreError::View {
+                view: cfg.name.clone(),
+                message: "not a valid view name (letters, digits and _ only)".into(),
+            });
+        }
+        CompiledView::compile_with(cfg, &self.streams, &self.tables).await
+    }
+}
+
+/// The running views, shared by every clone of a [`Pipeline`]: readers take a snapshot
+/// (an `Arc` of the list) and never hold the lock.
+#[derive(Clone, Default)]
+pub struct ViewSet(Arc<std::sync::RwLock<Arc<Vec<Arc<CompiledView>>>>>);
+
+impl std::fmt::Debug for ViewSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self.iter().map(|v| v.name.clone()).collect();
+        f.debug_tuple("ViewSet").field(&names).finish()
+    }
+}
+
+impl ViewSet {
+    /// A set of `views`.
+    pub fn new(views: Vec<Arc<CompiledView>>) -> Self {
+        ViewSet(Arc::new(std::sync::RwLock::new(Arc::new(views))))
+    }
+
+    /// The views now.
+    pub fn snapshot(&self) -> Arc<Vec<Arc<CompiledView>>> {
+        self.0.read().expect("view set lock").clone()
+    }
+
+    /// The views now, one by one.
+    pub fn iter(&self) -> std::vec::IntoIter<Arc<CompiledView>> {
+        self.snapshot().as_ref().clone().into_iter()
+    }
+
+    /// How many views there are.
+    pub fn len(&self) -> usize {
+        self.snapshot().len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The view called `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<CompiledView>> {
+        self.snapshot().iter().find(|v| v.name == name).cloned()
+    }
+
+    /// Add `view`, or replace the view of its name.
+    pub fn insert(&self, view: Arc<CompiledView>) {
+        let mut guard = self.0.write().expect("view set lock");
+        let mut views = guard.as_ref().clone();
+        views.retain(|v| v.name != view.name);
+        views.push(view);
+        *guard = Arc::new(views);
+    }
+
+    /// Remove the view called `name`; the view removed, if there was one.
+    pub fn remove(&self, name: &str) -> Option<Arc<CompiledView>> {
+        let mut guard = self.0.write().expect("view set lock");
+        let found = guard.iter().find(|v| v.name == name).cloned()?;
+        let views = guard.iter().filter(|v| v.name != name).cloned().collect();
+        *guard = Arc::new(views);
+        Some(found)
+    }
+}
+
+impl IntoIterator for &ViewSet {
+    type Item = Arc<CompiledView>;
+    type IntoIter = std::vec::IntoIter<Arc<CompiledView>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
     }
 }
 

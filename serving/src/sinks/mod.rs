@@ -229,7 +229,7 @@ async fn connect(
                 .pipeline()
                 .view(&config.view)
                 .ok_or("its view is not declared")?;
-            Box::new(delta::DeltaSink::new(&config.name, url, view))
+            Box::new(delta::DeltaSink::new(&config.name, url, &view))
         }
     })
 }

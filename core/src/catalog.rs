@@ -1,0 +1,379 @@
+//! The view catalog: every change to a view definition as one row of a Delta table
+//! under the storage root (`_catalog/views`), appended and never rewritten. A view's
+//! definition now is its row of the highest revision; the table's versions give the
+//! history of definitions and time travel over them for nothing. Views of the TOML file
+//! are its seed: a name the catalog has never seen is written from the file at start,
+//! and from then on the catalog's row is the view.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
+use deltalake::protocol::SaveMode;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::config::ViewConfig;
+use crate::error::{CoreError, Result};
+use crate::storage::Storage;
+
+/// Whether a cataloged view runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lifecycle {
+    /// Computed by both layers (after its backfill).
+    Running,
+    /// Kept, not computed; resuming backfills it again.
+    Paused,
+    /// Gone; its name may be used again.
+    Dropped,
+}
+
+impl Lifecycle {
+    fn name(self) -> &'static str {
+        match self {
+            Lifecycle::Running => "running",
+            Lifecycle::Paused => "paused",
+            Lifecycle::Dropped => "dropped",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Lifecycle> {
+        match text {
+            "running" => Some(Lifecycle::Running),
+            "paused" => Some(Lifecycle::Paused),
+            "dropped" => Some(Lifecycle::Dropped),
+            _ => None,
+        }
+    }
+}
+
+/// One row: a view's definition and state as of one change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewRecord {
+    /// The view's name.
+    pub name: String,
+    /// Its SQL.
+    pub sql: String,
+    /// Its allowed lateness.
+    pub allowed_lateness_ms: u64,
+    /// Running, paused or dropped.
+    pub lifecycle: Lifecycle,
+    /// 1 for the first row of the name, then one more per change.
+    pub revision: i64,
+    /// When the change was made (microseconds).
+    pub at: i64,
+    /// `config` (seeded from the TOML file) or `api`.
+    pub origin: String,
+}
+
+impl ViewRecord {
+    /// The view configuration this row defines.
+    pub fn config(&self) -> ViewConfig {
+        ViewConfig {
+            name: self.name.clone(),
+            sql: self.sql.clone(),
+            allowed_lateness_ms: self.allowed_lateness_ms,
+            schedule: None,
+        }
+    }
+}
+
+/// The catalog table of one storage root.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    url: Url,
+}
+
+fn schema() -> SchemaRef {
+    let utc = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("sql", DataType::Utf8, false),
+        Field::new("allowed_lateness_ms", DataType::Int64, false),
+        Field::new("lifecycle", DataType::Utf8, false),
+        Field::new("revision", DataType::Int64, false),
+        Field::new("at", utc, false),
+        Field::new("origin", DataType::Utf8, false),
+    ]))
+}
+
+impl Catalog {
+    /// The catalog under `storage`'s root.
+    pub fn new(storage: &Storage) -> Catalog {
+        Catalog {
+            url: storage.catalog_table(),
+        }
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> CoreError {
+        CoreError::Table {
+            path: self.url.to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Every row, oldest first (none when the table does not exist yet).
+    pub async fn history(&self) -> Result<Vec<ViewRecord>> {
+        if !crate::delta::exists(&self.url)
+            .await
+            .map_err(|e| self.err(e))?
+        {
+            return Ok(Vec::new());
+        }
+        let table = crate::delta::open(self.url.clone())
+            .await
+            .map_err(|e| self.err(e))?;
+        let ctx = crate::cloud::session_context();
+        table
+            .update_datafusion_session(&ctx.state())
+            .map_err(|e| self.err(e))?;
+        let provider = table.table_provider().await.map_err(|e| self.err(e))?;
+        ctx.register_table("catalog", provider)?;
+        let batches = ctx
+            .sql("SELECT name, sql, allowed_lateness_ms, lifecycle, revision, at, origin FROM catalog ORDER BY at, revision")
+            .await?
+            .collect()
+            .await?;
+        let mut out = Vec::new();
+        for b in &batches {
+            out.extend(self.rows(b)?);
+        }
+        Ok(out)
+    }
+
+    fn rows(&self, b: &RecordBatch) -> Result<Vec<ViewRecord>> {
+        let text = |i: usize| -> Result<Vec<String>> {
+            let c = datafusion::arrow::compute::cast(b.column(i), &DataType::Utf8)?;
+            let c = c.as_string::<i32>();
+            Ok(c.iter()
+                .map(|v| v.unwrap_or_default().to_string())
+                .collect())
+        };
+        let int = |i: usize| -> Result<Vec<i64>> {
+            let c = datafusion::arrow::compute::cast(b.column(i), &DataType::Int64)?;
+            Ok(c.as_primitive::<Int64Type>().values().to_vec())
+        };
+        let (names, sqls, lateness) = (text(0)?, text(1)?, int(2)?);
+        let (states, revisions, origins) = (text(3)?, int(4)?, text(6)?);
+        let at = datafusion::arrow::compute::cast(
+            b.column(5),
+            &DataType::Timestamp(TimeUnit::Microsecond, None),
+        )?;
+        let at = at.as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>();
+        (0..b.num_rows())
+            .map(|j| {
+                Ok(ViewRecord {
+                    name: names[j].clone(),
+                    sql: sqls[j].clone(),
+                    allowed_lateness_ms: lateness[j].max(0) as u64,
+                    lifecycle: Lifecycle::parse(&states[j])
+                        .ok_or_else(|| self.err(format!("unknown lifecycle `{}`", states[j])))?,
+                    revision: revisions[j],
+                    at: at.value(j),
+                    origin: origins[j].clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Each view's row of the highest revision (dropped ones included), by name.
+    pub async fn current(&self) -> Result<Vec<ViewRecord>> {
+        Ok(latest(self.history().await?))
+    }
+
+    /// Append `records` in one commit.
+    pub async fn append(&self, records: &[ViewRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let col = |f: &dyn Fn(&ViewRecord) -> String| -> ArrayRef {
+            Arc::new(StringArray::from_iter_values(records.iter().map(f)))
+        };
+        let int = |f: &dyn Fn(&ViewRecord) -> i64| -> ArrayRef {
+            Arc::new(Int64Array::from_iter_values(records.iter().map(f)))
+        };
+        let at: ArrayRef = Arc::new(
+            TimestampMicrosecondArray::from_iter_values(records.iter().map(|r| r.at))
+                .with_timezone("UTC"),
+        );
+        let batch = RecordBatch::try_new(
+            schema(),
+            vec![
+                col(&|r| r.name.clone()),
+                col(&|r| r.sql.clone()),
+                int(&|r| r.allowed_lateness_ms as i64),
+                col(&|r| r.lifecycle.name().to_string()),
+                int(&|r| r.revision),
+                at,
+                col(&|r| r.origin.clone()),
+            ],
+        )?;
+        let table = crate::delta::open(self.url.clone())
+            .await
+            .map_err(|e| self.err(e))?;
+        table
+            .write(vec![batch])
+            .with_save_mode(SaveMode::Append)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}
+
+/// Each name's row of the highest revision.
+fn latest(history: Vec<ViewRecord>) -> Vec<ViewRecord> {
+    let mut by_name: std::collections::BTreeMap<String, ViewRecord> = Default::default();
+    for r in history {
+        match by_name.get(&r.name) {
+            Some(old) if old.revision >= r.revision => {}
+            _ => {
+                by_name.insert(r.name.clone(), r);
+            }
+        }
+    }
+    by_name.into_values().collect()
+}
+
+/// What start-up made of the catalog: the views it does not run, and why.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    /// Paused views (not in the pipeline).
+    pub paused: Vec<ViewRecord>,
+    /// Running views whose SQL no longer compiles (a stream or column gone), with why;
+    /// the others run.
+    pub failed: Vec<(ViewRecord, String)>,
+    /// Running views made through the API: they may need a backfill.
+    pub from_api: Vec<String>,
+    /// Every view's current row (dropped ones included).
+    pub current: Vec<ViewRecord>,
+}
+
+impl Catalog {
+    /// Make `pipeline`'s views the catalog's running ones. The latest change wins,
+    /// made in the file or through the API: a file view whose definition differs from
+    /// the last one the file gave (or that the catalog has never seen) is written as a
+    /// new revision when `seed` (one process writes; the others read), otherwise the
+    /// catalog's row stands. Then every running row is compiled; one that fails is
+    /// reported and left out, never stopping the others.
+    pub async fn reconcile(
+        &self,
+        pipeline: &crate::pipeline::Pipeline,
+        file: &[ViewConfig],
+        seed: bool,
+    ) -> Result<Reconciled> {
+        let history = self.history().await?;
+        let mut current = latest(history.clone());
+        let changed: Vec<ViewRecord> = file
+            .iter()
+            .filter(|v| {
+                let last_from_file = history
+                    .iter()
+                    .filter(|r| r.name == v.name && r.origin == "config")
+                    .max_by_key(|r| r.revision);
+                !last_from_file.is_some_and(|r| {
+                    r.sql == v.sql && r.allowed_lateness_ms == v.allowed_lateness_ms
+                })
+            })
+            .map(|v| ViewRecord {
+                name: v.name.clone(),
+                sql: v.sql.clone(),
+                allowed_lateness_ms: v.allowed_lateness_ms,
+                lifecycle: Lifecycle::Running,
+                revision: current
+                    .iter()
+                    .find(|r| r.name == v.name)
+                    .map_or(1, |r| r.revision + 1),
+                at: crate::time::now_micros(),
+                origin: "config".into(),
+            })
+            .collect();
+        if seed {
+            self.append(&changed).await?;
+        }
+        current.retain(|r| !changed.iter().any(|c| c.name == r.name));
+        current.extend(changed);
+        let mut out = Reconciled {
+            current: current.clone(),
+            ..Default::default()
+        };
+        for r in current {
+            let from_file = pipeline.view(&r.name);
+            let same = from_file.as_ref().is_some_and(|v| {
+                v.sql == r.sql && v.allowed_lateness_us == r.allowed_lateness_ms as i64 * 1000
+            });
+            match r.lifecycle {
+                Lifecycle::Running if same => {}
+                Lifecycle::Running => match pipeline.compile_view(&r.config()).await {
+                    Ok(v) => {
+                        if from_file.is_some() {
+                            tracing::warn!(view = %r.name, "the catalog's definition (changed through the API) differs from the file's; the catalog's is used");
+                        }
+                        pipeline.views.insert(Arc::new(v));
+                        if r.origin == "api" {
+                            out.from_api.push(r.name.clone());
+                        }
+                    }
+                    Err(e) => {
+                        pipeline.views.remove(&r.name);
+                        out.failed.push((r, e.to_string()));
+                    }
+                },
+                Lifecycle::Paused => {
+                    pipeline.views.remove(&r.name);
+                    out.paused.push(r);
+                }
+                Lifecycle::Dropped => {
+                    pipeline.views.remove(&r.name);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str, lifecycle: Lifecycle, revision: i64) -> ViewRecord {
+        ViewRecord {
+            name: name.into(),
+            sql: format!("SELECT {revision}"),
+            allowed_lateness_ms: 0,
+            lifecycle,
+            revision,
+            at: 1_000 * revision,
+            origin: "api".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_current_row_of_each_name_is_its_newest_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::new(&Storage::open(dir.path()).unwrap());
+        assert!(catalog.current().await.unwrap().is_empty());
+        catalog
+            .append(&[
+                record("a", Lifecycle::Running, 1),
+                record("b", Lifecycle::Running, 1),
+            ])
+            .await
+            .unwrap();
+        catalog
+            .append(&[record("a", Lifecycle::Paused, 2)])
+            .await
+            .unwrap();
+        let now = catalog.current().await.unwrap();
+        assert_eq!(
+            now,
+            vec![
+                record("a", Lifecycle::Paused, 2),
+                record("b", Lifecycle::Running, 1)
+            ]
+        );
+        assert_eq!(catalog.history().await.unwrap().len(), 3);
+    }
+}

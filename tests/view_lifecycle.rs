@@ -1,0 +1,213 @@
+//! Views managed at runtime: created over a stream with history (exact from the moment
+//! they answer, against DataFusion's one-pass reference, and live afterwards), paused,
+//! resumed, replaced and dropped; definitions survive a restart through the catalog;
+//! a cataloged view that no longer compiles fails alone.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::views::{api_rows, pipeline, reference, same_rows};
+use common::{IOT_STREAM, Tributary};
+use serde_json::{Value, json};
+
+const TYPES: [&str; 3] = ["pump", "fan", "valve"];
+
+fn events(from: usize, n: usize) -> Vec<Value> {
+    (from..from + n)
+        .map(|i| {
+            json!({
+                "device": format!("d{}", i % 7),
+                "device_type": TYPES[i % 3],
+                "signal": (i % 40) as f64,
+                "ts": format!("2026-01-01T{:02}:{:02}:00Z", (i / 60) % 24, i % 60),
+            })
+        })
+        .collect()
+}
+
+const COUNTS: &str = "SELECT device, date_bin(INTERVAL '30 minutes', ts) AS window_start, \
+                      count(*) AS n, sum(signal) AS total FROM readings GROUP BY device, window_start";
+const LOUD: &str = "SELECT device_type, date_bin(INTERVAL '1 hour', ts) AS window_start, \
+                    max(signal) AS peak, count(*) AS n FROM readings WHERE signal > 30 \
+                    GROUP BY device_type, window_start";
+
+/// Wait until `view` answers (its backfill done) and equals the one-pass reference of
+/// `sql` over `all`.
+async fn assert_exact(t: &Tributary, view: &str, sql: &str, all: &[Value]) {
+    check_exact(t, view, sql, all, false).await
+}
+
+/// [`assert_exact`], where every answer must already be exact (a view just created,
+/// resumed or replaced over acknowledged events: it answers only once exact).
+async fn assert_exact_at_once(t: &Tributary, view: &str, sql: &str, all: &[Value]) {
+    check_exact(t, view, sql, all, true).await
+}
+
+async fn check_exact(t: &Tributary, view: &str, sql: &str, all: &[Value], strict: bool) {
+    // The configuration's own view is in IOT_STREAM already.
+    let text = match IOT_STREAM.contains(&format!("name = \"{view}\"")) {
+        true => IOT_STREAM.to_string(),
+        false => format!("{IOT_STREAM}\n[[views]]\nname = \"{view}\"\nsql = \"{sql}\"\n"),
+    };
+    let p = pipeline(&text).await;
+    let v = p.view(view).unwrap();
+    let want = reference(&p, &v, all).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, answer) = t.get(&format!("/api/v1/views/{view}")).await;
+        let verdict = match status {
+            200 => same_rows(view, &api_rows(&v, &answer), &want),
+            503 => Err(format!("not answering yet: {answer}")),
+            other => panic!("{view}: {other} {answer}"),
+        };
+        match verdict {
+            Ok(()) => return,
+            Err(e) if strict && status == 200 => panic!("an answer before it was exact: {e}"),
+            Err(e) if Instant::now() > deadline => panic!("{e}\n{}", t.logs()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn post_events(t: &Tributary, batch: &[Value]) {
+    let (status, body) = t.post("readings", &json!(batch)).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn a_view_created_at_runtime_is_exact_at_once_and_follows_its_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Tributary::start(dir.path(), "").await;
+    let mut all = events(0, 600);
+    post_events(&t, &all).await;
+    t.run_batch().await;
+    // Some history is in the batch layer, some only in the speed layer.
+    let more = events(600, 300);
+    post_events(&t, &more).await;
+    all.extend(more);
+
+    let (status, created) = t
+        .post_json("/api/v1/views", &json!({"name": "counts", "sql": COUNTS}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["state"], "backfilling", "{created}");
+    assert_exact_at_once(&t, "counts", COUNTS, &all).await;
+    let (_, s) = t.get("/api/v1/views/counts/status").await;
+    assert_eq!(s["state"], "running", "{s}");
+    // Live afterwards: new events reach it through the speed layer.
+    let more = events(900, 200);
+    post_events(&t, &more).await;
+    all.extend(more);
+    assert_exact(&t, "counts", COUNTS, &all).await;
+    // The file's view never stopped answering.
+    let (status, _) = t.get("/api/v1/views/signal_by_type").await;
+    assert_eq!(status, 200);
+
+    // Refusals name the problem.
+    let (status, e) = t
+        .post_json("/api/v1/views", &json!({"name": "counts", "sql": COUNTS}))
+        .await;
+    assert_eq!(status, 409, "{e}");
+    let bad = "SELECT colour, date_bin(INTERVAL '1 hour', ts) AS w, count(*) FROM readings GROUP BY colour, w";
+    let (status, e) = t
+        .post_json("/api/v1/views", &json!({"name": "bad", "sql": bad}))
+        .await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("colour"), "{e}");
+    let (status, e) = t
+        .post_json("/api/v1/views", &json!({"name": "no way", "sql": COUNTS}))
+        .await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("name"), "{e}");
+
+    // Paused: no answer; events meanwhile still count once resumed.
+    let (status, p) = t.post_path("/api/v1/views/counts/pause").await;
+    assert_eq!((status, p["state"].as_str()), (200, Some("paused")), "{p}");
+    let (status, e) = t.get("/api/v1/views/counts").await;
+    assert_eq!(status, 409, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("paused"), "{e}");
+    let more = events(1100, 150);
+    post_events(&t, &more).await;
+    all.extend(more);
+    let (status, r) = t.post_path("/api/v1/views/counts/resume").await;
+    assert_eq!(status, 200, "{r}");
+    assert_exact_at_once(&t, "counts", COUNTS, &all).await;
+
+    // Replaced: the new SQL, recomputed over all history.
+    let replaced = t
+        .client
+        .put(format!("{}/api/v1/views/counts", t.base))
+        .json(&json!({"sql": LOUD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replaced.status(), 200);
+    assert_exact_at_once(&t, "counts", LOUD, &all).await;
+
+    // The command line speaks the same API.
+    let out = t.command(&["views", "--url", &t.base, "status", "counts"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("\"running\""),
+        "{text}"
+    );
+    let out = t.command(&[
+        "views", "--url", &t.base, "create", "counts", "--sql", COUNTS,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("exists"), "{err}");
+
+    // Definitions survive a restart (the catalog), and stay exact.
+    t.kill9();
+    t.restart().await;
+    assert_exact(&t, "counts", LOUD, &all).await;
+
+    // Dropped: gone, with its batch table.
+    let dropped = t
+        .client
+        .delete(format!("{}/api/v1/views/counts", t.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dropped.status(), 204);
+    let (status, _) = t.get("/api/v1/views/counts").await;
+    assert_eq!(status, 404);
+    assert!(!dir.path().join("data/views/counts").exists());
+    t.kill9();
+    t.restart().await;
+    let (status, _) = t.get("/api/v1/views/counts").await;
+    assert_eq!(status, 404, "a dropped view came back after a restart");
+}
+
+const CLICKS: &str = "[[streams]]\nname = \"clicks\"\nevent-time = \"ts\"\nfields = [{ name = \"user\", type = \"string\" }, { name = \"ts\", type = \"timestamp\" }]\n";
+
+#[tokio::test]
+async fn a_cataloged_view_that_no_longer_compiles_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Tributary::start(dir.path(), CLICKS).await;
+    let sql = "SELECT user, date_bin(INTERVAL '1 hour', ts) AS w, count(*) AS n FROM clicks GROUP BY user, w";
+    let (status, created) = t
+        .post_json("/api/v1/views", &json!({"name": "per_user", "sql": sql}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    t.wait_for("/api/v1/views/per_user/status", |s| s["state"] == "running")
+        .await;
+    t.terminate();
+    // The stream it reads is gone from the file; the file's own view does not read it.
+    let config = t.config.clone().unwrap();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(CLICKS, "");
+    std::fs::write(&config, text).unwrap();
+    t.restart().await;
+    let (_, s) = t.get("/api/v1/views/per_user/status").await;
+    assert_eq!(s["state"], "failed", "{s}");
+    assert!(s["error"].as_str().unwrap().contains("clicks"), "{s}");
+    let (status, e) = t.get("/api/v1/views/per_user").await;
+    assert_eq!(status, 409, "{e}");
+    let (_, list) = t.get("/api/v1/views").await;
+    assert_eq!(list["inactive"][0]["name"], "per_user", "{list}");
+    post_events(&t, &events(0, 100)).await;
+    assert_exact(&t, "signal_by_type", "", &events(0, 100)).await;
+}
