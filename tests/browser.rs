@@ -111,7 +111,12 @@ async fn every_page_shows_what_the_api_says_and_updates_live() {
     let (status, body) = t.post("readings", &json!(events)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["rejected"], 1, "{body}");
-    node("dashboard.mjs", &[&t.base, &screenshots("open")], &[], &t);
+    node(
+        "dashboard.mjs",
+        &[&t.base, &screenshots("open")],
+        &[("SINK", "archive")],
+        &t,
+    );
 }
 
 #[tokio::test]

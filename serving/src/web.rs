@@ -46,6 +46,7 @@ pub fn router(app: AppState, site_dir: PathBuf, auth: Auth) -> Router {
     }
     Router::new()
         .route("/", get(overview))
+        .route("/views/new", get(new_view_page))
         .route("/views/{view}", get(view_page))
         .route("/batch", get(batch_page))
         .route("/sql", get(sql_page))
@@ -165,6 +166,10 @@ async fn batch_page(State(s): State<WebState>, req: Request) -> Response {
         .filter_map(|r| serde_json::to_value(r).ok())
         .collect();
     s.page(&req, StatusCode::OK, Page::Batch { runs })
+}
+
+async fn new_view_page(State(s): State<WebState>, req: Request) -> Response {
+    s.page(&req, StatusCode::OK, Page::NewView {})
 }
 
 async fn sql_page(State(s): State<WebState>, req: Request) -> Response {

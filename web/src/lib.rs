@@ -63,6 +63,8 @@ pub enum Page {
         /// The run history, newest first.
         runs: Vec<Value>,
     },
+    /// The view editor.
+    NewView {},
     /// The read-only SQL console.
     Sql {
         /// The tables a query may name.
@@ -93,7 +95,7 @@ impl Page {
     fn nav_key(&self) -> &'static str {
         match self {
             Page::Overview { .. } => "overview",
-            Page::View { .. } => "views",
+            Page::View { .. } | Page::NewView {} => "views",
             Page::Batch { .. } => "batch",
             Page::Sql { .. } => "sql",
             Page::Streams { .. } => "streams",
@@ -200,6 +202,9 @@ pub fn App(
         }
         Page::Batch { runs } => view! { <pages::batch::BatchPage runs/> }.into_any(),
         Page::Sql { tables } => view! { <pages::sql::SqlPage tables/> }.into_any(),
+        Page::NewView {} => {
+            view! { <pages::new_view::NewViewPage streams=boot.streams.clone()/> }.into_any()
+        }
         Page::Streams {
             stream,
             recent,

@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod login;
+pub mod new_view;
 pub mod overview;
 pub mod sql;
 pub mod streams;

@@ -9,7 +9,7 @@ use crate::client;
 use crate::format::text;
 
 /// Line and column of a parser error ("… at Line: 1, Column: 8"), both from 1.
-fn error_position(message: &str) -> Option<(usize, usize)> {
+pub(crate) fn error_position(message: &str) -> Option<(usize, usize)> {
     let rest = &message[message.find("Line: ")? + 6..];
     let line: usize = rest
         .split(|c: char| !c.is_ascii_digit())

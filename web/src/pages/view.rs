@@ -128,7 +128,7 @@ pub fn ViewPage(info: ViewInfo, answer: Option<Value>, views: Vec<ViewInfo>) -> 
     let others = view_links(views, &info.name);
     view! {
         <section class="page view">
-            <div class="view-list">{others}</div>
+            <div class="view-list">{others}<a id="new-view" class="chip" href="/views/new">"+ new view"</a></div>
             <h2>{info.name.clone()}<span class="muted">{format!(" on {} · window {}", info.stream, info.window)}</span></h2>
             <p class="meta">{meta}" · "<span id="row-count">{move || rows.get().len()}</span>" windows"</p>
             <div class="controls">
