@@ -97,6 +97,8 @@ pub async fn status_value(state: &AppState) -> Result<Value, ServingError> {
             "state": stats.map(|s| s.state),
             "quarantined": stats.map(|s| s.quarantined),
             "last_error": stats.and_then(|s| s.last_error.clone()),
+            // Its lifecycle (views made at runtime): backfilling with progress, or running.
+            "lifecycle": state.views.state(&v.name),
         }));
     }
     let history = state.batch.history();
@@ -114,6 +116,13 @@ pub async fn status_value(state: &AppState) -> Result<Value, ServingError> {
         "batch": { "running": running, "last_run": last },
         "log": { "retention": state.batch.retention() },
         "sinks": state.sinks.iter().map(|s| s.report()).collect::<Vec<_>>(),
+        // Cataloged views no layer computes now (paused, failed), with why.
+        "inactive_views": state
+            .views
+            .states()
+            .into_iter()
+            .filter(|s| state.merger.pipeline().view(&s.name).is_none())
+            .collect::<Vec<_>>(),
         "process": { "rss_bytes": crate::process::resident_bytes() },
         // Live (SSE) clients of views and status, and the shared view feeds serving them.
         "live": {

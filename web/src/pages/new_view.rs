@@ -1,5 +1,5 @@
-//! The view editor: a new view's name, SQL and lateness; the API's refusal under the
-//! position it points at; then the view's state and backfill progress until it answers.
+//! The view editor: a new view's name, SQL and lateness; the API's refusal with a caret
+//! under the position it points at; then the view's state and backfill progress until it answers.
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::client;
 use crate::format::text;
-use crate::pages::sql::error_position;
+use crate::pages::sql::error_box;
 
 /// How often a backfilling view's state is asked for.
 const POLL: Duration = Duration::from_millis(500);
@@ -60,19 +60,9 @@ pub fn NewViewPage(streams: Vec<String>) -> impl IntoView {
         });
     };
     let error_view = move || {
-        error.get().map(|e| {
-            let pointer = error_position(&e).and_then(|(line, col)| {
-                let text = sql.get_untracked();
-                let src = text.lines().nth(line.checked_sub(1)?)?.to_string();
-                Some(format!("{src}\n{}^", " ".repeat(col.saturating_sub(1))))
-            });
-            view! {
-                <div id="view-error" class="error-box">
-                    <pre class="error">{e}</pre>
-                    {pointer.map(|p| view! { <pre class="pointer">{p}</pre> })}
-                </div>
-            }
-        })
+        error
+            .get()
+            .map(|e| error_box("view-error", e, &sql.get_untracked()))
     };
     let state_view = move || {
         state.get().map(|s| {

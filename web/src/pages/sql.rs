@@ -9,7 +9,7 @@ use crate::client;
 use crate::format::text;
 
 /// Line and column of a parser error ("… at Line: 1, Column: 8"), both from 1.
-pub(crate) fn error_position(message: &str) -> Option<(usize, usize)> {
+fn error_position(message: &str) -> Option<(usize, usize)> {
     let rest = &message[message.find("Line: ")? + 6..];
     let line: usize = rest
         .split(|c: char| !c.is_ascii_digit())
@@ -23,6 +23,22 @@ pub(crate) fn error_position(message: &str) -> Option<(usize, usize)> {
         .parse()
         .ok()?;
     Some((line, col))
+}
+
+/// An error answer about `sql`, with the offending line and a caret under the position
+/// the parser reports, when it reports one. Ids: `{id}` and `{id}-pointer`.
+pub(crate) fn error_box(id: &'static str, e: String, sql: &str) -> impl IntoView + use<> {
+    let pointer = error_position(&e).and_then(|(line, col)| {
+        let src = sql.lines().nth(line.checked_sub(1)?)?.to_string();
+        Some(format!("{src}\n{}^", " ".repeat(col.saturating_sub(1))))
+    });
+    let pointer_id = format!("{id}-pointer");
+    view! {
+        <div id=id class="error-box">
+            <pre class="error">{e}</pre>
+            {pointer.map(|p| view! { <pre id=pointer_id class="pointer">{p}</pre> })}
+        </div>
+    }
 }
 
 /// The first numeric column and the column labelling it (the first other one).
@@ -72,20 +88,9 @@ pub fn SqlPage(tables: Vec<String>) -> impl IntoView {
     };
 
     let error_view = move || {
-        error.get().map(|e| {
-            // Point at the offending spot under the line it is on.
-            let pointer = error_position(&e).and_then(|(line, col)| {
-                let text = sql.get_untracked();
-                let src = text.lines().nth(line.checked_sub(1)?)?.to_string();
-                Some(format!("{src}\n{}^", " ".repeat(col.saturating_sub(1))))
-            });
-            view! {
-                <div id="sql-error" class="error-box">
-                    <pre class="error">{e}</pre>
-                    {pointer.map(|p| view! { <pre id="sql-error-pointer" class="pointer">{p}</pre> })}
-                </div>
-            }
-        })
+        error
+            .get()
+            .map(|e| error_box("sql-error", e, &sql.get_untracked()))
     };
 
     let result_view = move || {
