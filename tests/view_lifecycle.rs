@@ -211,3 +211,28 @@ async fn a_cataloged_view_that_no_longer_compiles_fails_alone() {
     post_events(&t, &events(0, 100)).await;
     assert_exact(&t, "signal_by_type", "", &events(0, 100)).await;
 }
+
+/// The same on the Kafka log (tansu): the speed layer's start for a new view comes from
+/// Kafka's derived ingest times, the backfill's wait from the archiver's positions there.
+#[tokio::test]
+async fn on_kafka_a_view_created_at_runtime_is_exact_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("lifecycle{}.", common::free_port());
+    let config = Tributary::configure_kafka(dir.path(), &prefix);
+    let t = Tributary::start_config(dir.path(), config).await;
+    let mut all = events(0, 400);
+    post_events(&t, &all).await;
+    t.run_batch().await;
+    let more = events(400, 200);
+    post_events(&t, &more).await;
+    all.extend(more);
+    let (status, created) = t
+        .post_json("/api/v1/views", &json!({"name": "counts", "sql": COUNTS}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_exact_at_once(&t, "counts", COUNTS, &all).await;
+    let more = events(600, 100);
+    post_events(&t, &more).await;
+    all.extend(more);
+    assert_exact(&t, "counts", COUNTS, &all).await;
+}
