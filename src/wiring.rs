@@ -363,6 +363,13 @@ fn start_batch(p: &mut Process) {
         p.shutdown.clone(),
     );
     p.spawn_role(Role::Batch, archiver);
+    // Append-mode views follow the archiver's commits.
+    let every = Duration::from_millis(p.config.batch.archive_flush_ms.clamp(100, 1_000));
+    for view in p.pipeline.append_views.clone() {
+        let name = format!("append-view:{}", view.name);
+        let run = tributary_batch::append::run(p.batch(), view, every, p.shutdown.clone());
+        p.tasks.spawn(name, run);
+    }
     if p.config.log.kind == LogKind::Embedded {
         let retention = tributary_batch::retention::run(
             p.batch(),

@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod append;
 pub mod archiver;
 pub mod backfill;
 pub mod ballista;

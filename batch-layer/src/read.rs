@@ -54,7 +54,9 @@ pub(crate) async fn partial_over_master(
     let Some(master) = open_master(storage, &view.stream).await? else {
         return Ok((Vec::new(), 0, None));
     };
-    let Some(df) = master_rows(&master, stream, view, from, cutoff, engine).await? else {
+    let columns = view_columns(view);
+    let Some(df) = master_rows(&master, stream, &view.name, columns, from, cutoff, engine).await?
+    else {
         return Ok((Vec::new(), 0, None));
     };
     let Engine::Ballista(cluster) = engine else {
@@ -63,7 +65,17 @@ pub(crate) async fn partial_over_master(
     match cluster.partial_states(view, stream, df).await {
         Err(e) if cluster.falls_back(&e) => {
             cluster.note_fallback(&e);
-            let local = master_rows(&master, stream, view, from, cutoff, &Engine::Local).await?;
+            let columns = view_columns(view);
+            let local = master_rows(
+                &master,
+                stream,
+                &view.name,
+                columns,
+                from,
+                cutoff,
+                &Engine::Local,
+            )
+            .await?;
             match local {
                 Some(df) => partial_states(view, stream, df).await,
                 None => Ok((Vec::new(), 0, None)),
@@ -108,28 +120,42 @@ fn all_files(master: &DeltaTable) -> deltalake::DeltaResult<Vec<String>> {
         .collect())
 }
 
-/// The rows a run over `[from, cutoff)` reads, as the view's input columns (plus
-/// `_src`); `None` when no file holds any.
-async fn master_rows(
+/// A view's input columns (plus `_src`), cast to exactly the speed layer's input
+/// types: Parquet hands strings back as views, and some sketches (approx_distinct) hash
+/// views and strings apart.
+fn view_columns(view: &CompiledView) -> Vec<Expr> {
+    view.input_schema
+        .fields()
+        .iter()
+        .filter(|f| f.name() != SOURCE_COLUMN)
+        .map(|f| cast(col(f.name().as_str()), f.data_type().clone()).alias(f.name()))
+        .chain(std::iter::once(lit(SOURCE_BATCH).alias(SOURCE_COLUMN)))
+        .collect()
+}
+
+/// A stream's events as its view schema gives them (declared fields, `_ingest_ts`).
+pub(crate) fn stream_columns(stream: &StreamSchema) -> Vec<Expr> {
+    stream
+        .view_schema()
+        .fields()
+        .iter()
+        .map(|f| cast(col(f.name().as_str()), f.data_type().clone()).alias(f.name()))
+        .collect()
+}
+
+/// The rows of `[from, cutoff)` under the stream's dedup rule, as `columns`, read for
+/// `who` (a view's name, in errors); `None` when no file holds any.
+pub(crate) async fn master_rows(
     master: &DeltaTable,
     stream: &StreamSchema,
-    view: &CompiledView,
+    who: &str,
+    columns: Vec<Expr>,
     from: Option<i64>,
     cutoff: i64,
     engine: &Engine,
 ) -> Result<Option<DataFrame>, BatchError> {
-    let verr = |e: datafusion::error::DataFusionError| BatchError::query(&view.name, e);
-    let what = || format!("master table of `{}`", view.stream);
-    let columns: Vec<_> = view
-        .input_schema
-        .fields()
-        .iter()
-        .filter(|f| f.name() != SOURCE_COLUMN)
-        // Exactly the speed layer's input types: Parquet hands strings back as
-        // views, and some sketches (approx_distinct) hash views and strings apart.
-        .map(|f| cast(col(f.name().as_str()), f.data_type().clone()).alias(f.name()))
-        .chain(std::iter::once(lit(SOURCE_BATCH).alias(SOURCE_COLUMN)))
-        .collect();
+    let verr = |e: datafusion::error::DataFusionError| BatchError::query(who, e);
+    let what = || format!("master table of `{}`", stream.name);
     let reader = reader_session();
     master
         .update_datafusion_session(&reader.state())

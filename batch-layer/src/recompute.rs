@@ -568,6 +568,16 @@ impl Batch {
         }))
     }
 
+    /// The storage the runs read and write.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The pipeline whose views the runs compute.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
     /// The largest T (aligned to segment width) such that every event of `stream`
     /// with `_ingest_ts < T` is in the master table.
     pub async fn stream_cutoff(&self, stream: &StreamSchema) -> Result<i64, BatchError> {

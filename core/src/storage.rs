@@ -135,6 +135,11 @@ impl Storage {
         self.table_url(&["dead_letters", stream])
     }
 
+    /// The Delta table of an append-mode view's rows.
+    pub fn append_view_table(&self, view: &str) -> Url {
+        self.table_url(&["append", view])
+    }
+
     /// The Delta table of view definitions (see `catalog.rs`).
     pub fn catalog_table(&self) -> Url {
         self.table_url(&["_catalog", "views"])

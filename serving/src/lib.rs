@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod append_views;
 pub mod auth;
 mod connections;
 pub mod dead_letters;

@@ -74,7 +74,7 @@ impl ViewParams {
     }
 }
 
-fn count(name: &str, value: &str) -> Result<u64, ServingError> {
+pub(crate) fn count(name: &str, value: &str) -> Result<u64, ServingError> {
     value.parse().map_err(|_| {
         ServingError::bad(
             name,
@@ -94,7 +94,7 @@ fn boolean(name: &str, value: &str) -> Result<bool, ServingError> {
     }
 }
 
-fn time(name: &str, value: &str) -> Result<i64, ServingError> {
+pub(crate) fn time(name: &str, value: &str) -> Result<i64, ServingError> {
     parse_rfc3339(value).ok_or_else(|| {
         ServingError::bad(
             name,

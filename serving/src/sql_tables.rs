@@ -76,6 +76,9 @@ impl Tables {
             return Some(Kind::View);
         }
         let storage = self.merger.storage();
+        if pipeline.append_views.iter().any(|v| v.name == name) {
+            return Some(Kind::Stored(storage.append_view_table(name)));
+        }
         pipeline.streams.iter().find_map(|s| {
             if name.strip_prefix("master_") == Some(s.name.as_str()) {
                 Some(Kind::Stored(storage.master_table(&s.name)))
@@ -89,7 +92,11 @@ impl Tables {
 
     fn all_names(&self) -> Vec<String> {
         let pipeline = self.merger.pipeline();
-        let views = pipeline.views.iter().map(|v| v.name.clone());
+        let views = pipeline
+            .views
+            .iter()
+            .map(|v| v.name.clone())
+            .chain(pipeline.append_views.iter().map(|v| v.name.clone()));
         let stored = pipeline.streams.iter().flat_map(|s| {
             [
                 format!("master_{}", s.name),

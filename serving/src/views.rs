@@ -71,7 +71,24 @@ pub async fn list_views(State(state): State<AppState>) -> Json<Value> {
         .into_iter()
         .filter(|s| state.merger.pipeline().view(&s.name).is_none())
         .collect();
-    Json(json!({ "views": views, "inactive": inactive }))
+    // Append-mode views: their columns and the stream's event time, if kept.
+    let append: Vec<Value> = state
+        .merger
+        .pipeline()
+        .append_views
+        .iter()
+        .map(|v| {
+            let schema: Vec<Value> = v
+                .schema
+                .fields()
+                .iter()
+                .map(|f| json!({"name": f.name(), "type": f.data_type().to_string()}))
+                .collect();
+            json!({"name": v.name, "stream": v.stream, "sql": v.sql, "mode": "append",
+                   "event_time": v.event_time, "schema": schema})
+        })
+        .collect();
+    Json(json!({ "views": views, "inactive": inactive, "append": append }))
 }
 
 #[utoipa::path(get, path = "/api/v1/views/{view}", tag = "views",
@@ -85,6 +102,17 @@ pub async fn get_view(
     Path(view): Path<String>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<ViewAnswer>, ServingError> {
+    let append = state
+        .merger
+        .pipeline()
+        .append_views
+        .iter()
+        .find(|v| v.name == view)
+        .cloned();
+    if let Some(v) = append {
+        let answer = crate::append_views::answer(state.merger.storage(), &v, &params).await?;
+        return Ok(Json(answer));
+    }
     let q = parse_view_query(&state.merger, &view, &params)?;
     Ok(Json(state.merger.query(&view, &q).await?))
 }

@@ -82,6 +82,10 @@ pub struct Config {
     /// Static dimension tables views may join with.
     #[serde(default)]
     pub tables: Vec<TableConfig>,
+    /// `[[append-views]]`: selections and projections over one stream, no aggregate,
+    /// written into their own Delta table exactly once.
+    #[serde(default)]
+    pub append_views: Vec<AppendViewConfig>,
     /// `[[sinks]]`: views' rows delivered to webhooks, Kafka topics, Delta tables.
     #[serde(default)]
     pub sinks: Vec<SinkConfig>,
@@ -240,6 +244,16 @@ pub struct ViewConfig {
     /// `batch.schedule` for every view.
     #[serde(default)]
     pub schedule: Option<String>,
+}
+
+/// An append-mode view: rows of one stream, selected and projected, kept for good.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AppendViewConfig {
+    /// The view's name (its API path, SQL table name and Delta table).
+    pub name: String,
+    /// `SELECT … FROM <stream> [JOIN <table> …] [WHERE …]`, no aggregate.
+    pub sql: String,
 }
 
 /// Load the configuration from `path` (or the embedded default when `path` is `None`),

@@ -20,6 +20,8 @@ pub struct Pipeline {
     pub views: ViewSet,
     /// Every dimension table views may join with.
     pub tables: Vec<Arc<DimensionTable>>,
+    /// Every append-mode view.
+    pub append_views: Vec<Arc<crate::view::append::AppendView>>,
 }
 
 impl Pipeline {
@@ -51,6 +53,9 @@ impl Pipeline {
             .await
             .map_err(|(k, m)| fail(k, m))?;
         sinks(config, &views).map_err(|(k, m)| fail(k, m))?;
+        let append_views = append_views(config, &streams, &tables, &views)
+            .await
+            .map_err(|(k, m)| fail(k, m))?;
         if config.generator.enabled && !streams.iter().any(|s| s.name == config.generator.stream) {
             return Err(fail(
                 "generator.stream".into(),
@@ -61,6 +66,7 @@ impl Pipeline {
             streams,
             views: ViewSet::new(views),
             tables,
+            append_views,
         })
     }
 
@@ -261,6 +267,42 @@ fn sinks(config: &Config, views: &[Arc<CompiledView>]) -> std::result::Result<()
         chained(config, &key, s)?;
     }
     Ok(())
+}
+
+async fn append_views(
+    config: &Config,
+    streams: &[StreamSchema],
+    tables: &[Arc<DimensionTable>],
+    views: &[Arc<CompiledView>],
+) -> std::result::Result<Vec<Arc<crate::view::append::AppendView>>, Problem> {
+    let mut out: Vec<Arc<crate::view::append::AppendView>> = Vec::new();
+    for (i, v) in config.append_views.iter().enumerate() {
+        let key = format!("append-views[{i}]");
+        let taken = views.iter().any(|x| x.name == v.name) || out.iter().any(|x| x.name == v.name);
+        if !is_plain_name(&v.name) || taken {
+            return Err((
+                format!("{key}.name"),
+                format!(
+                    "`{}` is taken or not a valid view name (letters, digits and _ only)",
+                    v.name
+                ),
+            ));
+        }
+        let compiled = crate::view::append::AppendView::compile(v, streams, tables)
+            .await
+            .map_err(|e| {
+                let message = match e {
+                    CoreError::View { message, .. } => message,
+                    other => other.to_string(),
+                };
+                (
+                    format!("{key}.sql"),
+                    format!("view `{}`: {message}", v.name),
+                )
+            })?;
+        out.push(Arc::new(compiled));
+    }
+    Ok(out)
 }
 
 /// A Kafka sink producing into a stream's own topic feeds that stream: only a stream

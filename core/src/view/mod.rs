@@ -463,6 +463,7 @@ fn strip_df(e: &datafusion::error::DataFusionError) -> String {
         .to_string()
 }
 
+pub mod append;
 mod rewrite;
 mod shape;
 mod source;
