@@ -46,6 +46,19 @@ pub async fn check(path: Option<PathBuf>) -> anyhow::Result<()> {
             v.values.join(", ")
         );
     }
+    for v in &pipeline.append_views {
+        println!(
+            "append view {} over {}: columns [{}]",
+            v.name,
+            v.stream,
+            v.schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     for s in &config.sinks {
         let target = match s.kind {
             tributary_core::config::SinkKind::Webhook => s.url.clone().unwrap_or_default(),

@@ -97,6 +97,11 @@ async fn an_append_view_is_written_exactly_once_through_sigkills() {
         );
     }
 
+    api_reads(&t, &got, next).await;
+}
+
+/// The view API (filters, order, pages, live) and SQL read the table.
+async fn api_reads(t: &Tributary, got: &BTreeMap<String, i64>, next: usize) {
     // The view API: filters, order and pages over the table.
     let (status, pumps) = t
         .get("/api/v1/views/loud?device_type=pump&order=-signal&limit=5")
@@ -131,6 +136,27 @@ async fn an_append_view_is_written_exactly_once_through_sigkills() {
     let (status, e) = t.get("/api/v1/views/loud?colour=red").await;
     assert_eq!(status, 400, "{e}");
     assert!(e["error"].as_str().unwrap().contains("colour"), "{e}");
+    // Live: the answer, then again once new rows are committed.
+    let mut live = t
+        .client
+        .get(format!("{}/api/v1/views/loud/live?limit=1", t.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    let first = next_view_event(&mut live).await;
+    let (status, _) = t.post("readings", &batch(next, 60)).await;
+    assert_eq!(status, 200);
+    // (A pass may move the cutoff alone first: that is a change too.)
+    let mut second = next_view_event(&mut live).await;
+    while second["total_rows"] == first["total_rows"] {
+        second = next_view_event(&mut live).await;
+    }
+    assert_eq!(
+        second["total_rows"].as_u64().unwrap(),
+        first["total_rows"].as_u64().unwrap() + 29,
+        "{second}"
+    );
     // And SQL.
     let (status, sql) = t
         .post_json(
@@ -139,7 +165,11 @@ async fn an_append_view_is_written_exactly_once_through_sigkills() {
         )
         .await;
     assert_eq!(status, 200, "{sql}");
-    assert_eq!(sql["rows"][0]["n"].as_u64().unwrap() as usize, got.len());
+    // (The live check above added 29 loud events.)
+    assert_eq!(
+        sql["rows"][0]["n"].as_u64().unwrap() as usize,
+        got.len() + 29
+    );
 }
 
 #[tokio::test]
@@ -169,5 +199,24 @@ async fn append_views_that_are_not_refuse_start_up_with_why() {
             err.contains("append-views[0].sql") && err.contains(why),
             "{sql}: {err}"
         );
+    }
+}
+
+/// The next `view` event of a server-sent event stream, parsed.
+async fn next_view_event(live: &mut reqwest::Response) -> Value {
+    let mut text = String::new();
+    loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), live.chunk())
+            .await
+            .expect("no live event within 30 s")
+            .unwrap()
+            .expect("the live stream ended");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        if let Some(start) = text.find("event: view\ndata: ")
+            && let Some(end) = text[start..].find("\n\n")
+        {
+            let data = &text[start + "event: view\ndata: ".len()..start + end];
+            return serde_json::from_str(data).unwrap();
+        }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 
 use crate::error::ServingError;
@@ -29,7 +29,17 @@ pub async fn live_view(
     State(state): State<AppState>,
     Path(view): Path<String>,
     Query(params): Query<Vec<(String, String)>>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ServingError> {
+) -> Result<Sse<axum::response::sse::KeepAliveStream<LiveStream>>, ServingError> {
+    let append = state
+        .merger
+        .pipeline()
+        .append_views
+        .iter()
+        .find(|v| v.name == view)
+        .cloned();
+    if let Some(v) = append {
+        return live_append(&state, v, params).await;
+    }
     let q = parse_view_query(&state.merger, &view, &params)?;
     if q.as_of.is_some() {
         // A past state never changes: there is nothing to push.
@@ -71,7 +81,53 @@ pub async fn live_view(
             }
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(stream.boxed()).keep_alive(KeepAlive::default()))
+}
+
+/// The events a live view stream sends.
+pub type LiveStream = futures::stream::BoxStream<'static, Result<Event, Infallible>>;
+
+/// An append view's answer as server-sent events: asked again every
+/// `http.live-interval-ms` (its table changes when a pass commits), sent when it
+/// changed.
+async fn live_append(
+    state: &AppState,
+    view: Arc<tributary_core::view::append::AppendView>,
+    params: Vec<(String, String)>,
+) -> Result<Sse<axum::response::sse::KeepAliveStream<LiveStream>>, ServingError> {
+    let storage = state.merger.storage().clone();
+    // A refused parameter answers 400 before the stream starts.
+    crate::append_views::answer(&storage, &view, &params).await?;
+    let permit = live_permit(state)?;
+    let interval = Duration::from_millis(state.live_interval_ms.max(1));
+    let shutdown = state.shutdown.clone();
+    let stream = async_stream(&state.requests, move |tx| async move {
+        let _permit = permit;
+        let mut last: Option<String> = None;
+        loop {
+            let event = match crate::append_views::answer(&storage, &view, &params).await {
+                Ok(answer) => {
+                    let data = serde_json::to_string(&answer).unwrap_or_default();
+                    (last.as_ref() != Some(&data)).then(|| {
+                        last = Some(data.clone());
+                        Event::default().event("view").data(data)
+                    })
+                }
+                Err(e) => Some(Event::default().event("error").data(e.to_string())),
+            };
+            if let Some(event) = event
+                && tx.send(event).await.is_err()
+            {
+                return;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    });
+    Ok(Sse::new(stream.boxed()).keep_alive(KeepAlive::default()))
 }
 
 /// `GET /api/v1/status/live`: the status document as server-sent events, at most every
