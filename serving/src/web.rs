@@ -4,6 +4,7 @@
 //! need the `read` scope; a browser without one is sent to `/login`, whose form keeps a
 //! valid token in a session cookie (`SameSite=Strict`, `HttpOnly`).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -168,8 +169,23 @@ async fn batch_page(State(s): State<WebState>, req: Request) -> Response {
     s.page(&req, StatusCode::OK, Page::Batch { runs })
 }
 
-async fn new_view_page(State(s): State<WebState>, req: Request) -> Response {
-    s.page(&req, StatusCode::OK, Page::NewView {})
+async fn new_view_page(
+    State(s): State<WebState>,
+    Query(params): Query<HashMap<String, String>>,
+    req: Request,
+) -> Response {
+    let views = &s.app.views;
+    let replace = params
+        .get("replace")
+        .and_then(|name| views.state(name))
+        .and_then(|v| serde_json::to_value(v).ok());
+    let inactive = views
+        .states()
+        .into_iter()
+        .filter(|v| s.app.merger.pipeline().view(&v.name).is_none())
+        .filter_map(|v| serde_json::to_value(v).ok())
+        .collect();
+    s.page(&req, StatusCode::OK, Page::NewView { replace, inactive })
 }
 
 async fn sql_page(State(s): State<WebState>, req: Request) -> Response {

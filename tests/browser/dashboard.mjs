@@ -217,6 +217,29 @@ try {
   if (created.state !== 'running') await fail(`the API says ${created.state}`);
   await shoot('new-view');
 
+  // Its lifecycle from the dashboard: pause on the view page, resume in the editor,
+  // replace through the editor, drop on the view page.
+  const state = async () => (await fetch(`${base}/api/v1/views/per_device/status`, { headers: auth })).json();
+  await open('/views/per_device', { live: false });
+  await page.click('#view-pause');
+  await eventually('the view paused', async () => (await state()).state === 'paused' || await state());
+  await open('/views/new', { live: false });
+  await page.click('#resume-per_device');
+  await page.waitForSelector('#view-open', { timeout: 60000 }).catch(() => fail('the resumed view never ran'));
+  await open('/views/new?replace=per_device', { live: false });
+  if (await page.inputValue('#view-name') !== 'per_device') await fail('the editor did not load the view');
+  if (!(await page.inputValue('#view-sql')).includes('count(*)')) await fail('the editor did not load its SQL');
+  await page.fill('#view-sql', "SELECT device, date_bin(INTERVAL '1 hour', ts) AS window_start,\n       max(signal) AS peak\nFROM readings GROUP BY device, window_start");
+  await page.click('#view-create');
+  await page.waitForSelector('#view-open', { timeout: 60000 }).catch(() => fail('the replaced view never ran'));
+  if (!(await state()).sql.includes('max(signal)')) await fail('the replacement did not reach the API');
+  await open('/views/per_device', { live: false });
+  await page.click('#view-drop');
+  await page.waitForFunction(() => document.querySelector('#view-lifecycle')?.textContent === 'dropped', null, { timeout: 10000 })
+    .catch(() => fail('the drop was not confirmed'));
+  const gone = await fetch(`${base}/api/v1/views/per_device/status`, { headers: auth });
+  if (gone.status !== 404) await fail(`a dropped view answers ${gone.status}`);
+
   // Streams page: schema, recent events, dead letters and the replay action.
   await open('/streams/readings', { live: false });
   const fields = await page.$$eval('#schema tbody tr', (trs) => trs.length);

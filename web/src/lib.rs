@@ -63,8 +63,13 @@ pub enum Page {
         /// The run history, newest first.
         runs: Vec<Value>,
     },
-    /// The view editor.
-    NewView {},
+    /// The view editor: a new view, or (`replace`) a new definition of one.
+    NewView {
+        /// The view being replaced: its name, SQL and lateness.
+        replace: Option<Value>,
+        /// Views no layer computes (paused, failed), to resume or replace.
+        inactive: Vec<Value>,
+    },
     /// The read-only SQL console.
     Sql {
         /// The tables a query may name.
@@ -95,7 +100,7 @@ impl Page {
     fn nav_key(&self) -> &'static str {
         match self {
             Page::Overview { .. } => "overview",
-            Page::View { .. } | Page::NewView {} => "views",
+            Page::View { .. } | Page::NewView { .. } => "views",
             Page::Batch { .. } => "batch",
             Page::Sql { .. } => "sql",
             Page::Streams { .. } => "streams",
@@ -202,9 +207,10 @@ pub fn App(
         }
         Page::Batch { runs } => view! { <pages::batch::BatchPage runs/> }.into_any(),
         Page::Sql { tables } => view! { <pages::sql::SqlPage tables/> }.into_any(),
-        Page::NewView {} => {
-            view! { <pages::new_view::NewViewPage streams=boot.streams.clone()/> }.into_any()
+        Page::NewView { replace, inactive } => view! {
+            <pages::new_view::NewViewPage streams=boot.streams.clone() replace inactive/>
         }
+        .into_any(),
         Page::Streams {
             stream,
             recent,

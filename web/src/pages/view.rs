@@ -60,6 +60,28 @@ const RANGES: [(&str, i64); 5] = [
     ("7d", 604_800_000_000),
 ];
 
+/// Edit, pause and drop buttons; what the last one did.
+fn lifecycle_controls(name: String) -> impl IntoView {
+    let done: RwSignal<Option<String>> = RwSignal::new(None);
+    let act = move |method: &'static str, url: String, what: &'static str| {
+        client::send(method, url, None, move |a| {
+            done.set(Some(match a {
+                Ok(_) => what.to_string(),
+                Err(e) => e,
+            }))
+        });
+    };
+    let (pause, drop) = (name.clone(), name.clone());
+    view! {
+        <div class="controls lifecycle">
+            <a class="chip" id="view-edit" href=format!("/views/new?replace={name}")>"edit"</a>
+            <button id="view-pause" on:click=move |_| act("POST", format!("/api/v1/views/{pause}/pause"), "paused: resume it from the view editor")>"pause"</button>
+            <button id="view-drop" on:click=move |_| act("DELETE", format!("/api/v1/views/{drop}"), "dropped")>"drop"</button>
+            <span id="view-lifecycle" class="muted">{move || done.get()}</span>
+        </div>
+    }
+}
+
 #[component]
 pub fn ViewPage(info: ViewInfo, answer: Option<Value>, views: Vec<ViewInfo>) -> impl IntoView {
     let conn = expect_context::<RwSignal<Conn>>();
@@ -129,6 +151,7 @@ pub fn ViewPage(info: ViewInfo, answer: Option<Value>, views: Vec<ViewInfo>) -> 
     view! {
         <section class="page view">
             <div class="view-list">{others}<a id="new-view" class="chip" href="/views/new">"+ new view"</a></div>
+            {lifecycle_controls(info.name.clone())}
             <h2>{info.name.clone()}<span class="muted">{format!(" on {} · window {}", info.stream, info.window)}</span></h2>
             <p class="meta">{meta}" · "<span id="row-count">{move || rows.get().len()}</span>" windows"</p>
             <div class="controls">
