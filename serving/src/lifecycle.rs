@@ -263,8 +263,10 @@ impl ViewManager {
         let record = self
             .record(&cfg, before.as_ref(), Lifecycle::Running)
             .await?;
-        self.retire(&def.name).await?;
+        // The catalog first: a failure after it leaves the change recorded, and a restart
+        // carries it out; the other way round a failure would lose it.
         self.catalog.append(std::slice::from_ref(&record)).await?;
+        self.retire(&def.name).await?;
         self.set(status(&record, "backfilling"));
         self.install(view);
         Ok(self.state(&def.name).expect("just set"))
@@ -325,13 +327,13 @@ impl ViewManager {
                 "view `{name}` is paused already"
             )));
         }
-        self.retire(name).await?;
         let mut next = r.clone();
         next.lifecycle = to;
         next.revision += 1;
         next.at = now_micros();
         next.origin = "api".into();
         self.catalog.append(std::slice::from_ref(&next)).await?;
+        self.retire(name).await?;
         if to == Lifecycle::Paused {
             self.set(status(&next, "paused"));
             self.merger.set_not_ready(
@@ -429,10 +431,12 @@ impl ViewManager {
                 view: view.name.clone(),
                 source,
             })?;
+        // The store of this instance: right after a replace the old one may still be
+        // listed, with a cutoff the new store starts above.
         let Some(from) = stats
             .views
             .iter()
-            .find(|v| v.view == view.name)
+            .find(|v| v.view == view.name && v.instance == view.instance)
             .map(|v| v.cutoff)
         else {
             let stage = "waiting for the speed layer to take the view".into();

@@ -114,6 +114,9 @@ pub struct ViewStats {
     /// The newest error the view met on a record.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// The compiled view's instance these states are of (see `CompiledView::instance`).
+    #[serde(default)]
+    pub instance: u64,
 }
 
 fn running() -> ViewState {
@@ -314,6 +317,7 @@ impl ViewStore {
                 ViewState::Running
             },
             last_error: inner.last_error.clone(),
+            instance: self.view.instance,
         }
     }
 }

@@ -43,6 +43,9 @@ pub struct CompiledView {
     pub name: String,
     /// The SQL as the user wrote it.
     pub sql: String,
+    /// Tells compilations apart within a process: a view replaced or resumed at runtime
+    /// is a new instance, and the speed layer's figures name the instance they are of.
+    pub instance: u64,
     /// The SQL every layer plans: the user's, plus the hidden `_src` aggregate.
     exec_sql: String,
     /// The stream it reads.
@@ -178,9 +181,11 @@ impl CompiledView {
             .find(|s| s.name == shape.stream)
             .expect("check_shape found the stream");
         let window_state = output_source(&physical, &shape.window);
+        static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(CompiledView {
             name: cfg.name.clone(),
             sql: cfg.sql.clone(),
+            instance: INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             exec_sql,
             stream: shape.stream,
             keys: shape.keys,
