@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{Tributary, delta_rows};
+use common::{Tributary, delta_rows, numbered_readings};
 use serde_json::{Value, json};
 
 const APPEND: &str = r#"
@@ -16,21 +16,9 @@ name = "loud"
 sql = "SELECT device, device_type, signal, ts, signal * 2 AS doubled FROM readings WHERE signal > 30"
 "#;
 
-const TYPES: [&str; 3] = ["pump", "fan", "valve"];
-
+/// Events `from..from + n`, each its own device, signal `i % 60`.
 fn batch(from: usize, n: usize) -> Value {
-    Value::Array(
-        (from..from + n)
-            .map(|i| {
-                json!({
-                    "device": format!("e{i:06}"),
-                    "device_type": TYPES[i % 3],
-                    "signal": (i % 60) as f64,
-                    "ts": format!("2026-01-01T{:02}:{:02}:00Z", (i / 60) % 24, i % 60),
-                })
-            })
-            .collect(),
-    )
+    numbered_readings(from, n, 60)
 }
 
 /// device → count, for the rows of `sql` over the Delta table at `path`.
@@ -115,7 +103,7 @@ async fn api_reads(t: &Tributary, got: &BTreeMap<String, i64>, next: usize) {
     assert!(signals.windows(2).all(|w| w[0] >= w[1]), "{signals:?}");
     let pump_total = got.keys().filter(|d| {
         let i: usize = d[1..].parse().unwrap();
-        TYPES[i % 3] == "pump"
+        common::DEVICE_TYPES[i % 3] == "pump"
     });
     assert_eq!(
         pumps["total_rows"].as_u64().unwrap() as usize,

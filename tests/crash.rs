@@ -6,24 +6,12 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{Tributary, master_counts, python, python_json, total_readings};
+use common::{Tributary, master_counts, numbered_readings, python, python_json, total_readings};
 use serde_json::{Value, json};
 
-const TYPES: [&str; 3] = ["pump", "fan", "valve"];
-
+/// Events `from..from + n`, each its own device, signal `i % 100`.
 fn batch(from: usize, n: usize) -> Value {
-    Value::Array(
-        (from..from + n)
-            .map(|i| {
-                json!({
-                    "device": format!("e{i:06}"),
-                    "device_type": TYPES[i % 3],
-                    "signal": (i % 100) as f64,
-                    "ts": format!("2026-01-01T{:02}:{:02}:00Z", (i / 60) % 24, i % 60),
-                })
-            })
-            .collect(),
-    )
+    numbered_readings(from, n, 100)
 }
 
 /// Post batches of 50 until `deadline` or `max` events; returns the ids acknowledged

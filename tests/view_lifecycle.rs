@@ -75,24 +75,30 @@ async fn post_events(t: &Tributary, batch: &[Value]) {
     assert_eq!(status, 200, "{body}");
 }
 
-#[tokio::test]
-async fn a_view_created_at_runtime_is_exact_at_once_and_follows_its_lifecycle() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut t = Tributary::start(dir.path(), "").await;
-    let mut all = events(0, 600);
-    post_events(&t, &all).await;
+/// `batched` events in the batch layer and `recent` more only in the speed layer, then
+/// view `counts` created over them: backfilling, then exact from its first answer.
+/// Returns every event posted.
+async fn create_over_history(t: &Tributary, batched: usize, recent: usize) -> Vec<Value> {
+    let mut all = events(0, batched);
+    post_events(t, &all).await;
     t.run_batch().await;
-    // Some history is in the batch layer, some only in the speed layer.
-    let more = events(600, 300);
-    post_events(&t, &more).await;
+    let more = events(batched, recent);
+    post_events(t, &more).await;
     all.extend(more);
-
     let (status, created) = t
         .post_json("/api/v1/views", &json!({"name": "counts", "sql": COUNTS}))
         .await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["state"], "backfilling", "{created}");
-    assert_exact_at_once(&t, "counts", COUNTS, &all).await;
+    assert_exact_at_once(t, "counts", COUNTS, &all).await;
+    all
+}
+
+#[tokio::test]
+async fn a_view_created_at_runtime_is_exact_at_once_and_follows_its_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Tributary::start(dir.path(), "").await;
+    let mut all = create_over_history(&t, 600, 300).await;
     let (_, s) = t.get("/api/v1/views/counts/status").await;
     assert_eq!(s["state"], "running", "{s}");
     // Live afterwards: new events reach it through the speed layer.
@@ -220,17 +226,7 @@ async fn on_kafka_a_view_created_at_runtime_is_exact_at_once() {
     let prefix = format!("lifecycle{}.", common::free_port());
     let config = Tributary::configure_kafka(dir.path(), &prefix);
     let t = Tributary::start_config(dir.path(), config).await;
-    let mut all = events(0, 400);
-    post_events(&t, &all).await;
-    t.run_batch().await;
-    let more = events(400, 200);
-    post_events(&t, &more).await;
-    all.extend(more);
-    let (status, created) = t
-        .post_json("/api/v1/views", &json!({"name": "counts", "sql": COUNTS}))
-        .await;
-    assert_eq!(status, 201, "{created}");
-    assert_exact_at_once(&t, "counts", COUNTS, &all).await;
+    let mut all = create_over_history(&t, 400, 200).await;
     let more = events(600, 100);
     post_events(&t, &more).await;
     all.extend(more);

@@ -187,6 +187,14 @@ impl ViewManager {
             .collect()
     }
 
+    /// Cataloged views no layer computes now (paused, failed).
+    pub fn inactive(&self) -> Vec<ViewStatus> {
+        let pipeline = self.merger.pipeline();
+        let mut states = self.states();
+        states.retain(|s| pipeline.view(&s.name).is_none());
+        states
+    }
+
     /// The state of view `name`.
     pub fn state(&self, name: &str) -> Option<ViewStatus> {
         self.states.lock().expect("states lock").get(name).cloned()
@@ -216,12 +224,7 @@ impl ViewManager {
         replace: bool,
     ) -> Result<ViewStatus, ServingError> {
         self.allowed()?;
-        let plain = !def.name.is_empty()
-            && def
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !plain {
+        if !tributary_core::pipeline::is_plain_name(&def.name) {
             return Err(ServingError::bad(
                 "name",
                 format!(

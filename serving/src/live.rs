@@ -30,14 +30,7 @@ pub async fn live_view(
     Path(view): Path<String>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Sse<axum::response::sse::KeepAliveStream<LiveStream>>, ServingError> {
-    let append = state
-        .merger
-        .pipeline()
-        .append_views
-        .iter()
-        .find(|v| v.name == view)
-        .cloned();
-    if let Some(v) = append {
+    if let Some(v) = state.merger.pipeline().append_view(&view) {
         return live_append(&state, v, params).await;
     }
     let q = parse_view_query(&state.merger, &view, &params)?;

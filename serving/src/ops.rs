@@ -117,12 +117,7 @@ pub async fn status_value(state: &AppState) -> Result<Value, ServingError> {
         "log": { "retention": state.batch.retention() },
         "sinks": state.sinks.iter().map(|s| s.report()).collect::<Vec<_>>(),
         // Cataloged views no layer computes now (paused, failed), with why.
-        "inactive_views": state
-            .views
-            .states()
-            .into_iter()
-            .filter(|s| state.merger.pipeline().view(&s.name).is_none())
-            .collect::<Vec<_>>(),
+        "inactive_views": state.views.inactive(),
         "process": { "rss_bytes": crate::process::resident_bytes() },
         // Live (SSE) clients of views and status, and the shared view feeds serving them.
         "live": {

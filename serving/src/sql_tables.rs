@@ -76,7 +76,7 @@ impl Tables {
             return Some(Kind::View);
         }
         let storage = self.merger.storage();
-        if pipeline.append_views.iter().any(|v| v.name == name) {
+        if pipeline.append_view(name).is_some() {
             return Some(Kind::Stored(storage.append_view_table(name)));
         }
         pipeline.streams.iter().find_map(|s| {

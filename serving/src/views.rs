@@ -65,12 +65,7 @@ pub async fn list_views(State(state): State<AppState>) -> Json<Value> {
         })
         .collect();
     // Views the catalog holds that no layer computes now (paused, failed).
-    let inactive: Vec<_> = state
-        .views
-        .states()
-        .into_iter()
-        .filter(|s| state.merger.pipeline().view(&s.name).is_none())
-        .collect();
+    let inactive = state.views.inactive();
     // Append-mode views: their columns and the stream's event time, if kept.
     let append: Vec<Value> = state
         .merger
@@ -102,14 +97,7 @@ pub async fn get_view(
     Path(view): Path<String>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<ViewAnswer>, ServingError> {
-    let append = state
-        .merger
-        .pipeline()
-        .append_views
-        .iter()
-        .find(|v| v.name == view)
-        .cloned();
-    if let Some(v) = append {
+    if let Some(v) = state.merger.pipeline().append_view(&view) {
         let answer = crate::append_views::answer(state.merger.storage(), &v, &params).await?;
         return Ok(Json(answer));
     }

@@ -180,9 +180,8 @@ async fn new_view_page(
         .and_then(|name| views.state(name))
         .and_then(|v| serde_json::to_value(v).ok());
     let inactive = views
-        .states()
+        .inactive()
         .into_iter()
-        .filter(|v| s.app.merger.pipeline().view(&v.name).is_none())
         .filter_map(|v| serde_json::to_value(v).ok())
         .collect();
     s.page(&req, StatusCode::OK, Page::NewView { replace, inactive })

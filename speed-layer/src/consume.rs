@@ -320,18 +320,17 @@ impl Consumer {
         buckets: std::collections::BTreeMap<i64, Vec<datafusion::arrow::record_batch::RecordBatch>>,
     ) {
         let view_columns: Vec<usize> = (0..s.view_schema().fields().len()).collect();
+        // The stores, not the pipeline: a view created since `sync_views` joins at the
+        // next micro-batch, with the cutoff chosen there.
+        let mut stores = self.layer.store.views();
+        stores.retain(|store| store.view.stream == s.name);
         for (bucket, batches) in buckets {
             let n: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
             let max_event_ts = batches
                 .iter()
                 .filter_map(|b| max_event_time(b, &s.event_time, s.max_event_lead_us))
                 .max();
-            // The stores, not the pipeline: a view created since `sync_views` joins at
-            // the next micro-batch, with the cutoff chosen there.
-            for store in self.layer.store.views() {
-                if store.view.stream != s.name {
-                    continue;
-                }
+            for store in &stores {
                 let view = store.view.clone();
                 if bucket < store.cutoff() {
                     store.add(bucket, vec![], n, None, 0);

@@ -34,6 +34,26 @@ GROUP BY device_type, window_start
 """
 "#;
 
+/// The device types of the IoT stream's test events.
+pub const DEVICE_TYPES: [&str; 3] = ["pump", "fan", "valve"];
+
+/// IoT events `from..from + n`: device `e<i>` (one per event, so each can be found
+/// again), type by `i % 3`, signal `i % signals`, a minute apart from midnight.
+pub fn numbered_readings(from: usize, n: usize, signals: usize) -> Value {
+    Value::Array(
+        (from..from + n)
+            .map(|i| {
+                serde_json::json!({
+                    "device": format!("e{i:06}"),
+                    "device_type": DEVICE_TYPES[i % 3],
+                    "signal": (i % signals) as f64,
+                    "ts": format!("2026-01-01T{:02}:{:02}:00Z", (i / 60) % 24, i % 60),
+                })
+            })
+            .collect(),
+    )
+}
+
 pub struct Tributary {
     pub dir: PathBuf,
     /// `None`: no configuration file, the embedded default.

@@ -87,6 +87,11 @@ impl Pipeline {
         self.views.get(name)
     }
 
+    /// The append-mode view called `name`.
+    pub fn append_view(&self, name: &str) -> Option<Arc<crate::view::append::AppendView>> {
+        self.append_views.iter().find(|v| v.name == name).cloned()
+    }
+
     /// Views that read `stream`, as they are now.
     pub fn views_of(&self, stream: &str) -> Vec<Arc<CompiledView>> {
         self.views.iter().filter(|v| v.stream == stream).collect()
@@ -179,7 +184,8 @@ impl IntoIterator for &ViewSet {
 /// A configuration problem: the key at fault and what is wrong.
 type Problem = (String, String);
 
-fn is_plain_name(name: &str) -> bool {
+/// Whether `name` is a valid view, sink or table name (letters, digits and `_`).
+pub fn is_plain_name(name: &str) -> bool {
     !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
