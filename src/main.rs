@@ -16,6 +16,7 @@ mod bench_serve;
 mod bench_soak;
 mod cluster;
 mod commands;
+mod exposure;
 mod probe;
 mod views_cli;
 mod wiring;

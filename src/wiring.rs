@@ -25,6 +25,8 @@ use tributary_serving::{AppState, Merger};
 use tributary_speed::SpeedLayer;
 use tributary_speed::source::SpeedSource;
 
+use crate::exposure;
+
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A role a process can run.
@@ -166,7 +168,7 @@ pub async fn run(roles: &[Role], path: Option<PathBuf>) -> anyhow::Result<StopOu
             roles[0].name()
         );
     }
-    check_exposure(&config)?;
+    exposure::check_exposure(&config)?;
     if roles.contains(&Role::Speed)
         && roles.contains(&Role::Serve)
         && !config.speed.shard.is_whole()
@@ -181,7 +183,12 @@ pub async fn run(roles: &[Role], path: Option<PathBuf>) -> anyhow::Result<StopOu
     let storage = config.open_storage()?;
     // The catalog's views, before any layer starts: every role computes the same ones.
     let reconciled = tributary_core::catalog::Catalog::new(&storage)
-        .reconcile(&pipeline, &config.views, roles.contains(&Role::Serve))
+        .reconcile(
+            &pipeline,
+            &config.views,
+            roles.contains(&Role::Serve),
+            &|_| {},
+        )
         .await
         .context("reading the view catalog")?;
     for (r, why) in &reconciled.failed {
@@ -313,7 +320,7 @@ fn start_ingest(p: &mut Process) -> (Arc<Ingest>, Router) {
 /// The speed process (`speed.url`) or processes (`speed.urls`, one per shard) a
 /// separate serving process merges with.
 fn remote_speed(config: &Config, pipeline: &Pipeline) -> anyhow::Result<Arc<dyn SpeedSource>> {
-    let token = speed_token(&config.auth)?;
+    let token = exposure::speed_token(&config.auth)?;
     let mut shards: Vec<tributary_speed::remote::RemoteSpeed> = config
         .speed
         .speed_urls()
@@ -330,6 +337,18 @@ fn remote_speed(config: &Config, pipeline: &Pipeline) -> anyhow::Result<Arc<dyn 
 fn start_speed(p: &mut Process, cutoffs: &HashMap<String, i64>) -> SpeedLayer {
     let layer = SpeedLayer::new(&p.pipeline, &p.config.speed, cutoffs)
         .with_dead_letters(p.dead_letters.clone());
+    if p.roles.len() == 1 {
+        // Alone, the speed process learns of view changes from the catalog; its loop
+        // gives a new revision a store at the start of the next micro-batch.
+        let every = Duration::from_millis(p.config.catalog_poll_ms.max(10));
+        let follow = tributary_speed::follow::follow_catalog(
+            tributary_core::catalog::Catalog::new(&p.storage),
+            p.pipeline.clone(),
+            p.config.views.clone(),
+            (every, p.shutdown.clone()),
+        );
+        p.tasks.spawn("catalog-follow", follow);
+    }
     let run = tributary_speed::run(
         p.config.speed.clone(),
         p.pipeline.clone(),
@@ -397,21 +416,18 @@ fn start_serve(
     ));
     let batch = p.batch();
     let requests = p.tasks.requests();
-    // Runtime changes need every layer of a view in this process: with roles apart, each
-    // would hold the view from a different point.
-    let refused = (p.roles.len() != Role::ALL.len()).then(|| {
-        "views are created, replaced, paused and dropped at runtime by `tributary up` only; \
-         with the roles in separate processes, change the view catalog's seed (the \
-         configuration file) and restart them"
-            .to_string()
-    });
     let views = tributary_serving::lifecycle::ViewManager::new(
         tributary_core::catalog::Catalog::new(&p.storage),
         merger.clone(),
         batch.clone(),
         (requests.clone(), p.shutdown.clone()),
-        refused,
     );
+    if p.roles.len() != Role::ALL.len() {
+        // Other serving processes change views too.
+        let every = Duration::from_millis(p.config.catalog_poll_ms.max(10));
+        let follow = views.clone().follow(p.config.views.clone(), every);
+        p.tasks.spawn("catalog-follow", follow);
+    }
     let state = AppState {
         views: views.clone(),
         merger,
@@ -479,25 +495,6 @@ async fn tick(log: Arc<KafkaLog>, every: Duration, shutdown: Shutdown) -> anyhow
             tracing::warn!(error = %e, "could not write ticks");
         }
     }
-}
-
-/// Without API tokens, only a loopback address unless the configuration says otherwise.
-fn check_exposure(config: &Config) -> anyhow::Result<()> {
-    if !config.auth.tokens.is_empty() || config.auth.allow_unauthenticated {
-        return Ok(());
-    }
-    let loopback = match config.http.addr.parse::<std::net::SocketAddr>() {
-        Ok(a) => a.ip().is_loopback(),
-        Err(_) => config.http.addr.starts_with("localhost:"),
-    };
-    if !loopback {
-        bail!(
-            "refusing to listen on {} without API tokens: configure [auth] tokens \
-             (see README, \"Security\") or set auth.allow-unauthenticated = true",
-            config.http.addr
-        );
-    }
-    Ok(())
 }
 
 /// Every view's committed batch states, by view name.
@@ -596,23 +593,4 @@ fn spawn_schedule(
         );
     }
     Ok(())
-}
-
-/// The token `serve` presents to the speed process's internal endpoint, which asks for
-/// scope `admin` once tokens are configured: the first configured token with it.
-fn speed_token(auth: &tributary_core::config::AuthConfig) -> anyhow::Result<Option<String>> {
-    if auth.tokens.is_empty() {
-        return Ok(None);
-    }
-    match auth
-        .tokens
-        .iter()
-        .find(|t| t.scopes.contains(&Scope::Admin))
-    {
-        Some(t) => Ok(Some(t.token.clone())),
-        None => bail!(
-            "auth.tokens: `tributary serve` calls the speed process's internal endpoint, which \
-             needs a token with scope \"admin\"; none of the configured tokens has it"
-        ),
-    }
 }

@@ -1,7 +1,8 @@
 //! Views managed at runtime: created over a stream with history (exact from the moment
 //! they answer, against DataFusion's one-pass reference, and live afterwards), paused,
 //! resumed, replaced and dropped; definitions survive a restart through the catalog;
-//! a cataloged view that no longer compiles fails alone.
+//! a cataloged view that no longer compiles fails alone; with every role its own
+//! process, a change made through one serving process is followed by all the others.
 
 mod common;
 
@@ -231,4 +232,130 @@ async fn on_kafka_a_view_created_at_runtime_is_exact_at_once() {
     post_events(&t, &more).await;
     all.extend(more);
     assert_exact(&t, "counts", COUNTS, &all).await;
+}
+
+/// Wait until serving process `t` has followed the catalog to `revision` of view
+/// `counts`, in one of `states`.
+async fn until_followed(t: &Tributary, revision: i64, states: &[&str]) {
+    t.wait_for("/api/v1/views/counts/status", |s| {
+        s["revision"] == revision && states.iter().any(|state| s["state"] == *state)
+    })
+    .await;
+}
+
+const NEW: &[&str] = &["backfilling", "running"];
+
+/// With every role its own process (tansu): an ingest and a batch process, two speed
+/// processes sharing the partitions, two serving processes. A change made through one
+/// serving process reaches the other and both speed processes through the catalog; in
+/// both serving processes every answer is exact from the moment the view answers.
+// A scenario test reads top to bottom as one story against running processes.
+#[allow(clippy::too_many_lines)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_roles_apart_every_process_follows_a_change_made_through_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("lifecycle-roles{}.", common::free_port());
+    let config = Tributary::configure_kafka(dir.path(), &prefix);
+    let poll = ("TRIBUTARY_CATALOG_POLL_MS", "200");
+    let ingest = Tributary::start_role(dir.path(), &config, "ingest", &[]).await;
+    let batch = Tributary::start_role(dir.path(), &config, "batch", &[]).await;
+    let mut speeds = Vec::new();
+    for shard in ["0/2", "1/2"] {
+        let env = [("TRIBUTARY_SPEED__SHARD", shard), poll];
+        speeds.push(Tributary::start_role(dir.path(), &config, "speed", &env).await);
+    }
+    let urls = format!("[\"{}\", \"{}\"]", speeds[0].base, speeds[1].base);
+    let env = [("TRIBUTARY_SPEED__URLS", urls.as_str()), poll];
+    let a = Tributary::start_role(dir.path(), &config, "serve", &env).await;
+    let b = Tributary::start_role(dir.path(), &config, "serve", &env).await;
+    for role in [&ingest, &batch, &speeds[0], &speeds[1], &a, &b] {
+        role.wait_for("/ready", |_| true).await;
+    }
+
+    // History in the batch layer and only in the speed layer; the view made through A.
+    let mut all = events(0, 400);
+    post_events(&ingest, &all).await;
+    a.wait_for("/api/v1/views/signal_by_type", |v| v["total_rows"] != 0)
+        .await;
+    a.run_batch().await;
+    let more = events(400, 200);
+    post_events(&ingest, &more).await;
+    all.extend(more);
+    let (status, created) = a
+        .post_json("/api/v1/views", &json!({"name": "counts", "sql": COUNTS}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    for serve in [&a, &b] {
+        until_followed(serve, 1, NEW).await;
+        assert_exact_at_once(serve, "counts", COUNTS, &all).await;
+    }
+    let more = events(600, 150);
+    post_events(&ingest, &more).await;
+    all.extend(more);
+    for serve in [&a, &b] {
+        assert_exact(serve, "counts", COUNTS, &all).await;
+    }
+
+    // Replaced through B: both recompute it over all history.
+    let replaced = b
+        .client
+        .put(format!("{}/api/v1/views/counts", b.base))
+        .json(&json!({"sql": LOUD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replaced.status(), 200);
+    for serve in [&b, &a] {
+        until_followed(serve, 2, NEW).await;
+        assert_exact_at_once(serve, "counts", LOUD, &all).await;
+    }
+
+    // Paused through A: B stops answering it; resumed through B, exact in both.
+    let (status, p) = a.post_path("/api/v1/views/counts/pause").await;
+    assert_eq!(status, 200, "{p}");
+    until_followed(&b, 3, &["paused"]).await;
+    let (status, e) = b.get("/api/v1/views/counts").await;
+    assert_eq!(status, 409, "{e}");
+    let more = events(750, 100);
+    post_events(&ingest, &more).await;
+    all.extend(more);
+    let (status, r) = b.post_path("/api/v1/views/counts/resume").await;
+    assert_eq!(status, 200, "{r}");
+    for serve in [&b, &a] {
+        until_followed(serve, 4, NEW).await;
+        assert_exact_at_once(serve, "counts", LOUD, &all).await;
+    }
+
+    // Dropped through A: gone from B too, and from the speed processes.
+    let dropped = a
+        .client
+        .delete(format!("{}/api/v1/views/counts", a.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dropped.status(), 204);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.get("/api/v1/views/counts").await.0 != 404 {
+        assert!(Instant::now() < deadline, "B still answers a dropped view");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for speed in &speeds {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, stats) = speed.get("/internal/v1/stats").await;
+            let views = stats["views"].as_array().cloned().unwrap_or_default();
+            if !views.iter().any(|v| v["view"] == "counts") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a speed process kept the view: {stats}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The file's view never stopped answering in either.
+    for serve in [&a, &b] {
+        assert_eq!(serve.get("/api/v1/views/signal_by_type").await.0, 200);
+    }
 }

@@ -18,6 +18,7 @@ use url::Url;
 use crate::config::ViewConfig;
 use crate::error::{CoreError, Result};
 use crate::storage::Storage;
+use crate::view::CompiledView;
 
 /// Whether a cataloged view runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,7 +238,7 @@ fn latest(history: Vec<ViewRecord>) -> Vec<ViewRecord> {
     by_name.into_values().collect()
 }
 
-/// What start-up made of the catalog: the views it does not run, and why.
+/// What a pass over the catalog made of it: the views it does not run, and why.
 #[derive(Debug, Default)]
 pub struct Reconciled {
     /// Paused views (not in the pipeline).
@@ -249,6 +250,10 @@ pub struct Reconciled {
     pub from_api: Vec<String>,
     /// Every view's current row (dropped ones included).
     pub current: Vec<ViewRecord>,
+    /// Views this pass compiled into the pipeline (new, resumed or replaced).
+    pub installed: Vec<Arc<CompiledView>>,
+    /// Views this pass took out of the pipeline (paused, dropped, or failing).
+    pub removed: Vec<String>,
 }
 
 impl Catalog {
@@ -257,39 +262,19 @@ impl Catalog {
     /// the last one the file gave (or that the catalog has never seen) is written as a
     /// new revision when `seed` (one process writes; the others read), otherwise the
     /// catalog's row stands. Then every running row is compiled; one that fails is
-    /// reported and left out, never stopping the others.
+    /// reported and left out, never stopping the others. Called again later it follows
+    /// the catalog: only views whose row changed since are compiled again, and
+    /// `on_change` is told each such name before the pipeline changes.
     pub async fn reconcile(
         &self,
         pipeline: &crate::pipeline::Pipeline,
         file: &[ViewConfig],
         seed: bool,
+        on_change: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<Reconciled> {
         let history = self.history().await?;
         let mut current = latest(history.clone());
-        let changed: Vec<ViewRecord> = file
-            .iter()
-            .filter(|v| {
-                let last_from_file = history
-                    .iter()
-                    .filter(|r| r.name == v.name && r.origin == "config")
-                    .max_by_key(|r| r.revision);
-                !last_from_file.is_some_and(|r| {
-                    r.sql == v.sql && r.allowed_lateness_ms == v.allowed_lateness_ms
-                })
-            })
-            .map(|v| ViewRecord {
-                name: v.name.clone(),
-                sql: v.sql.clone(),
-                allowed_lateness_ms: v.allowed_lateness_ms,
-                lifecycle: Lifecycle::Running,
-                revision: current
-                    .iter()
-                    .find(|r| r.name == v.name)
-                    .map_or(1, |r| r.revision + 1),
-                at: crate::time::now_micros(),
-                origin: "config".into(),
-            })
-            .collect();
+        let changed = file_changes(&history, &current, file);
         if seed {
             self.append(&changed).await?;
         }
@@ -300,37 +285,155 @@ impl Catalog {
             ..Default::default()
         };
         for r in current {
-            let from_file = pipeline.view(&r.name);
-            let same = from_file.as_ref().is_some_and(|v| {
-                v.sql == r.sql && v.allowed_lateness_us == r.allowed_lateness_ms as i64 * 1000
-            });
-            match r.lifecycle {
-                Lifecycle::Running if same => {}
-                Lifecycle::Running => match pipeline.compile_view(&r.config()).await {
-                    Ok(v) => {
-                        if from_file.is_some() {
-                            tracing::warn!(view = %r.name, "the catalog's definition (changed through the API) differs from the file's; the catalog's is used");
-                        }
-                        pipeline.views.insert(Arc::new(v));
-                        if r.origin == "api" {
-                            out.from_api.push(r.name.clone());
-                        }
-                    }
-                    Err(e) => {
-                        pipeline.views.remove(&r.name);
-                        out.failed.push((r, e.to_string()));
-                    }
-                },
-                Lifecycle::Paused => {
-                    pipeline.views.remove(&r.name);
-                    out.paused.push(r);
+            out.apply(pipeline, r, on_change).await;
+        }
+        Ok(out)
+    }
+
+    /// The catalog table's version (`None` before its first row): a pass is needed
+    /// only when it moved.
+    pub async fn version(&self) -> Result<Option<i64>> {
+        if !crate::delta::exists(&self.url)
+            .await
+            .map_err(|e| self.err(e))?
+        {
+            return Ok(None);
+        }
+        let table = crate::delta::open(self.url.clone())
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(table.version().map(|v| v as i64))
+    }
+
+    /// Follow changes made by other processes: every `every`, when the table has moved
+    /// since the last pass that succeeded, run `pass` (which reconciles). The first turn
+    /// always passes, so a change made between start-up and the first turn is not
+    /// missed. Ends at `shutdown`; a failed turn is tried again at the next.
+    pub async fn follow<F, Fut>(
+        self,
+        every: std::time::Duration,
+        shutdown: crate::shutdown::Shutdown,
+        mut pass: F,
+    ) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        let mut seen: Option<Option<i64>> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(every) => {}
+            }
+            let now = match self.version().await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the view catalog; trying again");
+                    continue;
                 }
-                Lifecycle::Dropped => {
-                    pipeline.views.remove(&r.name);
+            };
+            if seen == Some(now) {
+                continue;
+            }
+            match pass().await {
+                Ok(()) => seen = Some(now),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not follow the view catalog; trying again")
                 }
             }
         }
-        Ok(out)
+    }
+}
+
+/// The file's views that are new to the catalog or changed since the file last gave
+/// them, as the rows that record them.
+fn file_changes(
+    history: &[ViewRecord],
+    current: &[ViewRecord],
+    file: &[ViewConfig],
+) -> Vec<ViewRecord> {
+    file.iter()
+        .filter(|v| {
+            let last_from_file = history
+                .iter()
+                .filter(|r| r.name == v.name && r.origin == "config")
+                .max_by_key(|r| r.revision);
+            !last_from_file
+                .is_some_and(|r| r.sql == v.sql && r.allowed_lateness_ms == v.allowed_lateness_ms)
+        })
+        .map(|v| ViewRecord {
+            name: v.name.clone(),
+            sql: v.sql.clone(),
+            allowed_lateness_ms: v.allowed_lateness_ms,
+            lifecycle: Lifecycle::Running,
+            revision: current
+                .iter()
+                .find(|r| r.name == v.name)
+                .map_or(1, |r| r.revision + 1),
+            at: crate::time::now_micros(),
+            origin: "config".into(),
+        })
+        .collect()
+}
+
+impl Reconciled {
+    /// Bring `pipeline`'s view of `r.name` to row `r`.
+    async fn apply(
+        &mut self,
+        pipeline: &crate::pipeline::Pipeline,
+        r: ViewRecord,
+        on_change: &(dyn Fn(&str) + Send + Sync),
+    ) {
+        let held = pipeline.view(&r.name);
+        let same = held.as_ref().is_some_and(|v| {
+            v.sql == r.sql
+                && v.allowed_lateness_us == r.allowed_lateness_ms as i64 * 1000
+                && (v.revision == r.revision || v.revision == 0)
+        });
+        match r.lifecycle {
+            Lifecycle::Running if same => {
+                let held = held.expect("same implies held");
+                if held.revision == 0 {
+                    // Compiled from the file before the catalog was read: it is this row.
+                    let mut named = (*held).clone();
+                    named.revision = r.revision;
+                    pipeline.views.insert(Arc::new(named));
+                }
+            }
+            Lifecycle::Running => match pipeline.compile_view(&r.config()).await {
+                Ok(mut v) => {
+                    on_change(&r.name);
+                    if held.as_ref().is_some_and(|h| h.revision == 0) {
+                        tracing::warn!(view = %r.name, "the catalog's definition (changed through the API) differs from the file's; the catalog's is used");
+                    }
+                    v.revision = r.revision;
+                    let v = Arc::new(v);
+                    pipeline.views.insert(v.clone());
+                    self.installed.push(v);
+                    if r.origin == "api" {
+                        self.from_api.push(r.name.clone());
+                    }
+                }
+                Err(e) => {
+                    on_change(&r.name);
+                    if pipeline.views.remove(&r.name).is_some() {
+                        self.removed.push(r.name.clone());
+                    }
+                    self.failed.push((r, e.to_string()));
+                }
+            },
+            Lifecycle::Paused | Lifecycle::Dropped => {
+                if held.is_some() {
+                    on_change(&r.name);
+                }
+                if pipeline.views.remove(&r.name).is_some() {
+                    self.removed.push(r.name.clone());
+                }
+                if r.lifecycle == Lifecycle::Paused {
+                    self.paused.push(r);
+                }
+            }
+        }
     }
 }
 
@@ -375,5 +478,84 @@ mod tests {
             ]
         );
         assert_eq!(catalog.history().await.unwrap().len(), 3);
+    }
+
+    const FILE: &str = r#"
+storage-root = "x"
+[[streams]]
+name = "r"
+event-time = "ts"
+fields = [{ name = "k", type = "string" }, { name = "ts", type = "timestamp" }]
+[[views]]
+name = "per_k"
+sql = "SELECT k, date_bin(INTERVAL '1 minute', ts) AS w, count(*) AS n FROM r GROUP BY k, w"
+"#;
+
+    #[tokio::test]
+    async fn a_process_follows_changes_another_made_and_only_those() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::new(&Storage::open(dir.path()).unwrap());
+        let config = crate::config::from_toml_str(FILE).unwrap();
+        let source = crate::config::ConfigSource::File("t.toml".into());
+        let seeder = crate::pipeline::Pipeline::from_config(&config, &source)
+            .await
+            .unwrap();
+        let follower = crate::pipeline::Pipeline::from_config(&config, &source)
+            .await
+            .unwrap();
+        let none = |_: &str| {};
+        // The follower reads before the seeder writes: the same revision either way.
+        catalog
+            .reconcile(&follower, &config.views, false, &none)
+            .await
+            .unwrap();
+        catalog
+            .reconcile(&seeder, &config.views, true, &none)
+            .await
+            .unwrap();
+        assert_eq!(follower.view("per_k").unwrap().revision, 1);
+        assert_eq!(seeder.view("per_k").unwrap().revision, 1);
+        let held = follower.view("per_k").unwrap();
+        let pass = catalog
+            .reconcile(&follower, &config.views, false, &none)
+            .await
+            .unwrap();
+        assert!(pass.installed.is_empty() && pass.removed.is_empty());
+        assert!(Arc::ptr_eq(&held, &follower.view("per_k").unwrap()));
+
+        // Replaced elsewhere: compiled again at the new revision, named beforehand.
+        let mut replaced = catalog.current().await.unwrap().remove(0);
+        replaced.sql = replaced.sql.replace("1 minute", "5 minutes");
+        replaced.revision = 2;
+        replaced.origin = "api".into();
+        catalog
+            .append(std::slice::from_ref(&replaced))
+            .await
+            .unwrap();
+        let told = std::sync::Mutex::new(Vec::new());
+        let tell = |name: &str| told.lock().unwrap().push(name.to_string());
+        let pass = catalog
+            .reconcile(&follower, &config.views, false, &tell)
+            .await
+            .unwrap();
+        assert_eq!(pass.installed.len(), 1);
+        assert_eq!(follower.view("per_k").unwrap().revision, 2);
+        assert!(follower.view("per_k").unwrap().sql.contains("5 minutes"));
+        assert_eq!(*told.lock().unwrap(), ["per_k"]);
+
+        // Paused elsewhere: taken out.
+        replaced.lifecycle = Lifecycle::Paused;
+        replaced.revision = 3;
+        catalog
+            .append(std::slice::from_ref(&replaced))
+            .await
+            .unwrap();
+        let pass = catalog
+            .reconcile(&follower, &config.views, false, &none)
+            .await
+            .unwrap();
+        assert_eq!(pass.removed, ["per_k"]);
+        assert!(follower.view("per_k").is_none());
+        assert_eq!(pass.paused.len(), 1);
     }
 }

@@ -79,6 +79,22 @@ pub enum CoreError {
         /// The cutoff the speed layer released segments below.
         released: i64,
     },
+    /// Speed states of one revision of a view were about to be merged with another's
+    /// (a change made in another process not yet followed everywhere).
+    #[error(
+        "view `{view}` is being changed: {what} holds revision {theirs}, this process \
+         revision {ours}; every process follows the view catalog within catalog-poll-ms"
+    )]
+    RevisionMismatch {
+        /// The view.
+        view: String,
+        /// Who holds the other revision.
+        what: String,
+        /// The revision this process holds.
+        ours: i64,
+        /// The other revision.
+        theirs: i64,
+    },
     /// Two speed processes hold the same partition, so their states cannot be added.
     #[error(
         "stream `{stream}` partition {partition} is held by two speed processes ({first} and \

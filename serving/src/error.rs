@@ -202,6 +202,7 @@ impl ServingError {
                 source:
                     CoreError::LogUnavailable(_)
                     | CoreError::SpeedOverlap { .. }
+                    | CoreError::RevisionMismatch { .. }
                     | CoreError::StaleCutoff { .. },
                 ..
             } => StatusCode::SERVICE_UNAVAILABLE,

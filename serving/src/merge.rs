@@ -229,6 +229,18 @@ impl Merger {
             if Some(loaded.version) == current {
                 continue;
             }
+            let dedup = self
+                .pipeline
+                .stream(&view.stream)
+                .and_then(|s| s.dedup.as_ref());
+            if loaded
+                .definition
+                .is_some_and(|d| d != views::definition_hash(&view, dedup))
+            {
+                // States of another definition of the name, left until the process
+                // that replaced it removes them: never this view's.
+                continue;
+            }
             let cutoff = loaded.cutoff;
             self.batch_views
                 .write()
@@ -297,6 +309,17 @@ impl Merger {
                 })?;
             (batch, speed, held)
         };
+        if speed.revision != view.revision {
+            return Err(ServingError::Query {
+                view: view_name.to_string(),
+                source: tributary_core::CoreError::RevisionMismatch {
+                    view: view_name.to_string(),
+                    what: "the speed layer".into(),
+                    ours: view.revision,
+                    theirs: speed.revision,
+                },
+            });
+        }
         let key: Option<MergeKey> = speed
             .generation
             .map(|g| (batch.as_ref().map(|b| b.version), g));

@@ -12,6 +12,7 @@
 mod consume;
 pub mod decode;
 pub mod dedup;
+pub mod follow;
 pub mod remote;
 pub mod server;
 pub mod sharded;

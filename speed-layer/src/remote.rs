@@ -5,7 +5,7 @@ use tributary_core::CoreError;
 
 use crate::SpeedStats;
 use crate::server::{
-    COVERAGE, GENERATION, INGEST_POSITION, MAX_EVENT_TS, RELEASED_CUTOFF, SEGMENTS,
+    COVERAGE, GENERATION, INGEST_POSITION, MAX_EVENT_TS, RELEASED_CUTOFF, REVISION, SEGMENTS,
 };
 use crate::source::{Coverage, Snapshot, SpeedSource, from_ipc};
 
@@ -115,6 +115,7 @@ impl SpeedSource for RemoteSpeed {
             .ok_or_else(|| unavailable(&self.base, "answered without its coverage"))?;
         let ingest_position = header(&resp, INGEST_POSITION);
         let segments = header(&resp, SEGMENTS).unwrap_or(0);
+        let revision = header(&resp, REVISION).unwrap_or(0);
         let bytes = resp.bytes().await.map_err(|e| unavailable(&self.base, e))?;
         Ok(Snapshot {
             states: from_ipc(&bytes)?,
@@ -124,6 +125,7 @@ impl SpeedSource for RemoteSpeed {
             // Unique to the speed process's start (see `SpeedLayer::published_generation`).
             generation,
             coverage: vec![coverage],
+            revision,
         })
     }
 

@@ -29,6 +29,8 @@ pub const RELEASED_CUTOFF: &str = "x-tributary-released-cutoff";
 /// Asked again with `known=` that generation, the process leaves the states out while
 /// they are unchanged.
 pub const GENERATION: &str = "x-tributary-generation";
+/// Response header: the catalog revision of the view the states are of.
+pub const REVISION: &str = "x-tributary-revision";
 
 /// `GET /internal/v1/views/{view}/states?cutoff=T[&known=G]`, `POST …/release?cutoff=T`,
 /// `GET /internal/v1/stats`.
@@ -131,6 +133,7 @@ async fn states(
         h.insert(INGEST_POSITION, t.into());
     }
     h.insert(SEGMENTS, snap.segments.into());
+    h.insert(REVISION, snap.revision.into());
     if let Some(g) = snap.generation {
         h.insert(GENERATION, layer.published_generation(g).into());
     }

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::future::join_all;
 use tributary_core::CoreError;
-use tributary_core::pipeline::Pipeline;
+use tributary_core::pipeline::{Pipeline, ViewSet};
 
 use crate::remote::RemoteSpeed;
 use crate::source::{Snapshot, SpeedSource};
@@ -27,8 +27,9 @@ use crate::{ShardStats, SpeedStats, StreamStats};
 pub struct ShardedSpeed {
     /// Every speed process, in the order of `speed.urls`.
     shards: Vec<RemoteSpeed>,
-    /// Each view's stream, to name it in an overlap error.
-    streams: HashMap<String, String>,
+    /// The serving process's views (shared, so views made at runtime are known): each
+    /// view's stream names it in an overlap error.
+    views: ViewSet,
     /// Per view, each shard's last states and their generation: a shard whose states
     /// have not changed since leaves them out of its answer, and these stand in.
     held: Mutex<HashMap<String, Vec<Option<Held>>>>,
@@ -48,11 +49,7 @@ impl ShardedSpeed {
     pub fn new(shards: Vec<RemoteSpeed>, pipeline: &Pipeline) -> Self {
         ShardedSpeed {
             shards,
-            streams: pipeline
-                .views
-                .iter()
-                .map(|v| (v.name.clone(), v.stream.clone()))
-                .collect(),
+            views: pipeline.views.clone(),
             held: Mutex::new(HashMap::new()),
         }
     }
@@ -132,10 +129,25 @@ impl SpeedSource for ShardedSpeed {
                 (None, _) => *slot = None,
             }
             generations.push(snap.generation);
+            if answered > 1 && snap.revision != out.revision {
+                // Each process follows the catalog on its own: one has taken a change
+                // another has not yet.
+                return Err(CoreError::RevisionMismatch {
+                    view: view.to_string(),
+                    what: format!("speed process {}", shard.base()),
+                    ours: out.revision,
+                    theirs: snap.revision,
+                });
+            }
+            out.revision = snap.revision;
             for partition in snap.coverage.iter().flat_map(|c| c.partitions.keys()) {
                 if let Some(first) = holders.insert(*partition, shard.base()) {
                     return Err(CoreError::SpeedOverlap {
-                        stream: self.streams.get(view).cloned().unwrap_or_default(),
+                        stream: self
+                            .views
+                            .get(view)
+                            .map(|v| v.stream.clone())
+                            .unwrap_or_default(),
                         partition: *partition,
                         first: first.to_string(),
                         second: shard.base().to_string(),
@@ -208,6 +220,20 @@ impl SpeedSource for ShardedSpeed {
         let mut combined = combine(all);
         combined.shards = shards;
         Ok(combined)
+    }
+
+    async fn holds_from(&self, view: &str, revision: i64) -> Result<Option<i64>, CoreError> {
+        // Every process must hold the revision, each from its own cutoff: the batch
+        // states must reach the latest of them.
+        let answers = join_all(self.shards.iter().map(|s| s.holds_from(view, revision))).await;
+        let mut from = i64::MIN;
+        for answer in answers {
+            match answer? {
+                Some(cutoff) => from = from.max(cutoff),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(from))
     }
 }
 

@@ -29,6 +29,10 @@ pub struct Snapshot {
     pub generation: Option<u64>,
     /// What the states cover, one entry per speed process they came from.
     pub coverage: Vec<Coverage>,
+    /// The catalog revision of the view the states were computed for (see
+    /// `CompiledView::revision`): a serving process that holds another revision of the
+    /// view must not merge them.
+    pub revision: i64,
 }
 
 /// Which part of a stream's log one speed process's states hold.
@@ -73,6 +77,17 @@ pub trait SpeedSource: Send + Sync {
     async fn release(&self, view: &str, cutoff: i64) -> Result<(), CoreError>;
     /// The speed layer's figures.
     async fn stats(&self) -> Result<SpeedStats, CoreError>;
+    /// Where the speed layer holds revision `revision` of `view` from: the cutoff of its
+    /// store of that revision, once every process that reads the view's stream has one
+    /// (`None` before). A new view's batch states must reach this before it answers.
+    async fn holds_from(&self, view: &str, revision: i64) -> Result<Option<i64>, CoreError> {
+        let stats = self.stats().await?;
+        Ok(stats
+            .views
+            .iter()
+            .find(|v| v.view == view && v.revision == revision)
+            .map(|v| v.cutoff))
+    }
 }
 
 #[async_trait]
@@ -109,6 +124,7 @@ impl SpeedSource for SpeedLayer {
             ingest_position: self.ingest_position(&store.view.stream),
             segments: s.segments,
             coverage: vec![coverage],
+            revision: store.view.revision,
         })
     }
 

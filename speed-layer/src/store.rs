@@ -114,9 +114,10 @@ pub struct ViewStats {
     /// The newest error the view met on a record.
     #[serde(default)]
     pub last_error: Option<String>,
-    /// The compiled view's instance these states are of (see `CompiledView::instance`).
+    /// The catalog revision of the view these states are of (see
+    /// `CompiledView::revision`).
     #[serde(default)]
-    pub instance: u64,
+    pub revision: i64,
 }
 
 fn running() -> ViewState {
@@ -317,7 +318,7 @@ impl ViewStore {
                 ViewState::Running
             },
             last_error: inner.last_error.clone(),
-            instance: self.view.instance,
+            revision: self.view.revision,
         }
     }
 }

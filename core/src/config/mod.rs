@@ -93,6 +93,10 @@ pub struct Config {
     /// serving process: two would deliver every row twice, with the same keys).
     #[serde(default = "default_true")]
     pub run_sinks: bool,
+    /// With the roles in separate processes, how often each serving and speed process
+    /// looks for view changes another process made in the view catalog.
+    #[serde(default = "default_catalog_poll_ms")]
+    pub catalog_poll_ms: u64,
     /// `[sql]`: the read-only SQL endpoint's limits.
     #[serde(default)]
     pub sql: SqlConfig,
@@ -149,6 +153,10 @@ impl Config {
         crate::cloud::register(&self.storage.options)?;
         crate::storage::Storage::open_location(&root, self.storage.local_dir.as_deref())
     }
+}
+
+fn default_catalog_poll_ms() -> u64 {
+    1_000
 }
 
 fn default_true() -> bool {

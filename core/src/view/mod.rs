@@ -43,9 +43,11 @@ pub struct CompiledView {
     pub name: String,
     /// The SQL as the user wrote it.
     pub sql: String,
-    /// Tells compilations apart within a process: a view replaced or resumed at runtime
-    /// is a new instance, and the speed layer's figures name the instance they are of.
-    pub instance: u64,
+    /// The catalog revision this compilation is of (0: not from the catalog). Every
+    /// process compiles a cataloged view from the same row, so a revision names the
+    /// same definition in all of them: the speed layer's figures and snapshots carry it,
+    /// and a serving process never merges states of another revision than its own.
+    pub revision: i64,
     /// The SQL every layer plans: the user's, plus the hidden `_src` aggregate.
     exec_sql: String,
     /// The stream it reads.
@@ -181,11 +183,10 @@ impl CompiledView {
             .find(|s| s.name == shape.stream)
             .expect("check_shape found the stream");
         let window_state = output_source(&physical, &shape.window);
-        static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(CompiledView {
             name: cfg.name.clone(),
             sql: cfg.sql.clone(),
-            instance: INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            revision: 0,
             exec_sql,
             stream: shape.stream,
             keys: shape.keys,

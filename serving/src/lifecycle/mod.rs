@@ -25,6 +25,8 @@ use tributary_core::view::CompiledView;
 use crate::error::ServingError;
 use crate::merge::{Merger, NotReady};
 
+mod follow;
+
 /// A view's state as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ViewStatus {
@@ -67,8 +69,6 @@ pub struct ViewManager {
     /// Backfills run here, so shutdown waits for them.
     tasks: TaskSet,
     shutdown: Shutdown,
-    /// Why this process refuses runtime changes (`None`: it makes them).
-    refused: Option<String>,
 }
 
 /// A definition as the API takes it.
@@ -97,14 +97,12 @@ fn status(r: &ViewRecord, state: &str) -> ViewStatus {
 }
 
 impl ViewManager {
-    /// The manager of a serving process over `catalog`; `refused` says why this process
-    /// makes no runtime changes (several processes would each hold a view differently).
+    /// The manager of a serving process over `catalog`.
     pub fn new(
         catalog: Catalog,
         merger: Arc<Merger>,
         batch: Arc<Batch>,
         (tasks, shutdown): (TaskSet, Shutdown),
-        refused: Option<String>,
     ) -> Arc<Self> {
         Arc::new(ViewManager {
             catalog,
@@ -114,7 +112,6 @@ impl ViewManager {
             changes: Mutex::new(()),
             tasks,
             shutdown,
-            refused,
         })
     }
 
@@ -149,12 +146,7 @@ impl ViewManager {
                     continue;
                 };
                 if this.merger.batch_view(&name).await.is_none() {
-                    this.merger.set_not_ready(
-                        &name,
-                        Some(NotReady::Backfilling(
-                            "backfilling: its first batch run has not committed yet".into(),
-                        )),
-                    );
+                    this.merger.set_not_ready(&name, Some(backfilling()));
                     this.update(&name, |s| s.state = "backfilling".into());
                     this.backfill(view);
                 }
@@ -200,13 +192,6 @@ impl ViewManager {
         self.states.lock().expect("states lock").get(name).cloned()
     }
 
-    fn allowed(&self) -> Result<(), ServingError> {
-        match &self.refused {
-            None => Ok(()),
-            Some(why) => Err(ServingError::Unavailable(why.clone())),
-        }
-    }
-
     async fn current(&self, name: &str) -> Result<Option<ViewRecord>, ServingError> {
         Ok(self
             .catalog
@@ -223,7 +208,6 @@ impl ViewManager {
         def: Definition,
         replace: bool,
     ) -> Result<ViewStatus, ServingError> {
-        self.allowed()?;
         if !tributary_core::pipeline::is_plain_name(&def.name) {
             return Err(ServingError::bad(
                 "name",
@@ -262,10 +246,11 @@ impl ViewManager {
             allowed_lateness_ms: def.allowed_lateness_ms,
             schedule: None,
         };
-        let view = compile(self.merger.pipeline(), &cfg).await?;
+        let mut view = compile(self.merger.pipeline(), &cfg).await?;
         let record = self
             .record(&cfg, before.as_ref(), Lifecycle::Running)
             .await?;
+        view.revision = record.revision;
         // The catalog first: a failure after it leaves the change recorded, and a restart
         // carries it out; the other way round a failure would lose it.
         self.catalog.append(std::slice::from_ref(&record)).await?;
@@ -295,12 +280,7 @@ impl ViewManager {
     /// Put `view` into every layer of the process and backfill it.
     fn install(self: &Arc<Self>, view: CompiledView) {
         let view = Arc::new(view);
-        self.merger.set_not_ready(
-            &view.name,
-            Some(NotReady::Backfilling(
-                "backfilling: its first batch run has not committed yet".into(),
-            )),
-        );
+        self.merger.set_not_ready(&view.name, Some(backfilling()));
         self.merger.pipeline().views.insert(view.clone());
         self.backfill(view);
     }
@@ -316,7 +296,6 @@ impl ViewManager {
 
     /// Pause (`Paused`) or drop (`Dropped`) view `name`.
     pub async fn stop(&self, name: &str, to: Lifecycle) -> Result<(), ServingError> {
-        self.allowed()?;
         let _one = self.changes.lock().await;
         let Some(r) = self
             .current(name)
@@ -354,7 +333,6 @@ impl ViewManager {
 
     /// Resume paused view `name`: backfilled again, as a new view.
     pub async fn resume(self: &Arc<Self>, name: &str) -> Result<ViewStatus, ServingError> {
-        self.allowed()?;
         let _one = self.changes.lock().await;
         let Some(r) = self.current(name).await? else {
             return Err(ServingError::UnknownView(name.to_string()));
@@ -364,10 +342,11 @@ impl ViewManager {
                 "view `{name}` is not paused"
             )));
         }
-        let view = compile(self.merger.pipeline(), &r.config()).await?;
+        let mut view = compile(self.merger.pipeline(), &r.config()).await?;
         let record = self
             .record(&r.config(), Some(&r), Lifecycle::Running)
             .await?;
+        view.revision = record.revision;
         self.catalog.append(std::slice::from_ref(&record)).await?;
         self.set(status(&record, "backfilling"));
         self.install(view);
@@ -425,22 +404,14 @@ impl ViewManager {
     /// One step of a backfill; `true` once a batch run has covered everything below
     /// where the speed layer holds the view from.
     async fn backfill_once(&self, view: &Arc<CompiledView>) -> Result<bool, ServingError> {
-        let stats = self
-            .merger
-            .speed()
-            .stats()
-            .await
-            .map_err(|source| ServingError::Query {
-                view: view.name.clone(),
-                source,
-            })?;
-        // The store of this instance: right after a replace the old one may still be
-        // listed, with a cutoff the new store starts above.
-        let Some(from) = stats
-            .views
-            .iter()
-            .find(|v| v.view == view.name && v.instance == view.instance)
-            .map(|v| v.cutoff)
+        // The store of this revision: right after a replace the old one may still be
+        // held, with a cutoff the new store starts above; with several speed processes,
+        // the latest of their cutoffs.
+        let held = self.merger.speed().holds_from(&view.name, view.revision);
+        let Some(from) = held.await.map_err(|source| ServingError::Query {
+            view: view.name.clone(),
+            source,
+        })?
         else {
             let stage = "waiting for the speed layer to take the view".into();
             self.stage(
@@ -468,6 +439,13 @@ impl ViewManager {
             self.stage(&view.name, b);
             return Ok(false);
         }
+        // Every serving process backfills the view it follows: another may have run it.
+        self.merger.refresh().await?;
+        if let Some(done) = self.merger.batch_view(&view.name).await
+            && done.cutoff >= from
+        {
+            return Ok(true);
+        }
         let progress = Arc::new(|_: &str, _: u64, _: u64| {});
         let names = Some(vec![view.name.clone()]);
         let (id, run) = match self.batch.try_start_views(RunKind::Full, names, progress) {
@@ -486,6 +464,11 @@ impl ViewManager {
         let batch = self.merger.batch_view(&view.name).await;
         Ok(batch.is_some_and(|b| b.cutoff >= from))
     }
+}
+
+/// Why a view being backfilled does not answer yet.
+fn backfilling() -> NotReady {
+    NotReady::Backfilling("backfilling: its first batch run has not committed yet".into())
 }
 
 /// Compile `cfg` against the pipeline's streams and tables; a refusal names the SQL.
