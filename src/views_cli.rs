@@ -1,5 +1,5 @@
 //! `tributary views …`: the runtime view API from the command line, against a running
-//! `tributary up` (`--url`, default the configuration's `http.addr`; `--token` or
+//! serving process (`--url`, default the configuration's `http.addr`; `--token` or
 //! TRIBUTARY_TOKEN when tokens are on). Prints the API's answer; a refusal exits 1
 //! with the API's reason.
 
@@ -21,6 +21,9 @@ pub enum ViewsCommand {
         sql: String,
         #[arg(long, default_value_t = 0)]
         allowed_lateness_ms: u64,
+        /// Incremental runs of this view alone on a cron schedule (UTC).
+        #[arg(long)]
+        schedule: Option<String>,
     },
     /// Give a view a new definition (recomputed over all history).
     Replace {
@@ -29,6 +32,9 @@ pub enum ViewsCommand {
         sql: String,
         #[arg(long, default_value_t = 0)]
         allowed_lateness_ms: u64,
+        /// Incremental runs of this view alone on a cron schedule (UTC).
+        #[arg(long)]
+        schedule: Option<String>,
     },
     /// Stop computing a view, keeping its definition.
     Pause { name: String },
@@ -55,19 +61,25 @@ pub async fn run(target: Target, command: ViewsCommand) -> anyhow::Result<()> {
             name,
             sql,
             allowed_lateness_ms,
+            schedule,
         } => (
             Method::POST,
             "/api/v1/views".to_string(),
-            Some(json!({"name": name, "sql": sql, "allowed_lateness_ms": allowed_lateness_ms})),
+            Some(
+                json!({"name": name, "sql": sql, "allowed_lateness_ms": allowed_lateness_ms, "schedule": schedule}),
+            ),
         ),
         ViewsCommand::Replace {
             name,
             sql,
             allowed_lateness_ms,
+            schedule,
         } => (
             Method::PUT,
             format!("/api/v1/views/{name}"),
-            Some(json!({"sql": sql, "allowed_lateness_ms": allowed_lateness_ms})),
+            Some(
+                json!({"sql": sql, "allowed_lateness_ms": allowed_lateness_ms, "schedule": schedule}),
+            ),
         ),
         ViewsCommand::Pause { name } => (Method::POST, format!("/api/v1/views/{name}/pause"), None),
         ViewsCommand::Resume { name } => {
@@ -86,7 +98,7 @@ pub async fn run(target: Target, command: ViewsCommand) -> anyhow::Result<()> {
     let answer = request
         .send()
         .await
-        .with_context(|| format!("no answer from {url} (is `tributary up` running there?)"))?;
+        .with_context(|| format!("no answer from {url} (is a serving process running there?)"))?;
     let status = answer.status();
     let text = answer.text().await.unwrap_or_default();
     let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));

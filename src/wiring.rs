@@ -344,7 +344,6 @@ fn start_speed(p: &mut Process, cutoffs: &HashMap<String, i64>) -> SpeedLayer {
         let follow = tributary_speed::follow::follow_catalog(
             tributary_core::catalog::Catalog::new(&p.storage),
             p.pipeline.clone(),
-            p.config.views.clone(),
             (every, p.shutdown.clone()),
         );
         p.tasks.spawn("catalog-follow", follow);
@@ -425,7 +424,7 @@ fn start_serve(
     if p.roles.len() != Role::ALL.len() {
         // Other serving processes change views too.
         let every = Duration::from_millis(p.config.catalog_poll_ms.max(10));
-        let follow = views.clone().follow(p.config.views.clone(), every);
+        let follow = views.clone().follow(every);
         p.tasks.spawn("catalog-follow", follow);
     }
     let state = AppState {
@@ -569,21 +568,7 @@ fn spawn_schedule(
             tributary_batch::schedule::run(batch.clone(), schedule, shutdown.clone()),
         );
     }
-    for (i, view) in config.views.iter().enumerate() {
-        if let Some(expr) = &view.schedule {
-            let schedule = config::parse_schedule(expr)
-                .map_err(|e| anyhow::anyhow!("views[{i}].schedule: {e}"))?;
-            tasks.spawn(
-                format!("batch-schedule:{}", view.name),
-                tributary_batch::schedule::run_views(
-                    batch.clone(),
-                    Some(vec![view.name.clone()]),
-                    schedule,
-                    shutdown.clone(),
-                ),
-            );
-        }
-    }
+    // Each view's own schedule runs under the view manager, which follows the catalog.
     if let Some(expr) = &config.batch.maintenance_schedule {
         let schedule = config::parse_schedule(expr)
             .map_err(|e| anyhow::anyhow!("batch.maintenance-schedule: {e}"))?;

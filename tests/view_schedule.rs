@@ -86,3 +86,60 @@ async fn a_view_with_its_own_schedule_is_recomputed_alone() {
     let (status, _) = t.post_path("/api/v1/batch/runs?view=nope").await;
     assert_eq!(status, 404);
 }
+
+/// A view made at runtime with a schedule of its own gets incremental runs of its own;
+/// a schedule that does not parse is refused naming `schedule`; pausing the view stops
+/// its runs.
+#[tokio::test]
+async fn a_view_made_at_runtime_keeps_its_own_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Tributary::configure_pipeline(dir.path(), "", 100, IOT_STREAM);
+    let t = Tributary::start_config(dir.path(), config).await;
+    let sql = "SELECT device, date_bin(INTERVAL '1 hour', ts) AS hour, count(*) AS readings \
+               FROM readings GROUP BY device, hour";
+    let (status, e) = t
+        .post_json(
+            "/api/v1/views",
+            &json!({"name": "per_device", "sql": sql, "schedule": "every minute"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("schedule"), "{e}");
+    let (status, created) = t
+        .post_json(
+            "/api/v1/views",
+            &json!({"name": "per_device", "sql": sql, "schedule": "* * * * * *"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["schedule"], "* * * * * *", "{created}");
+    let scheduled_runs = || async {
+        let (_, runs) = t.get("/api/v1/batch/runs").await;
+        runs["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["kind"] == "incremental" && r["views"] == json!(["per_device"]))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scheduled_runs().await < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no runs of its own\n{}",
+            t.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, p) = t.post_path("/api/v1/views/per_device/pause").await;
+    assert_eq!(status, 200, "{p}");
+    // A run that had started may still end; after that, none.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after_pause = scheduled_runs().await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(
+        scheduled_runs().await,
+        after_pause,
+        "runs went on while paused"
+    );
+}

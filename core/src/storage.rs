@@ -140,7 +140,7 @@ impl Storage {
         self.table_url(&["append", view])
     }
 
-    /// The Delta table of view definitions (see `catalog.rs`).
+    /// The Delta table of view definitions (see `catalog/`).
     pub fn catalog_table(&self) -> Url {
         self.table_url(&["_catalog", "views"])
     }

@@ -191,6 +191,22 @@ impl Merger {
         self.batch_views.read().await.get(view).cloned()
     }
 
+    /// Whether the batch states held for `view` were computed by another definition
+    /// (its SQL or its stream's dedup rule changed since). Without waiting: `false`
+    /// while the states are being swapped.
+    pub fn holds_other_definition(&self, view: &CompiledView) -> bool {
+        let dedup = self
+            .pipeline
+            .stream(&view.stream)
+            .and_then(|s| s.dedup.as_ref());
+        let Ok(held) = self.batch_views.try_read() else {
+            return false;
+        };
+        held.get(&view.name)
+            .and_then(|b| b.definition)
+            .is_some_and(|d| d != views::definition_hash(view, dedup))
+    }
+
     /// Answers of view `name` are refused with `reason` (`None`: it answers again).
     pub fn set_not_ready(&self, name: &str, reason: Option<NotReady>) {
         let mut held = self.not_ready.write().expect("readiness lock");

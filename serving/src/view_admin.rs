@@ -19,6 +19,9 @@ pub struct Replacement {
     /// The new allowed lateness.
     #[serde(default)]
     pub allowed_lateness_ms: u64,
+    /// The new schedule of its own incremental runs (none: no schedule of its own).
+    #[serde(default)]
+    pub schedule: Option<String>,
 }
 
 #[utoipa::path(post, path = "/api/v1/views", tag = "views", request_body = Definition,
@@ -50,6 +53,7 @@ pub async fn replace_view(
         name: view,
         sql: r.sql,
         allowed_lateness_ms: r.allowed_lateness_ms,
+        schedule: r.schedule,
     };
     Ok(Json(state.views.create(def, true).await?))
 }

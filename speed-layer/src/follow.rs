@@ -8,25 +8,24 @@ use std::time::Duration;
 
 use tributary_core::CoreError;
 use tributary_core::catalog::Catalog;
-use tributary_core::config::ViewConfig;
 use tributary_core::pipeline::Pipeline;
 use tributary_core::shutdown::Shutdown;
 
-/// Keep `pipeline`'s views those of `catalog` until shutdown, looking every `every`;
-/// `file` is the configuration's views (the catalog's seed), so a file change this
-/// process was started with is not undone before the seeding process writes it.
+/// Keep `pipeline`'s views those of `catalog` until shutdown, looking every `every`.
+/// The catalog as it is, not this process's file: processes started with different
+/// files never fight over a view (a file change reaches the catalog through the
+/// serving process that seeds it, and from there every process).
 pub async fn follow_catalog(
     catalog: Catalog,
     pipeline: Pipeline,
-    file: Vec<ViewConfig>,
     (every, shutdown): (Duration, Shutdown),
 ) -> Result<(), CoreError> {
     catalog
         .clone()
         .follow(every, shutdown, move || {
-            let (catalog, pipeline, file) = (catalog.clone(), pipeline.clone(), file.clone());
+            let (catalog, pipeline) = (catalog.clone(), pipeline.clone());
             async move {
-                let pass = catalog.reconcile(&pipeline, &file, false, &|_| {}).await?;
+                let pass = catalog.reconcile(&pipeline, &[], false, &|_| {}).await?;
                 for v in &pass.installed {
                     tracing::info!(view = %v.name, revision = v.revision, "followed a view change: the speed layer takes this revision");
                 }

@@ -35,6 +35,12 @@ impl Pipeline {
         if let Some(expr) = &config.batch.schedule {
             crate::config::parse_schedule(expr).map_err(|m| fail("batch.schedule".into(), m))?;
         }
+        for (i, view) in config.views.iter().enumerate() {
+            if let Some(expr) = &view.schedule {
+                crate::config::parse_schedule(expr)
+                    .map_err(|m| fail(format!("views[{i}].schedule"), m))?;
+            }
+        }
         if let Some((i, message)) = config.auth.weak_token() {
             return Err(fail(format!("auth.tokens[{i}].token"), message));
         }

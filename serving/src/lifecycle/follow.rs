@@ -12,32 +12,51 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tributary_core::catalog::{Lifecycle, Reconciled};
-use tributary_core::config::ViewConfig;
 
 use super::{ViewManager, backfilling, status};
 use crate::error::ServingError;
 use crate::merge::NotReady;
 
 impl ViewManager {
-    /// Follow the catalog every `every` until shutdown; `file` is the configuration's
-    /// views (the catalog's seed), so a file change this process was started with is
-    /// not undone by a catalog the seeding process has not written yet.
-    pub async fn follow(
-        self: Arc<Self>,
-        file: Vec<ViewConfig>,
-        every: Duration,
-    ) -> Result<(), ServingError> {
+    /// Follow the catalog every `every` until shutdown, and every ten turns look for a
+    /// view the speed layer holds from above its batch cutoff. The catalog as it is:
+    /// processes started with different files never fight over a view.
+    pub async fn follow(self: Arc<Self>, every: Duration) -> Result<(), ServingError> {
         let (catalog, shutdown) = (self.catalog.clone(), self.shutdown.clone());
-        catalog
-            .follow(every, shutdown, || {
-                let (this, file) = (self.clone(), file.clone());
-                async move { this.follow_once(&file).await }
-            })
-            .await?;
+        let heal = self.clone().heal(every * 10);
+        let follow = catalog.follow(every, shutdown, || {
+            let this = self.clone();
+            async move { this.follow_once().await }
+        });
+        let (followed, ()) = tokio::join!(follow, heal);
+        followed?;
         Ok(())
     }
 
-    async fn follow_once(self: &Arc<Self>, file: &[ViewConfig]) -> tributary_core::Result<()> {
+    /// A view another process's change left behind: backfill it (see
+    /// [`ViewManager::needs_backfill`]).
+    async fn heal(self: Arc<Self>, every: Duration) {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let _one = self.changes.lock().await;
+            for view in self.merger.pipeline().views.iter() {
+                if self.merger.not_ready(&view.name).is_some() || !self.needs_backfill(&view).await
+                {
+                    continue;
+                }
+                // Another serving process may have moved the batch view on already.
+                if self.merger.refresh().await.is_ok() && !self.needs_backfill(&view).await {
+                    continue;
+                }
+                self.begin_backfill(view).await;
+            }
+        }
+    }
+
+    async fn follow_once(self: &Arc<Self>) -> tributary_core::Result<()> {
         // One change at a time: this process's own changes and followed ones.
         let _one = self.changes.lock().await;
         let merger = self.merger.clone();
@@ -46,7 +65,7 @@ impl ViewManager {
         let gate = move |name: &str| merger.set_not_ready(name, Some(changing()));
         let pass = self
             .catalog
-            .reconcile(self.merger.pipeline(), file, false, &gate)
+            .reconcile(self.merger.pipeline(), &[], false, &gate)
             .await?;
         self.apply(pass).await;
         Ok(())
@@ -90,6 +109,7 @@ impl ViewManager {
             tracing::info!(view = %view.name, revision = view.revision, "following a change made in another process: backfilling");
             self.backfill(view);
         }
+        self.reschedule(&pass.current);
     }
 }
 

@@ -1,5 +1,5 @@
 //! Views as managed queries: created, replaced, paused, resumed and dropped at runtime,
-//! each change a row of the catalog (`core/src/catalog.rs`).
+//! each change a row of the catalog (`core/src/catalog/`).
 //!
 //! A new (or resumed, or replaced) view is exact from the moment it answers. Its speed
 //! store starts at a segment boundary X above everything the speed layer had read of
@@ -26,6 +26,7 @@ use crate::error::ServingError;
 use crate::merge::{Merger, NotReady};
 
 mod follow;
+mod schedules;
 
 /// A view's state as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -38,6 +39,8 @@ pub struct ViewStatus {
     pub sql: String,
     /// Its allowed lateness.
     pub allowed_lateness_ms: u64,
+    /// Its own cron schedule of incremental runs (UTC), if it has one.
+    pub schedule: Option<String>,
     /// Its catalog revision (1 for the first definition of the name).
     pub revision: i64,
     /// Why it failed, or what its backfill last met.
@@ -68,6 +71,8 @@ pub struct ViewManager {
     changes: Mutex<()>,
     /// Backfills run here, so shutdown waits for them.
     tasks: TaskSet,
+    /// Each view's own schedule that runs now, by view name.
+    schedules: schedules::Schedules,
     shutdown: Shutdown,
 }
 
@@ -82,6 +87,10 @@ pub struct Definition {
     /// Watermark = newest event time minus this.
     #[serde(default)]
     pub allowed_lateness_ms: u64,
+    /// Incremental runs of this view alone on a cron schedule (UTC; 5 fields, or 6
+    /// with seconds), besides any `batch.schedule` for every view.
+    #[serde(default)]
+    pub schedule: Option<String>,
 }
 
 fn status(r: &ViewRecord, state: &str) -> ViewStatus {
@@ -90,6 +99,7 @@ fn status(r: &ViewRecord, state: &str) -> ViewStatus {
         state: state.into(),
         sql: r.sql.clone(),
         allowed_lateness_ms: r.allowed_lateness_ms,
+        schedule: r.schedule.clone(),
         revision: r.revision,
         error: None,
         backfill: None,
@@ -112,13 +122,16 @@ impl ViewManager {
             changes: Mutex::new(()),
             tasks,
             shutdown,
+            schedules: Default::default(),
         })
     }
 
     /// Take start-up's view of the catalog: states for every view (before the API
     /// answers), then backfills for views made through the API that have no batch
-    /// states yet.
+    /// states yet, and for views whose batch states cannot be merged with what the
+    /// speed layer holds ([`ViewManager::needs_backfill`]).
     pub fn start(self: &Arc<Self>, reconciled: Reconciled) -> impl Future<Output = ()> + use<> {
+        self.reschedule(&reconciled.current);
         for r in &reconciled.current {
             let running = self.merger.pipeline().view(&r.name);
             let s = match (r.lifecycle, &running) {
@@ -130,6 +143,13 @@ impl ViewManager {
         }
         for (r, why) in reconciled.failed {
             self.fail(&r, why);
+        }
+        // Before the API answers: batch states of another definition are never merged.
+        let stale: Vec<Arc<CompiledView>> = (self.merger.pipeline().views.iter())
+            .filter(|v| self.merger.holds_other_definition(v))
+            .collect();
+        for v in &stale {
+            self.merger.set_not_ready(&v.name, Some(backfilling()));
         }
         for r in reconciled.paused {
             self.merger.set_not_ready(
@@ -151,7 +171,38 @@ impl ViewManager {
                     this.backfill(view);
                 }
             }
+            for view in stale {
+                this.begin_backfill(view).await;
+            }
+            for view in this.merger.pipeline().views.iter() {
+                if this.merger.not_ready(&view.name).is_none() && this.needs_backfill(&view).await {
+                    this.begin_backfill(view).await;
+                }
+            }
         }
+    }
+
+    /// Whether `view`'s answers need a backfill first: its batch states are of another
+    /// definition (its SQL changed in the file since they were computed), or the speed
+    /// layer holds it only from above their cutoff (a speed process followed a change
+    /// this process took from the file, from a point the batch states do not reach).
+    async fn needs_backfill(&self, view: &CompiledView) -> bool {
+        if self.merger.holds_other_definition(view) {
+            return true;
+        }
+        let batch = self.merger.batch_view(&view.name).await;
+        let cutoff = batch.map_or(i64::MIN, |b| b.cutoff);
+        let held = self.merger.speed().holds_from(&view.name, view.revision);
+        matches!(held.await, Ok(Some(from)) if from > cutoff)
+    }
+
+    /// Stop answering `view` from what is held for it and backfill it.
+    async fn begin_backfill(self: &Arc<Self>, view: Arc<CompiledView>) {
+        tracing::info!(view = %view.name, "its batch states do not reach where the speed layer holds it from, or are of another definition: backfilling");
+        self.merger.set_not_ready(&view.name, Some(backfilling()));
+        self.merger.forget(&view.name).await;
+        self.update(&view.name, |s| s.state = "backfilling".into());
+        self.backfill(view);
     }
 
     fn set(&self, s: ViewStatus) {
@@ -244,8 +295,12 @@ impl ViewManager {
             name: def.name.clone(),
             sql: def.sql.clone(),
             allowed_lateness_ms: def.allowed_lateness_ms,
-            schedule: None,
+            schedule: def.schedule.clone(),
         };
+        if let Some(expr) = &cfg.schedule {
+            tributary_core::config::parse_schedule(expr)
+                .map_err(|why| ServingError::bad("schedule", why))?;
+        }
         let mut view = compile(self.merger.pipeline(), &cfg).await?;
         let record = self
             .record(&cfg, before.as_ref(), Lifecycle::Running)
@@ -257,6 +312,7 @@ impl ViewManager {
         self.retire(&def.name).await?;
         self.set(status(&record, "backfilling"));
         self.install(view);
+        self.reschedule(&self.catalog.current().await?);
         Ok(self.state(&def.name).expect("just set"))
     }
 
@@ -274,6 +330,7 @@ impl ViewManager {
             revision: before.map_or(1, |r| r.revision + 1),
             at: now_micros(),
             origin: "api".into(),
+            schedule: cfg.schedule.clone(),
         })
     }
 
@@ -328,6 +385,7 @@ impl ViewManager {
             self.states.lock().expect("states lock").remove(name);
             self.merger.set_not_ready(name, None);
         }
+        self.reschedule(&self.catalog.current().await?);
         Ok(())
     }
 
@@ -350,6 +408,7 @@ impl ViewManager {
         self.catalog.append(std::slice::from_ref(&record)).await?;
         self.set(status(&record, "backfilling"));
         self.install(view);
+        self.reschedule(&self.catalog.current().await?);
         Ok(self.state(name).expect("just set"))
     }
 

@@ -8,9 +8,10 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
+use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -68,6 +69,10 @@ pub struct ViewRecord {
     pub at: i64,
     /// `config` (seeded from the TOML file) or `api`.
     pub origin: String,
+    /// Incremental runs of this view alone on a cron schedule (UTC), besides any
+    /// `batch.schedule` for every view (a column since catalogs of 2026-12-06).
+    #[serde(default)]
+    pub schedule: Option<String>,
 }
 
 impl ViewRecord {
@@ -77,7 +82,7 @@ impl ViewRecord {
             name: self.name.clone(),
             sql: self.sql.clone(),
             allowed_lateness_ms: self.allowed_lateness_ms,
-            schedule: None,
+            schedule: self.schedule.clone(),
         }
     }
 }
@@ -98,6 +103,7 @@ fn schema() -> SchemaRef {
         Field::new("revision", DataType::Int64, false),
         Field::new("at", utc, false),
         Field::new("origin", DataType::Utf8, false),
+        Field::new("schedule", DataType::Utf8, true),
     ]))
 }
 
@@ -132,9 +138,14 @@ impl Catalog {
             .update_datafusion_session(&ctx.state())
             .map_err(|e| self.err(e))?;
         let provider = table.table_provider().await.map_err(|e| self.err(e))?;
+        // A catalog written before schedules were kept has no such column.
+        let schedule = match provider.schema().field_with_name("schedule") {
+            Ok(_) => "schedule",
+            Err(_) => "CAST(NULL AS VARCHAR) AS schedule",
+        };
         ctx.register_table("catalog", provider)?;
         let batches = ctx
-            .sql("SELECT name, sql, allowed_lateness_ms, lifecycle, revision, at, origin FROM catalog ORDER BY at, revision")
+            .sql(&format!("SELECT name, sql, allowed_lateness_ms, lifecycle, revision, at, origin, {schedule} FROM catalog ORDER BY at, revision"))
             .await?
             .collect()
             .await?;
@@ -159,6 +170,8 @@ impl Catalog {
         };
         let (names, sqls, lateness) = (text(0)?, text(1)?, int(2)?);
         let (states, revisions, origins) = (text(3)?, int(4)?, text(6)?);
+        let schedules = datafusion::arrow::compute::cast(b.column(7), &DataType::Utf8)?;
+        let schedules = schedules.as_string::<i32>();
         let at = datafusion::arrow::compute::cast(
             b.column(5),
             &DataType::Timestamp(TimeUnit::Microsecond, None),
@@ -175,6 +188,9 @@ impl Catalog {
                     revision: revisions[j],
                     at: at.value(j),
                     origin: origins[j].clone(),
+                    schedule: schedules
+                        .is_valid(j)
+                        .then(|| schedules.value(j).to_string()),
                 })
             })
             .collect()
@@ -210,6 +226,9 @@ impl Catalog {
                 int(&|r| r.revision),
                 at,
                 col(&|r| r.origin.clone()),
+                Arc::new(StringArray::from_iter(
+                    records.iter().map(|r| r.schedule.as_deref()),
+                )),
             ],
         )?;
         let table = crate::delta::open(self.url.clone())
@@ -218,6 +237,8 @@ impl Catalog {
         table
             .write(vec![batch])
             .with_save_mode(SaveMode::Append)
+            // Adds the `schedule` column to a catalog written before it existed.
+            .with_schema_mode(SchemaMode::Merge)
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -358,8 +379,11 @@ fn file_changes(
                 .iter()
                 .filter(|r| r.name == v.name && r.origin == "config")
                 .max_by_key(|r| r.revision);
-            !last_from_file
-                .is_some_and(|r| r.sql == v.sql && r.allowed_lateness_ms == v.allowed_lateness_ms)
+            !last_from_file.is_some_and(|r| {
+                r.sql == v.sql
+                    && r.allowed_lateness_ms == v.allowed_lateness_ms
+                    && r.schedule == v.schedule
+            })
         })
         .map(|v| ViewRecord {
             name: v.name.clone(),
@@ -372,6 +396,7 @@ fn file_changes(
                 .map_or(1, |r| r.revision + 1),
             at: crate::time::now_micros(),
             origin: "config".into(),
+            schedule: v.schedule.clone(),
         })
         .collect()
 }
@@ -438,124 +463,4 @@ impl Reconciled {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(name: &str, lifecycle: Lifecycle, revision: i64) -> ViewRecord {
-        ViewRecord {
-            name: name.into(),
-            sql: format!("SELECT {revision}"),
-            allowed_lateness_ms: 0,
-            lifecycle,
-            revision,
-            at: 1_000 * revision,
-            origin: "api".into(),
-        }
-    }
-
-    #[tokio::test]
-    async fn the_current_row_of_each_name_is_its_newest_revision() {
-        let dir = tempfile::tempdir().unwrap();
-        let catalog = Catalog::new(&Storage::open(dir.path()).unwrap());
-        assert!(catalog.current().await.unwrap().is_empty());
-        catalog
-            .append(&[
-                record("a", Lifecycle::Running, 1),
-                record("b", Lifecycle::Running, 1),
-            ])
-            .await
-            .unwrap();
-        catalog
-            .append(&[record("a", Lifecycle::Paused, 2)])
-            .await
-            .unwrap();
-        let now = catalog.current().await.unwrap();
-        assert_eq!(
-            now,
-            vec![
-                record("a", Lifecycle::Paused, 2),
-                record("b", Lifecycle::Running, 1)
-            ]
-        );
-        assert_eq!(catalog.history().await.unwrap().len(), 3);
-    }
-
-    const FILE: &str = r#"
-storage-root = "x"
-[[streams]]
-name = "r"
-event-time = "ts"
-fields = [{ name = "k", type = "string" }, { name = "ts", type = "timestamp" }]
-[[views]]
-name = "per_k"
-sql = "SELECT k, date_bin(INTERVAL '1 minute', ts) AS w, count(*) AS n FROM r GROUP BY k, w"
-"#;
-
-    #[tokio::test]
-    async fn a_process_follows_changes_another_made_and_only_those() {
-        let dir = tempfile::tempdir().unwrap();
-        let catalog = Catalog::new(&Storage::open(dir.path()).unwrap());
-        let config = crate::config::from_toml_str(FILE).unwrap();
-        let source = crate::config::ConfigSource::File("t.toml".into());
-        let seeder = crate::pipeline::Pipeline::from_config(&config, &source)
-            .await
-            .unwrap();
-        let follower = crate::pipeline::Pipeline::from_config(&config, &source)
-            .await
-            .unwrap();
-        let none = |_: &str| {};
-        // The follower reads before the seeder writes: the same revision either way.
-        catalog
-            .reconcile(&follower, &config.views, false, &none)
-            .await
-            .unwrap();
-        catalog
-            .reconcile(&seeder, &config.views, true, &none)
-            .await
-            .unwrap();
-        assert_eq!(follower.view("per_k").unwrap().revision, 1);
-        assert_eq!(seeder.view("per_k").unwrap().revision, 1);
-        let held = follower.view("per_k").unwrap();
-        let pass = catalog
-            .reconcile(&follower, &config.views, false, &none)
-            .await
-            .unwrap();
-        assert!(pass.installed.is_empty() && pass.removed.is_empty());
-        assert!(Arc::ptr_eq(&held, &follower.view("per_k").unwrap()));
-
-        // Replaced elsewhere: compiled again at the new revision, named beforehand.
-        let mut replaced = catalog.current().await.unwrap().remove(0);
-        replaced.sql = replaced.sql.replace("1 minute", "5 minutes");
-        replaced.revision = 2;
-        replaced.origin = "api".into();
-        catalog
-            .append(std::slice::from_ref(&replaced))
-            .await
-            .unwrap();
-        let told = std::sync::Mutex::new(Vec::new());
-        let tell = |name: &str| told.lock().unwrap().push(name.to_string());
-        let pass = catalog
-            .reconcile(&follower, &config.views, false, &tell)
-            .await
-            .unwrap();
-        assert_eq!(pass.installed.len(), 1);
-        assert_eq!(follower.view("per_k").unwrap().revision, 2);
-        assert!(follower.view("per_k").unwrap().sql.contains("5 minutes"));
-        assert_eq!(*told.lock().unwrap(), ["per_k"]);
-
-        // Paused elsewhere: taken out.
-        replaced.lifecycle = Lifecycle::Paused;
-        replaced.revision = 3;
-        catalog
-            .append(std::slice::from_ref(&replaced))
-            .await
-            .unwrap();
-        let pass = catalog
-            .reconcile(&follower, &config.views, false, &none)
-            .await
-            .unwrap();
-        assert_eq!(pass.removed, ["per_k"]);
-        assert!(follower.view("per_k").is_none());
-        assert_eq!(pass.paused.len(), 1);
-    }
-}
+mod tests;
