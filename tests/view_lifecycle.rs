@@ -397,3 +397,48 @@ async fn with_the_roles_apart_every_process_follows_a_change_made_through_one() 
         assert_eq!(serve.get("/api/v1/views/signal_by_type").await.0, 200);
     }
 }
+
+/// With the roles apart, a serving process restarted with a view changed in the file
+/// seeds the new definition; the running speed process follows it from the catalog,
+/// and the serving process answers only once its batch states are of the new
+/// definition and reach where the speed process holds it from. (Either of the serving
+/// process's checks brings it there: the definition of its batch states at start, or,
+/// without that, the later finding that the speed process holds the view from above
+/// them; with neither it answers 503 for ever, which fails this test.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_roles_apart_a_file_change_reaches_the_running_speed_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("lifecycle-file{}.", common::free_port());
+    let more = format!("[[views]]\nname = \"counts\"\nsql = \"{COUNTS}\"\n");
+    let config = Tributary::configure_kafka_with(dir.path(), &prefix, &more);
+    let poll = ("TRIBUTARY_CATALOG_POLL_MS", "200");
+    let ingest = Tributary::start_role(dir.path(), &config, "ingest", &[]).await;
+    let batch = Tributary::start_role(dir.path(), &config, "batch", &[]).await;
+    let speed = Tributary::start_role(dir.path(), &config, "speed", &[poll]).await;
+    let env = [("TRIBUTARY_SPEED__URL", speed.base.as_str()), poll];
+    let mut serve = Tributary::start_role(dir.path(), &config, "serve", &env).await;
+    for role in [&ingest, &batch, &speed, &serve] {
+        role.wait_for("/ready", |_| true).await;
+    }
+    let mut all = events(0, 400);
+    post_events(&ingest, &all).await;
+    assert_exact(&serve, "counts", COUNTS, &all).await;
+    serve.run_batch().await;
+    let recent = events(400, 150);
+    post_events(&ingest, &recent).await;
+    all.extend(recent);
+    assert_exact(&serve, "counts", COUNTS, &all).await;
+
+    serve.terminate();
+    let filtered = COUNTS.replace("FROM readings", "FROM readings WHERE signal > 20");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(COUNTS, &filtered)).unwrap();
+    serve.restart().await;
+    assert_exact_at_once(&serve, "counts", &filtered, &all).await;
+    let (_, s) = serve.get("/api/v1/views/counts/status").await;
+    assert_eq!(s["revision"], 2, "{s}");
+    let recent = events(550, 100);
+    post_events(&ingest, &recent).await;
+    all.extend(recent);
+    assert_exact(&serve, "counts", &filtered, &all).await;
+}
