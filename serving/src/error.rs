@@ -38,7 +38,7 @@ pub enum ServingError {
     /// The batch layer failed (starting or reading a run).
     #[error(transparent)]
     Batch(#[from] BatchError),
-    #[error("view `{view}`: {source}")]
+    #[error("{}", with_view(.view, .source))]
     /// Merging a view's states failed.
     Query {
         /// The view.
@@ -159,6 +159,15 @@ pub enum ServingError {
     },
 }
 
+/// `source`'s message, led by the view's name unless it names the view already.
+fn with_view(view: &str, source: &CoreError) -> String {
+    let text = source.to_string();
+    match text.starts_with(&format!("view `{view}`")) {
+        true => text,
+        false => format!("view `{view}`: {text}"),
+    }
+}
+
 impl ServingError {
     /// A bad query parameter `param`, and what was expected.
     pub fn bad(param: &str, reason: impl Into<String>) -> Self {
@@ -233,5 +242,32 @@ impl IntoResponse for ServingError {
             tracing::error!(error = %self, "request failed");
         }
         (status, Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_query_error_names_its_view_once() {
+        let stale = ServingError::Query {
+            view: "counts".into(),
+            source: CoreError::StaleCutoff {
+                view: "counts".into(),
+                requested: 1,
+                released: 2,
+            },
+        };
+        assert!(
+            stale
+                .to_string()
+                .starts_with("view `counts`: the speed layer released")
+        );
+        let other = ServingError::Query {
+            view: "counts".into(),
+            source: CoreError::LogUnavailable("down".into()),
+        };
+        assert!(other.to_string().starts_with("view `counts`: "), "{other}");
     }
 }
