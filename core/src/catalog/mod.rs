@@ -122,17 +122,25 @@ impl Catalog {
         }
     }
 
-    /// Every row, oldest first (none when the table does not exist yet).
-    pub async fn history(&self) -> Result<Vec<ViewRecord>> {
+    /// The table, or `None` before its first row.
+    async fn table(&self) -> Result<Option<deltalake::DeltaTable>> {
         if !crate::delta::exists(&self.url)
             .await
             .map_err(|e| self.err(e))?
         {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let table = crate::delta::open(self.url.clone())
             .await
             .map_err(|e| self.err(e))?;
+        Ok(Some(table))
+    }
+
+    /// Every row, oldest first (none when the table does not exist yet).
+    pub async fn history(&self) -> Result<Vec<ViewRecord>> {
+        let Some(table) = self.table().await? else {
+            return Ok(Vec::new());
+        };
         let ctx = crate::cloud::session_context();
         table
             .update_datafusion_session(&ctx.state())
@@ -314,16 +322,8 @@ impl Catalog {
     /// The catalog table's version (`None` before its first row): a pass is needed
     /// only when it moved.
     pub async fn version(&self) -> Result<Option<i64>> {
-        if !crate::delta::exists(&self.url)
-            .await
-            .map_err(|e| self.err(e))?
-        {
-            return Ok(None);
-        }
-        let table = crate::delta::open(self.url.clone())
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(table.version().map(|v| v as i64))
+        let table = self.table().await?;
+        Ok(table.and_then(|t| t.version()).map(|v| v as i64))
     }
 
     /// Follow changes made by other processes: every `every`, when the table has moved

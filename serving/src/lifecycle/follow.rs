@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tributary_core::catalog::{Lifecycle, Reconciled};
 
-use super::{ViewManager, backfilling, status};
+use super::{ViewManager, paused, status};
 use crate::error::ServingError;
 use crate::merge::NotReady;
 
@@ -51,7 +51,8 @@ impl ViewManager {
                 if self.merger.refresh().await.is_ok() && !self.needs_backfill(&view).await {
                     continue;
                 }
-                self.begin_backfill(view).await;
+                let why = "the speed layer holds it from above its batch cutoff";
+                self.begin_backfill(view, why).await;
             }
         }
     }
@@ -86,12 +87,7 @@ impl ViewManager {
                 }
                 Lifecycle::Paused => {
                     self.set(status(r, "paused"));
-                    self.merger.set_not_ready(
-                        &r.name,
-                        Some(NotReady::Inactive(
-                            "paused: resume it to compute it again".into(),
-                        )),
-                    );
+                    self.merger.set_not_ready(&r.name, Some(paused()));
                 }
                 Lifecycle::Running => {}
             }
@@ -103,11 +99,9 @@ impl ViewManager {
             let Some(r) = pass.current.iter().find(|r| r.name == view.name) else {
                 continue;
             };
-            self.merger.forget(&view.name).await;
-            self.merger.set_not_ready(&view.name, Some(backfilling()));
             self.set(status(r, "backfilling"));
-            tracing::info!(view = %view.name, revision = view.revision, "following a change made in another process: backfilling");
-            self.backfill(view);
+            let why = "following a change made in another process";
+            self.begin_backfill(view, why).await;
         }
         self.reschedule(&pass.current);
     }

@@ -152,12 +152,7 @@ impl ViewManager {
             self.merger.set_not_ready(&v.name, Some(backfilling()));
         }
         for r in reconciled.paused {
-            self.merger.set_not_ready(
-                &r.name,
-                Some(NotReady::Inactive(
-                    "paused: resume it to compute it again".into(),
-                )),
-            );
+            self.merger.set_not_ready(&r.name, Some(paused()));
         }
         let this = self.clone();
         async move {
@@ -166,17 +161,21 @@ impl ViewManager {
                     continue;
                 };
                 if this.merger.batch_view(&name).await.is_none() {
-                    this.merger.set_not_ready(&name, Some(backfilling()));
-                    this.update(&name, |s| s.state = "backfilling".into());
-                    this.backfill(view);
+                    this.begin_backfill(view, "made through the API, no batch states yet")
+                        .await;
                 }
             }
             for view in stale {
-                this.begin_backfill(view).await;
+                this.begin_backfill(view, "batch states of another definition")
+                    .await;
             }
             for view in this.merger.pipeline().views.iter() {
                 if this.merger.not_ready(&view.name).is_none() && this.needs_backfill(&view).await {
-                    this.begin_backfill(view).await;
+                    this.begin_backfill(
+                        view,
+                        "the speed layer holds it from above its batch cutoff",
+                    )
+                    .await;
                 }
             }
         }
@@ -196,9 +195,9 @@ impl ViewManager {
         matches!(held.await, Ok(Some(from)) if from > cutoff)
     }
 
-    /// Stop answering `view` from what is held for it and backfill it.
-    async fn begin_backfill(self: &Arc<Self>, view: Arc<CompiledView>) {
-        tracing::info!(view = %view.name, "its batch states do not reach where the speed layer holds it from, or are of another definition: backfilling");
+    /// Stop answering `view` from what is held for it and backfill it, because of `why`.
+    async fn begin_backfill(self: &Arc<Self>, view: Arc<CompiledView>, why: &str) {
+        tracing::info!(view = %view.name, revision = view.revision, why, "backfilling");
         self.merger.set_not_ready(&view.name, Some(backfilling()));
         self.merger.forget(&view.name).await;
         self.update(&view.name, |s| s.state = "backfilling".into());
@@ -375,12 +374,7 @@ impl ViewManager {
         self.retire(name).await?;
         if to == Lifecycle::Paused {
             self.set(status(&next, "paused"));
-            self.merger.set_not_ready(
-                name,
-                Some(NotReady::Inactive(
-                    "paused: resume it to compute it again".into(),
-                )),
-            );
+            self.merger.set_not_ready(name, Some(paused()));
         } else {
             self.states.lock().expect("states lock").remove(name);
             self.merger.set_not_ready(name, None);
@@ -523,6 +517,11 @@ impl ViewManager {
         let batch = self.merger.batch_view(&view.name).await;
         Ok(batch.is_some_and(|b| b.cutoff >= from))
     }
+}
+
+/// Why a paused view does not answer.
+fn paused() -> NotReady {
+    NotReady::Inactive("paused: resume it to compute it again".into())
 }
 
 /// Why a view being backfilled does not answer yet.
