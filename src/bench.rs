@@ -1,5 +1,6 @@
 //! `tributary bench speed`: the speed layer from JSON records in the log to updated
-//! states, for the IoT view, with DuckDB over the same records as the reference.
+//! states, for the IoT view (tumbling windows) and a session view over the same
+//! readings, each with DuckDB over the same records as the reference.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,7 +27,45 @@ pub struct Args {
     /// Worker threads, and threads that decode partitions at once.
     pub threads: usize,
     pub python: Option<PathBuf>,
+    /// Which workloads to run: `iot`, `sessions`.
+    pub views: Vec<String>,
 }
+
+/// One view measured by the bench: Tributary's SQL and DuckDB's over the same NDJSON.
+struct Workload {
+    name: &'static str,
+    sql: &'static str,
+    /// `{json}` stands for DuckDB's read of the records.
+    duckdb: &'static str,
+}
+
+/// The bench's JSON columns as DuckDB reads them.
+const DUCKDB_INPUT: &str = "read_json('{path}', format='newline_delimited', \
+    columns={'device':'VARCHAR','device_type':'VARCHAR','signal':'DOUBLE','ts':'BIGINT'})";
+
+const WORKLOADS: &[Workload] = &[
+    Workload {
+        name: "iot",
+        sql: "",
+        duckdb: "SELECT device_type, time_bucket(INTERVAL '10 minutes', epoch_ms(ts)) AS w, \
+            avg(signal), max(signal), count(*) FROM {json} WHERE signal > 15 GROUP BY ALL",
+    },
+    // Per device, sessions of readings at most 5 s apart (a reading every 1.8 s per
+    // device on average: about one in sixteen starts a session).
+    Workload {
+        name: "sessions",
+        sql: "SELECT device, session(ts, INTERVAL '5 seconds') AS session_start, \
+            count(*) AS readings, avg(signal) AS avg_signal, max(signal) AS max_signal \
+            FROM readings GROUP BY device, session_start",
+        duckdb: "WITH e AS (SELECT device, epoch_ms(ts) AS t, signal FROM {json}), \
+            s AS (SELECT *, CASE WHEN lag(t) OVER (PARTITION BY device ORDER BY t) \
+              + INTERVAL 5 SECOND >= t THEN 0 ELSE 1 END AS new FROM e), \
+            g AS (SELECT *, sum(new) OVER (PARTITION BY device ORDER BY t \
+              ROWS UNBOUNDED PRECEDING) AS sid FROM s) \
+            SELECT device, min(t), max(t) + INTERVAL 5 SECOND, count(*), avg(signal), \
+              max(signal) FROM g GROUP BY device, sid",
+    },
+];
 
 fn records(n: usize, devices: u32) -> Vec<Vec<u8>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -61,14 +100,29 @@ pub async fn iot_pipeline() -> anyhow::Result<(config::Config, Pipeline, StreamS
     Ok((cfg, pipeline, stream))
 }
 
+/// The embedded example with `w`'s view as its only view (the IoT view itself for
+/// `iot`).
+async fn workload_pipeline(w: &Workload) -> anyhow::Result<Pipeline> {
+    let (mut cfg, _) = config::load(None)?;
+    if !w.sql.is_empty() {
+        cfg.views = vec![config::ViewConfig {
+            name: w.name.into(),
+            sql: w.sql.into(),
+            allowed_lateness_ms: 0,
+            schedule: None,
+        }];
+        cfg.sinks.clear();
+    }
+    Ok(Pipeline::from_config(&cfg, &ConfigSource::EmbeddedDefault).await?)
+}
+
 pub async fn speed(args: Args) -> anyhow::Result<()> {
-    let (_, pipeline, stream) = iot_pipeline().await?;
-    let view = pipeline.views.snapshot()[0].clone();
+    let (_, _, stream) = iot_pipeline().await?;
     let dir = tempfile::tempdir()?;
     let data = records(args.events, args.devices);
     let bytes: usize = data.iter().map(Vec::len).sum();
     println!(
-        "IoT view over {} events ({} MB of JSON), {} devices, micro-batches of at most {} records per partition",
+        "{} IoT readings ({} MB of JSON), {} devices, micro-batches of at most {} records per partition",
         args.events,
         bytes / 1_000_000,
         args.devices,
@@ -85,36 +139,43 @@ pub async fn speed(args: Args) -> anyhow::Result<()> {
             .await?;
     }
 
-    let (read_s, decode_s, partial_s) = stages(&log, &stream, &view, &data, args.batch).await?;
-    let (speed_s, state_rows) = end_to_end(&pipeline, log, &args).await?;
-
-    let rate = |s: f64| args.events as f64 / s;
-    println!(
-        "speed layer, log → states: {:.0} events/s ({speed_s:.2} s, {state_rows} state rows)",
-        rate(speed_s)
-    );
-    println!(
-        "  stages alone: log read {:.0}/s, JSON → Arrow {:.0}/s, partial plan {:.0}/s",
-        rate(read_s),
-        rate(decode_s),
-        rate(partial_s)
-    );
-
     let python = args
         .python
+        .clone()
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python")));
     let ndjson = dir.path().join("events.ndjson");
     std::fs::write(&ndjson, data.join(&b'\n'))?;
-    match duckdb(&python, &ndjson) {
-        Ok(s) => println!(
-            "DuckDB, same NDJSON, one batch: {:.0} events/s ({s:.2} s); Tributary/DuckDB = {:.2}",
-            rate(s),
-            s / speed_s
-        ),
-        Err(e) => bail!(
-            "DuckDB reference failed ({e}); install it with `{} -m pip install duckdb` or pass --python",
-            python.display()
-        ),
+    for name in &args.views {
+        let Some(w) = WORKLOADS.iter().find(|w| w.name == name) else {
+            bail!("no workload `{name}` (there are: iot, sessions)");
+        };
+        let pipeline = workload_pipeline(w).await?;
+        let view = pipeline.views.snapshot()[0].clone();
+        println!("\n{} view `{}`:", w.name, view.name);
+        let (read_s, decode_s, partial_s) = stages(&log, &stream, &view, &data, args.batch).await?;
+        let (speed_s, state_rows) = end_to_end(&pipeline, log.clone(), &args).await?;
+        let rate = |s: f64| args.events as f64 / s;
+        println!(
+            "speed layer, log → states: {:.0} events/s ({speed_s:.2} s, {state_rows} state rows)",
+            rate(speed_s)
+        );
+        println!(
+            "  stages alone: log read {:.0}/s, JSON → Arrow {:.0}/s, partial plan {:.0}/s",
+            rate(read_s),
+            rate(decode_s),
+            rate(partial_s)
+        );
+        match duckdb(&python, &ndjson, w.duckdb) {
+            Ok((s, rows)) => println!(
+                "DuckDB, same NDJSON, one batch: {:.0} events/s ({s:.2} s, {rows} rows); Tributary/DuckDB = {:.2}",
+                rate(s),
+                s / speed_s
+            ),
+            Err(e) => bail!(
+                "DuckDB reference failed ({e}); install it with `{} -m pip install duckdb` or pass --python",
+                python.display()
+            ),
+        }
     }
     Ok(())
 }
@@ -234,18 +295,16 @@ impl SpeedRun {
     }
 }
 
-/// Seconds DuckDB needs for the IoT view over `path`.
-fn duckdb(python: &Path, path: &Path) -> anyhow::Result<f64> {
+/// Seconds DuckDB needs for `sql` over the records at `path`, and its rows.
+fn duckdb(python: &Path, path: &Path, sql: &str) -> anyhow::Result<(f64, usize)> {
+    let input = DUCKDB_INPUT.replace("{path}", &path.display().to_string());
+    let sql = sql.replace("{json}", &input);
     let script = format!(
         "import duckdb, time\n\
          con = duckdb.connect()\n\
          t = time.time()\n\
-         con.execute(\"\"\"SELECT device_type, time_bucket(INTERVAL '10 minutes', epoch_ms(ts)) AS w,\n\
-           avg(signal), max(signal), count(*) FROM read_json('{}', format='newline_delimited',\n\
-           columns={{'device':'VARCHAR','device_type':'VARCHAR','signal':'DOUBLE','ts':'BIGINT'}})\n\
-           WHERE signal > 15 GROUP BY ALL\"\"\").fetchall()\n\
-         print(time.time() - t)\n",
-        path.display()
+         rows = con.execute(\"\"\"{sql}\"\"\").fetchall()\n\
+         print(time.time() - t, len(rows))\n"
     );
     let out = std::process::Command::new(python)
         .arg("-c")
@@ -254,5 +313,10 @@ fn duckdb(python: &Path, path: &Path) -> anyhow::Result<f64> {
     if !out.status.success() {
         bail!("{}", String::from_utf8_lossy(&out.stderr));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    let out = String::from_utf8_lossy(&out.stdout);
+    let mut parts = out.split_whitespace();
+    let (Some(s), Some(rows)) = (parts.next(), parts.next()) else {
+        bail!("DuckDB printed `{out}`, expected seconds and rows");
+    };
+    Ok((s.parse()?, rows.parse()?))
 }

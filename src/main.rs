@@ -147,6 +147,9 @@ enum BenchTarget {
         /// Python with `duckdb` installed (default: ./.venv/bin/python).
         #[arg(long)]
         python: Option<PathBuf>,
+        /// Views to measure, comma-separated: `iot` (tumbling windows), `sessions`.
+        #[arg(long, value_delimiter = ',', default_value = "iot,sessions")]
+        views: Vec<String>,
     },
     /// View-query latency and freshness against a running Tributary, while ingesting.
     Serve(bench_serve::Args),
@@ -279,6 +282,7 @@ async fn bench(target: BenchTarget) -> anyhow::Result<()> {
             batch,
             threads,
             python,
+            views,
         } => {
             bench::speed(bench::Args {
                 events,
@@ -286,6 +290,7 @@ async fn bench(target: BenchTarget) -> anyhow::Result<()> {
                 batch,
                 threads,
                 python,
+                views,
             })
             .await
         }

@@ -244,7 +244,8 @@ golden_cases!(
     dedup_orders,
     dimension_join,
     hopping_sketches,
-    iot_tumbling
+    iot_tumbling,
+    session_clicks
 );
 
 #[test]

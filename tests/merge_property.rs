@@ -57,6 +57,15 @@ FROM readings
 GROUP BY device, hour
 HAVING count(*) >= 2
 """
+
+[[views]]
+name = "sessions"
+sql = """
+SELECT device, session(ts, INTERVAL '20 minutes') AS session_start,
+       count(*) AS n, sum(signal) AS total, max(signal) AS peak
+FROM readings WHERE signal > 5
+GROUP BY device, session_start
+"""
 "#;
 
 #[derive(Debug, Clone)]

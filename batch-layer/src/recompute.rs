@@ -543,8 +543,10 @@ impl Batch {
         )
         .await?;
         // Only the window days the new events fall in are read, merged and replaced
-        // (all of a table from before the day partitions).
-        let scope = if b.by_day {
+        // (all of a table from before the day partitions). A new event can join a
+        // session that began any number of days before, so session views read and
+        // replace all their states.
+        let scope = if b.by_day && view.session.is_none() {
             views::Scope::Days(views::days_of(view, &new)?)
         } else {
             views::Scope::All

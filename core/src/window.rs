@@ -1,10 +1,17 @@
-//! Event-time windows of a view: tumbling (`date_bin`) and hopping (`hop`).
+//! Event-time windows of a view: tumbling (`date_bin`), hopping (`hop`) and session
+//! (`session`) windows.
 //!
 //! A hopping window `hop(ts, INTERVAL size, INTERVAL slide)` puts each event into every
 //! window of width `size` whose start is a multiple of `slide` and that contains the
 //! event. Views stay plain DataFusion SQL: compilation rewrites `hop(…)` into a column
 //! produced by `unnest(tributary_hop(ts, size, slide))` under the aggregate, so both
 //! layers run the same partial plan and the states of one window still merge exactly.
+//!
+//! A session window `session(ts, INTERVAL gap)` is rewritten into
+//! `tributary_session(ts, gap)`, which is the event time itself: the partial plan keeps
+//! one state per key and event time, and [`crate::view::CompiledView`] coalesces states
+//! whose distance is at most the gap before it reduces or finalizes them (see
+//! `view/session.rs`).
 //!
 //! The [`WindowSpec`] also answers the event-time questions of the speed layer and
 //! serving: when a window ends (for `complete`) and whether an event is late (it updates
@@ -29,6 +36,13 @@ pub const HOP_SQL_NAME: &str = "hop";
 pub const HOP_FUNCTION: &str = "tributary_hop";
 /// The column holding a hopping window's start below the aggregate.
 pub const HOP_COLUMN: &str = "__window";
+/// The function views call for session windows.
+pub const SESSION_SQL_NAME: &str = "session";
+/// The function compilation rewrites it into (the event time, one group per event time).
+pub const SESSION_FUNCTION: &str = "tributary_session";
+/// The output column compilation adds to a session view: the last event time plus the
+/// gap (exclusive end, as Spark's `session_window.end`).
+pub const SESSION_END: &str = "session_end";
 
 /// How a view's windows tile event time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -38,6 +52,8 @@ pub enum WindowKind {
     Tumbling,
     /// Windows wider than their step, each event in several (`tributary_hop`).
     Hopping,
+    /// Per key, events at most a gap apart (`size_us` is the gap).
+    Session,
 }
 
 /// A view's window: its kind, width and step, in microseconds.
@@ -61,7 +77,11 @@ impl WindowSpec {
 
     /// End of the earliest window that contains an event at `ts_us`: once the watermark
     /// has passed it, the event updates a window already marked complete (it is late).
+    /// A session holding the event lasts at least until the event plus the gap.
     pub fn first_end(&self, ts_us: i64) -> i64 {
+        if self.kind == WindowKind::Session {
+            return ts_us.saturating_add(self.size_us);
+        }
         let lo = ts_us - self.size_us;
         let first_start = lo - (lo - self.origin_us).rem_euclid(self.slide_us) + self.slide_us;
         first_start + self.size_us
@@ -219,6 +239,61 @@ impl ScalarUDFImpl for Hop {
         }
         Ok(ColumnarValue::Array(Arc::new(out.finish()) as ArrayRef))
     }
+}
+
+/// `tributary_session(ts, gap)`: the event time itself, so that the partial plan keeps
+/// one state per key and event time; coalescing makes sessions of them.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Session {
+    signature: Signature,
+}
+
+impl Session {
+    /// The `tributary_session` function, to register with a session.
+    pub fn udf() -> ScalarUDF {
+        ScalarUDF::from(Session {
+            signature: Signature::any(2, Volatility::Immutable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for Session {
+    fn name(&self) -> &str {
+        SESSION_FUNCTION
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> DfResult<DataType> {
+        match &args[0] {
+            DataType::Timestamp(_, tz) => Ok(micros_type(tz.clone())),
+            other => plan_err!("session(ts, gap) needs a timestamp first, got {other}"),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        match &args.args[1] {
+            ColumnarValue::Scalar(v) => {
+                scalar_micros(v).or_else(|e| exec_err!("session's gap: {e}"))?;
+            }
+            ColumnarValue::Array(_) => {
+                return exec_err!("a session gap must be an INTERVAL literal");
+            }
+        }
+        let tz = match args.args[0].data_type() {
+            DataType::Timestamp(_, tz) => tz,
+            other => return exec_err!("session needs a timestamp, got {other}"),
+        };
+        let ts = args.args[0].to_array(args.number_rows)?;
+        Ok(ColumnarValue::Array(cast(&ts, &micros_type(tz))?))
+    }
+}
+
+/// Tributary's window functions, to register with every session that plans views.
+pub fn udfs() -> [ScalarUDF; 2] {
+    [Hop::udf(), Session::udf()]
 }
 
 fn micros_type(tz: Option<Arc<str>>) -> DataType {

@@ -496,7 +496,7 @@ fn json_rows(view: &CompiledView, batches: &[RecordBatch], watermark: Option<i64
                     .downcast_ref::<TimestampMicrosecondArray>()
                     .cloned()
             });
-        for i in 0..b.num_rows() {
+        for (i, end) in view.row_ends(b).into_iter().enumerate() {
             let w = window.as_ref().map(|w| w.value(i)).unwrap_or(0);
             let mut obj = Map::new();
             for (c, f) in b.columns().iter().zip(schema.fields()) {
@@ -507,7 +507,7 @@ fn json_rows(view: &CompiledView, batches: &[RecordBatch], watermark: Option<i64
                         .and_then(Origin::from_tags)
                         .map_or("unknown", Origin::name);
                     obj.insert("_source".into(), Value::String(src.into()));
-                    let complete = watermark.is_some_and(|wm| view.window_spec.end(w) <= wm);
+                    let complete = watermark.zip(end).is_some_and(|(wm, end)| end <= wm);
                     obj.insert("complete".into(), Value::Bool(complete));
                 } else {
                     obj.insert(f.name().clone(), v);

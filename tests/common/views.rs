@@ -5,7 +5,7 @@
 use serde_json::{Map, Value};
 use tributary_core::config::{ConfigSource, from_toml_str};
 use tributary_core::pipeline::Pipeline;
-use tributary_core::schema::{BatchDecoder, LogPosition, timestamp_type};
+use tributary_core::schema::{BatchDecoder, LogPosition};
 use tributary_core::view::{CompiledView, SOURCE_BATCH, SOURCE_COLUMN, tag_source};
 
 pub type Row = Map<String, Value>;
@@ -20,8 +20,6 @@ pub async fn pipeline(text: &str) -> Pipeline {
 
 /// The view's answer over `events` (those the stream accepts), as API rows.
 pub async fn reference(pipeline: &Pipeline, view: &CompiledView, events: &[Value]) -> Vec<Row> {
-    use datafusion::arrow::array::{Array, TimestampMicrosecondArray};
-    use datafusion::arrow::compute::cast;
     let stream = pipeline
         .streams
         .iter()
@@ -44,12 +42,7 @@ pub async fn reference(pipeline: &Pipeline, view: &CompiledView, events: &[Value
     let watermark = view.watermark(max_event_ts);
     let mut rows = Vec::new();
     for b in &out {
-        let window = cast(b.column_by_name(&view.window).unwrap(), &timestamp_type()).unwrap();
-        let window = window
-            .as_any()
-            .downcast_ref::<TimestampMicrosecondArray>()
-            .unwrap();
-        for i in 0..b.num_rows() {
+        for (i, end) in view.row_ends(b).into_iter().enumerate() {
             let mut row = Row::new();
             for (c, f) in b.columns().iter().zip(b.schema().fields()) {
                 if f.name() != SOURCE_COLUMN {
@@ -59,8 +52,7 @@ pub async fn reference(pipeline: &Pipeline, view: &CompiledView, events: &[Value
                     );
                 }
             }
-            let complete = !window.is_null(i)
-                && watermark.is_some_and(|w| view.window_spec.end(window.value(i)) <= w);
+            let complete = watermark.zip(end).is_some_and(|(w, end)| end <= w);
             row.insert("complete".into(), Value::Bool(complete));
             rows.push(row);
         }

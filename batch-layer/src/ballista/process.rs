@@ -16,7 +16,6 @@ use datafusion::execution::context::SessionState;
 use datafusion::execution::{FunctionRegistry, SessionStateBuilder};
 use datafusion::prelude::SessionConfig;
 use tributary_core::shutdown::Shutdown;
-use tributary_core::window::Hop;
 
 use crate::error::BatchError;
 
@@ -29,7 +28,9 @@ fn session_state(config: SessionConfig) -> datafusion::error::Result<SessionStat
         .with_default_features()
         .build();
     // Registered after the defaults: the builder's list would replace them.
-    state.register_udf(Arc::new(Hop::udf()))?;
+    for udf in tributary_core::window::udfs() {
+        state.register_udf(Arc::new(udf))?;
+    }
     Ok(state)
 }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{RecordBatch, TimestampMicrosecondArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::MemTable;
@@ -34,7 +34,7 @@ use crate::config::ViewConfig;
 use crate::dimension::{DIMENSION_KEY, DimensionTable};
 use crate::error::{CoreError, Result};
 use crate::schema::StreamSchema;
-use crate::window::{Hop, WindowSpec};
+use crate::window::{WindowKind, WindowSpec};
 
 /// A view compiled once, shared by every layer.
 #[derive(Debug, Clone)]
@@ -50,6 +50,9 @@ pub struct CompiledView {
     pub revision: i64,
     /// The SQL every layer plans: the user's, plus the hidden `_src` aggregate.
     exec_sql: String,
+    /// The SQL of the one-pass reference (`exec_sql` but for session views, whose
+    /// reference makes sessions with window functions).
+    reference_sql: String,
     /// The stream it reads.
     pub stream: String,
     /// Output columns that are group keys (besides the window).
@@ -69,6 +72,8 @@ pub struct CompiledView {
     /// Which column of [`CompiledView::partial_schema`] holds the window start (batch
     /// views are partitioned by its day).
     pub window_state: Option<usize>,
+    /// A session view's layout of its states, for coalescing (`None`: fixed windows).
+    pub session: Option<SessionLayout>,
     /// Schema of the final rows, `_src` last.
     pub output_schema: SchemaRef,
     /// Input the partial plan reads: the stream's view schema plus `_src`.
@@ -93,7 +98,7 @@ pub fn session() -> SessionContext {
         .with_physical_optimizer_rules(vec![])
         .build();
     let ctx = SessionContext::new_with_state(state);
-    ctx.register_udf(Hop::udf());
+    register_udfs(&ctx);
     ctx
 }
 
@@ -135,7 +140,7 @@ pub fn parallel_session_with(partitions: Option<usize>) -> SessionContext {
         .with_physical_optimizer_rules(rules)
         .build();
     let ctx = SessionContext::new_with_state(state);
-    ctx.register_udf(Hop::udf());
+    register_udfs(&ctx);
     ctx
 }
 
@@ -156,7 +161,8 @@ impl CompiledView {
             view: cfg.name.clone(),
             message,
         };
-        let exec_sql = rewrite(&cfg.sql).map_err(err)?;
+        let rewritten = rewrite(&cfg.sql).map_err(err)?;
+        let exec_sql = rewritten.exec;
 
         let ctx = session();
         for s in streams {
@@ -183,10 +189,15 @@ impl CompiledView {
             .find(|s| s.name == shape.stream)
             .expect("check_shape found the stream");
         let window_state = output_source(&physical, &shape.window);
+        let session = match &shape.session {
+            Some(s) => Some(session_layout(s, &partial, shape.window_spec.size_us).map_err(err)?),
+            None => None,
+        };
         Ok(CompiledView {
             name: cfg.name.clone(),
             sql: cfg.sql.clone(),
             revision: 0,
+            reference_sql: rewritten.reference.unwrap_or_else(|| exec_sql.clone()),
             exec_sql,
             stream: shape.stream,
             keys: shape.keys,
@@ -197,6 +208,7 @@ impl CompiledView {
             values: shape.values,
             partial_schema: partial.schema(),
             window_state,
+            session,
             output_schema: physical.schema(),
             input_schema: input_schema(stream),
             final_template: physical,
@@ -247,7 +259,8 @@ impl CompiledView {
         partitions: usize,
     ) -> Result<Vec<RecordBatch>> {
         let states = self.conform(batches)?;
-        if partitions > 1 {
+        // A session view's partial states are per event time until coalesced.
+        if partitions > 1 || self.session.is_some() {
             self.reduce(states).await
         } else {
             Ok(states)
@@ -295,6 +308,9 @@ impl CompiledView {
         // Operators that keep state in the plan (a hash join's build side) start afresh.
         let plan = reset_plan_states(plan)?;
         let out = collect(plan, self.task_ctx.clone()).await?;
+        if self.session.is_some() {
+            return self.reduce(out).await;
+        }
         self.conform(out)
     }
 
@@ -302,11 +318,11 @@ impl CompiledView {
     /// `batches` in input-schema layout: the reference every layer's answer must equal.
     pub async fn run_reference(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
         let ctx = SessionContext::new();
-        ctx.register_udf(Hop::udf());
+        register_udfs(&ctx);
         let table = MemTable::try_new(self.input_schema.clone(), vec![batches])?;
         ctx.register_table(self.stream.as_str(), Arc::new(table))?;
         register_tables(&ctx, &self.tables)?;
-        Ok(ctx.sql(&self.exec_sql).await?.collect().await?)
+        Ok(ctx.sql(&self.reference_sql).await?.collect().await?)
     }
 
     /// The watermark given the newest event time seen.
@@ -330,8 +346,10 @@ impl CompiledView {
             .count() as u64
     }
 
-    /// Merge states into fewer states (same schema), e.g. to compact a segment.
+    /// Merge states into fewer states (same schema), e.g. to compact a segment. A
+    /// session view's states are coalesced first (states of one session merge).
     pub async fn reduce(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        let states = self.coalesce(states)?;
         let partial = find_partial(&self.final_template).expect("compiled plans have one");
         let agg = partial
             .downcast_ref::<AggregateExec>()
@@ -352,7 +370,7 @@ impl CompiledView {
 
     /// Turn states into final rows (in [`CompiledView::output_schema`]).
     pub async fn finalize(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-        let states = self.conform(states)?;
+        let states = self.coalesce(states)?;
         let source =
             MemorySourceConfig::try_new_exec(&[states], self.partial_schema.clone(), None)?;
         let plan = self
@@ -369,10 +387,79 @@ impl CompiledView {
         Ok(collect(plan, session().task_ctx()).await?)
     }
 
+    /// States in the canonical schema; a session view's with each state given the start
+    /// of the session it belongs to among them.
+    fn coalesce(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        let states = self.conform(states)?;
+        match &self.session {
+            Some(layout) => session::coalesce(layout, states),
+            None => Ok(states),
+        }
+    }
+
+    /// When each row of final `batch` ends (exclusive), in microseconds: a fixed
+    /// window's start plus its width, a session's `session_end`. `complete` compares
+    /// it with the watermark.
+    pub fn row_ends(&self, batch: &RecordBatch) -> Vec<Option<i64>> {
+        let (column, width) = match self.window_spec.kind {
+            WindowKind::Session => (crate::window::SESSION_END, 0),
+            _ => (self.window.as_str(), self.window_spec.size_us),
+        };
+        let Some(values) = batch
+            .column_by_name(column)
+            .and_then(|c| cast(c, &DataType::Timestamp(TimeUnit::Microsecond, None)).ok())
+        else {
+            return vec![None; batch.num_rows()];
+        };
+        let values = values
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .expect("cast to microseconds");
+        values
+            .iter()
+            .map(|v| v.map(|v| v.saturating_add(width)))
+            .collect()
+    }
+
     /// Cast state batches to the canonical partial schema: storage round trips may
     /// change physical types (e.g. strings read back as views), never values.
     pub fn conform(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
         conform_to(&self.partial_schema, batches)
+    }
+}
+
+/// Where coalescing finds a session view's start, keys and last event time among the
+/// partial states: group columns come first, then each aggregate's state columns.
+fn session_layout(
+    shape: &shape::SessionShape,
+    partial: &Arc<dyn ExecutionPlan>,
+    gap_us: i64,
+) -> std::result::Result<SessionLayout, String> {
+    let agg = partial
+        .downcast_ref::<AggregateExec>()
+        .expect("find_partial returns an AggregateExec");
+    let groups = agg.group_expr().expr().len();
+    if groups != shape.groups || agg.aggr_expr().len() <= shape.last_event {
+        return Err(
+            "internal: the partial plan's groups or aggregates differ from the query's".into(),
+        );
+    }
+    let mut end = groups;
+    for a in &agg.aggr_expr()[..shape.last_event] {
+        end += a.state_fields().map_err(|e| e.to_string())?.len();
+    }
+    Ok(SessionLayout {
+        gap_us,
+        keys: (0..groups).filter(|g| *g != shape.window_group).collect(),
+        start: shape.window_group,
+        end,
+    })
+}
+
+/// Register Tributary's window functions (`tributary_hop`, `tributary_session`).
+fn register_udfs(ctx: &SessionContext) {
+    for udf in crate::window::udfs() {
+        ctx.register_udf(udf);
     }
 }
 
@@ -471,10 +558,12 @@ fn strip_df(e: &datafusion::error::DataFusionError) -> String {
 
 pub mod append;
 mod rewrite;
+mod session;
 mod shape;
 mod source;
 
 use rewrite::rewrite;
+pub use session::SessionLayout;
 use shape::check_shape;
 pub use source::{
     Layer, Origin, SOURCE_BATCH, SOURCE_COLUMN, SOURCE_SPEED, input_schema, tag_source,

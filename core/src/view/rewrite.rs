@@ -1,6 +1,7 @@
 //! The view's SQL as it is planned: one plain SELECT, with the hidden
-//! `bit_or(_src) AS _src` aggregate added and a `hop(…)` window turned into a column of
-//! the stream unnested per window.
+//! `bit_or(_src) AS _src` aggregate added, a `hop(…)` window turned into a column of
+//! the stream unnested per window, and a `session(…)` window turned into the event time
+//! with a `session_end` column added.
 
 use std::ops::ControlFlow;
 
@@ -12,11 +13,29 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
 use super::SOURCE_COLUMN;
-use crate::window::{HOP_COLUMN, HOP_FUNCTION, HOP_SQL_NAME};
+use crate::window::{
+    HOP_COLUMN, HOP_FUNCTION, HOP_SQL_NAME, SESSION_END, SESSION_FUNCTION, SESSION_SQL_NAME,
+};
+
+/// A view's SQL as every layer plans it, and as the one-pass reference runs it.
+pub(super) struct Rewritten {
+    /// What both layers plan (partial and final sides).
+    pub(super) exec: String,
+    /// A session view's reference: sessions made by window functions in one pass,
+    /// independently of the coalescing the layers use. `None`: `exec` is the reference.
+    pub(super) reference: Option<String>,
+}
+
+/// The arguments of a view's `session(ts, gap)` call, as SQL text.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct SessionCall {
+    pub(super) ts: String,
+    pub(super) gap: String,
+}
 
 /// Parse the view's SQL, check it is one plain SELECT, add `bit_or(_src) AS _src`, and
 /// turn a `hop(…)` window into a column of the stream unnested per window.
-pub(super) fn rewrite(sql: &str) -> std::result::Result<String, String> {
+pub(super) fn rewrite(sql: &str) -> std::result::Result<Rewritten, String> {
     let dialect = GenericDialect {};
     let mut statements =
         Parser::parse_sql(&dialect, sql).map_err(|e| format!("SQL does not parse: {e}"))?;
@@ -41,7 +60,8 @@ pub(super) fn rewrite(sql: &str) -> std::result::Result<String, String> {
     if query.limit_clause.is_some() || query.fetch.is_some() {
         return Err("LIMIT/FETCH is not supported in a view: limit rows when you query it".into());
     }
-    let hop_call = replace_hop_calls(query.as_mut())?;
+    let original = query.as_ref().clone();
+    let (hop_call, session) = replace_window_calls(query.as_mut())?;
     let SetExpr::Select(select) = query.body.as_mut() else {
         return Err(
             "a view must be a single SELECT (no UNION, INTERSECT, EXCEPT or VALUES)".into(),
@@ -66,29 +86,59 @@ pub(super) fn rewrite(sql: &str) -> std::result::Result<String, String> {
         );
         from.relation = first_select(&derived).from[0].relation.clone();
     }
-    let hidden = first_select(&format!(
-        "SELECT bit_or({SOURCE_COLUMN}) AS {SOURCE_COLUMN}"
-    ));
-    let item: SelectItem = hidden.projection[0].clone();
-    select.projection.push(item);
-    Ok(statement.to_string())
+    if let Some(call) = &session {
+        select.projection.push(session_end(call));
+    }
+    select.projection.push(source_item());
+    let reference = match session {
+        Some(call) => Some(super::session::reference_sql(original, &call)?),
+        None => None,
+    };
+    Ok(Rewritten {
+        exec: statement.to_string(),
+        reference,
+    })
 }
 
-/// Replace every `hop(ts, size, slide)` by the hopping-window column; return the call
-/// that computes it (all occurrences must be the same window).
-fn replace_hop_calls(query: &mut Query) -> std::result::Result<Option<String>, String> {
+/// `bit_or(_src) AS _src`: which layers a row's states came from.
+pub(super) fn source_item() -> SelectItem {
+    first_select(&format!(
+        "SELECT bit_or({SOURCE_COLUMN}) AS {SOURCE_COLUMN}"
+    ))
+    .projection[0]
+        .clone()
+}
+
+/// `max(ts) + gap AS session_end`: a session ends a gap after its last event.
+pub(super) fn session_end(call: &SessionCall) -> SelectItem {
+    let SessionCall { ts, gap } = call;
+    first_select(&format!("SELECT max({ts}) + {gap} AS {SESSION_END}")).projection[0].clone()
+}
+
+/// Replace every `hop(ts, size, slide)` by the hopping-window column and every
+/// `session(ts, gap)` by `tributary_session(ts, gap)`; return the hop call that computes
+/// the column and the session's arguments (all occurrences must be the same window).
+#[allow(clippy::type_complexity)]
+fn replace_window_calls(
+    query: &mut Query,
+) -> std::result::Result<(Option<String>, Option<SessionCall>), String> {
     let mut call: Option<String> = None;
+    let mut session: Option<SessionCall> = None;
     let mut problem: Option<String> = None;
     let _ = visit_expressions_mut(query, |e| {
         if let SqlExpr::Function(f) = e {
             let name = f.name.to_string().to_lowercase();
-            if name == "session" || name == "session_window" {
-                problem = Some(
-                    "session windows are not supported: a late event can join two sessions whose \
-                     states were already kept apart, so merged answers could not stay exact; use \
-                     date_bin (tumbling) or hop (hopping) windows"
-                        .into(),
-                );
+            if name == SESSION_SQL_NAME || name == "session_window" {
+                match session_call(&f.args.to_string()) {
+                    Ok(this) if session.as_ref().is_some_and(|s| s != &this) => {
+                        problem = Some("a view may group by only one window".into());
+                    }
+                    Ok(this) => session = Some(this),
+                    Err(p) => problem = Some(p),
+                }
+                f.name = datafusion::sql::sqlparser::ast::ObjectName::from(vec![Ident::new(
+                    SESSION_FUNCTION,
+                )]);
             } else if name == HOP_SQL_NAME {
                 let this = format!("{HOP_FUNCTION}{}", f.args);
                 if call.as_ref().is_some_and(|c| c != &this) {
@@ -100,13 +150,40 @@ fn replace_hop_calls(query: &mut Query) -> std::result::Result<Option<String>, S
         }
         ControlFlow::<()>::Continue(())
     });
+    if call.is_some() && session.is_some() {
+        problem = Some("a view may group by only one window".into());
+    }
     match problem {
         Some(p) => Err(p),
-        None => Ok(call),
+        None => Ok((call, session)),
     }
 }
 
-fn first_select(sql: &str) -> Select {
+/// The two arguments of `session(ts, gap)` (given as `(ts, gap)`); a session needs a gap,
+/// or it would never end.
+fn session_call(args: &str) -> std::result::Result<SessionCall, String> {
+    let parsed = first_select(&format!("SELECT f{args}"));
+    let SelectItem::UnnamedExpr(SqlExpr::Function(f)) = &parsed.projection[0] else {
+        unreachable!("a function call parses as one")
+    };
+    let datafusion::sql::sqlparser::ast::FunctionArguments::List(list) = &f.args else {
+        return Err(SESSION_USAGE.into());
+    };
+    match list.args.as_slice() {
+        [ts, gap] => Ok(SessionCall {
+            ts: ts.to_string(),
+            gap: gap.to_string(),
+        }),
+        [_] => Err(format!(
+            "a session window needs a gap, or a session would never end: {SESSION_USAGE}"
+        )),
+        _ => Err(SESSION_USAGE.into()),
+    }
+}
+
+const SESSION_USAGE: &str = "session takes two arguments: session(ts, INTERVAL '5 minutes')";
+
+pub(super) fn first_select(sql: &str) -> Select {
     let parsed = Parser::parse_sql(&GenericDialect {}, sql).expect("generated SQL parses");
     let Statement::Query(q) = &parsed[0] else {
         unreachable!("generated SQL is a query")

@@ -11,7 +11,8 @@ use super::SOURCE_COLUMN;
 use crate::dimension::DimensionTable;
 use crate::schema::StreamSchema;
 use crate::window::{
-    HOP_COLUMN, HOP_FUNCTION, WindowKind, WindowSpec, interval_micros, timestamp_micros,
+    HOP_COLUMN, HOP_FUNCTION, SESSION_FUNCTION, WindowKind, WindowSpec, interval_micros,
+    timestamp_micros,
 };
 
 /// Aggregates whose states merge across layers (exactly, or for the approximate ones
@@ -36,6 +37,15 @@ pub(super) struct Shape {
     pub(super) window: String,
     pub(super) window_spec: WindowSpec,
     pub(super) values: Vec<String>,
+    /// Session views: the group column of the window and the index (among the
+    /// aggregate's expressions) of the `max(ts)` that gives a session's last event.
+    pub(super) session: Option<SessionShape>,
+}
+
+pub(super) struct SessionShape {
+    pub(super) window_group: usize,
+    pub(super) groups: usize,
+    pub(super) last_event: usize,
 }
 
 /// Check the logical plan is the supported shape: a projection (and HAVING filter)
@@ -58,12 +68,53 @@ pub(super) fn check_shape(
     }
     let (window_idx, window_spec) = window_group(aggregate, stream)?;
     let (keys, window, values) = output_roles(projection, aggregate, window_idx)?;
+    let session = match window_spec.kind {
+        WindowKind::Session => Some(session_shape(aggregate, stream, window_idx)?),
+        _ => None,
+    };
     Ok(Shape {
         stream: stream.name.clone(),
         keys,
         window,
         window_spec,
         values,
+        session,
+    })
+}
+
+/// A session view reads its stream alone, and its aggregates include `max(ts)` (the
+/// `session_end` compilation adds).
+fn session_shape(
+    aggregate: &Aggregate,
+    stream: &StreamSchema,
+    window_group: usize,
+) -> std::result::Result<SessionShape, String> {
+    if find_node(aggregate.input.as_ref(), &|n| {
+        matches!(n, LogicalPlan::Join(_))
+    })
+    .is_some()
+    {
+        return Err(
+            "a session window reads its stream alone: joins are not supported with it".into(),
+        );
+    }
+    let last_event = aggregate
+        .aggr_expr
+        .iter()
+        .position(|e| match unalias(e) {
+            Expr::AggregateFunction(af) => {
+                af.func.name().eq_ignore_ascii_case("max")
+                    && af.params.filter.is_none()
+                    && matches!(af.params.args.as_slice(),
+                        [Expr::Column(c)] if c.name == stream.event_time)
+            }
+            _ => false,
+        })
+        .ok_or("internal: a session view without max(ts)")?;
+    Ok(SessionShape {
+        window_group,
+        groups: aggregate.group_expr.len(),
+        last_event,
     })
 }
 
@@ -120,7 +171,7 @@ fn window_group(
             continue;
         };
         if window.is_some() {
-            return Err("a view may group by only one window (date_bin or hop)".into());
+            return Err("a view may group by only one window (date_bin, hop or session)".into());
         }
         if arg != stream.event_time {
             return Err(format!(
@@ -285,6 +336,19 @@ fn window_of(
                 origin_us,
             };
             Ok(Some((column_name(&f.args[1]), spec)))
+        }
+        Expr::ScalarFunction(f) if f.func.name() == SESSION_FUNCTION => {
+            let [ts, gap] = f.args.as_slice() else {
+                return Err("session takes two arguments: session(ts, INTERVAL gap)".into());
+            };
+            let gap_us = interval_micros(gap).map_err(|m| format!("session's gap: {m}"))?;
+            let spec = WindowSpec {
+                kind: WindowKind::Session,
+                size_us: gap_us,
+                slide_us: gap_us,
+                origin_us: 0,
+            };
+            Ok(Some((column_name(ts), spec)))
         }
         Expr::Column(c) if c.name == HOP_COLUMN => {
             let mut call = None;

@@ -249,8 +249,20 @@ async fn window_widths_and_origin_are_read_from_the_sql() {
 async fn unsupported_windows_are_refused_with_reasons() {
     let cases = [
         (
-            "SELECT session(ts, INTERVAL '5 minutes') AS s, count(*) FROM readings GROUP BY s",
-            "session windows are not supported",
+            "SELECT session(ts) AS s, count(*) FROM readings GROUP BY s",
+            "needs a gap",
+        ),
+        (
+            "SELECT session(ts, INTERVAL '5 minutes') AS s, date_bin(INTERVAL '1 minute', ts) AS t, count(*) FROM readings GROUP BY s, t",
+            "only one window",
+        ),
+        (
+            "SELECT session(ts, INTERVAL '1 month') AS s, count(*) FROM readings GROUP BY s",
+            "months",
+        ),
+        (
+            "SELECT session(signal, INTERVAL '5 minutes') AS s, count(*) FROM readings GROUP BY s",
+            "timestamp",
         ),
         (
             "SELECT date_bin(INTERVAL '1 month', ts) AS w, count(*) FROM readings GROUP BY w",
@@ -342,6 +354,13 @@ async fn joins_other_than_stream_with_table_are_refused() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("not a dimension table"), "{err}");
+    let err = compile(
+        "SELECT a.device, session(a.ts, INTERVAL '1 minute') AS s, count(*) FROM readings a JOIN readings b ON a.device = b.device GROUP BY a.device, s",
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("reads its stream alone"), "{err}");
 }
 
 #[tokio::test]
@@ -366,4 +385,125 @@ async fn the_window_is_found_among_the_partial_states() {
         v.partial_schema.field(i).data_type(),
         DataType::Timestamp(..)
     ));
+}
+
+const SESSIONS: &str = "SELECT device, session(ts, INTERVAL '5 minutes') AS s, \
+    count(*) AS n, sum(signal) AS total, min(signal) AS low \
+    FROM readings WHERE signal > 0 GROUP BY device, s";
+
+#[tokio::test]
+async fn session_states_of_any_split_coalesce_to_the_one_pass_sessions() {
+    let v = compile(SESSIONS).await.unwrap();
+    assert_eq!(v.window_spec.kind, crate::window::WindowKind::Session);
+    assert_eq!(v.window_spec.size_us, 300_000_000);
+    assert_eq!(v.keys, vec!["device"]);
+    assert_eq!(v.values, vec!["n", "total", "low", "session_end"]);
+    let events = [
+        ("d1", 1.0, "2026-01-01T00:00:00Z"),
+        ("d1", 2.0, "2026-01-01T00:04:00Z"),
+        // Exactly the gap after the previous event: the same session.
+        ("d1", 3.0, "2026-01-01T00:09:00Z"),
+        // Filtered out: it must not bridge anything.
+        ("d1", -1.0, "2026-01-01T00:13:00Z"),
+        ("d1", 4.0, "2026-01-01T00:20:00Z"),
+        ("d1", 5.0, "2026-01-01T00:30:00Z"),
+        ("d2", 6.0, "2026-01-01T00:02:00Z"),
+        ("d2", 7.0, "2026-01-01T00:08:00Z"),
+        // Late: bridges d1's 00:20 and 00:30 sessions, and d2's two.
+        ("d1", 8.0, "2026-01-01T00:25:00Z"),
+        ("d2", 9.0, "2026-01-01T00:05:00Z"),
+    ];
+    let all: Vec<_> = events
+        .iter()
+        .map(|(d, s, t)| (*d, "pump", *s, *t))
+        .collect();
+    let reference = sorted(
+        &v.run_reference(vec![batch(&all, SOURCE_BATCH)])
+            .await
+            .unwrap(),
+    );
+    // By hand: d1 00:00–00:09 (3 events), d1 00:20–00:30 (3), d2 00:02–00:08 (3).
+    assert_eq!(reference.len(), 3, "{reference:#?}");
+    assert!(
+        reference[0].contains("2026-01-01T00:14:00Z"),
+        "{reference:#?}"
+    );
+    assert!(
+        reference[1].contains("2026-01-01T00:35:00Z"),
+        "{reference:#?}"
+    );
+    // Every split (first k events in one layer, the rest in the other, each event its own
+    // micro-batch in the second) merges to the reference, through reduce or not.
+    for k in 0..=all.len() {
+        let mut states = v
+            .run_partial_batches(vec![batch(&all[..k], SOURCE_BATCH)])
+            .await
+            .unwrap();
+        for e in &all[k..] {
+            let one = v
+                .run_partial_batches(vec![batch(&[*e], SOURCE_SPEED)])
+                .await
+                .unwrap();
+            states.extend(one);
+        }
+        let direct = v.finalize(states.clone()).await.unwrap();
+        let reduced = v.finalize(v.reduce(states).await.unwrap()).await.unwrap();
+        let strip = |rows: Vec<String>| -> Vec<String> {
+            // The last column is `_src`, which differs by split.
+            rows.iter()
+                .map(|r| r.rsplitn(3, '|').nth(2).unwrap_or_default().to_string())
+                .collect()
+        };
+        assert_eq!(
+            strip(sorted(&direct)),
+            strip(reference.clone()),
+            "split {k}"
+        );
+        assert_eq!(
+            strip(sorted(&reduced)),
+            strip(reference.clone()),
+            "split {k}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sessions_without_keys_by_position_and_with_the_users_own_max_ts() {
+    let v = compile(
+        "SELECT session(ts, INTERVAL '2 minutes') AS s, max(ts) AS last_seen, count(*) AS n, \
+         approx_distinct(device) AS devices FROM readings GROUP BY 1",
+    )
+    .await
+    .unwrap();
+    assert!(v.keys.is_empty());
+    let all = [
+        ("d1", "pump", 1.0, "2026-01-01T00:00:00Z"),
+        ("d2", "pump", 1.0, "2026-01-01T00:03:00Z"),
+        ("d3", "fan", 1.0, "2026-01-01T00:05:00Z"),
+        ("d1", "fan", 1.0, "2026-01-01T00:01:30Z"),
+    ];
+    let reference = sorted(
+        &v.run_reference(vec![batch(&all, SOURCE_BATCH)])
+            .await
+            .unwrap(),
+    );
+    // 00:00, 00:01:30, 00:03, 00:05: each at most two minutes after the last.
+    assert_eq!(reference.len(), 1, "{reference:#?}");
+    assert!(reference[0].contains("| 4 "), "{reference:#?}");
+    let mut states = v
+        .run_partial_batches(vec![batch(&all[..3], SOURCE_BATCH)])
+        .await
+        .unwrap();
+    states.extend(
+        v.run_partial_batches(vec![batch(&all[3..], SOURCE_SPEED)])
+            .await
+            .unwrap(),
+    );
+    let merged = sorted(&v.finalize(states).await.unwrap());
+    let strip = |rows: &[String]| -> Vec<String> {
+        rows.iter()
+            .map(|r| r.rsplitn(3, '|').nth(2).unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(strip(&merged), strip(&reference));
 }

@@ -1,0 +1,231 @@
+//! Session windows: states coalesced across subsets of the events, and the one-pass
+//! reference they must equal.
+//!
+//! A session view's partial plan keeps one state per key and event time (the window
+//! column is the event time itself, `tributary_session`), with the hidden `max(ts)` of
+//! `session_end` among its aggregates. Before states are reduced or finalized,
+//! [`coalesce`] sorts them per key by start and gives every state whose start is at most
+//! the gap after the latest end seen so far the start of the session it joins; the
+//! reduce then merges states of equal start. That is exact whatever subsets the states
+//! were made of (a micro-batch, a speed segment, a batch run, the union of both layers):
+//! every session of a subset lies inside one session of all the events, and two
+//! consecutive events of a session of all the events, at most a gap apart, lie in
+//! subset sessions at most a gap apart, which the sweep joins.
+
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, TimestampMicrosecondArray};
+use datafusion::arrow::compute::{
+    SortColumn, cast, concat_batches, lexsort_to_indices, take_record_batch,
+};
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::sql::sqlparser::ast::{
+    Expr as SqlExpr, GroupByExpr, Ident, Query, SelectItem, SetExpr, TableFactor, Value,
+    visit_expressions_mut,
+};
+
+use super::rewrite::{SessionCall, first_select, session_end, source_item};
+use crate::error::Result;
+use crate::window::SESSION_SQL_NAME;
+
+/// Where a session view's partial states keep what coalescing reads and writes.
+#[derive(Debug, Clone)]
+pub struct SessionLayout {
+    /// Sessions end after this long without an event (microseconds).
+    pub gap_us: i64,
+    /// The group columns that are keys (sessions are per key).
+    pub keys: Vec<usize>,
+    /// The group column holding a state's session start.
+    pub start: usize,
+    /// The state column of `max(ts)`: a state's last event time.
+    pub end: usize,
+}
+
+/// Give every state the start of the session it belongs to among `batches` (same
+/// schema); the caller's reduce then merges states of one session.
+pub fn coalesce(layout: &SessionLayout, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+    let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+    let Some(first) = batches.first() else {
+        return Ok(batches);
+    };
+    let all = concat_batches(&first.schema(), &batches)?;
+    let mut order: Vec<SortColumn> = layout
+        .keys
+        .iter()
+        .map(|&k| SortColumn {
+            values: all.column(k).clone(),
+            options: None,
+        })
+        .collect();
+    order.push(SortColumn {
+        values: all.column(layout.start).clone(),
+        options: None,
+    });
+    let sorted = take_record_batch(&all, &lexsort_to_indices(&order, None)?)?;
+    let starts = micros(sorted.column(layout.start))?;
+    let ends = micros(sorted.column(layout.end))?;
+    let key_columns: Vec<ArrayRef> = layout
+        .keys
+        .iter()
+        .map(|&k| sorted.column(k).clone())
+        .collect();
+    let converter = RowConverter::new(
+        key_columns
+            .iter()
+            .map(|c| SortField::new(c.data_type().clone()))
+            .collect(),
+    )?;
+    let keys = converter.convert_columns(&key_columns)?;
+    let mut out: Vec<Option<i64>> = Vec::with_capacity(sorted.num_rows());
+    // The session being swept: its start and the latest end of its states.
+    let mut open: Option<(i64, i64)> = None;
+    for i in 0..sorted.num_rows() {
+        // Without keys (a view of sessions over all events) every state has the same key;
+        // the converter then holds no rows at all.
+        if i > 0 && !layout.keys.is_empty() && keys.row(i) != keys.row(i - 1) {
+            open = None;
+        }
+        if starts.is_null(i) {
+            out.push(None);
+            continue;
+        }
+        let start = starts.value(i);
+        let end = if ends.is_null(i) {
+            start
+        } else {
+            ends.value(i)
+        };
+        open = match open {
+            Some((s, e)) if start.saturating_sub(e) <= layout.gap_us => Some((s, e.max(end))),
+            _ => Some((start, end)),
+        };
+        out.push(open.map(|(s, _)| s));
+    }
+    let field = sorted.schema().field(layout.start).clone();
+    let tz = match field.data_type() {
+        DataType::Timestamp(_, tz) => tz.clone(),
+        _ => None,
+    };
+    let column = TimestampMicrosecondArray::from(out).with_timezone_opt(tz);
+    let mut columns = sorted.columns().to_vec();
+    columns[layout.start] = cast(&column, field.data_type())?;
+    Ok(vec![RecordBatch::try_new(sorted.schema(), columns)?])
+}
+
+fn micros(c: &ArrayRef) -> Result<TimestampMicrosecondArray> {
+    let c = cast(c, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
+    Ok(c.as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .expect("cast to microseconds")
+        .clone())
+}
+
+/// The session view's SQL as one ordinary pass with window functions: per key, events
+/// ordered by time, a new session where the previous event is more than the gap before;
+/// the session's start is its first event. `query` is the view as written.
+pub(super) fn reference_sql(
+    mut query: Query,
+    call: &SessionCall,
+) -> std::result::Result<String, String> {
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return Err("a view must be a single SELECT".into());
+    };
+    let GroupByExpr::Expressions(groups, _) = &select.group_by else {
+        return Err("GROUP BY ALL is not supported in a session view".into());
+    };
+    let keys: Vec<String> = groups
+        .iter()
+        .map(|g| resolve_group(g, &select.projection))
+        .filter(|g| !is_session(g))
+        .map(|g| g.to_string())
+        .collect();
+    let [from] = select.from.as_slice() else {
+        return Err("a view reads exactly one stream in FROM".into());
+    };
+    if !from.joins.is_empty() {
+        return Err(
+            "a session window reads its stream alone: joins are not supported with it".into(),
+        );
+    }
+    let TableFactor::Table { name, alias, .. } = &from.relation else {
+        return Err("a session window needs the stream itself in FROM, not a subquery".into());
+    };
+    let alias = alias
+        .as_ref()
+        .map(|a| a.name.to_string())
+        .unwrap_or_else(|| name.0.last().map(|p| p.to_string()).unwrap_or_default());
+    let filter = select
+        .selection
+        .take()
+        .map(|w| format!(" WHERE {w}"))
+        .unwrap_or_default();
+    let key_columns: String = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!(", {k} AS __k{i}"))
+        .collect();
+    let per_key: Vec<String> = (0..keys.len()).map(|i| format!("__k{i}")).collect();
+    let partition = |extra: &[&str]| {
+        let all: Vec<&str> = per_key
+            .iter()
+            .map(String::as_str)
+            .chain(extra.iter().copied())
+            .collect();
+        if all.is_empty() {
+            String::new()
+        } else {
+            format!("PARTITION BY {} ", all.join(", "))
+        }
+    };
+    let (ts, gap) = (&call.ts, &call.gap);
+    let by_key = partition(&[]);
+    let by_session = partition(&["__sid"]);
+    let derived = format!(
+        "SELECT * FROM (\
+           SELECT *, min(__ts) OVER ({by_session}) AS __session_start FROM (\
+             SELECT *, sum(__new) OVER ({by_key}ORDER BY __ts ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS __sid FROM (\
+               SELECT *, CASE WHEN lag(__ts) OVER ({by_key}ORDER BY __ts) + {gap} >= __ts THEN 0 ELSE 1 END AS __new FROM (\
+                 SELECT *, {ts} AS __ts{key_columns} FROM {from}{filter})))) AS {alias}"
+    );
+    select.from = first_select(&derived).from;
+    select.projection.push(session_end(call));
+    select.projection.push(source_item());
+    let _ = visit_expressions_mut(&mut query, |e| {
+        if is_session(e) {
+            *e = SqlExpr::Identifier(Ident::new("__session_start"));
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    Ok(query.to_string())
+}
+
+fn is_session(e: &SqlExpr) -> bool {
+    matches!(e, SqlExpr::Function(f) if {
+        let name = f.name.to_string().to_lowercase();
+        name == SESSION_SQL_NAME || name == "session_window"
+    })
+}
+
+/// A GROUP BY item as the expression it names: an output alias or a position stands
+/// for the SELECT item.
+fn resolve_group(g: &SqlExpr, projection: &[SelectItem]) -> SqlExpr {
+    let item = match g {
+        SqlExpr::Value(v) => match &v.value {
+            Value::Number(n, _) => n
+                .parse::<usize>()
+                .ok()
+                .and_then(|n| n.checked_sub(1))
+                .and_then(|i| projection.get(i)),
+            _ => None,
+        },
+        SqlExpr::Identifier(id) => projection.iter().find(
+            |p| matches!(p, SelectItem::ExprWithAlias { alias, .. } if alias.value == id.value),
+        ),
+        _ => None,
+    };
+    match item {
+        Some(SelectItem::ExprWithAlias { expr, .. } | SelectItem::UnnamedExpr(expr)) => {
+            expr.clone()
+        }
+        _ => g.clone(),
+    }
+}
