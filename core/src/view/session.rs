@@ -13,9 +13,7 @@
 //! subset sessions at most a gap apart, which the sweep joins.
 
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, TimestampMicrosecondArray};
-use datafusion::arrow::compute::{
-    SortColumn, cast, concat_batches, lexsort_to_indices, take_record_batch,
-};
+use datafusion::arrow::compute::{SortColumn, cast, concat_batches, lexsort_to_indices};
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::sql::sqlparser::ast::{
@@ -60,14 +58,12 @@ pub fn coalesce(layout: &SessionLayout, batches: Vec<RecordBatch>) -> Result<Vec
         values: all.column(layout.start).clone(),
         options: None,
     });
-    let sorted = take_record_batch(&all, &lexsort_to_indices(&order, None)?)?;
-    let starts = micros(sorted.column(layout.start))?;
-    let ends = micros(sorted.column(layout.end))?;
-    let key_columns: Vec<ArrayRef> = layout
-        .keys
-        .iter()
-        .map(|&k| sorted.column(k).clone())
-        .collect();
+    // Swept in sorted order through the indices; the states themselves stay in place
+    // (only their start column is rewritten), so no state column is copied.
+    let order = lexsort_to_indices(&order, None)?;
+    let starts = micros(all.column(layout.start))?;
+    let ends = micros(all.column(layout.end))?;
+    let key_columns: Vec<ArrayRef> = layout.keys.iter().map(|&k| all.column(k).clone()).collect();
     let converter = RowConverter::new(
         key_columns
             .iter()
@@ -75,17 +71,18 @@ pub fn coalesce(layout: &SessionLayout, batches: Vec<RecordBatch>) -> Result<Vec
             .collect(),
     )?;
     let keys = converter.convert_columns(&key_columns)?;
-    let mut out: Vec<Option<i64>> = Vec::with_capacity(sorted.num_rows());
+    let mut out: Vec<Option<i64>> = vec![None; all.num_rows()];
     // The session being swept: its start and the latest end of its states.
     let mut open: Option<(i64, i64)> = None;
-    for i in 0..sorted.num_rows() {
+    let mut previous: Option<usize> = None;
+    for i in order.values().iter().map(|i| *i as usize) {
         // Without keys (a view of sessions over all events) every state has the same key;
         // the converter then holds no rows at all.
-        if i > 0 && !layout.keys.is_empty() && keys.row(i) != keys.row(i - 1) {
+        if previous.is_some_and(|p| !layout.keys.is_empty() && keys.row(i) != keys.row(p)) {
             open = None;
         }
+        previous = Some(i);
         if starts.is_null(i) {
-            out.push(None);
             continue;
         }
         let start = starts.value(i);
@@ -98,17 +95,17 @@ pub fn coalesce(layout: &SessionLayout, batches: Vec<RecordBatch>) -> Result<Vec
             Some((s, e)) if start.saturating_sub(e) <= layout.gap_us => Some((s, e.max(end))),
             _ => Some((start, end)),
         };
-        out.push(open.map(|(s, _)| s));
+        out[i] = open.map(|(s, _)| s);
     }
-    let field = sorted.schema().field(layout.start).clone();
+    let field = all.schema().field(layout.start).clone();
     let tz = match field.data_type() {
         DataType::Timestamp(_, tz) => tz.clone(),
         _ => None,
     };
     let column = TimestampMicrosecondArray::from(out).with_timezone_opt(tz);
-    let mut columns = sorted.columns().to_vec();
+    let mut columns = all.columns().to_vec();
     columns[layout.start] = cast(&column, field.data_type())?;
-    Ok(vec![RecordBatch::try_new(sorted.schema(), columns)?])
+    Ok(vec![RecordBatch::try_new(all.schema(), columns)?])
 }
 
 fn micros(c: &ArrayRef) -> Result<TimestampMicrosecondArray> {
