@@ -74,13 +74,7 @@ pub(super) fn rewrite(sql: &str) -> std::result::Result<Rewritten, String> {
         let [from] = select.from.as_mut_slice() else {
             return Err("a view reads exactly one stream in FROM".into());
         };
-        let TableFactor::Table { name, alias, .. } = &from.relation else {
-            return Err("hop(…) windows need the stream itself in FROM, not a subquery".into());
-        };
-        let alias = alias
-            .as_ref()
-            .map(|a| a.name.to_string())
-            .unwrap_or_else(|| name.0.last().map(|p| p.to_string()).unwrap_or_default());
+        let (name, alias) = stream_in_from(&from.relation, "hop(…) windows")?;
         let derived = format!(
             "SELECT * FROM (SELECT *, unnest({call}) AS {HOP_COLUMN} FROM {name}) AS {alias}"
         );
@@ -182,6 +176,24 @@ fn session_call(args: &str) -> std::result::Result<SessionCall, String> {
 }
 
 const SESSION_USAGE: &str = "session takes two arguments: session(ts, INTERVAL '5 minutes')";
+
+/// The stream a window rewrite wraps (`FROM` must name it, not a subquery), and the
+/// name the query refers to it by (its alias, else its own name).
+pub(super) fn stream_in_from(
+    relation: &TableFactor,
+    what: &str,
+) -> std::result::Result<(String, String), String> {
+    let TableFactor::Table { name, alias, .. } = relation else {
+        return Err(format!(
+            "{what} need the stream itself in FROM, not a subquery"
+        ));
+    };
+    let alias = alias
+        .as_ref()
+        .map(|a| a.name.to_string())
+        .unwrap_or_else(|| name.0.last().map(|p| p.to_string()).unwrap_or_default());
+    Ok((name.to_string(), alias))
+}
 
 pub(super) fn first_select(sql: &str) -> Select {
     let parsed = Parser::parse_sql(&GenericDialect {}, sql).expect("generated SQL parses");

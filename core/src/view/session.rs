@@ -17,11 +17,10 @@ use datafusion::arrow::compute::{SortColumn, cast, concat_batches, lexsort_to_in
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::sql::sqlparser::ast::{
-    Expr as SqlExpr, GroupByExpr, Ident, Query, SelectItem, SetExpr, TableFactor, Value,
-    visit_expressions_mut,
+    Expr as SqlExpr, GroupByExpr, Ident, Query, SelectItem, SetExpr, Value, visit_expressions_mut,
 };
 
-use super::rewrite::{SessionCall, first_select, session_end, source_item};
+use super::rewrite::{SessionCall, first_select, session_end, source_item, stream_in_from};
 use crate::error::Result;
 use crate::window::SESSION_SQL_NAME;
 
@@ -143,13 +142,7 @@ pub(super) fn reference_sql(
             "a session window reads its stream alone: joins are not supported with it".into(),
         );
     }
-    let TableFactor::Table { name, alias, .. } = &from.relation else {
-        return Err("a session window needs the stream itself in FROM, not a subquery".into());
-    };
-    let alias = alias
-        .as_ref()
-        .map(|a| a.name.to_string())
-        .unwrap_or_else(|| name.0.last().map(|p| p.to_string()).unwrap_or_default());
+    let (_, alias) = stream_in_from(&from.relation, "session windows")?;
     let filter = select
         .selection
         .take()
