@@ -302,6 +302,7 @@ fn duckdb(python: &Path, path: &Path, sql: &str) -> anyhow::Result<(f64, usize)>
     let script = format!(
         "import duckdb, time\n\
          con = duckdb.connect()\n\
+         con.execute('SET enable_progress_bar = false')\n\
          t = time.time()\n\
          rows = con.execute(\"\"\"{sql}\"\"\").fetchall()\n\
          print(time.time() - t, len(rows))\n"
@@ -314,7 +315,7 @@ fn duckdb(python: &Path, path: &Path, sql: &str) -> anyhow::Result<(f64, usize)>
         bail!("{}", String::from_utf8_lossy(&out.stderr));
     }
     let out = String::from_utf8_lossy(&out.stdout);
-    let mut parts = out.split_whitespace();
+    let mut parts = out.lines().last().unwrap_or_default().split_whitespace();
     let (Some(s), Some(rows)) = (parts.next(), parts.next()) else {
         bail!("DuckDB printed `{out}`, expected seconds and rows");
     };
