@@ -22,8 +22,9 @@ use std::sync::Arc;
 use datafusion::arrow::array::{
     Array, ArrayRef, ListBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::{SortColumn, cast, lexsort_to_indices};
 use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
+use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::{Result as DfResult, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
@@ -252,7 +253,7 @@ impl Session {
     /// The `tributary_session` function, to register with a session.
     pub fn udf() -> ScalarUDF {
         ScalarUDF::from(Session {
-            signature: Signature::any(2, Volatility::Immutable),
+            signature: Signature::variadic_any(Volatility::Immutable),
         })
     }
 }
@@ -267,28 +268,102 @@ impl ScalarUDFImpl for Session {
     }
 
     fn return_type(&self, args: &[DataType]) -> DfResult<DataType> {
-        match &args[0] {
-            DataType::Timestamp(_, tz) => Ok(micros_type(tz.clone())),
-            other => plan_err!("session(ts, gap) needs a timestamp first, got {other}"),
+        match args.first() {
+            _ if args.len() < 2 => plan_err!("session takes a timestamp and a gap"),
+            Some(DataType::Timestamp(_, tz)) => Ok(micros_type(tz.clone())),
+            Some(other) => plan_err!("session(ts, gap) needs a timestamp first, got {other}"),
+            None => unreachable!("two arguments at least"),
         }
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        match &args.args[1] {
+        let gap_us = match &args.args[1] {
             ColumnarValue::Scalar(v) => {
-                scalar_micros(v).or_else(|e| exec_err!("session's gap: {e}"))?;
+                scalar_micros(v).or_else(|e| exec_err!("session's gap: {e}"))?
             }
             ColumnarValue::Array(_) => {
                 return exec_err!("a session gap must be an INTERVAL literal");
             }
-        }
+        };
         let tz = match args.args[0].data_type() {
             DataType::Timestamp(_, tz) => tz,
             other => return exec_err!("session needs a timestamp, got {other}"),
         };
         let ts = args.args[0].to_array(args.number_rows)?;
-        Ok(ColumnarValue::Array(cast(&ts, &micros_type(tz))?))
+        let ts = cast(&ts, &micros_type(None))?;
+        let ts = ts
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .expect("cast to microseconds");
+        // The rest are the view's group keys: each event gets the start of its session
+        // among the events of this input batch, so the partial aggregate keeps one
+        // state per session of the batch rather than one per event time. Sessions of a
+        // subset of the events are what coalescing joins, so this changes no answer.
+        let keys = args.args[2..]
+            .iter()
+            .map(|k| k.to_array(args.number_rows))
+            .collect::<DfResult<Vec<_>>>()?;
+        let starts = session_starts(&keys, ts, ts, gap_us)?;
+        let out = TimestampMicrosecondArray::from(starts).with_timezone_opt(tz);
+        Ok(ColumnarValue::Array(Arc::new(out)))
     }
+}
+
+/// Per row, the start of the session it belongs to among `starts`/`ends` (rows of
+/// equal `keys`; a row's span is `start..=end`, an event's is its time twice): rows are
+/// swept per key in start order, and a row at most `gap_us` after the latest end seen
+/// so far joins the open session. Null starts stay null.
+pub fn session_starts(
+    keys: &[ArrayRef],
+    starts: &TimestampMicrosecondArray,
+    ends: &TimestampMicrosecondArray,
+    gap_us: i64,
+) -> datafusion::arrow::error::Result<Vec<Option<i64>>> {
+    let mut order: Vec<SortColumn> = keys
+        .iter()
+        .map(|k| SortColumn {
+            values: k.clone(),
+            options: None,
+        })
+        .collect();
+    order.push(SortColumn {
+        values: Arc::new(starts.clone()),
+        options: None,
+    });
+    // Swept through the sort order: the rows stay in place, only their starts are new.
+    let order = lexsort_to_indices(&order, None)?;
+    let converter = RowConverter::new(
+        keys.iter()
+            .map(|c| SortField::new(c.data_type().clone()))
+            .collect(),
+    )?;
+    let rows = converter.convert_columns(keys)?;
+    let mut out: Vec<Option<i64>> = vec![None; starts.len()];
+    // The session being swept: its start and the latest end of its rows.
+    let mut open: Option<(i64, i64)> = None;
+    let mut previous: Option<usize> = None;
+    for i in order.values().iter().map(|i| *i as usize) {
+        // Without keys every row has the same key (the converter then holds no rows).
+        if previous.is_some_and(|p| !keys.is_empty() && rows.row(i) != rows.row(p)) {
+            open = None;
+        }
+        previous = Some(i);
+        if starts.is_null(i) {
+            continue;
+        }
+        let start = starts.value(i);
+        let end = if ends.is_null(i) {
+            start
+        } else {
+            ends.value(i).max(start)
+        };
+        open = match open {
+            Some((s, e)) if start.saturating_sub(e) <= gap_us => Some((s, e.max(end))),
+            _ => Some((start, end)),
+        };
+        out[i] = open.map(|(s, _)| s);
+    }
+    Ok(out)
 }
 
 /// Tributary's window functions, to register with every session that plans views.
@@ -325,6 +400,41 @@ mod tests {
         // On a boundary the event opens a window and has left the oldest one.
         let starts: Vec<i64> = spec.starts(10 * MIN).collect();
         assert_eq!(starts, vec![6 * MIN, 7 * MIN, 8 * MIN, 9 * MIN, 10 * MIN]);
+    }
+
+    #[test]
+    fn sessions_are_per_key_and_keep_the_latest_end_seen() {
+        use datafusion::arrow::array::StringArray;
+        let keys: Vec<ArrayRef> = vec![Arc::new(StringArray::from(vec![
+            Some("a"),
+            Some("b"),
+            Some("a"),
+            Some("a"),
+            None,
+            Some("a"),
+        ]))];
+        let ts = |v: Vec<i64>| TimestampMicrosecondArray::from(v);
+        let starts = ts(vec![0, MIN, 5 * MIN, 20 * MIN, 2 * MIN, 30 * MIN]);
+        // The first `a` row spans to 14 minutes; the 5-minute row lies inside it; 20 is
+        // six minutes after the latest end (14), more than the gap; a null key is a key.
+        let ends = ts(vec![14 * MIN, MIN, 5 * MIN, 20 * MIN, 2 * MIN, 30 * MIN]);
+        let got = session_starts(&keys, &starts, &ends, 5 * MIN).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Some(0),
+                Some(MIN),
+                Some(0),
+                Some(20 * MIN),
+                Some(2 * MIN),
+                Some(30 * MIN)
+            ]
+        );
+        // With a six-minute gap, 20 joins (the latest end, 14, not the 5-minute row's
+        // own end, counts); 30 is ten minutes after 20 and stays apart.
+        let got = session_starts(&keys, &starts, &ends, 6 * MIN).unwrap();
+        assert_eq!(got[3], Some(0));
+        assert_eq!(got[5], Some(30 * MIN));
     }
 
     #[test]

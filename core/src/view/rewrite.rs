@@ -62,6 +62,9 @@ pub(super) fn rewrite(sql: &str) -> std::result::Result<Rewritten, String> {
     }
     let original = query.as_ref().clone();
     let (hop_call, session) = replace_window_calls(query.as_mut())?;
+    if session.is_some() {
+        super::session::pass_keys(query.as_mut(), &super::session::group_keys(&original)?);
+    }
     let SetExpr::Select(select) = query.body.as_mut() else {
         return Err(
             "a view must be a single SELECT (no UNION, INTERSECT, EXCEPT or VALUES)".into(),

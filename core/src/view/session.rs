@@ -13,16 +13,15 @@
 //! subset sessions at most a gap apart, which the sweep joins.
 
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, TimestampMicrosecondArray};
-use datafusion::arrow::compute::{SortColumn, cast, concat_batches, lexsort_to_indices};
+use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
-use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::sql::sqlparser::ast::{
     Expr as SqlExpr, GroupByExpr, Ident, Query, SelectItem, SetExpr, Value, visit_expressions_mut,
 };
 
 use super::rewrite::{SessionCall, first_select, session_end, source_item, stream_in_from};
 use crate::error::Result;
-use crate::window::SESSION_SQL_NAME;
+use crate::window::{SESSION_FUNCTION, SESSION_SQL_NAME, session_starts};
 
 /// Where a session view's partial states keep what coalescing reads and writes.
 #[derive(Debug, Clone)]
@@ -45,57 +44,10 @@ pub fn coalesce(layout: &SessionLayout, batches: Vec<RecordBatch>) -> Result<Vec
         return Ok(batches);
     };
     let all = concat_batches(&first.schema(), &batches)?;
-    let mut order: Vec<SortColumn> = layout
-        .keys
-        .iter()
-        .map(|&k| SortColumn {
-            values: all.column(k).clone(),
-            options: None,
-        })
-        .collect();
-    order.push(SortColumn {
-        values: all.column(layout.start).clone(),
-        options: None,
-    });
-    // Swept in sorted order through the indices; the states themselves stay in place
-    // (only their start column is rewritten), so no state column is copied.
-    let order = lexsort_to_indices(&order, None)?;
+    let keys: Vec<ArrayRef> = layout.keys.iter().map(|&k| all.column(k).clone()).collect();
     let starts = micros(all.column(layout.start))?;
     let ends = micros(all.column(layout.end))?;
-    let key_columns: Vec<ArrayRef> = layout.keys.iter().map(|&k| all.column(k).clone()).collect();
-    let converter = RowConverter::new(
-        key_columns
-            .iter()
-            .map(|c| SortField::new(c.data_type().clone()))
-            .collect(),
-    )?;
-    let keys = converter.convert_columns(&key_columns)?;
-    let mut out: Vec<Option<i64>> = vec![None; all.num_rows()];
-    // The session being swept: its start and the latest end of its states.
-    let mut open: Option<(i64, i64)> = None;
-    let mut previous: Option<usize> = None;
-    for i in order.values().iter().map(|i| *i as usize) {
-        // Without keys (a view of sessions over all events) every state has the same key;
-        // the converter then holds no rows at all.
-        if previous.is_some_and(|p| !layout.keys.is_empty() && keys.row(i) != keys.row(p)) {
-            open = None;
-        }
-        previous = Some(i);
-        if starts.is_null(i) {
-            continue;
-        }
-        let start = starts.value(i);
-        let end = if ends.is_null(i) {
-            start
-        } else {
-            ends.value(i)
-        };
-        open = match open {
-            Some((s, e)) if start.saturating_sub(e) <= layout.gap_us => Some((s, e.max(end))),
-            _ => Some((start, end)),
-        };
-        out[i] = open.map(|(s, _)| s);
-    }
+    let out = session_starts(&keys, &starts, &ends, layout.gap_us)?;
     let field = all.schema().field(layout.start).clone();
     let tz = match field.data_type() {
         DataType::Timestamp(_, tz) => tz.clone(),
@@ -122,18 +74,10 @@ pub(super) fn reference_sql(
     mut query: Query,
     call: &SessionCall,
 ) -> std::result::Result<String, String> {
+    let keys: Vec<String> = group_keys(&query)?.iter().map(|g| g.to_string()).collect();
     let SetExpr::Select(select) = query.body.as_mut() else {
         return Err("a view must be a single SELECT".into());
     };
-    let GroupByExpr::Expressions(groups, _) = &select.group_by else {
-        return Err("GROUP BY ALL is not supported in a session view".into());
-    };
-    let keys: Vec<String> = groups
-        .iter()
-        .map(|g| resolve_group(g, &select.projection))
-        .filter(|g| !is_session(g))
-        .map(|g| g.to_string())
-        .collect();
     let [from] = select.from.as_slice() else {
         return Err("a view reads exactly one stream in FROM".into());
     };
@@ -186,6 +130,40 @@ pub(super) fn reference_sql(
         std::ops::ControlFlow::<()>::Continue(())
     });
     Ok(query.to_string())
+}
+
+/// The GROUP BY items of a session view other than the session, as expressions (an
+/// alias or a position stands for its SELECT item): sessions are per these keys.
+pub(super) fn group_keys(query: &Query) -> std::result::Result<Vec<SqlExpr>, String> {
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return Err("a view must be a single SELECT".into());
+    };
+    let GroupByExpr::Expressions(groups, _) = &select.group_by else {
+        return Err("GROUP BY ALL is not supported in a session view".into());
+    };
+    Ok(groups
+        .iter()
+        .map(|g| resolve_group(g, &select.projection))
+        .filter(|g| !is_session(g))
+        .collect())
+}
+
+/// Append the view's keys to every `tributary_session(ts, gap)` call, so that the function
+/// can make sessions per key within each input batch.
+pub(super) fn pass_keys(query: &mut Query, keys: &[SqlExpr]) {
+    use datafusion::sql::sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments};
+    let _ = visit_expressions_mut(query, |e| {
+        if let SqlExpr::Function(f) = e
+            && f.name.to_string() == SESSION_FUNCTION
+            && let FunctionArguments::List(list) = &mut f.args
+        {
+            for k in keys {
+                list.args
+                    .push(FunctionArg::Unnamed(FunctionArgExpr::Expr(k.clone())));
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
 }
 
 fn is_session(e: &SqlExpr) -> bool {

@@ -338,7 +338,8 @@ fn window_of(
             Ok(Some((column_name(&f.args[1]), spec)))
         }
         Expr::ScalarFunction(f) if f.func.name() == SESSION_FUNCTION => {
-            let [ts, gap] = f.args.as_slice() else {
+            // Then the view's keys (see `session::pass_keys`).
+            let [ts, gap, ..] = f.args.as_slice() else {
                 return Err("session takes two arguments: session(ts, INTERVAL gap)".into());
             };
             let gap_us = interval_micros(gap).map_err(|m| format!("session's gap: {m}"))?;
