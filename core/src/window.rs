@@ -17,12 +17,13 @@
 //! serving: when a window ends (for `complete`) and whether an event is late (it updates
 //! a window the watermark has already passed).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, ListBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
-use datafusion::arrow::compute::{SortColumn, cast, lexsort_to_indices};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::{Result as DfResult, ScalarValue, exec_err, plan_err};
@@ -319,49 +320,42 @@ pub fn session_starts(
     ends: &TimestampMicrosecondArray,
     gap_us: i64,
 ) -> datafusion::arrow::error::Result<Vec<Option<i64>>> {
-    let mut order: Vec<SortColumn> = keys
-        .iter()
-        .map(|k| SortColumn {
-            values: k.clone(),
-            options: None,
-        })
-        .collect();
-    order.push(SortColumn {
-        values: Arc::new(starts.clone()),
-        options: None,
-    });
-    // Swept through the sort order: the rows stay in place, only their starts are new.
-    let order = lexsort_to_indices(&order, None)?;
+    // Rows grouped by key (hashing the keys' row format), then each key's rows sorted by
+    // start: cheaper than one sort over string keys and times together.
     let converter = RowConverter::new(
         keys.iter()
             .map(|c| SortField::new(c.data_type().clone()))
             .collect(),
     )?;
     let rows = converter.convert_columns(keys)?;
-    let mut out: Vec<Option<i64>> = vec![None; starts.len()];
-    // The session being swept: its start and the latest end of its rows.
-    let mut open: Option<(i64, i64)> = None;
-    let mut previous: Option<usize> = None;
-    for i in order.values().iter().map(|i| *i as usize) {
+    let mut per_key: HashMap<&[u8], Vec<u32>> = HashMap::new();
+    for i in (0..starts.len()).filter(|i| starts.is_valid(*i)) {
         // Without keys every row has the same key (the converter then holds no rows).
-        if previous.is_some_and(|p| !keys.is_empty() && rows.row(i) != rows.row(p)) {
-            open = None;
-        }
-        previous = Some(i);
-        if starts.is_null(i) {
-            continue;
-        }
-        let start = starts.value(i);
-        let end = if ends.is_null(i) {
-            start
+        let key: &[u8] = if keys.is_empty() {
+            &[]
         } else {
-            ends.value(i).max(start)
+            rows.row(i).data()
         };
-        open = match open {
-            Some((s, e)) if start.saturating_sub(e) <= gap_us => Some((s, e.max(end))),
-            _ => Some((start, end)),
-        };
-        out[i] = open.map(|(s, _)| s);
+        per_key.entry(key).or_default().push(i as u32);
+    }
+    let mut out: Vec<Option<i64>> = vec![None; starts.len()];
+    for mut indices in per_key.into_values() {
+        indices.sort_unstable_by_key(|i| starts.value(*i as usize));
+        // The session being swept: its start and the latest end of its rows.
+        let mut open: Option<(i64, i64)> = None;
+        for i in indices.into_iter().map(|i| i as usize) {
+            let start = starts.value(i);
+            let end = if ends.is_null(i) {
+                start
+            } else {
+                ends.value(i).max(start)
+            };
+            open = match open {
+                Some((s, e)) if start.saturating_sub(e) <= gap_us => Some((s, e.max(end))),
+                _ => Some((start, end)),
+            };
+            out[i] = open.map(|(s, _)| s);
+        }
     }
     Ok(out)
 }
