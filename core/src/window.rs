@@ -8,10 +8,10 @@
 //! layers run the same partial plan and the states of one window still merge exactly.
 //!
 //! A session window `session(ts, INTERVAL gap)` is rewritten into
-//! `tributary_session(ts, gap)`, which is the event time itself: the partial plan keeps
-//! one state per key and event time, and [`crate::view::CompiledView`] coalesces states
-//! whose distance is at most the gap before it reduces or finalizes them (see
-//! `view/session.rs`).
+//! `tributary_session(ts, gap, keys…)`, which gives each event the start of its session
+//! among the events of its input batch: the partial plan keeps one state per session of
+//! a batch, and [`crate::view::CompiledView`] coalesces states whose distance is at most
+//! the gap before it reduces or finalizes them (see `view/session.rs`).
 //!
 //! The [`WindowSpec`] also answers the event-time questions of the speed layer and
 //! serving: when a window ends (for `complete`) and whether an event is late (it updates
@@ -40,7 +40,7 @@ pub const HOP_FUNCTION: &str = "tributary_hop";
 pub const HOP_COLUMN: &str = "__window";
 /// The function views call for session windows.
 pub const SESSION_SQL_NAME: &str = "session";
-/// The function compilation rewrites it into (the event time, one group per event time).
+/// The function compilation rewrites it into (an event's session start within its batch).
 pub const SESSION_FUNCTION: &str = "tributary_session";
 /// The output column compilation adds to a session view: the last event time plus the
 /// gap (exclusive end, as Spark's `session_window.end`).
@@ -243,8 +243,9 @@ impl ScalarUDFImpl for Hop {
     }
 }
 
-/// `tributary_session(ts, gap)`: the event time itself, so that the partial plan keeps
-/// one state per key and event time; coalescing makes sessions of them.
+/// `tributary_session(ts, gap, keys…)`: per event, the start of its session among the
+/// events of the same input batch with the same keys; coalescing joins the sessions of
+/// different batches and layers.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Session {
     signature: Signature,

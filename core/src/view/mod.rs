@@ -259,7 +259,8 @@ impl CompiledView {
         partitions: usize,
     ) -> Result<Vec<RecordBatch>> {
         let states = self.conform(batches)?;
-        // A session view's partial states are per event time until coalesced.
+        // A session view's partial states are per session of an input batch until
+        // coalesced.
         if partitions > 1 || self.session.is_some() {
             self.reduce(states).await
         } else {

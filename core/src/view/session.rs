@@ -1,8 +1,9 @@
 //! Session windows: states coalesced across subsets of the events, and the one-pass
 //! reference they must equal.
 //!
-//! A session view's partial plan keeps one state per key and event time (the window
-//! column is the event time itself, `tributary_session`), with the hidden `max(ts)` of
+//! A session view's partial plan keeps one state per session of an input batch (the
+//! window column is `tributary_session`, the event's session start within its batch),
+//! with the hidden `max(ts)` of
 //! `session_end` among its aggregates. Before states are reduced or finalized,
 //! [`coalesce`] sorts them per key by start and gives every state whose start is at most
 //! the gap after the latest end seen so far the start of the session it joins; the
