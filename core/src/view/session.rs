@@ -3,11 +3,10 @@
 //!
 //! A session view's partial plan keeps one state per session of an input batch (the
 //! window column is `tributary_session`, the event's session start within its batch),
-//! with the hidden `max(ts)` of
-//! `session_end` among its aggregates. Before states are reduced or finalized,
-//! [`coalesce`] sorts them per key by start and gives every state whose start is at most
-//! the gap after the latest end seen so far the start of the session it joins; the
-//! reduce then merges states of equal start. That is exact whatever subsets the states
+//! with the hidden `max(ts)` of `session_end` among its aggregates. Before states are
+//! reduced or finalized, [`coalesce`] sorts them per key by start and gives every state
+//! whose start is at most the gap after the latest end seen so far the start of the
+//! session it joins; the reduce then merges states of equal start. That is exact whatever subsets the states
 //! were made of (a micro-batch, a speed segment, a batch run, the union of both layers):
 //! every session of a subset lies inside one session of all the events, and two
 //! consecutive events of a session of all the events, at most a gap apart, lie in
