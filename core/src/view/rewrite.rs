@@ -84,6 +84,15 @@ pub(super) fn rewrite(sql: &str) -> std::result::Result<Rewritten, String> {
         from.relation = first_select(&derived).from[0].relation.clone();
     }
     if let Some(call) = &session {
+        let taken = select.projection.iter().any(|item| {
+            matches!(item, SelectItem::ExprWithAlias { alias, .. }
+                if alias.value.eq_ignore_ascii_case(SESSION_END))
+        });
+        if taken {
+            return Err(format!(
+                "`{SESSION_END}` is the column a session view adds (its last event time plus the gap); name yours otherwise"
+            ));
+        }
         select.projection.push(session_end(call));
     }
     select.projection.push(source_item());

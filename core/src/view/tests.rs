@@ -261,6 +261,10 @@ async fn unsupported_windows_are_refused_with_reasons() {
             "months",
         ),
         (
+            "SELECT session(ts, INTERVAL '1 minute') AS s, max(ts) AS session_end FROM readings GROUP BY s",
+            "the column a session view adds",
+        ),
+        (
             "SELECT session(signal, INTERVAL '5 minutes') AS s, count(*) FROM readings GROUP BY s",
             "timestamp",
         ),
