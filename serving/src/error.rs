@@ -27,10 +27,11 @@ pub enum ServingError {
     /// No stream of this name.
     #[error("unknown stream `{0}`")]
     UnknownStream(String),
-    #[error("query parameter `{param}`: {reason}")]
-    /// A query parameter that cannot be used.
+    #[error("parameter `{param}`: {reason}")]
+    /// A request parameter that cannot be used: a query parameter, or a field of a JSON
+    /// body (a view definition's `sql`, the SQL endpoint's `format`).
     BadParameter {
-        /// The parameter's name.
+        /// The parameter's (or body field's) name.
         param: String,
         /// What was expected.
         reason: String,
@@ -169,7 +170,8 @@ fn with_view(view: &str, source: &CoreError) -> String {
 }
 
 impl ServingError {
-    /// A bad query parameter `param`, and what was expected.
+    /// A bad request parameter (query parameter or body field) `param`, and what was
+    /// expected.
     pub fn bad(param: &str, reason: impl Into<String>) -> Self {
         ServingError::BadParameter {
             param: param.to_string(),
