@@ -291,12 +291,7 @@ impl ScalarUDFImpl for Session {
             DataType::Timestamp(_, tz) => tz,
             other => return exec_err!("session needs a timestamp, got {other}"),
         };
-        let ts = args.args[0].to_array(args.number_rows)?;
-        let ts = cast(&ts, &micros_type(None))?;
-        let ts = ts
-            .as_any()
-            .downcast_ref::<TimestampMicrosecondArray>()
-            .expect("cast to microseconds");
+        let ts = as_micros(&args.args[0].to_array(args.number_rows)?)?;
         // The rest are the view's group keys: each event gets the start of its session
         // among the events of this input batch, so the partial aggregate keeps one
         // state per session of the batch rather than one per event time. Sessions of a
@@ -305,7 +300,7 @@ impl ScalarUDFImpl for Session {
             .iter()
             .map(|k| k.to_array(args.number_rows))
             .collect::<DfResult<Vec<_>>>()?;
-        let starts = session_starts(&keys, ts, ts, gap_us)?;
+        let starts = session_starts(&keys, &ts, &ts, gap_us)?;
         let out = TimestampMicrosecondArray::from(starts).with_timezone_opt(tz);
         Ok(ColumnarValue::Array(Arc::new(out)))
     }
@@ -364,6 +359,16 @@ pub fn session_starts(
 /// Tributary's window functions, to register with every session that plans views.
 pub fn udfs() -> [ScalarUDF; 2] {
     [Hop::udf(), Session::udf()]
+}
+
+/// Timestamps of any unit as microseconds since the epoch (the time zone dropped: the
+/// values are UTC either way).
+pub fn as_micros(c: &ArrayRef) -> datafusion::arrow::error::Result<TimestampMicrosecondArray> {
+    let c = cast(c, &micros_type(None))?;
+    Ok(c.as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .expect("cast to microseconds")
+        .clone())
 }
 
 fn micros_type(tz: Option<Arc<str>>) -> DataType {

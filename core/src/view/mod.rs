@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{RecordBatch, TimestampMicrosecondArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::MemTable;
@@ -408,14 +408,10 @@ impl CompiledView {
         };
         let Some(values) = batch
             .column_by_name(column)
-            .and_then(|c| cast(c, &DataType::Timestamp(TimeUnit::Microsecond, None)).ok())
+            .and_then(|c| crate::window::as_micros(c).ok())
         else {
             return vec![None; batch.num_rows()];
         };
-        let values = values
-            .as_any()
-            .downcast_ref::<TimestampMicrosecondArray>()
-            .expect("cast to microseconds");
         values
             .iter()
             .map(|v| v.map(|v| v.saturating_add(width)))

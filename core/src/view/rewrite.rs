@@ -1,7 +1,7 @@
 //! The view's SQL as it is planned: one plain SELECT, with the hidden
 //! `bit_or(_src) AS _src` aggregate added, a `hop(…)` window turned into a column of
-//! the stream unnested per window, and a `session(…)` window turned into the event time
-//! with a `session_end` column added.
+//! the stream unnested per window, and a `session(…)` window turned into
+//! `tributary_session(ts, gap, keys…)` with a `session_end` column added.
 
 use std::ops::ControlFlow;
 
@@ -13,9 +13,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
 use super::SOURCE_COLUMN;
-use crate::window::{
-    HOP_COLUMN, HOP_FUNCTION, HOP_SQL_NAME, SESSION_END, SESSION_FUNCTION, SESSION_SQL_NAME,
-};
+use crate::window::{HOP_COLUMN, HOP_FUNCTION, HOP_SQL_NAME, SESSION_END, SESSION_FUNCTION};
 
 /// A view's SQL as every layer plans it, and as the one-pass reference runs it.
 pub(super) struct Rewritten {
@@ -33,8 +31,9 @@ pub(super) struct SessionCall {
     pub(super) gap: String,
 }
 
-/// Parse the view's SQL, check it is one plain SELECT, add `bit_or(_src) AS _src`, and
-/// turn a `hop(…)` window into a column of the stream unnested per window.
+/// Parse the view's SQL, check it is one plain SELECT, add `bit_or(_src) AS _src`, turn
+/// a `hop(…)` window into a column of the stream unnested per window and a `session(…)`
+/// window into `tributary_session` (plus `session_end` and the one-pass reference).
 pub(super) fn rewrite(sql: &str) -> std::result::Result<Rewritten, String> {
     let dialect = GenericDialect {};
     let mut statements =
@@ -132,9 +131,10 @@ fn replace_window_calls(
     let mut session: Option<SessionCall> = None;
     let mut problem: Option<String> = None;
     let _ = visit_expressions_mut(query, |e| {
+        let is_session = super::session::is_session(e);
         if let SqlExpr::Function(f) = e {
             let name = f.name.to_string().to_lowercase();
-            if name == SESSION_SQL_NAME || name == "session_window" {
+            if is_session {
                 match session_call(&f.args.to_string()) {
                     Ok(this) if session.as_ref().is_some_and(|s| s != &this) => {
                         problem = Some("a view may group by only one window".into());

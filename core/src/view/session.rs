@@ -6,22 +6,22 @@
 //! with the hidden `max(ts)` of `session_end` among its aggregates. Before states are
 //! reduced or finalized, [`coalesce`] sorts them per key by start and gives every state
 //! whose start is at most the gap after the latest end seen so far the start of the
-//! session it joins; the reduce then merges states of equal start. That is exact whatever subsets the states
-//! were made of (a micro-batch, a speed segment, a batch run, the union of both layers):
-//! every session of a subset lies inside one session of all the events, and two
-//! consecutive events of a session of all the events, at most a gap apart, lie in
-//! subset sessions at most a gap apart, which the sweep joins.
+//! session it joins; the reduce then merges states of equal start. That is exact
+//! whatever subsets the states were made of (a micro-batch, a speed segment, a batch
+//! run, the union of both layers): every session of a subset lies inside one session of
+//! all the events, and two consecutive events of a session of all the events, at most a
+//! gap apart, lie in subset sessions at most a gap apart, which the sweep joins.
 
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, TimestampMicrosecondArray};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, TimestampMicrosecondArray};
 use datafusion::arrow::compute::{cast, concat_batches};
-use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::sql::sqlparser::ast::{
     Expr as SqlExpr, GroupByExpr, Ident, Query, SelectItem, SetExpr, Value, visit_expressions_mut,
 };
 
 use super::rewrite::{SessionCall, first_select, session_end, source_item, stream_in_from};
 use crate::error::Result;
-use crate::window::{SESSION_FUNCTION, SESSION_SQL_NAME, session_starts};
+use crate::window::{SESSION_FUNCTION, SESSION_SQL_NAME, as_micros, session_starts};
 
 /// Where a session view's partial states keep what coalescing reads and writes.
 #[derive(Debug, Clone)]
@@ -45,8 +45,8 @@ pub fn coalesce(layout: &SessionLayout, batches: Vec<RecordBatch>) -> Result<Vec
     };
     let all = concat_batches(&first.schema(), &batches)?;
     let keys: Vec<ArrayRef> = layout.keys.iter().map(|&k| all.column(k).clone()).collect();
-    let starts = micros(all.column(layout.start))?;
-    let ends = micros(all.column(layout.end))?;
+    let starts = as_micros(all.column(layout.start))?;
+    let ends = as_micros(all.column(layout.end))?;
     let out = session_starts(&keys, &starts, &ends, layout.gap_us)?;
     let field = all.schema().field(layout.start).clone();
     let tz = match field.data_type() {
@@ -57,14 +57,6 @@ pub fn coalesce(layout: &SessionLayout, batches: Vec<RecordBatch>) -> Result<Vec
     let mut columns = all.columns().to_vec();
     columns[layout.start] = cast(&column, field.data_type())?;
     Ok(vec![RecordBatch::try_new(all.schema(), columns)?])
-}
-
-fn micros(c: &ArrayRef) -> Result<TimestampMicrosecondArray> {
-    let c = cast(c, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
-    Ok(c.as_any()
-        .downcast_ref::<TimestampMicrosecondArray>()
-        .expect("cast to microseconds")
-        .clone())
 }
 
 /// The session view's SQL as one ordinary pass with window functions: per key, events
@@ -166,7 +158,8 @@ pub(super) fn pass_keys(query: &mut Query, keys: &[SqlExpr]) {
     });
 }
 
-fn is_session(e: &SqlExpr) -> bool {
+/// `session(…)` (or `session_window(…)`) as the view writes it.
+pub(super) fn is_session(e: &SqlExpr) -> bool {
     matches!(e, SqlExpr::Function(f) if {
         let name = f.name.to_string().to_lowercase();
         name == SESSION_SQL_NAME || name == "session_window"
