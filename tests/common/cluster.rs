@@ -127,6 +127,10 @@ impl Cluster {
                 self.scheduler.clone(),
             ),
             ("TRIBUTARY_BATCH__BALLISTA__PARTITIONS", "4".into()),
+            // A job the scheduler never finishes (a stage it failed to plan) fails the
+            // run in a minute, so a test fails with the reason instead of hanging for
+            // the default ten minutes.
+            ("TRIBUTARY_BATCH__BALLISTA__JOB_TIMEOUT_MS", "60000".into()),
         ]
     }
 

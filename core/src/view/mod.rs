@@ -232,14 +232,26 @@ impl CompiledView {
     /// The partial side over `source` as a physical plan on every core, with the task
     /// context to run it in: what [`CompiledView::run_partial`] executes here, and what
     /// an engine that runs plans elsewhere (Ballista) ships. Its partitions' states go
-    /// through [`CompiledView::finish_partial`]. `partitions`: how many file groups the
-    /// scan is split into (default: one per core here).
+    /// through [`CompiledView::finish_partial`]. `partitions`: for a plan shipped to a
+    /// cluster, how many file groups the scan is split into (`None`: one per core, here).
+    ///
+    /// A plan for a cluster is made without join dynamic filters: Ballista's scheduler
+    /// may swap a join's inputs once it has seen their sizes, which a join holding a
+    /// dynamic filter refuses; the stage then fails and the job never finishes.
     pub async fn plan_partial(
         &self,
         source: Arc<dyn TableProvider>,
         partitions: Option<usize>,
     ) -> Result<(Arc<dyn ExecutionPlan>, Arc<TaskContext>)> {
         let ctx = parallel_session_with(partitions);
+        if partitions.is_some() {
+            ctx.state_ref()
+                .write()
+                .config_mut()
+                .options_mut()
+                .optimizer
+                .enable_join_dynamic_filter_pushdown = false;
+        }
         ctx.register_table(self.stream.as_str(), source)?;
         register_tables(&ctx, &self.tables)?;
         let logical = ctx.state().create_logical_plan(&self.exec_sql).await?;

@@ -301,6 +301,67 @@ async fn unsupported_windows_are_refused_with_reasons() {
 
 #[tokio::test]
 async fn joins_with_a_dimension_table_match_one_pass() {
+    let (_dir, v) = sites_view("LEFT").await;
+    let a = batch(
+        &[
+            ("d1", "pump", 20.0, "2026-01-01T00:01:00Z"),
+            ("d2", "pump", 30.0, "2026-01-01T00:02:00Z"),
+            ("d9", "fan", 10.0, "2026-01-01T00:03:00Z"),
+            ("d1", "fan", 5.0, "2026-01-01T00:04:00Z"),
+        ],
+        SOURCE_SPEED,
+    );
+    let b = batch(&[("d2", "fan", 1.0, "2026-01-01T00:05:00Z")], SOURCE_SPEED);
+    // Micro-batch after micro-batch: nothing of one may stick to the plan.
+    let mut states = v.run_partial_batches(vec![a.clone()]).await.unwrap();
+    states.extend(v.run_partial_batches(vec![b.clone()]).await.unwrap());
+    let merged = v.finalize(states).await.unwrap();
+    let reference = v.run_reference(vec![a, b]).await.unwrap();
+    assert_eq!(sorted(&merged), sorted(&reference));
+    assert_eq!(sorted(&merged).len(), 3, "{:?}", sorted(&merged));
+}
+
+/// Ballista's scheduler may swap a join's inputs once it has seen their sizes; a join
+/// holding a dynamic filter refuses (the stage fails, the job never finishes: seen in
+/// the golden `dimension_join` case on Ballista). Plans for a cluster carry none.
+#[tokio::test]
+async fn plans_for_a_cluster_let_the_scheduler_swap_their_joins() {
+    use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+    /// Per hash join of `plan`: whether its inputs can be swapped.
+    fn swappable(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<bool>) {
+        if let Some(j) = plan.downcast_ref::<HashJoinExec>() {
+            out.push(j.swap_inputs(PartitionMode::Partitioned).is_ok());
+        }
+        for c in plan.children() {
+            swappable(c, out);
+        }
+    }
+    let (_dir, v) = sites_view("INNER").await;
+    let rows = batch(
+        &[("d1", "pump", 20.0, "2026-01-01T00:01:00Z")],
+        SOURCE_SPEED,
+    );
+    let source = Arc::new(
+        datafusion::datasource::MemTable::try_new(v.input_schema.clone(), vec![vec![rows]])
+            .unwrap(),
+    );
+    // Here (no partitions given) the join keeps its dynamic filter, which is what the
+    // scheduler tripped over.
+    for (partitions, expected) in [(Some(4), true), (None, false)] {
+        let (plan, _) = v.plan_partial(source.clone(), partitions).await.unwrap();
+        let mut joins = Vec::new();
+        swappable(&plan, &mut joins);
+        assert!(!joins.is_empty(), "no hash join in the plan");
+        assert!(
+            joins.iter().all(|s| *s == expected),
+            "partitions {partitions:?}: {joins:?}"
+        );
+    }
+}
+
+/// A view joining (`join`: LEFT, INNER) `readings` with a dimension table `sites` (d1
+/// north, d2 south).
+async fn sites_view(join: &str) -> (tempfile::TempDir, CompiledView) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("types.csv"),
@@ -319,9 +380,10 @@ async fn joins_with_a_dimension_table_match_one_pass() {
     let v = CompiledView::compile_with(
         &ViewConfig {
             name: "v".into(),
-            sql: "SELECT s.site, date_bin(INTERVAL '10 minutes', r.ts) AS w, count(*) AS n, sum(r.signal) AS total \
-                  FROM readings r LEFT JOIN sites s ON r.device = s.device GROUP BY s.site, w"
-                .into(),
+            sql: format!(
+                "SELECT s.site, date_bin(INTERVAL '10 minutes', r.ts) AS w, count(*) AS n, sum(r.signal) AS total \
+                 FROM readings r {join} JOIN sites s ON r.device = s.device GROUP BY s.site, w"
+            ),
             allowed_lateness_ms: 0,
             schedule: None,
         },
@@ -330,23 +392,7 @@ async fn joins_with_a_dimension_table_match_one_pass() {
     )
     .await
     .unwrap();
-    let a = batch(
-        &[
-            ("d1", "pump", 20.0, "2026-01-01T00:01:00Z"),
-            ("d2", "pump", 30.0, "2026-01-01T00:02:00Z"),
-            ("d9", "fan", 10.0, "2026-01-01T00:03:00Z"),
-            ("d1", "fan", 5.0, "2026-01-01T00:04:00Z"),
-        ],
-        SOURCE_SPEED,
-    );
-    let b = batch(&[("d2", "fan", 1.0, "2026-01-01T00:05:00Z")], SOURCE_SPEED);
-    // Micro-batch after micro-batch: nothing of one may stick to the plan.
-    let mut states = v.run_partial_batches(vec![a.clone()]).await.unwrap();
-    states.extend(v.run_partial_batches(vec![b.clone()]).await.unwrap());
-    let merged = v.finalize(states).await.unwrap();
-    let reference = v.run_reference(vec![a, b]).await.unwrap();
-    assert_eq!(sorted(&merged), sorted(&reference));
-    assert_eq!(sorted(&merged).len(), 3, "{:?}", sorted(&merged));
+    (dir, v)
 }
 
 #[tokio::test]
