@@ -236,7 +236,7 @@ pub async fn batch(args: Args) -> anyhow::Result<()> {
             bail!("the incremental recompute read {rows} events, not {extra}");
         }
         println!(
-            "incremental recompute after 1% more events ({}): {inc_s:.3} s = {:.1}% of the full recompute",
+            "incremental recompute after 1% more events ({}): {inc_s:.2} s = {:.1}% of the full recompute",
             place.name,
             inc_s / full_s * 100.0
         );

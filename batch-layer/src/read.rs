@@ -13,8 +13,10 @@ use datafusion::prelude::{SessionContext, cast, col, lit};
 use datafusion::scalar::ScalarValue;
 use deltalake::DeltaTable;
 use tributary_core::schema::{INGEST_TS, StreamSchema, UTC};
+use tributary_core::storage::Storage;
 use tributary_core::view::{CompiledView, SOURCE_BATCH, SOURCE_COLUMN};
 
+use crate::archiver::open_master;
 use crate::dedup::without_repeats;
 use crate::engine::Engine;
 use crate::error::{BatchError, is_storage_error};
@@ -40,21 +42,20 @@ fn ingest_range(from: Option<i64>, cutoff: i64) -> Expr {
 
 /// The view's partial states over the master table's events with `_ingest_ts` in
 /// `[from, cutoff)` (from the beginning when `from` is `None`), how many events that
-/// was, and the newest event time among them. `master` is the snapshot the cutoff was
-/// chosen from (so it holds every event below it), `None` before the first archive.
+/// was, and the newest event time among them.
 pub(crate) async fn partial_over_master(
-    master: Option<&DeltaTable>,
+    storage: &Storage,
     stream: &StreamSchema,
     view: &CompiledView,
     from: Option<i64>,
     cutoff: i64,
     engine: &Engine,
 ) -> Result<Partial, BatchError> {
-    let Some(master) = master else {
+    let Some(master) = open_master(storage, &view.stream).await? else {
         return Ok((Vec::new(), 0, None));
     };
     let columns = view_columns(view);
-    let Some(df) = master_rows(master, stream, &view.name, columns, from, cutoff, engine).await?
+    let Some(df) = master_rows(&master, stream, &view.name, columns, from, cutoff, engine).await?
     else {
         return Ok((Vec::new(), 0, None));
     };
@@ -66,7 +67,7 @@ pub(crate) async fn partial_over_master(
             cluster.note_fallback(&e);
             let columns = view_columns(view);
             let local = master_rows(
-                master,
+                &master,
                 stream,
                 &view.name,
                 columns,

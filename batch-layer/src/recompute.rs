@@ -22,7 +22,7 @@ use tributary_core::storage::Storage;
 use tributary_core::time::rfc3339;
 use tributary_core::view::CompiledView;
 
-use crate::archiver::open_master;
+use crate::archiver::{archived_positions, open_master};
 use crate::engine::Engine;
 use crate::error::BatchError;
 use crate::history::{append_history, load_history};
@@ -30,14 +30,29 @@ use crate::read::partial_over_master;
 use crate::run::{Progress, RunKind, RunProgress, RunRecord, RunStatus};
 use crate::views;
 
-mod position;
-pub use position::{ArchiverLag, RetentionGap};
+/// The archiver's distance to the log's end, and where it fell behind retention.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ArchiverLag {
+    /// Records not yet archived, per partition.
+    pub by_partition: Vec<u64>,
+    /// Partitions whose log no longer holds the next record to archive.
+    pub behind_retention: Vec<RetentionGap>,
+}
+
+/// Records `archived..first_retained` of a partition expired before they were archived.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RetentionGap {
+    /// The log partition.
+    pub partition: u32,
+    /// Where the archiver's committed position is.
+    pub archived: u64,
+    /// The log's first offset still held.
+    pub first_retained: u64,
+}
 
 /// A view's cutoff in a run, and what it builds on.
 struct ViewCutoff {
     cutoff: i64,
-    /// The view's batch-view table, opened once for the run's reads and its write.
-    table: deltalake::DeltaTable,
     definition: i64,
     /// The states an incremental run merges into; `None`: a full recompute.
     base: Option<views::Head>,
@@ -360,6 +375,37 @@ impl Batch {
         }
     }
 
+    /// How far the archiver of `stream` is behind the log, per partition: records the
+    /// log holds that are not yet in the master table, and whether the log's retention
+    /// has already removed records it had not archived (they are lost).
+    pub async fn archiver_lag(&self, stream: &StreamSchema) -> Result<ArchiverLag, BatchError> {
+        let master = open_master(&self.storage, &stream.name).await?;
+        let archived = archived_positions(master.as_ref(), stream).await?;
+        let log_err = |e| BatchError::Log(stream.name.clone(), e);
+        let mut lag = ArchiverLag::default();
+        for (p, pos) in archived.iter().enumerate() {
+            let end = self
+                .log
+                .end_offset(&stream.name, p as u32)
+                .await
+                .map_err(log_err)?;
+            lag.by_partition.push(end.saturating_sub(*pos));
+            let first = self
+                .log
+                .first_offset(&stream.name, p as u32)
+                .await
+                .map_err(log_err)?;
+            if first > *pos {
+                lag.behind_retention.push(RetentionGap {
+                    partition: p as u32,
+                    archived: *pos,
+                    first_retained: first,
+                });
+            }
+        }
+        Ok(lag)
+    }
+
     fn stream_of(&self, view: &CompiledView) -> &StreamSchema {
         self.pipeline
             .streams
@@ -385,13 +431,9 @@ impl Batch {
         let total = views.len() as u64 + 1;
         progress.stage("choosing the cutoff", 0, total);
         self.pipeline.refresh_tables().await;
-        // Each stream's cutoff, and the master-table snapshot it was chosen from, which
-        // the views then read (it holds every event below the cutoff).
-        let mut masters = HashMap::new();
+        let mut cutoffs = HashMap::new();
         for s in &self.pipeline.streams {
-            let master = open_master(&self.storage, &s.name).await?;
-            let cutoff = self.cutoff_in(s, master.as_ref()).await?;
-            masters.insert(s.name.clone(), (cutoff, master));
+            cutoffs.insert(s.name.clone(), self.stream_cutoff(s).await?);
         }
         let mut done = Done {
             cutoff: i64::MAX,
@@ -403,13 +445,9 @@ impl Batch {
             let step = |what: &str| {
                 progress.stage(&format!("view {}: {what}", view.name), i as u64 + 1, total)
             };
-            let (stream_cutoff, master) = &masters[&view.stream];
-            let cutoff = self.view_cutoff(view, kind, *stream_cutoff).await?;
+            let cutoff = self.view_cutoff(view, kind, cutoffs[&view.stream]).await?;
             done.cutoff = done.cutoff.min(cutoff.cutoff);
-            let Some(states) = self
-                .view_states(view, &cutoff, master.as_ref(), &step)
-                .await?
-            else {
+            let Some(states) = self.view_states(view, &cutoff, &step).await? else {
                 continue;
             };
             done.rows_in += states.rows_in;
@@ -425,7 +463,7 @@ impl Batch {
                 run_id,
                 kind: states.kind,
             };
-            done.files += views::write(cutoff.table, view, stamp, states.scope, states.batches)
+            done.files += views::write(&self.storage, view, stamp, states.scope, states.batches)
                 .await?
                 .files;
         }
@@ -442,10 +480,9 @@ impl Batch {
     ) -> Result<ViewCutoff, BatchError> {
         let stream = self.stream_of(view);
         let definition = views::definition_hash(view, stream.dedup.as_ref());
-        let table = views::open(&self.storage, view).await?;
         let previous = match kind {
             RunKind::Full => None,
-            RunKind::Incremental => views::head(&table, view).await?,
+            RunKind::Incremental => views::head(&self.storage, view).await?,
         };
         // Incremental only on top of states of the same definition; anything else
         // (no states yet, SQL or dedup rule changed) is a full recompute of the view.
@@ -458,11 +495,10 @@ impl Batch {
         // Never move a view's cutoff backwards (a clock step back could).
         let prev_cutoff = match &base {
             Some(b) => Some(b.cutoff),
-            None => views::cutoff_of(&table, view).await?,
+            None => views::load_cutoff(&self.storage, view).await?,
         };
         Ok(ViewCutoff {
             cutoff: prev_cutoff.map_or(stream_cutoff, |p| stream_cutoff.max(p)),
-            table,
             definition,
             base,
             why_full,
@@ -475,7 +511,6 @@ impl Batch {
         &self,
         view: &CompiledView,
         at: &ViewCutoff,
-        master: Option<&deltalake::DeltaTable>,
         step: &(dyn Fn(&str) + Sync),
     ) -> Result<Option<ViewStates>, BatchError> {
         let stream = self.stream_of(view);
@@ -483,7 +518,8 @@ impl Batch {
         let Some(b) = &at.base else {
             step(&format!("full ({})", at.why_full));
             let (batches, rows_in, max) =
-                partial_over_master(master, stream, view, None, cutoff, &self.engine).await?;
+                partial_over_master(&self.storage, stream, view, None, cutoff, &self.engine)
+                    .await?;
             return Ok(Some(ViewStates {
                 batches,
                 scope: views::Scope::All,
@@ -497,8 +533,15 @@ impl Batch {
             return Ok(None);
         }
         step("incremental");
-        let (new, rows_in, max) =
-            partial_over_master(master, stream, view, Some(b.cutoff), cutoff, &self.engine).await?;
+        let (new, rows_in, max) = partial_over_master(
+            &self.storage,
+            stream,
+            view,
+            Some(b.cutoff),
+            cutoff,
+            &self.engine,
+        )
+        .await?;
         // Only the window days the new events fall in are read, merged and replaced
         // (all of a table from before the day partitions). A new event can join a
         // session that began any number of days before, so session views read and
@@ -512,7 +555,7 @@ impl Batch {
             views::Scope::Days(d) => Some(d.as_slice()),
             views::Scope::All => None,
         };
-        let mut all = views::load_days(&at.table, view, days).await?;
+        let mut all = views::load_days(&self.storage, view, days).await?;
         all.extend(new);
         let merged = view
             .reduce(all)
@@ -535,5 +578,22 @@ impl Batch {
     /// The pipeline whose views the runs compute.
     pub fn pipeline(&self) -> &Pipeline {
         &self.pipeline
+    }
+
+    /// The largest T (aligned to segment width) such that every event of `stream`
+    /// with `_ingest_ts < T` is in the master table.
+    pub async fn stream_cutoff(&self, stream: &StreamSchema) -> Result<i64, BatchError> {
+        let master = open_master(&self.storage, &stream.name).await?;
+        let archived = archived_positions(master.as_ref(), stream).await?;
+        let mut bound = i64::MAX;
+        for (p, a) in archived.iter().enumerate() {
+            let b = self
+                .log
+                .ingest_ts_bound(&stream.name, p as u32, *a)
+                .await
+                .map_err(|e| BatchError::Log(stream.name.clone(), e))?;
+            bound = bound.min(b);
+        }
+        Ok(bound - bound.rem_euclid(self.segment_width))
     }
 }

@@ -171,7 +171,7 @@ pub struct Written {
 /// Write a view's batch states, computed over `_ingest_ts < cutoff`: `states` replace
 /// every state in `scope`.
 pub async fn write(
-    table: deltalake::DeltaTable,
+    storage: &Storage,
     view: &CompiledView,
     stamp: Stamp<'_>,
     scope: Scope,
@@ -189,6 +189,9 @@ pub async fn write(
         batches.push(RecordBatch::new_empty(storage_schema(view)));
     }
     let what = || format!("batch view `{}`", view.name);
+    let table = tributary_core::delta::open(storage.batch_view_table(&view.name))
+        .await
+        .map_err(|e| BatchError::delta(what(), e))?;
     let mut props = CommitProperties::default()
         .with_application_transaction(Transaction::new(CUTOFF_APP_ID, cutoff))
         .with_application_transaction(Transaction::new(DEFINITION_APP_ID, definition));
@@ -286,7 +289,7 @@ async fn load_table(
     table: deltalake::DeltaTable,
     view: &CompiledView,
 ) -> Result<Option<BatchView>, BatchError> {
-    let Some(head) = head(&table, view).await? else {
+    let Some(head) = read_head(&table, view).await? else {
         return Ok(None);
     };
     let states = read_states(&table, view, None).await?;
@@ -314,20 +317,16 @@ pub struct Head {
     pub by_day: bool,
 }
 
-/// A view's batch-view table as it stands (not yet created: no version). A run opens
-/// it once and reads its head, its states and writes through the same snapshot: each
-/// open replays the Delta log, a few milliseconds of an incremental run's fixed cost.
-pub async fn open(
-    storage: &Storage,
-    view: &CompiledView,
-) -> Result<deltalake::DeltaTable, BatchError> {
-    tributary_core::delta::open(storage.batch_view_table(&view.name))
+/// A view's latest batch commit, without its states (`None`: no run wrote any).
+pub async fn head(storage: &Storage, view: &CompiledView) -> Result<Option<Head>, BatchError> {
+    let what = || format!("batch view `{}`", view.name);
+    let table = tributary_core::delta::open(storage.batch_view_table(&view.name))
         .await
-        .map_err(|e| BatchError::delta(format!("batch view `{}`", view.name), e))
+        .map_err(|e| BatchError::delta(what(), e))?;
+    read_head(&table, view).await
 }
 
-/// A view's latest batch commit, without its states (`None`: no run wrote any).
-pub async fn head(
+async fn read_head(
     table: &deltalake::DeltaTable,
     view: &CompiledView,
 ) -> Result<Option<Head>, BatchError> {
@@ -364,14 +363,18 @@ pub async fn head(
 
 /// A view's latest states in the window days `days` (all of them when `None`).
 pub async fn load_days(
-    table: &deltalake::DeltaTable,
+    storage: &Storage,
     view: &CompiledView,
     days: Option<&[i32]>,
 ) -> Result<Vec<RecordBatch>, BatchError> {
+    let what = || format!("batch view `{}`", view.name);
+    let table = tributary_core::delta::open(storage.batch_view_table(&view.name))
+        .await
+        .map_err(|e| BatchError::delta(what(), e))?;
     if table.version().is_none() {
         return Ok(Vec::new());
     }
-    read_states(table, view, days).await
+    read_states(&table, view, days).await
 }
 
 /// The state columns (`c0`, `c1`, …) of a batch-view table, in the partial schema;
@@ -417,15 +420,10 @@ pub async fn load_cutoff(
     storage: &Storage,
     view: &CompiledView,
 ) -> Result<Option<i64>, BatchError> {
-    cutoff_of(&open(storage, view).await?, view).await
-}
-
-/// The cutoff of the latest batch states in `table`, a view's batch-view table.
-pub async fn cutoff_of(
-    table: &deltalake::DeltaTable,
-    view: &CompiledView,
-) -> Result<Option<i64>, BatchError> {
     let what = || format!("batch view `{}`", view.name);
+    let table = tributary_core::delta::open(storage.batch_view_table(&view.name))
+        .await
+        .map_err(|e| BatchError::delta(what(), e))?;
     if table.version().is_none() {
         return Ok(None);
     }
