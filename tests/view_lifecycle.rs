@@ -64,7 +64,22 @@ async fn check_exact(t: &Tributary, view: &str, sql: &str, all: &[Value], strict
         };
         match verdict {
             Ok(()) => return,
-            Err(e) if strict && status == 200 => panic!("an answer before it was exact: {e}"),
+            Err(e) if strict && status == 200 => {
+                // What decides `complete`, for a failure to be read without a rerun.
+                let meta = [
+                    "cutoff",
+                    "speed_watermark",
+                    "max_event_time",
+                    "speed_position",
+                ]
+                .map(|k| format!("{k}={}", answer[k]))
+                .join(" ");
+                let missing = &answer["speed_missing_partitions"];
+                panic!(
+                    "an answer before it was exact: {e}\n{meta} missing={missing}\n{}",
+                    t.logs()
+                )
+            }
             Err(e) if Instant::now() > deadline => panic!("{e}\n{}", t.logs()),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }

@@ -177,6 +177,26 @@ pub async fn write(
     scope: Scope,
     states: Vec<RecordBatch>,
 ) -> Result<Written, BatchError> {
+    let table = tributary_core::delta::open(storage.batch_view_table(&view.name))
+        .await
+        .map_err(|e| BatchError::delta(format!("batch view `{}`", view.name), e))?;
+    write_to(table, view, stamp, scope, states).await
+}
+
+/// [`write`] into `table`, opened by the caller: the commit is checked against its
+/// snapshot, so a run whose snapshot another writer has moved past fails (and is run
+/// again) instead of overwriting what it did not see.
+pub async fn write_to(
+    table: deltalake::DeltaTable,
+    view: &CompiledView,
+    stamp: Stamp<'_>,
+    scope: Scope,
+    states: Vec<RecordBatch>,
+) -> Result<Written, BatchError> {
+    let mut batches = to_storage(view, states)?;
+    if batches.is_empty() {
+        batches.push(RecordBatch::new_empty(storage_schema(view)));
+    }
     let Stamp {
         cutoff,
         max_event_ts,
@@ -184,14 +204,11 @@ pub async fn write(
         run_id,
         kind,
     } = stamp;
-    let mut batches = to_storage(view, states)?;
-    if batches.is_empty() {
-        batches.push(RecordBatch::new_empty(storage_schema(view)));
-    }
     let what = || format!("batch view `{}`", view.name);
-    let table = tributary_core::delta::open(storage.batch_view_table(&view.name))
-        .await
-        .map_err(|e| BatchError::delta(what(), e))?;
+    let table = match table.version() {
+        Some(_) => table,
+        None => create(table, view).await?,
+    };
     let mut props = CommitProperties::default()
         .with_application_transaction(Transaction::new(CUTOFF_APP_ID, cutoff))
         .with_application_transaction(Transaction::new(DEFINITION_APP_ID, definition));
@@ -227,6 +244,28 @@ pub async fn write(
         version: table.version().unwrap_or(0) as i64,
         files: files_added(&table).await,
     })
+}
+
+/// Create a view's batch-view table, empty (no states, no cutoff), so that the commit of
+/// its first states has a snapshot to be checked against. Committing states straight
+/// into a table that does not exist is not safe with two writers (two serving processes
+/// backfilling a new view): delta-rs retries the loser of version 0 as version 1
+/// without a conflict check, and its overwrite, made from an empty table, leaves the
+/// winner's files in place: every state twice. Two creates race harmlessly (both empty).
+async fn create(
+    table: deltalake::DeltaTable,
+    view: &CompiledView,
+) -> Result<deltalake::DeltaTable, BatchError> {
+    let partitions = match view.window_state {
+        Some(_) => vec![WINDOW_DAY.to_string()],
+        None => Vec::new(),
+    };
+    table
+        .write(vec![RecordBatch::new_empty(storage_schema(view))])
+        .with_save_mode(SaveMode::Append)
+        .with_partition_columns(partitions)
+        .await
+        .map_err(|e| BatchError::delta(format!("batch view `{}`", view.name), e))
 }
 
 /// Data files the table's latest commit added, from the metrics delta-rs writes into
@@ -341,11 +380,9 @@ async fn read_head(
             .await
             .map_err(|e| BatchError::delta(what(), e))
     };
+    // A table created and not yet written (see `create`) holds no states.
     let Some(cutoff) = txn(CUTOFF_APP_ID).await? else {
-        return Err(BatchError::View(
-            view.name.clone(),
-            "batch view table has no cutoff".into(),
-        ));
+        return Ok(None);
     };
     let by_day = snapshot
         .metadata()
