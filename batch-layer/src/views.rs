@@ -205,15 +205,21 @@ pub async fn write_to(
         kind,
     } = stamp;
     let what = || format!("batch view `{}`", view.name);
-    let table = match table.version() {
-        Some(_) => table,
-        None => create(table, view).await?,
-    };
+    // The first states create the table, as its version 0. Committing them into a
+    // table that does not exist is not safe with two writers (two serving processes
+    // backfilling a view created at runtime): delta-rs retries the loser of version 0 as
+    // version 1 without a conflict check, and its overwrite, made from an empty table,
+    // left the winner's files beside its own (every state twice). No retry for a first
+    // commit: the loser fails, and the run, tried again, overwrites what it now sees.
+    let first = table.version().is_none();
     let mut props = CommitProperties::default()
         .with_application_transaction(Transaction::new(CUTOFF_APP_ID, cutoff))
         .with_application_transaction(Transaction::new(DEFINITION_APP_ID, definition));
     if let Some(t) = max_event_ts {
         props = props.with_application_transaction(Transaction::new(MAX_EVENT_TS_APP_ID, t));
+    }
+    if first {
+        props = props.with_max_retries(0);
     }
     let props = props.with_metadata([
         ("tributary.cutoff".to_string(), json!(cutoff)),
@@ -244,28 +250,6 @@ pub async fn write_to(
         version: table.version().unwrap_or(0) as i64,
         files: files_added(&table).await,
     })
-}
-
-/// Create a view's batch-view table, empty (no states, no cutoff), so that the commit of
-/// its first states has a snapshot to be checked against. Committing states straight
-/// into a table that does not exist is not safe with two writers (two serving processes
-/// backfilling a new view): delta-rs retries the loser of version 0 as version 1
-/// without a conflict check, and its overwrite, made from an empty table, leaves the
-/// winner's files in place: every state twice. Two creates race harmlessly (both empty).
-async fn create(
-    table: deltalake::DeltaTable,
-    view: &CompiledView,
-) -> Result<deltalake::DeltaTable, BatchError> {
-    let partitions = match view.window_state {
-        Some(_) => vec![WINDOW_DAY.to_string()],
-        None => Vec::new(),
-    };
-    table
-        .write(vec![RecordBatch::new_empty(storage_schema(view))])
-        .with_save_mode(SaveMode::Append)
-        .with_partition_columns(partitions)
-        .await
-        .map_err(|e| BatchError::delta(format!("batch view `{}`", view.name), e))
 }
 
 /// Data files the table's latest commit added, from the metrics delta-rs writes into
@@ -380,9 +364,11 @@ async fn read_head(
             .await
             .map_err(|e| BatchError::delta(what(), e))
     };
-    // A table created and not yet written (see `create`) holds no states.
     let Some(cutoff) = txn(CUTOFF_APP_ID).await? else {
-        return Ok(None);
+        return Err(BatchError::View(
+            view.name.clone(),
+            "batch view table has no cutoff".into(),
+        ));
     };
     let by_day = snapshot
         .metadata()

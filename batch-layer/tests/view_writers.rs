@@ -51,10 +51,10 @@ fn stamp(cutoff: i64) -> Stamp<'static> {
     }
 }
 
-/// Writer B opened the table before it existed; writer A then created it and committed
-/// its states. B's commit must not leave A's states in place beside its own: delta-rs
-/// retries the loser of version 0 without a conflict check, so the first states go into
-/// a table created empty beforehand.
+/// Writer B opened the table before it existed; writer A then created it with its
+/// states. B's commit must not leave A's states in place beside its own (delta-rs
+/// retries the loser of version 0 without a conflict check): it fails, and B's run,
+/// tried again, overwrites what it now sees.
 #[tokio::test]
 async fn a_writer_that_saw_no_table_does_not_add_to_another_writers_states() {
     let dir = tempfile::tempdir().unwrap();
@@ -74,10 +74,20 @@ async fn a_writer_that_saw_no_table_does_not_add_to_another_writers_states() {
         .await
         .unwrap();
     let b = states(&p, &view, &["c"]).await;
-    views::write_to(stale, &view, stamp(20), Scope::All, b)
+    let lost = views::write_to(stale, &view, stamp(20), Scope::All, b.clone()).await;
+    assert!(lost.is_err(), "{lost:?}");
+    let held = views::load(&storage, &view).await.unwrap().unwrap();
+    assert_eq!(
+        (held.cutoff, held.version),
+        (10, 0),
+        "A's states, as version 0"
+    );
+    let rows: usize = held.states.iter().map(|s| s.num_rows()).sum();
+    assert_eq!(rows, 2);
+
+    views::write(&storage, &view, stamp(20), Scope::All, b)
         .await
         .unwrap();
-
     let held = views::load(&storage, &view).await.unwrap().unwrap();
     let rows: usize = held.states.iter().map(|s| s.num_rows()).sum();
     assert_eq!(held.cutoff, 20);
