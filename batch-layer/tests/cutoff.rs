@@ -15,17 +15,9 @@ use tributary_core::shutdown::Shutdown;
 use tributary_core::storage::Storage;
 use tributary_ingest::log::EmbeddedLog;
 
-const CONFIG: &str = r#"
-[[streams]]
-name = "clicks"
-event-time = "ts"
-partitions = 2
-fields = [{ name = "page", type = "string" }, { name = "ts", type = "timestamp" }]
+mod common;
 
-[[views]]
-name = "per_page"
-sql = "SELECT page, date_bin(INTERVAL '1 hour', ts) AS hour, count(*) AS n FROM clicks GROUP BY page, hour"
-"#;
+use common::CLICKS as CONFIG;
 
 fn quick_flush() -> BatchConfig {
     BatchConfig {

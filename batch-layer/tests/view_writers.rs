@@ -9,17 +9,9 @@ use tributary_core::schema::{BatchDecoder, LogPosition};
 use tributary_core::storage::Storage;
 use tributary_core::view::{CompiledView, SOURCE_BATCH, tag_source};
 
-const CONFIG: &str = r#"
-[[streams]]
-name = "clicks"
-event-time = "ts"
-partitions = 1
-fields = [{ name = "page", type = "string" }, { name = "ts", type = "timestamp" }]
+mod common;
 
-[[views]]
-name = "per_page"
-sql = "SELECT page, date_bin(INTERVAL '1 hour', ts) AS hour, count(*) AS n FROM clicks GROUP BY page, hour"
-"#;
+use common::CLICKS as CONFIG;
 
 /// The view's partial states over one click per page in `pages`.
 async fn states(
