@@ -59,18 +59,43 @@ pub async fn run(
         consumer.pipeline.refresh_tables().await;
         consumer.snapshot_if_due();
         consumer.report_if_due().await;
-        let mut any = false;
+        let (mut any, mut at_end) = (false, true);
         for i in 0..consumer.pipeline.streams.len() {
             match consumer.micro_batch(i).await? {
                 None => return Ok(()),
-                Some(read) => any |= read,
+                Some(step) => {
+                    any |= step.events > 0;
+                    at_end &= step.at_end;
+                }
             }
         }
-        if !any && !consumer.caught_up().await {
+        if at_end {
+            consumer.caught_up();
+        }
+        if !any && !consumer.idle().await {
             break;
         }
     }
     Ok(())
+}
+
+/// One stream's read of a round: every owned partition from its position.
+#[derive(Default)]
+struct Read {
+    /// The records, per partition that had any.
+    partitions: Vec<(u32, Vec<LogRecord>)>,
+    events: u64,
+    /// Newest `_ingest_ts` among them.
+    newest: i64,
+    /// Every partition's read returned fewer records than it asked for: it reached the
+    /// end of what the log held at that moment.
+    at_end: bool,
+}
+
+/// What one micro-batch did.
+struct Step {
+    events: u64,
+    at_end: bool,
 }
 
 /// The consumer's state between micro-batches.
@@ -193,22 +218,26 @@ impl Consumer {
     }
 
     /// One micro-batch of stream `index`: read every partition, decode, and update each
-    /// of its views. `Some(true)` if there were records; `None`: the log is shutting down.
-    async fn micro_batch(&mut self, index: usize) -> Result<Option<bool>, SpeedError> {
+    /// of its views. `None`: the log is shutting down.
+    async fn micro_batch(&mut self, index: usize) -> Result<Option<Step>, SpeedError> {
         let started = Instant::now();
         let s = self.pipeline.streams[index].clone();
         self.sync_views(&s);
-        let Some((reads, read_events, newest)) = self.read(&s).await? else {
+        let Some(read) = self.read(&s).await? else {
             return Ok(None);
         };
-        if read_events == 0 {
+        let step = Step {
+            events: read.events,
+            at_end: read.at_end,
+        };
+        if read.events == 0 {
             // Positions may still have moved (past records the log no longer holds).
             self.publish_positions(&s.name);
-            return Ok(Some(false));
+            return Ok(Some(step));
         }
         let decoded = decode::decode(
             &s,
-            reads,
+            read.partitions,
             self.dedups.entry(s.name.clone()).or_default(),
             self.layer.segment_width,
             self.decode_threads,
@@ -228,15 +257,15 @@ impl Consumer {
         self.publish_positions(&s.name);
         compact(&self.layer, &s.name).await;
         let progress = &self.layer.progress[&s.name];
-        progress.events.fetch_add(read_events, Ordering::Relaxed);
+        progress.events.fetch_add(read.events, Ordering::Relaxed);
         progress
             .last_batch_events
-            .store(read_events, Ordering::Relaxed);
+            .store(read.events, Ordering::Relaxed);
         progress
             .last_batch_micros
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        progress.ingest_ts.fetch_max(newest, Ordering::AcqRel);
-        Ok(Some(true))
+        progress.ingest_ts.fetch_max(read.newest, Ordering::AcqRel);
+        Ok(Some(step))
     }
 
     /// Views of `s` created, replaced or dropped at runtime since the last micro-batch.
@@ -272,16 +301,12 @@ impl Consumer {
         }
     }
 
-    /// Read each partition of `s` from its position: the records per partition, how
-    /// many, and the newest `_ingest_ts` among them (`None`: the log is shutting down).
-    #[allow(clippy::type_complexity)]
-    async fn read(
-        &mut self,
-        s: &StreamSchema,
-    ) -> Result<Option<(Vec<(u32, Vec<LogRecord>)>, u64, i64)>, SpeedError> {
-        let mut reads = Vec::new();
-        let mut read_events = 0u64;
-        let mut newest = 0i64;
+    /// Read each partition of `s` from its position (`None`: the log is shutting down).
+    async fn read(&mut self, s: &StreamSchema) -> Result<Option<Read>, SpeedError> {
+        let mut read = Read {
+            at_end: true,
+            ..Read::default()
+        };
         let shard = self.layer.shard();
         for p in (0..s.partitions).filter(|p| shard.owns(*p)) {
             let pos = self
@@ -290,26 +315,28 @@ impl Consumer {
                 .expect("position per partition");
             let from = *pos;
             let (log, max) = (&self.log, self.config.max_batch_records);
-            let read = retry_unavailable("speed layer read", &self.shutdown, || {
+            let batch = retry_unavailable("speed layer read", &self.shutdown, || {
                 log.read(&s.name, p, from, max)
             })
             .await
             .map_err(|source| SpeedError::read(&s.name, p, source))?;
-            let Some(batch) = read else { return Ok(None) };
+            let Some(batch) = batch else { return Ok(None) };
             if let Some(gone) = &batch.expired {
                 // Below the batch cutoff these are in the batch states already; above
                 // it the archiver reports them lost too.
                 tracing::warn!(stream = %s.name, partition = p, from = gone.start, to = gone.end, "the log's retention removed records before the speed layer read them");
             }
             *pos = batch.next_offset;
+            // A full read may have left records behind; a shorter one reached the end.
+            read.at_end &= batch.records.len() < max;
             let Some(last) = batch.records.last() else {
                 continue;
             };
-            newest = newest.max(last.ingest_ts);
-            read_events += batch.records.len() as u64;
-            reads.push((p, batch.records));
+            read.newest = read.newest.max(last.ingest_ts);
+            read.events += batch.records.len() as u64;
+            read.partitions.push((p, batch.records));
         }
-        Ok(Some((reads, read_events, newest)))
+        Ok(Some(read))
     }
 
     /// Each segment bucket's records into every view of the stream: below a view's
@@ -352,13 +379,20 @@ impl Consumer {
         }
     }
 
-    /// Nothing new in the log: note the recovery time once, and wait. `false`: stop.
-    async fn caught_up(&mut self) -> bool {
+    /// Every partition's read of a round of micro-batches reached the end of what the
+    /// log held then, and the states hold it: note the recovery time, once. A round
+    /// that read nothing is one such round, but under steady traffic there may never
+    /// be one, so reaching the end is what counts.
+    fn caught_up(&self) {
         if self.layer.recovery_ms.load(Ordering::Relaxed) == u64::MAX {
             let ms = self.started.elapsed().as_millis() as u64;
             self.layer.recovery_ms.store(ms, Ordering::Relaxed);
             tracing::info!(recovery_ms = ms, "speed layer caught up with the log");
         }
+    }
+
+    /// Nothing new in the log: wait for an append or the poll interval. `false`: stop.
+    async fn idle(&mut self) -> bool {
         let (slot, shutdown) = (&mut self.appended, &self.shutdown);
         let appended = async {
             match slot {

@@ -461,11 +461,11 @@ impl ViewManager {
         // held, with a cutoff the new store starts above; with several speed processes,
         // the latest of their cutoffs.
         let held = self.merger.speed().holds_from(&view.name, view.revision);
-        let Some(from) = held.await.map_err(|source| ServingError::Query {
+        let query = |source| ServingError::Query {
             view: view.name.clone(),
             source,
-        })?
-        else {
+        };
+        let Some(from) = held.await.map_err(query)? else {
             let stage = "waiting for the speed layer to take the view".into();
             self.stage(
                 &view.name,
@@ -476,6 +476,27 @@ impl ViewManager {
             );
             return Ok(false);
         };
+        // A process still rebuilding its partitions' states would leave the view
+        // answering with every row incomplete until it catches up: wait for that too.
+        if self
+            .merger
+            .speed()
+            .stats()
+            .await
+            .map_err(query)?
+            .recovery_ms
+            .is_none()
+        {
+            let stage = "waiting for the speed layer to catch up with the log".into();
+            self.stage(
+                &view.name,
+                Backfill {
+                    stage,
+                    ..Default::default()
+                },
+            );
+            return Ok(false);
+        }
         let stream = self
             .merger
             .pipeline()
