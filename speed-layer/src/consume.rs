@@ -308,25 +308,29 @@ impl Consumer {
             ..Read::default()
         };
         let shard = self.layer.shard();
-        for p in (0..s.partitions).filter(|p| shard.owns(*p)) {
-            let pos = self
-                .positions
-                .get_mut(&(s.name.clone(), p))
-                .expect("position per partition");
-            let from = *pos;
-            let (log, max) = (&self.log, self.config.max_batch_records);
-            let batch = retry_unavailable("speed layer read", &self.shutdown, || {
-                log.read(&s.name, p, from, max)
-            })
-            .await
-            .map_err(|source| SpeedError::read(&s.name, p, source))?;
+        let (log, max, shutdown) = (&self.log, self.config.max_batch_records, &self.shutdown);
+        // All partitions at once: each read runs on the log's blocking threads, so on
+        // several cores they overlap instead of queueing behind one another.
+        let reads = (0..s.partitions).filter(|p| shard.owns(*p)).map(|p| {
+            let from = self.positions[&(s.name.clone(), p)];
+            async move {
+                let batch = retry_unavailable("speed layer read", shutdown, || {
+                    log.read(&s.name, p, from, max)
+                })
+                .await;
+                (p, batch)
+            }
+        });
+        for (p, batch) in futures::future::join_all(reads).await {
+            let batch = batch.map_err(|source| SpeedError::read(&s.name, p, source))?;
             let Some(batch) = batch else { return Ok(None) };
             if let Some(gone) = &batch.expired {
                 // Below the batch cutoff these are in the batch states already; above
                 // it the archiver reports them lost too.
                 tracing::warn!(stream = %s.name, partition = p, from = gone.start, to = gone.end, "the log's retention removed records before the speed layer read them");
             }
-            *pos = batch.next_offset;
+            self.positions
+                .insert((s.name.clone(), p), batch.next_offset);
             // A full read may have left records behind; a shorter one reached the end.
             read.at_end &= batch.records.len() < max;
             let Some(last) = batch.records.last() else {
