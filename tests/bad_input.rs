@@ -148,6 +148,63 @@ async fn a_record_a_view_cannot_process_is_quarantined_and_every_view_keeps_runn
     assert_eq!(t.get("/health").await.0, 200);
 }
 
+/// A view whose final expression fails for one group alone (integer division by zero
+/// where a group has exactly two events) answers every other group and names the
+/// failing one, in both layers; the SQL endpoint refuses it rather than answer short.
+#[tokio::test]
+async fn a_group_whose_row_cannot_be_computed_does_not_take_the_view_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Tributary::configure_pipeline(dir.path(), "", 200, DIVIDING);
+    let t = Tributary::start_config(dir.path(), config).await;
+    let sql = "SELECT n, date_bin(INTERVAL '1 hour', ts) AS w, 100 / (count(*) - 2) AS x, \
+               count(*) AS c FROM m GROUP BY n, w";
+    let (status, created) = t
+        .post_json("/api/v1/views", &json!({"name": "spread", "sql": sql}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    t.wait_for("/api/v1/views/spread/status", |s| s["state"] == "running")
+        .await;
+    // n = 1 once, n = 2 twice (its row divides by zero), n = 3 three times.
+    let events: Vec<Value> = [1, 2, 2, 3, 3, 3]
+        .iter()
+        .map(|n| json!({"n": n, "ts": "2026-01-01T00:10:00Z"}))
+        .collect();
+    let (status, report) = t.post("m", &Value::Array(events)).await;
+    assert_eq!(status, 200, "{report}");
+    let check = |answer: &Value| {
+        let rows = answer["rows"].as_array().unwrap();
+        let xs: Vec<(i64, i64)> = rows
+            .iter()
+            .map(|r| (r["n"].as_i64().unwrap(), r["x"].as_i64().unwrap()))
+            .collect();
+        assert_eq!(xs, vec![(1, -100), (3, 100)], "{answer}");
+        let failed = answer["failed_rows"].as_array().expect("failed_rows");
+        assert_eq!(failed.len(), 1, "{answer}");
+        assert_eq!(failed[0]["keys"]["n"], 2, "{answer}");
+        assert_eq!(failed[0]["keys"]["w"], "2026-01-01T00:00:00Z", "{answer}");
+        let error = failed[0]["error"].as_str().unwrap();
+        assert!(error.contains("Divide by zero"), "{answer}");
+    };
+    let answer = t.wait_for("/api/v1/views/spread", |v| count(v) == 4).await;
+    check(&answer);
+    // From the batch layer's states the same.
+    let run = t.run_batch().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let (status, answer) = t.get("/api/v1/views/spread").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["cutoff"].is_string(), "{answer}");
+    check(&answer);
+    // The other views never noticed.
+    let (_, plain) = t.get("/api/v1/views/plain").await;
+    assert_eq!(count(&plain), 6, "{plain}");
+    // SQL over the view would look whole without the group: refused, and says why.
+    let (status, e) = t
+        .post_json("/api/v1/sql", &json!({"sql": "SELECT sum(c) FROM spread"}))
+        .await;
+    assert_eq!(status, 422, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("failed_rows"), "{e}");
+}
+
 #[tokio::test]
 async fn a_far_future_event_counts_but_does_not_move_the_watermark() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,6 +9,11 @@
 //! layer isolates the same records the same way when a run fails (batch-layer's
 //! `recompute`), so
 //! both layers leave the same records out and the merge stays exact.
+//!
+//! The same holds for a view's final rows: an expression over the aggregates or the
+//! group keys (`count(*) / 0`, a cast of a key) can fail for one group alone, and one
+//! such group must not take the view's whole answer down. [`finalize_isolating`] sets
+//! such groups aside with their error, and answers say which.
 
 use crate::CoreError;
 use crate::view::CompiledView;
@@ -62,4 +67,52 @@ pub async fn partial_isolating(
         states
     };
     Ok((states, refused))
+}
+
+/// A group of a view whose final row cannot be computed: its keys and window start
+/// (one row, named as the view's output names them), and why.
+#[derive(Debug)]
+pub struct FailedRow {
+    /// The group's key columns and window start.
+    pub keys: RecordBatch,
+    /// What the view's final plan said about it.
+    pub error: CoreError,
+}
+
+/// The view's final rows over `states`, leaving out the groups whose row cannot be
+/// computed. Groups are independent in the final plan (no ORDER BY or LIMIT in a
+/// view), so once the states are reduced to one row per group, any split of them gives
+/// the same rows as the whole; failing groups are found by halving, as records are.
+pub async fn finalize_isolating(
+    view: &CompiledView,
+    states: Vec<RecordBatch>,
+) -> Result<(Vec<RecordBatch>, Vec<FailedRow>), CoreError> {
+    let first = match view.finalize(states.clone()).await {
+        Ok(rows) => return Ok((rows, Vec::new())),
+        Err(e) => e,
+    };
+    tracing::warn!(view = %view.name, error = %first, "a view's final rows failed; isolating the groups");
+    let mut rows = Vec::new();
+    let mut failed = Vec::new();
+    let mut todo: Vec<RecordBatch> = view
+        .reduce(states)
+        .await?
+        .into_iter()
+        .filter(|b| b.num_rows() > 0)
+        .collect();
+    while let Some(batch) = todo.pop() {
+        match view.finalize(vec![batch.clone()]).await {
+            Ok(r) => rows.extend(r),
+            Err(error) if batch.num_rows() == 1 => failed.push(FailedRow {
+                keys: view.group_keys(&batch)?,
+                error,
+            }),
+            Err(_) => {
+                let half = batch.num_rows() / 2;
+                todo.push(batch.slice(half, batch.num_rows() - half));
+                todo.push(batch.slice(0, half));
+            }
+        }
+    }
+    Ok((rows, failed))
 }

@@ -93,6 +93,7 @@ pub async fn answer(
         freshness_ms: None,
         batch_version: None,
         speed_missing_partitions: Vec::new(),
+        failed_rows: Vec::new(),
         total_rows: 0,
         next_offset: None,
         rows: Vec::new(),

@@ -88,6 +88,20 @@ pub enum ServingError {
     /// A query that cannot run as written (parse, plan, unknown table).
     #[error("SQL: {0}")]
     Sql(String),
+    /// A SQL query over a view some of whose rows cannot be computed: answering
+    /// without them would look whole, so the query is refused and names them.
+    #[error(
+        "view `{view}`: the rows of {count} group(s) cannot be computed (the first: {first}); \
+         GET /api/v1/views/{view} answers without them and lists them in `failed_rows`"
+    )]
+    RowsFailed {
+        /// The view.
+        view: String,
+        /// How many groups.
+        count: usize,
+        /// The first group's keys and error, as JSON.
+        first: String,
+    },
     /// A statement the endpoint does not allow.
     #[error("forbidden: {0}")]
     Forbidden(String),
@@ -197,7 +211,9 @@ impl ServingError {
             | ServingError::UnknownStream(_) => StatusCode::NOT_FOUND,
             ServingError::BadParameter { .. } | ServingError::Sql(_) => StatusCode::BAD_REQUEST,
             ServingError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ServingError::SqlMemory { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ServingError::SqlMemory { .. } | ServingError::RowsFailed { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ServingError::SqlTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ServingError::SqlAnswerTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ServingError::Busy(_) | ServingError::TooManyConnections(_) => {

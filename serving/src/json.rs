@@ -91,3 +91,22 @@ pub fn cell(array: &dyn Array, i: usize) -> Value {
         _ => Value::String(array_value_to_string(array, i).unwrap_or_default()),
     }
 }
+
+/// Groups a view could not compute a row for, as answers list them: each group's key
+/// columns and window start, and the error.
+pub fn failed_rows(failed: &[tributary_core::quarantine::FailedRow]) -> Vec<Value> {
+    failed
+        .iter()
+        .map(|f| {
+            let keys: serde_json::Map<String, Value> = f
+                .keys
+                .schema()
+                .fields()
+                .iter()
+                .zip(f.keys.columns())
+                .map(|(field, column)| (field.name().clone(), cell(column.as_ref(), 0)))
+                .collect();
+            serde_json::json!({ "keys": keys, "error": f.error.to_string() })
+        })
+        .collect()
+}

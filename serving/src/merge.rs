@@ -86,6 +86,13 @@ pub struct ViewAnswer {
     /// rebuilding them. Rows may then undercount events at or above the cutoff, and
     /// none is `complete`. Empty when the answer is whole.
     pub speed_missing_partitions: Vec<u32>,
+    /// Groups whose row the view's SQL cannot compute (an expression over the
+    /// aggregates or keys fails for them alone, e.g. a division by zero): each with its
+    /// `keys` (key columns and window start) and the `error`. They are left out of
+    /// `rows` and of `total_rows`; every other row is as exact as ever. Absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub failed_rows: Vec<Value>,
     /// Rows matching the filters, before `offset` and `limit`.
     pub total_rows: usize,
     /// Where the next page starts, if there is one.
@@ -111,6 +118,9 @@ pub struct Merged {
     pub view: Arc<CompiledView>,
     /// The merged rows: the final plan over batch and speed states, with `_src`.
     pub rows: Vec<RecordBatch>,
+    /// The groups whose row the final plan could not compute (see
+    /// [`ViewAnswer::failed_rows`]); `rows` holds every other group.
+    pub failed: Arc<Vec<Value>>,
     /// The batch states used, when a batch run has committed some.
     pub batch: Option<Arc<BatchView>>,
     /// The speed states used.
@@ -137,7 +147,11 @@ pub struct Merger {
 }
 
 /// A view's merged rows and, once a request asked for it, their JSON form.
-type CachedRows = (Vec<RecordBatch>, Arc<std::sync::OnceLock<Arc<JsonRows>>>);
+type CachedRows = (
+    Vec<RecordBatch>,
+    Arc<Vec<Value>>,
+    Arc<std::sync::OnceLock<Arc<JsonRows>>>,
+);
 
 /// One merged row as the API shows it, with what it is ordered by.
 #[derive(Debug)]
@@ -340,19 +354,13 @@ impl Merger {
             .generation
             .map(|g| (batch.as_ref().map(|b| b.version), g));
         let cached = held.filter(|(k, _)| Some(*k) == key).map(|(_, rows)| rows);
-        let (rows, json) = match cached {
+        let (rows, failed, json) = match cached {
             Some(cached) => cached,
             None => {
                 let mut states = batch.as_ref().map(|b| b.states.clone()).unwrap_or_default();
                 states.extend(speed.states.iter().cloned());
-                let rows = view
-                    .finalize(states)
-                    .await
-                    .map_err(|source| ServingError::Query {
-                        view: view.name.clone(),
-                        source,
-                    })?;
-                let cached: CachedRows = (rows, Default::default());
+                let (rows, failed) = finalize(&view, states).await?;
+                let cached: CachedRows = (rows, failed, Default::default());
                 if let Some(key) = key {
                     self.merged_cache
                         .lock()
@@ -365,6 +373,7 @@ impl Merger {
         Ok(Merged {
             view,
             rows,
+            failed,
             batch,
             speed,
             json,
@@ -397,7 +406,11 @@ impl Merger {
             q,
         );
         let Merged {
-            view, batch, speed, ..
+            view,
+            batch,
+            speed,
+            failed,
+            ..
         } = merged;
         let next = q.offset + rows.len();
         let position = speed.ingest_position;
@@ -410,6 +423,7 @@ impl Merger {
             freshness_ms: position.map(|p| (now_micros() - p).max(0) / 1000),
             batch_version: batch.as_ref().map(|b| b.version),
             speed_missing_partitions: missing,
+            failed_rows: failed.to_vec(),
             total_rows,
             next_offset: (next < total_rows).then_some(next),
             rows,
@@ -454,13 +468,7 @@ impl Merger {
                 ));
             }
         };
-        let out = view
-            .finalize(batch.states)
-            .await
-            .map_err(|source| ServingError::Query {
-                view: view.name.clone(),
-                source,
-            })?;
+        let (out, failed) = finalize(&view, batch.states).await?;
         let watermark = view.watermark(batch.max_event_ts);
         let (total_rows, rows) = to_rows(&json_rows(&view, &out, watermark), q);
         let next = q.offset + rows.len();
@@ -474,11 +482,26 @@ impl Merger {
             batch_version: Some(batch.version),
             // A past batch version is whole by itself: no speed states join it.
             speed_missing_partitions: Vec::new(),
+            failed_rows: failed.to_vec(),
             total_rows,
             next_offset: (next < total_rows).then_some(next),
             rows,
         })
     }
+}
+
+/// The view's final rows over `states`, and the groups left out as failing alone.
+async fn finalize(
+    view: &CompiledView,
+    states: Vec<RecordBatch>,
+) -> Result<(Vec<RecordBatch>, Arc<Vec<Value>>), ServingError> {
+    let (rows, failed) = tributary_core::quarantine::finalize_isolating(view, states)
+        .await
+        .map_err(|source| ServingError::Query {
+            view: view.name.clone(),
+            source,
+        })?;
+    Ok((rows, Arc::new(crate::json::failed_rows(&failed))))
 }
 
 /// Final batches to JSON rows, ordered by window then keys; each row says which layers

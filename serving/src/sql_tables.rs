@@ -117,11 +117,15 @@ impl Tables {
         let view = self.merger.pipeline().view(name).expect("kind checked");
         let rows = match &self.as_of {
             None => {
-                self.merger
-                    .merged(name)
-                    .await
-                    .map_err(|e| self.failed(e))?
-                    .rows
+                let merged = self.merger.merged(name).await.map_err(|e| self.failed(e))?;
+                if let Some(first) = merged.failed.first() {
+                    return Err(self.failed(ServingError::RowsFailed {
+                        view: name.to_string(),
+                        count: merged.failed.len(),
+                        first: first.to_string(),
+                    }));
+                }
+                merged.rows
             }
             Some(at) => {
                 let storage = self.merger.storage();
@@ -132,12 +136,22 @@ impl Tables {
                         return Ok(None);
                     }
                 };
-                view.finalize(states).await.map_err(|e| {
-                    self.failed(ServingError::Query {
+                let (rows, failed) = tributary_core::quarantine::finalize_isolating(&view, states)
+                    .await
+                    .map_err(|e| {
+                        self.failed(ServingError::Query {
+                            view: name.to_string(),
+                            source: e,
+                        })
+                    })?;
+                if let Some(first) = crate::json::failed_rows(&failed).first() {
+                    return Err(self.failed(ServingError::RowsFailed {
                         view: name.to_string(),
-                        source: e,
-                    })
-                })?
+                        count: failed.len(),
+                        first: first.to_string(),
+                    }));
+                }
+                rows
             }
         };
         let schema = rows

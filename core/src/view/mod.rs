@@ -16,9 +16,9 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{RecordBatch, TimestampMicrosecondArray};
+use datafusion::arrow::array::{RecordBatch, RecordBatchOptions, TimestampMicrosecondArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::MemTable;
@@ -398,6 +398,27 @@ impl CompiledView {
             })?
             .data;
         Ok(collect(plan, session().task_ctx()).await?)
+    }
+
+    /// The key columns and window start of state rows `states`, named as the view's
+    /// output names them (a column the final plan computes from several group columns
+    /// is left out).
+    pub fn group_keys(&self, states: &RecordBatch) -> Result<RecordBatch> {
+        let mut fields = Vec::new();
+        let mut columns = Vec::new();
+        for name in self.keys.iter().chain([&self.window]) {
+            if let Some(i) = output_source(&self.final_template, name) {
+                let column = states.column(i).clone();
+                fields.push(Field::new(name, column.data_type().clone(), true));
+                columns.push(column);
+            }
+        }
+        let schema = Arc::new(Schema::new(fields));
+        Ok(RecordBatch::try_new_with_options(
+            schema,
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(states.num_rows())),
+        )?)
     }
 
     /// States in the canonical schema; a session view's with each state given the start

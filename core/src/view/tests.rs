@@ -557,3 +557,62 @@ async fn sessions_without_keys_by_position_and_with_the_users_own_max_ts() {
     };
     assert_eq!(strip(&merged), strip(&reference));
 }
+
+/// A final expression that fails for one group (integer division by zero where a
+/// device has exactly two readings) leaves that group out with its keys and error, and
+/// every other row as the whole answer has it; the failing group's states come from
+/// two layers, so only states reduced per group show the failure.
+#[tokio::test]
+async fn a_group_whose_row_fails_is_set_aside_alone() {
+    let v = compile(
+        "SELECT device, date_bin(INTERVAL '10 minutes', ts) AS w, 100 / (count(*) - 2) AS x \
+         FROM readings GROUP BY device, w",
+    )
+    .await
+    .unwrap();
+    let a = batch(
+        &[
+            ("d1", "pump", 1.0, "2026-01-01T00:01:00Z"),
+            ("d2", "pump", 1.0, "2026-01-01T00:02:00Z"),
+            ("d3", "pump", 1.0, "2026-01-01T00:03:00Z"),
+            ("d3", "pump", 1.0, "2026-01-01T00:04:00Z"),
+        ],
+        SOURCE_BATCH,
+    );
+    let b = batch(
+        &[
+            ("d2", "pump", 1.0, "2026-01-01T00:05:00Z"),
+            ("d3", "pump", 1.0, "2026-01-01T00:06:00Z"),
+        ],
+        SOURCE_SPEED,
+    );
+    let mut states = v.run_partial_batches(vec![a]).await.unwrap();
+    states.extend(v.run_partial_batches(vec![b]).await.unwrap());
+    assert!(v.finalize(states.clone()).await.is_err());
+    let (rows, failed) = crate::quarantine::finalize_isolating(&v, states)
+        .await
+        .unwrap();
+    let rows = sorted(&rows);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows[0].contains("d1") && rows[0].contains("-100"),
+        "{rows:?}"
+    );
+    assert!(
+        rows[1].contains("d3") && rows[1].contains("100"),
+        "{rows:?}"
+    );
+    assert_eq!(failed.len(), 1);
+    let keys = sorted(std::slice::from_ref(&failed[0].keys));
+    assert_eq!(failed[0].keys.schema().field(0).name(), "device");
+    assert_eq!(failed[0].keys.schema().field(1).name(), "w");
+    assert!(
+        keys[0].contains("d2") && keys[0].contains("2026-01-01T00:00:00"),
+        "{keys:?}"
+    );
+    assert!(
+        failed[0].error.to_string().contains("Divide by zero"),
+        "{}",
+        failed[0].error
+    );
+}
