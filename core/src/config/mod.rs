@@ -303,6 +303,39 @@ pub fn from_toml_str(text: &str) -> Result<Config> {
         .map_err(|e| figment_error(&source, e))
 }
 
+/// Settings whose value parses but cannot work: a zero that would stall a layer, an
+/// address that cannot be listened on. `Err((key, message))` names the first.
+pub fn check_settings(config: &Config) -> std::result::Result<(), (String, String)> {
+    let at_least_one = [
+        (
+            "speed.max-batch-records",
+            config.speed.max_batch_records as u64,
+        ),
+        ("speed.segment-width-ms", config.speed.segment_width_ms),
+        ("batch.max-open-files", config.batch.max_open_files as u64),
+        ("batch.target-file-mb", config.batch.target_file_mb),
+        ("http.max-body-bytes", config.http.max_body_bytes as u64),
+        (
+            "http.max-records-per-request",
+            config.http.max_records_per_request as u64,
+        ),
+    ];
+    if let Some((key, _)) = at_least_one.iter().find(|(_, v)| *v == 0) {
+        return Err((key.to_string(), "expected at least 1, got 0".into()));
+    }
+    let addr = &config.http.addr;
+    let valid = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !valid {
+        return Err((
+            "http.addr".into(),
+            format!("expected HOST:PORT (e.g. 127.0.0.1:8080), got `{addr}`"),
+        ));
+    }
+    Ok(())
+}
+
 fn env_provider() -> Env {
     Env::prefixed("TRIBUTARY_")
         // TRIBUTARY_CONFIG names the file itself; it is not a key inside it.
@@ -398,5 +431,32 @@ mod tests {
         assert!(err.contains("bad.toml"), "{err}");
         assert!(err.contains("log.kind"), "{err}");
         assert!(err.contains("carrier-pigeon"), "{err}");
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_by_key() {
+        let base = "storage-root = \"x\"\n";
+        let check =
+            |extra: &str| check_settings(&from_toml_str(&format!("{base}{extra}")).unwrap());
+        assert_eq!(check(""), Ok(()));
+        assert_eq!(check("[http]\naddr = \"[::1]:9000\"\n"), Ok(()));
+        for (extra, key) in [
+            (
+                "[speed]\nmax-batch-records = 0\n",
+                "speed.max-batch-records",
+            ),
+            ("[speed]\nsegment-width-ms = 0\n", "speed.segment-width-ms"),
+            ("[batch]\nmax-open-files = 0\n", "batch.max-open-files"),
+            ("[http]\nmax-body-bytes = 0\n", "http.max-body-bytes"),
+        ] {
+            let (k, m) = check(extra).unwrap_err();
+            assert_eq!(k, key);
+            assert!(m.contains("at least 1"), "{m}");
+        }
+        for addr in ["nonsense", ":8080", "127.0.0.1:99999", "127.0.0.1"] {
+            let (k, m) = check(&format!("[http]\naddr = \"{addr}\"\n")).unwrap_err();
+            assert_eq!(k, "http.addr");
+            assert!(m.contains(addr) && m.contains("HOST:PORT"), "{m}");
+        }
     }
 }

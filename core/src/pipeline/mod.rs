@@ -41,6 +41,7 @@ impl Pipeline {
                     .map_err(|m| fail(format!("views[{i}].schedule"), m))?;
             }
         }
+        crate::config::check_settings(config).map_err(|(k, m)| fail(k, m))?;
         if let Some((i, message)) = config.auth.weak_token() {
             return Err(fail(format!("auth.tokens[{i}].token"), message));
         }
