@@ -110,6 +110,57 @@ async fn create_over_history(t: &Tributary, batched: usize, recent: usize) -> Ve
     all
 }
 
+/// Definitions and bodies `POST /api/v1/views` refuses, each with its reason.
+async fn refusals_name_the_problem(t: &Tributary) {
+    let (status, e) = t
+        .post_json("/api/v1/views", &json!({"name": "counts", "sql": COUNTS}))
+        .await;
+    assert_eq!(status, 409, "{e}");
+    let bad = "SELECT colour, date_bin(INTERVAL '1 hour', ts) AS w, count(*) FROM readings GROUP BY colour, w";
+    let (status, e) = t
+        .post_json("/api/v1/views", &json!({"name": "bad", "sql": bad}))
+        .await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("colour"), "{e}");
+    let (status, e) = t
+        .post_json("/api/v1/views", &json!({"name": "no way", "sql": COUNTS}))
+        .await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("name"), "{e}");
+    // A name too long for a directory or a topic is refused, not failed half way.
+    let long = "v".repeat(5000);
+    let (status, e) = t
+        .post_json("/api/v1/views", &json!({"name": long, "sql": COUNTS}))
+        .await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("at most 128"), "{e}");
+    // Bodies that are not the definition: a JSON error naming what is wrong.
+    for (body, content_type, want, says) in [
+        ("{\"name\": \"x\"}", "application/json", 422, "sql"),
+        (
+            "{\"name\": \"x\", \"sql\": \"\", \"colour\": 1}",
+            "application/json",
+            422,
+            "colour",
+        ),
+        ("not json", "application/json", 400, "expected"),
+        ("{}", "text/plain", 415, "Content-Type"),
+    ] {
+        let r = t
+            .client
+            .post(format!("{}/api/v1/views", t.base))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(status, want, "{body}: {e}");
+        assert!(e["error"].as_str().unwrap().contains(says), "{body}: {e}");
+    }
+}
+
 #[tokio::test]
 async fn a_view_created_at_runtime_is_exact_at_once_and_follows_its_lifecycle() {
     let dir = tempfile::tempdir().unwrap();
@@ -126,22 +177,7 @@ async fn a_view_created_at_runtime_is_exact_at_once_and_follows_its_lifecycle() 
     let (status, _) = t.get("/api/v1/views/signal_by_type").await;
     assert_eq!(status, 200);
 
-    // Refusals name the problem.
-    let (status, e) = t
-        .post_json("/api/v1/views", &json!({"name": "counts", "sql": COUNTS}))
-        .await;
-    assert_eq!(status, 409, "{e}");
-    let bad = "SELECT colour, date_bin(INTERVAL '1 hour', ts) AS w, count(*) FROM readings GROUP BY colour, w";
-    let (status, e) = t
-        .post_json("/api/v1/views", &json!({"name": "bad", "sql": bad}))
-        .await;
-    assert_eq!(status, 400, "{e}");
-    assert!(e["error"].as_str().unwrap().contains("colour"), "{e}");
-    let (status, e) = t
-        .post_json("/api/v1/views", &json!({"name": "no way", "sql": COUNTS}))
-        .await;
-    assert_eq!(status, 400, "{e}");
-    assert!(e["error"].as_str().unwrap().contains("name"), "{e}");
+    refusals_name_the_problem(&t).await;
 
     // Paused: no answer; events meanwhile still count once resumed.
     let (status, p) = t.post_path("/api/v1/views/counts/pause").await;

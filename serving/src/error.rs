@@ -88,6 +88,15 @@ pub enum ServingError {
     /// A query that cannot run as written (parse, plan, unknown table).
     #[error("SQL: {0}")]
     Sql(String),
+    /// A request body that is not the JSON the endpoint takes (syntax, a missing or
+    /// unknown field, a wrong type, no JSON content type), with axum's status for it.
+    #[error("request body: {message}")]
+    BadBody {
+        /// 400 (syntax), 422 (shape) or 415 (content type).
+        status: StatusCode,
+        /// What is wrong, as the JSON reader says.
+        message: String,
+    },
     /// A SQL query over a view some of whose rows cannot be computed: answering
     /// without them would look whole, so the query is refused and names them.
     #[error(
@@ -211,6 +220,7 @@ impl ServingError {
             | ServingError::UnknownStream(_) => StatusCode::NOT_FOUND,
             ServingError::BadParameter { .. } | ServingError::Sql(_) => StatusCode::BAD_REQUEST,
             ServingError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ServingError::BadBody { status, .. } => *status,
             ServingError::SqlMemory { .. } | ServingError::RowsFailed { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -260,6 +270,28 @@ impl IntoResponse for ServingError {
             tracing::error!(error = %self, "request failed");
         }
         (status, Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+/// A JSON request body, refused the way every other error is (a JSON `{"error": …}`
+/// body) rather than with axum's plain-text rejection.
+pub struct Body<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for Body<T>
+where
+    Json<T>: axum::extract::FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ServingError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(Body(value)),
+            Err(rejection) => Err(ServingError::BadBody {
+                status: rejection.status(),
+                message: rejection.body_text(),
+            }),
+        }
     }
 }
 

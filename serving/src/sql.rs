@@ -30,7 +30,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::IntoResponse;
 
-use crate::error::{ErrorBody, ServingError};
+use crate::error::{Body, ErrorBody, ServingError};
 use crate::json::cell;
 use crate::merge::Merger;
 use crate::sql_tables::Tables;
@@ -339,7 +339,7 @@ pub async fn dead_letters(
 /// `POST /api/v1/sql` with `{"sql": "...", "format": "json" | "arrow"}`.
 pub async fn post_sql(
     State(state): State<AppState>,
-    Json(request): Json<SqlRequest>,
+    Body(request): Body<SqlRequest>,
 ) -> Result<axum::response::Response, ServingError> {
     let arrow = match request.format.as_deref() {
         None | Some("json") => false,

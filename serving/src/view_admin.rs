@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use tributary_core::catalog::Lifecycle;
 
-use crate::error::{ErrorBody, ServingError};
+use crate::error::{Body, ErrorBody, ServingError};
 use crate::lifecycle::{Definition, ViewStatus};
 use crate::state::AppState;
 
@@ -32,7 +32,7 @@ pub struct Replacement {
 /// table; it answers once exact.
 pub async fn create_view(
     State(state): State<AppState>,
-    Json(def): Json<Definition>,
+    Body(def): Body<Definition>,
 ) -> Result<(StatusCode, Json<ViewStatus>), ServingError> {
     let s = state.views.create(def, false).await?;
     Ok((StatusCode::CREATED, Json(s)))
@@ -47,7 +47,7 @@ pub async fn create_view(
 pub async fn replace_view(
     State(state): State<AppState>,
     Path(view): Path<String>,
-    Json(r): Json<Replacement>,
+    Body(r): Body<Replacement>,
 ) -> Result<Json<ViewStatus>, ServingError> {
     let def = Definition {
         name: view,

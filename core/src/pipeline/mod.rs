@@ -110,7 +110,7 @@ impl Pipeline {
         if !is_plain_name(&cfg.name) {
             return Err(CoreError::View {
                 view: cfg.name.clone(),
-                message: "not a valid view name (letters, digits and _ only)".into(),
+                message: "not a valid view name (letters, digits and _ only, at most 128)".into(),
             });
         }
         CompiledView::compile_with(cfg, &self.streams, &self.tables).await
@@ -191,9 +191,16 @@ impl IntoIterator for &ViewSet {
 /// A configuration problem: the key at fault and what is wrong.
 type Problem = (String, String);
 
-/// Whether `name` is a valid view, sink or table name (letters, digits and `_`).
+/// Longest name of a stream, view, sink or table: names become directory names (at
+/// most 255 bytes on common filesystems) and Kafka topic names (at most 249).
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Whether `name` is a valid view, sink or table name (letters, digits and `_`, at
+/// most [`MAX_NAME_LEN`]).
 pub fn is_plain_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// The streams declared with their fields, by their index in the configuration (those
@@ -228,7 +235,7 @@ async fn tables(config: &Config) -> std::result::Result<Vec<Arc<DimensionTable>>
             return Err((
                 format!("{key}.name"),
                 format!(
-                    "`{}` is not a valid table name (letters, digits and _ only)",
+                    "`{}` is not a valid table name (letters, digits and _ only, at most 128)",
                     t.name
                 ),
             ));
@@ -257,7 +264,7 @@ fn sinks(config: &Config, views: &[Arc<CompiledView>]) -> std::result::Result<()
             return Err((
                 format!("{key}.name"),
                 format!(
-                    "`{}` is not a valid sink name (letters, digits and _ only)",
+                    "`{}` is not a valid sink name (letters, digits and _ only, at most 128)",
                     s.name
                 ),
             ));
@@ -296,7 +303,7 @@ async fn append_views(
             return Err((
                 format!("{key}.name"),
                 format!(
-                    "`{}` is taken or not a valid view name (letters, digits and _ only)",
+                    "`{}` is taken or not a valid view name (letters, digits and _ only, at most 128)",
                     v.name
                 ),
             ));

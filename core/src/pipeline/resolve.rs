@@ -75,7 +75,7 @@ fn check_names(config: &Config) -> Result<(), Problem> {
             return Err((
                 format!("{key}.name"),
                 format!(
-                    "`{}` is not a valid view name (letters, digits and _ only)",
+                    "`{}` is not a valid view name (letters, digits and _ only, at most 128)",
                     v.name
                 ),
             ));

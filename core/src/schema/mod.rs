@@ -205,9 +205,9 @@ pub(crate) enum Scalar {
 impl StreamSchema {
     /// Check a stream's configuration; `key` is the config path used in messages.
     pub fn from_config(cfg: &StreamConfig, key: &str) -> std::result::Result<Self, String> {
-        if !is_identifier(&cfg.name) {
+        if !is_identifier(&cfg.name) || cfg.name.len() > crate::pipeline::MAX_NAME_LEN {
             return Err(format!(
-                "{key}.name: `{}` is not a valid stream name (letters, digits and _ only, not starting with a digit)",
+                "{key}.name: `{}` is not a valid stream name (letters, digits and _ only, not starting with a digit, at most 128)",
                 cfg.name
             ));
         }

@@ -262,7 +262,7 @@ impl ViewManager {
             return Err(ServingError::bad(
                 "name",
                 format!(
-                    "`{}` is not a valid view name (letters, digits and _ only)",
+                    "`{}` is not a valid view name (letters, digits and _ only, at most 128)",
                     def.name
                 ),
             ));
