@@ -171,11 +171,17 @@ impl CompiledView {
             ctx.register_table(s.name.as_str(), Arc::new(table))?;
         }
         register_tables(&ctx, tables)?;
-        let logical = ctx
-            .state()
-            .create_logical_plan(&exec_sql)
-            .await
-            .map_err(|e| err(format!("SQL does not plan: {}", strip_df(&e))))?;
+        let logical = match ctx.state().create_logical_plan(&exec_sql).await {
+            Ok(plan) => plan,
+            Err(e) => {
+                let text = strip_df(&e);
+                let why = match text.contains(&format!("No field named {SOURCE_COLUMN}")) {
+                    true => unplanned(streams),
+                    false => format!("SQL does not plan: {text}"),
+                };
+                return Err(err(why));
+            }
+        };
         let shape = check_shape(&logical, streams, tables).map_err(err)?;
         let physical = ctx
             .state()
@@ -594,7 +600,7 @@ mod source;
 
 use rewrite::rewrite;
 pub use session::SessionLayout;
-use shape::check_shape;
+use shape::{check_shape, unplanned};
 pub use source::{
     Layer, Origin, SOURCE_BATCH, SOURCE_COLUMN, SOURCE_SPEED, input_schema, tag_source,
 };

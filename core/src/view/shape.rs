@@ -48,6 +48,16 @@ pub(super) struct SessionShape {
     pub(super) last_event: usize,
 }
 
+/// Why a view's SQL did not plan once rewritten because the hidden `_src` aggregate
+/// the rewrite adds found no stream to read (`SELECT 1`, a dimension table alone).
+pub(super) fn unplanned(streams: &[StreamSchema]) -> String {
+    let names: Vec<&str> = streams.iter().map(|s| s.name.as_str()).collect();
+    format!(
+        "a view reads one stream (FROM {}) and groups by an event-time window",
+        names.join(" | ")
+    )
+}
+
 /// Check the logical plan is the supported shape: a projection (and HAVING filter)
 /// over one aggregate over filters/projections of one stream.
 pub(super) fn check_shape(

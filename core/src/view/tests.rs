@@ -616,3 +616,18 @@ async fn a_group_whose_row_fails_is_set_aside_alone() {
         failed[0].error
     );
 }
+
+/// Refusals speak of the user's SQL, never of the hidden `_src` the rewrite adds.
+#[tokio::test]
+async fn refusals_never_mention_the_hidden_source_column() {
+    for sql in ["SELECT 1", "SELECT 1 AS x GROUP BY x", "SELECT now() AS t"] {
+        let e = compile(sql).await.unwrap_err().to_string();
+        assert!(!e.contains("_src"), "{sql}: {e}");
+        assert!(e.contains("readings"), "{sql}: {e}");
+    }
+    let e = compile("SELECT devic, date_bin(INTERVAL '1 minute', ts) AS w, count(*) FROM readings GROUP BY devic, w")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("devic"), "{e}");
+}
