@@ -146,16 +146,9 @@ async fn refusals_name_the_problem(t: &Tributary) {
         ("not json", "application/json", 400, "expected"),
         ("{}", "text/plain", 415, "Content-Type"),
     ] {
-        let r = t
-            .client
-            .post(format!("{}/api/v1/views", t.base))
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let e: Value = r.json().await.unwrap();
+        let (status, e) = t
+            .post_body("/api/v1/views", content_type, body.into())
+            .await;
         assert_eq!(status, want, "{body}: {e}");
         assert!(e["error"].as_str().unwrap().contains(says), "{body}: {e}");
     }

@@ -16,20 +16,10 @@ use tributary_core::shutdown::Shutdown;
 use tributary_ingest::log::embedded::EmbeddedLog;
 use tributary_speed::SpeedLayer;
 
-const CONFIG: &str = r#"
-storage-root = "x"
-[speed]
-max-batch-records = 50
-poll-interval-ms = 1
-[[streams]]
-name = "r"
-event-time = "ts"
-partitions = 2
-fields = [{ name = "k", type = "string" }, { name = "ts", type = "timestamp" }]
-[[views]]
-name = "per_k"
-sql = "SELECT k, date_bin(INTERVAL '1 minute', ts) AS w, count(*) AS n FROM r GROUP BY k, w"
-"#;
+mod common;
+
+/// Small reads, so the backlog takes many rounds.
+const SPEED: &str = "[speed]\nmax-batch-records = 50\npoll-interval-ms = 1\n";
 
 fn records(n: usize) -> Vec<Vec<u8>> {
     (0..n)
@@ -80,7 +70,7 @@ impl EventLog for Busy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_layer_under_steady_traffic_catches_up_once_it_reached_the_end() {
     let dir = tempfile::tempdir().unwrap();
-    let config = from_toml_str(CONFIG).unwrap();
+    let config = from_toml_str(&format!("{}{SPEED}", common::CONFIG)).unwrap();
     let pipeline = Pipeline::from_config(&config, &ConfigSource::File("t.toml".into()))
         .await
         .unwrap();

@@ -13,17 +13,8 @@ use tributary_speed::SpeedLayer;
 use tributary_speed::remote::RemoteSpeed;
 use tributary_speed::source::SpeedSource;
 
-const CONFIG: &str = r#"
-storage-root = "x"
-[[streams]]
-name = "r"
-event-time = "ts"
-partitions = 2
-fields = [{ name = "k", type = "string" }, { name = "ts", type = "timestamp" }]
-[[views]]
-name = "per_k"
-sql = "SELECT k, date_bin(INTERVAL '1 minute', ts) AS w, count(*) AS n FROM r GROUP BY k, w"
-"#;
+mod common;
+use common::CONFIG;
 
 /// A speed process holding shard `shard` with revision `revision` of the view, served
 /// on a free port; its base URL.

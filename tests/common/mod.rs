@@ -304,9 +304,15 @@ impl Tributary {
     }
 
     pub async fn post_raw(&self, stream: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+        let path = format!("/api/v1/streams/{stream}/events");
+        self.post_body(&path, content_type, body).await
+    }
+
+    /// POST `body` as it is, with `content_type`, to an API path.
+    pub async fn post_body(&self, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
         let r = self
             .client
-            .post(format!("{}/api/v1/streams/{stream}/events", self.base))
+            .post(format!("{}{path}", self.base))
             .header("content-type", content_type)
             .body(body)
             .send()

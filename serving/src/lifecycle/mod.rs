@@ -454,6 +454,18 @@ impl ViewManager {
         self.update(name, |s| s.backfill = Some(b));
     }
 
+    /// A backfill stage that knows nothing yet but what it waits for.
+    fn waiting(&self, name: &str, stage: &str) {
+        let stage = stage.to_string();
+        self.stage(
+            name,
+            Backfill {
+                stage,
+                ..Default::default()
+            },
+        );
+    }
+
     /// One step of a backfill; `true` once a batch run has covered everything below
     /// where the speed layer holds the view from.
     async fn backfill_once(&self, view: &Arc<CompiledView>) -> Result<bool, ServingError> {
@@ -466,14 +478,7 @@ impl ViewManager {
             source,
         };
         let Some(from) = held.await.map_err(query)? else {
-            let stage = "waiting for the speed layer to take the view".into();
-            self.stage(
-                &view.name,
-                Backfill {
-                    stage,
-                    ..Default::default()
-                },
-            );
+            self.waiting(&view.name, "waiting for the speed layer to take the view");
             return Ok(false);
         };
         // A process still rebuilding its partitions' states would leave the view
@@ -487,13 +492,9 @@ impl ViewManager {
             .recovery_ms
             .is_none()
         {
-            let stage = "waiting for the speed layer to catch up with the log".into();
-            self.stage(
+            self.waiting(
                 &view.name,
-                Backfill {
-                    stage,
-                    ..Default::default()
-                },
+                "waiting for the speed layer to catch up with the log",
             );
             return Ok(false);
         }
