@@ -491,7 +491,7 @@ impl Merger {
 }
 
 /// The view's final rows over `states`, and the groups left out as failing alone.
-async fn finalize(
+pub(crate) async fn finalize(
     view: &CompiledView,
     states: Vec<RecordBatch>,
 ) -> Result<(Vec<RecordBatch>, Arc<Vec<Value>>), ServingError> {

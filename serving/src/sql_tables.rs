@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::datasource::MemTable;
 use datafusion::error::{DataFusionError, Result};
@@ -113,19 +114,30 @@ impl Tables {
         ));
     }
 
+    /// `rows` of view `name` when no group failed: a SQL answer without them would look
+    /// whole, so a failed group refuses the query and names it.
+    fn whole(
+        &self,
+        name: &str,
+        rows: Vec<RecordBatch>,
+        failed: &[serde_json::Value],
+    ) -> Result<Vec<RecordBatch>> {
+        match failed.first() {
+            None => Ok(rows),
+            Some(first) => Err(self.failed(ServingError::RowsFailed {
+                view: name.to_string(),
+                count: failed.len(),
+                first: first.to_string(),
+            })),
+        }
+    }
+
     async fn view(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
         let view = self.merger.pipeline().view(name).expect("kind checked");
         let rows = match &self.as_of {
             None => {
                 let merged = self.merger.merged(name).await.map_err(|e| self.failed(e))?;
-                if let Some(first) = merged.failed.first() {
-                    return Err(self.failed(ServingError::RowsFailed {
-                        view: name.to_string(),
-                        count: merged.failed.len(),
-                        first: first.to_string(),
-                    }));
-                }
-                merged.rows
+                self.whole(name, merged.rows, &merged.failed)?
             }
             Some(at) => {
                 let storage = self.merger.storage();
@@ -136,22 +148,10 @@ impl Tables {
                         return Ok(None);
                     }
                 };
-                let (rows, failed) = tributary_core::quarantine::finalize_isolating(&view, states)
+                let (rows, failed) = crate::merge::finalize(&view, states)
                     .await
-                    .map_err(|e| {
-                        self.failed(ServingError::Query {
-                            view: name.to_string(),
-                            source: e,
-                        })
-                    })?;
-                if let Some(first) = crate::json::failed_rows(&failed).first() {
-                    return Err(self.failed(ServingError::RowsFailed {
-                        view: name.to_string(),
-                        count: failed.len(),
-                        first: first.to_string(),
-                    }));
-                }
-                rows
+                    .map_err(|e| self.failed(e))?;
+                self.whole(name, rows, &failed)?
             }
         };
         let schema = rows
