@@ -183,6 +183,12 @@ async fn read_only_sql_over_views_and_tables_with_limits() {
         ("SELECT 1; SELECT 2", 400, "one statement"),
         ("SELEKT 1", 400, "parse"),
         ("SELECT * FROM nowhere", 400, "nowhere"),
+        // An execution error is the query's fault (400), not a refused statement (403).
+        (
+            "SELECT arrow_cast(1, 'Decimal128(38, 100)')",
+            400,
+            "cannot be greater than precision",
+        ),
         (
             "SELECT v FROM generate_series(1, 5000000) AS t(v) ORDER BY v DESC",
             422,

@@ -245,9 +245,6 @@ fn query_error(e: DataFusionError, limits: &SqlConfig) -> ServingError {
         DataFusionError::SchemaError(..)
         | DataFusionError::SQL(..)
         | DataFusionError::NotImplemented(_) => ServingError::Sql(e.strip_backtrace()),
-        DataFusionError::Execution(m) if m.contains("not allowed") || m.contains("Unsupported") => {
-            ServingError::Forbidden(m.clone())
-        }
         _ => ServingError::Sql(e.strip_backtrace()),
     }
 }

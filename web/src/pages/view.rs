@@ -248,20 +248,46 @@ fn meta_line(answer: Option<&Value>) -> String {
         .and_then(Value::as_array)
         .map(|ps| ps.iter().map(|p| p.to_string()).collect())
         .unwrap_or_default();
-    let line = format!(
+    let mut line = format!(
         "batch cutoff {} · watermark {} · freshness {} ms",
         get("cutoff"),
         wm,
         get("freshness_ms")
     );
-    if missing.is_empty() {
-        return line;
+    if !missing.is_empty() {
+        // A speed process down or rebuilding: say so rather than show short counts as whole.
+        line = format!(
+            "{line} · speed partitions {} missing: recent counts are short, no window complete",
+            missing.join(", ")
+        );
     }
-    // A speed process down or rebuilding: say so rather than show short counts as whole.
-    format!(
-        "{line} · speed partitions {} missing: recent counts are short, no window complete",
-        missing.join(", ")
-    )
+    if let Some(failed) = failed_line(answer) {
+        line = format!("{line} · {failed}");
+    }
+    line
+}
+
+/// Groups whose row the view could not compute (left out of the rows shown): how many,
+/// and the first one's keys and error, so a missing row is never silent.
+fn failed_line(answer: Option<&Value>) -> Option<String> {
+    let failed = answer?.get("failed_rows")?.as_array()?;
+    let first = failed.first()?;
+    let keys = first
+        .get("keys")
+        .and_then(Value::as_object)
+        .map(|k| {
+            k.iter()
+                .map(|(name, v)| format!("{name}={}", text(Some(v))))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    let error = text(first.get("error"));
+    let rows = if failed.len() == 1 { "row" } else { "rows" };
+    Some(format!(
+        "{} {rows} could not be computed and are not shown (first: {keys}: {error})",
+        failed.len()
+    ))
 }
 
 /// One button per time range; choosing one goes back to the first page.
@@ -339,6 +365,23 @@ mod tests {
             meta_line(Some(&short)).contains("speed partitions 0, 2 missing"),
             "{}",
             meta_line(Some(&short))
+        );
+    }
+
+    #[test]
+    fn the_meta_line_says_which_rows_could_not_be_computed() {
+        let none = json!({"cutoff": "c", "freshness_ms": 3, "failed_rows": []});
+        assert!(!meta_line(Some(&none)).contains("could not"));
+        let failed = json!({"cutoff": "c", "freshness_ms": 3, "failed_rows": [
+            {"keys": {"device": "d7", "window_start": "2026-12-06T10:00:00Z"}, "error": "Divide by zero error"},
+            {"keys": {"device": "d9", "window_start": "2026-12-06T10:00:00Z"}, "error": "Divide by zero error"},
+        ]});
+        let line = meta_line(Some(&failed));
+        assert!(
+            line.contains("2 rows could not be computed")
+                && line.contains("device=d7")
+                && line.contains("Divide by zero error"),
+            "{line}"
         );
     }
 
