@@ -79,6 +79,12 @@ async fn filters_order_pages_and_ranks_view_rows() {
         ("meta=maybe", "meta"),
         ("from=yesterday", "from"),
         ("colour=red", "colour"),
+        // A fixed parameter twice is refused, not one of them taken silently.
+        ("limit=5&limit=6", "limit"),
+        (
+            "from=2026-01-01T00:00:00Z&from=2026-01-02T00:00:00Z",
+            "from",
+        ),
     ] {
         let (status, v) = t.get(&format!("{VIEW}?{query}")).await;
         assert_eq!(status, 400, "{query}: {v}");

@@ -13,7 +13,7 @@ use tributary_core::view::append::AppendView;
 use crate::error::ServingError;
 use crate::json::cell;
 use crate::merge::ViewAnswer;
-use crate::params::{count, time};
+use crate::params::{count, once, time};
 
 /// What a request asks of an append view.
 #[derive(Default)]
@@ -27,6 +27,12 @@ struct Ask {
 }
 
 fn ask(view: &AppendView, params: &[(String, String)]) -> Result<Ask, ServingError> {
+    once(params, |k| {
+        !matches!(
+            k,
+            "from" | "to" | "offset" | "limit" | "order" | "access_token"
+        )
+    })?;
     let mut a = Ask::default();
     let column = |param: &str, name: &str| {
         if view.schema.field_with_name(name).is_ok() {

@@ -74,6 +74,22 @@ impl ViewParams {
     }
 }
 
+/// Refuse a parameter given more than once, unless `repeatable` says it may be (a key
+/// column filters by IN when repeated): `from=…&from=…` must not take one of them
+/// silently.
+pub(crate) fn once(
+    params: &[(String, String)],
+    repeatable: impl Fn(&str) -> bool,
+) -> Result<(), ServingError> {
+    let mut seen = std::collections::HashSet::new();
+    for (k, _) in params {
+        if !seen.insert(k.as_str()) && !repeatable(k) {
+            return Err(ServingError::bad(k, "given more than once; send it once"));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn count(name: &str, value: &str) -> Result<u64, ServingError> {
     value.parse().map_err(|_| {
         ServingError::bad(
@@ -121,6 +137,7 @@ pub fn parse_view_query(
         .pipeline()
         .view(view)
         .ok_or_else(|| ServingError::UnknownView(view.to_string()))?;
+    once(params, |k| v.keys.iter().any(|x| x == k))?;
     let mut fixed = ViewParams::default();
     let mut q = ViewQuery::default();
     for (k, val) in params {
@@ -215,6 +232,7 @@ pub fn parse_as_of(version: Option<u64>, time: Option<&str>) -> Result<Option<As
 
 /// The `limit` of an endpoint that takes no other parameter (`access_token` aside).
 pub fn limit_param(params: &[(String, String)], default: usize) -> Result<usize, ServingError> {
+    once(params, |_| false)?;
     let mut limit = default;
     for (k, v) in params {
         match k.as_str() {
@@ -224,4 +242,26 @@ pub fn limit_param(params: &[(String, String)], default: usize) -> Result<usize,
         }
     }
     Ok(limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(q: &[(&str, &str)]) -> Vec<(String, String)> {
+        q.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_parameter_twice_is_refused_unless_it_may_repeat() {
+        let twice = pairs(&[("limit", "5"), ("device", "a"), ("limit", "6")]);
+        let e = once(&twice, |k| k == "device").unwrap_err().to_string();
+        assert!(e.contains("`limit`") && e.contains("more than once"), "{e}");
+        let keys = pairs(&[("device", "a"), ("device", "b"), ("limit", "5")]);
+        assert!(once(&keys, |k| k == "device").is_ok());
+        assert!(limit_param(&twice[..1], 1).is_ok());
+        assert!(limit_param(&pairs(&[("limit", "1"), ("limit", "1")]), 1).is_err());
+    }
 }

@@ -49,8 +49,10 @@ pub async fn get_run(
 /// serving already answers from its result.
 pub async fn start_run(
     State(state): State<AppState>,
-    Query(params): Query<HashMap<String, String>>,
+    Query(params): Query<Vec<(String, String)>>,
 ) -> Result<impl IntoResponse, ServingError> {
+    crate::params::once(&params, |_| false)?;
+    let params: HashMap<String, String> = params.into_iter().collect();
     let wait = match params.get("wait").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
