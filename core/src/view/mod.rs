@@ -606,4 +606,6 @@ pub use source::{
 };
 
 #[cfg(test)]
+mod refusal_tests;
+#[cfg(test)]
 mod tests;

@@ -38,6 +38,7 @@ pub(super) fn rewrite(sql: &str) -> std::result::Result<Rewritten, String> {
     let dialect = GenericDialect {};
     let mut statements =
         Parser::parse_sql(&dialect, sql).map_err(|e| format!("SQL does not parse: {e}"))?;
+    refuse_source_column(&dialect, sql)?;
     if statements.len() != 1 {
         return Err(format!(
             "expected exactly one SELECT statement, got {}",
@@ -103,6 +104,25 @@ pub(super) fn rewrite(sql: &str) -> std::result::Result<Rewritten, String> {
         exec: statement.to_string(),
         reference,
     })
+}
+
+/// `_src` is the hidden input column that tells the layers apart (1 batch, 2 speed): a
+/// view that read it would compute different values in each layer, and one that named
+/// an output column so would clash with the aggregate the rewrite adds.
+fn refuse_source_column(dialect: &GenericDialect, sql: &str) -> std::result::Result<(), String> {
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let tokens = Tokenizer::new(dialect, sql)
+        .tokenize()
+        .map_err(|e| format!("SQL does not parse: {e}"))?;
+    let named = tokens
+        .iter()
+        .any(|t| matches!(t, Token::Word(w) if w.value.eq_ignore_ascii_case(SOURCE_COLUMN)));
+    if named {
+        return Err(format!(
+            "`{SOURCE_COLUMN}` is reserved (the column Tributary adds to tell the speed and batch layers apart): a view can neither read it nor name a column so"
+        ));
+    }
+    Ok(())
 }
 
 /// `bit_or(_src) AS _src`: which layers a row's states came from.

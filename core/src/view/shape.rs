@@ -68,6 +68,7 @@ pub(super) fn check_shape(
     let LogicalPlan::Projection(projection) = plan else {
         return Err(format!("unsupported query shape: {}", plan.display()));
     };
+    check_deterministic(plan)?;
     let (aggregate, stream_name) = aggregate_of(projection, tables)?;
     let stream = streams
         .iter()
@@ -90,6 +91,38 @@ pub(super) fn check_shape(
         values,
         session,
     })
+}
+
+/// Refuse functions whose value depends on when or how often they run (`now()`,
+/// `random()`, `uuid()`): the speed layer evaluates a view when an event arrives and the
+/// batch layer when it runs, so their states would not merge into one answer.
+fn check_deterministic(plan: &LogicalPlan) -> std::result::Result<(), String> {
+    use datafusion::logical_expr::Volatility;
+    let mut found = None;
+    plan.apply(|node| {
+        for e in node.expressions() {
+            e.apply(|e| {
+                if let Expr::ScalarFunction(f) = e
+                    && f.func.signature().volatility != Volatility::Immutable
+                {
+                    found = Some(f.func.name().to_string());
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+        }
+        Ok(match found {
+            Some(_) => TreeNodeRecursion::Stop,
+            None => TreeNodeRecursion::Continue,
+        })
+    })
+    .map_err(|e| format!("internal: walking the plan: {e}"))?;
+    match found {
+        None => Ok(()),
+        Some(name) => Err(format!(
+            "`{name}()` gives another value each time it runs, so the speed layer (when an event arrives) and the batch layer (when it runs) would not agree; a view uses only functions of its rows (the event time `ts`, not the clock)"
+        )),
+    }
 }
 
 /// A session view reads its stream alone, and its aggregates include `max(ts)` (the
@@ -222,6 +255,17 @@ fn output_roles(
         let out = projection.schema.field(i).name().clone();
         if out == SOURCE_COLUMN {
             continue;
+        }
+        if out.is_empty() {
+            return Err(format!(
+                "output column {} has an empty name: name it with AS",
+                i + 1
+            ));
+        }
+        if matches!(out.as_str(), "_source" | "complete") {
+            return Err(format!(
+                "`{out}` is a field every answer row carries already (`_source`, `complete`): name the column otherwise"
+            ));
         }
         let group = match unalias(e) {
             Expr::Column(c) => agg_fields[..n_groups]
