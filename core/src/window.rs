@@ -58,6 +58,27 @@ pub enum WindowKind {
     Session,
 }
 
+/// Most windows one event may fall into (`hop`'s size over its slide): a day of
+/// one-minute slides. Each is a row under the aggregate, so `hop(ts, INTERVAL '1 day',
+/// INTERVAL '1 millisecond')` would turn one event into 86 million rows.
+pub const MAX_HOP_WINDOWS: i64 = 1_440;
+
+/// Refuse a hop whose slide exceeds its size (events would fall between windows) or
+/// that puts an event into more than [`MAX_HOP_WINDOWS`] windows.
+pub fn check_hop(size_us: i64, slide_us: i64) -> Result<(), String> {
+    if slide_us > size_us {
+        return Err("hop's slide must not exceed its size (windows would miss events)".into());
+    }
+    // Both are positive (checked by `interval_micros`): a ceiling division.
+    let per_event = (size_us + slide_us - 1) / slide_us;
+    if per_event > MAX_HOP_WINDOWS {
+        return Err(format!(
+            "hop puts each event into {per_event} windows (size / slide); at most {MAX_HOP_WINDOWS} are allowed: use a longer slide"
+        ));
+    }
+    Ok(())
+}
+
 /// A view's window: its kind, width and step, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct WindowSpec {
@@ -120,6 +141,12 @@ fn scalar_micros(value: &ScalarValue) -> Result<i64, String> {
         ScalarValue::IntervalMonthDayNano(Some(v)) => {
             if v.months != 0 {
                 return Err("window widths in months or years are not supported (months differ in length); use days".into());
+            }
+            if v.nanoseconds % 1_000 != 0 {
+                return Err(
+                    "window widths are whole microseconds (event times are kept in microseconds)"
+                        .into(),
+                );
             }
             v.days as i64 * 86_400_000_000 + v.nanoseconds / 1_000
         }
@@ -208,6 +235,9 @@ impl ScalarUDFImpl for Hop {
             }
         };
         let (size_us, slide_us) = (interval(1)?, interval(2)?);
+        if let Err(e) = check_hop(size_us, slide_us) {
+            return exec_err!("{e}");
+        }
         let spec = WindowSpec {
             kind: WindowKind::Hopping,
             size_us,

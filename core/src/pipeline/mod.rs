@@ -113,6 +113,13 @@ impl Pipeline {
                 message: "not a valid view name (letters, digits and _ only, at most 128)".into(),
             });
         }
+        let streams = self.streams.iter().map(|s| s.name.as_str());
+        if let Some(message) = shadowed_table(&cfg.name, streams) {
+            return Err(CoreError::View {
+                view: cfg.name.clone(),
+                message,
+            });
+        }
         CompiledView::compile_with(cfg, &self.streams, &self.tables).await
     }
 }
@@ -201,6 +208,27 @@ pub fn is_plain_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Why a view may not be called `name`: the SQL endpoint already names each stream's
+/// master and dead-letter tables `master_<stream>` and `dead_letters_<stream>`, and a
+/// view of that name would hide the table from every query.
+pub fn shadowed_table<'a>(
+    name: &str,
+    mut streams: impl Iterator<Item = &'a str>,
+) -> Option<String> {
+    streams.find_map(|s| {
+        let table = if name.strip_prefix("master_") == Some(s) {
+            "master table"
+        } else if name.strip_prefix("dead_letters_") == Some(s) {
+            "dead-letter table"
+        } else {
+            return None;
+        };
+        Some(format!(
+            "`{name}` is the SQL name of stream `{s}`'s {table}: name the view otherwise"
+        ))
+    })
 }
 
 /// The streams declared with their fields, by their index in the configuration (those
@@ -308,6 +336,9 @@ async fn append_views(
                 ),
             ));
         }
+        if let Some(why) = shadowed_table(&v.name, streams.iter().map(|s| s.name.as_str())) {
+            return Err((format!("{key}.name"), why));
+        }
         let compiled = crate::view::append::AppendView::compile(v, streams, tables)
             .await
             .map_err(|e| {
@@ -401,6 +432,43 @@ mod tests {
             e.contains("streams[0].event-time") && e.contains("when"),
             "{e}"
         );
+    }
+
+    /// A view named like a stream's master or dead-letter table would hide the table
+    /// from SQL: refused in the file (views and append views) and at runtime.
+    #[tokio::test]
+    async fn views_cannot_take_the_sql_names_of_stored_tables() {
+        let sql =
+            "SELECT k, date_bin(INTERVAL '1 minute', ts) AS w, count(*) AS n FROM r GROUP BY k, w";
+        for name in ["master_r", "dead_letters_r"] {
+            let e = check(&format!(
+                "{STREAM}[[views]]\nname='{name}'\nsql=\"{sql}\"\n"
+            ))
+            .await;
+            assert!(
+                e.contains("views[0].name") && e.contains("SQL name of stream `r`"),
+                "{e}"
+            );
+            let e = check(&format!(
+                "{STREAM}[[append-views]]\nname='{name}'\nsql='SELECT k, ts FROM r'\n"
+            ))
+            .await;
+            assert!(e.contains("append-views[0].name"), "{e}");
+        }
+        let config = from_toml_str(STREAM).unwrap();
+        let pipeline = Pipeline::from_config(&config, &ConfigSource::File("t.toml".into()))
+            .await
+            .unwrap();
+        let view = |name: &str| crate::config::ViewConfig {
+            name: name.into(),
+            sql: sql.into(),
+            allowed_lateness_ms: 0,
+            schedule: None,
+        };
+        let e = pipeline.compile_view(&view("master_r")).await.unwrap_err();
+        assert!(e.to_string().contains("master table"), "{e}");
+        // Another stream's prefix is only a name.
+        pipeline.compile_view(&view("master_other")).await.unwrap();
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
 
-use super::{Problem, is_plain_name};
+use super::{Problem, is_plain_name, shadowed_table};
 use crate::config::{Config, EMITTED_FIELDS, FieldConfig, LogKind, StreamConfig};
 use crate::dimension::DimensionTable;
 use crate::error::CoreError;
@@ -79,6 +79,10 @@ fn check_names(config: &Config) -> Result<(), Problem> {
                     v.name
                 ),
             ));
+        }
+        let streams = config.streams.iter().map(|s| s.name.as_str());
+        if let Some(why) = shadowed_table(&v.name, streams) {
+            return Err((format!("{key}.name"), why));
         }
     }
     Ok(())

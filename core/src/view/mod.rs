@@ -190,6 +190,7 @@ impl CompiledView {
             .map_err(|e| err(format!("SQL does not plan: {}", strip_df(&e))))?;
         let partial = find_partial(&physical)
             .ok_or_else(|| err("internal: no partial aggregate in the physical plan".into()))?;
+        physical::check_accumulators(&partial).map_err(err)?;
         let stream = streams
             .iter()
             .find(|s| s.name == shape.stream)
@@ -551,41 +552,6 @@ pub fn conform_to(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<Vec<R
         .collect()
 }
 
-fn is_partial(plan: &Arc<dyn ExecutionPlan>) -> bool {
-    plan.downcast_ref::<AggregateExec>()
-        .is_some_and(|a| *a.mode() == AggregateMode::Partial)
-}
-
-fn find_partial(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
-    if is_partial(plan) {
-        return Some(plan.clone());
-    }
-    plan.children().into_iter().find_map(find_partial)
-}
-
-/// The group column of the final aggregate that becomes output column `name`, followed
-/// down through projections and the operators that pass columns through. Final and
-/// partial aggregates order their group columns alike, so this is also its index in the
-/// partial states.
-fn output_source(plan: &Arc<dyn ExecutionPlan>, name: &str) -> Option<usize> {
-    use datafusion::physical_expr::expressions::Column;
-    use datafusion::physical_plan::projection::ProjectionExec;
-    let mut index = plan.schema().index_of(name).ok()?;
-    let mut node = plan.clone();
-    loop {
-        if let Some(agg) = node.downcast_ref::<AggregateExec>() {
-            return (index < agg.group_expr().expr().len()).then_some(index);
-        }
-        if let Some(projection) = node.downcast_ref::<ProjectionExec>() {
-            let expr = &projection.expr().get(index)?.expr;
-            index = expr.downcast_ref::<Column>()?.index();
-        } else if node.children().len() != 1 || node.schema() != node.children()[0].schema() {
-            return None;
-        }
-        node = node.children()[0].clone();
-    }
-}
-
 fn strip_df(e: &datafusion::error::DataFusionError) -> String {
     e.to_string()
         .trim_start_matches("Error during planning: ")
@@ -593,11 +559,13 @@ fn strip_df(e: &datafusion::error::DataFusionError) -> String {
 }
 
 pub mod append;
+mod physical;
 mod rewrite;
 mod session;
 mod shape;
 mod source;
 
+use physical::{find_partial, is_partial, output_source};
 use rewrite::rewrite;
 pub use session::SessionLayout;
 use shape::{check_shape, unplanned};

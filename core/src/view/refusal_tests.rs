@@ -3,6 +3,112 @@
 
 use super::tests::compile;
 
+#[tokio::test]
+async fn refusals_say_what_is_wrong() {
+    let cases = [
+        ("SELEKT 1", "does not parse"),
+        (
+            "SELECT device_type, date_bin(INTERVAL '1 minute', ts) AS w, count(*) FROM nowhere GROUP BY device_type, w",
+            "not found",
+        ),
+        (
+            "SELECT nope, date_bin(INTERVAL '1 minute', ts) AS w, count(*) FROM readings GROUP BY nope, w",
+            "nope",
+        ),
+        (
+            "SELECT device_type, count(*) FROM readings GROUP BY device_type",
+            "window",
+        ),
+        (
+            "SELECT device_type, date_bin(INTERVAL '1 minute', ts) AS w, median(signal) FROM readings GROUP BY device_type, w",
+            "median",
+        ),
+        (
+            "SELECT device_type, date_bin(INTERVAL '1 minute', ts) AS w, count(DISTINCT device) FROM readings GROUP BY device_type, w",
+            "DISTINCT",
+        ),
+        (
+            "SELECT device_type, date_bin(INTERVAL '1 minute', ts) AS w, count(*) FROM readings GROUP BY device_type, w ORDER BY w",
+            "ORDER BY",
+        ),
+        (
+            "SELECT device, count(*) FROM readings GROUP BY device, date_bin(INTERVAL '1 minute', ts)",
+            "SELECT list",
+        ),
+        ("SELECT 1; SELECT 2", "exactly one"),
+        ("INSERT INTO readings VALUES (1)", "SELECT"),
+    ];
+    for (sql, expected) in cases {
+        let err = compile(sql).await.unwrap_err().to_string();
+        assert!(
+            err.contains(expected),
+            "{sql}\n  -> {err}\n  expected to contain `{expected}`"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unsupported_windows_are_refused_with_reasons() {
+    let cases = [
+        (
+            "SELECT session(ts) AS s, count(*) FROM readings GROUP BY s",
+            "needs a gap",
+        ),
+        (
+            "SELECT session(ts, INTERVAL '5 minutes') AS s, date_bin(INTERVAL '1 minute', ts) AS t, count(*) FROM readings GROUP BY s, t",
+            "only one window",
+        ),
+        (
+            "SELECT session(ts, INTERVAL '1 month') AS s, count(*) FROM readings GROUP BY s",
+            "months",
+        ),
+        (
+            "SELECT session(ts, INTERVAL '1 minute') AS s, max(ts) AS session_end FROM readings GROUP BY s",
+            "the column a session view adds",
+        ),
+        (
+            "SELECT session(signal, INTERVAL '5 minutes') AS s, count(*) FROM readings GROUP BY s",
+            "timestamp",
+        ),
+        (
+            "SELECT date_bin(INTERVAL '1 month', ts) AS w, count(*) FROM readings GROUP BY w",
+            "months",
+        ),
+        (
+            "SELECT hop(ts, INTERVAL '1 minute', INTERVAL '5 minutes') AS w, count(*) FROM readings GROUP BY w",
+            "slide must not exceed",
+        ),
+        (
+            "SELECT hop(ts, INTERVAL '1 day', INTERVAL '1 millisecond') AS w, count(*) FROM readings GROUP BY w",
+            "86400000 windows",
+        ),
+        (
+            "SELECT hop(ts, INTERVAL '1 day', INTERVAL '1 minute') AS w, count(*) FROM readings GROUP BY w",
+            "",
+        ),
+        (
+            "SELECT hop(ts, INTERVAL '5 minutes', INTERVAL '1 minute') AS w, date_bin(INTERVAL '1 minute', ts) AS t, count(*) FROM readings GROUP BY w, t",
+            "only one window",
+        ),
+        (
+            "SELECT device, date_bin(INTERVAL '1 minute', ts) AS w, approx_percentile_cont(0.5) WITHIN GROUP (ORDER BY signal) AS p, count(*) FROM (SELECT * FROM readings) GROUP BY device, w",
+            "",
+        ),
+    ];
+    for (sql, expected) in cases {
+        let res = compile(sql).await;
+        if expected.is_empty() {
+            res.unwrap();
+            continue;
+        }
+        let err = res.unwrap_err().to_string();
+        assert!(
+            err.contains(expected),
+            "{sql}\n  -> {err}\n  expected to contain `{expected}`"
+        );
+    }
+}
+
 /// Refusals speak of the user's SQL, never of the hidden `_src` the rewrite adds.
 #[tokio::test]
 async fn refusals_never_mention_the_hidden_source_column() {
@@ -72,6 +178,35 @@ async fn functions_that_are_not_of_the_rows_are_refused() {
     assert!(e.contains("`now()`"), "{e}");
     // Functions of the rows stay allowed.
     compile("SELECT device, date_bin(INTERVAL '1 minute', ts) AS w, max(abs(signal) + length(device)) AS x FROM readings WHERE upper(device) <> 'X' GROUP BY device, w")
+        .await
+        .unwrap();
+}
+
+/// Aggregate arguments DataFusion checks only when a group starts, and widths finer
+/// than event times, are refused when the view is made (not event by event).
+#[tokio::test]
+async fn aggregate_arguments_and_widths_are_checked_up_front() {
+    for (part, says) in [
+        ("approx_percentile_cont(signal, 1.5)", "between 0.0 and 1.0"),
+        (
+            "approx_percentile_cont(signal, signal)",
+            "must be a literal",
+        ),
+    ] {
+        let sql = format!(
+            "SELECT device, date_bin(INTERVAL '1 minute', ts) AS w, {part} AS p FROM readings GROUP BY device, w"
+        );
+        let e = compile(&sql).await.unwrap_err().to_string();
+        assert!(e.contains(says), "{sql}: {e}");
+    }
+    for width in ["1 nanosecond", "1 day 1 nanosecond"] {
+        let sql = format!(
+            "SELECT device, date_bin(INTERVAL '{width}', ts) AS w, count(*) AS n FROM readings GROUP BY device, w"
+        );
+        let e = compile(&sql).await.unwrap_err().to_string();
+        assert!(e.contains("whole microseconds"), "{sql}: {e}");
+    }
+    compile("SELECT device, date_bin(INTERVAL '1 microsecond', ts) AS w, approx_percentile_cont(signal, 0.9) AS p FROM readings GROUP BY device, w")
         .await
         .unwrap();
 }

@@ -428,11 +428,7 @@ fn window_of(
             };
             let size_us = interval_micros(size).map_err(|m| format!("hop's size: {m}"))?;
             let slide_us = interval_micros(slide).map_err(|m| format!("hop's slide: {m}"))?;
-            if slide_us > size_us {
-                return Err(
-                    "hop's slide must not exceed its size (windows would miss events)".into(),
-                );
-            }
+            crate::window::check_hop(size_us, slide_us)?;
             let spec = WindowSpec {
                 kind: WindowKind::Hopping,
                 size_us,
