@@ -198,10 +198,19 @@ impl DeadLetterSink {
     pub fn with_spool(mut self, dir: &Path, role: &str) -> Result<Self, CoreError> {
         let mut own = None;
         for slot in 0..MAX_SPOOLS_PER_ROLE {
-            if let Some(spool) = Spool::open(&dir.join(format!("dead-letters-{role}-{slot}.redb")))?
-            {
-                own = Some(spool);
-                break;
+            let path = dir.join(format!("dead-letters-{role}-{slot}.redb"));
+            match Spool::open(&path) {
+                Ok(Some(spool)) => {
+                    own = Some(spool);
+                    break;
+                }
+                Ok(None) => {}
+                // A damaged file (a torn disk write, a stray file of that name) must not
+                // stop the process at every start: it is left as it is, for its letters
+                // to be recovered by hand, and the next slot is used.
+                Err(e) => {
+                    tracing::error!(error = %e, "dead-letter spool unreadable; left in place, using the next one")
+                }
             }
         }
         let own = own.ok_or_else(|| CoreError::DeadLetterSpool {

@@ -216,3 +216,31 @@ async fn a_stop_moves_the_spool_once_and_the_shutdown_waits_for_it() {
     assert_eq!(sink.spooled("s").await.unwrap(), 0);
     assert_eq!(stored_count(&sink).await, 5);
 }
+
+/// A damaged spool file (here: not a redb file at all) must not stop every start of the
+/// process: it is left in place and the next slot holds the letters, durable as ever.
+#[tokio::test]
+async fn a_damaged_spool_is_left_in_place_and_the_next_one_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(&dir.path().join("root")).unwrap();
+    let spools = dir.path().join("spool");
+    std::fs::create_dir_all(&spools).unwrap();
+    let damaged = spools.join("dead-letters-ingest-0.redb");
+    std::fs::write(&damaged, vec![0x5a; 5_000]).unwrap();
+    let sink = DeadLetterSink::new(storage.clone(), ["s".to_string()])
+        .with_spool(&spools, "ingest")
+        .unwrap();
+    let own = sink.spool.as_ref().unwrap().path().to_path_buf();
+    assert_eq!(own, spools.join("dead-letters-ingest-1.redb"));
+    assert_eq!(
+        std::fs::read(&damaged).unwrap(),
+        vec![0x5a; 5_000],
+        "left as it was"
+    );
+    sink.write("s", (0..3).map(letter).collect()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while stored_count(&sink).await < 3 {
+        assert!(std::time::Instant::now() < deadline, "never flushed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -83,11 +83,18 @@ impl EmbeddedLog {
             .set_cache_size(cache_bytes.max(4096))
             .create(&path)
             .map_err(|e| {
-            CoreError::Log(format!(
-                "cannot open the embedded log at {}: {e} (is another tributary process using this storage root?)",
-                dir.display()
-            ))
-        })?;
+                // Say what to do: the two causes need different hands.
+                let hint = match e {
+                    redb::DatabaseError::DatabaseAlreadyOpen => {
+                        "another tributary process uses this storage root"
+                    }
+                    _ => "the file is damaged: restore it from a backup, or move it aside to start an empty log (its records not yet archived are lost)",
+                };
+                CoreError::Log(format!(
+                    "cannot open the embedded log at {}: {e} ({hint})",
+                    path.display()
+                ))
+            })?;
         let db = Arc::new(db);
         {
             // A log written before chunks: its records move into chunks once, here.
