@@ -261,14 +261,18 @@ async fn start_roles(p: &mut Process, roles: &[Role]) -> anyhow::Result<Router> 
     // With serving in the process, the batch views it loads also give the speed layer
     // its cutoffs; a speed process alone reads only the cutoffs.
     let loaded = match roles.contains(&Role::Serve) {
-        true => Some(load_batch_views(&p.pipeline, &p.storage).await?),
+        true => Some(load_batch_views(&p.pipeline, &p.storage).await),
         false => None,
     };
     let mut speed: Option<Arc<dyn SpeedSource>> = None;
     if roles.contains(&Role::Speed) {
         let cutoffs = match &loaded {
-            Some(l) => l.iter().map(|(n, bv)| (n.clone(), bv.cutoff)).collect(),
-            None => load_cutoffs(&p.pipeline, &p.storage).await?,
+            Some(l) => l
+                .states
+                .iter()
+                .map(|(n, bv)| (n.clone(), bv.cutoff))
+                .collect(),
+            None => load_cutoffs(&p.pipeline, &p.storage).await,
         };
         let layer = start_speed(p, &cutoffs);
         if !roles.contains(&Role::Serve) {
@@ -404,15 +408,18 @@ fn start_batch(p: &mut Process) {
 fn start_serve(
     p: &mut Process,
     speed: Arc<dyn SpeedSource>,
-    loaded: HashMap<String, views::BatchView>,
+    loaded: LoadedViews,
     ingest: Option<Arc<dyn IngestHandle>>,
 ) -> anyhow::Result<Router> {
     let merger = Arc::new(Merger::new(
         p.pipeline.clone(),
         p.storage.clone(),
         speed,
-        loaded,
+        loaded.states,
     ));
+    for (view, error) in &loaded.unreadable {
+        merger.set_unreadable(view, error);
+    }
     let batch = p.batch();
     let requests = p.tasks.requests();
     let views = tributary_serving::lifecycle::ViewManager::new(
@@ -496,38 +503,50 @@ async fn tick(log: Arc<KafkaLog>, every: Duration, shutdown: Shutdown) -> anyhow
     }
 }
 
-/// Every view's committed batch states, by view name.
-async fn load_batch_views(
-    pipeline: &Pipeline,
-    storage: &Storage,
-) -> anyhow::Result<HashMap<String, views::BatchView>> {
-    let mut loaded = HashMap::new();
+/// Every view's committed batch states, by view name, and the views whose states could
+/// not be read. One damaged table must not stop the process at every start: that view
+/// does not answer until its states can be read, and the speed layer holds all of its
+/// events meanwhile (it has no cutoff), so nothing is lost for it.
+async fn load_batch_views(pipeline: &Pipeline, storage: &Storage) -> LoadedViews {
+    let mut loaded = LoadedViews::default();
     for v in &pipeline.views {
-        if let Some(bv) = views::load(storage, &v)
-            .await
-            .with_context(|| format!("loading batch view `{}`", v.name))?
-        {
-            loaded.insert(v.name.clone(), bv);
+        match views::load(storage, &v).await {
+            Ok(Some(bv)) => {
+                loaded.states.insert(v.name.clone(), bv);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(view = %v.name, error = %e, "the view's batch states cannot be read; it will not answer until they can");
+                loaded.unreadable.push((v.name.clone(), e));
+            }
         }
     }
-    Ok(loaded)
+    loaded
 }
 
-/// Every view's committed cutoff, without its states.
-async fn load_cutoffs(
-    pipeline: &Pipeline,
-    storage: &Storage,
-) -> anyhow::Result<HashMap<String, i64>> {
+/// What [`load_batch_views`] found.
+#[derive(Default)]
+struct LoadedViews {
+    states: HashMap<String, views::BatchView>,
+    unreadable: Vec<(String, tributary_batch::BatchError)>,
+}
+
+/// Every view's committed cutoff, without its states (a view whose cutoff cannot be
+/// read has none: the speed layer holds all of its events, as for a new view).
+async fn load_cutoffs(pipeline: &Pipeline, storage: &Storage) -> HashMap<String, i64> {
     let mut cutoffs = HashMap::new();
     for v in &pipeline.views {
-        if let Some(c) = views::load_cutoff(storage, &v)
-            .await
-            .with_context(|| format!("loading the cutoff of view `{}`", v.name))?
-        {
-            cutoffs.insert(v.name.clone(), c);
+        match views::load_cutoff(storage, &v).await {
+            Ok(Some(c)) => {
+                cutoffs.insert(v.name.clone(), c);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(view = %v.name, error = %e, "the view's batch cutoff cannot be read; holding all of its events")
+            }
         }
     }
-    Ok(cutoffs)
+    cutoffs
 }
 
 /// The batch layer's run coordinator as the configuration sets it up.

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod error;
 mod history;
 mod isolate;
+mod lag;
 pub mod maintenance;
 mod read;
 pub mod recompute;
@@ -36,7 +37,8 @@ use tributary_core::shutdown::{Shutdown, Tasks};
 use tributary_core::storage::Storage;
 
 pub use error::BatchError;
-pub use recompute::{ArchiverLag, Batch, RetentionGap};
+pub use lag::{ArchiverLag, RetentionGap};
+pub use recompute::Batch;
 pub use run::{Progress, RunKind, RunProgress, RunRecord, RunStatus};
 
 /// Run the archiver of every stream until shutdown.

@@ -30,26 +30,6 @@ use crate::read::partial_over_master;
 use crate::run::{Progress, RunKind, RunProgress, RunRecord, RunStatus};
 use crate::views;
 
-/// The archiver's distance to the log's end, and where it fell behind retention.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct ArchiverLag {
-    /// Records not yet archived, per partition.
-    pub by_partition: Vec<u64>,
-    /// Partitions whose log no longer holds the next record to archive.
-    pub behind_retention: Vec<RetentionGap>,
-}
-
-/// Records `archived..first_retained` of a partition expired before they were archived.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RetentionGap {
-    /// The log partition.
-    pub partition: u32,
-    /// Where the archiver's committed position is.
-    pub archived: u64,
-    /// The log's first offset still held.
-    pub first_retained: u64,
-}
-
 /// A view's cutoff in a run, and what it builds on.
 struct ViewCutoff {
     cutoff: i64,
@@ -86,7 +66,8 @@ const RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct Batch {
     pipeline: Pipeline,
     storage: Storage,
-    log: Arc<dyn EventLog>,
+    /// The event log: cutoffs are read from it, and the archiver's lag (`lag.rs`).
+    pub(crate) log: Arc<dyn EventLog>,
     segment_width: i64,
     running: Arc<Mutex<()>>,
     history: std::sync::Mutex<Vec<RunRecord>>,
@@ -375,37 +356,6 @@ impl Batch {
         }
     }
 
-    /// How far the archiver of `stream` is behind the log, per partition: records the
-    /// log holds that are not yet in the master table, and whether the log's retention
-    /// has already removed records it had not archived (they are lost).
-    pub async fn archiver_lag(&self, stream: &StreamSchema) -> Result<ArchiverLag, BatchError> {
-        let master = open_master(&self.storage, &stream.name).await?;
-        let archived = archived_positions(master.as_ref(), stream).await?;
-        let log_err = |e| BatchError::Log(stream.name.clone(), e);
-        let mut lag = ArchiverLag::default();
-        for (p, pos) in archived.iter().enumerate() {
-            let end = self
-                .log
-                .end_offset(&stream.name, p as u32)
-                .await
-                .map_err(log_err)?;
-            lag.by_partition.push(end.saturating_sub(*pos));
-            let first = self
-                .log
-                .first_offset(&stream.name, p as u32)
-                .await
-                .map_err(log_err)?;
-            if first > *pos {
-                lag.behind_retention.push(RetentionGap {
-                    partition: p as u32,
-                    archived: *pos,
-                    first_retained: first,
-                });
-            }
-        }
-        Ok(lag)
-    }
-
     fn stream_of(&self, view: &CompiledView) -> &StreamSchema {
         self.pipeline
             .streams
@@ -441,34 +391,60 @@ impl Batch {
             rows_out: 0,
             files: 0,
         };
+        // One view that fails (a damaged table) must not hold back the others: each is
+        // run, and the run reports the first failure once all have been tried.
+        let mut first_failure = None;
         for (i, view) in views.into_iter().enumerate() {
             let step = |what: &str| {
                 progress.stage(&format!("view {}: {what}", view.name), i as u64 + 1, total)
             };
-            let cutoff = self.view_cutoff(view, kind, cutoffs[&view.stream]).await?;
-            done.cutoff = done.cutoff.min(cutoff.cutoff);
-            let Some(states) = self.view_states(view, &cutoff, &step).await? else {
-                continue;
-            };
-            done.rows_in += states.rows_in;
-            done.rows_out += states
-                .batches
-                .iter()
-                .map(|b| b.num_rows() as u64)
-                .sum::<u64>();
-            let stamp = views::Stamp {
-                cutoff: cutoff.cutoff,
-                max_event_ts: states.max_event_ts,
-                definition: cutoff.definition,
-                run_id,
-                kind: states.kind,
-            };
-            done.files += views::write(&self.storage, view, stamp, states.scope, states.batches)
-                .await?
-                .files;
+            let ran = self
+                .run_view(run_id, view, kind, cutoffs[&view.stream], &step, &mut done)
+                .await;
+            if let Err(e) = ran {
+                tracing::warn!(run = run_id, view = %view.name, error = %e, "a view of the batch run failed; running the others");
+                first_failure.get_or_insert(e);
+            }
         }
         progress.stage("done", total, total);
-        Ok(done)
+        match first_failure {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
+    }
+
+    /// One view's part of a run: its cutoff, its states, its commit.
+    async fn run_view(
+        &self,
+        run_id: &str,
+        view: &CompiledView,
+        kind: RunKind,
+        stream_cutoff: i64,
+        step: &(dyn Fn(&str) + Sync),
+        done: &mut Done,
+    ) -> Result<(), BatchError> {
+        let cutoff = self.view_cutoff(view, kind, stream_cutoff).await?;
+        done.cutoff = done.cutoff.min(cutoff.cutoff);
+        let Some(states) = self.view_states(view, &cutoff, step).await? else {
+            return Ok(());
+        };
+        done.rows_in += states.rows_in;
+        done.rows_out += states
+            .batches
+            .iter()
+            .map(|b| b.num_rows() as u64)
+            .sum::<u64>();
+        let stamp = views::Stamp {
+            cutoff: cutoff.cutoff,
+            max_event_ts: states.max_event_ts,
+            definition: cutoff.definition,
+            run_id,
+            kind: states.kind,
+        };
+        done.files += views::write(&self.storage, view, stamp, states.scope, states.batches)
+            .await?
+            .files;
+        Ok(())
     }
 
     /// Where a view's run stands: its cutoff, its definition, and the states it builds on.

@@ -206,7 +206,8 @@ impl ServingError {
     pub fn not_ready(view: &str, why: crate::merge::NotReady) -> Self {
         let view = view.to_string();
         match why {
-            crate::merge::NotReady::Backfilling(reason) => {
+            crate::merge::NotReady::Backfilling(reason)
+            | crate::merge::NotReady::Unreadable(reason) => {
                 ServingError::ViewNotReady { view, reason }
             }
             crate::merge::NotReady::Inactive(reason) => ServingError::ViewInactive { view, reason },

@@ -11,21 +11,22 @@ use std::sync::Arc;
 
 use tokio::sync::RwLock;
 
-use datafusion::arrow::array::{RecordBatch, TimestampMicrosecondArray};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::array::RecordBatch;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tributary_batch::views::{self, BatchView};
 use tributary_core::delta::AsOf;
 use tributary_core::pipeline::Pipeline;
-use tributary_core::schema::timestamp_type;
 use tributary_core::storage::Storage;
 use tributary_core::time::{now_micros, rfc3339};
-use tributary_core::view::{CompiledView, Origin, SOURCE_COLUMN};
+use tributary_core::view::CompiledView;
 use tributary_speed::SpeedSource;
 
+mod rows;
+
+use rows::{JsonRows, json_rows, to_rows};
+
 use crate::error::ServingError;
-use crate::json::cell;
 
 /// Filters, order and paging of one view query.
 #[derive(Debug, Clone)]
@@ -110,6 +111,9 @@ pub enum NotReady {
     Backfilling(String),
     /// Paused or failed: it answers only once changed (resumed, replaced, fixed).
     Inactive(String),
+    /// Its batch states could not be read (a damaged table, storage down at start): it
+    /// answers again once a refresh reads them.
+    Unreadable(String),
 }
 
 /// A view's merged rows and their sources.
@@ -153,19 +157,7 @@ type CachedRows = (
     Arc<std::sync::OnceLock<Arc<JsonRows>>>,
 );
 
-/// One merged row as the API shows it, with what it is ordered by.
-#[derive(Debug)]
-struct JsonRow {
-    /// Window start (micros).
-    window: i64,
-    /// The key columns' values as text, for the default order.
-    sort_keys: Vec<String>,
-    /// Keys, window start and values, with `_source` and `complete`.
-    obj: Map<String, Value>,
-}
-
 type MergeKey = (Option<i64>, u64);
-type JsonRows = Vec<JsonRow>;
 
 impl Merger {
     /// A merger over `pipeline`'s views, starting from the batch views `loaded` at start.
@@ -249,37 +241,65 @@ impl Merger {
             .remove(name);
     }
 
-    /// Load the newest batch views; then release speed segments they cover.
+    /// A view whose batch states could not be read at start: it does not answer (the
+    /// speed states alone would not be exact) until a refresh reads them.
+    pub fn set_unreadable(&self, name: &str, error: &dyn std::fmt::Display) {
+        let reason = format!(
+            "unavailable: its batch states cannot be read ({error}); it answers once they can (repair or restore its table, or drop the view and create it again)"
+        );
+        self.set_not_ready(name, Some(NotReady::Unreadable(reason)));
+    }
+
+    /// Load the newest batch views; then release speed segments they cover. One view's
+    /// table that cannot be read does not hold back the others: they are all tried, and
+    /// the first failure is returned.
     pub async fn refresh(&self) -> Result<(), ServingError> {
+        let mut first_failure = None;
         for view in &self.pipeline.views {
-            let current = self.batch_view(&view.name).await.map(|b| b.version);
-            let Some(loaded) = views::load(&self.storage, &view).await? else {
-                continue;
-            };
-            if Some(loaded.version) == current {
-                continue;
+            if let Err(e) = self.refresh_view(&view).await {
+                tracing::warn!(view = %view.name, error = %e, "could not load the view's batch states");
+                first_failure.get_or_insert(e);
             }
+        }
+        match first_failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Load `view`'s newest batch states if they are new and of its definition.
+    async fn refresh_view(&self, view: &Arc<CompiledView>) -> Result<(), ServingError> {
+        let current = self.batch_view(&view.name).await.map(|b| b.version);
+        if let Some(loaded) = views::load(&self.storage, view).await? {
             let dedup = self
                 .pipeline
                 .stream(&view.stream)
                 .and_then(|s| s.dedup.as_ref());
-            if loaded
+            // States of another definition of the name are left until the process that
+            // replaced it removes them: never this view's.
+            let ours = loaded
                 .definition
-                .is_some_and(|d| d != views::definition_hash(&view, dedup))
-            {
-                // States of another definition of the name, left until the process
-                // that replaced it removes them: never this view's.
-                continue;
+                .is_none_or(|d| d == views::definition_hash(view, dedup));
+            if Some(loaded.version) != current && ours {
+                let cutoff = loaded.cutoff;
+                self.batch_views
+                    .write()
+                    .await
+                    .insert(view.name.clone(), Arc::new(loaded));
+                // Only after the swap: no query can pair the old cutoff with released
+                // states.
+                if let Err(e) = self.speed.release(&view.name, cutoff).await {
+                    tracing::warn!(view = %view.name, error = %e, "could not release speed segments");
+                }
             }
-            let cutoff = loaded.cutoff;
-            self.batch_views
-                .write()
-                .await
-                .insert(view.name.clone(), Arc::new(loaded));
-            // Only after the swap: no query can pair the old cutoff with released states.
-            if let Err(e) = self.speed.release(&view.name, cutoff).await {
-                tracing::warn!(view = %view.name, error = %e, "could not release speed segments");
-            }
+        }
+        // Only once states are in: without them it would answer from the speed states
+        // alone, which may lack events the log no longer holds (a table removed to
+        // repair it waits for the batch run that writes it anew).
+        let unreadable = matches!(self.not_ready(&view.name), Some(NotReady::Unreadable(_)));
+        if unreadable && self.batch_view(&view.name).await.is_some() {
+            tracing::info!(view = %view.name, "the view's batch states can be read again");
+            self.set_not_ready(&view.name, None);
         }
         Ok(())
     }
@@ -502,115 +522,4 @@ pub(crate) async fn finalize(
             source,
         })?;
     Ok((rows, Arc::new(crate::json::failed_rows(&failed))))
-}
-
-/// Final batches to JSON rows, ordered by window then keys; each row says which layers
-/// it came from and whether the watermark has passed its window.
-fn json_rows(view: &CompiledView, batches: &[RecordBatch], watermark: Option<i64>) -> Vec<JsonRow> {
-    let mut rows = Vec::new();
-    for b in batches {
-        let schema = b.schema();
-        // date_bin keeps its input's unit only for some types: normalise to micros.
-        let window = b
-            .column_by_name(&view.window)
-            .and_then(|c| cast(c, &timestamp_type()).ok())
-            .and_then(|c| {
-                c.as_any()
-                    .downcast_ref::<TimestampMicrosecondArray>()
-                    .cloned()
-            });
-        for (i, end) in view.row_ends(b).into_iter().enumerate() {
-            let w = window.as_ref().map(|w| w.value(i)).unwrap_or(0);
-            let mut obj = Map::new();
-            for (c, f) in b.columns().iter().zip(schema.fields()) {
-                let v = cell(c.as_ref(), i);
-                if f.name() == SOURCE_COLUMN {
-                    let src = v
-                        .as_i64()
-                        .and_then(Origin::from_tags)
-                        .map_or("unknown", Origin::name);
-                    obj.insert("_source".into(), Value::String(src.into()));
-                    let complete = watermark.zip(end).is_some_and(|(wm, end)| end <= wm);
-                    obj.insert("complete".into(), Value::Bool(complete));
-                } else {
-                    obj.insert(f.name().clone(), v);
-                }
-            }
-            let sort_keys = view
-                .keys
-                .iter()
-                .map(|k| obj.get(k).map(|v| v.to_string()).unwrap_or_default())
-                .collect();
-            rows.push(JsonRow {
-                window: w,
-                sort_keys,
-                obj,
-            });
-        }
-    }
-    rows.sort_by(|a, b| (a.window, &a.sort_keys).cmp(&(b.window, &b.sort_keys)));
-    rows
-}
-
-/// The rows `q` asks for: filtered, ordered (by window then keys unless asked
-/// otherwise), paged. Returns the number of matching rows and the page.
-fn to_rows(rows: &[JsonRow], q: &ViewQuery) -> (usize, Vec<Map<String, Value>>) {
-    let mut matching: Vec<&JsonRow> = rows
-        .iter()
-        .filter(|r| !(q.from.is_some_and(|f| r.window < f) || q.to.is_some_and(|t| r.window >= t)))
-        .filter(|r| {
-            q.keys
-                .iter()
-                .all(|(k, wanted)| key_matches(r.obj.get(k), wanted))
-        })
-        .collect();
-    if let Some((column, desc)) = &q.order {
-        // Stable: ties keep window-then-keys order.
-        matching.sort_by(|a, b| {
-            let o = compare(a.obj.get(column), b.obj.get(column));
-            if *desc { o.reverse() } else { o }
-        });
-    }
-    let total = matching.len();
-    let limit = q.limit.unwrap_or(usize::MAX);
-    let page = matching
-        .into_iter()
-        .skip(q.offset)
-        .take(limit)
-        .map(|r| {
-            let mut obj = r.obj.clone();
-            if !q.meta {
-                obj.remove("_source");
-                obj.remove("complete");
-            }
-            obj
-        })
-        .collect();
-    (total, page)
-}
-
-/// Whether a row's key value is one of the values a query names (text compared as is,
-/// other values as their JSON text).
-fn key_matches(value: Option<&Value>, wanted: &[String]) -> bool {
-    match value {
-        Some(Value::String(s)) => wanted.iter().any(|w| w == s),
-        Some(Value::Null) | None => false,
-        Some(other) => wanted.contains(&other.to_string()),
-    }
-}
-
-/// JSON values in a total order: nulls first, numbers by value, then text.
-fn compare(a: Option<&Value>, b: Option<&Value>) -> std::cmp::Ordering {
-    use std::cmp::Ordering;
-    match (a, b) {
-        (None | Some(Value::Null), None | Some(Value::Null)) => Ordering::Equal,
-        (None | Some(Value::Null), _) => Ordering::Less,
-        (_, None | Some(Value::Null)) => Ordering::Greater,
-        (Some(Value::Number(x)), Some(Value::Number(y))) => x
-            .as_f64()
-            .unwrap_or(0.0)
-            .total_cmp(&y.as_f64().unwrap_or(0.0)),
-        (Some(Value::String(x)), Some(Value::String(y))) => x.cmp(y),
-        (Some(x), Some(y)) => x.to_string().cmp(&y.to_string()),
-    }
 }
