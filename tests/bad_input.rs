@@ -86,12 +86,7 @@ SELECT date_bin(INTERVAL '1 hour', ts) AS w, count(*) AS c FROM m GROUP BY w
 "#;
 
 fn count(answer: &Value) -> i64 {
-    answer["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["c"].as_i64().unwrap())
-        .sum()
+    common::column_sum(answer, "c")
 }
 
 #[tokio::test]

@@ -12,12 +12,7 @@ const FIRST: &str = "/api/v1/views/signal_by_type";
 const SECOND: &str = "/api/v1/views/by_type";
 
 fn counted(answer: &Value) -> i64 {
-    answer["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["n"].as_i64().unwrap())
-        .sum()
+    common::column_sum(answer, "n")
 }
 
 #[tokio::test]

@@ -94,3 +94,31 @@ async fn filters_order_pages_and_ranks_view_rows() {
     let (status, _) = t.get("/api/v1/views/nope").await;
     assert_eq!(status, 404);
 }
+
+/// Requests that arrive together after a change share one merge of the states: under
+/// load, each computing its own made answers fall further and further behind.
+#[tokio::test]
+async fn requests_after_a_change_share_one_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tributary::start(dir.path(), "").await;
+    let merges = |s: &Value| s["serving"]["merges"].as_u64().unwrap();
+    for round in 0..5usize {
+        let body = common::numbered_readings(round * 10, 10, 30);
+        assert_eq!(t.post("readings", &body).await.0, 200);
+        t.wait_for("/api/v1/speed/stats", |s| {
+            s["streams"]["readings"]["events"].as_u64() == Some((round as u64 + 1) * 10)
+        })
+        .await;
+        let (_, before) = t.get("/api/v1/status").await;
+        let asks = (0..64).map(|_| t.get(VIEW));
+        for (status, v) in futures::future::join_all(asks).await {
+            assert_eq!(status, 200, "{v}");
+        }
+        let (_, after) = t.get("/api/v1/status").await;
+        let computed = merges(&after) - merges(&before);
+        assert_eq!(
+            computed, 1,
+            "64 requests of one change computed {computed} merges"
+        );
+    }
+}

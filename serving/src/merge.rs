@@ -144,7 +144,13 @@ pub struct Merger {
     /// built on first use) and the (batch version, speed generation) they were computed
     /// from: requests between two micro-batches share one final plan and one conversion,
     /// and each only filters, orders and pages the rows.
-    merged_cache: std::sync::Mutex<HashMap<String, (MergeKey, CachedRows)>>,
+    /// One computation per key: requests that arrive while it runs wait for it rather
+    /// than each finalizing the same states (under load they would all compute at once,
+    /// and answers would fall behind for good).
+    merged_cache: std::sync::Mutex<HashMap<String, (MergeKey, MergeCell)>>,
+    /// Final plans run over merged states since start (status shows it: the cache's
+    /// share of answers is requests over this).
+    merges: std::sync::atomic::AtomicU64,
     /// Views that must not answer, and why (backfilling, paused, failed): their states
     /// would not be exact.
     not_ready: std::sync::RwLock<HashMap<String, NotReady>>,
@@ -158,6 +164,8 @@ type CachedRows = (
 );
 
 type MergeKey = (Option<i64>, u64);
+/// The merged rows of one key, computed by the first request that needs them.
+type MergeCell = Arc<tokio::sync::OnceCell<CachedRows>>;
 
 impl Merger {
     /// A merger over `pipeline`'s views, starting from the batch views `loaded` at start.
@@ -173,6 +181,7 @@ impl Merger {
             speed,
             batch_views: RwLock::new(loaded.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()),
             merged_cache: Default::default(),
+            merges: Default::default(),
             not_ready: Default::default(),
         }
     }
@@ -248,6 +257,28 @@ impl Merger {
             "unavailable: its batch states cannot be read ({error}); it answers once they can (repair or restore its table, or drop the view and create it again)"
         );
         self.set_not_ready(name, Some(NotReady::Unreadable(reason)));
+    }
+
+    /// Final plans run over merged states since start.
+    pub fn merges(&self) -> u64 {
+        self.merges.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The cell of `view`'s rows for `key`: the cached one if it is of this key, else a
+    /// new one that replaces it (no key: a cell of this request alone).
+    fn cell_for(&self, view: &str, key: Option<MergeKey>) -> MergeCell {
+        let Some(key) = key else {
+            return Default::default();
+        };
+        let mut cache = self.merged_cache.lock().expect("merge cache lock");
+        match cache.get(view) {
+            Some((k, cell)) if *k == key => cell.clone(),
+            _ => {
+                let cell = MergeCell::default();
+                cache.insert(view.to_string(), (key, cell.clone()));
+                cell
+            }
+        }
     }
 
     /// Load the newest batch views; then release speed segments they cover. One view's
@@ -342,12 +373,14 @@ impl Merger {
             // still of its generation they are not copied again, and this answer (not a
             // later lookup, which another request may have replaced) is the one used.
             let version = batch.as_ref().map(|b| b.version);
+            // Only rows already computed: a cell still empty (being computed, or its
+            // computation failed) needs the speed states copied.
             let held = self
                 .merged_cache
                 .lock()
                 .expect("merge cache lock")
                 .get(view_name)
-                .filter(|((v, _), _)| *v == version)
+                .filter(|((v, _), cell)| *v == version && cell.initialized())
                 .cloned();
             let speed = self
                 .speed
@@ -373,23 +406,19 @@ impl Merger {
         let key: Option<MergeKey> = speed
             .generation
             .map(|g| (batch.as_ref().map(|b| b.version), g));
-        let cached = held.filter(|(k, _)| Some(*k) == key).map(|(_, rows)| rows);
-        let (rows, failed, json) = match cached {
-            Some(cached) => cached,
-            None => {
-                let mut states = batch.as_ref().map(|b| b.states.clone()).unwrap_or_default();
-                states.extend(speed.states.iter().cloned());
-                let (rows, failed) = finalize(&view, states).await?;
-                let cached: CachedRows = (rows, failed, Default::default());
-                if let Some(key) = key {
-                    self.merged_cache
-                        .lock()
-                        .expect("merge cache lock")
-                        .insert(view_name.to_string(), (key, cached.clone()));
-                }
-                cached
-            }
+        let cell = match held.filter(|(k, _)| Some(*k) == key) {
+            Some((_, cell)) => cell,
+            None => self.cell_for(view_name, key),
         };
+        let compute = || async {
+            let mut states = batch.as_ref().map(|b| b.states.clone()).unwrap_or_default();
+            states.extend(speed.states.iter().cloned());
+            self.merges
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (rows, failed) = finalize(&view, states).await?;
+            Ok::<CachedRows, ServingError>((rows, failed, Default::default()))
+        };
+        let (rows, failed, json) = cell.get_or_try_init(compute).await?.clone();
         Ok(Merged {
             view,
             rows,

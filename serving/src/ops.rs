@@ -119,6 +119,8 @@ pub async fn status_value(state: &AppState) -> Result<Value, ServingError> {
         // Cataloged views no layer computes now (paused, failed), with why.
         "inactive_views": state.views.inactive(),
         "process": { "rss_bytes": crate::process::resident_bytes() },
+        // Final plans run over merged states: requests between two changes share one.
+        "serving": { "merges": state.merger.merges() },
         // Live (SSE) clients of views and status, and the shared view feeds serving them.
         "live": {
             "clients": state.live_feeds.clients(),

@@ -536,11 +536,16 @@ pub fn kafka_brokers() -> String {
 
 /// Sum of the `readings` column over a view answer's rows.
 pub fn total_readings(answer: &Value) -> i64 {
+    column_sum(answer, "readings")
+}
+
+/// Sum of integer column `column` over a view answer's rows.
+pub fn column_sum(answer: &Value, column: &str) -> i64 {
     answer["rows"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r["readings"].as_i64().unwrap())
+        .map(|r| r[column].as_i64().unwrap())
         .sum()
 }
 
