@@ -151,6 +151,16 @@ async fn read_only_sql_over_views_and_tables_with_limits() {
     let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
     assert_eq!(rows, 40);
 
+    // EXPLAIN of a query shows its plan; EXPLAIN ANALYZE runs it under the same limits.
+    for query in [
+        "EXPLAIN SELECT count(*) FROM master_readings",
+        "EXPLAIN ANALYZE SELECT device, count(*) FROM master_readings GROUP BY device",
+    ] {
+        let (status, v) = sql_json(&t, query).await;
+        assert_eq!(status, 200, "{query}: {v}");
+        assert!(v["row_count"].as_u64().unwrap() >= 1, "{query}: {v}");
+    }
+
     // Refusals: 4xx with a reason, never 5xx, nothing changed.
     let refused = [
         (
@@ -160,6 +170,11 @@ async fn read_only_sql_over_views_and_tables_with_limits() {
         ),
         ("UPDATE master_readings SET signal = 0", 403, "read-only"),
         ("DELETE FROM master_readings", 403, "read-only"),
+        (
+            "EXPLAIN ANALYZE DELETE FROM master_readings",
+            403,
+            "read-only",
+        ),
         ("CREATE TABLE t AS SELECT 1", 403, "read-only"),
         ("CREATE VIEW v AS SELECT 1", 403, "read-only"),
         ("DROP TABLE master_readings", 403, "read-only"),

@@ -2,8 +2,9 @@
 //! name), the master tables (`master_<stream>`) and the dead-letter tables
 //! (`dead_letters_<stream>`).
 //!
-//! Only one `SELECT` (or `WITH … SELECT`) statement is accepted: the statement kind is
-//! checked on the syntax tree first, for a precise refusal, and DataFusion's own
+//! Only one `SELECT` (or `WITH … SELECT`) statement, or its `EXPLAIN [ANALYZE]`, is
+//! accepted: the statement kind is checked on the syntax tree first, for a precise
+//! refusal, and DataFusion's own
 //! read-only options (no DDL, DML or statements) guard the execution as well. Each query
 //! runs in a fresh session with a memory pool of `sql.memory-limit-mb`, no spilling to
 //! disk, no file or URL tables, and a `sql.timeout-ms` deadline; dropping the request
@@ -83,6 +84,12 @@ pub fn check_read_only(sql: &str) -> Result<(), ServingError> {
             "send exactly one statement, got {}",
             statements.len()
         )));
+    };
+    // EXPLAIN [ANALYZE] of a query is read-only too (ANALYZE runs it, under the same
+    // limits); of anything else it is refused like the statement itself.
+    let statement = match statement {
+        Statement::Explain { statement, .. } => statement.as_ref(),
+        other => other,
     };
     let Statement::Query(query) = statement else {
         let kind = statement
