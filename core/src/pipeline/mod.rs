@@ -107,14 +107,8 @@ impl Pipeline {
     /// Compile a view defined at runtime, checked as start-up checks one: against the
     /// streams and tables of this pipeline; the error says what is wrong with the SQL.
     pub async fn compile_view(&self, cfg: &crate::config::ViewConfig) -> Result<CompiledView> {
-        if !is_plain_name(&cfg.name) {
-            return Err(CoreError::View {
-                view: cfg.name.clone(),
-                message: "not a valid view name (letters, digits and _ only, at most 128)".into(),
-            });
-        }
         let streams = self.streams.iter().map(|s| s.name.as_str());
-        if let Some(message) = shadowed_table(&cfg.name, streams) {
+        if let Some(message) = view_name_problem(&cfg.name, streams) {
             return Err(CoreError::View {
                 view: cfg.name.clone(),
                 message,
@@ -210,13 +204,18 @@ pub fn is_plain_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Why a view may not be called `name`: the SQL endpoint already names each stream's
-/// master and dead-letter tables `master_<stream>` and `dead_letters_<stream>`, and a
-/// view of that name would hide the table from every query.
-pub fn shadowed_table<'a>(
+/// Why a view (or append view) may not be called `name`, if it may not: it must be a
+/// plain name, and not the SQL endpoint's name of a stream's master or dead-letter table
+/// (`master_<stream>`, `dead_letters_<stream>`), which it would hide from every query.
+pub fn view_name_problem<'a>(
     name: &str,
     mut streams: impl Iterator<Item = &'a str>,
 ) -> Option<String> {
+    if !is_plain_name(name) {
+        return Some(format!(
+            "`{name}` is not a valid view name (letters, digits and _ only, at most {MAX_NAME_LEN})"
+        ));
+    }
     streams.find_map(|s| {
         let table = if name.strip_prefix("master_") == Some(s) {
             "master table"
@@ -327,16 +326,13 @@ async fn append_views(
     for (i, v) in config.append_views.iter().enumerate() {
         let key = format!("append-views[{i}]");
         let taken = views.iter().any(|x| x.name == v.name) || out.iter().any(|x| x.name == v.name);
-        if !is_plain_name(&v.name) || taken {
+        if taken {
             return Err((
                 format!("{key}.name"),
-                format!(
-                    "`{}` is taken or not a valid view name (letters, digits and _ only, at most 128)",
-                    v.name
-                ),
+                format!("`{}` is taken by another view", v.name),
             ));
         }
-        if let Some(why) = shadowed_table(&v.name, streams.iter().map(|s| s.name.as_str())) {
+        if let Some(why) = view_name_problem(&v.name, streams.iter().map(|s| s.name.as_str())) {
             return Err((format!("{key}.name"), why));
         }
         let compiled = crate::view::append::AppendView::compile(v, streams, tables)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
 
-use super::{Problem, is_plain_name, shadowed_table};
+use super::{Problem, view_name_problem};
 use crate::config::{Config, EMITTED_FIELDS, FieldConfig, LogKind, StreamConfig};
 use crate::dimension::DimensionTable;
 use crate::error::CoreError;
@@ -71,17 +71,8 @@ fn check_names(config: &Config) -> Result<(), Problem> {
                 format!("view `{}` is declared twice", v.name),
             ));
         }
-        if !is_plain_name(&v.name) {
-            return Err((
-                format!("{key}.name"),
-                format!(
-                    "`{}` is not a valid view name (letters, digits and _ only, at most 128)",
-                    v.name
-                ),
-            ));
-        }
         let streams = config.streams.iter().map(|s| s.name.as_str());
-        if let Some(why) = shadowed_table(&v.name, streams) {
+        if let Some(why) = view_name_problem(&v.name, streams) {
             return Err((format!("{key}.name"), why));
         }
     }

@@ -258,14 +258,14 @@ impl ViewManager {
         def: Definition,
         replace: bool,
     ) -> Result<ViewStatus, ServingError> {
-        if !tributary_core::pipeline::is_plain_name(&def.name) {
-            return Err(ServingError::bad(
-                "name",
-                format!(
-                    "`{}` is not a valid view name (letters, digits and _ only, at most 128)",
-                    def.name
-                ),
-            ));
+        let streams = self
+            .merger
+            .pipeline()
+            .streams
+            .iter()
+            .map(|s| s.name.as_str());
+        if let Some(why) = tributary_core::pipeline::view_name_problem(&def.name, streams) {
+            return Err(ServingError::bad("name", why));
         }
         let _one = self.changes.lock().await;
         let before = self.current(&def.name).await?;
