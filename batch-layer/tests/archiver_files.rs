@@ -105,6 +105,28 @@ impl Setup {
         snapshot.log_data().iter().map(|f| f.size()).collect()
     }
 
+    /// The compression of every column chunk of the master table's Parquet files.
+    fn codecs(&self) -> Vec<deltalake::parquet::basic::Compression> {
+        use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+        let mut dirs = vec![self._dir.path().to_path_buf()];
+        let mut out = Vec::new();
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "parquet") {
+                    let reader =
+                        SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+                    for group in reader.metadata().row_groups() {
+                        out.extend(group.columns().iter().map(|c| c.compression()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Rows of the master table and distinct `n`s among them.
     async fn rows_and_distinct(&self) -> (i64, i64) {
         let master = open_master(&self.storage, "blobs").await.unwrap().unwrap();
@@ -177,6 +199,15 @@ async fn files_are_cut_by_size_and_a_graceful_stop_commits_the_rest() {
         .unwrap();
     assert_eq!(s.archived().await, TOTAL as u64);
     assert_eq!(s.rows_and_distinct().await, (TOTAL, TOTAL));
+    // Every batch run decodes these files whole: LZ4, not delta-rs's default Snappy.
+    let codecs = s.codecs();
+    assert!(!codecs.is_empty());
+    assert!(
+        codecs
+            .iter()
+            .all(|c| *c == deltalake::parquet::basic::Compression::LZ4_RAW),
+        "{codecs:?}"
+    );
 }
 
 #[tokio::test]

@@ -311,9 +311,11 @@ impl StreamArchiver {
                 slot @ None => slot.insert(
                     // No size roll: the window commits as soon as it reaches the size,
                     // which makes one file per event date.
-                    RecordBatchWriter::for_table(table).map_err(|e| {
-                        BatchError::delta(format!("master table of `{}`", self.stream.name), e)
-                    })?,
+                    RecordBatchWriter::for_table(table)
+                        .map_err(|e| {
+                            BatchError::delta(format!("master table of `{}`", self.stream.name), e)
+                        })?
+                        .with_writer_properties(super::master_file_properties()),
                 ),
             };
             writer
