@@ -245,7 +245,8 @@ golden_cases!(
     dimension_join,
     hopping_sketches,
     iot_tumbling,
-    session_clicks
+    session_clicks,
+    statistics
 );
 
 #[test]

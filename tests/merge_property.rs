@@ -44,7 +44,8 @@ allowed-lateness-ms = 600000
 sql = """
 SELECT device_type, hop(ts, INTERVAL '15 minutes', INTERVAL '5 minutes') AS window_start,
        count(note) AS notes, min(signal) AS low, sum(signal) AS total,
-       approx_distinct(device) AS devices
+       approx_distinct(device) AS devices, var_pop(signal) AS spread,
+       bool_or(note IS NOT NULL) AS noted
 FROM readings
 GROUP BY device_type, window_start
 """
@@ -62,7 +63,8 @@ HAVING count(*) >= 2
 name = "sessions"
 sql = """
 SELECT device, session(ts, INTERVAL '20 minutes') AS session_start,
-       count(*) AS n, sum(signal) AS total, max(signal) AS peak
+       count(*) AS n, sum(signal) AS total, max(signal) AS peak,
+       stddev(signal) AS spread, bit_xor(CAST(signal * 10 AS BIGINT)) AS tenths_xor
 FROM readings WHERE signal > 5
 GROUP BY device, session_start
 """

@@ -24,6 +24,18 @@ async fn refusals_say_what_is_wrong() {
             "median",
         ),
         (
+            "SELECT device_type, date_bin(INTERVAL '1 minute', ts) AS w, corr(signal, signal) FROM readings GROUP BY device_type, w",
+            "`corr` is not supported",
+        ),
+        (
+            "SELECT device_type, date_bin(INTERVAL '1 minute', ts) AS w, first_value(signal ORDER BY ts) FROM readings GROUP BY device_type, w",
+            "`first_value` is not supported",
+        ),
+        (
+            "SELECT device_type, date_bin(INTERVAL '1 minute', ts) AS w, stddev(DISTINCT signal) FROM readings GROUP BY device_type, w",
+            "stddev(DISTINCT",
+        ),
+        (
             "SELECT device_type, date_bin(INTERVAL '1 minute', ts) AS w, count(DISTINCT device) FROM readings GROUP BY device_type, w",
             "DISTINCT",
         ),

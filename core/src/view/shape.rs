@@ -16,13 +16,28 @@ use crate::window::{
 };
 
 /// Aggregates whose states merge across layers (exactly, or for the approximate ones
-/// within their sketch's own error).
+/// within their sketch's own error). Each keeps a small, fixed-size state per group
+/// (the variances their count, mean and sum of squared deviations, merged with Chan's
+/// formula), so a window's state does not grow with its events: `median`, `array_agg`
+/// and exact `count(DISTINCT …)` would keep every value. `corr` is left out: DataFusion
+/// keeps its grouped and ungrouped states in two different layouts under one schema.
 const SUPPORTED_AGGREGATES: &[&str] = &[
     "count",
     "sum",
     "min",
     "max",
     "avg",
+    "stddev",
+    "stddev_pop",
+    "var",
+    "var_pop",
+    "covar_samp",
+    "covar_pop",
+    "bool_and",
+    "bool_or",
+    "bit_and",
+    "bit_or",
+    "bit_xor",
     "approx_distinct",
     "approx_percentile_cont",
     "approx_median",

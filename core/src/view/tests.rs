@@ -190,6 +190,74 @@ async fn hopping_windows_and_sketches_merge_across_layers_like_one_pass() {
     );
 }
 
+const STATISTICS: &str = "SELECT device_type, date_bin(INTERVAL '10 minutes', ts) AS w, \
+    stddev(signal) AS sd, stddev_pop(signal) AS sdp, var(signal) AS v, var_pop(signal) AS vp, \
+    covar_samp(signal, signal * 2) AS cs, covar_pop(signal, signal * 2) AS cp, \
+    bool_and(signal > 15) AS all_strong, bool_or(signal > 35) AS any_strong, \
+    bit_and(CAST(signal AS BIGINT)) AS band, bit_or(CAST(signal AS BIGINT)) AS bor, \
+    bit_xor(CAST(signal AS BIGINT)) AS bxor \
+    FROM readings GROUP BY device_type, w";
+
+#[tokio::test]
+async fn variances_and_bitwise_aggregates_merge_across_layers_like_one_pass() {
+    let v = compile(STATISTICS).await.unwrap();
+    let a = batch(
+        &[
+            ("d1", "pump", 20.0, "2026-01-01T00:01:00Z"),
+            ("d2", "pump", 30.0, "2026-01-01T00:04:00Z"),
+            ("d3", "fan", 12.0, "2026-01-01T00:05:00Z"),
+        ],
+        SOURCE_BATCH,
+    );
+    let b = batch(
+        &[
+            ("d1", "pump", 40.0, "2026-01-01T00:09:59Z"),
+            ("d4", "fan", 17.0, "2026-01-01T00:06:00Z"),
+        ],
+        SOURCE_SPEED,
+    );
+    // Each layer's states are reduced on their own first, as the speed layer compacts
+    // and the batch layer stores them, so the merge combines two partial variances.
+    let mut states = v
+        .reduce(v.run_partial_batches(vec![a.clone()]).await.unwrap())
+        .await
+        .unwrap();
+    states.extend(v.run_partial_batches(vec![b.clone()]).await.unwrap());
+    let merged = v.finalize(v.reduce(states).await.unwrap()).await.unwrap();
+    let reference = v.run_reference(vec![a, b]).await.unwrap();
+    assert_eq!(sorted(&merged), sorted(&reference));
+    let rows = sorted(&merged);
+    // pump: 20, 30, 40: sample variance 100, population 66.67; 20 & 30 & 40 = 0,
+    // 20 | 30 | 40 = 62, 20 ^ 30 ^ 40 = 34. fan: 12, 17: 12 & 17 = 0, 12 | 17 = 29.
+    let cells: Vec<Vec<&str>> = rows
+        .iter()
+        .map(|r| {
+            r.split('|')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect();
+    assert_eq!(cells.len(), 2, "{rows:#?}");
+    let (fan, pump) = (&cells[0], &cells[1]);
+    assert_eq!(
+        pump[..3],
+        ["pump", "2026-01-01T00:00:00Z", "10.0"],
+        "{rows:#?}"
+    );
+    assert_eq!([pump[4], pump[6]], ["100.0", "200.0"], "{rows:#?}");
+    assert_eq!(
+        pump[8..],
+        ["true", "true", "0", "62", "34", "3"],
+        "{rows:#?}"
+    );
+    assert_eq!(
+        fan[8..],
+        ["false", "false", "0", "29", "29", "3"],
+        "{rows:#?}"
+    );
+}
+
 #[tokio::test]
 async fn window_widths_and_origin_are_read_from_the_sql() {
     let v = compile(
