@@ -9,6 +9,7 @@
 pub mod catalog;
 pub mod cloud;
 pub mod config;
+pub mod date_bin;
 pub mod dead_letter;
 pub mod delta;
 pub mod dimension;
