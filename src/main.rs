@@ -204,6 +204,9 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         .enable_all()
         .worker_threads(threads.max(1))
         .thread_name("tributary")
+        // Planning is recursive; SQL is bounded by depth before it is planned
+        // (core::sql_limits), and this leaves the planner room beyond those bounds.
+        .thread_stack_size(8 * 1024 * 1024)
         .build()?;
     let config = wiring::config_path(cli.config);
     let outcome = runtime.block_on(dispatch(cli.command, config))?;

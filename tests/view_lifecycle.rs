@@ -134,6 +134,20 @@ async fn refusals_name_the_problem(t: &Tributary) {
         .await;
     assert_eq!(status, 400, "{e}");
     assert!(e["error"].as_str().unwrap().contains("at most 128"), "{e}");
+    // A definition deep enough to overflow the planner's stack aborted the process;
+    // it is refused on its tokens (the process answers the next request).
+    let deep = format!(
+        "SELECT date_bin(INTERVAL '1 hour', ts) AS w, sum({}) AS s FROM readings GROUP BY w",
+        vec!["signal"; 3_001].join(" + ")
+    );
+    let (status, e) = t
+        .post_json("/api/v1/views", &json!({"name": "deep", "sql": deep}))
+        .await;
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("3000 operators"),
+        "{e}"
+    );
     // Bodies that are not the definition: a JSON error naming what is wrong.
     for (body, content_type, want, says) in [
         ("{\"name\": \"x\"}", "application/json", 422, "sql"),

@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod quarantine;
 pub mod schema;
 pub mod shutdown;
+pub mod sql_limits;
 pub mod storage;
 pub mod time;
 pub mod view;

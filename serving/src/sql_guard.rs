@@ -4,7 +4,8 @@
 //! Parser, planner and optimizer are recursive: a statement nested deep enough (or a
 //! chain of 100,000 `+`) overflows the stack of whatever thread handles it. So the
 //! statement's size is bounded, and its tokens (the tokenizer is iterative) are
-//! counted for nesting depth and operators first. Queries then run on their own
+//! counted for nesting depth and operators first (tributary_core::sql_limits, which
+//! view definitions go through too). Queries then run on their own
 //! runtime ([`runtime`]) with large stacks, so the request's deadline fires on time
 //! however long a query computes between two yields, and a slow query never holds up
 //! the server's own threads. Functions that make one value from a count
@@ -25,68 +26,19 @@ use datafusion::logical_expr::{
     ScalarUDFImpl, Signature, simplify::ExprSimplifyResult,
 };
 use datafusion::prelude::SessionContext;
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use tributary_core::config::SqlConfig;
 
 use crate::error::ServingError;
 
-/// Refuse a statement that is too long, nested too deep or chains too many operators.
+/// Refuse a statement that is too long, nested too deep or chains too many operators
+/// (measured on its tokens: tributary_core::sql_limits).
 pub fn check_limits(sql: &str, limits: &SqlConfig) -> Result<(), ServingError> {
-    if sql.len() > limits.max_statement_bytes {
-        return Err(ServingError::Sql(format!(
-            "statement is {} bytes; the limit is {} (sql.max-statement-bytes)",
-            sql.len(),
-            limits.max_statement_bytes
-        )));
-    }
-    let tokens = Tokenizer::new(&GenericDialect {}, sql)
-        .tokenize()
-        .map_err(|e| ServingError::Sql(format!("SQL does not parse: {e}")))?;
-    let (mut depth, mut deepest, mut operators) = (0usize, 0usize, 0usize);
-    for t in &tokens {
-        match t {
-            Token::LParen | Token::LBracket => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            Token::RParen | Token::RBracket => depth = depth.saturating_sub(1),
-            Token::Plus
-            | Token::Minus
-            | Token::Mul
-            | Token::Div
-            | Token::Mod
-            | Token::StringConcat
-            | Token::Eq
-            | Token::Neq
-            | Token::Lt
-            | Token::Gt
-            | Token::LtEq
-            | Token::GtEq
-            | Token::Ampersand
-            | Token::Pipe
-            | Token::Caret => operators += 1,
-            Token::Word(w)
-                if matches!(w.value.to_ascii_uppercase().as_str(), "AND" | "OR" | "NOT") =>
-            {
-                operators += 1
-            }
-            _ => {}
-        }
-    }
-    let max = limits.max_expression_depth;
-    if deepest > max {
-        return Err(ServingError::Sql(format!(
-            "statement nests parentheses {deepest} deep; the limit is {max} (sql.max-expression-depth)"
-        )));
-    }
-    // Each binary operator is one more level of a (left-deep) expression tree.
-    if operators > max {
-        return Err(ServingError::Sql(format!(
-            "statement has {operators} operators; the limit is {max} (sql.max-expression-depth)"
-        )));
-    }
-    Ok(())
+    tributary_core::sql_limits::check(
+        sql,
+        (limits.max_statement_bytes, "sql.max-statement-bytes"),
+        (limits.max_expression_depth, "sql.max-expression-depth"),
+    )
+    .map_err(ServingError::Sql)
 }
 
 /// The runtime SQL queries run on: two workers with 64 MiB stacks. One for the whole

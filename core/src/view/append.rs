@@ -47,6 +47,7 @@ impl AppendView {
             view: cfg.name.clone(),
             message,
         };
+        crate::sql_limits::check_view(&cfg.sql).map_err(err)?;
         let ctx = session();
         for s in streams {
             let table = MemTable::try_new(s.view_schema(), vec![vec![]])?;

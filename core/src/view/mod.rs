@@ -161,6 +161,8 @@ impl CompiledView {
             view: cfg.name.clone(),
             message,
         };
+        // Before anything recursive parses or plans it (see sql_limits).
+        crate::sql_limits::check_view(&cfg.sql).map_err(err)?;
         let rewritten = rewrite(&cfg.sql).map_err(err)?;
         let exec_sql = rewritten.exec;
 

@@ -222,3 +222,30 @@ async fn aggregate_arguments_and_widths_are_checked_up_front() {
         .await
         .unwrap();
 }
+
+/// A definition nested or chained deep enough overflowed the planner's stack and
+/// aborted the process (a runtime view with 3,000 `+` did); up to the limit it plans on
+/// an ordinary thread's stack.
+#[tokio::test]
+async fn definitions_deeper_than_the_limit_are_refused_before_planning() {
+    let view = |expr: &str| {
+        format!(
+            "SELECT device_type, date_bin(INTERVAL '1 minute', ts) AS w, sum({expr}) AS s \
+             FROM readings GROUP BY device_type, w"
+        )
+    };
+    let chain = |n: usize| vec!["signal"; n + 1].join(" + ");
+    let nested = |n: usize| format!("{}signal{}", "abs(".repeat(n), ")".repeat(n));
+    for (sql, why) in [
+        (view(&chain(3_000)), "3000 operators"),
+        (view(&chain(129)), "129 operators; the limit is 128"),
+        (view(&nested(3_000)), "3001 deep"),
+    ] {
+        let e = compile(&sql).await.unwrap_err().to_string();
+        assert!(e.contains(why), "{e}");
+    }
+    // At the limit, it plans on a test thread's 2 MiB stack in a debug build (250
+    // operators did not); DataFusion's parser refuses nesting past 50 on its own.
+    compile(&view(&chain(128))).await.unwrap();
+    compile(&view(&nested(40))).await.unwrap();
+}
