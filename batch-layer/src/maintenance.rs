@@ -116,7 +116,7 @@ async fn maintain(
     let (table, optimized) = table
         .optimize()
         .with_target_size(target)
-        .with_writer_properties(crate::archiver::master_file_properties())
+        .with_writer_properties(crate::archiver::table_file_properties())
         .await
         .map_err(err)?;
     // A checkpoint after compaction lets readers skip replaying the JSON log.

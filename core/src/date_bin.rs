@@ -3,8 +3,8 @@
 //! microseconds).
 //!
 //! DataFusion's kernel scales each value to nanoseconds and bins it through a function
-//! pointer with checked arithmetic, about 5% of a full recompute's samples. When no
-//! value of a batch is near enough to the ends of `i64` for any of those steps to
+//! pointer with checked arithmetic: 7% of a full recompute's samples (1.4% this way).
+//! When no value of a batch is near enough to the ends of `i64` for any of those steps to
 //! overflow, the same bin is `origin + (t - origin).div_euclid(stride) * stride` in
 //! the column's unit, without a call per row. Every other call (other units, month
 //! strides, a stride or origin finer than the unit, values near the ends of the range,

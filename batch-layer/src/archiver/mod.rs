@@ -36,12 +36,12 @@ pub fn app_id(stream: &str, partition: u32) -> String {
     format!("{stream}-{partition}")
 }
 
-/// How the master table's Parquet files are written (by the archiver, and by compaction,
-/// which would otherwise use delta-rs's ZSTD). Every batch run decodes them whole, so
-/// they are compressed with LZ4 (raw), which decodes faster than delta-rs's default
+/// How Tributary writes Parquet files: the archiver the master table's, compaction every
+/// table's (delta-rs's OPTIMIZE would write ZSTD). Every batch run decodes the master
+/// table whole, so the files are LZ4 (raw), which decodes faster than delta-rs's default
 /// Snappy at about the same size (README, benchmarks); Spark, DuckDB, polars and
 /// delta-rs all read it.
-pub(crate) fn master_file_properties() -> deltalake::parquet::file::properties::WriterProperties {
+pub(crate) fn table_file_properties() -> deltalake::parquet::file::properties::WriterProperties {
     deltalake::parquet::file::properties::WriterProperties::builder()
         .set_created_by(format!("tributary {}", env!("CARGO_PKG_VERSION")))
         .set_compression(deltalake::parquet::basic::Compression::LZ4_RAW)

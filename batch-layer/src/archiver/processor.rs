@@ -315,7 +315,7 @@ impl StreamArchiver {
                         .map_err(|e| {
                             BatchError::delta(format!("master table of `{}`", self.stream.name), e)
                         })?
-                        .with_writer_properties(super::master_file_properties()),
+                        .with_writer_properties(super::table_file_properties()),
                 ),
             };
             writer
