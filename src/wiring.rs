@@ -340,7 +340,8 @@ fn remote_speed(config: &Config, pipeline: &Pipeline) -> anyhow::Result<Arc<dyn 
 /// The speed layer, reading the log from each view's batch cutoff.
 fn start_speed(p: &mut Process, cutoffs: &HashMap<String, i64>) -> SpeedLayer {
     let layer = SpeedLayer::new(&p.pipeline, &p.config.speed, cutoffs)
-        .with_dead_letters(p.dead_letters.clone());
+        .with_dead_letters(p.dead_letters.clone())
+        .with_master(p.storage.clone());
     if p.roles.len() == 1 {
         // Alone, the speed process learns of view changes from the catalog; its loop
         // gives a new revision a store at the start of the next micro-batch.

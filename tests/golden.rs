@@ -8,20 +8,25 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::Tributary;
 use common::cluster::Cluster;
-use common::views::{Row, api_rows, assert_same_rows, late_events, pipeline, reference, sources};
+use common::views::{
+    Row, api_rows, assert_same_rows, late_events_streams, pipeline, reference_streams, sources,
+};
 use serde_json::{Map, Value, json};
 use tributary_core::pipeline::Pipeline;
 
 const BATCH_MARK: &str = "# batch run";
 const WAIT_MARK: &str = "# wait ";
+const STREAM_MARK: &str = "# stream ";
 
 enum Item {
-    Event(Value),
+    /// An event of the named stream.
+    Event(String, Value),
     BatchRun,
     /// Let this much ingest time pass (a dedup horizon, say).
     Wait(Duration),
@@ -37,6 +42,8 @@ struct Case {
 impl Case {
     fn load(dir: &Path) -> Case {
         let pipeline_text = std::fs::read_to_string(dir.join("pipeline.toml")).unwrap();
+        // Events go to the first declared stream until a `# stream NAME` line.
+        let mut stream = first_stream(&pipeline_text);
         let mut items = Vec::new();
         for line in std::fs::read_to_string(dir.join("events.ndjson"))
             .unwrap()
@@ -50,13 +57,17 @@ impl Case {
                 items.push(Item::BatchRun);
                 continue;
             }
+            if let Some(name) = line.strip_prefix(STREAM_MARK) {
+                stream = name.trim().to_string();
+                continue;
+            }
             if let Some(ms) = line.strip_prefix(WAIT_MARK) {
                 items.push(Item::Wait(Duration::from_millis(ms.parse().unwrap())));
                 continue;
             }
             let event: Value = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("{}: bad event line {line}: {e}", dir.display()));
-            items.push(Item::Event(event));
+            items.push(Item::Event(stream.clone(), event));
         }
         Case {
             name: dir.file_name().unwrap().to_string_lossy().into_owned(),
@@ -69,38 +80,50 @@ impl Case {
     /// The events that count under the stream's dedup rule, as the case is written: an
     /// id repeats within the horizon unless a `# wait` longer than it came between (a
     /// case keeps copies of one id on one key, hence one partition).
-    fn counted(&self, p: &Pipeline) -> Vec<Value> {
+    fn counted(&self, p: &Pipeline) -> Vec<(String, Value)> {
         self.items
             .iter()
             .zip(self.counts(p))
             .filter_map(|(item, counts)| match item {
-                Item::Event(e) if counts => Some(e.clone()),
+                Item::Event(s, e) if counts => Some((s.clone(), e.clone())),
                 _ => None,
             })
             .collect()
     }
 
+    /// Events that count, per stream.
+    fn counted_per_stream(&self, p: &Pipeline) -> HashMap<String, u64> {
+        let mut n = HashMap::new();
+        for (s, _) in self.counted(p) {
+            *n.entry(s).or_default() += 1;
+        }
+        n
+    }
+
     /// Per item: whether it is an event that counts (accepted, and no repeat).
     fn counts(&self, p: &Pipeline) -> Vec<bool> {
-        let stream = &p.streams[0];
         let mut seen = std::collections::HashSet::new();
         self.items
             .iter()
             .map(|item| match item {
                 // Invalid records are rejected at ingest: no layer sees their ids.
-                Item::Event(e) if stream.validate(e).is_err() => false,
-                Item::Event(e) => match (
-                    &stream.dedup,
-                    &e[&stream
+                Item::Event(s, e) if p.stream(s).unwrap().validate(e).is_err() => false,
+                Item::Event(s, e) => match (
+                    &p.stream(s).unwrap().dedup,
+                    &e[&p
+                        .stream(s)
+                        .unwrap()
                         .dedup
                         .as_ref()
                         .map(|d| d.field.clone())
                         .unwrap_or_default()],
                 ) {
                     (None, _) | (_, Value::Null) => true,
-                    (Some(_), id) => seen.insert(id.to_string()),
+                    (Some(_), id) => seen.insert(format!("{s}/{id}")),
                 },
                 Item::Wait(d) => {
+                    // Cases with a wait have one stream (a dedup horizon's).
+                    let stream = &p.streams[0];
                     if stream
                         .dedup
                         .as_ref()
@@ -114,6 +137,33 @@ impl Case {
             })
             .collect()
     }
+}
+
+/// The name of the first `[[streams]]` of a pipeline text.
+fn first_stream(text: &str) -> String {
+    let config = tributary_core::config::from_toml_str(text).unwrap();
+    config.streams[0].name.clone()
+}
+
+/// The events a batch run over `counted` events per stream reads: each view reads its
+/// stream's (both streams' for a view joining two).
+fn needed(p: &Pipeline, counted: &HashMap<String, u64>) -> u64 {
+    let n = |s: &str| counted.get(s).copied().unwrap_or(0);
+    p.views
+        .iter()
+        .map(|v| n(&v.stream) + v.stream_join().map_or(0, |j| n(&j.other)))
+        .sum()
+}
+
+/// Whether the case's views join two streams (then every one must: their runs read
+/// everything below the cutoff each time, where the others read only what is new).
+fn joins(p: &Pipeline) -> bool {
+    let joins = p.views.iter().filter(|v| v.stream_join().is_some()).count();
+    assert!(
+        joins == 0 || joins == p.views.len(),
+        "a golden case has views joining two streams or none"
+    );
+    joins > 0
 }
 
 fn cases() -> Vec<Case> {
@@ -157,6 +207,22 @@ async fn post(t: &Tributary, stream: &str, events: &[Value]) -> u64 {
     body["accepted"].as_u64().unwrap_or(0)
 }
 
+/// Post the events waiting (all of one stream) in one request.
+async fn post_pending(
+    t: &Tributary,
+    pending: &mut Vec<(String, Value)>,
+    posted: &mut HashMap<String, u64>,
+) {
+    let Some((stream, _)) = pending.first().cloned() else {
+        return;
+    };
+    let events: Vec<Value> = std::mem::take(pending)
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    *posted.entry(stream.clone()).or_default() += post(t, &stream, &events).await;
+}
+
 /// Wait until the speed layer has read `n` events of `stream`.
 async fn speed_has(t: &Tributary, stream: &str, n: u64) {
     t.wait_for("/api/v1/speed/stats", |s| {
@@ -166,44 +232,49 @@ async fn speed_has(t: &Tributary, stream: &str, n: u64) {
 }
 
 /// Incremental batch runs until, together with the earlier ones (`covered`), they have
-/// read `counted` events per view: each incremental run reads only what is new.
+/// read `counted` events per stream for every view: each incremental run reads only
+/// what is new (a view joining two streams reads all below its cutoff every time).
 async fn batch_covers_incrementally(
     t: &Tributary,
     p: &Pipeline,
-    stream: &str,
-    counted: u64,
+    counted: &HashMap<String, u64>,
     covered: &mut u64,
 ) {
-    let views = p.views.iter().filter(|v| v.stream == stream).count() as u64;
+    let need = needed(p, counted);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let run = t.run_batch_kind("incremental").await;
         assert_eq!(run["kind"], "incremental", "{run}");
-        *covered += run["rows_in"].as_u64().unwrap();
-        if *covered == counted * views {
+        let read = run["rows_in"].as_u64().unwrap();
+        match joins(p) {
+            true if read > 0 => *covered = read,
+            true => {}
+            false => *covered += read,
+        }
+        if *covered == need {
             return;
         }
         assert!(
-            *covered < counted * views && Instant::now() < deadline,
-            "incremental runs read {covered} events for {counted} per view: {run}"
+            *covered < need && Instant::now() < deadline,
+            "incremental runs read {covered} events of {need}: {run}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-/// Batch runs until `rows_in` covers `counted` events per view (accepted, repeats not
-/// counted): the archiver may still be flushing.
-async fn batch_covers(t: &Tributary, p: &Pipeline, stream: &str, counted: u64) {
-    let views = p.views.iter().filter(|v| v.stream == stream).count() as u64;
+/// Batch runs until `rows_in` covers `counted` events per stream for every view
+/// (accepted, repeats not counted): the archiver may still be flushing.
+async fn batch_covers(t: &Tributary, p: &Pipeline, counted: &HashMap<String, u64>) {
+    let need = needed(p, counted);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let run = t.run_batch().await;
-        if run["rows_in"].as_u64() == Some(counted * views) {
+        if run["rows_in"].as_u64() == Some(need) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "batch runs never covered {counted} events: {run}"
+            "batch runs never covered {need} events: {run}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -240,6 +311,7 @@ macro_rules! golden_cases {
 }
 
 golden_cases!(
+    click_to_order,
     counts_having,
     dedup_orders,
     dimension_join,
@@ -276,8 +348,8 @@ async fn run_case(name: &str, on_ballista: bool) {
             want.insert(
                 v.name.clone(),
                 json!({
-                    "rows": reference(&p, v, &events).await,
-                    "late_events": late_events(&p, v, &events),
+                    "rows": reference_streams(&p, v, &events).await,
+                    "late_events": late_events_streams(&p, v, &events),
                 }),
             );
         }
@@ -315,13 +387,13 @@ async fn run_case(name: &str, on_ballista: bool) {
         let cluster_dir = tempfile::tempdir().unwrap();
         let cluster = on_ballista.then(|| Cluster::start(cluster_dir.path(), 2));
         let (_dir, t) = start(&case, cluster.as_ref()).await;
-        let stream = p.streams[0].name.clone();
-        let mut accepted = 0;
+        let mut accepted: HashMap<String, u64> = HashMap::new();
         for item in &case.items {
             match item {
-                Item::Event(e) => {
-                    accepted += post(&t, &stream, std::slice::from_ref(e)).await;
-                    speed_has(&t, &stream, accepted).await;
+                Item::Event(stream, e) => {
+                    let n = accepted.entry(stream.clone()).or_default();
+                    *n += post(&t, stream, std::slice::from_ref(e)).await;
+                    speed_has(&t, stream, *n).await;
                 }
                 Item::Wait(d) => tokio::time::sleep(*d).await,
                 Item::BatchRun => {}
@@ -353,7 +425,7 @@ async fn run_case(name: &str, on_ballista: bool) {
                 case.name, v.name
             );
         }
-        batch_covers(&t, &p, &stream, events.len() as u64).await;
+        batch_covers(&t, &p, &case.counted_per_stream(&p)).await;
         for v in p.views.snapshot().iter() {
             let answer = view_answer(&t, &v.name).await;
             assert!(
@@ -373,31 +445,31 @@ async fn run_case(name: &str, on_ballista: bool) {
         // computes them in full), the rest from the speed layer.
         let (_dir, t) = start(&case, cluster.as_ref()).await;
         let mut covered = 0;
-        let mut n = 0;
-        let mut counted = 0;
-        let mut pending = Vec::new();
+        let mut posted: HashMap<String, u64> = HashMap::new();
+        let mut counted: HashMap<String, u64> = HashMap::new();
+        // Consecutive events of one stream go in one request.
+        let mut pending: Vec<(String, Value)> = Vec::new();
         for (item, counts) in case.items.iter().zip(case.counts(&p)) {
-            counted += counts as u64;
+            if let (Item::Event(stream, _), true) = (item, counts) {
+                *counted.entry(stream.clone()).or_default() += 1;
+            }
+            if let Item::Event(stream, e) = item
+                && pending.last().is_none_or(|(s, _)| s == stream)
+            {
+                pending.push((stream.clone(), e.clone()));
+                continue;
+            }
+            post_pending(&t, &mut pending, &mut posted).await;
             match item {
-                Item::Event(e) => pending.push(e.clone()),
-                other => {
-                    if !pending.is_empty() {
-                        n += post(&t, &stream, &std::mem::take(&mut pending)).await;
-                    }
-                    match other {
-                        Item::BatchRun => {
-                            batch_covers_incrementally(&t, &p, &stream, counted, &mut covered).await
-                        }
-                        Item::Wait(d) => tokio::time::sleep(*d).await,
-                        Item::Event(_) => unreachable!(),
-                    }
-                }
+                Item::Event(stream, e) => pending.push((stream.clone(), e.clone())),
+                Item::BatchRun => batch_covers_incrementally(&t, &p, &counted, &mut covered).await,
+                Item::Wait(d) => tokio::time::sleep(*d).await,
             }
         }
-        if !pending.is_empty() {
-            n += post(&t, &stream, &pending).await;
+        post_pending(&t, &mut pending, &mut posted).await;
+        for (stream, n) in &posted {
+            speed_has(&t, stream, *n).await;
         }
-        speed_has(&t, &stream, n).await;
         for v in p.views.snapshot().iter() {
             let answer = view_answer(&t, &v.name).await;
             assert!(answer["cutoff"].is_string(), "{}: {answer}", case.name);
@@ -415,8 +487,7 @@ async fn run_case(name: &str, on_ballista: bool) {
         }
         // Incremental runs up to every event: the batch states they merged are the
         // answer a full recompute gives (the batch-alone phase above).
-        let total = case.counts(&p).iter().filter(|c| **c).count() as u64;
-        batch_covers_incrementally(&t, &p, &stream, total, &mut covered).await;
+        batch_covers_incrementally(&t, &p, &case.counted_per_stream(&p), &mut covered).await;
         for v in p.views.snapshot().iter() {
             let answer = view_answer(&t, &v.name).await;
             assert!(

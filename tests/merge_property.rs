@@ -10,7 +10,7 @@ mod common;
 
 use common::Tributary;
 use common::cluster::Cluster;
-use common::views::{api_rows, pipeline, reference, same_rows};
+use common::views::{api_rows, pipeline, reference_streams, same_rows};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
 use serde_json::{Value, json};
@@ -26,6 +26,17 @@ fields = [
   { name = "device_type", type = "string" },
   { name = "signal", type = "float64" },
   { name = "note", type = "string", nullable = true },
+  { name = "ts", type = "timestamp" },
+]
+
+[[streams]]
+name = "alarms"
+event-time = "ts"
+key = "device"
+partitions = 2
+fields = [
+  { name = "device", type = "string" },
+  { name = "level", type = "int64" },
   { name = "ts", type = "timestamp" },
 ]
 
@@ -68,12 +79,26 @@ SELECT device, session(ts, INTERVAL '20 minutes') AS session_start,
 FROM readings WHERE signal > 5
 GROUP BY device, session_start
 """
+
+[[views]]
+name = "alarmed"
+sql = """
+SELECT r.device_type, date_bin(INTERVAL '30 minutes', r.ts) AS window_start,
+       count(*) AS pairs, sum(a.level) AS levels, max(r.signal) AS peak,
+       approx_distinct(a.device) AS devices
+FROM readings r JOIN alarms a
+  ON r.device = a.device AND a.ts BETWEEN r.ts - INTERVAL '40 minutes' AND r.ts + INTERVAL '20 minutes'
+WHERE a.level > 0
+GROUP BY r.device_type, window_start
+"""
 "#;
 
 #[derive(Debug, Clone)]
 enum Step {
     /// Post these events in one request.
     Post(Vec<Value>),
+    /// Post these alarms (the join view's other stream) in one request.
+    Alarms(Vec<Value>),
     /// Post again an event posted before (at this index, modulo their number).
     Duplicate(usize),
     BatchRun,
@@ -112,13 +137,33 @@ fn event() -> impl Strategy<Value = (Value, bool)> {
         })
 }
 
+/// An alarm of one of the readings' devices, at any time of their span; one in ten is
+/// invalid.
+fn alarm() -> impl Strategy<Value = (Value, bool)> {
+    (0..6u32, -2..5i64, -180..180i64, 0..10u32).prop_map(|(d, level, minutes, invalid)| {
+        let ts = chrono::DateTime::parse_from_rfc3339("2026-05-01T12:00:00Z").unwrap()
+            + chrono::Duration::minutes(minutes);
+        let mut e = json!({"device": format!("d{d}"), "level": level, "ts": ts.to_rfc3339()});
+        let valid = invalid != 0;
+        if !valid {
+            e["level"] = json!("high");
+        }
+        (e, valid)
+    })
+}
+
 fn steps() -> impl Strategy<Value = Vec<(Step, Vec<bool>)>> {
     let post = prop::collection::vec(event(), 1..25).prop_map(|evs| {
         let (events, valid): (Vec<Value>, Vec<bool>) = evs.into_iter().unzip();
         (Step::Post(events), valid)
     });
+    let alarms = prop::collection::vec(alarm(), 1..20).prop_map(|evs| {
+        let (events, valid): (Vec<Value>, Vec<bool>) = evs.into_iter().unzip();
+        (Step::Alarms(events), valid)
+    });
     let step = prop_oneof![
         6 => post,
+        3 => alarms,
         2 => any::<usize>().prop_map(|i| (Step::Duplicate(i), vec![])),
         2 => Just((Step::BatchRun, vec![])),
     ];
@@ -137,6 +182,28 @@ fn merged_answers_stay_exact_with_the_batch_layer_on_ballista() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::start(dir.path(), 2);
     property(10, Some(&cluster));
+}
+
+/// Post `events` to `stream` in one request; those `valid` must be accepted.
+async fn post(
+    t: &Tributary,
+    stream: &str,
+    events: Vec<Value>,
+    valid: Vec<bool>,
+    accepted: &mut Vec<(String, Value)>,
+) -> Result<(), TestCaseError> {
+    let (status, body) = t.post(stream, &Value::Array(events.clone())).await;
+    let want = valid.iter().filter(|v| **v).count();
+    prop_assert!(status == 200 || status == 400, "{status}: {body}");
+    prop_assert_eq!(body["accepted"].as_u64(), Some(want as u64), "{}", body);
+    accepted.extend(
+        events
+            .into_iter()
+            .zip(valid)
+            .filter(|(_, v)| *v)
+            .map(|(e, _)| (stream.to_string(), e)),
+    );
+    Ok(())
 }
 
 /// Run `cases` cases, each against a fresh `tributary up` (batch runs on `cluster`
@@ -184,47 +251,47 @@ async fn one_case(
     steps: Vec<(Step, Vec<bool>)>,
     on_ballista: bool,
 ) -> Result<(), TestCaseError> {
-    let mut accepted = Vec::<Value>::new();
+    // Accepted events of each stream, as `(stream, event)`.
+    let mut accepted = Vec::<(String, Value)>::new();
     for (step, valid) in steps {
         match step {
-            Step::Post(events) => {
-                let (status, body) = t.post("readings", &Value::Array(events.clone())).await;
-                let want = valid.iter().filter(|v| **v).count();
-                prop_assert!(status == 200 || status == 400, "{status}: {body}");
-                prop_assert_eq!(body["accepted"].as_u64(), Some(want as u64), "{}", body);
-                accepted.extend(
-                    events
-                        .into_iter()
-                        .zip(valid)
-                        .filter(|(_, v)| *v)
-                        .map(|(e, _)| e),
-                );
-            }
+            Step::Post(events) => post(t, "readings", events, valid, &mut accepted).await?,
+            Step::Alarms(events) => post(t, "alarms", events, valid, &mut accepted).await?,
             Step::Duplicate(i) => {
-                if accepted.is_empty() {
+                let readings: Vec<&Value> = accepted
+                    .iter()
+                    .filter(|(s, _)| s == "readings")
+                    .map(|(_, e)| e)
+                    .collect();
+                if readings.is_empty() {
                     continue;
                 }
-                let e = accepted[i % accepted.len()].clone();
+                let e = readings[i % readings.len()].clone();
                 let (status, body) = t.post("readings", &json!([e])).await;
                 prop_assert_eq!(status, 200, "{}", body);
-                accepted.push(e);
+                accepted.push(("readings".into(), e));
             }
             Step::BatchRun => {
+                // Past a segment boundary (1 s here), so that the run's cutoff can fall
+                // above the events so far and later ones pair or merge across it.
+                tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
                 let run = t.run_batch().await;
                 let engine = if on_ballista { "ballista" } else { "local" };
                 prop_assert_eq!(&run["engine"], engine, "{}", run);
             }
         }
     }
-    let n = accepted.len() as u64;
+    let count = |stream: &str| accepted.iter().filter(|(s, _)| s == stream).count() as u64;
+    let (n, alarms) = (count("readings"), count("alarms"));
     t.wait_for("/api/v1/speed/stats", |s| {
         s["streams"]["readings"]["events"].as_u64() == Some(n)
+            && s["streams"]["alarms"]["events"].as_u64() == Some(alarms)
     })
     .await;
     for v in &p.views {
         let (status, answer) = t.get(&format!("/api/v1/views/{}", v.name)).await;
         prop_assert_eq!(status, 200, "{}", answer);
-        let want = reference(p, &v, &accepted).await;
+        let want = reference_streams(p, &v, &accepted).await;
         let got = api_rows(&v, &answer);
         same_rows(&format!("view {} after {n} events", v.name), &got, &want)
             .map_err(TestCaseError::fail)?;

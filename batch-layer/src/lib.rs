@@ -17,6 +17,7 @@ pub mod engine;
 pub mod error;
 mod history;
 mod isolate;
+mod join;
 mod lag;
 pub mod maintenance;
 mod read;

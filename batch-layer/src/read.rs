@@ -120,11 +120,15 @@ fn all_files(master: &DeltaTable) -> deltalake::DeltaResult<Vec<String>> {
         .collect())
 }
 
+fn view_columns(view: &CompiledView) -> Vec<Expr> {
+    view_columns_of(&view.input_schema)
+}
+
 /// A view's input columns (plus `_src`), cast to exactly the speed layer's input
 /// types: Parquet hands strings back as views, and some sketches (approx_distinct) hash
 /// views and strings apart.
-fn view_columns(view: &CompiledView) -> Vec<Expr> {
-    view.input_schema
+pub(crate) fn view_columns_of(input: &datafusion::arrow::datatypes::SchemaRef) -> Vec<Expr> {
+    input
         .fields()
         .iter()
         .filter(|f| f.name() != SOURCE_COLUMN)

@@ -357,10 +357,14 @@ impl Batch {
     }
 
     fn stream_of(&self, view: &CompiledView) -> &StreamSchema {
+        self.stream_named(&view.stream)
+    }
+
+    fn stream_named(&self, name: &str) -> &StreamSchema {
         self.pipeline
             .streams
             .iter()
-            .find(|s| s.name == view.stream)
+            .find(|s| s.name == name)
             .expect("views read declared streams")
     }
 
@@ -398,8 +402,13 @@ impl Batch {
             let step = |what: &str| {
                 progress.stage(&format!("view {}: {what}", view.name), i as u64 + 1, total)
             };
+            // A view joining two streams is complete below the cutoff of both.
+            let stream_cutoff = match view.stream_join() {
+                Some(j) => cutoffs[&view.stream].min(cutoffs[&j.other]),
+                None => cutoffs[&view.stream],
+            };
             let ran = self
-                .run_view(run_id, view, kind, cutoffs[&view.stream], &step, &mut done)
+                .run_view(run_id, view, kind, stream_cutoff, &step, &mut done)
                 .await;
             if let Err(e) = ran {
                 tracing::warn!(run = run_id, view = %view.name, error = %e, "a view of the batch run failed; running the others");
@@ -491,6 +500,24 @@ impl Batch {
     ) -> Result<Option<ViewStates>, BatchError> {
         let stream = self.stream_of(view);
         let cutoff = at.cutoff;
+        if let Some(j) = view.stream_join() {
+            if at.base.as_ref().is_some_and(|b| b.cutoff == cutoff) {
+                step("nothing new");
+                return Ok(None);
+            }
+            step("full (a join of two streams)");
+            let right = self.stream_named(&j.other);
+            let (batches, rows_in, max) =
+                crate::join::partial_join_over_master(&self.storage, stream, right, view, cutoff)
+                    .await?;
+            return Ok(Some(ViewStates {
+                batches,
+                scope: views::Scope::All,
+                rows_in,
+                max_event_ts: max,
+                kind: "full",
+            }));
+        }
         let Some(b) = &at.base else {
             step(&format!("full ({})", at.why_full));
             let (batches, rows_in, max) =

@@ -13,6 +13,11 @@ use tributary_core::pipeline::Pipeline;
 use tributary_core::schema::StreamSchema;
 use tributary_core::shutdown::Shutdown;
 
+use crate::join::master::MasterArchive;
+use crate::join::{JoinState, Side};
+use crate::store::ViewStore;
+use tributary_core::view::{SOURCE_SPEED, tag_source};
+
 use crate::{
     Deduplicator, SPEED_GROUP, SpeedError, SpeedLayer, compact, decode, max_event_time, snapshot,
     states_setting_aside,
@@ -30,7 +35,13 @@ pub async fn run(
     snapshots: Option<std::path::PathBuf>,
     shutdown: Shutdown,
 ) -> Result<(), SpeedError> {
-    let snapshots = snapshots.filter(|_| config.snapshot_interval_ms > 0);
+    // A view joining two streams keeps raw events besides its states; a snapshot holds
+    // states only, so with such a view the layer rebuilds from the batch cutoff.
+    let joins = pipeline.views.iter().any(|v| v.stream_join().is_some());
+    if joins && snapshots.is_some() && config.snapshot_interval_ms > 0 {
+        tracing::info!("a view joins two streams: speed snapshots are not written or resumed");
+    }
+    let snapshots = snapshots.filter(|_| config.snapshot_interval_ms > 0 && !joins);
     let decode_threads = match config.decode_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -51,6 +62,7 @@ pub async fn run(
         reported: Instant::now(),
         snapshotted: Instant::now(),
         events_at_report: HashMap::new(),
+        joins: HashMap::new(),
     };
     if !consumer.start().await? {
         return Ok(());
@@ -92,6 +104,16 @@ struct Read {
     at_end: bool,
 }
 
+/// One `_ingest_ts` bucket of a micro-batch's events of one stream.
+struct Events<'a> {
+    bucket: i64,
+    /// In master layout.
+    batches: &'a [datafusion::arrow::record_batch::RecordBatch],
+    count: u64,
+    /// Newest event time among them.
+    max_event_ts: Option<i64>,
+}
+
 /// What one micro-batch did.
 struct Step {
     events: u64,
@@ -122,6 +144,8 @@ struct Consumer {
     snapshotted: Instant,
     /// Events per stream at the last report, for the rate.
     events_at_report: HashMap<String, u64>,
+    /// Per view joining two streams: the events it keeps for partners to come.
+    joins: HashMap<String, JoinState<MasterArchive>>,
 }
 
 impl Consumer {
@@ -274,16 +298,20 @@ impl Consumer {
     /// read from now on, and everything below is the batch layer's to cover. Until a batch
     /// run's cutoff reaches it the store refuses older cutoffs, so the view answers only
     /// once it is exact.
-    fn sync_views(&self, s: &StreamSchema) {
+    fn sync_views(&mut self, s: &StreamSchema) {
         let wanted = self.pipeline.views_of(&s.name);
         let store = &self.layer.store;
         for held in store.views() {
             let dropped =
-                held.view.stream == s.name && !wanted.iter().any(|v| Arc::ptr_eq(v, &held.view));
+                held.view.reads(&s.name) && !wanted.iter().any(|v| Arc::ptr_eq(v, &held.view));
             if dropped {
                 store.remove(&held.view.name);
             }
         }
+        // Events kept for a join view go with it (and start afresh when it is replaced).
+        let held = store.views();
+        self.joins
+            .retain(|_, j| held.iter().any(|h| Arc::ptr_eq(&h.view, &j.view)));
         let read = self.layer.progress[&s.name]
             .ingest_ts
             .load(Ordering::Acquire);
@@ -346,7 +374,7 @@ impl Consumer {
     /// Each segment bucket's records into every view of the stream: below a view's
     /// cutoff they only count; above, their partial states join the bucket.
     async fn apply(
-        &self,
+        &mut self,
         s: &StreamSchema,
         buckets: std::collections::BTreeMap<i64, Vec<datafusion::arrow::record_batch::RecordBatch>>,
     ) {
@@ -354,7 +382,7 @@ impl Consumer {
         // The stores, not the pipeline: a view created since `sync_views` joins at the
         // next micro-batch, with the cutoff chosen there.
         let mut stores = self.layer.store.views();
-        stores.retain(|store| store.view.stream == s.name);
+        stores.retain(|store| store.view.reads(&s.name));
         for (bucket, batches) in buckets {
             let n: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
             let max_event_ts = batches
@@ -363,6 +391,16 @@ impl Consumer {
                 .max();
             for store in &stores {
                 let view = store.view.clone();
+                if view.stream_join().is_some() {
+                    let events = Events {
+                        bucket,
+                        batches: &batches,
+                        count: n,
+                        max_event_ts,
+                    };
+                    self.apply_join(s, store, events, &view_columns).await;
+                    continue;
+                }
                 if bucket < store.cutoff() {
                     store.add(bucket, vec![], n, None, 0);
                     continue;
@@ -381,6 +419,80 @@ impl Consumer {
                 store.add(bucket, states, n, max_event_ts, late);
             }
         }
+    }
+
+    /// One bucket's events of `s` into a view joining two streams: the pairs they make
+    /// with what the view keeps of the other stream, each into the segment of its
+    /// larger bucket (see `join`). A failure sets the bucket's events aside for this
+    /// view (counted, the error reported); the records stay in the log and master table.
+    async fn apply_join(
+        &mut self,
+        s: &StreamSchema,
+        store: &Arc<ViewStore>,
+        events: Events<'_>,
+        view_columns: &[usize],
+    ) {
+        let view = store.view.clone();
+        let join = view.stream_join().expect("a join view");
+        let (side, input) = match view.stream == s.name {
+            true => (Side::Left, &view.input_schema),
+            false => (Side::Right, &join.other_input_schema),
+        };
+        let state = match self.joins.entry(view.name.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let stream = |name: &str| self.pipeline.stream(name).cloned();
+                let (Some(left), Some(right)) = (stream(&view.stream), stream(&join.other)) else {
+                    return;
+                };
+                let streams = [
+                    (left, view.input_schema.clone()),
+                    (right, join.other_input_schema.clone()),
+                ];
+                let archive = MasterArchive::new(self.layer.master.clone(), streams);
+                e.insert(JoinState::new(view.clone(), archive))
+            }
+        };
+        let rows: Result<Vec<_>, tributary_core::CoreError> = events
+            .batches
+            .iter()
+            .map(|b| tag_source(&b.project(view_columns)?, SOURCE_SPEED, input))
+            .collect();
+        let cutoff = store.cutoff();
+        let applied = match rows {
+            Ok(rows) => state.apply(side, events.bucket, rows, cutoff).await,
+            Err(e) => Err(e),
+        };
+        let pairs = match applied {
+            Ok(pairs) => pairs,
+            Err(e) => {
+                tracing::warn!(view = %view.name, error = %e, "a join view could not pair a micro-batch's events");
+                store.quarantine(events.count, events.count, e.to_string());
+                return;
+            }
+        };
+        store.processed_cleanly();
+        let (late, max_event_ts) = match side {
+            // The view's windows are of its own stream's event time.
+            Side::Left => {
+                let watermark = store.watermark();
+                let late = events
+                    .batches
+                    .iter()
+                    .map(|b| view.count_late(b, watermark))
+                    .sum();
+                (late, events.max_event_ts)
+            }
+            Side::Right => (0, None),
+        };
+        let mut own = Vec::new();
+        for (bucket, states) in pairs {
+            match bucket == events.bucket {
+                true => own.extend(states),
+                false => store.add(bucket, states, 0, None, 0),
+            }
+        }
+        store.add(events.bucket, own, events.count, max_event_ts, late);
     }
 
     /// Every partition's read of a round of micro-batches reached the end of what the

@@ -13,6 +13,7 @@ mod consume;
 pub mod decode;
 pub mod dedup;
 pub mod follow;
+mod join;
 pub mod remote;
 pub mod server;
 pub mod sharded;
@@ -180,6 +181,10 @@ pub struct SpeedLayer {
     dead_letters: Option<DeadLetterSink>,
     /// The partitions of every stream this process holds (`speed.shard`).
     shard: Shard,
+    /// Where the master tables are: a view joining two streams finds the partners of
+    /// a new event below the batch cutoff there (none: such partners are not looked
+    /// up, which only a layer that never learns of a cutoff may do, as in benches).
+    master: Option<tributary_core::storage::Storage>,
     /// Random per start: added to the store's generations where other processes see
     /// them, so a restarted process (whose generations start again) never matches a
     /// generation a serving process kept from before.
@@ -203,6 +208,7 @@ impl SpeedLayer {
             restored: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             dead_letters: None,
             shard: config.shard,
+            master: None,
             instance: {
                 use std::hash::{BuildHasher, Hasher};
                 std::collections::hash_map::RandomState::new()
@@ -250,6 +256,13 @@ impl SpeedLayer {
     /// partition and offset), besides counting them.
     pub fn with_dead_letters(mut self, sink: DeadLetterSink) -> Self {
         self.dead_letters = Some(sink);
+        self
+    }
+
+    /// Read the master tables under `storage` for the partners of joined events below
+    /// the batch cutoff.
+    pub fn with_master(mut self, storage: tributary_core::storage::Storage) -> Self {
+        self.master = Some(storage);
         self
     }
 
@@ -386,7 +399,7 @@ async fn states_setting_aside(
 /// (still exact, only bigger) rather than stopping the layer.
 async fn compact(layer: &SpeedLayer, stream: &str) {
     for store in layer.store.views() {
-        if store.view.stream != stream {
+        if !store.view.reads(stream) {
             continue;
         }
         let view = store.view.clone();

@@ -39,9 +39,72 @@ pub async fn reference(pipeline: &Pipeline, view: &CompiledView, events: &[Value
     let max_event_ts = max_ts(&input, &view.event_time);
     let input = tag_source(&input, SOURCE_BATCH, &view.input_schema).unwrap();
     let out = view.run_reference(vec![input]).await.unwrap();
-    let watermark = view.watermark(max_event_ts);
+    rows_of(view, &out, view.watermark(max_event_ts))
+}
+
+/// The view's answer over events of several streams (`(stream, event)`, those the
+/// streams accept): a view joining two streams joins them in one pass.
+pub async fn reference_streams(
+    pipeline: &Pipeline,
+    view: &CompiledView,
+    events: &[(String, Value)],
+) -> Vec<Row> {
+    let of = |name: &str| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|(s, _)| s == name)
+            .map(|(_, e)| e.clone())
+            .collect()
+    };
+    let Some(join) = view.stream_join() else {
+        return reference(pipeline, view, &of(&view.stream)).await;
+    };
+    let input = |name: &str, schema| {
+        let stream = pipeline.stream(name).unwrap();
+        let mut decoder = BatchDecoder::new(stream, false);
+        for (i, e) in of(name).iter().enumerate() {
+            let at = LogPosition {
+                partition: 0,
+                offset: i as u64,
+                ingest_ts: 1,
+            };
+            let _ = decoder.push(e, at);
+        }
+        tag_source(&decoder.flush().unwrap(), SOURCE_BATCH, schema).unwrap()
+    };
+    let left = input(&view.stream, &view.input_schema);
+    let right = input(&join.other, &join.other_input_schema);
+    let max_event_ts = max_ts(&left, &view.event_time);
+    let out = view
+        .run_reference_streams(vec![left], vec![right])
+        .await
+        .unwrap();
+    rows_of(view, &out, view.watermark(max_event_ts))
+}
+
+/// Late events of a view over events of several streams: a view's windows are of its
+/// own stream's event time, so only that stream's events count (see `late_events`).
+pub fn late_events_streams(
+    pipeline: &Pipeline,
+    view: &CompiledView,
+    events: &[(String, Value)],
+) -> u64 {
+    let own: Vec<Value> = events
+        .iter()
+        .filter(|(s, _)| *s == view.stream)
+        .map(|(_, e)| e.clone())
+        .collect();
+    late_events(pipeline, view, &own)
+}
+
+/// Final rows as API rows (`complete` against `watermark`), in reference order.
+fn rows_of(
+    view: &CompiledView,
+    out: &[datafusion::arrow::array::RecordBatch],
+    watermark: Option<i64>,
+) -> Vec<Row> {
     let mut rows = Vec::new();
-    for b in &out {
+    for b in out {
         for (i, end) in view.row_ends(b).into_iter().enumerate() {
             let mut row = Row::new();
             for (c, f) in b.columns().iter().zip(b.schema().fields()) {

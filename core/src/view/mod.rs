@@ -24,11 +24,11 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::MemTable;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::source::DataSourceExec;
-use datafusion::execution::{SessionStateBuilder, TaskContext};
+use datafusion::execution::TaskContext;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, collect};
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::SessionContext;
 
 use crate::config::ViewConfig;
 use crate::dimension::{DIMENSION_KEY, DimensionTable};
@@ -74,6 +74,8 @@ pub struct CompiledView {
     pub window_state: Option<usize>,
     /// A session view's layout of its states, for coalescing (`None`: fixed windows).
     pub session: Option<SessionLayout>,
+    /// A view joining two streams: the other stream and the join's time bound.
+    join: Option<StreamJoin>,
     /// Schema of the final rows, `_src` last.
     pub output_schema: SchemaRef,
     /// Input the partial plan reads: the stream's view schema plus `_src`.
@@ -84,64 +86,6 @@ pub struct CompiledView {
     /// The partial side, planned once; each micro-batch only swaps its data source in.
     partial_template: Arc<dyn ExecutionPlan>,
     task_ctx: Arc<TaskContext>,
-}
-
-/// A DataFusion session that keeps the partial and final phases apart.
-pub fn session() -> SessionContext {
-    let config = SessionConfig::new()
-        .with_target_partitions(1)
-        .with_information_schema(false);
-    let state = SessionStateBuilder::new()
-        .with_config(config)
-        .with_runtime_env(crate::cloud::runtime())
-        .with_default_features()
-        .with_physical_optimizer_rules(vec![])
-        .build();
-    let ctx = SessionContext::new_with_state(state);
-    register_udfs(&ctx);
-    ctx
-}
-
-/// A session for the batch layer's big scans: DataFusion's physical optimizer on (the
-/// scan is split over every core), except the rules that would fuse the partial and
-/// final phases or answer an aggregate from statistics. Partial aggregation is never
-/// skipped: states of single rows would only move the work into [`CompiledView::reduce`].
-pub fn parallel_session() -> SessionContext {
-    parallel_session_with(None)
-}
-
-/// [`parallel_session`] with the scan split into `partitions` (default: one per core).
-pub fn parallel_session_with(partitions: Option<usize>) -> SessionContext {
-    let mut config = SessionConfig::new().with_information_schema(false);
-    if let Some(n) = partitions {
-        config = config.with_target_partitions(n.max(1));
-    }
-    config
-        .options_mut()
-        .execution
-        .skip_partial_aggregation_probe_rows_threshold = usize::MAX;
-    let state = SessionStateBuilder::new()
-        .with_config(config)
-        .with_runtime_env(crate::cloud::runtime())
-        .with_default_features()
-        .build();
-    let rules = state
-        .physical_optimizers()
-        .iter()
-        .filter(|r| {
-            !matches!(
-                r.name(),
-                "CombinePartialFinalAggregate" | "aggregate_statistics"
-            )
-        })
-        .cloned()
-        .collect();
-    let state = SessionStateBuilder::new_from_existing(state)
-        .with_physical_optimizer_rules(rules)
-        .build();
-    let ctx = SessionContext::new_with_state(state);
-    register_udfs(&ctx);
-    ctx
 }
 
 impl CompiledView {
@@ -163,17 +107,12 @@ impl CompiledView {
         };
         // Before anything recursive parses or plans it (see sql_limits).
         crate::sql_limits::check_view(&cfg.sql).map_err(err)?;
-        let rewritten = rewrite(&cfg.sql).map_err(err)?;
+        let names: Vec<&str> = streams.iter().map(|s| s.name.as_str()).collect();
+        let rewritten = rewrite(&cfg.sql, &names).map_err(err)?;
         let exec_sql = rewritten.exec;
 
-        let ctx = session();
-        for s in streams {
-            let schema = input_schema(s);
-            let table = MemTable::try_new(schema, vec![vec![]])?;
-            ctx.register_table(s.name.as_str(), Arc::new(table))?;
-        }
-        register_tables(&ctx, tables)?;
-        let logical = match ctx.state().create_logical_plan(&exec_sql).await {
+        let mut ctx = compile_session(streams, tables, &[])?;
+        let mut logical = match ctx.state().create_logical_plan(&exec_sql).await {
             Ok(plan) => plan,
             Err(e) => {
                 let text = strip_df(&e);
@@ -185,6 +124,12 @@ impl CompiledView {
             }
         };
         let shape = check_shape(&logical, streams, tables).map_err(err)?;
+        if let Some(j) = &shape.join {
+            // Planned again with each stream's scan named, so that each layer can feed
+            // each scan its own rows.
+            ctx = compile_session(streams, tables, &[&shape.stream, &j.other])?;
+            logical = ctx.state().create_logical_plan(&exec_sql).await?;
+        }
         let physical = ctx
             .state()
             .create_physical_plan(&logical)
@@ -202,6 +147,17 @@ impl CompiledView {
             Some(s) => Some(session_layout(s, &partial, shape.window_spec.size_us).map_err(err)?),
             None => None,
         };
+        let join = shape.join.as_ref().map(|j| {
+            let other = streams.iter().find(|s| s.name == j.other);
+            let other = other.expect("check_shape found the stream");
+            StreamJoin {
+                other: j.other.clone(),
+                other_event_time: other.event_time.clone(),
+                other_input_schema: input_schema(other),
+                lower_us: j.lower_us,
+                upper_us: j.upper_us,
+            }
+        });
         Ok(CompiledView {
             name: cfg.name.clone(),
             sql: cfg.sql.clone(),
@@ -218,6 +174,7 @@ impl CompiledView {
             partial_schema: partial.schema(),
             window_state,
             session,
+            join,
             output_schema: physical.schema(),
             input_schema: input_schema(stream),
             final_template: physical,
@@ -252,6 +209,19 @@ impl CompiledView {
         source: Arc<dyn TableProvider>,
         partitions: Option<usize>,
     ) -> Result<(Arc<dyn ExecutionPlan>, Arc<TaskContext>)> {
+        if self.join.is_some() {
+            return Err(self.not_for_joins());
+        }
+        self.plan_partial_over(&[(&self.stream, source)], partitions)
+            .await
+    }
+
+    /// The partial side over one table per stream the view reads.
+    async fn plan_partial_over(
+        &self,
+        sources: &[(&str, Arc<dyn TableProvider>)],
+        partitions: Option<usize>,
+    ) -> Result<(Arc<dyn ExecutionPlan>, Arc<TaskContext>)> {
         let ctx = parallel_session_with(partitions);
         if partitions.is_some() {
             ctx.state_ref()
@@ -261,7 +231,9 @@ impl CompiledView {
                 .optimizer
                 .enable_join_dynamic_filter_pushdown = false;
         }
-        ctx.register_table(self.stream.as_str(), source)?;
+        for (name, source) in sources {
+            ctx.register_table(*name, source.clone())?;
+        }
         register_tables(&ctx, &self.tables)?;
         let logical = ctx.state().create_logical_plan(&self.exec_sql).await?;
         let physical = ctx.state().create_physical_plan(&logical).await?;
@@ -293,6 +265,9 @@ impl CompiledView {
     /// not made again: the compiled one gets these batches as its scan, so a small
     /// micro-batch costs execution only.
     pub async fn run_partial_batches(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        if self.join.is_some() {
+            return Err(self.not_for_joins());
+        }
         let mut batches = Some(batches);
         let input = self.input_schema.clone();
         let plan = self
@@ -495,22 +470,6 @@ fn session_layout(
     })
 }
 
-/// Register Tributary's window functions (`tributary_hop`, `tributary_session`).
-fn register_udfs(ctx: &SessionContext) {
-    for udf in crate::window::udfs() {
-        ctx.register_udf(udf);
-    }
-}
-
-/// Register each dimension table's current rows under its name.
-fn register_tables(ctx: &SessionContext, tables: &[Arc<DimensionTable>]) -> Result<()> {
-    for t in tables {
-        let rows = MemTable::try_new(t.schema.clone(), vec![t.batches().as_ref().clone()])?;
-        ctx.register_table(t.name.as_str(), Arc::new(rows))?;
-    }
-    Ok(())
-}
-
 /// Cast batches positionally to `schema` (same column count required).
 pub fn conform_to(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
     batches
@@ -562,19 +521,26 @@ fn strip_df(e: &datafusion::error::DataFusionError) -> String {
 
 pub mod append;
 mod physical;
+mod planning;
 mod rewrite;
 mod session;
 mod shape;
 mod source;
+mod stream_join;
 
 use physical::{find_partial, is_partial, output_source};
+use planning::{compile_session, register_tables, register_udfs};
+pub use planning::{parallel_session, parallel_session_with, session};
 use rewrite::rewrite;
 pub use session::SessionLayout;
 use shape::{check_shape, unplanned};
 pub use source::{
     Layer, Origin, SOURCE_BATCH, SOURCE_COLUMN, SOURCE_SPEED, input_schema, tag_source,
 };
+pub use stream_join::StreamJoin;
 
+#[cfg(test)]
+mod join_tests;
 #[cfg(test)]
 mod refusal_tests;
 #[cfg(test)]

@@ -34,7 +34,7 @@ pub(super) struct SessionCall {
 /// Parse the view's SQL, check it is one plain SELECT, add `bit_or(_src) AS _src`, turn
 /// a `hop(…)` window into a column of the stream unnested per window and a `session(…)`
 /// window into `tributary_session` (plus `session_end` and the one-pass reference).
-pub(super) fn rewrite(sql: &str) -> std::result::Result<Rewritten, String> {
+pub(super) fn rewrite(sql: &str, streams: &[&str]) -> std::result::Result<Rewritten, String> {
     let dialect = GenericDialect {};
     let mut statements =
         Parser::parse_sql(&dialect, sql).map_err(|e| format!("SQL does not parse: {e}"))?;
@@ -95,7 +95,8 @@ pub(super) fn rewrite(sql: &str) -> std::result::Result<Rewritten, String> {
         }
         select.projection.push(session_end(call));
     }
-    select.projection.push(source_item());
+    let qualifier = joined_stream_qualifier(select, streams);
+    select.projection.push(source_item(qualifier.as_deref()));
     let reference = match session {
         Some(call) => Some(super::session::reference_sql(original, &call)?),
         None => None,
@@ -125,13 +126,40 @@ fn refuse_source_column(dialect: &GenericDialect, sql: &str) -> std::result::Res
     Ok(())
 }
 
-/// `bit_or(_src) AS _src`: which layers a row's states came from.
-pub(super) fn source_item() -> SelectItem {
-    first_select(&format!(
-        "SELECT bit_or({SOURCE_COLUMN}) AS {SOURCE_COLUMN}"
-    ))
-    .projection[0]
-        .clone()
+/// `bit_or(_src) AS _src`: which layers a row's states came from. In a join of two
+/// streams both have `_src` (the same tag: a layer reads both sides), so it is read
+/// from the left one, named by `qualifier`.
+pub(super) fn source_item(qualifier: Option<&str>) -> SelectItem {
+    let column = match qualifier {
+        Some(q) => format!("{q}.{SOURCE_COLUMN}"),
+        None => SOURCE_COLUMN.to_string(),
+    };
+    first_select(&format!("SELECT bit_or({column}) AS {SOURCE_COLUMN}")).projection[0].clone()
+}
+
+/// The name the query gives its first relation, when a stream is joined to it (the
+/// hidden `_src` is then in both sides).
+fn joined_stream_qualifier(select: &Select, streams: &[&str]) -> Option<String> {
+    let [from] = select.from.as_slice() else {
+        return None;
+    };
+    let joins_a_stream = from.joins.iter().any(|j| {
+        matches!(&j.relation, TableFactor::Table { name, .. }
+            if streams.iter().any(|s| name.to_string().eq_ignore_ascii_case(s)))
+    });
+    if !joins_a_stream {
+        return None;
+    }
+    match &from.relation {
+        TableFactor::Table { name, alias, .. } => Some(
+            alias
+                .as_ref()
+                .map(|a| a.name.to_string())
+                .unwrap_or_else(|| name.to_string()),
+        ),
+        TableFactor::Derived { alias, .. } => alias.as_ref().map(|a| a.name.to_string()),
+        _ => None,
+    }
 }
 
 /// `max(ts) + gap AS session_end`: a session ends a gap after its last event.

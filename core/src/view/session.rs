@@ -114,7 +114,7 @@ pub(super) fn reference_sql(
     );
     select.from = first_select(&derived).from;
     select.projection.push(session_end(call));
-    select.projection.push(source_item());
+    select.projection.push(source_item(None));
     let _ = visit_expressions_mut(&mut query, |e| {
         if is_session(e) {
             *e = SqlExpr::Identifier(Ident::new("__session_start"));

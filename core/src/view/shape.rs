@@ -8,6 +8,7 @@ use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, Projection};
 
 use super::SOURCE_COLUMN;
+use super::stream_join::{JoinShape, stream_join};
 use crate::dimension::DimensionTable;
 use crate::schema::StreamSchema;
 use crate::window::{
@@ -55,6 +56,8 @@ pub(super) struct Shape {
     /// Session views: the group column of the window and the index (among the
     /// aggregate's expressions) of the `max(ts)` that gives a session's last event.
     pub(super) session: Option<SessionShape>,
+    /// A view joining two streams: the other one and the time bound.
+    pub(super) join: Option<super::stream_join::JoinShape>,
 }
 
 pub(super) struct SessionShape {
@@ -84,7 +87,7 @@ pub(super) fn check_shape(
         return Err(format!("unsupported query shape: {}", plan.display()));
     };
     check_deterministic(plan)?;
-    let (aggregate, stream_name) = aggregate_of(projection, tables)?;
+    let (aggregate, stream_name, join) = aggregate_of(projection, streams, tables)?;
     let stream = streams
         .iter()
         .find(|s| s.name == stream_name)
@@ -105,6 +108,7 @@ pub(super) fn check_shape(
         window_spec,
         values,
         session,
+        join,
     })
 }
 
@@ -176,12 +180,15 @@ fn session_shape(
     })
 }
 
-/// The aggregate under the projection (through HAVING filters), and the stream below
-/// it (through filters, projections, the hop window's unnest and dimension joins).
+/// The aggregate under the projection (through HAVING filters), the stream below it
+/// (through filters, projections, the hop window's unnest and joins: with dimension
+/// tables, or with a second stream, which is then returned too).
+#[allow(clippy::type_complexity)]
 fn aggregate_of<'a>(
     projection: &'a Projection,
+    streams: &[StreamSchema],
     tables: &[Arc<DimensionTable>],
-) -> std::result::Result<(&'a Aggregate, String), String> {
+) -> std::result::Result<(&'a Aggregate, String, Option<JoinShape>), String> {
     let mut node = projection.input.as_ref();
     let aggregate = loop {
         match node {
@@ -191,6 +198,7 @@ fn aggregate_of<'a>(
         }
     };
     let mut node = aggregate.input.as_ref();
+    let (mut join, mut dimensions) = (None, 0);
     let stream = loop {
         match node {
             LogicalPlan::Filter(f) => node = f.input.as_ref(),
@@ -199,14 +207,27 @@ fn aggregate_of<'a>(
             // Only the one a hop(…) window is rewritten into.
             LogicalPlan::Unnest(u) => node = u.input.as_ref(),
             LogicalPlan::Join(j) => {
-                check_join(j, tables)?;
+                match stream_join(j, streams)? {
+                    Some(shape) if join.is_none() => join = Some(shape),
+                    Some(_) => return Err("a view joins at most two streams".into()),
+                    None => {
+                        check_join(j, tables)?;
+                        dimensions += 1;
+                    }
+                }
                 node = j.left.as_ref();
             }
             LogicalPlan::TableScan(scan) => break scan.table_name.table().to_string(),
             other => return Err(unsupported(other)),
         }
     };
-    Ok((aggregate, stream))
+    if join.is_some() && dimensions > 0 {
+        return Err(
+            "a view that joins two streams cannot join a dimension table too (not supported yet)"
+                .into(),
+        );
+    }
+    Ok((aggregate, stream, join))
 }
 
 /// The one group expression that is an event-time window: its index and its widths.

@@ -1,0 +1,108 @@
+//! The DataFusion sessions views are planned and run in: one that keeps the partial
+//! and final phases apart, one for the batch layer's big scans, and the one a view is
+//! compiled in (every stream and dimension table registered).
+
+use std::sync::Arc;
+
+use datafusion::datasource::MemTable;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use super::input_schema;
+use crate::dimension::DimensionTable;
+use crate::error::Result;
+use crate::schema::StreamSchema;
+
+/// A DataFusion session that keeps the partial and final phases apart.
+pub fn session() -> SessionContext {
+    let config = SessionConfig::new()
+        .with_target_partitions(1)
+        .with_information_schema(false);
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(crate::cloud::runtime())
+        .with_default_features()
+        .with_physical_optimizer_rules(vec![])
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    register_udfs(&ctx);
+    ctx
+}
+
+/// A session for the batch layer's big scans: DataFusion's physical optimizer on (the
+/// scan is split over every core), except the rules that would fuse the partial and
+/// final phases or answer an aggregate from statistics. Partial aggregation is never
+/// skipped: states of single rows would only move the work into [`CompiledView::reduce`].
+pub fn parallel_session() -> SessionContext {
+    parallel_session_with(None)
+}
+
+/// [`parallel_session`] with the scan split into `partitions` (default: one per core).
+pub fn parallel_session_with(partitions: Option<usize>) -> SessionContext {
+    let mut config = SessionConfig::new().with_information_schema(false);
+    if let Some(n) = partitions {
+        config = config.with_target_partitions(n.max(1));
+    }
+    config
+        .options_mut()
+        .execution
+        .skip_partial_aggregation_probe_rows_threshold = usize::MAX;
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(crate::cloud::runtime())
+        .with_default_features()
+        .build();
+    let rules = state
+        .physical_optimizers()
+        .iter()
+        .filter(|r| {
+            !matches!(
+                r.name(),
+                "CombinePartialFinalAggregate" | "aggregate_statistics"
+            )
+        })
+        .cloned()
+        .collect();
+    let state = SessionStateBuilder::new_from_existing(state)
+        .with_physical_optimizer_rules(rules)
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    register_udfs(&ctx);
+    ctx
+}
+
+/// A session to compile in: every stream as an empty table of its input schema (those
+/// in `keyed` with their scans named, see [`super::stream_join::STREAM_KEY`]), and the tables.
+pub(super) fn compile_session(
+    streams: &[StreamSchema],
+    tables: &[Arc<DimensionTable>],
+    keyed: &[&str],
+) -> Result<SessionContext> {
+    let ctx = session();
+    for s in streams {
+        let mut schema = input_schema(s);
+        if keyed.contains(&s.name.as_str()) {
+            schema = super::stream_join::keyed_schema(&schema, &s.name);
+        }
+        let table = MemTable::try_new(schema, vec![vec![]])?;
+        ctx.register_table(s.name.as_str(), Arc::new(table))?;
+    }
+    register_tables(&ctx, tables)?;
+    Ok(ctx)
+}
+
+/// Register Tributary's window functions (`tributary_hop`, `tributary_session`).
+pub(super) fn register_udfs(ctx: &SessionContext) {
+    for udf in crate::window::udfs() {
+        ctx.register_udf(udf);
+    }
+}
+
+/// Register each dimension table's current rows under its name.
+pub(super) fn register_tables(ctx: &SessionContext, tables: &[Arc<DimensionTable>]) -> Result<()> {
+    for t in tables {
+        let rows = MemTable::try_new(t.schema.clone(), vec![t.batches().as_ref().clone()])?;
+        ctx.register_table(t.name.as_str(), Arc::new(rows))?;
+    }
+    Ok(())
+}
