@@ -1,6 +1,7 @@
 //! `tributary bench speed`: the speed layer from JSON records in the log to updated
-//! states, for the IoT view (tumbling windows) and a session view over the same
-//! readings, each with DuckDB over the same records as the reference.
+//! states, for the IoT view (tumbling windows), a session view over the same readings
+//! and a view joining the readings with a second stream (alerts), each with DuckDB over
+//! the same records as the reference.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,16 +28,37 @@ pub struct Args {
     /// Worker threads, and threads that decode partitions at once.
     pub threads: usize,
     pub python: Option<PathBuf>,
-    /// Which workloads to run: `iot`, `sessions`.
+    /// Which workloads to run: `iot`, `sessions`, `join`.
     pub views: Vec<String>,
 }
+
+/// The second stream of the `join` workload: an alert per device about every ten
+/// minutes of the readings' hour.
+const ALERTS: &str = r#"
+[[streams]]
+name = "alerts"
+event-time = "ts"
+key = "device"
+partitions = 2
+fields = [
+  { name = "device", type = "string" },
+  { name = "level", type = "int64" },
+  { name = "ts", type = "timestamp" },
+]
+"#;
+
+/// The alerts' JSON columns as DuckDB reads them.
+const DUCKDB_ALERTS: &str = "read_json('{path}', format='newline_delimited', \
+    columns={'device':'VARCHAR','level':'BIGINT','ts':'BIGINT'})";
 
 /// One view measured by the bench: Tributary's SQL and DuckDB's over the same NDJSON.
 struct Workload {
     name: &'static str,
     sql: &'static str,
-    /// `{json}` stands for DuckDB's read of the records.
+    /// `{json}` stands for DuckDB's read of the records, `{alerts}` for the alerts'.
     duckdb: &'static str,
+    /// Whether the view reads the alerts too.
+    alerts: bool,
 }
 
 /// The bench's JSON columns as DuckDB reads them.
@@ -49,6 +71,7 @@ const WORKLOADS: &[Workload] = &[
         sql: "",
         duckdb: "SELECT device_type, time_bucket(INTERVAL '10 minutes', epoch_ms(ts)) AS w, \
             avg(signal), max(signal), count(*) FROM {json} WHERE signal > 15 GROUP BY ALL",
+        alerts: false,
     },
     // Per device, sessions of readings at most 5 s apart (a reading every 1.8 s per
     // device on average: about one in sixteen starts a session).
@@ -64,8 +87,38 @@ const WORKLOADS: &[Workload] = &[
               ROWS UNBOUNDED PRECEDING) AS sid FROM s) \
             SELECT device, min(t), max(t) + INTERVAL 5 SECOND, count(*), avg(signal), \
               max(signal) FROM g GROUP BY device, sid",
+        alerts: false,
+    },
+    // Per device type and 10 minutes, the readings within a minute of an alert of their
+    // device (about 67 readings per alert).
+    Workload {
+        name: "join",
+        sql: "SELECT r.device_type, date_bin(INTERVAL '10 minutes', r.ts) AS window_start, \
+            count(*) AS near_alerts, avg(r.signal) AS avg_signal, max(a.level) AS top_level \
+            FROM readings r JOIN alerts a ON r.device = a.device \
+            AND a.ts BETWEEN r.ts - INTERVAL '1 minute' AND r.ts + INTERVAL '1 minute' \
+            GROUP BY r.device_type, window_start",
+        duckdb: "SELECT r.device_type, time_bucket(INTERVAL '10 minutes', epoch_ms(r.ts)) AS w, \
+            count(*), avg(r.signal), max(a.level) FROM {json} r JOIN {alerts} a \
+            ON r.device = a.device AND a.ts BETWEEN r.ts - 60000 AND r.ts + 60000 \
+            GROUP BY ALL",
+        alerts: true,
     },
 ];
+
+/// One alert per device every ten minutes of the readings' hour (at a random second).
+fn alerts(devices: u32) -> Vec<Vec<u8>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let start = 1_767_225_600_000i64; // 2026-01-01T00:00:00Z
+    (0..6)
+        .flat_map(|slot| (0..devices).map(move |d| (slot, d)))
+        .map(|(slot, d)| {
+            let ts = start + slot * 600_000 + rng.random_range(0..600_000);
+            let level = rng.random_range(1..5);
+            format!("{{\"device\":\"dev-{d:04}\",\"level\":{level},\"ts\":{ts}}}").into_bytes()
+        })
+        .collect()
+}
 
 fn records(n: usize, devices: u32) -> Vec<Vec<u8>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -104,6 +157,9 @@ pub async fn iot_pipeline() -> anyhow::Result<(config::Config, Pipeline, StreamS
 /// `iot`).
 async fn workload_pipeline(w: &Workload) -> anyhow::Result<Pipeline> {
     let (mut cfg, _) = config::load(None)?;
+    if w.alerts {
+        cfg.streams.extend(config::from_toml_str(ALERTS)?.streams);
+    }
     if !w.sql.is_empty() {
         cfg.views = vec![config::ViewConfig {
             name: w.name.into(),
@@ -129,14 +185,21 @@ pub async fn speed(args: Args) -> anyhow::Result<()> {
         args.batch
     );
 
-    // Load the log (not timed).
+    // Load the log (not timed): the readings, and the alerts the join reads beside them.
+    let alerts = alerts(args.devices);
     let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(
         &dir.path().join("log"),
-        &[(stream.name.clone(), stream.partitions)],
+        &[
+            (stream.name.clone(), stream.partitions),
+            ("alerts".into(), 2),
+        ],
     )?);
     for (i, chunk) in data.chunks(10_000).enumerate() {
         log.append(&stream.name, i as u32 % stream.partitions, chunk.to_vec())
             .await?;
+    }
+    for (i, chunk) in alerts.chunks(10_000).enumerate() {
+        log.append("alerts", i as u32 % 2, chunk.to_vec()).await?;
     }
 
     let python = args
@@ -145,27 +208,37 @@ pub async fn speed(args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python")));
     let ndjson = dir.path().join("events.ndjson");
     std::fs::write(&ndjson, data.join(&b'\n'))?;
+    let alerts_ndjson = dir.path().join("alerts.ndjson");
+    std::fs::write(&alerts_ndjson, alerts.join(&b'\n'))?;
     for name in &args.views {
         let Some(w) = WORKLOADS.iter().find(|w| w.name == name) else {
-            bail!("no workload `{name}` (there are: iot, sessions)");
+            bail!("no workload `{name}` (there are: iot, sessions, join)");
         };
         let pipeline = workload_pipeline(w).await?;
         let view = pipeline.views.snapshot()[0].clone();
-        println!("\n{} view `{}`:", w.name, view.name);
-        let (read_s, decode_s, partial_s) = stages(&log, &stream, &view, &data, args.batch).await?;
-        let (speed_s, state_rows) = end_to_end(&pipeline, log.clone(), &args).await?;
-        let rate = |s: f64| args.events as f64 / s;
+        let events = args.events + if w.alerts { alerts.len() } else { 0 };
+        println!("\n{} view `{}` ({events} events):", w.name, view.name);
+        let (speed_s, state_rows) = end_to_end(&pipeline, log.clone(), &args, events).await?;
+        let rate = |s: f64| events as f64 / s;
         println!(
             "speed layer, log → states: {:.0} events/s ({speed_s:.2} s, {state_rows} state rows)",
             rate(speed_s)
         );
-        println!(
-            "  stages alone: log read {:.0}/s, JSON → Arrow {:.0}/s, partial plan {:.0}/s",
-            rate(read_s),
-            rate(decode_s),
-            rate(partial_s)
+        if !w.alerts {
+            let (read_s, decode_s, partial_s) =
+                stages(&log, &stream, &view, &data, args.batch).await?;
+            println!(
+                "  stages alone: log read {:.0}/s, JSON → Arrow {:.0}/s, partial plan {:.0}/s",
+                rate(read_s),
+                rate(decode_s),
+                rate(partial_s)
+            );
+        }
+        let sql = w.duckdb.replace(
+            "{alerts}",
+            &DUCKDB_ALERTS.replace("{path}", &alerts_ndjson.display().to_string()),
         );
-        match duckdb(&python, &ndjson, w.duckdb) {
+        match duckdb(&python, &ndjson, &sql) {
             Ok((s, rows)) => println!(
                 "DuckDB, same NDJSON, one batch: {:.0} events/s ({s:.2} s, {rows} rows); Tributary/DuckDB = {:.2}",
                 rate(s),
@@ -238,6 +311,7 @@ async fn end_to_end(
     pipeline: &Pipeline,
     log: Arc<dyn EventLog>,
     args: &Args,
+    events: usize,
 ) -> anyhow::Result<(f64, usize)> {
     let config = SpeedConfig {
         max_batch_records: args.batch,
@@ -247,7 +321,7 @@ async fn end_to_end(
     let started = Instant::now();
     let run = SpeedRun::start(pipeline, log, config);
     let layer = run.layer.clone();
-    run.wait_for(args.events as u64).await?;
+    run.wait_for(events as u64).await?;
     let speed_s = started.elapsed().as_secs_f64();
     let state_rows: usize = layer.stats().views.iter().map(|v| v.state_rows).sum();
     Ok((speed_s, state_rows))

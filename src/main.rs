@@ -147,8 +147,9 @@ enum BenchTarget {
         /// Python with `duckdb` installed (default: ./.venv/bin/python).
         #[arg(long)]
         python: Option<PathBuf>,
-        /// Views to measure, comma-separated: `iot` (tumbling windows), `sessions`.
-        #[arg(long, value_delimiter = ',', default_value = "iot,sessions")]
+        /// Views to measure, comma-separated: `iot` (tumbling windows), `sessions`, `join`
+        /// (the readings joined with a second stream of alerts).
+        #[arg(long, value_delimiter = ',', default_value = "iot,sessions,join")]
         views: Vec<String>,
     },
     /// View-query latency and freshness against a running Tributary, while ingesting.
