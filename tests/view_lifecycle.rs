@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::views::{api_rows, pipeline, reference, same_rows};
+use common::views::{api_rows, pipeline, reference, reference_streams, same_rows};
 use common::{IOT_STREAM, Tributary};
 use serde_json::{Value, json};
 
@@ -285,24 +285,70 @@ async fn a_view_changed_in_the_file_is_recomputed_before_it_answers() {
 
 const CLICKS: &str = "[[streams]]\nname = \"clicks\"\nevent-time = \"ts\"\nfields = [{ name = \"user\", type = \"string\" }, { name = \"ts\", type = \"timestamp\" }]\n";
 
-/// A view joining two streams looks a new event's older partners up below a batch
-/// cutoff, which a view made at runtime does not have yet: it is declared in the file.
-#[tokio::test]
-async fn a_view_joining_two_streams_is_refused_at_runtime_with_why() {
+/// Clicks of the readings' devices, two minutes apart.
+fn clicks(from: usize, n: usize) -> Vec<Value> {
+    (from..from + n)
+        .map(|i| {
+            let minute = i * 2;
+            json!({
+                "user": format!("d{}", i % 7),
+                "ts": format!("2026-01-01T{:02}:{:02}:30Z", (minute / 60) % 24, minute % 60),
+            })
+        })
+        .collect()
+}
+
+const JOINED: &str = "SELECT r.device_type, date_bin(INTERVAL '1 hour', r.ts) AS window_start, \
+                      count(*) AS n, sum(r.signal) AS total FROM readings r JOIN clicks c \
+                      ON r.device = c.user AND c.ts BETWEEN r.ts - INTERVAL '3 minutes' \
+                      AND r.ts + INTERVAL '2 minutes' GROUP BY r.device_type, window_start";
+
+/// A view joining two streams, created at runtime over events in both layers and
+/// while more arrive (late ones too): its speed part looks older partners up in the
+/// master table only below a batch cutoff (the backfill's), never below its own
+/// provisional one, and the merged answer equals the one-pass join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_joining_two_streams_created_at_runtime_is_exact_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let t = Tributary::start(dir.path(), CLICKS).await;
-    let sql = "SELECT date_bin(INTERVAL '1 hour', r.ts) AS w, count(*) AS n FROM readings r JOIN clicks c ON r.device = c.user AND c.ts BETWEEN r.ts AND r.ts + INTERVAL '1 minute' GROUP BY w";
-    let (status, e) = t
-        .post_json("/api/v1/views", &json!({"name": "joined", "sql": sql}))
+    let mut all: Vec<(String, Value)> = Vec::new();
+    let mut post_both = async |readings: Vec<Value>, clicks: Vec<Value>| {
+        post_events(&t, &readings).await;
+        let (status, body) = t.post("clicks", &json!(clicks)).await;
+        assert_eq!(status, 200, "{body}");
+        all.extend(readings.into_iter().map(|e| ("readings".to_string(), e)));
+        all.extend(clicks.into_iter().map(|e| ("clicks".to_string(), e)));
+    };
+    post_both(events(0, 300), clicks(0, 150)).await;
+    t.run_batch().await;
+    post_both(events(300, 100), clicks(150, 50)).await;
+    let (status, created) = t
+        .post_json("/api/v1/views", &json!({"name": "joined", "sql": JOINED}))
         .await;
-    assert_eq!(status, 400, "{e}");
-    let error = e["error"].as_str().unwrap();
-    assert!(
-        error.contains("joining two streams") && error.contains("configuration file"),
-        "{e}"
-    );
-    let (status, _) = t.get("/api/v1/views/joined").await;
-    assert_eq!(status, 404);
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["state"], "backfilling", "{created}");
+    // Late ones too: partners of the first hour, archived a run ago.
+    post_both(events(400, 100), clicks(5, 40)).await;
+    let text =
+        format!("{IOT_STREAM}\n{CLICKS}\n[[views]]\nname = \"joined\"\nsql = \"{JOINED}\"\n");
+    let p = pipeline(&text).await;
+    let v = p.view("joined").unwrap();
+    let want = reference_streams(&p, &v, &all).await;
+    assert!(want.len() > 3, "the join pairs events: {want:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, answer) = t.get("/api/v1/views/joined").await;
+        let verdict = match status {
+            200 => same_rows("joined", &api_rows(&v, &answer), &want),
+            503 => Err(format!("not answering yet: {answer}")),
+            other => panic!("joined: {other} {answer}"),
+        };
+        match verdict {
+            Ok(()) => break,
+            Err(e) if Instant::now() > deadline => panic!("{e}\n{}", t.logs()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 #[tokio::test]

@@ -81,6 +81,9 @@ pub async fn run(
                 }
             }
         }
+        // A batch cutoff may have proven a join view's provisional one meanwhile,
+        // with no new event to pair its deferred ones.
+        consumer.pair_deferred().await;
         if at_end {
             consumer.caught_up();
         }
@@ -112,6 +115,49 @@ struct Events<'a> {
     count: u64,
     /// Newest event time among them.
     max_event_ts: Option<i64>,
+}
+
+/// Pair `rows` (of `side`, in `bucket`) with what `state` holds of the other stream,
+/// under the store's cutoff: states of pairs in other buckets go to the store, those of
+/// `bucket` itself are returned (the caller adds them with the events' counts).
+async fn pair_into(
+    state: &mut JoinState<MasterArchive>,
+    store: &ViewStore,
+    side: Side,
+    bucket: i64,
+    rows: Vec<datafusion::arrow::record_batch::RecordBatch>,
+) -> Result<Vec<datafusion::arrow::record_batch::RecordBatch>, tributary_core::CoreError> {
+    let mut own = Vec::new();
+    for (b, states) in state.apply(side, bucket, rows, store.cutoff()).await? {
+        match b == bucket {
+            true => own.extend(states),
+            false => store.add(b, states, 0, None, 0),
+        }
+    }
+    Ok(own)
+}
+
+/// Pair the events `state` deferred while the store's cutoff was provisional, once it
+/// is proven (their counts are in the store already).
+async fn pair_deferred(
+    state: &mut JoinState<MasterArchive>,
+    store: &ViewStore,
+) -> Result<(), tributary_core::CoreError> {
+    if !store.cutoff_proven() {
+        return Ok(());
+    }
+    for (side, bucket, rows) in state.take_deferred() {
+        let own = pair_into(state, store, side, bucket, rows).await?;
+        store.add(bucket, own, 0, None, 0);
+    }
+    Ok(())
+}
+
+/// A join view could not pair a micro-batch's events: they are set aside for it
+/// (counted, the error reported); the records stay in the log and master table.
+fn join_failed(store: &ViewStore, events: u64, e: tributary_core::CoreError) {
+    tracing::warn!(view = %store.view.name, error = %e, "a join view could not pair a micro-batch's events");
+    store.quarantine(events, events, e.to_string());
 }
 
 /// What one micro-batch did.
@@ -458,21 +504,7 @@ impl Consumer {
             .iter()
             .map(|b| tag_source(&b.project(view_columns)?, SOURCE_SPEED, input))
             .collect();
-        let cutoff = store.cutoff();
-        let applied = match rows {
-            Ok(rows) => state.apply(side, events.bucket, rows, cutoff).await,
-            Err(e) => Err(e),
-        };
-        let pairs = match applied {
-            Ok(pairs) => pairs,
-            Err(e) => {
-                tracing::warn!(view = %view.name, error = %e, "a join view could not pair a micro-batch's events");
-                store.quarantine(events.count, events.count, e.to_string());
-                return;
-            }
-        };
-        store.processed_cleanly();
-        let (late, max_event_ts) = match side {
+        let late_and_newest = |store: &ViewStore| match side {
             // The view's windows are of its own stream's event time.
             Side::Left => {
                 let watermark = store.watermark();
@@ -485,14 +517,44 @@ impl Consumer {
             }
             Side::Right => (0, None),
         };
-        let mut own = Vec::new();
-        for (bucket, states) in pairs {
-            match bucket == events.bucket {
-                true => own.extend(states),
-                false => store.add(bucket, states, 0, None, 0),
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => return join_failed(store, events.count, e),
+        };
+        if !store.cutoff_proven() {
+            // Partners below a provisional cutoff may not be archived yet: pair these
+            // once a batch run has proven it (the view answers only from then on).
+            state.defer(side, events.bucket, rows);
+            let (late, newest) = late_and_newest(store);
+            store.add(events.bucket, vec![], events.count, newest, late);
+            return;
+        }
+        if let Err(e) = pair_deferred(state, store).await {
+            return join_failed(store, events.count, e);
+        }
+        let (late, newest) = late_and_newest(store);
+        match pair_into(state, store, side, events.bucket, rows).await {
+            Ok(own) => {
+                store.processed_cleanly();
+                store.add(events.bucket, own, events.count, newest, late);
+            }
+            Err(e) => join_failed(store, events.count, e),
+        }
+    }
+
+    /// Pair what join views deferred, for those whose cutoff is proven now.
+    async fn pair_deferred(&mut self) {
+        for (name, state) in &mut self.joins {
+            let Some(store) = self.layer.store.view(name) else {
+                continue;
+            };
+            if !state.has_deferred() || !Arc::ptr_eq(&store.view, &state.view) {
+                continue;
+            }
+            if let Err(e) = pair_deferred(state, &store).await {
+                join_failed(&store, 0, e);
             }
         }
-        store.add(events.bucket, own, events.count, max_event_ts, late);
     }
 
     /// Every partition's read of a round of micro-batches reached the end of what the

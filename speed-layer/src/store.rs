@@ -37,6 +37,11 @@ struct ViewInner {
     segments: BTreeMap<i64, Segment>,
     /// Events below this `_ingest_ts` belong to the batch layer.
     cutoff: i64,
+    /// Whether every event below `cutoff` is known to be archived: a batch cutoff (or
+    /// the start of the log), not yet the provisional one of a view added at runtime,
+    /// until a batch run's cutoff reaches it. A view joining two streams reads its
+    /// partners below the cutoff from the master table only once it is.
+    proven: bool,
     /// Newest event time seen (microseconds).
     max_event_ts: Option<i64>,
     events: u64,
@@ -144,15 +149,30 @@ impl ViewStore {
         inner.failing_batches = 0;
     }
 
-    /// An empty store for `view`, holding states at or above `cutoff`.
+    /// An empty store for `view`, holding states at or above `cutoff`, a batch cutoff.
     pub fn new(view: Arc<CompiledView>, cutoff: i64) -> Self {
         ViewStore {
             view,
             inner: RwLock::new(ViewInner {
                 cutoff,
+                proven: true,
                 ..Default::default()
             }),
         }
+    }
+
+    /// An empty store for a view added at runtime, holding states from `cutoff`, which
+    /// no batch run has proven archived yet (see [`ViewStore::cutoff_proven`]).
+    pub fn provisional(view: Arc<CompiledView>, cutoff: i64) -> Self {
+        let store = Self::new(view, cutoff);
+        store.inner.write().expect("store lock").proven = false;
+        store
+    }
+
+    /// Whether every event below the cutoff is archived (a batch run's cutoff reached
+    /// it).
+    pub fn cutoff_proven(&self) -> bool {
+        self.inner.read().expect("store lock").proven
     }
 
     /// The batch cutoff: events below it belong to the batch layer.
@@ -276,6 +296,9 @@ impl ViewStore {
     /// ignore such events from now on.
     pub fn release_below(&self, cutoff: i64) {
         let mut inner = self.inner.write().expect("store lock");
+        if cutoff >= inner.cutoff {
+            inner.proven = true;
+        }
         if cutoff <= inner.cutoff {
             return;
         }
@@ -362,10 +385,11 @@ impl StateStore {
             .collect()
     }
 
-    /// A store for `view`, holding states at or above `cutoff`, replacing any store of
-    /// its name.
+    /// A store for `view` added at runtime, holding states at or above `cutoff` (a
+    /// provisional cutoff until a batch run's reaches it), replacing any store of its
+    /// name.
     pub fn add(&self, view: Arc<CompiledView>, cutoff: i64) -> Arc<ViewStore> {
-        let store = Arc::new(ViewStore::new(view.clone(), cutoff));
+        let store = Arc::new(ViewStore::provisional(view.clone(), cutoff));
         self.views
             .write()
             .expect("stores lock")
@@ -434,6 +458,26 @@ mod tests {
         assert_eq!(snap.states.len(), 2);
         assert_eq!(snap.max_event_ts, Some(9));
         assert_eq!(store.snapshot(i64::MIN).segments, 3);
+    }
+
+    /// A view added at runtime holds events from a cutoff no batch run has proven:
+    /// only a batch cutoff at or above it proves it (a join view waits for that).
+    #[tokio::test]
+    async fn a_provisional_cutoff_is_proven_by_a_batch_cutoff_reaching_it() {
+        let proven = ViewStore::new(view().await, 1_000);
+        assert!(proven.cutoff_proven());
+        let store = ViewStore::provisional(view().await, 1_000);
+        assert!(!store.cutoff_proven());
+        store.release_below(500);
+        assert!(
+            !store.cutoff_proven(),
+            "a batch cutoff below it proves nothing"
+        );
+        assert_eq!(store.cutoff(), 1_000);
+        store.release_below(1_000);
+        assert!(store.cutoff_proven());
+        let added = StateStore::new(&[], &HashMap::new()).add(view().await, 2_000);
+        assert!(!added.cutoff_proven(), "runtime stores start provisional");
     }
 
     #[tokio::test]

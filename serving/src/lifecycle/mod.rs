@@ -556,21 +556,8 @@ async fn compile(
     pipeline: &tributary_core::pipeline::Pipeline,
     cfg: &ViewConfig,
 ) -> Result<CompiledView, ServingError> {
-    let view = pipeline.compile_view(cfg).await.map_err(|e| match e {
+    pipeline.compile_view(cfg).await.map_err(|e| match e {
         tributary_core::CoreError::View { message, .. } => ServingError::bad("sql", message),
         other => ServingError::bad("sql", other.to_string()),
-    })?;
-    if let Some(j) = view.stream_join() {
-        // The speed layer finds a joined event's older partners in the master table
-        // below a batch cutoff; a view created now has no such cutoff until its
-        // backfill, and its speed part would miss them.
-        return Err(ServingError::bad(
-            "sql",
-            format!(
-                "a view joining two streams (`{}` and `{}`) is declared in the configuration file, not created at runtime (not supported yet)",
-                view.stream, j.other
-            ),
-        ));
-    }
-    Ok(view)
+    })
 }

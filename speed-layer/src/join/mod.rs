@@ -85,6 +85,10 @@ pub(crate) struct JoinState<A> {
     kept: [BTreeMap<i64, Vec<Kept>>; 2],
     /// Where events below the cutoff are found.
     archive: A,
+    /// Events read while the store's cutoff was provisional (a view added at runtime,
+    /// before a batch run proved everything below it archived), in reading order: they
+    /// are paired once it is, as if read then.
+    pending: Vec<(Side, i64, Vec<RecordBatch>)>,
 }
 
 /// The states a micro-batch's events made, by the segment bucket they belong to.
@@ -96,7 +100,23 @@ impl<A: Archive> JoinState<A> {
             view,
             kept: [BTreeMap::new(), BTreeMap::new()],
             archive,
+            pending: Vec::new(),
         }
+    }
+
+    /// Hold `rows` (as [`JoinState::apply`] takes them) until the cutoff is proven.
+    pub(crate) fn defer(&mut self, side: Side, bucket: i64, rows: Vec<RecordBatch>) {
+        self.pending.push((side, bucket, rows));
+    }
+
+    /// Whether events wait for the cutoff to be proven.
+    pub(crate) fn has_deferred(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The events deferred so far, in reading order.
+    pub(crate) fn take_deferred(&mut self) -> Vec<(Side, i64, Vec<RecordBatch>)> {
+        std::mem::take(&mut self.pending)
     }
 
     fn join(&self) -> &StreamJoin {
