@@ -49,6 +49,19 @@ struct ViewStates {
     kind: &'static str,
 }
 
+impl ViewStates {
+    /// States computed anew over everything below the cutoff, replacing all.
+    fn full((batches, rows_in, max_event_ts): crate::read::Partial) -> Self {
+        ViewStates {
+            batches,
+            scope: views::Scope::All,
+            rows_in,
+            max_event_ts,
+            kind: "full",
+        }
+    }
+}
+
 /// What a successful run did: its (smallest) cutoff and its counts.
 struct Done {
     cutoff: i64,
@@ -507,29 +520,17 @@ impl Batch {
             }
             step("full (a join of two streams)");
             let right = self.stream_named(&j.other);
-            let (batches, rows_in, max) =
+            let partial =
                 crate::join::partial_join_over_master(&self.storage, stream, right, view, cutoff)
                     .await?;
-            return Ok(Some(ViewStates {
-                batches,
-                scope: views::Scope::All,
-                rows_in,
-                max_event_ts: max,
-                kind: "full",
-            }));
+            return Ok(Some(ViewStates::full(partial)));
         }
         let Some(b) = &at.base else {
             step(&format!("full ({})", at.why_full));
-            let (batches, rows_in, max) =
+            let partial =
                 partial_over_master(&self.storage, stream, view, None, cutoff, &self.engine)
                     .await?;
-            return Ok(Some(ViewStates {
-                batches,
-                scope: views::Scope::All,
-                rows_in,
-                max_event_ts: max,
-                kind: "full",
-            }));
+            return Ok(Some(ViewStates::full(partial)));
         };
         if b.cutoff == cutoff {
             step("nothing new");

@@ -270,6 +270,34 @@ impl CompiledView {
         }
         let mut batches = Some(batches);
         let input = self.input_schema.clone();
+        // A dimension table's scan reads its current rows; the stream's scan reads the
+        // micro-batch.
+        let plan = self.with_scans(|table| match table.metadata().get(DIMENSION_KEY) {
+            Some(name) => {
+                let table = self
+                    .tables
+                    .iter()
+                    .find(|t| &t.name == name)
+                    .expect("compiled with this table");
+                Some((table.schema.clone(), table.batches().as_ref().clone()))
+            }
+            None => Some((input.clone(), batches.take().unwrap_or_default())),
+        })?;
+        let out = collect(plan, self.task_ctx.clone()).await?;
+        if self.session.is_some() {
+            return self.reduce(out).await;
+        }
+        self.conform(out)
+    }
+
+    /// The partial plan with each memory scan given the rows `feed` returns for the
+    /// table schema it was planned with (`None`: left as planned). Each keeps the
+    /// columns it was planned with, and operators that keep state in the plan (a hash
+    /// join's build side) start afresh.
+    fn with_scans(
+        &self,
+        mut feed: impl FnMut(&SchemaRef) -> Option<(SchemaRef, Vec<RecordBatch>)>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let plan = self
             .partial_template
             .clone()
@@ -277,38 +305,21 @@ impl CompiledView {
                 if !node.children().is_empty() {
                     return Ok(Transformed::no(node));
                 }
-                // A dimension table's scan reads its current rows; the stream's scan
-                // reads the micro-batch. Each keeps the columns it was planned with.
                 let Some(planned) = node
                     .downcast_ref::<DataSourceExec>()
                     .and_then(|d| d.data_source().downcast_ref::<MemorySourceConfig>())
                 else {
                     return Ok(Transformed::no(node));
                 };
-                let table = planned.original_schema();
-                let (source, data) = match table.metadata().get(DIMENSION_KEY) {
-                    Some(name) => {
-                        let table = self
-                            .tables
-                            .iter()
-                            .find(|t| &t.name == name)
-                            .expect("compiled with this table");
-                        (table.schema.clone(), table.batches().as_ref().clone())
-                    }
-                    None => (input.clone(), batches.take().unwrap_or_default()),
+                let Some((source, data)) = feed(&planned.original_schema()) else {
+                    return Ok(Transformed::no(node));
                 };
                 let projection = planned.projection().clone();
                 let scan = MemorySourceConfig::try_new_exec(&[data], source, projection)?;
                 Ok(Transformed::yes(scan as Arc<dyn ExecutionPlan>))
             })?
             .data;
-        // Operators that keep state in the plan (a hash join's build side) start afresh.
-        let plan = reset_plan_states(plan)?;
-        let out = collect(plan, self.task_ctx.clone()).await?;
-        if self.session.is_some() {
-            return self.reduce(out).await;
-        }
-        self.conform(out)
+        Ok(reset_plan_states(plan)?)
     }
 
     /// The view's SQL run in one ordinary pass (optimizer on, no partial/final cut) over

@@ -16,14 +16,10 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
-use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::MemTable;
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Join, JoinType, LogicalPlan, Operator};
-use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::SessionContext;
 
@@ -289,29 +285,11 @@ impl CompiledView {
                 Some(right),
             ),
         ];
-        let plan = self
-            .partial_template
-            .clone()
-            .transform_up(|node| {
-                let Some(planned) = node
-                    .downcast_ref::<DataSourceExec>()
-                    .and_then(|d| d.data_source().downcast_ref::<MemorySourceConfig>())
-                else {
-                    return Ok(Transformed::no(node));
-                };
-                let table = planned.original_schema();
-                let Some((_, schema, data)) = feeds.iter_mut().find(|(name, _, _)| {
-                    table.metadata().get(STREAM_KEY).map(String::as_str) == Some(*name)
-                }) else {
-                    return Ok(Transformed::no(node));
-                };
-                let data = data.take().unwrap_or_default();
-                let projection = planned.projection().clone();
-                let scan = MemorySourceConfig::try_new_exec(&[data], schema.clone(), projection)?;
-                Ok(Transformed::yes(scan as Arc<dyn ExecutionPlan>))
-            })?
-            .data;
-        let plan = reset_plan_states(plan)?;
+        let plan = self.with_scans(|table| {
+            let named = table.metadata().get(STREAM_KEY)?;
+            let (_, schema, data) = feeds.iter_mut().find(|(name, _, _)| name == named)?;
+            Some((schema.clone(), data.take().unwrap_or_default()))
+        })?;
         let out = collect(plan, self.task_ctx.clone()).await?;
         self.conform(out)
     }
