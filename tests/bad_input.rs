@@ -200,6 +200,104 @@ async fn a_group_whose_row_cannot_be_computed_does_not_take_the_view_down() {
     assert!(e["error"].as_str().unwrap().contains("failed_rows"), "{e}");
 }
 
+const JOINING: &str = r#"
+[[streams]]
+name = "a"
+event-time = "ts"
+fields = [
+  { name = "k", type = "string" },
+  { name = "x", type = "int64" },
+  { name = "ts", type = "timestamp" },
+]
+
+[[streams]]
+name = "b"
+event-time = "ts"
+fields = [
+  { name = "k", type = "string" },
+  { name = "y", type = "int64" },
+  { name = "ts", type = "timestamp" },
+]
+
+[[views]]
+name = "ratios"
+sql = """
+SELECT date_bin(INTERVAL '1 hour', a.ts) AS w, count(*) AS n, sum(a.x / b.y) AS q
+FROM a JOIN b ON a.k = b.k AND b.ts BETWEEN a.ts AND a.ts + INTERVAL '5 minutes'
+GROUP BY w
+"""
+"#;
+
+/// A joined pair whose expression fails (a division by a zero of the other stream) is
+/// left out alone, by the speed layer and by a batch run alike; the view keeps running.
+#[tokio::test]
+async fn a_pair_a_join_view_cannot_process_is_left_out_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Tributary::configure_pipeline(dir.path(), "", 50, JOINING);
+    let t = Tributary::start_config(dir.path(), config).await;
+    let a = json!([
+        {"k": "k1", "x": 10, "ts": "2026-01-01T00:10:00Z"},
+        {"k": "k2", "x": 20, "ts": "2026-01-01T00:20:00Z"},
+    ]);
+    // k1 meets 2 (10 / 2 = 5) and 0 (fails); k2 meets 5 (20 / 5 = 4).
+    let b = json!([
+        {"k": "k1", "y": 2, "ts": "2026-01-01T00:11:00Z"},
+        {"k": "k1", "y": 0, "ts": "2026-01-01T00:12:00Z"},
+        {"k": "k2", "y": 5, "ts": "2026-01-01T00:21:00Z"},
+    ]);
+    for (stream, events) in [("a", a), ("b", b)] {
+        let (status, report) = t.post(stream, &events).await;
+        assert_eq!(status, 200, "{report}");
+    }
+    let n_q = |answer: &Value| -> Vec<(i64, i64)> {
+        answer["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["n"].as_i64().unwrap(), r["q"].as_i64().unwrap()))
+            .collect()
+    };
+    let answer = t
+        .wait_for("/api/v1/views/ratios", |v| v["rows"][0]["n"] == 2)
+        .await;
+    assert_eq!(n_q(&answer), vec![(2, 9)], "{answer}");
+    let (_, status) = t.get("/api/v1/views/ratios/status").await;
+    assert_eq!(status["state"], "running", "{status}");
+    let (_, stats) = t.get("/api/v1/speed/stats").await;
+    let view = &stats["views"][0];
+    assert_eq!(view["quarantined"], 1, "{stats}");
+    assert!(
+        view["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("Divide by zero"),
+        "{stats}"
+    );
+    // A batch run over the same pairs leaves out the same one.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let run = t.run_batch().await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let answer = t
+        .wait_for("/api/v1/views/ratios", |v| {
+            v["rows"][0]["_source"] == "batch"
+        })
+        .await;
+    assert_eq!(n_q(&answer), vec![(2, 9)], "{answer}");
+    // And the speed layer pairs a new event with the batch layer's (20 / 4 = 5).
+    let (status, report) = t
+        .post(
+            "b",
+            &json!([{"k": "k2", "y": 4, "ts": "2026-01-01T00:22:00Z"}]),
+        )
+        .await;
+    assert_eq!(status, 200, "{report}");
+    let answer = t
+        .wait_for("/api/v1/views/ratios", |v| v["rows"][0]["n"] == 3)
+        .await;
+    assert_eq!(n_q(&answer), vec![(3, 14)], "{answer}");
+    assert_eq!(answer["rows"][0]["_source"], "both", "{answer}");
+}
+
 #[tokio::test]
 async fn a_far_future_event_counts_but_does_not_move_the_watermark() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,14 +9,18 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::array::TimestampMicrosecondArray;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::dataframe::DataFrame;
 use datafusion::physical_plan::{ExecutionPlanProperties, collect};
-use tributary_core::schema::StreamSchema;
+use tributary_core::quarantine::join_isolating;
+use tributary_core::schema::{INGEST_TS, StreamSchema, newest_watermark_time};
 use tributary_core::storage::Storage;
 use tributary_core::view::CompiledView;
 
 use crate::archiver::open_master;
 use crate::engine::Engine;
-use crate::error::BatchError;
+use crate::error::{BatchError, is_storage_error};
 use crate::read::{Partial, master_rows, view_columns_of};
 use crate::scan::{Meter, MeteredTable};
 
@@ -34,6 +38,7 @@ pub(crate) async fn partial_join_over_master(
         .expect("called for views joining two streams");
     let mut tables = Vec::new();
     let mut meters = Vec::new();
+    let mut frames = Vec::new();
     for (stream, input, event_time) in [
         (left, &view.input_schema, &view.event_time),
         (right, &join.other_input_schema, &join.other_event_time),
@@ -51,9 +56,15 @@ pub(crate) async fn partial_join_over_master(
             return Ok((Vec::new(), 0, None));
         };
         let meter = Arc::new(Meter::default());
-        let table = MeteredTable::new(df, event_time, stream.max_event_lead_us, meter.clone());
+        let table = MeteredTable::new(
+            df.clone(),
+            event_time,
+            stream.max_event_lead_us,
+            meter.clone(),
+        );
         tables.push(Arc::new(table));
         meters.push(meter);
+        frames.push(df);
     }
     let right_table = tables.pop().expect("two sides");
     let left_table = tables.pop().expect("two sides");
@@ -63,7 +74,16 @@ pub(crate) async fn partial_join_over_master(
         .await
         .map_err(query)?;
     let partitions = plan.output_partitioning().partition_count();
-    let batches = collect(plan, ctx).await.map_err(|e| query(e.into()))?;
+    let batches = match collect(plan, ctx)
+        .await
+        .map_err(tributary_core::CoreError::from)
+    {
+        Ok(batches) => batches,
+        Err(e) if !is_storage_error(&e) => {
+            return isolating(view, left, &frames[0], &frames[1]).await;
+        }
+        Err(e) => return Err(query(e)),
+    };
     let states = view
         .finish_partial(batches, partitions)
         .await
@@ -71,4 +91,41 @@ pub(crate) async fn partial_join_over_master(
     let (left_rows, max_event_ts) = meters[0].read();
     let (right_rows, _) = meters[1].read();
     Ok((states, left_rows + right_rows, max_event_ts))
+}
+
+/// A pair the view cannot process must not fail every run for ever: both sides read
+/// into memory and the pairs it cannot process left out one by one, as the speed layer
+/// leaves them out (`quarantine::join_isolating`).
+async fn isolating(
+    view: &CompiledView,
+    left: &StreamSchema,
+    l: &DataFrame,
+    r: &DataFrame,
+) -> Result<Partial, BatchError> {
+    tracing::warn!(view = %view.name, "batch run of a join failed on its rows; isolating its pairs");
+    let query = |e| BatchError::query(&view.name, e);
+    let l = l.clone().collect().await.map_err(|e| query(e.into()))?;
+    let r = r.clone().collect().await.map_err(|e| query(e.into()))?;
+    let rows = l.iter().chain(&r).map(|b| b.num_rows() as u64).sum();
+    let newest = l
+        .iter()
+        .filter_map(|b| newest_event_time(b, &view.event_time, left.max_event_lead_us))
+        .max();
+    let (states, failed) = join_isolating(view, l, r).await.map_err(query)?;
+    if let Some(last) = failed.last() {
+        tracing::warn!(view = %view.name, pairs = failed.len(), error = %last, "joined pairs set aside");
+    }
+    Ok((states, rows, newest))
+}
+
+/// The newest event time of `batch` that counts for the watermark (not too far ahead of
+/// its ingest time), as the run's meter takes it.
+fn newest_event_time(batch: &RecordBatch, column: &str, lead_us: i64) -> Option<i64> {
+    let ts = |name: &str| {
+        batch
+            .column_by_name(name)?
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+    };
+    newest_watermark_time(ts(column)?, ts(INGEST_TS), lead_us)
 }

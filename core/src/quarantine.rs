@@ -69,6 +69,59 @@ pub async fn partial_isolating(
     Ok((states, refused))
 }
 
+/// The states of every pair a view joining two streams makes of `left` and `right` (in
+/// input layout), leaving out the pairs it cannot process: when the join fails, the
+/// left rows are halved, then a failing single left row's partners, down to single
+/// pairs. A pair's failure depends on its two events alone, so both layers leave out
+/// the same pairs. Returns the states and the errors of the pairs left out.
+pub async fn join_isolating(
+    view: &CompiledView,
+    left: Vec<RecordBatch>,
+    right: Vec<RecordBatch>,
+) -> Result<(Vec<RecordBatch>, Vec<CoreError>), CoreError> {
+    let first = match view.run_partial_join(left.clone(), right.clone()).await {
+        Ok(states) => return Ok((states, Vec::new())),
+        Err(e) => e,
+    };
+    tracing::warn!(view = %view.name, error = %first, "a join failed; isolating its pairs");
+    let concat = |batches: &[RecordBatch], schema| {
+        datafusion::arrow::compute::concat_batches(schema, batches)
+    };
+    let left = concat(&left, &view.input_schema)?;
+    let join = view.stream_join().ok_or(first)?;
+    let right = concat(&right, &join.other_input_schema)?;
+    let (mut states, mut failed) = (Vec::new(), Vec::new());
+    let mut todo = vec![(left, right)];
+    while let Some((l, r)) = todo.pop() {
+        if l.num_rows() == 0 || r.num_rows() == 0 {
+            continue;
+        }
+        match view
+            .run_partial_join(vec![l.clone()], vec![r.clone()])
+            .await
+        {
+            Ok(s) => states.extend(s),
+            Err(error) if l.num_rows() == 1 && r.num_rows() == 1 => failed.push(error),
+            Err(_) if l.num_rows() > 1 => {
+                let half = l.num_rows() / 2;
+                todo.push((l.slice(half, l.num_rows() - half), r.clone()));
+                todo.push((l.slice(0, half), r));
+            }
+            Err(_) => {
+                let half = r.num_rows() / 2;
+                todo.push((l.clone(), r.slice(half, r.num_rows() - half)));
+                todo.push((l, r.slice(0, half)));
+            }
+        }
+    }
+    let states = if states.len() > 1 {
+        view.reduce(states).await?
+    } else {
+        states
+    };
+    Ok((states, failed))
+}
+
 /// A group of a view whose final row cannot be computed: its keys and window start
 /// (one row, named as the view's output names them), and why.
 #[derive(Debug)]

@@ -134,6 +134,12 @@ async fn pair_into(
             false => store.add(b, states, 0, None, 0),
         }
     }
+    let failed = state.take_failures();
+    if let Some(last) = failed.last() {
+        tracing::warn!(view = %store.view.name, pairs = failed.len(), error = %last, "joined pairs set aside");
+        // Single pairs, never a whole micro-batch: the view keeps running.
+        store.quarantine(failed.len() as u64, u64::MAX, last.to_string());
+    }
     Ok(own)
 }
 

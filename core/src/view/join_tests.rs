@@ -258,3 +258,47 @@ async fn one_stream_entry_points_refuse_a_join_view() {
     let e = v.run_partial_batches(vec![]).await.unwrap_err().to_string();
     assert!(e.contains("join entry points"), "{e}");
 }
+
+/// A pair whose expression fails (a division by zero for orders of 7.5) is left out
+/// alone, in whatever split of the events the layers hold: the rest equals the one-pass
+/// answer without those pairs.
+#[tokio::test]
+async fn a_pair_the_view_cannot_process_is_left_out_alone() {
+    let failing = "SELECT c.page, date_bin(INTERVAL '1 hour', c.ts) AS window_start, \
+        count(*) AS orders, sum(10 / (CAST(o.amount AS BIGINT) - 7)) AS odd \
+        FROM clicks c JOIN orders o ON c.user = o.user \
+        AND o.ts BETWEEN c.ts AND c.ts + INTERVAL '30 minutes' \
+        GROUP BY c.page, window_start";
+    let v = compile(failing).await.unwrap();
+    let without =
+        compile(&failing.replace("GROUP BY", "WHERE CAST(o.amount AS BIGINT) <> 7 GROUP BY"))
+            .await
+            .unwrap();
+    let s = streams();
+    let (clicks, orders) = events();
+    let all_clicks = rows(&s[0], &clicks, SOURCE_SPEED);
+    let all_orders = rows(&s[1], &orders, SOURCE_SPEED);
+    let e = v
+        .run_partial_join(vec![all_clicks.clone()], vec![all_orders.clone()])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("Divide by zero"), "{e}");
+    // Two halves of the clicks, as two layers might hold them.
+    let mut states = Vec::new();
+    let mut failed = 0;
+    for half in [all_clicks.slice(0, 2), all_clicks.slice(2, 3)] {
+        let (s, f) = crate::quarantine::join_isolating(&v, vec![half], vec![all_orders.clone()])
+            .await
+            .unwrap();
+        states.extend(s);
+        failed += f.len();
+    }
+    assert_eq!(failed, 2, "u2's two home clicks meet the order of 7.5");
+    let got = v.finalize(states).await.unwrap();
+    let want = without
+        .run_reference_streams(vec![all_clicks], vec![all_orders])
+        .await
+        .unwrap();
+    assert_eq!(sorted(&got), sorted(&want));
+    assert_eq!(sorted(&got).len(), 3, "{:?}", sorted(&got));
+}

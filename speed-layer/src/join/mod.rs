@@ -30,6 +30,7 @@ use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use tributary_core::CoreError;
+use tributary_core::quarantine::join_isolating;
 use tributary_core::view::{CompiledView, StreamJoin};
 
 /// Where a join view finds a stream's events below a batch cutoff (the master table;
@@ -89,6 +90,8 @@ pub(crate) struct JoinState<A> {
     /// before a batch run proved everything below it archived), in reading order: they
     /// are paired once it is, as if read then.
     pending: Vec<(Side, i64, Vec<RecordBatch>)>,
+    /// Why pairs were left out since last asked (see `quarantine::join_isolating`).
+    failed: Vec<CoreError>,
 }
 
 /// The states a micro-batch's events made, by the segment bucket they belong to.
@@ -101,7 +104,13 @@ impl<A: Archive> JoinState<A> {
             kept: [BTreeMap::new(), BTreeMap::new()],
             archive,
             pending: Vec::new(),
+            failed: Vec::new(),
         }
+    }
+
+    /// The errors of the pairs left out since the last call.
+    pub(crate) fn take_failures(&mut self) -> Vec<CoreError> {
+        std::mem::take(&mut self.failed)
     }
 
     /// Hold `rows` (as [`JoinState::apply`] takes them) until the cutoff is proven.
@@ -213,17 +222,22 @@ impl<A: Archive> JoinState<A> {
             .collect()
     }
 
+    /// The states of the pairs `rows` make with `partners`; a pair the view cannot
+    /// process is left out, its error kept for the caller to report.
     async fn pairs(
-        &self,
+        &mut self,
         side: Side,
         rows: &RecordBatch,
         partners: Vec<RecordBatch>,
     ) -> Result<Vec<RecordBatch>, CoreError> {
         let mine = vec![rows.clone()];
-        match side {
-            Side::Left => self.view.run_partial_join(mine, partners).await,
-            Side::Right => self.view.run_partial_join(partners, mine).await,
-        }
+        let (left, right) = match side {
+            Side::Left => (mine, partners),
+            Side::Right => (partners, mine),
+        };
+        let (states, failed) = join_isolating(&self.view, left, right).await?;
+        self.failed.extend(failed);
+        Ok(states)
     }
 
     /// The batch layer holds every pair below `cutoff`: events kept below it are in
