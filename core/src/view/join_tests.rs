@@ -302,3 +302,37 @@ async fn a_pair_the_view_cannot_process_is_left_out_alone() {
     assert_eq!(sorted(&got), sorted(&want));
     assert_eq!(sorted(&got).len(), 3, "{:?}", sorted(&got));
 }
+
+/// A hopping window over the left stream joins like a tumbling one.
+#[tokio::test]
+async fn a_hopping_window_joins_two_streams_like_one_pass() {
+    let v = compile(
+        "SELECT c.page, hop(c.ts, INTERVAL '1 hour', INTERVAL '30 minutes') AS window_start, \
+         count(*) AS orders, sum(o.amount) AS revenue \
+         FROM clicks c JOIN orders o ON c.user = o.user \
+         AND o.ts BETWEEN c.ts AND c.ts + INTERVAL '30 minutes' \
+         GROUP BY c.page, window_start",
+    )
+    .await
+    .unwrap();
+    let s = streams();
+    let (clicks, orders) = events();
+    let (c, o) = (
+        rows(&s[0], &clicks, SOURCE_SPEED),
+        rows(&s[1], &orders, SOURCE_SPEED),
+    );
+    // Clicks in two parts, each joined with every order, as two layers would.
+    let mut states = v
+        .run_partial_join(vec![c.slice(0, 3)], vec![o.clone()])
+        .await
+        .unwrap();
+    states.extend(
+        v.run_partial_join(vec![c.slice(3, 2)], vec![o.clone()])
+            .await
+            .unwrap(),
+    );
+    let got = v.finalize(states).await.unwrap();
+    let want = v.run_reference_streams(vec![c], vec![o]).await.unwrap();
+    assert_eq!(sorted(&got), sorted(&want));
+    assert!(sorted(&got).len() >= 4, "{:?}", sorted(&got));
+}

@@ -78,8 +78,9 @@ pub(super) fn rewrite(sql: &str, streams: &[&str]) -> std::result::Result<Rewrit
             return Err("a view reads exactly one stream in FROM".into());
         };
         let (name, alias) = stream_in_from(&from.relation, "hop(…) windows")?;
+        // The stream keeps its alias inside too: the call may name `alias.ts`.
         let derived = format!(
-            "SELECT * FROM (SELECT *, unnest({call}) AS {HOP_COLUMN} FROM {name}) AS {alias}"
+            "SELECT * FROM (SELECT *, unnest({call}) AS {HOP_COLUMN} FROM {name} AS {alias}) AS {alias}"
         );
         from.relation = first_select(&derived).from[0].relation.clone();
     }
