@@ -144,9 +144,15 @@ fn joined_stream_qualifier(select: &Select, streams: &[&str]) -> Option<String> 
     let [from] = select.from.as_slice() else {
         return None;
     };
-    let joins_a_stream = from.joins.iter().any(|j| {
-        matches!(&j.relation, TableFactor::Table { name, .. }
-            if streams.iter().any(|s| name.to_string().eq_ignore_ascii_case(s)))
+    let is_stream = |name: &str| streams.iter().any(|s| name.eq_ignore_ascii_case(s));
+    let joins_a_stream = from.joins.iter().any(|j| match &j.relation {
+        TableFactor::Table { name, .. } => is_stream(&name.to_string()),
+        // A subquery over a stream (`JOIN (SELECT … FROM orders WHERE …) o`).
+        TableFactor::Derived { subquery, .. } => subquery
+            .to_string()
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .any(is_stream),
+        _ => false,
     });
     if !joins_a_stream {
         return None;
