@@ -13,6 +13,7 @@ use tributary_core::pipeline::Pipeline;
 use tributary_core::schema::StreamSchema;
 use tributary_core::shutdown::Shutdown;
 
+use crate::join::feed::{join_failed, pair_deferred, pair_into};
 use crate::join::master::MasterArchive;
 use crate::join::{JoinState, Side};
 use crate::store::ViewStore;
@@ -115,55 +116,6 @@ struct Events<'a> {
     count: u64,
     /// Newest event time among them.
     max_event_ts: Option<i64>,
-}
-
-/// Pair `rows` (of `side`, in `bucket`) with what `state` holds of the other stream,
-/// under the store's cutoff: states of pairs in other buckets go to the store, those of
-/// `bucket` itself are returned (the caller adds them with the events' counts).
-async fn pair_into(
-    state: &mut JoinState<MasterArchive>,
-    store: &ViewStore,
-    side: Side,
-    bucket: i64,
-    rows: Vec<datafusion::arrow::record_batch::RecordBatch>,
-) -> Result<Vec<datafusion::arrow::record_batch::RecordBatch>, tributary_core::CoreError> {
-    let mut own = Vec::new();
-    for (b, states) in state.apply(side, bucket, rows, store.cutoff()).await? {
-        match b == bucket {
-            true => own.extend(states),
-            false => store.add(b, states, 0, None, 0),
-        }
-    }
-    let failed = state.take_failures();
-    if let Some(last) = failed.last() {
-        tracing::warn!(view = %store.view.name, pairs = failed.len(), error = %last, "joined pairs set aside");
-        // Single pairs, never a whole micro-batch: the view keeps running.
-        store.quarantine(failed.len() as u64, u64::MAX, last.to_string());
-    }
-    Ok(own)
-}
-
-/// Pair the events `state` deferred while the store's cutoff was provisional, once it
-/// is proven (their counts are in the store already).
-async fn pair_deferred(
-    state: &mut JoinState<MasterArchive>,
-    store: &ViewStore,
-) -> Result<(), tributary_core::CoreError> {
-    if !store.cutoff_proven() {
-        return Ok(());
-    }
-    for (side, bucket, rows) in state.take_deferred() {
-        let own = pair_into(state, store, side, bucket, rows).await?;
-        store.add(bucket, own, 0, None, 0);
-    }
-    Ok(())
-}
-
-/// A join view could not pair a micro-batch's events: they are set aside for it
-/// (counted, the error reported); the records stay in the log and master table.
-fn join_failed(store: &ViewStore, events: u64, e: tributary_core::CoreError) {
-    tracing::warn!(view = %store.view.name, error = %e, "a join view could not pair a micro-batch's events");
-    store.quarantine(events, events, e.to_string());
 }
 
 /// What one micro-batch did.

@@ -18,6 +18,7 @@
 //! Cutoffs and buckets share boundaries, so "`f` was below `e`'s cutoff" is exactly
 //! "`k` is below it".
 
+pub(crate) mod feed;
 pub(crate) mod master;
 #[cfg(test)]
 mod tests;
