@@ -1,10 +1,10 @@
 //! Views joining two streams: what compiles, what is refused, and that pairs split
 //! between the layers by their larger `_ingest_ts` merge into the one-pass answer.
 
+use super::tests::sorted;
 use super::*;
 use crate::config::{FieldConfig, StreamConfig};
 use crate::schema::{BatchDecoder, LogPosition};
-use datafusion::arrow::util::pretty::pretty_format_batches;
 use serde_json::{Value, json};
 
 fn stream(name: &str, fields: &[(&str, &str)]) -> StreamSchema {
@@ -82,18 +82,6 @@ fn rows(s: &StreamSchema, events: &[(Value, i64)], tag: i32) -> RecordBatch {
         d.push(v, at).unwrap();
     }
     tag_source(&d.flush().unwrap(), tag, &input_schema(s)).unwrap()
-}
-
-fn sorted(batches: &[RecordBatch]) -> Vec<String> {
-    let text = pretty_format_batches(batches).unwrap().to_string();
-    let mut lines: Vec<String> = text
-        .lines()
-        .filter(|l| l.starts_with('|'))
-        .skip(1)
-        .map(String::from)
-        .collect();
-    lines.sort();
-    lines
 }
 
 #[tokio::test]

@@ -69,7 +69,7 @@ fn batch(rows: &[(&str, &str, f64, &str)], tag: i32) -> RecordBatch {
     tag_source(&d.flush().unwrap(), tag, &input_schema(&s)).unwrap()
 }
 
-fn sorted(batches: &[RecordBatch]) -> Vec<String> {
+pub(super) fn sorted(batches: &[RecordBatch]) -> Vec<String> {
     let text = pretty_format_batches(batches).unwrap().to_string();
     let mut lines: Vec<String> = text
         .lines()
