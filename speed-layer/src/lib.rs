@@ -4,7 +4,9 @@
 //! runs each view's compiled *partial* plan over them, and keeps the resulting
 //! aggregate states in memory, segmented by `_ingest_ts` bucket ([`store`]). It ignores
 //! events below the batch cutoff it was told about and drops the segments a cutoff
-//! covers. It is disposable: on start it rebuilds from the log, starting at the batch
+//! covers; a view joining two streams keeps both streams' events above the cutoff and
+//! pairs each new event with them and with the master table's events below it
+//! (`join`). It is disposable: on start it rebuilds from the log, starting at the batch
 //! cutoff.
 
 #![warn(missing_docs)]
