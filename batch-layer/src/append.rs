@@ -19,7 +19,7 @@ use tributary_core::view::append::AppendView;
 use crate::archiver::open_master;
 use crate::engine::Engine;
 use crate::error::BatchError;
-use crate::read::{master_rows, stream_columns};
+use crate::read::{Columns, master_rows};
 use crate::recompute::Batch;
 
 /// The `txn` app id whose version is the cutoff the table holds every row below.
@@ -63,7 +63,7 @@ pub async fn materialize_once(batch: &Batch, view: &AppendView) -> Result<Option
     let input: Vec<RecordBatch> = match open_master(storage, &stream.name).await? {
         None => Vec::new(),
         Some(master) => {
-            let columns = stream_columns(&stream);
+            let columns = Columns::of_stream(&stream);
             let rows = master_rows(
                 &master,
                 &stream,

@@ -21,7 +21,7 @@ use tributary_core::view::CompiledView;
 use crate::archiver::open_master;
 use crate::engine::Engine;
 use crate::error::{BatchError, is_storage_error};
-use crate::read::{Partial, master_rows, view_columns_of};
+use crate::read::{Columns, Partial, master_rows};
 use crate::scan::{Meter, MeteredTable};
 
 /// The states of every pair of `view`'s two streams below `cutoff`, how many events of
@@ -46,7 +46,7 @@ pub(crate) async fn partial_join_over_master(
         let master = open_master(storage, &stream.name).await?;
         let rows = match &master {
             Some(m) => {
-                let columns = view_columns_of(input);
+                let columns = Columns::of_input(input);
                 master_rows(m, stream, &view.name, columns, None, cutoff, &Engine::Local).await?
             }
             None => None,

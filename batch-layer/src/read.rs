@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
 use datafusion::dataframe::DataFrame;
@@ -54,7 +55,7 @@ pub(crate) async fn partial_over_master(
     let Some(master) = open_master(storage, &view.stream).await? else {
         return Ok((Vec::new(), 0, None));
     };
-    let columns = view_columns(view);
+    let columns = Columns::of_view(view, engine);
     let Some(df) = master_rows(&master, stream, &view.name, columns, from, cutoff, engine).await?
     else {
         return Ok((Vec::new(), 0, None));
@@ -65,7 +66,7 @@ pub(crate) async fn partial_over_master(
     match cluster.partial_states(view, stream, df).await {
         Err(e) if cluster.falls_back(&e) => {
             cluster.note_fallback(&e);
-            let columns = view_columns(view);
+            let columns = Columns::of_view(view, &Engine::Local);
             let local = master_rows(
                 &master,
                 stream,
@@ -120,14 +121,62 @@ fn all_files(master: &DeltaTable) -> deltalake::DeltaResult<Vec<String>> {
         .collect())
 }
 
-fn view_columns(view: &CompiledView) -> Vec<Expr> {
-    view_columns_of(&view.input_schema)
+/// The columns a read hands on, and whether strings come as views (uncopied) or as
+/// plain Utf8.
+pub(crate) struct Columns {
+    exprs: Vec<Expr>,
+    string_views: bool,
 }
 
-/// A view's input columns (plus `_src`), cast to exactly the speed layer's input
-/// types: Parquet hands strings back as views, and some sketches (approx_distinct) hash
-/// views and strings apart.
-pub(crate) fn view_columns_of(input: &datafusion::arrow::datatypes::SchemaRef) -> Vec<Expr> {
+impl Columns {
+    /// A view's input columns (plus `_src`); strings as views where the view allows it
+    /// and the scan runs here (see [`CompiledView::reads_string_views`]).
+    fn of_view(view: &CompiledView, engine: &Engine) -> Columns {
+        let string_views = view.reads_string_views() && matches!(engine, Engine::Local);
+        if !string_views {
+            return Columns::of_input(&view.input_schema);
+        }
+        let as_views = view
+            .input_schema
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Utf8 => Field::new(f.name(), DataType::Utf8View, f.is_nullable()),
+                _ => f.as_ref().clone(),
+            });
+        let schema = Arc::new(Schema::new(as_views.collect::<Vec<_>>()));
+        Columns {
+            exprs: input_columns(&schema),
+            string_views,
+        }
+    }
+
+    /// Input columns (plus `_src`) cast to exactly the speed layer's input types:
+    /// Parquet hands strings back as views, and some sketches (approx_distinct) hash
+    /// views and strings apart.
+    pub(crate) fn of_input(input: &SchemaRef) -> Columns {
+        Columns {
+            exprs: input_columns(input),
+            string_views: false,
+        }
+    }
+
+    /// A stream's events as its view schema gives them (declared fields, `_ingest_ts`).
+    pub(crate) fn of_stream(stream: &StreamSchema) -> Columns {
+        let exprs = stream
+            .view_schema()
+            .fields()
+            .iter()
+            .map(|f| cast(col(f.name().as_str()), f.data_type().clone()).alias(f.name()))
+            .collect();
+        Columns {
+            exprs,
+            string_views: false,
+        }
+    }
+}
+
+fn input_columns(input: &SchemaRef) -> Vec<Expr> {
     input
         .fields()
         .iter()
@@ -137,30 +186,24 @@ pub(crate) fn view_columns_of(input: &datafusion::arrow::datatypes::SchemaRef) -
         .collect()
 }
 
-/// A stream's events as its view schema gives them (declared fields, `_ingest_ts`).
-pub(crate) fn stream_columns(stream: &StreamSchema) -> Vec<Expr> {
-    stream
-        .view_schema()
-        .fields()
-        .iter()
-        .map(|f| cast(col(f.name().as_str()), f.data_type().clone()).alias(f.name()))
-        .collect()
-}
-
 /// The rows of `[from, cutoff)` under the stream's dedup rule, as `columns`, read for
 /// `who` (a view's name, in errors); `None` when no file holds any.
 pub(crate) async fn master_rows(
     master: &DeltaTable,
     stream: &StreamSchema,
     who: &str,
-    columns: Vec<Expr>,
+    columns: Columns,
     from: Option<i64>,
     cutoff: i64,
     engine: &Engine,
 ) -> Result<Option<DataFrame>, BatchError> {
     let verr = |e: datafusion::error::DataFusionError| BatchError::query(who, e);
     let what = || format!("master table of `{}`", stream.name);
-    let reader = reader_session();
+    let Columns {
+        exprs: columns,
+        string_views,
+    } = columns;
+    let reader = reader_session(string_views);
     master
         .update_datafusion_session(&reader.state())
         .map_err(|e| BatchError::delta(what(), e))?;
@@ -205,15 +248,15 @@ pub(crate) async fn master_rows(
 }
 
 /// An ordinary session plans the read (the file scan split over every core, the dedup
-/// rule's sort); strings come as plain Utf8, the speed layer's type, so sketches hash
-/// them alike.
-fn reader_session() -> SessionContext {
+/// rule's sort). Strings come as plain Utf8, the speed layer's type, so that sketches
+/// hash them alike; or, with `string_views`, as Parquet's views, left uncopied.
+fn reader_session(string_views: bool) -> SessionContext {
     let mut config = datafusion::prelude::SessionConfig::new();
     config
         .options_mut()
         .execution
         .parquet
-        .schema_force_view_types = false;
+        .schema_force_view_types = string_views;
     SessionContext::new_with_config_rt(config, tributary_core::cloud::runtime())
 }
 

@@ -83,6 +83,9 @@ pub struct CompiledView {
     final_template: Arc<dyn ExecutionPlan>,
     /// Dimension tables the view may join with (their current rows at each run).
     tables: Vec<Arc<DimensionTable>>,
+    /// Whether a batch run may read the stream's strings as Arrow string views (see
+    /// [`CompiledView::reads_string_views`]).
+    string_views: bool,
     /// The partial side, planned once; each micro-batch only swaps its data source in.
     partial_template: Arc<dyn ExecutionPlan>,
     task_ctx: Arc<TaskContext>,
@@ -138,6 +141,10 @@ impl CompiledView {
         let partial = find_partial(&physical)
             .ok_or_else(|| err("internal: no partial aggregate in the physical plan".into()))?;
         physical::check_accumulators(&partial).map_err(err)?;
+        let string_views = shape.join.is_none()
+            && shape.session.is_none()
+            && tables.is_empty()
+            && !physical::hashes_values(&partial);
         let stream = streams
             .iter()
             .find(|s| s.name == shape.stream)
@@ -179,9 +186,20 @@ impl CompiledView {
             input_schema: input_schema(stream),
             final_template: physical,
             tables: tables.to_vec(),
+            string_views,
             partial_template: partial,
             task_ctx: ctx.task_ctx(),
         })
+    }
+
+    /// Whether a batch run may plan this view over string columns read as Arrow string
+    /// views (Parquet's own form: nothing is copied out of the file's pages) rather than
+    /// the speed layer's plain Utf8. Its states come out alike either way (they are cast
+    /// to [`CompiledView::partial_schema`]), except where an aggregate hashes the values
+    /// into a sketch, and for the shapes whose plans are made once over fixed input
+    /// types (sessions, joins, dimension tables).
+    pub fn reads_string_views(&self) -> bool {
+        self.string_views
     }
 
     /// Run the partial side over `source` (registered as the view's stream; it must
@@ -554,5 +572,7 @@ pub use stream_join::StreamJoin;
 mod join_tests;
 #[cfg(test)]
 mod refusal_tests;
+#[cfg(test)]
+mod string_view_tests;
 #[cfg(test)]
 mod tests;

@@ -57,3 +57,15 @@ pub(super) fn check_accumulators(
     }
     Ok(())
 }
+
+/// Whether an aggregate of the partial side keeps a sketch of hashed values
+/// (`approx_distinct`): DataFusion hashes a short string held as a string view apart
+/// from the same string held as plain Utf8, so such a view's states are comparable
+/// across layers only when both read strings alike.
+pub(super) fn hashes_values(partial: &Arc<dyn ExecutionPlan>) -> bool {
+    partial.downcast_ref::<AggregateExec>().is_some_and(|a| {
+        a.aggr_expr()
+            .iter()
+            .any(|e| e.fun().name() == "approx_distinct")
+    })
+}

@@ -34,7 +34,7 @@ fn readings() -> StreamSchema {
     .unwrap()
 }
 
-const IOT: &str = "SELECT device_type, date_bin(INTERVAL '10 minutes', ts) AS window_start, \
+pub(super) const IOT: &str = "SELECT device_type, date_bin(INTERVAL '10 minutes', ts) AS window_start, \
     avg(signal) AS avg_signal, max(signal) AS max_signal, count(*) AS readings \
     FROM readings WHERE signal > 15 GROUP BY device_type, window_start";
 
@@ -51,7 +51,7 @@ pub(super) async fn compile(sql: &str) -> Result<CompiledView> {
     .await
 }
 
-fn batch(rows: &[(&str, &str, f64, &str)], tag: i32) -> RecordBatch {
+pub(super) fn batch(rows: &[(&str, &str, f64, &str)], tag: i32) -> RecordBatch {
     let s = readings();
     let mut d = BatchDecoder::new(&s, false);
     for (i, (dev, ty, sig, ts)) in rows.iter().enumerate() {

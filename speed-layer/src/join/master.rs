@@ -7,6 +7,10 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::compute::kernels::sort::sort_to_indices;
+use datafusion::arrow::compute::{
+    concat_batches, filter_record_batch, is_not_null, take_record_batch,
+};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::{SessionConfig, SessionContext, cast, col, lit};
@@ -21,12 +25,29 @@ use super::{Archive, Side};
 const DAY_US: i64 = 86_400_000_000;
 
 /// The master table's events of one stream below `cutoff` with event time from
-/// `from_us` on, in the view's input layout.
+/// `from_us` on, in the view's input layout, ordered by event time: each micro-batch
+/// takes the slice it needs instead of filtering every row held.
 #[derive(Debug)]
 struct Below {
     cutoff: i64,
     from_us: i64,
-    rows: Vec<RecordBatch>,
+    rows: RecordBatch,
+}
+
+impl Below {
+    /// The rows with event time (column `ts`) in `[lo, hi]`.
+    fn slice(&self, ts: &str, lo: i64, hi: i64) -> Vec<RecordBatch> {
+        let Some(times) = super::event_times(&self.rows, ts) else {
+            return Vec::new();
+        };
+        let times = times.values();
+        let start = times.partition_point(|t| *t < lo);
+        let end = times.partition_point(|t| *t <= hi).max(start);
+        match end - start {
+            0 => Vec::new(),
+            n => vec![self.rows.slice(start, n)],
+        }
+    }
 }
 
 /// A join view's two streams' master tables, with what was last read of each.
@@ -56,30 +77,55 @@ impl Archive for MasterArchive {
         &mut self,
         side: Side,
         cutoff: i64,
-        from_us: i64,
+        (lo, hi): (i64, i64),
     ) -> Result<Vec<RecordBatch>, CoreError> {
         let Some(storage) = &self.storage else {
             return Ok(Vec::new());
         };
         let (stream, input) = &self.streams[side.index()];
+        let ts = stream.event_time.as_str();
         let slot = &mut self.held[side.index()];
         if let Some(held) = slot.as_ref()
             && held.cutoff == cutoff
-            && held.from_us <= from_us
+            && held.from_us <= lo
         {
-            return Ok(held.rows.clone());
+            return Ok(held.slice(ts, lo, hi));
         }
         // Read as far back as was needed before too: late events tend to come again.
-        let from_us = slot.as_ref().map_or(from_us, |h| h.from_us.min(from_us));
-        let rows = read(storage, stream, input, cutoff, from_us).await?;
-        tracing::debug!(stream = %stream.name, cutoff, from_us, rows = rows.iter().map(|b| b.num_rows()).sum::<usize>(), "join partners read from the master table");
-        *slot = Some(Below {
+        let from_us = slot.as_ref().map_or(lo, |h| h.from_us.min(lo));
+        let rows = by_event_time(
+            input,
+            ts,
+            read(storage, stream, input, cutoff, from_us).await?,
+        )?;
+        tracing::debug!(stream = %stream.name, cutoff, from_us, rows = rows.num_rows(), "join partners read from the master table");
+        let held = slot.insert(Below {
             cutoff,
             from_us,
-            rows: rows.clone(),
+            rows,
         });
-        Ok(rows)
+        Ok(held.slice(ts, lo, hi))
     }
+}
+
+/// `batches` as one batch ordered by event time (column `ts`); rows without one never
+/// pair, and are left out.
+fn by_event_time(
+    input: &SchemaRef,
+    ts: &str,
+    batches: Vec<RecordBatch>,
+) -> Result<RecordBatch, CoreError> {
+    let rows = concat_batches(input, &batches)?;
+    let column = rows.column_by_name(ts).cloned();
+    let Some(column) = column else {
+        return Ok(rows);
+    };
+    let rows = match column.null_count() {
+        0 => rows,
+        _ => filter_record_batch(&rows, &is_not_null(&column)?)?,
+    };
+    let order = sort_to_indices(rows.column_by_name(ts).expect("kept above"), None, None)?;
+    Ok(take_record_batch(&rows, &order)?)
 }
 
 async fn read(
@@ -137,4 +183,65 @@ async fn read(
         .collect()
         .await?;
     tributary_core::view::conform_to(input, rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, TimestampMicrosecondArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use datafusion::arrow::record_batch::RecordBatch;
+
+    use super::{Below, by_event_time};
+
+    #[test]
+    fn held_rows_are_ordered_by_event_time_and_sliced_inclusively() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let batch = |ts: Vec<Option<i64>>, n: Vec<i64>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(TimestampMicrosecondArray::from(ts)),
+                    Arc::new(Int64Array::from(n)),
+                ],
+            )
+            .unwrap()
+        };
+        let rows = by_event_time(
+            &schema,
+            "ts",
+            vec![
+                batch(vec![Some(30), None, Some(10)], vec![3, 0, 1]),
+                batch(vec![Some(20), Some(40), Some(20)], vec![2, 4, 5]),
+            ],
+        )
+        .unwrap();
+        let held = Below {
+            cutoff: 0,
+            from_us: 0,
+            rows,
+        };
+        let numbers = |lo, hi| -> Vec<i64> {
+            held.slice("ts", lo, hi)
+                .iter()
+                .flat_map(|b| {
+                    let n = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+                    n.values().to_vec()
+                })
+                .collect()
+        };
+        // The row without an event time never pairs and is not held.
+        assert_eq!(held.rows.num_rows(), 5);
+        let mut both = numbers(20, 30);
+        both.sort();
+        assert_eq!(both, vec![2, 3, 5]);
+        assert_eq!(numbers(i64::MIN, 10), vec![1]);
+        assert_eq!(numbers(40, i64::MAX), vec![4]);
+        assert_eq!(numbers(11, 19), Vec::<i64>::new());
+        assert_eq!(numbers(31, 29), Vec::<i64>::new());
+    }
 }

@@ -37,13 +37,13 @@ use tributary_core::view::{CompiledView, StreamJoin};
 /// Where a join view finds a stream's events below a batch cutoff (the master table;
 /// in tests, events held in memory).
 pub(crate) trait Archive {
-    /// The events of `side`'s stream with `_ingest_ts` below `cutoff` and event time at
-    /// least `from_us`, in that side's input layout tagged as the speed layer's.
+    /// The events of `side`'s stream with `_ingest_ts` below `cutoff` and event time in
+    /// `range` (`[lo, hi]`), in that side's input layout tagged as the speed layer's.
     fn below(
         &mut self,
         side: Side,
         cutoff: i64,
-        from_us: i64,
+        range: (i64, i64),
     ) -> impl std::future::Future<Output = Result<Vec<RecordBatch>, CoreError>> + Send;
 }
 
@@ -176,7 +176,7 @@ impl<A: Archive> JoinState<A> {
             let mut partners = match cutoff {
                 // No batch run yet: every event is this layer's.
                 i64::MIN => Vec::new(),
-                _ => self.archive.below(other, cutoff, lo).await?,
+                _ => self.archive.below(other, cutoff, (lo, hi)).await?,
             };
             partners.extend(self.kept_for(other, cutoff..=bucket, bucket));
             let partners = within(&partners, &other_ts, lo, hi)?;

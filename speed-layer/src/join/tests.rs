@@ -117,7 +117,7 @@ impl Archive for MemArchive {
         &mut self,
         side: Side,
         cutoff: i64,
-        from_us: i64,
+        (lo, hi): (i64, i64),
     ) -> Result<Vec<RecordBatch>, CoreError> {
         let b = &self.sides[side.index()];
         let ts = |name: &str| {
@@ -130,7 +130,10 @@ impl Archive for MemArchive {
         };
         let (ingest, event) = (ts(INGEST_TS), ts(&self.event_time));
         let keep: BooleanArray = (0..b.num_rows())
-            .map(|i| Some(ingest.value(i) < cutoff && event.value(i) >= from_us))
+            .map(|i| {
+                let t = event.value(i);
+                Some(ingest.value(i) < cutoff && t >= lo && t <= hi)
+            })
             .collect();
         Ok(vec![filter_record_batch(b, &keep)?])
     }
