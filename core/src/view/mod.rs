@@ -141,14 +141,15 @@ impl CompiledView {
         let partial = find_partial(&physical)
             .ok_or_else(|| err("internal: no partial aggregate in the physical plan".into()))?;
         physical::check_accumulators(&partial).map_err(err)?;
-        let string_views = shape.join.is_none()
-            && shape.session.is_none()
-            && tables.is_empty()
-            && !physical::hashes_values(&partial);
         let stream = streams
             .iter()
             .find(|s| s.name == shape.stream)
             .expect("check_shape found the stream");
+        let string_views = shape.join.is_none()
+            && shape.session.is_none()
+            && tables.is_empty()
+            && !physical::hashes_values(&partial)
+            && planning::plans_over_string_views(&exec_sql, stream, &partial.schema()).await;
         let window_state = output_source(&physical, &shape.window);
         let session = match &shape.session {
             Some(s) => Some(session_layout(s, &partial, shape.window_spec.size_us).map_err(err)?),

@@ -106,3 +106,49 @@ pub(super) fn register_tables(ctx: &SessionContext, tables: &[Arc<DimensionTable
     }
     Ok(())
 }
+
+/// Whether `sql` plans over `stream` with its strings as Arrow string views into partial
+/// states that cast to `partial`, the layout every layer keeps. A function of the view
+/// that takes no string views, or states of another shape, leave the batch layer
+/// reading plain Utf8 (see [`super::CompiledView::reads_string_views`]).
+pub(super) async fn plans_over_string_views(
+    sql: &str,
+    stream: &StreamSchema,
+    partial: &datafusion::arrow::datatypes::SchemaRef,
+) -> bool {
+    use datafusion::arrow::compute::can_cast_types;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let input = input_schema(stream);
+    let fields: Vec<Field> = input
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 => Field::new(f.name(), DataType::Utf8View, f.is_nullable()),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    let ctx = session();
+    let registered = MemTable::try_new(Arc::new(Schema::new(fields)), vec![vec![]])
+        .map_err(|e| e.to_string())
+        .and_then(|t| {
+            ctx.register_table(stream.name.as_str(), Arc::new(t))
+                .map_err(|e| e.to_string())
+        });
+    if registered.is_err() {
+        return false;
+    }
+    let state = ctx.state();
+    let Ok(logical) = state.create_logical_plan(sql).await else {
+        return false;
+    };
+    let Ok(physical) = state.create_physical_plan(&logical).await else {
+        return false;
+    };
+    let Some(theirs) = super::physical::find_partial(&physical).map(|p| p.schema()) else {
+        return false;
+    };
+    theirs.fields().len() == partial.fields().len()
+        && theirs.fields().iter().zip(partial.fields()).all(|(a, b)| {
+            a.data_type() == b.data_type() || can_cast_types(a.data_type(), b.data_type())
+        })
+}

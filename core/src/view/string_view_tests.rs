@@ -65,6 +65,40 @@ async fn states_over_string_views_are_the_states_over_utf8() {
 }
 
 #[tokio::test]
+async fn string_functions_and_string_states_come_out_alike_over_views() {
+    let view = compile(
+        "SELECT upper(device_type) AS kind, date_bin(INTERVAL '10 minutes', ts) AS w, \
+         min(device) AS first_device, max(concat(device, '/', device_type)) AS last, \
+         count(*) AS n FROM readings WHERE device LIKE 'd%' GROUP BY kind, w",
+    )
+    .await
+    .unwrap();
+    assert!(view.reads_string_views());
+    let long = "a fan type whose name is longer than twelve bytes";
+    let rows = batch(
+        &[
+            ("d1", "pump", 20.0, "2026-01-01T00:01:00Z"),
+            ("d22", long, 30.0, "2026-01-01T00:02:00Z"),
+            ("x3", "pump", 16.0, "2026-01-01T00:03:00Z"),
+            ("d0", "PUMP", 40.0, "2026-01-01T00:04:00Z"),
+        ],
+        SOURCE_BATCH,
+    );
+    let views = as_string_views(&rows);
+    let table = |b: RecordBatch| Arc::new(MemTable::try_new(b.schema(), vec![vec![b]]).unwrap());
+    let over_utf8 = view.run_partial(table(rows)).await.unwrap();
+    let over_views = view.run_partial(table(views)).await.unwrap();
+    assert!(over_views.iter().all(|b| b.schema() == view.partial_schema));
+    assert_eq!(sorted(&over_utf8), sorted(&over_views));
+    let merged = view
+        .finalize([over_utf8, over_views].concat())
+        .await
+        .unwrap();
+    // `pump` and `PUMP` are one kind; `x3` is filtered out.
+    assert_eq!(sorted(&merged).len(), 2);
+}
+
+#[tokio::test]
 async fn a_view_hashing_strings_into_a_sketch_reads_plain_utf8() {
     let view = compile(
         "SELECT device_type, date_bin(INTERVAL '10 minutes', ts) AS w, \
