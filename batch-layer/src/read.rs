@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
 use datafusion::dataframe::DataFrame;
@@ -15,7 +15,7 @@ use datafusion::scalar::ScalarValue;
 use deltalake::DeltaTable;
 use tributary_core::schema::{INGEST_TS, StreamSchema, UTC};
 use tributary_core::storage::Storage;
-use tributary_core::view::{CompiledView, SOURCE_BATCH, SOURCE_COLUMN};
+use tributary_core::view::{CompiledView, SOURCE_BATCH, SOURCE_COLUMN, with_string_views};
 
 use crate::archiver::open_master;
 use crate::dedup::without_repeats;
@@ -136,15 +136,7 @@ impl Columns {
         if !string_views {
             return Columns::of_input(&view.input_schema);
         }
-        let as_views = view
-            .input_schema
-            .fields()
-            .iter()
-            .map(|f| match f.data_type() {
-                DataType::Utf8 => Field::new(f.name(), DataType::Utf8View, f.is_nullable()),
-                _ => f.as_ref().clone(),
-            });
-        let schema = Arc::new(Schema::new(as_views.collect::<Vec<_>>()));
+        let schema = with_string_views(&view.input_schema);
         Columns {
             exprs: input_columns(&schema),
             string_views,

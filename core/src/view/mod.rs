@@ -566,6 +566,7 @@ pub use session::SessionLayout;
 use shape::{check_shape, unplanned};
 pub use source::{
     Layer, Origin, SOURCE_BATCH, SOURCE_COLUMN, SOURCE_SPEED, input_schema, tag_source,
+    with_string_views,
 };
 pub use stream_join::StreamJoin;
 

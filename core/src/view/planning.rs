@@ -117,18 +117,9 @@ pub(super) async fn plans_over_string_views(
     partial: &datafusion::arrow::datatypes::SchemaRef,
 ) -> bool {
     use datafusion::arrow::compute::can_cast_types;
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    let input = input_schema(stream);
-    let fields: Vec<Field> = input
-        .fields()
-        .iter()
-        .map(|f| match f.data_type() {
-            DataType::Utf8 => Field::new(f.name(), DataType::Utf8View, f.is_nullable()),
-            _ => f.as_ref().clone(),
-        })
-        .collect();
+    let schema = super::with_string_views(&input_schema(stream));
     let ctx = session();
-    let registered = MemTable::try_new(Arc::new(Schema::new(fields)), vec![vec![]])
+    let registered = MemTable::try_new(schema, vec![vec![]])
         .map_err(|e| e.to_string())
         .and_then(|t| {
             ctx.register_table(stream.name.as_str(), Arc::new(t))

@@ -84,6 +84,20 @@ pub fn input_schema(stream: &StreamSchema) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// `schema` with its Utf8 fields as string views (Parquet's own form; see
+/// [`super::CompiledView::reads_string_views`]).
+pub fn with_string_views(schema: &SchemaRef) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 => Field::new(f.name(), DataType::Utf8View, f.is_nullable()),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
 /// Append the `_src` column to a batch in view-schema layout.
 pub fn tag_source(batch: &RecordBatch, tag: i32, input: &SchemaRef) -> Result<RecordBatch> {
     let mut cols: Vec<ArrayRef> = batch.columns().to_vec();

@@ -6,30 +6,21 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::datasource::MemTable;
 
-use super::SOURCE_BATCH;
 use super::tests::{IOT, batch, compile, sorted};
+use super::{SOURCE_BATCH, with_string_views};
 
 /// `rows` with every Utf8 column as a string view.
 fn as_string_views(rows: &RecordBatch) -> RecordBatch {
-    let fields: Vec<Field> = rows
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| match f.data_type() {
-            DataType::Utf8 => Field::new(f.name(), DataType::Utf8View, f.is_nullable()),
-            _ => f.as_ref().clone(),
-        })
-        .collect();
+    let schema = with_string_views(&rows.schema());
     let columns = rows
         .columns()
         .iter()
-        .zip(&fields)
+        .zip(schema.fields())
         .map(|(c, f)| cast(c, f.data_type()).unwrap())
         .collect();
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+    RecordBatch::try_new(schema, columns).unwrap()
 }
 
 #[tokio::test]
