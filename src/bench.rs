@@ -356,8 +356,7 @@ impl SpeedRun {
 
     /// Until the states hold `events` events (polled every millisecond), then stop.
     pub async fn wait_for(self, events: u64) -> anyhow::Result<()> {
-        let held = || -> u64 { self.layer.stats().streams.values().map(|s| s.events).sum() };
-        while held() < events {
+        while self.layer.events_read() < events {
             if self.task.is_finished() {
                 bail!("the speed layer stopped early");
             }

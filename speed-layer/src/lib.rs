@@ -283,6 +283,15 @@ impl SpeedLayer {
         }
     }
 
+    /// Events read so far over every stream: atomics only, for callers that poll
+    /// (a benchmark waiting for the layer must not take the stores' locks as it waits).
+    pub fn events_read(&self) -> u64 {
+        self.progress
+            .values()
+            .map(|p| p.events.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// The layer's figures now.
     pub fn stats(&self) -> SpeedStats {
         SpeedStats {
