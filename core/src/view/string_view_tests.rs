@@ -23,6 +23,18 @@ fn as_string_views(rows: &RecordBatch) -> RecordBatch {
     RecordBatch::try_new(schema, columns).unwrap()
 }
 
+/// The view's partial states over `rows` as they are (Utf8), then over them as views.
+async fn states_both_ways(
+    view: &super::CompiledView,
+    rows: RecordBatch,
+) -> (Vec<RecordBatch>, Vec<RecordBatch>) {
+    let views = as_string_views(&rows);
+    let table = |b: RecordBatch| Arc::new(MemTable::try_new(b.schema(), vec![vec![b]]).unwrap());
+    let over_utf8 = view.run_partial(table(rows)).await.unwrap();
+    let over_views = view.run_partial(table(views)).await.unwrap();
+    (over_utf8, over_views)
+}
+
 #[tokio::test]
 async fn states_over_string_views_are_the_states_over_utf8() {
     let view = compile(IOT).await.unwrap();
@@ -38,10 +50,7 @@ async fn states_over_string_views_are_the_states_over_utf8() {
         ],
         SOURCE_BATCH,
     );
-    let views = as_string_views(&rows);
-    let table = |b: RecordBatch| Arc::new(MemTable::try_new(b.schema(), vec![vec![b]]).unwrap());
-    let over_utf8 = view.run_partial(table(rows)).await.unwrap();
-    let over_views = view.run_partial(table(views)).await.unwrap();
+    let (over_utf8, over_views) = states_both_ways(&view, rows).await;
     for states in [&over_utf8, &over_views] {
         assert!(states.iter().all(|b| b.schema() == view.partial_schema));
     }
@@ -75,10 +84,7 @@ async fn string_functions_and_string_states_come_out_alike_over_views() {
         ],
         SOURCE_BATCH,
     );
-    let views = as_string_views(&rows);
-    let table = |b: RecordBatch| Arc::new(MemTable::try_new(b.schema(), vec![vec![b]]).unwrap());
-    let over_utf8 = view.run_partial(table(rows)).await.unwrap();
-    let over_views = view.run_partial(table(views)).await.unwrap();
+    let (over_utf8, over_views) = states_both_ways(&view, rows).await;
     assert!(over_views.iter().all(|b| b.schema() == view.partial_schema));
     assert_eq!(sorted(&over_utf8), sorted(&over_views));
     let merged = view

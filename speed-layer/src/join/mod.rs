@@ -178,8 +178,9 @@ impl<A: Archive> JoinState<A> {
                 i64::MIN => Vec::new(),
                 _ => self.archive.below(other, cutoff, (lo, hi)).await?,
             };
-            partners.extend(self.kept_for(other, cutoff..=bucket, bucket));
-            let partners = within(&partners, &other_ts, lo, hi)?;
+            // The archive hands back its slice of `[lo, hi]`; kept events are filtered here.
+            let kept = self.kept_for(other, cutoff..=bucket, bucket);
+            partners.extend(within(&kept, &other_ts, lo, hi)?);
             if !partners.is_empty() {
                 out.push((bucket, self.pairs(side, &rows, partners).await?));
             }
