@@ -13,12 +13,11 @@ use datafusion::arrow::array::TimestampMicrosecondArray;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::dataframe::DataFrame;
 use datafusion::physical_plan::{ExecutionPlanProperties, collect};
+use deltalake::DeltaTable;
 use tributary_core::quarantine::join_isolating;
 use tributary_core::schema::{INGEST_TS, StreamSchema, newest_watermark_time};
-use tributary_core::storage::Storage;
 use tributary_core::view::CompiledView;
 
-use crate::archiver::open_master;
 use crate::engine::Engine;
 use crate::error::{BatchError, is_storage_error};
 use crate::read::{Columns, Partial, master_rows};
@@ -27,9 +26,7 @@ use crate::scan::{Meter, MeteredTable};
 /// The states of every pair of `view`'s two streams below `cutoff`, how many events of
 /// both streams that read, and the newest event time of the view's own stream.
 pub(crate) async fn partial_join_over_master(
-    storage: &Storage,
-    left: &StreamSchema,
-    right: &StreamSchema,
+    [(left, left_master), (right, right_master)]: [(&StreamSchema, Option<&DeltaTable>); 2],
     view: &CompiledView,
     cutoff: i64,
 ) -> Result<Partial, BatchError> {
@@ -39,12 +36,16 @@ pub(crate) async fn partial_join_over_master(
     let mut tables = Vec::new();
     let mut meters = Vec::new();
     let mut frames = Vec::new();
-    for (stream, input, event_time) in [
-        (left, &view.input_schema, &view.event_time),
-        (right, &join.other_input_schema, &join.other_event_time),
+    for (stream, master, input, event_time) in [
+        (left, left_master, &view.input_schema, &view.event_time),
+        (
+            right,
+            right_master,
+            &join.other_input_schema,
+            &join.other_event_time,
+        ),
     ] {
-        let master = open_master(storage, &stream.name).await?;
-        let rows = match &master {
+        let rows = match master {
             Some(m) => {
                 let columns = Columns::of_input(input);
                 master_rows(m, stream, &view.name, columns, None, cutoff, &Engine::Local).await?

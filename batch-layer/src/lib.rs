@@ -26,6 +26,7 @@ pub mod retention;
 pub mod run;
 pub mod scan;
 pub mod schedule;
+mod view_run;
 pub mod views;
 
 use std::sync::Arc;

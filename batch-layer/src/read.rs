@@ -14,10 +14,8 @@ use datafusion::prelude::{SessionContext, cast, col, lit};
 use datafusion::scalar::ScalarValue;
 use deltalake::DeltaTable;
 use tributary_core::schema::{INGEST_TS, StreamSchema, UTC};
-use tributary_core::storage::Storage;
 use tributary_core::view::{CompiledView, SOURCE_BATCH, SOURCE_COLUMN, with_string_views};
 
-use crate::archiver::open_master;
 use crate::dedup::without_repeats;
 use crate::engine::Engine;
 use crate::error::{BatchError, is_storage_error};
@@ -45,18 +43,18 @@ fn ingest_range(from: Option<i64>, cutoff: i64) -> Expr {
 /// `[from, cutoff)` (from the beginning when `from` is `None`), how many events that
 /// was, and the newest event time among them.
 pub(crate) async fn partial_over_master(
-    storage: &Storage,
+    master: Option<&DeltaTable>,
     stream: &StreamSchema,
     view: &CompiledView,
     from: Option<i64>,
     cutoff: i64,
     engine: &Engine,
 ) -> Result<Partial, BatchError> {
-    let Some(master) = open_master(storage, &view.stream).await? else {
+    let Some(master) = master else {
         return Ok((Vec::new(), 0, None));
     };
     let columns = Columns::of_view(view, engine);
-    let Some(df) = master_rows(&master, stream, &view.name, columns, from, cutoff, engine).await?
+    let Some(df) = master_rows(master, stream, &view.name, columns, from, cutoff, engine).await?
     else {
         return Ok((Vec::new(), 0, None));
     };
@@ -68,7 +66,7 @@ pub(crate) async fn partial_over_master(
             cluster.note_fallback(&e);
             let columns = Columns::of_view(view, &Engine::Local);
             let local = master_rows(
-                &master,
+                master,
                 stream,
                 &view.name,
                 columns,

@@ -26,48 +26,15 @@ use crate::archiver::{archived_positions, open_master};
 use crate::engine::Engine;
 use crate::error::BatchError;
 use crate::history::{append_history, load_history};
-use crate::read::partial_over_master;
 use crate::run::{Progress, RunKind, RunProgress, RunRecord, RunStatus};
-use crate::views;
-
-/// A view's cutoff in a run, and what it builds on.
-struct ViewCutoff {
-    cutoff: i64,
-    definition: i64,
-    /// The states an incremental run merges into; `None`: a full recompute.
-    base: Option<views::Head>,
-    /// Why the run is full (for the progress line).
-    why_full: &'static str,
-}
-
-/// The states one view's run writes, and what it read to make them.
-struct ViewStates {
-    batches: Vec<datafusion::arrow::record_batch::RecordBatch>,
-    scope: views::Scope,
-    rows_in: u64,
-    max_event_ts: Option<i64>,
-    kind: &'static str,
-}
-
-impl ViewStates {
-    /// States computed anew over everything below the cutoff, replacing all.
-    fn full((batches, rows_in, max_event_ts): crate::read::Partial) -> Self {
-        ViewStates {
-            batches,
-            scope: views::Scope::All,
-            rows_in,
-            max_event_ts,
-            kind: "full",
-        }
-    }
-}
+use crate::view_run::Masters;
 
 /// What a successful run did: its (smallest) cutoff and its counts.
-struct Done {
-    cutoff: i64,
-    rows_in: u64,
-    rows_out: u64,
-    files: u64,
+pub(crate) struct Done {
+    pub(crate) cutoff: i64,
+    pub(crate) rows_in: u64,
+    pub(crate) rows_out: u64,
+    pub(crate) files: u64,
 }
 
 /// A run is tried this many times at most, waiting [`RETRY_BACKOFF`], then twice that, …
@@ -369,11 +336,11 @@ impl Batch {
         }
     }
 
-    fn stream_of(&self, view: &CompiledView) -> &StreamSchema {
+    pub(crate) fn stream_of(&self, view: &CompiledView) -> &StreamSchema {
         self.stream_named(&view.stream)
     }
 
-    fn stream_named(&self, name: &str) -> &StreamSchema {
+    pub(crate) fn stream_named(&self, name: &str) -> &StreamSchema {
         self.pipeline
             .streams
             .iter()
@@ -399,9 +366,18 @@ impl Batch {
         progress.stage("choosing the cutoff", 0, total);
         self.pipeline.refresh_tables().await;
         let mut cutoffs = HashMap::new();
+        let mut masters = Masters::new();
+        let t = std::time::Instant::now();
         for s in &self.pipeline.streams {
-            cutoffs.insert(s.name.clone(), self.stream_cutoff(s).await?);
+            let master = open_master(&self.storage, &s.name).await?;
+            cutoffs.insert(s.name.clone(), self.cutoff_of(s, master.as_ref()).await?);
+            masters.insert(s.name.clone(), master);
         }
+        tracing::debug!(
+            run = run_id,
+            ms = t.elapsed().as_secs_f64() * 1e3,
+            "stream cutoffs chosen"
+        );
         let mut done = Done {
             cutoff: i64::MAX,
             rows_in: 0,
@@ -421,7 +397,14 @@ impl Batch {
                 None => cutoffs[&view.stream],
             };
             let ran = self
-                .run_view(run_id, view, kind, stream_cutoff, &step, &mut done)
+                .run_view(
+                    run_id,
+                    view,
+                    kind,
+                    (stream_cutoff, &masters),
+                    &step,
+                    &mut done,
+                )
                 .await;
             if let Err(e) = ran {
                 tracing::warn!(run = run_id, view = %view.name, error = %e, "a view of the batch run failed; running the others");
@@ -435,143 +418,9 @@ impl Batch {
         }
     }
 
-    /// One view's part of a run: its cutoff, its states, its commit.
-    async fn run_view(
-        &self,
-        run_id: &str,
-        view: &CompiledView,
-        kind: RunKind,
-        stream_cutoff: i64,
-        step: &(dyn Fn(&str) + Sync),
-        done: &mut Done,
-    ) -> Result<(), BatchError> {
-        let cutoff = self.view_cutoff(view, kind, stream_cutoff).await?;
-        done.cutoff = done.cutoff.min(cutoff.cutoff);
-        let Some(states) = self.view_states(view, &cutoff, step).await? else {
-            return Ok(());
-        };
-        done.rows_in += states.rows_in;
-        done.rows_out += states
-            .batches
-            .iter()
-            .map(|b| b.num_rows() as u64)
-            .sum::<u64>();
-        let stamp = views::Stamp {
-            cutoff: cutoff.cutoff,
-            max_event_ts: states.max_event_ts,
-            definition: cutoff.definition,
-            run_id,
-            kind: states.kind,
-        };
-        done.files += views::write(&self.storage, view, stamp, states.scope, states.batches)
-            .await?
-            .files;
-        Ok(())
-    }
-
-    /// Where a view's run stands: its cutoff, its definition, and the states it builds on.
-    async fn view_cutoff(
-        &self,
-        view: &CompiledView,
-        kind: RunKind,
-        stream_cutoff: i64,
-    ) -> Result<ViewCutoff, BatchError> {
-        let stream = self.stream_of(view);
-        let definition = views::definition_hash(view, stream.dedup.as_ref());
-        let previous = match kind {
-            RunKind::Full => None,
-            RunKind::Incremental => views::head(&self.storage, view).await?,
-        };
-        // Incremental only on top of states of the same definition; anything else
-        // (no states yet, SQL or dedup rule changed) is a full recompute of the view.
-        let (base, why_full) = match previous {
-            _ if kind == RunKind::Full => (None, "requested"),
-            None => (None, "no batch states yet"),
-            Some(p) if p.definition != Some(definition) => (None, "definition changed"),
-            Some(p) => (Some(p), ""),
-        };
-        // Never move a view's cutoff backwards (a clock step back could).
-        let prev_cutoff = match &base {
-            Some(b) => Some(b.cutoff),
-            None => views::load_cutoff(&self.storage, view).await?,
-        };
-        Ok(ViewCutoff {
-            cutoff: prev_cutoff.map_or(stream_cutoff, |p| stream_cutoff.max(p)),
-            definition,
-            base,
-            why_full,
-        })
-    }
-
-    /// The states a view's run writes: merged into its base (incremental), or computed
-    /// anew (full); `None` when nothing is new since the base.
-    async fn view_states(
-        &self,
-        view: &CompiledView,
-        at: &ViewCutoff,
-        step: &(dyn Fn(&str) + Sync),
-    ) -> Result<Option<ViewStates>, BatchError> {
-        let stream = self.stream_of(view);
-        let cutoff = at.cutoff;
-        if let Some(j) = view.stream_join() {
-            if at.base.as_ref().is_some_and(|b| b.cutoff == cutoff) {
-                step("nothing new");
-                return Ok(None);
-            }
-            step("full (a join of two streams)");
-            let right = self.stream_named(&j.other);
-            let partial =
-                crate::join::partial_join_over_master(&self.storage, stream, right, view, cutoff)
-                    .await?;
-            return Ok(Some(ViewStates::full(partial)));
-        }
-        let Some(b) = &at.base else {
-            step(&format!("full ({})", at.why_full));
-            let partial =
-                partial_over_master(&self.storage, stream, view, None, cutoff, &self.engine)
-                    .await?;
-            return Ok(Some(ViewStates::full(partial)));
-        };
-        if b.cutoff == cutoff {
-            step("nothing new");
-            return Ok(None);
-        }
-        step("incremental");
-        let (new, rows_in, max) = partial_over_master(
-            &self.storage,
-            stream,
-            view,
-            Some(b.cutoff),
-            cutoff,
-            &self.engine,
-        )
-        .await?;
-        // Only the window days the new events fall in are read, merged and replaced
-        // (all of a table from before the day partitions). A new event can join a
-        // session that began any number of days before, so session views read and
-        // replace all their states.
-        let scope = if b.by_day && view.session.is_none() {
-            views::Scope::Days(views::days_of(view, &new)?)
-        } else {
-            views::Scope::All
-        };
-        let days = match &scope {
-            views::Scope::Days(d) => Some(d.as_slice()),
-            views::Scope::All => None,
-        };
-        let mut all = views::load_days(&self.storage, view, days).await?;
-        all.extend(new);
-        let merged = view
-            .reduce(all)
-            .await
-            .map_err(|e| BatchError::query(&view.name, e))?;
-        Ok(Some(ViewStates {
-            batches: merged,
-            scope,
-            rows_in,
-            max_event_ts: max.max(b.max_event_ts),
-            kind: "incremental",
-        }))
+    /// Where runs execute their partial plans.
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// The storage the runs read and write.
@@ -588,7 +437,17 @@ impl Batch {
     /// with `_ingest_ts < T` is in the master table.
     pub async fn stream_cutoff(&self, stream: &StreamSchema) -> Result<i64, BatchError> {
         let master = open_master(&self.storage, &stream.name).await?;
-        let archived = archived_positions(master.as_ref(), stream).await?;
+        self.cutoff_of(stream, master.as_ref()).await
+    }
+
+    /// [`Batch::stream_cutoff`] as `master`, a snapshot of the stream's master table,
+    /// proves it.
+    async fn cutoff_of(
+        &self,
+        stream: &StreamSchema,
+        master: Option<&deltalake::DeltaTable>,
+    ) -> Result<i64, BatchError> {
+        let archived = archived_positions(master, stream).await?;
         let mut bound = i64::MAX;
         for (p, a) in archived.iter().enumerate() {
             let b = self

@@ -349,7 +349,7 @@ pub async fn head(storage: &Storage, view: &CompiledView) -> Result<Option<Head>
     read_head(&table, view).await
 }
 
-async fn read_head(
+pub(crate) async fn read_head(
     table: &deltalake::DeltaTable,
     view: &CompiledView,
 ) -> Result<Option<Head>, BatchError> {
@@ -402,7 +402,7 @@ pub async fn load_days(
 
 /// The state columns (`c0`, `c1`, …) of a batch-view table, in the partial schema;
 /// with `days`, only the partitions of those days are read.
-async fn read_states(
+pub(crate) async fn read_states(
     table: &deltalake::DeltaTable,
     view: &CompiledView,
     days: Option<&[i32]>,
@@ -447,6 +447,15 @@ pub async fn load_cutoff(
     let table = tributary_core::delta::open(storage.batch_view_table(&view.name))
         .await
         .map_err(|e| BatchError::delta(what(), e))?;
+    cutoff_of(&table, view).await
+}
+
+/// The cutoff of the states in `table`, a view's batch table (`None`: no states yet).
+pub(crate) async fn cutoff_of(
+    table: &deltalake::DeltaTable,
+    view: &CompiledView,
+) -> Result<Option<i64>, BatchError> {
+    let what = || format!("batch view `{}`", view.name);
     if table.version().is_none() {
         return Ok(None);
     }
