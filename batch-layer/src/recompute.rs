@@ -375,7 +375,7 @@ impl Batch {
         }
         tracing::debug!(
             run = run_id,
-            ms = t.elapsed().as_secs_f64() * 1e3,
+            ms = crate::view_run::ms(t),
             "stream cutoffs chosen"
         );
         let mut done = Done {

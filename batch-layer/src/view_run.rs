@@ -60,7 +60,7 @@ impl ViewStates {
 }
 
 /// Milliseconds since `t`, for the run's debug timings.
-fn ms(t: Instant) -> f64 {
+pub(crate) fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
@@ -76,9 +76,7 @@ impl Batch {
         done: &mut Done,
     ) -> Result<(), BatchError> {
         let t = Instant::now();
-        let table = tributary_core::delta::open(self.storage().batch_view_table(&view.name))
-            .await
-            .map_err(|e| BatchError::delta(format!("batch view `{}`", view.name), e))?;
+        let table = views::open_table(self.storage(), view).await?;
         let cutoff = self.view_cutoff(view, &table, kind, stream_cutoff).await?;
         let cutoff_ms = ms(t);
         done.cutoff = done.cutoff.min(cutoff.cutoff);

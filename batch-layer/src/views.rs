@@ -168,6 +168,16 @@ pub struct Written {
     pub files: u64,
 }
 
+/// A view's batch table as it is now (a table with no version when no run wrote any).
+pub(crate) async fn open_table(
+    storage: &Storage,
+    view: &CompiledView,
+) -> Result<deltalake::DeltaTable, BatchError> {
+    tributary_core::delta::open(storage.batch_view_table(&view.name))
+        .await
+        .map_err(|e| BatchError::delta(format!("batch view `{}`", view.name), e))
+}
+
 /// Write a view's batch states, computed over `_ingest_ts < cutoff`: `states` replace
 /// every state in `scope`.
 pub async fn write(
@@ -177,10 +187,7 @@ pub async fn write(
     scope: Scope,
     states: Vec<RecordBatch>,
 ) -> Result<Written, BatchError> {
-    let table = tributary_core::delta::open(storage.batch_view_table(&view.name))
-        .await
-        .map_err(|e| BatchError::delta(format!("batch view `{}`", view.name), e))?;
-    write_to(table, view, stamp, scope, states).await
+    write_to(open_table(storage, view).await?, view, stamp, scope, states).await
 }
 
 /// [`write`] into `table`, opened by the caller: the commit is checked against its
@@ -284,11 +291,7 @@ pub struct Stamp<'a> {
 
 /// Load a view's latest batch states, or `None` if no batch run has written any.
 pub async fn load(storage: &Storage, view: &CompiledView) -> Result<Option<BatchView>, BatchError> {
-    let what = || format!("batch view `{}`", view.name);
-    let table = tributary_core::delta::open(storage.batch_view_table(&view.name))
-        .await
-        .map_err(|e| BatchError::delta(what(), e))?;
-    load_table(table, view).await
+    load_table(open_table(storage, view).await?, view).await
 }
 
 /// A view's batch states as a past batch run left them (time travel), or `None` if the
@@ -340,15 +343,8 @@ pub struct Head {
     pub by_day: bool,
 }
 
-/// A view's latest batch commit, without its states (`None`: no run wrote any).
-pub async fn head(storage: &Storage, view: &CompiledView) -> Result<Option<Head>, BatchError> {
-    let what = || format!("batch view `{}`", view.name);
-    let table = tributary_core::delta::open(storage.batch_view_table(&view.name))
-        .await
-        .map_err(|e| BatchError::delta(what(), e))?;
-    read_head(&table, view).await
-}
-
+/// A view's latest batch commit in `table`, without its states (`None`: no run wrote
+/// any).
 pub(crate) async fn read_head(
     table: &deltalake::DeltaTable,
     view: &CompiledView,
@@ -382,22 +378,6 @@ pub(crate) async fn read_head(
         definition: txn(DEFINITION_APP_ID).await?,
         by_day,
     }))
-}
-
-/// A view's latest states in the window days `days` (all of them when `None`).
-pub async fn load_days(
-    storage: &Storage,
-    view: &CompiledView,
-    days: Option<&[i32]>,
-) -> Result<Vec<RecordBatch>, BatchError> {
-    let what = || format!("batch view `{}`", view.name);
-    let table = tributary_core::delta::open(storage.batch_view_table(&view.name))
-        .await
-        .map_err(|e| BatchError::delta(what(), e))?;
-    if table.version().is_none() {
-        return Ok(Vec::new());
-    }
-    read_states(&table, view, days).await
 }
 
 /// The state columns (`c0`, `c1`, …) of a batch-view table, in the partial schema;
@@ -443,11 +423,7 @@ pub async fn load_cutoff(
     storage: &Storage,
     view: &CompiledView,
 ) -> Result<Option<i64>, BatchError> {
-    let what = || format!("batch view `{}`", view.name);
-    let table = tributary_core::delta::open(storage.batch_view_table(&view.name))
-        .await
-        .map_err(|e| BatchError::delta(what(), e))?;
-    cutoff_of(&table, view).await
+    cutoff_of(&open_table(storage, view).await?, view).await
 }
 
 /// The cutoff of the states in `table`, a view's batch table (`None`: no states yet).
