@@ -28,7 +28,7 @@ pub struct Args {
     /// Worker threads, and threads that decode partitions at once.
     pub threads: usize,
     pub python: Option<PathBuf>,
-    /// Which workloads to run: `iot`, `sessions`, `join`.
+    /// Which workloads to run: `iot`, `sessions`, `join`, `left_join`.
     pub views: Vec<String>,
 }
 
@@ -100,6 +100,24 @@ const WORKLOADS: &[Workload] = &[
             GROUP BY r.device_type, window_start",
         duckdb: "SELECT r.device_type, time_bucket(INTERVAL '10 minutes', epoch_ms(r.ts)) AS w, \
             count(*), avg(r.signal), max(a.level) FROM {json} r JOIN {alerts} a \
+            ON r.device = a.device AND a.ts BETWEEN r.ts - 60000 AND r.ts + 60000 \
+            GROUP BY ALL",
+        alerts: true,
+    },
+    // The same pairs as a LEFT join: every reading counted, with or without an alert
+    // of its device within a minute (most have none), and the weights of the
+    // unmatched rows kept per bucket.
+    Workload {
+        name: "left_join",
+        sql: "SELECT r.device_type, date_bin(INTERVAL '10 minutes', r.ts) AS window_start, \
+            count(*) AS readings, count(a.level) AS near_alerts, sum(a.level) AS levels, \
+            avg(r.signal) AS avg_signal \
+            FROM readings r LEFT JOIN alerts a ON r.device = a.device \
+            AND a.ts BETWEEN r.ts - INTERVAL '1 minute' AND r.ts + INTERVAL '1 minute' \
+            GROUP BY r.device_type, window_start",
+        duckdb: "SELECT r.device_type, time_bucket(INTERVAL '10 minutes', epoch_ms(r.ts)) AS w, \
+            count(*), count(a.level), sum(a.level), avg(r.signal) FROM {json} r \
+            LEFT JOIN {alerts} a \
             ON r.device = a.device AND a.ts BETWEEN r.ts - 60000 AND r.ts + 60000 \
             GROUP BY ALL",
         alerts: true,
@@ -212,7 +230,7 @@ pub async fn speed(args: Args) -> anyhow::Result<()> {
     std::fs::write(&alerts_ndjson, alerts.join(&b'\n'))?;
     for name in &args.views {
         let Some(w) = WORKLOADS.iter().find(|w| w.name == name) else {
-            bail!("no workload `{name}` (there are: iot, sessions, join)");
+            bail!("no workload `{name}` (there are: iot, sessions, join, left_join)");
         };
         let pipeline = workload_pipeline(w).await?;
         let view = pipeline.views.snapshot()[0].clone();

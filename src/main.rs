@@ -148,7 +148,8 @@ enum BenchTarget {
         #[arg(long)]
         python: Option<PathBuf>,
         /// Views to measure, comma-separated: `iot` (tumbling windows), `sessions`, `join`
-        /// (the readings joined with a second stream of alerts).
+        /// (the readings joined with a second stream of alerts), `left_join` (the same as a
+        /// LEFT join: every reading, with or without an alert).
         #[arg(long, value_delimiter = ',', default_value = "iot,sessions,join")]
         views: Vec<String>,
     },

@@ -311,6 +311,7 @@ macro_rules! golden_cases {
 }
 
 golden_cases!(
+    click_funnel,
     click_to_order,
     counts_having,
     dedup_orders,

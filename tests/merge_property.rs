@@ -91,6 +91,17 @@ FROM readings r JOIN alarms a
 WHERE a.level > 0
 GROUP BY r.device_type, window_start
 """
+
+[[views]]
+name = "unalarmed"
+sql = """
+SELECT r.device_type, date_bin(INTERVAL '30 minutes', r.ts) AS window_start,
+       count(*) AS readings, count(a.device) AS alarms, sum(a.level) AS levels,
+       avg(r.signal) AS mean_signal
+FROM readings r LEFT JOIN alarms a
+  ON r.device = a.device AND a.ts BETWEEN r.ts - INTERVAL '30 minutes' AND r.ts + INTERVAL '10 minutes'
+GROUP BY r.device_type, window_start
+"""
 "#;
 
 #[derive(Debug, Clone)]

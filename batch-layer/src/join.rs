@@ -10,11 +10,14 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::TimestampMicrosecondArray;
+use datafusion::arrow::compute::{concat_batches, filter_record_batch, not};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::dataframe::DataFrame;
+use datafusion::datasource::MemTable;
 use datafusion::physical_plan::{ExecutionPlanProperties, collect};
+use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
-use tributary_core::quarantine::join_isolating;
+use tributary_core::quarantine::{join_isolating, matched_isolating, unmatched_isolating};
 use tributary_core::schema::{INGEST_TS, StreamSchema, newest_watermark_time};
 use tributary_core::view::CompiledView;
 
@@ -52,9 +55,19 @@ pub(crate) async fn partial_join_over_master(
             }
             None => None,
         };
-        let Some(df) = rows else {
+        let df = match rows {
+            Some(df) => df,
+            // No events of the right side below the cutoff: a LEFT join's left events
+            // are all unmatched.
+            None if view.outer_join() && !frames.is_empty() => {
+                let empty = MemTable::try_new(input.clone(), vec![vec![]])
+                    .map_err(|e| BatchError::query(&view.name, e))?;
+                SessionContext::new()
+                    .read_table(Arc::new(empty))
+                    .map_err(|e| BatchError::query(&view.name, e))?
+            }
             // One side has no events below the cutoff: no pairs.
-            return Ok((Vec::new(), 0, None));
+            None => return Ok((Vec::new(), 0, None)),
         };
         let meter = Arc::new(Meter::default());
         let table = MeteredTable::new(
@@ -112,7 +125,21 @@ async fn isolating(
         .iter()
         .filter_map(|b| newest_event_time(b, &view.event_time, left.max_event_lead_us))
         .max();
-    let (states, failed) = join_isolating(view, l, r).await.map_err(query)?;
+    let (mut states, mut failed) = join_isolating(view, l.clone(), r.clone())
+        .await
+        .map_err(query)?;
+    if view.outer_join() {
+        // A LEFT join's unmatched rows, decided as the speed layer decides them.
+        let left = concat_batches(&view.input_schema, &l).map_err(|e| query(e.into()))?;
+        let (hit, f) = matched_isolating(view, &left, r).await.map_err(query)?;
+        failed.extend(f);
+        let alone = not(&hit)
+            .and_then(|keep| filter_record_batch(&left, &keep))
+            .map_err(|e| query(e.into()))?;
+        let (unmatched, f) = unmatched_isolating(view, alone).await.map_err(query)?;
+        failed.extend(f);
+        states.extend(unmatched);
+    }
     if let Some(last) = failed.last() {
         tracing::warn!(view = %view.name, pairs = failed.len(), error = %last, "joined pairs set aside");
     }

@@ -17,6 +17,8 @@
 
 use crate::CoreError;
 use crate::view::CompiledView;
+use datafusion::arrow::array::BooleanArray;
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::record_batch::RecordBatch;
 
 /// One record a view could not process: a one-row batch as decoded, and why.
@@ -111,6 +113,88 @@ pub async fn join_isolating(
                 let half = r.num_rows() / 2;
                 todo.push((l.clone(), r.slice(half, r.num_rows() - half)));
                 todo.push((l, r.slice(0, half)));
+            }
+        }
+    }
+    let states = if states.len() > 1 {
+        view.reduce(states).await?
+    } else {
+        states
+    };
+    Ok((states, failed))
+}
+
+/// Which rows of `left` a row of `right` matches in a LEFT join of two streams,
+/// leaving out the pairs whose ON condition fails (as [`join_isolating`] leaves them
+/// out of the pairs: such a pair is no match in either layer). Returns the matches and
+/// the errors of the pairs left out.
+pub async fn matched_isolating(
+    view: &CompiledView,
+    left: &RecordBatch,
+    right: Vec<RecordBatch>,
+) -> Result<(BooleanArray, Vec<CoreError>), CoreError> {
+    let first = match view.matched(left, right.clone()).await {
+        Ok(hit) => return Ok((hit, Vec::new())),
+        Err(e) => e,
+    };
+    tracing::warn!(view = %view.name, error = %first, "a LEFT join's matching failed; isolating its pairs");
+    let join = view.stream_join().ok_or(first)?;
+    let right = concat_batches(&join.other_input_schema, &right)?;
+    let mut hit = vec![false; left.num_rows()];
+    let mut failed = Vec::new();
+    // (offset of the slice in `left`, the slice, its partners)
+    let mut todo = vec![(0, left.clone(), right)];
+    while let Some((at, l, r)) = todo.pop() {
+        if l.num_rows() == 0 || r.num_rows() == 0 {
+            continue;
+        }
+        match view.matched(&l, vec![r.clone()]).await {
+            Ok(h) => {
+                for i in (0..h.len()).filter(|i| h.value(*i)) {
+                    hit[at + i] = true;
+                }
+            }
+            Err(error) if l.num_rows() == 1 && r.num_rows() == 1 => failed.push(error),
+            Err(_) if l.num_rows() > 1 => {
+                let half = l.num_rows() / 2;
+                todo.push((at + half, l.slice(half, l.num_rows() - half), r.clone()));
+                todo.push((at, l.slice(0, half), r));
+            }
+            Err(_) => {
+                let half = r.num_rows() / 2;
+                todo.push((at, l.clone(), r.slice(half, r.num_rows() - half)));
+                todo.push((at, l, r.slice(0, half)));
+            }
+        }
+    }
+    Ok((BooleanArray::from(hit), failed))
+}
+
+/// The states of the unmatched rows `(L, NULL)` of `left` (see
+/// `CompiledView::run_unmatched`), leaving out the left events whose row the view cannot
+/// process, found by halving as records are. Returns the states and their errors.
+pub async fn unmatched_isolating(
+    view: &CompiledView,
+    left: RecordBatch,
+) -> Result<(Vec<RecordBatch>, Vec<CoreError>), CoreError> {
+    let first = match view.run_unmatched(vec![left.clone()]).await {
+        Ok(states) => return Ok((states, Vec::new())),
+        Err(e) => e,
+    };
+    tracing::warn!(view = %view.name, error = %first, "a LEFT join's unmatched rows failed; isolating them");
+    let (mut states, mut failed) = (Vec::new(), Vec::new());
+    let mut todo = vec![left];
+    while let Some(l) = todo.pop() {
+        if l.num_rows() == 0 {
+            continue;
+        }
+        match view.run_unmatched(vec![l.clone()]).await {
+            Ok(s) => states.extend(s),
+            Err(error) if l.num_rows() == 1 => failed.push(error),
+            Err(_) => {
+                let half = l.num_rows() / 2;
+                todo.push(l.slice(half, l.num_rows() - half));
+                todo.push(l.slice(0, half));
             }
         }
     }

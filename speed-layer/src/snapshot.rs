@@ -164,6 +164,8 @@ pub fn restore(
                     Segment {
                         states: view.conform(states)?,
                         events: *events,
+                        // No snapshot is taken while a view joins two streams.
+                        unmatched: Vec::new(),
                     },
                 ));
             }

@@ -22,6 +22,9 @@ pub struct Segment {
     pub states: Vec<RecordBatch>,
     /// Events that went into these states.
     pub events: u64,
+    /// A LEFT join of two streams: the weights of its unmatched rows in this bucket,
+    /// computed afresh (replaced, never added to) as partners arrive.
+    pub unmatched: Vec<RecordBatch>,
 }
 
 /// One view's segments, cutoff and counters, behind one lock.
@@ -213,6 +216,17 @@ impl ViewStore {
         seg.events += events;
     }
 
+    /// Replace a LEFT join's weights of unmatched rows in `bucket` (ignored below the
+    /// cutoff: the batch layer holds those).
+    pub fn set_unmatched(&self, bucket: i64, states: Vec<RecordBatch>) {
+        let mut inner = self.inner.write().expect("store lock");
+        if bucket < inner.cutoff {
+            return;
+        }
+        inner.generation += 1;
+        inner.segments.entry(bucket).or_default().unmatched = states;
+    }
+
     /// Buckets whose segments have grown enough to compact, with their states.
     pub fn to_compact(&self) -> Vec<(i64, Vec<RecordBatch>)> {
         let inner = self.inner.read().expect("store lock");
@@ -254,6 +268,7 @@ impl ViewStore {
         for seg in inner.segments.range(cutoff..).map(|(_, s)| s) {
             if !unchanged {
                 states.extend(seg.states.iter().cloned());
+                states.extend(seg.unmatched.iter().cloned());
             }
             segments += 1;
         }
@@ -316,7 +331,7 @@ impl ViewStore {
         let mut state_rows = 0;
         let mut state_bytes = 0;
         for s in inner.segments.values() {
-            for b in &s.states {
+            for b in s.states.iter().chain(&s.unmatched) {
                 state_rows += b.num_rows();
                 state_bytes += b.get_array_memory_size();
             }

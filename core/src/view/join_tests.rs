@@ -33,7 +33,7 @@ fn stream(name: &str, fields: &[(&str, &str)]) -> StreamSchema {
     .unwrap()
 }
 
-fn streams() -> Vec<StreamSchema> {
+pub(super) fn streams() -> Vec<StreamSchema> {
     vec![
         stream(
             "clicks",
@@ -57,7 +57,7 @@ const CONVERSIONS: &str = "SELECT c.page, date_bin(INTERVAL '1 hour', c.ts) AS w
     AND o.ts BETWEEN c.ts AND c.ts + INTERVAL '30 minutes' \
     GROUP BY c.page, window_start";
 
-async fn compile(sql: &str) -> Result<CompiledView> {
+pub(super) async fn compile(sql: &str) -> Result<CompiledView> {
     CompiledView::compile(
         &ViewConfig {
             name: "v".into(),
@@ -71,7 +71,7 @@ async fn compile(sql: &str) -> Result<CompiledView> {
 }
 
 /// Rows of `stream` as the layers feed them: `(event, ingest_ts)`, tagged `tag`.
-fn rows(s: &StreamSchema, events: &[(Value, i64)], tag: i32) -> RecordBatch {
+pub(super) fn rows(s: &StreamSchema, events: &[(Value, i64)], tag: i32) -> RecordBatch {
     let mut d = BatchDecoder::new(s, false);
     for (i, (v, ingest_ts)) in events.iter().enumerate() {
         let at = LogPosition {
@@ -120,8 +120,20 @@ async fn unbounded_outer_self_and_mixed_stream_joins_are_refused_with_the_reason
             "needs a time bound",
         ),
         (
-            "SELECT date_bin(INTERVAL '1 hour', c.ts) AS w, count(*) AS n FROM clicks c LEFT JOIN orders o ON c.user = o.user AND o.ts BETWEEN c.ts AND c.ts + INTERVAL '1 minute' GROUP BY w",
-            "Left JOIN of two streams is not supported yet",
+            "SELECT date_bin(INTERVAL '1 hour', c.ts) AS w, count(*) AS n FROM clicks c RIGHT JOIN orders o ON c.user = o.user AND o.ts BETWEEN c.ts AND c.ts + INTERVAL '1 minute' GROUP BY w",
+            "swap the two streams",
+        ),
+        (
+            "SELECT date_bin(INTERVAL '1 hour', c.ts) AS w, count(*) AS n FROM clicks c FULL JOIN orders o ON c.user = o.user AND o.ts BETWEEN c.ts AND c.ts + INTERVAL '1 minute' GROUP BY w",
+            "INNER or LEFT JOIN",
+        ),
+        (
+            "SELECT date_bin(INTERVAL '1 hour', c.ts) AS w, max(o.amount) AS n FROM clicks c LEFT JOIN orders o ON c.user = o.user AND o.ts BETWEEN c.ts AND c.ts + INTERVAL '1 minute' GROUP BY w",
+            "aggregate `max` is not supported in a LEFT JOIN of two streams",
+        ),
+        (
+            "SELECT date_bin(INTERVAL '1 hour', c.ts) AS w, count(*) AS n FROM clicks c LEFT JOIN orders o ON c.user = o.user GROUP BY w",
+            "needs a time bound",
         ),
         (
             "SELECT date_bin(INTERVAL '1 hour', c.ts) AS w, count(*) AS n FROM clicks c JOIN clicks d ON c.user = d.user AND d.ts BETWEEN c.ts AND c.ts + INTERVAL '1 minute' GROUP BY w",
@@ -145,9 +157,9 @@ async fn unbounded_outer_self_and_mixed_stream_joins_are_refused_with_the_reason
 /// Clicks and orders of three users, each with the `_ingest_ts` it arrived at; the
 /// cutoff 100 splits them between the layers in every combination.
 /// Events of one stream with the `_ingest_ts` each arrived at.
-type Arrivals = Vec<(Value, i64)>;
+pub(super) type Arrivals = Vec<(Value, i64)>;
 
-fn events() -> (Arrivals, Arrivals) {
+pub(super) fn events() -> (Arrivals, Arrivals) {
     let c = |u: &str, p: &str, ts: &str| json!({"user": u, "page": p, "ts": ts});
     let o = |u: &str, a: f64, ts: &str| json!({"user": u, "amount": a, "ts": ts});
     let clicks = vec![

@@ -76,6 +76,8 @@ pub struct CompiledView {
     pub session: Option<SessionLayout>,
     /// A view joining two streams: the other stream and the join's time bound.
     join: Option<StreamJoin>,
+    /// A LEFT join of two streams: its INNER and matching plans (see `outer_join`).
+    outer: Option<Arc<outer_join::OuterPlans>>,
     /// Schema of the final rows, `_src` last.
     pub output_schema: SchemaRef,
     /// Input the partial plan reads: the stream's view schema plus `_src`.
@@ -113,6 +115,7 @@ impl CompiledView {
         let names: Vec<&str> = streams.iter().map(|s| s.name.as_str()).collect();
         let rewritten = rewrite(&cfg.sql, &names).map_err(err)?;
         let exec_sql = rewritten.exec;
+        let outer_sql = rewritten.outer;
 
         let mut ctx = compile_session(streams, tables, &[])?;
         let mut logical = match ctx.state().create_logical_plan(&exec_sql).await {
@@ -150,9 +153,17 @@ impl CompiledView {
             && tables.is_empty()
             && !physical::hashes_values(&partial)
             && planning::plans_over_string_views(&exec_sql, stream, &partial.schema()).await;
+        let outer = match (&outer_sql, &shape.join) {
+            (Some(sql), Some(_)) => Some(Arc::new(
+                outer_join::plan_outer(&ctx, sql, &partial)
+                    .await
+                    .map_err(err)?,
+            )),
+            _ => None,
+        };
         let window_state = output_source(&physical, &shape.window);
         let session = match &shape.session {
-            Some(s) => Some(session_layout(s, &partial, shape.window_spec.size_us).map_err(err)?),
+            Some(s) => Some(session::layout(s, &partial, shape.window_spec.size_us).map_err(err)?),
             None => None,
         };
         let join = shape.join.as_ref().map(|j| {
@@ -164,9 +175,10 @@ impl CompiledView {
                 other_input_schema: input_schema(other),
                 lower_us: j.lower_us,
                 upper_us: j.upper_us,
+                outer: j.outer,
             }
         });
-        Ok(CompiledView {
+        let view = CompiledView {
             name: cfg.name.clone(),
             sql: cfg.sql.clone(),
             revision: 0,
@@ -183,6 +195,7 @@ impl CompiledView {
             window_state,
             session,
             join,
+            outer,
             output_schema: physical.schema(),
             input_schema: input_schema(stream),
             final_template: physical,
@@ -190,7 +203,11 @@ impl CompiledView {
             string_views,
             partial_template: partial,
             task_ctx: ctx.task_ctx(),
-        })
+        };
+        if view.outer.is_some() {
+            view.check_negatable()?;
+        }
+        Ok(view)
     }
 
     /// Whether a batch run may plan this view over string columns read as Arrow string
@@ -315,10 +332,18 @@ impl CompiledView {
     /// join's build side) start afresh.
     fn with_scans(
         &self,
+        feed: impl FnMut(&SchemaRef) -> Option<(SchemaRef, Vec<RecordBatch>)>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.scans_of(&self.partial_template, feed)
+    }
+
+    /// [`CompiledView::with_scans`] of another of the view's plans.
+    fn scans_of(
+        &self,
+        template: &Arc<dyn ExecutionPlan>,
         mut feed: impl FnMut(&SchemaRef) -> Option<(SchemaRef, Vec<RecordBatch>)>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let plan = self
-            .partial_template
+        let plan = template
             .clone()
             .transform_up(|node| {
                 if !node.children().is_empty() {
@@ -472,34 +497,6 @@ impl CompiledView {
     }
 }
 
-/// Where coalescing finds a session view's start, keys and last event time among the
-/// partial states: group columns come first, then each aggregate's state columns.
-fn session_layout(
-    shape: &shape::SessionShape,
-    partial: &Arc<dyn ExecutionPlan>,
-    gap_us: i64,
-) -> std::result::Result<SessionLayout, String> {
-    let agg = partial
-        .downcast_ref::<AggregateExec>()
-        .expect("find_partial returns an AggregateExec");
-    let groups = agg.group_expr().expr().len();
-    if groups != shape.groups || agg.aggr_expr().len() <= shape.last_event {
-        return Err(
-            "internal: the partial plan's groups or aggregates differ from the query's".into(),
-        );
-    }
-    let mut end = groups;
-    for a in &agg.aggr_expr()[..shape.last_event] {
-        end += a.state_fields().map_err(|e| e.to_string())?.len();
-    }
-    Ok(SessionLayout {
-        gap_us,
-        keys: (0..groups).filter(|g| *g != shape.window_group).collect(),
-        start: shape.window_group,
-        end,
-    })
-}
-
 /// Cast batches positionally to `schema` (same column count required).
 pub fn conform_to(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
     batches
@@ -550,6 +547,7 @@ fn strip_df(e: &datafusion::error::DataFusionError) -> String {
 }
 
 pub mod append;
+mod outer_join;
 mod physical;
 mod planning;
 mod rewrite;
@@ -572,6 +570,8 @@ pub use stream_join::StreamJoin;
 
 #[cfg(test)]
 mod join_tests;
+#[cfg(test)]
+mod outer_join_tests;
 #[cfg(test)]
 mod refusal_tests;
 #[cfg(test)]

@@ -19,6 +19,8 @@ use crate::window::{HOP_COLUMN, HOP_FUNCTION, HOP_SQL_NAME, SESSION_END, SESSION
 pub(super) struct Rewritten {
     /// What both layers plan (partial and final sides).
     pub(super) exec: String,
+    /// A LEFT join of two streams: its INNER and matching variants.
+    pub(super) outer: Option<super::outer_join::OuterSql>,
     /// A session view's reference: sessions made by window functions in one pass,
     /// independently of the coalescing the layers use. `None`: `exec` is the reference.
     pub(super) reference: Option<String>,
@@ -98,12 +100,24 @@ pub(super) fn rewrite(sql: &str, streams: &[&str]) -> std::result::Result<Rewrit
     }
     let qualifier = joined_stream_qualifier(select, streams);
     select.projection.push(source_item(qualifier.as_deref()));
-    let reference = match session {
+    let left_join = super::outer_join::left_stream_join(select, |r| reads_stream(r, streams));
+    let mut reference = match session {
         Some(call) => Some(super::session::reference_sql(original, &call)?),
+        None => None,
+    };
+    let outer = match left_join {
+        Some(join) => {
+            // The reference runs the SQL as written (plus `_src`), not the rewrite.
+            reference = Some(statement.to_string());
+            let outer =
+                super::outer_join::rewrite_outer(&mut statement, join, qualifier.as_deref())?;
+            Some(outer)
+        }
         None => None,
     };
     Ok(Rewritten {
         exec: statement.to_string(),
+        outer,
         reference,
     })
 }
@@ -144,16 +158,10 @@ fn joined_stream_qualifier(select: &Select, streams: &[&str]) -> Option<String> 
     let [from] = select.from.as_slice() else {
         return None;
     };
-    let is_stream = |name: &str| streams.iter().any(|s| name.eq_ignore_ascii_case(s));
-    let joins_a_stream = from.joins.iter().any(|j| match &j.relation {
-        TableFactor::Table { name, .. } => is_stream(&name.to_string()),
-        // A subquery over a stream (`JOIN (SELECT … FROM orders WHERE …) o`).
-        TableFactor::Derived { subquery, .. } => subquery
-            .to_string()
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .any(is_stream),
-        _ => false,
-    });
+    let joins_a_stream = from
+        .joins
+        .iter()
+        .any(|j| reads_stream(&j.relation, streams));
     if !joins_a_stream {
         return None;
     }
@@ -166,6 +174,20 @@ fn joined_stream_qualifier(select: &Select, streams: &[&str]) -> Option<String> 
         ),
         TableFactor::Derived { alias, .. } => alias.as_ref().map(|a| a.name.to_string()),
         _ => None,
+    }
+}
+
+/// Whether a relation of FROM reads one of `streams`.
+fn reads_stream(relation: &TableFactor, streams: &[&str]) -> bool {
+    let is_stream = |name: &str| streams.iter().any(|s| name.eq_ignore_ascii_case(s));
+    match relation {
+        TableFactor::Table { name, .. } => is_stream(&name.to_string()),
+        // A subquery over a stream (`JOIN (SELECT … FROM orders WHERE …) o`).
+        TableFactor::Derived { subquery, .. } => subquery
+            .to_string()
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .any(is_stream),
+        _ => false,
     }
 }
 

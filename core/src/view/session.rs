@@ -15,9 +15,12 @@
 use datafusion::arrow::array::{ArrayRef, RecordBatch, TimestampMicrosecondArray};
 use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::DataType;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::sql::sqlparser::ast::{
     Expr as SqlExpr, GroupByExpr, Ident, Query, SelectItem, SetExpr, Value, visit_expressions_mut,
 };
+use std::sync::Arc;
 
 use super::rewrite::{SessionCall, first_select, session_end, source_item, stream_in_from};
 use crate::error::Result;
@@ -189,4 +192,32 @@ fn resolve_group(g: &SqlExpr, projection: &[SelectItem]) -> SqlExpr {
         }
         _ => g.clone(),
     }
+}
+
+/// Where coalescing finds a session view's start, keys and last event time among the
+/// partial states: group columns come first, then each aggregate's state columns.
+pub(super) fn layout(
+    shape: &super::shape::SessionShape,
+    partial: &Arc<dyn ExecutionPlan>,
+    gap_us: i64,
+) -> std::result::Result<SessionLayout, String> {
+    let agg = partial
+        .downcast_ref::<AggregateExec>()
+        .expect("find_partial returns an AggregateExec");
+    let groups = agg.group_expr().expr().len();
+    if groups != shape.groups || agg.aggr_expr().len() <= shape.last_event {
+        return Err(
+            "internal: the partial plan's groups or aggregates differ from the query's".into(),
+        );
+    }
+    let mut end = groups;
+    for a in &agg.aggr_expr()[..shape.last_event] {
+        end += a.state_fields().map_err(|e| e.to_string())?.len();
+    }
+    Ok(SessionLayout {
+        gap_us,
+        keys: (0..groups).filter(|g| *g != shape.window_group).collect(),
+        start: shape.window_group,
+        end,
+    })
 }

@@ -94,6 +94,9 @@ pub(super) fn check_shape(
         .ok_or_else(|| format!("view reads `{stream_name}`, which is not a declared stream"))?;
     for e in &aggregate.aggr_expr {
         check_aggregate(e)?;
+        if join.as_ref().is_some_and(|j| j.outer) {
+            check_invertible(e)?;
+        }
     }
     let (window_idx, window_spec) = window_group(aggregate, stream)?;
     let (keys, window, values) = output_roles(projection, aggregate, window_idx)?;
@@ -404,6 +407,22 @@ fn check_aggregate(e: &Expr) -> std::result::Result<(), String> {
         }
         other => Err(format!("unsupported aggregate expression `{other}`")),
     }
+}
+
+/// A LEFT join of two streams takes unmatched rows back: only sums and counts can be.
+fn check_invertible(e: &Expr) -> std::result::Result<(), String> {
+    if let Expr::AggregateFunction(af) = unalias(e) {
+        let name = af.func.name().to_lowercase();
+        let hidden = af
+            .params
+            .args
+            .iter()
+            .any(|a| matches!(a, Expr::Column(c) if c.name == SOURCE_COLUMN));
+        if !hidden && !super::outer_join::invertible(&name) {
+            return Err(super::outer_join::refuse_aggregate(&name));
+        }
+    }
+    Ok(())
 }
 
 /// If `e` groups by a window: the column it bins and the window's widths.

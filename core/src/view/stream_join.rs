@@ -45,6 +45,8 @@ pub struct StreamJoin {
     pub lower_us: i64,
     /// … and at most this.
     pub upper_us: i64,
+    /// A LEFT join: unmatched left events count too (see the `outer_join` module).
+    pub outer: bool,
 }
 
 impl StreamJoin {
@@ -61,6 +63,7 @@ pub(super) struct JoinShape {
     pub(super) other: String,
     pub(super) lower_us: i64,
     pub(super) upper_us: i64,
+    pub(super) outer: bool,
 }
 
 const BOUND_USAGE: &str = "a join of two streams needs a time bound on both event times, e.g. `ON a.k = b.k AND b.ts BETWEEN a.ts - INTERVAL '10 minutes' AND a.ts + INTERVAL '10 minutes'`: without one, every event would wait for partners for ever";
@@ -109,9 +112,9 @@ pub(super) fn stream_join(
             s.name
         ));
     }
-    if j.join_type != JoinType::Inner {
+    if !matches!(j.join_type, JoinType::Inner | JoinType::Left) {
         return Err(format!(
-            "{} JOIN of two streams is not supported yet: join `{}` and `{}` with an INNER JOIN (an outer join's unmatched rows depend on events neither layer holds alone)",
+            "{} JOIN of two streams is not supported: join `{}` and `{}` with an INNER or LEFT JOIN (for a RIGHT JOIN, swap the two streams)",
             j.join_type, left.name, right.name
         ));
     }
@@ -144,6 +147,7 @@ pub(super) fn stream_join(
         other: right.name,
         lower_us,
         upper_us,
+        outer: j.join_type == JoinType::Left,
     }))
 }
 
@@ -267,7 +271,8 @@ impl CompiledView {
 
     /// Run a stream join's partial side over `left` rows of the view's stream and
     /// `right` rows of the other (both in input-schema layout): the states of every
-    /// pair of the two that the join matches.
+    /// pair of the two that the join matches (a LEFT join's unmatched rows are not
+    /// pairs: see [`CompiledView::run_unmatched`]).
     pub async fn run_partial_join(
         &self,
         left: Vec<RecordBatch>,
@@ -285,7 +290,7 @@ impl CompiledView {
                 Some(right),
             ),
         ];
-        let plan = self.with_scans(|table| {
+        let plan = self.scans_of(self.pairs_template(), |table| {
             let named = table.metadata().get(STREAM_KEY)?;
             let (_, schema, data) = feeds.iter_mut().find(|(name, _, _)| name == named)?;
             Some((schema.clone(), data.take().unwrap_or_default()))

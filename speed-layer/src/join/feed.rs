@@ -21,11 +21,15 @@ pub(crate) async fn pair_into(
     rows: Vec<RecordBatch>,
 ) -> Result<Vec<RecordBatch>, CoreError> {
     let mut own = Vec::new();
-    for (b, states) in state.apply(side, bucket, rows, store.cutoff()).await? {
+    let cutoff = store.cutoff();
+    for (b, states) in state.apply(side, bucket, rows, cutoff).await? {
         match b == bucket {
             true => own.extend(states),
             false => store.add(b, states, 0, None, 0),
         }
+    }
+    for (b, weights) in state.unmatched_since(side, bucket, cutoff).await? {
+        store.set_unmatched(b, weights);
     }
     let failed = state.take_failures();
     if let Some(last) = failed.last() {

@@ -20,6 +20,7 @@
 
 pub(crate) mod feed;
 pub(crate) mod master;
+pub(crate) mod outer;
 #[cfg(test)]
 mod tests;
 
@@ -53,6 +54,11 @@ pub(crate) trait Archive {
 struct Kept {
     rows: RecordBatch,
     seen_cutoff: i64,
+    /// When it was kept, among every kept event of both sides (see [`outer`]).
+    seq: u64,
+    /// A LEFT join's left events: those of `rows` no partner matched so far (see
+    /// [`outer`]).
+    alone: Option<outer::Alone>,
 }
 
 /// One side of a join view: the view's own stream (left) or the other (right).
@@ -93,6 +99,14 @@ pub(crate) struct JoinState<A> {
     pending: Vec<(Side, i64, Vec<RecordBatch>)>,
     /// Why pairs were left out since last asked (see `quarantine::join_isolating`).
     failed: Vec<CoreError>,
+    /// A LEFT join: the cutoff its unmatched rows were last weighed under (see
+    /// [`outer`]; a moved cutoff weighs every bucket again).
+    weighed_at: Option<i64>,
+    /// A LEFT join: per bucket, the negated states of older left events whose first
+    /// partner is in it, as last weighed (see [`outer`]).
+    taken_back: BTreeMap<i64, Vec<RecordBatch>>,
+    /// How many events were kept so far: each kept batch's number ([`Kept::seq`]).
+    seq: u64,
 }
 
 /// The states a micro-batch's events made, by the segment bucket they belong to.
@@ -106,6 +120,9 @@ impl<A: Archive> JoinState<A> {
             archive,
             pending: Vec::new(),
             failed: Vec::new(),
+            weighed_at: None,
+            seq: 0,
+            taken_back: BTreeMap::new(),
         }
     }
 
@@ -203,7 +220,10 @@ impl<A: Archive> JoinState<A> {
                 .push(Kept {
                     rows,
                     seen_cutoff: cutoff,
+                    seq: self.seq,
+                    alone: None,
                 });
+            self.seq += 1;
         }
         Ok(out)
     }

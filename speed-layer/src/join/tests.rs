@@ -43,6 +43,16 @@ FROM clicks c JOIN orders o
   ON c.user = o.user AND o.ts BETWEEN c.ts - INTERVAL '5 minutes' AND c.ts + INTERVAL '20 minutes'
 GROUP BY c.page, w
 """
+
+[[views]]
+name = "funnel"
+sql = """
+SELECT c.page, date_bin(INTERVAL '1 hour', c.ts) AS w, count(*) AS n, count(o.user) AS converted,
+  sum(o.amount) AS total, avg(o.amount) AS basket
+FROM clicks c LEFT JOIN orders o
+  ON c.user = o.user AND o.ts BETWEEN c.ts - INTERVAL '5 minutes' AND c.ts + INTERVAL '20 minutes'
+GROUP BY c.page, w
+"""
 "#;
 
 /// `_ingest_ts` bucket width of the simulation.
@@ -161,12 +171,12 @@ fn sorted(batches: &[RecordBatch]) -> Vec<String> {
 /// One simulated run: the speed layer reads the two streams in a random interleaving
 /// (each in its own order), a micro-batch of one to three events at a time, while the
 /// cutoff moves forward at random to any bucket boundary.
-async fn simulate(seed: u64) {
+async fn simulate(seed: u64, view: &str) {
     let config = from_toml_str(PIPELINE).unwrap();
     let pipeline = Pipeline::from_config(&config, &ConfigSource::EmbeddedDefault)
         .await
         .unwrap();
-    let view = pipeline.view("conversions").unwrap();
+    let view = pipeline.view(view).unwrap();
     let streams = [
         pipeline.stream("clicks").unwrap(),
         pipeline.stream("orders").unwrap(),
@@ -181,6 +191,8 @@ async fn simulate(seed: u64) {
     let mut state = JoinState::new(view.clone(), archive);
     let mut queues = [of(Side::Left), of(Side::Right)].map(std::collections::VecDeque::from);
     let mut segments: BTreeMap<i64, Vec<RecordBatch>> = BTreeMap::new();
+    // A LEFT join's weights of unmatched rows per bucket (replaced, not added to).
+    let mut weights: BTreeMap<i64, Vec<RecordBatch>> = BTreeMap::new();
     let mut cutoff = i64::MIN;
     let last = events.last().unwrap().2;
     while queues.iter().any(|q| !q.is_empty()) {
@@ -189,6 +201,7 @@ async fn simulate(seed: u64) {
             if to > cutoff {
                 cutoff = to;
                 segments = segments.split_off(&cutoff);
+                weights = weights.split_off(&cutoff);
             }
         }
         let side = match (queues[0].is_empty(), queues[1].is_empty()) {
@@ -218,19 +231,32 @@ async fn simulate(seed: u64) {
                     segments.entry(b).or_default().extend(states);
                 }
             }
+            for (b, states) in state.unmatched_since(side, bucket, cutoff).await.unwrap() {
+                if b >= cutoff {
+                    weights.insert(b, states);
+                }
+            }
         }
     }
     // The batch layer: every pair of events both below the final cutoff.
     let below =
         |side: Side| -> Vec<&Event> { of(side).into_iter().filter(|e| e.2 < cutoff).collect() };
+    let (left, right) = (
+        rows(streams[0], &below(Side::Left), SOURCE_BATCH),
+        rows(streams[1], &below(Side::Right), SOURCE_BATCH),
+    );
     let mut states = view
-        .run_partial_join(
-            vec![rows(streams[0], &below(Side::Left), SOURCE_BATCH)],
-            vec![rows(streams[1], &below(Side::Right), SOURCE_BATCH)],
-        )
+        .run_partial_join(vec![left.clone()], vec![right.clone()])
         .await
         .unwrap();
+    if view.outer_join() {
+        // … and, of a LEFT join, the unmatched rows among those events.
+        let hit = view.matched(&left, vec![right]).await.unwrap();
+        let alone = filter_record_batch(&left, &datafusion::arrow::compute::not(&hit).unwrap());
+        states.extend(view.run_unmatched(vec![alone.unwrap()]).await.unwrap());
+    }
     states.extend(segments.into_values().flatten());
+    states.extend(weights.into_values().flatten());
     let merged = view.finalize(states).await.unwrap();
     let reference = view
         .run_reference_streams(
@@ -249,6 +275,13 @@ async fn simulate(seed: u64) {
 #[tokio::test]
 async fn every_pair_is_counted_once_across_the_layers_whatever_the_order_and_cutoffs() {
     for seed in 1..=60 {
-        simulate(seed).await;
+        simulate(seed, "conversions").await;
+    }
+}
+
+#[tokio::test]
+async fn every_unmatched_left_event_is_counted_once_whatever_the_order_and_cutoffs() {
+    for seed in 1..=60 {
+        simulate(seed, "funnel").await;
     }
 }
