@@ -225,12 +225,6 @@ async fn pairs_split_by_their_larger_ingest_time_merge_into_the_one_pass_answer(
         )
         .await
         .unwrap();
-    let strip_source = |lines: Vec<String>| -> Vec<String> {
-        lines
-            .into_iter()
-            .map(|l| l.rsplitn(3, '|').nth(2).unwrap().to_string())
-            .collect()
-    };
     let got = strip_source(sorted(&merged));
     assert_eq!(got, strip_source(sorted(&reference)));
     // u1's home click (00:05) meets its 00:20 order, u2's two home clicks both its 00:45
@@ -377,4 +371,12 @@ async fn keyless_strict_and_filtered_joins_split_like_one_pass() {
         assert_eq!(sorted(&got), sorted(&want), "{sql}");
         assert!(!sorted(&got).is_empty(), "{sql}");
     }
+}
+
+/// Sorted rows without `_src`, the last column (which layer a row came from differs).
+pub(super) fn strip_source(lines: Vec<String>) -> Vec<String> {
+    lines
+        .into_iter()
+        .map(|l| l.rsplitn(3, '|').nth(2).unwrap().to_string())
+        .collect()
 }

@@ -29,8 +29,8 @@ use datafusion::arrow::array::{ArrayRef, BooleanArray, Int32Array, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::compute::kernels::numeric::neg_wrapping;
 use datafusion::arrow::datatypes::DataType;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::AggregateExec;
-use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::sql::sqlparser::ast::{
     Expr as SqlExpr, GroupByExpr, JoinOperator, Select, SelectItem, SetExpr, Statement,
     TableFactor, visit_expressions_mut,
@@ -38,7 +38,6 @@ use datafusion::sql::sqlparser::ast::{
 
 use super::CompiledView;
 use super::rewrite::first_select;
-use super::stream_join::STREAM_KEY;
 use super::{SOURCE_COLUMN, find_partial};
 use crate::error::{CoreError, Result};
 
@@ -225,7 +224,6 @@ impl CompiledView {
         right: Vec<RecordBatch>,
     ) -> Result<BooleanArray> {
         let plans = self.outer_plans()?;
-        let join = self.stream_join().expect("an outer join joins streams");
         let n = left.num_rows();
         if n == 0 || right.iter().all(|b| b.num_rows() == 0) {
             return Ok(BooleanArray::from(vec![false; n]));
@@ -235,25 +233,11 @@ impl CompiledView {
         let mut columns = left.columns().to_vec();
         columns[at] = Arc::new(Int32Array::from_iter_values(0..n as i32)) as ArrayRef;
         let numbered = RecordBatch::try_new(left.schema(), columns)?;
-        let mut feeds = [
-            (
-                self.stream.as_str(),
-                self.input_schema.clone(),
-                Some(vec![numbered]),
-            ),
-            (
-                join.other.as_str(),
-                join.other_input_schema.clone(),
-                Some(right),
-            ),
-        ];
-        let plan = self.scans_of(&plans.matching, |table| {
-            let named = table.metadata().get(STREAM_KEY)?;
-            let (_, schema, data) = feeds.iter_mut().find(|(name, _, _)| name == named)?;
-            Some((schema.clone(), data.take().unwrap_or_default()))
-        })?;
+        let out = self
+            .run_joined(&plans.matching, vec![numbered], right)
+            .await?;
         let mut hit = vec![false; n];
-        for b in collect(plan, self.task_ctx.clone()).await? {
+        for b in out {
             let rows = cast(b.column(0), &DataType::Int32)?;
             let rows = rows
                 .as_any()
@@ -270,24 +254,12 @@ impl CompiledView {
     /// view's LEFT plan fed no right rows.
     pub async fn run_unmatched(&self, left: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
         self.outer_plans()?;
-        let join = self.stream_join().expect("an outer join joins streams");
         if left.iter().all(|b| b.num_rows() == 0) {
             return Ok(Vec::new());
         }
-        let mut feeds = [
-            (self.stream.as_str(), self.input_schema.clone(), Some(left)),
-            (
-                join.other.as_str(),
-                join.other_input_schema.clone(),
-                Some(vec![]),
-            ),
-        ];
-        let plan = self.scans_of(&self.partial_template, |table| {
-            let named = table.metadata().get(STREAM_KEY)?;
-            let (_, schema, data) = feeds.iter_mut().find(|(name, _, _)| name == named)?;
-            Some((schema.clone(), data.take().unwrap_or_default()))
-        })?;
-        let out = collect(plan, self.task_ctx.clone()).await?;
+        let out = self
+            .run_joined(&self.partial_template, left, vec![])
+            .await?;
         self.conform(out)
     }
 

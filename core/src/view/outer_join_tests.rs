@@ -2,7 +2,7 @@
 //! telescoped over `_ingest_ts` make the batch layer's LEFT JOIN below any cutoff plus
 //! the speed layer's weights above it equal the one-pass answer.
 
-use super::join_tests::{Arrivals, compile, events, rows, streams};
+use super::join_tests::{Arrivals, compile, events, rows, streams, strip_source};
 use super::tests::sorted;
 use super::*;
 use serde_json::json;
@@ -14,13 +14,6 @@ const FUNNEL: &str = "SELECT c.page, date_bin(INTERVAL '1 hour', c.ts) AS window
     FROM clicks c LEFT JOIN orders o ON c.user = o.user \
     AND o.ts BETWEEN c.ts AND c.ts + INTERVAL '30 minutes' \
     GROUP BY c.page, window_start";
-
-fn strip_source(lines: Vec<String>) -> Vec<String> {
-    lines
-        .into_iter()
-        .map(|l| l.rsplitn(3, '|').nth(2).unwrap().to_string())
-        .collect()
-}
 
 #[tokio::test]
 async fn a_left_join_of_two_streams_compiles_its_pairs_matching_and_unmatched_plans() {

@@ -278,6 +278,18 @@ impl CompiledView {
         left: Vec<RecordBatch>,
         right: Vec<RecordBatch>,
     ) -> Result<Vec<RecordBatch>> {
+        let out = self.run_joined(self.pairs_template(), left, right).await?;
+        self.conform(out)
+    }
+
+    /// Run `template` (one of the view's plans) with the view's stream's scan fed `left`
+    /// and the other stream's `right`.
+    pub(super) async fn run_joined(
+        &self,
+        template: &Arc<dyn ExecutionPlan>,
+        left: Vec<RecordBatch>,
+        right: Vec<RecordBatch>,
+    ) -> Result<Vec<RecordBatch>> {
         let join = self.join.as_ref().ok_or_else(|| CoreError::View {
             view: self.name.clone(),
             message: "internal: not a view joining two streams".into(),
@@ -290,13 +302,12 @@ impl CompiledView {
                 Some(right),
             ),
         ];
-        let plan = self.scans_of(self.pairs_template(), |table| {
+        let plan = self.scans_of(template, |table| {
             let named = table.metadata().get(STREAM_KEY)?;
             let (_, schema, data) = feeds.iter_mut().find(|(name, _, _)| name == named)?;
             Some((schema.clone(), data.take().unwrap_or_default()))
         })?;
-        let out = collect(plan, self.task_ctx.clone()).await?;
-        self.conform(out)
+        Ok(collect(plan, self.task_ctx.clone()).await?)
     }
 
     /// The partial side of a stream join over two tables (the batch layer's master
