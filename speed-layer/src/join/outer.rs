@@ -64,6 +64,9 @@ impl<A: Archive> JoinState<A> {
             true => cutoff,
         };
         self.weighed_at = Some(cutoff);
+        if !moved && side == Side::Left {
+            self.add_first_matches(from, cutoff).await?;
+        }
         let mut buckets: Vec<i64> = self
             .kept
             .iter()
@@ -74,8 +77,9 @@ impl<A: Archive> JoinState<A> {
         let mut out = Vec::new();
         for k in buckets {
             let mut states = self.first_unmatched(k, cutoff).await?;
-            // Left events of bucket `from` are no older partners' first match in it.
-            let same = !moved && side == Side::Left && k == from;
+            // New left events are no older partners' first match in any bucket, and
+            // their own first matches were added above.
+            let same = !moved && side == Side::Left;
             let taken_back = match self.taken_back.get(&k) {
                 Some(cached) if same => cached.clone(),
                 _ => {
@@ -95,6 +99,58 @@ impl<A: Archive> JoinState<A> {
             out.push((k, states));
         }
         Ok(out)
+    }
+
+    /// The left events just kept in bucket `b` whose first partner is in a later
+    /// bucket: their −1 weights added to those buckets' kept ones (a bucket not
+    /// weighed yet is weighed in full, these events included, when it is).
+    async fn add_first_matches(&mut self, b: i64, cutoff: i64) -> Result<(), CoreError> {
+        let Some(newest) = self.kept[Side::Left.index()].get(&b).and_then(|v| v.last()) else {
+            return Ok(());
+        };
+        if newest.seq.checked_add(1) != Some(self.seq) {
+            // Nothing was kept by this micro-batch (below the cutoff, or no rows).
+            return Ok(());
+        }
+        self.first_unmatched(b, cutoff).await?;
+        let newest = self.kept[Side::Left.index()][&b]
+            .last()
+            .expect("checked above");
+        let mut rows = newest.alone.as_ref().expect("weighed above").rows.clone();
+        let later: Vec<i64> = self.kept[Side::Right.index()]
+            .range(b.saturating_add(1)..)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in later {
+            let Some(span) = time_span(&rows, self.side_of(Side::Left).0) else {
+                break;
+            };
+            let (lo, hi) = self.partner_range(Side::Left, span);
+            let right = within(
+                &[self.kept_rows(Side::Right, k..=k)?],
+                self.side_of(Side::Right).0,
+                lo,
+                hi,
+            )?;
+            if right.is_empty() {
+                continue;
+            }
+            let hit = self.matches(&rows, right).await?;
+            if hit.true_count() == 0 {
+                continue;
+            }
+            if self.taken_back.contains_key(&k) {
+                let first = self.unmatched(filter_record_batch(&rows, &hit)?).await?;
+                let mut states = self.view.negate_states(first)?;
+                states.extend(self.taken_back.remove(&k).unwrap_or_default());
+                if states.len() > 1 {
+                    states = self.view.reduce(states).await?;
+                }
+                self.taken_back.insert(k, states);
+            }
+            rows = filter_record_batch(&rows, &not(&hit)?)?;
+        }
+        Ok(())
     }
 
     /// The events of `side` held in `buckets`, as one batch.
