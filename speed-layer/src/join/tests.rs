@@ -199,7 +199,7 @@ async fn simulate(seed: u64, view: &str) {
         // In half the runs the cutoff stops moving for the last third of the reads, so
         // that what the layer keeps between cutoffs is what the answer is made of.
         let left = queues.iter().map(|q| q.len()).sum::<usize>();
-        let frozen = seed % 2 == 0 && left < events.len() / 3;
+        let frozen = seed.is_multiple_of(2) && left < events.len() / 3;
         if !frozen && rng.below(4) == 0 {
             let to = (rng.below((last / WIDTH + 2) as u64) as i64) * WIDTH;
             if to > cutoff {
@@ -248,23 +248,14 @@ async fn simulate(seed: u64, view: &str) {
             }
         }
     }
-    // The batch layer: every pair of events both below the final cutoff.
     let below =
         |side: Side| -> Vec<&Event> { of(side).into_iter().filter(|e| e.2 < cutoff).collect() };
-    let (left, right) = (
+    let mut states = batch_states(
+        &view,
         rows(streams[0], &below(Side::Left), SOURCE_BATCH),
         rows(streams[1], &below(Side::Right), SOURCE_BATCH),
-    );
-    let mut states = view
-        .run_partial_join(vec![left.clone()], vec![right.clone()])
-        .await
-        .unwrap();
-    if view.outer_join() {
-        // … and, of a LEFT join, the unmatched rows among those events.
-        let hit = view.matched(&left, vec![right]).await.unwrap();
-        let alone = filter_record_batch(&left, &datafusion::arrow::compute::not(&hit).unwrap());
-        states.extend(view.run_unmatched(vec![alone.unwrap()]).await.unwrap());
-    }
+    )
+    .await;
     states.extend(segments.into_values().flatten());
     states.extend(weights.into_values().flatten());
     let merged = view.finalize(states).await.unwrap();
@@ -280,6 +271,25 @@ async fn simulate(seed: u64, view: &str) {
         sorted(&reference),
         "seed {seed}: final cutoff {cutoff}"
     );
+}
+
+/// The batch layer's states over the events below the final cutoff: every pair of
+/// them, and of a LEFT join the unmatched rows among them.
+async fn batch_states(
+    view: &CompiledView,
+    left: RecordBatch,
+    right: RecordBatch,
+) -> Vec<RecordBatch> {
+    let mut states = view
+        .run_partial_join(vec![left.clone()], vec![right.clone()])
+        .await
+        .unwrap();
+    if view.outer_join() {
+        let hit = view.matched(&left, vec![right]).await.unwrap();
+        let alone = filter_record_batch(&left, &datafusion::arrow::compute::not(&hit).unwrap());
+        states.extend(view.run_unmatched(vec![alone.unwrap()]).await.unwrap());
+    }
+    states
 }
 
 #[tokio::test]
