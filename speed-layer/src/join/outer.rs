@@ -256,15 +256,18 @@ impl<A: Archive> JoinState<A> {
     /// `a` less the events that right events kept since it was computed match.
     async fn still_alone(&mut self, a: Alone, k: i64, cutoff: i64) -> Result<Alone, CoreError> {
         let seen = self.seq;
-        let Some(span) = time_span(&a.rows, self.side_of(Side::Left).0) else {
-            return Ok(Alone { seen, ..a });
-        };
-        let (lo, hi) = self.partner_range(Side::Left, span);
         let newer: Vec<RecordBatch> = self.kept[Side::Right.index()]
             .range(cutoff..=k)
             .flat_map(|(_, kept)| kept.iter().filter(|e| e.seq >= a.seen))
             .map(|e| e.rows.clone())
             .collect();
+        if newer.is_empty() {
+            return Ok(Alone { seen, ..a });
+        }
+        let Some(span) = time_span(&a.rows, self.side_of(Side::Left).0) else {
+            return Ok(Alone { seen, ..a });
+        };
+        let (lo, hi) = self.partner_range(Side::Left, span);
         let newer = within(&newer, self.side_of(Side::Right).0, lo, hi)?;
         if newer.is_empty() {
             return Ok(Alone { seen, ..a });
