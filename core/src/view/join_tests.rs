@@ -7,7 +7,7 @@ use crate::config::{FieldConfig, StreamConfig};
 use crate::schema::{BatchDecoder, LogPosition};
 use serde_json::{Value, json};
 
-fn stream(name: &str, fields: &[(&str, &str)]) -> StreamSchema {
+pub(super) fn stream(name: &str, fields: &[(&str, &str)]) -> StreamSchema {
     StreamSchema::from_config(
         &StreamConfig {
             name: name.into(),

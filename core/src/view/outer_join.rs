@@ -31,6 +31,7 @@ use datafusion::arrow::compute::kernels::numeric::neg_wrapping;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::AggregateExec;
+use datafusion::physical_plan::expressions::Column;
 use datafusion::sql::sqlparser::ast::{
     Expr as SqlExpr, GroupByExpr, JoinOperator, Select, SelectItem, SetExpr, Statement,
     TableFactor, visit_expressions_mut,
@@ -186,7 +187,12 @@ pub(super) fn negated_columns(partial: &Arc<dyn ExecutionPlan>) -> Result<Vec<us
     let mut out = Vec::new();
     for a in agg.aggr_expr() {
         let n = a.state_fields()?.len();
-        if !a.name().contains(SOURCE_COLUMN) {
+        let hidden = a.fun().name() == "bit_or"
+            && a.expressions().iter().any(|e| {
+                e.downcast_ref::<Column>()
+                    .is_some_and(|c| c.name() == SOURCE_COLUMN)
+            });
+        if !hidden {
             out.extend(at..at + n);
         }
         at += n;

@@ -2,7 +2,7 @@
 //! telescoped over `_ingest_ts` make the batch layer's LEFT JOIN below any cutoff plus
 //! the speed layer's weights above it equal the one-pass answer.
 
-use super::join_tests::{Arrivals, compile, events, rows, streams, strip_source};
+use super::join_tests::{Arrivals, compile, events, rows, stream, streams, strip_source};
 use super::tests::sorted;
 use super::*;
 use serde_json::json;
@@ -182,4 +182,42 @@ async fn telescopes(sql: &str) {
             "cutoff {cutoff}: {sql}"
         );
     }
+}
+
+/// A user column whose name contains `_src` is negated like any other; only the hidden
+/// `bit_or(_src)` state (which layers a row came from) is not.
+#[tokio::test]
+async fn every_state_but_the_hidden_source_one_is_negated() {
+    let streams = vec![
+        stream("clicks", &[("user", "string"), ("ts", "timestamp")]),
+        stream(
+            "orders",
+            &[("user", "string"), ("my_src", "int64"), ("ts", "timestamp")],
+        ),
+    ];
+    let config = ViewConfig {
+        name: "v".into(),
+        sql: "SELECT date_bin(INTERVAL '1 hour', c.ts) AS w, sum(o.my_src) AS s \
+              FROM clicks c LEFT JOIN orders o \
+              ON c.user = o.user AND o.ts BETWEEN c.ts AND c.ts + INTERVAL '1 minute' \
+              GROUP BY w"
+            .into(),
+        allowed_lateness_ms: 0,
+        schedule: None,
+    };
+    let v = CompiledView::compile(&config, &streams).await.unwrap();
+    let negated = &v.outer.as_ref().unwrap().negated;
+    let fields = v.partial_schema.fields();
+    let name = |i: usize| fields[i].name().to_string();
+    // One group column (the window), then the states, `bit_or(_src)`'s among them.
+    let hidden: Vec<usize> = (0..fields.len())
+        .filter(|i| name(*i).starts_with("bit_or"))
+        .collect();
+    assert_eq!(hidden.len(), 1, "{fields:?}");
+    assert!(
+        (0..fields.len()).any(|i| name(i).contains("my_src")),
+        "{fields:?}"
+    );
+    let expected: Vec<usize> = (1..fields.len()).filter(|i| *i != hidden[0]).collect();
+    assert_eq!(negated, &expected, "{fields:?}");
 }
