@@ -10,14 +10,14 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::TimestampMicrosecondArray;
-use datafusion::arrow::compute::{concat_batches, filter_record_batch, not};
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::MemTable;
 use datafusion::physical_plan::{ExecutionPlanProperties, collect};
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
-use tributary_core::quarantine::{join_isolating, matched_isolating, unmatched_isolating};
+use tributary_core::quarantine::{join_isolating, unmatched_among};
 use tributary_core::schema::{INGEST_TS, StreamSchema, newest_watermark_time};
 use tributary_core::view::CompiledView;
 
@@ -131,12 +131,7 @@ async fn isolating(
     if view.outer_join() {
         // A LEFT join's unmatched rows, decided as the speed layer decides them.
         let left = concat_batches(&view.input_schema, &l).map_err(|e| query(e.into()))?;
-        let (hit, f) = matched_isolating(view, &left, r).await.map_err(query)?;
-        failed.extend(f);
-        let alone = not(&hit)
-            .and_then(|keep| filter_record_batch(&left, &keep))
-            .map_err(|e| query(e.into()))?;
-        let (unmatched, f) = unmatched_isolating(view, alone).await.map_err(query)?;
+        let (unmatched, f) = unmatched_among(view, &left, r).await.map_err(query)?;
         failed.extend(f);
         states.extend(unmatched);
     }

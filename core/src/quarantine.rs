@@ -18,7 +18,7 @@
 use crate::CoreError;
 use crate::view::CompiledView;
 use datafusion::arrow::array::BooleanArray;
-use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::compute::{concat_batches, filter_record_batch, not};
 use datafusion::arrow::record_batch::RecordBatch;
 
 /// One record a view could not process: a one-row batch as decoded, and why.
@@ -168,6 +168,21 @@ pub async fn matched_isolating(
         }
     }
     Ok((BooleanArray::from(hit), failed))
+}
+
+/// The states of the unmatched rows of a LEFT join of two streams over `left` and
+/// `right` (input layout): the left events no right event matches, as both layers
+/// decide them, pairs and rows that fail left out (their errors returned).
+pub async fn unmatched_among(
+    view: &CompiledView,
+    left: &RecordBatch,
+    right: Vec<RecordBatch>,
+) -> Result<(Vec<RecordBatch>, Vec<CoreError>), CoreError> {
+    let (hit, mut failed) = matched_isolating(view, left, right).await?;
+    let alone = filter_record_batch(left, &not(&hit)?)?;
+    let (states, f) = unmatched_isolating(view, alone).await?;
+    failed.extend(f);
+    Ok((states, failed))
 }
 
 /// The states of the unmatched rows `(L, NULL)` of `left` (see

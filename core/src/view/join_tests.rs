@@ -218,15 +218,8 @@ async fn pairs_split_by_their_larger_ingest_time_merge_into_the_one_pass_answer(
     let mut states = batch;
     states.extend(speed);
     let merged = v.finalize(states).await.unwrap();
-    let reference = v
-        .run_reference_streams(
-            vec![rows(&s[0], &clicks, SOURCE_BATCH)],
-            vec![rows(&s[1], &orders, SOURCE_BATCH)],
-        )
-        .await
-        .unwrap();
     let got = strip_source(sorted(&merged));
-    assert_eq!(got, strip_source(sorted(&reference)));
+    assert_eq!(got, one_pass(&v, &clicks, &orders).await);
     // u1's home click (00:05) meets its 00:20 order, u2's two home clicks both its 00:45
     // order: three pairs in home's first hour, one of them the batch layer's. Both shop
     // clicks meet one order each, in two hours, all speed pairs.
@@ -379,4 +372,21 @@ pub(super) fn strip_source(lines: Vec<String>) -> Vec<String> {
         .into_iter()
         .map(|l| l.rsplitn(3, '|').nth(2).unwrap().to_string())
         .collect()
+}
+
+/// The view's one-pass answer over `clicks` and `orders`, as [`strip_source`] lines.
+pub(super) async fn one_pass(
+    v: &CompiledView,
+    clicks: &Arrivals,
+    orders: &Arrivals,
+) -> Vec<String> {
+    let s = streams();
+    let reference = v
+        .run_reference_streams(
+            vec![rows(&s[0], clicks, SOURCE_BATCH)],
+            vec![rows(&s[1], orders, SOURCE_BATCH)],
+        )
+        .await
+        .unwrap();
+    strip_source(sorted(&reference))
 }

@@ -2,7 +2,7 @@
 //! telescoped over `_ingest_ts` make the batch layer's LEFT JOIN below any cutoff plus
 //! the speed layer's weights above it equal the one-pass answer.
 
-use super::join_tests::{Arrivals, compile, events, rows, stream, streams, strip_source};
+use super::join_tests::{Arrivals, compile, events, one_pass, rows, stream, streams, strip_source};
 use super::tests::sorted;
 use super::*;
 use serde_json::json;
@@ -125,14 +125,7 @@ async fn telescopes(sql: &str) {
         json!({"user": "u1", "page": "home", "ts": "2026-01-01T00:55:00Z"}),
         5,
     ));
-    let reference = v
-        .run_reference_streams(
-            vec![rows(&s[0], &clicks, SOURCE_BATCH)],
-            vec![rows(&s[1], &orders, SOURCE_BATCH)],
-        )
-        .await
-        .unwrap();
-    let expected = strip_source(sorted(&reference));
+    let expected = one_pass(&v, &clicks, &orders).await;
     assert!(!expected.is_empty(), "{sql}: no rows to compare");
     for cutoff in [0, 15, 35, 45, 100, 155, 165, 200] {
         let below =

@@ -11,6 +11,7 @@ use datafusion::arrow::util::pretty::pretty_format_batches;
 use serde_json::{Value, json};
 use tributary_core::config::{ConfigSource, from_toml_str};
 use tributary_core::pipeline::Pipeline;
+use tributary_core::quarantine::unmatched_among;
 use tributary_core::schema::{BatchDecoder, INGEST_TS, LogPosition, StreamSchema};
 use tributary_core::view::{SOURCE_BATCH, SOURCE_SPEED, input_schema, tag_source};
 
@@ -285,9 +286,9 @@ async fn batch_states(
         .await
         .unwrap();
     if view.outer_join() {
-        let hit = view.matched(&left, vec![right]).await.unwrap();
-        let alone = filter_record_batch(&left, &datafusion::arrow::compute::not(&hit).unwrap());
-        states.extend(view.run_unmatched(vec![alone.unwrap()]).await.unwrap());
+        let (unmatched, failed) = unmatched_among(view, &left, vec![right]).await.unwrap();
+        assert!(failed.is_empty(), "{failed:?}");
+        states.extend(unmatched);
     }
     states
 }
