@@ -107,7 +107,8 @@ async fn pass(args: &Args, bad_percent: f64, speed: bool) -> anyhow::Result<Pass
     );
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let every = (bad_percent > 0.0).then(|| (100.0 / bad_percent).round().max(1.0) as usize);
-    let bodies: Vec<Vec<u8>> = (0..args.connections)
+    // Shared, so a request's body is not copied on every send.
+    let bodies: Vec<bytes::Bytes> = (0..args.connections)
         .map(|c| body(args.batch, c, every))
         .collect();
     let client = reqwest::Client::new();
@@ -164,7 +165,7 @@ async fn pass(args: &Args, bad_percent: f64, speed: bool) -> anyhow::Result<Pass
 
 /// A request body of `batch` IoT readings, every `every`-th of them invalid (a string
 /// where a float belongs).
-fn body(batch: usize, worker: usize, every: Option<usize>) -> Vec<u8> {
+fn body(batch: usize, worker: usize, every: Option<usize>) -> bytes::Bytes {
     let start = 1_767_225_600_000i64; // 2026-01-01T00:00:00Z
     let records: Vec<String> = (0..batch)
         .map(|i| {
@@ -179,5 +180,5 @@ fn body(batch: usize, worker: usize, every: Option<usize>) -> Vec<u8> {
             }
         })
         .collect();
-    format!("[{}]", records.join(",")).into_bytes()
+    format!("[{}]", records.join(",")).into()
 }

@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+mod body;
 pub mod error;
 pub mod generator;
 pub mod http;

@@ -18,12 +18,16 @@ use crate::idempotency::{Claim, Idempotency, IdempotencyKey};
 pub use crate::report::{IngestReport, RecordError};
 
 /// A record as it arrived: parsed, its JSON text, or the text that did not parse.
-pub enum RawRecord {
+pub enum RawRecord<'a> {
     /// A JSON value.
     Parsed(Value),
-    /// The JSON text of one record, as it arrived: validated from these bytes, and stored
-    /// as them if valid (no tree built, nothing serialised again).
-    Text(Vec<u8>),
+    /// The JSON text of one record, checked as JSON, as it arrived: validated from these
+    /// bytes, and stored as them if valid (no tree built, nothing serialised again).
+    Text(&'a [u8]),
+    /// The text of one element of a JSON body (UTF-8 checked with the whole body), not
+    /// yet parsed: its validation parses it, and if it is not JSON, neither is the
+    /// body, which is refused as a whole.
+    Element(&'a str),
     /// A line or element that is not JSON: its text and the parser's error.
     Malformed {
         /// The text as it arrived.
@@ -33,13 +37,14 @@ pub enum RawRecord {
     },
 }
 
-impl RawRecord {
+impl RawRecord<'_> {
     /// The record as JSON text: what the log stores of a valid one, what a dead letter
     /// keeps of the rest.
     fn into_text(self) -> Vec<u8> {
         match self {
             RawRecord::Parsed(v) => serde_json::to_vec(&v).expect("a Value always serializes"),
-            RawRecord::Text(bytes) => bytes,
+            RawRecord::Text(bytes) => bytes.to_vec(),
+            RawRecord::Element(text) => text.as_bytes().to_vec(),
             RawRecord::Malformed { text, .. } => text.into_bytes(),
         }
     }
@@ -140,7 +145,7 @@ impl Ingest {
     pub async fn ingest(
         &self,
         stream: &str,
-        records: Vec<RawRecord>,
+        records: Vec<RawRecord<'_>>,
     ) -> Result<IngestReport, IngestError> {
         self.ingest_once(stream, records, None).await
     }
@@ -152,7 +157,7 @@ impl Ingest {
     pub async fn ingest_once(
         &self,
         stream: &str,
-        records: Vec<RawRecord>,
+        records: Vec<RawRecord<'_>>,
         key: Option<IdempotencyKey>,
     ) -> Result<IngestReport, IngestError> {
         let schema = self
@@ -185,18 +190,28 @@ impl Ingest {
     }
 
     /// Validate every record: the valid ones by partition, as the log stores them (the
-    /// JSON text as it arrived, parsed once), the rest as errors and dead letters.
+    /// JSON text as it arrived, parsed once), the rest as errors and dead letters. An
+    /// element of a JSON body that is not JSON refuses the whole body.
     fn sort(
         &self,
         schema: &StreamSchema,
-        records: Vec<RawRecord>,
+        records: Vec<RawRecord<'_>>,
         key: Option<&IdempotencyKey>,
-    ) -> Sorted {
+    ) -> Result<Sorted, IngestError> {
         let mut sorted = Sorted::default();
         for (index, record) in records.into_iter().enumerate() {
             let outcome = match &record {
                 RawRecord::Parsed(v) => schema.validate_record(v),
                 RawRecord::Text(bytes) => schema.validate_bytes(bytes),
+                RawRecord::Element(text) => match schema.validate_str(text) {
+                    Err(e) => {
+                        // Only a refused element is parsed again, to tell bad JSON apart.
+                        serde_json::from_str::<serde::de::IgnoredAny>(text)
+                            .map_err(|j| IngestError::NotJson(format!("record {index}: {j}")))?;
+                        Err(e)
+                    }
+                    valid => valid,
+                },
                 RawRecord::Malformed { error, .. } => Err(FieldError {
                     field: String::new(),
                     reason: format!("malformed JSON: {error}"),
@@ -232,13 +247,13 @@ impl Ingest {
                 }
             }
         }
-        sorted
+        Ok(sorted)
     }
 
     async fn validate_and_append(
         &self,
         schema: &StreamSchema,
-        records: Vec<RawRecord>,
+        records: Vec<RawRecord<'_>>,
         key: Option<&IdempotencyKey>,
         done: &BTreeSet<u32>,
         letters_done: bool,
@@ -251,7 +266,10 @@ impl Ingest {
             letters,
             accepted,
             dates,
-        } = self.sort(schema, records, key);
+        } = match self.sort(schema, records, key) {
+            Ok(sorted) => sorted,
+            Err(e) => return Outcome::refused(e),
+        };
         if dates.len() > self.limits.max_event_dates {
             return Outcome::refused(IngestError::TooManyEventDates {
                 count: dates.len(),

@@ -122,3 +122,67 @@ async fn the_log_keeps_each_records_text_and_its_keys_partition() {
     expected[partition("fan-2")].push(b.into());
     assert_eq!(stored, expected);
 }
+
+/// Elements are split without a parse and parsed once by validation, so a syntax error
+/// inside one element (after valid ones, or in a record that would fail validation
+/// anyway) must still refuse the whole body: 400 naming the record, nothing in the log,
+/// no dead letter. Valid JSON that is not a valid record stays a per-record error.
+#[tokio::test]
+async fn a_syntax_error_inside_one_element_refuses_the_whole_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path()).unwrap();
+    let log = Arc::new(EmbeddedLog::open(&storage.log_dir(), &[("s".into(), 4)]).unwrap());
+    let dead_letters = DeadLetterSink::new(storage, ["s".to_string()]);
+    let ingest = Arc::new(Ingest::new(
+        vec![stream()],
+        log.clone(),
+        dead_letters.clone(),
+        tributary_ingest::IngestLimits::default(),
+    ));
+    let app = tributary_ingest::http::router(ingest, 1 << 20);
+    let good = r#"{"k":"pump-1","v":1.5,"ts":1767225600000}"#;
+    for (body, record) in [
+        (
+            format!("[{good},{good},{{\"k\":\"x\",\"v\":1.5,\"ts\":17672256000x0}}]"),
+            2,
+        ),
+        (
+            format!("[{good},{{\"k\":\"x\",\"v\":\"loud\",\"ts\":1}} , {{\"k\": }}]"),
+            2,
+        ),
+        (format!("[{{\"k\":\"x\" \"v\":1}},{good}]"), 0),
+        (format!("{good} x"), 0),
+    ] {
+        let (status, report) = post(&app, "application/json", &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {report}");
+        let error = report["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("not JSON") && error.contains(&format!("record {record}")),
+            "{body}: {report}"
+        );
+    }
+    // Errors the split itself finds name the byte where it stopped.
+    for body in [
+        "[{good}",
+        "[{good},]",
+        "[{good}] ]",
+        r#"[{good},{"k":"a]","v":1,"ts":1]}]"#,
+    ] {
+        let body = body.replace("{good}", good);
+        let (status, report) = post(&app, "application/json", &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {report}");
+        assert!(
+            report["error"].as_str().unwrap().contains("not JSON"),
+            "{report}"
+        );
+    }
+    assert_eq!(payloads(&log).await, vec![Vec::<String>::new(); 4]);
+    dead_letters.flush("s").await.unwrap();
+    assert!(dead_letters.read_all("s").await.unwrap().is_empty());
+
+    // Well-formed JSON that is not a record: a per-record error beside the good one.
+    let (status, report) = post(&app, "application/json", &format!("[7,{good},\"x\"]")).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["accepted"], 1, "{report}");
+    assert_eq!(report["rejected"], 2, "{report}");
+}

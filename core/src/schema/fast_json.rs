@@ -88,16 +88,19 @@ impl Scratch {
 /// Read a valid record into `scratch` and say so, or return false to let the validator
 /// decide. After `true`, every slot holds a value or `Null` (of a nullable field).
 pub(crate) fn parse_into(schema: &StreamSchema, payload: &[u8], scratch: &mut Scratch) -> bool {
-    scratch.slots.clear();
-    scratch.slots.resize(schema.fields.len(), Slot::Missing);
-    scratch.text.clear();
     // One UTF-8 check of the whole record, then serde_json's `str` reader, which need
     // not check each string again: a quarter less time per record than its slice reader
     // (measured on the benchmarks' IoT readings). Invalid UTF-8 is declined, so the
     // validator words the error.
-    let Ok(text) = std::str::from_utf8(payload) else {
-        return false;
-    };
+    std::str::from_utf8(payload).is_ok_and(|text| parse_str_into(schema, text, scratch))
+}
+
+/// [`parse_into`] for text already known to be UTF-8 (an element of a request body
+/// checked once as a whole).
+pub(crate) fn parse_str_into(schema: &StreamSchema, text: &str, scratch: &mut Scratch) -> bool {
+    scratch.slots.clear();
+    scratch.slots.resize(schema.fields.len(), Slot::Missing);
+    scratch.text.clear();
     let mut de = serde_json::Deserializer::from_str(text);
     let read = RecordSeed { schema, scratch }.deserialize(&mut de);
     if read.is_err() || de.end().is_err() {

@@ -19,16 +19,17 @@ pub struct ValidRecord {
     pub key: Option<Vec<u8>>,
 }
 
+thread_local! {
+    // Reused by every record validated on this thread, so the fast path does not
+    // allocate per record.
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
 impl StreamSchema {
     /// Validate one record as its JSON text: the fast path reads the typed values
     /// without building a tree; whenever it declines, the full validator decides and
     /// words the error (the same result either way, see `fast_json`).
     pub fn validate_bytes(&self, payload: &[u8]) -> Result<ValidRecord, FieldError> {
-        thread_local! {
-            // Reused by every record validated on this thread, so the fast path does
-            // not allocate per record.
-            static SCRATCH: RefCell<Scratch> = RefCell::default();
-        }
         let fast = SCRATCH.with_borrow_mut(|scratch| {
             fast_json::parse_into(self, payload, scratch).then(|| self.valid_scratch(scratch))
         });
@@ -36,6 +37,20 @@ impl StreamSchema {
             return Ok(valid);
         }
         let value: Value = serde_json::from_slice(payload)
+            .map_err(|e| FieldError::new("", format!("malformed JSON: {e}")))?;
+        self.validate_record(&value)
+    }
+
+    /// [`StreamSchema::validate_bytes`] for text whose UTF-8 was checked already (the
+    /// request body as a whole), so it is not checked again per record.
+    pub fn validate_str(&self, text: &str) -> Result<ValidRecord, FieldError> {
+        let fast = SCRATCH.with_borrow_mut(|scratch| {
+            fast_json::parse_str_into(self, text, scratch).then(|| self.valid_scratch(scratch))
+        });
+        if let Some(valid) = fast {
+            return Ok(valid);
+        }
+        let value: Value = serde_json::from_str(text)
             .map_err(|e| FieldError::new("", format!("malformed JSON: {e}")))?;
         self.validate_record(&value)
     }
@@ -164,9 +179,11 @@ mod tests {
                 s.validate_record(&value),
                 "{text}"
             );
+            assert_eq!(s.validate_str(text), s.validate_record(&value), "{text}");
         }
         let e = s.validate_bytes(b"{\"k\":").unwrap_err();
         assert!(e.reason.starts_with("malformed JSON"), "{e:?}");
+        assert_eq!(s.validate_str("{\"k\":"), Err(e));
         let ok = s
             .validate_bytes(br#"{"k":"pump-7","ts":1700000000000}"#)
             .unwrap();
