@@ -30,15 +30,15 @@ impl StreamSchema {
     /// without building a tree; whenever it declines, the full validator decides and
     /// words the error (the same result either way, see `fast_json`).
     pub fn validate_bytes(&self, payload: &[u8]) -> Result<ValidRecord, FieldError> {
-        let fast = SCRATCH.with_borrow_mut(|scratch| {
-            fast_json::parse_into(self, payload, scratch).then(|| self.valid_scratch(scratch))
-        });
-        if let Some(valid) = fast {
-            return Ok(valid);
+        match std::str::from_utf8(payload) {
+            Ok(text) => self.validate_str(text),
+            // serde_json's slice reader says where the invalid byte is.
+            Err(_) => {
+                let value: Value = serde_json::from_slice(payload)
+                    .map_err(|e| FieldError::new("", format!("malformed JSON: {e}")))?;
+                self.validate_record(&value)
+            }
         }
-        let value: Value = serde_json::from_slice(payload)
-            .map_err(|e| FieldError::new("", format!("malformed JSON: {e}")))?;
-        self.validate_record(&value)
     }
 
     /// [`StreamSchema::validate_bytes`] for text whose UTF-8 was checked already (the
